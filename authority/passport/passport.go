@@ -1,0 +1,162 @@
+// Package passport is the shared vocabulary of Agent Passport: the claims a
+// passport carries, trust levels, the Redis key and channel names that the
+// authority and the proxy agree on, and the reputation model.
+//
+// It is a leaf package: it imports nothing else from this module, so that the
+// proxy (a sidecar that must never carry the issuer) can import it without
+// pulling in the authority.
+package passport
+
+import (
+	"slices"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Header and lifetime constants shared by the issuer and every verifier.
+const (
+	// TokenType is the JOSE "typ" header of every passport (RFC 9068).
+	// Verifiers refuse any other value so that an ID token or another JWT
+	// minted by the same keys can never be replayed as a passport.
+	TokenType = "at+jwt"
+
+	// AlgEdDSA and AlgES256 are the only signing algorithms a passport may
+	// use. HMAC, RSA-PSS and "none" are never accepted.
+	AlgEdDSA = "EdDSA"
+	AlgES256 = "ES256"
+
+	// DefaultLifetime is how long a passport lives unless configured.
+	DefaultLifetime = 5 * time.Minute
+	// MaxLifetime caps any configured lifetime: a stolen passport must
+	// expire within the hour whatever the configuration says.
+	MaxLifetime = time.Hour
+
+	// MaxLeeway caps the clock-skew allowance of any verifier.
+	MaxLeeway = 30 * time.Second
+
+	// AuthorizationDetailType is the RFC 9396 "type" of the authorization
+	// details entries a passport carries.
+	AuthorizationDetailType = "agent_action"
+)
+
+// Algorithms lists the signing algorithms a verifier may accept.
+var Algorithms = []string{AlgEdDSA, AlgES256}
+
+// Agent types known out of the box. Deployments may configure more.
+const (
+	TypeHealer   = "healer"
+	TypeDeployer = "deployer"
+	TypeScaler   = "scaler"
+	TypeObserver = "observer"
+	TypeChaos    = "chaos"
+)
+
+// BuiltinAgentTypes lists the agent types every authority knows.
+var BuiltinAgentTypes = []string{TypeHealer, TypeDeployer, TypeScaler, TypeObserver, TypeChaos}
+
+// Claims is the payload of a passport. Claim names follow the IETF Agent
+// Authorization Profile draft where it names the thing (agent, task,
+// authorization_details, oversight, delegation) and RFC 9068 for the rest.
+type Claims struct {
+	jwt.RegisteredClaims
+
+	// ClientID is the OAuth client id of the agent (RFC 9068 §2.2); it
+	// equals Subject.
+	ClientID string `json:"client_id"`
+	// Tenant is the organisation the agent belongs to. A passport is only
+	// ever valid for calls in this tenant.
+	Tenant string `json:"tenant"`
+	// Scope is the space-separated list of granted actions (RFC 9068).
+	Scope string `json:"scope,omitempty"`
+	// Agent describes who holds the passport.
+	Agent Agent `json:"agent"`
+	// AuthorizationDetails says what the passport may do (RFC 9396).
+	AuthorizationDetails []AuthorizationDetail `json:"authorization_details,omitempty"`
+	// Task binds the passport to one piece of work, such as an incident.
+	Task *Task `json:"task,omitempty"`
+	// Oversight names who is accountable for the agent, when known.
+	Oversight *Oversight `json:"oversight,omitempty"`
+	// Delegation records on whose behalf the agent acts, when it does.
+	Delegation *Delegation `json:"delegation,omitempty"`
+}
+
+// Agent is the "agent" claim: who the agent is and how far it is trusted.
+type Agent struct {
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	Type       string     `json:"type"`
+	TrustLevel TrustLevel `json:"trust_level"`
+	// Reputation is the score (0–100) at the moment of issue. It is kept
+	// for audit; the proxy decides on the live score.
+	Reputation int `json:"reputation"`
+}
+
+// AuthorizationDetail is one RFC 9396 authorization details entry.
+type AuthorizationDetail struct {
+	Type string `json:"type"`
+	// Actions are action names such as "service.restart".
+	Actions []string `json:"actions"`
+	// Locations are the audiences (resource servers) it applies to.
+	Locations []string `json:"locations,omitempty"`
+	// Identifier narrows the entry to one resource, such as a service name.
+	Identifier string `json:"identifier,omitempty"`
+}
+
+// Task binds a passport to one piece of work.
+type Task struct {
+	// ID names the task, for example an incident id.
+	ID string `json:"id"`
+	// Purpose is a short human-readable description.
+	Purpose string `json:"purpose,omitempty"`
+	// Target is the only resource the passport may act on, when set.
+	Target string `json:"target,omitempty"`
+	// Actions are the only actions the task needs, when set.
+	Actions []string `json:"actions,omitempty"`
+}
+
+// Oversight names the humans or systems accountable for the agent.
+type Oversight struct {
+	Owner string `json:"owner,omitempty"`
+}
+
+// Delegation records the principal on whose behalf the agent acts.
+type Delegation struct {
+	Principal string `json:"principal,omitempty"`
+}
+
+// Actions returns every action the passport grants, without duplicates.
+func (c *Claims) Actions() []string {
+	var out []string
+	for _, d := range c.AuthorizationDetails {
+		for _, a := range d.Actions {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// Grants reports whether the passport grants action.
+func (c *Claims) Grants(action string) bool {
+	for _, d := range c.AuthorizationDetails {
+		if slices.Contains(d.Actions, action) {
+			return true
+		}
+	}
+	return false
+}
+
+// Secret is a string that must never be logged: its LogValue and String are
+// "REDACTED". Use it for client secrets, admin tokens and raw passports.
+type Secret string
+
+// String implements fmt.Stringer.
+func (Secret) String() string { return "REDACTED" }
+
+// LogValue implements slog.LogValuer.
+func (Secret) LogValue() slogValue { return redacted }
+
+// Reveal returns the secret itself, for the one place that needs it.
+func (s Secret) Reveal() string { return string(s) }

@@ -1,0 +1,89 @@
+// Command passport is the one binary of Agent Passport: the authority, the
+// proxy, the healer, the chaos simulator, the demo stack and the tools.
+//
+// main only wires packages together: flags, then the environment, then the
+// YAML file, then defaults, then Run. It holds no logic of its own.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr)) }
+
+// app is what every subcommand shares: the environment, the output streams
+// and the global logging flags.
+type app struct {
+	getenv    func(string) string
+	stdout    io.Writer
+	stderr    io.Writer
+	logLevel  string
+	logFormat string
+}
+
+// exitError carries a specific exit code (e.g. audit verify found a break).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a := &app{getenv: getenv, stdout: stdout, stderr: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "passport: %v\n", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return 1
+	}
+	return 0
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "passport",
+		Short: "Agent Passport: signed, short-lived passports for AI agents, enforced by a sidecar proxy",
+		Long: `Agent Passport makes every AI agent show a passport before it touches production.
+
+The authority issues short-lived signed JWT passports; the proxy stands in front of an
+infrastructure control API, verifies the passport, evaluates Rego, and records every
+decision in an append-only audit stream in Redis before anything is forwarded.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
+	root.AddCommand(
+		a.upCmd(),
+		a.authorityCmd(),
+		a.proxyCmd(),
+		a.fleetCmd(),
+		a.healerCmd(),
+		a.chaosCmd(),
+		a.agentCmd(),
+		a.tokenCmd(),
+		a.auditCmd(),
+		a.policyCmd(),
+		a.incidentsCmd(),
+		a.versionCmd(),
+	)
+	return root
+}

@@ -1,0 +1,130 @@
+// Package redisx is the one Redis connection layer of Agent Passport. It
+// builds a go-redis universal client, so the same configuration reaches a
+// single node, a Sentinel-managed primary or a Redis Cluster.
+package redisx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultURL is used when neither the config nor PASSPORT_REDIS_URL names a
+// Redis server.
+const DefaultURL = "redis://127.0.0.1:6379/0"
+
+// Config says how to reach Redis. Either URL, or Addrs (with MasterName for
+// Sentinel; more than one address without MasterName means Cluster).
+type Config struct {
+	// URL is a redis:// or rediss:// URL. Default DefaultURL, or the value
+	// of PASSPORT_REDIS_URL.
+	URL string `yaml:"url"`
+	// Addrs lists host:port seeds for Sentinel or Cluster. Overrides URL.
+	Addrs []string `yaml:"addrs"`
+	// MasterName selects Sentinel mode.
+	MasterName string `yaml:"master_name"`
+	// Username and Password authenticate (Redis ACL). Default none.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// DB selects the database (single node and Sentinel only). Default 0.
+	DB int `yaml:"db"`
+	// PoolSize is connections per node. Default 10 per CPU (go-redis).
+	PoolSize int `yaml:"pool_size"`
+	// DialTimeout, ReadTimeout, WriteTimeout. Defaults 2s, 2s, 2s.
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+}
+
+// Validate reports every problem with the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Addrs) == 0 && c.URL != "" {
+		if _, err := redis.ParseURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf("redis.url: %w", err))
+		}
+	}
+	if c.PoolSize < 0 {
+		errs = append(errs, errors.New("redis.pool_size: must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Options turns the configuration into go-redis universal options.
+func (c Config) Options() (*redis.UniversalOptions, error) {
+	o := &redis.UniversalOptions{
+		Addrs:        c.Addrs,
+		MasterName:   c.MasterName,
+		Username:     c.Username,
+		Password:     c.Password,
+		DB:           c.DB,
+		PoolSize:     c.PoolSize,
+		DialTimeout:  orDefault(c.DialTimeout, 2*time.Second),
+		ReadTimeout:  orDefault(c.ReadTimeout, 2*time.Second),
+		WriteTimeout: orDefault(c.WriteTimeout, 2*time.Second),
+	}
+	if len(c.Addrs) == 0 {
+		u := c.URL
+		if u == "" {
+			u = DefaultURL
+		}
+		ro, err := redis.ParseURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("parse redis url %s: %w", Redact(u), err)
+		}
+		o.Addrs = []string{ro.Addr}
+		o.DB = ro.DB
+		o.TLSConfig = ro.TLSConfig
+		if o.Username == "" {
+			o.Username = ro.Username
+		}
+		if o.Password == "" {
+			o.Password = ro.Password
+		}
+	}
+	return o, nil
+}
+
+// New opens a universal client. It does not contact Redis; use Ping.
+func New(c Config) (redis.UniversalClient, error) {
+	o, err := c.Options()
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewUniversalClient(o), nil
+}
+
+// Ping checks that Redis answers within the context's deadline.
+func Ping(ctx context.Context, c redis.UniversalClient) error {
+	if err := c.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+	return nil
+}
+
+// Redact removes the password from a Redis URL so it can be logged.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		if strings.Contains(raw, "@") {
+			return "redis://REDACTED"
+		}
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "REDACTED")
+	}
+	return u.String()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}

@@ -1,0 +1,109 @@
+// Package audit is the append-only, tamper-evident audit stream of Agent
+// Passport: the versioned Record, the Redis stream writer with group commit,
+// the per-writer hash chain with signed checkpoints, and the verifier.
+//
+// It is a leaf package: it imports nothing else from this module, so the
+// proxy, the authority, the healer and the tools can all write and read it.
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Version is the record schema version written in every record's "v".
+const Version = 1
+
+// Kind says what a record is about.
+type Kind string
+
+// Record kinds.
+const (
+	KindDecision       Kind = "decision"        // proxy: a policy decision, written before forwarding
+	KindOutcome        Kind = "outcome"         // proxy: what the upstream answered
+	KindAgentBlocked   Kind = "agent_blocked"   // authority: an agent was blocked (with cause)
+	KindAgentUnblocked Kind = "agent_unblocked" // authority: an admin unblocked an agent
+	KindReputation     Kind = "reputation"      // authority: a reputation change
+	KindRevocation     Kind = "revocation"      // authority: a passport was revoked
+	KindIncident       Kind = "incident"        // healer: an incident changed state
+	KindChaos          Kind = "chaos"           // chaos: a fault was injected
+	KindCheckpoint     Kind = "checkpoint"      // any writer: signed chain checkpoint
+)
+
+// Decisions recorded in Record.Decision.
+const (
+	DecisionAllow = "allow"
+	DecisionDeny  = "deny"
+	DecisionError = "error" // failed closed: verification, policy or internal error
+)
+
+// Record is one entry of a tenant's audit stream. Fields are documented in
+// the README ("The audit record"). Values taken from requests are stored as
+// length-capped structured fields, never concatenated into text.
+type Record struct {
+	V         int       `json:"v"`
+	Kind      Kind      `json:"kind"`
+	Time      time.Time `json:"time"`
+	RequestID string    `json:"request_id,omitempty"`
+	Tenant    string    `json:"tenant"`
+
+	// Who acted.
+	AgentID    string  `json:"agent_id,omitempty"`
+	AgentName  string  `json:"agent_name,omitempty"`
+	AgentType  string  `json:"agent_type,omitempty"`
+	TrustLevel string  `json:"trust_level,omitempty"`
+	Reputation float64 `json:"reputation,omitempty"` // live score at decision
+	JTI        string  `json:"jti,omitempty"`        // passport id; never the passport itself
+	TaskID     string  `json:"task_id,omitempty"`
+
+	// What was asked.
+	Method   string `json:"method,omitempty"`
+	Path     string `json:"path,omitempty"`
+	Route    string `json:"route,omitempty"`
+	Action   string `json:"action,omitempty"`
+	Resource string `json:"resource,omitempty"`
+
+	// What was decided.
+	Decision       string          `json:"decision,omitempty"`
+	Reasons        []string        `json:"reasons,omitempty"`
+	PolicyRevision string          `json:"policy_revision,omitempty"`
+	Shadow         *Shadow         `json:"shadow,omitempty"`
+	Input          json.RawMessage `json:"input,omitempty"` // policy input minus secrets, for replay
+
+	// What happened (outcome records).
+	Status    int     `json:"status,omitempty"`
+	LatencyMS float64 `json:"latency_ms,omitempty"`
+
+	// Details carries the payload of non-request kinds (incident, chaos,
+	// reputation, agent_blocked, checkpoint).
+	Details json.RawMessage `json:"details,omitempty"`
+
+	// The chain: each writer keeps its own.
+	Writer string `json:"writer"`
+	Seq    uint64 `json:"seq"`
+	Prev   string `json:"prev"`
+	Hash   string `json:"hash"`
+}
+
+// Shadow is the decision of a candidate policy evaluated beside the
+// enforced one.
+type Shadow struct {
+	Revision string   `json:"revision"`
+	Allow    bool     `json:"allow"`
+	Reasons  []string `json:"reasons,omitempty"`
+	Disagree bool     `json:"disagree"`
+}
+
+// Sink is where records go.
+type Sink interface {
+	// Append records rec and returns only once Redis has acknowledged it:
+	// the write-ahead path. It fills the chain fields and returns the
+	// stream id. An error means the record is not stored and the caller
+	// must fail closed.
+	Append(ctx context.Context, rec *Record) (id string, err error)
+	// Enqueue records rec in the background (outcome records): it is
+	// buffered, retried and flushed at shutdown; a full buffer drops and
+	// counts, never blocks.
+	Enqueue(rec *Record)
+}
