@@ -1,0 +1,500 @@
+// Package fleet is the demo infrastructure that Agent Passport protects: a
+// control API (the kind of API agents call to restart services, roll back
+// deploys and warm caches) and several services, each a real HTTP server on
+// its own loopback port with a GET /healthz that reports its vital signs.
+//
+// Faults are real, not flags: service_down closes the service's listener
+// (connection refused), bad_deploy deploys a version whose handler answers
+// 5xx, memory_leak makes the process hold ever more memory up to a cap, and
+// cache_miss empties the cache so the hit ratio falls and requests slow
+// down. The matching repairs (restart, rollback, cache warm) undo them.
+//
+// The control API has no authentication of its own on purpose: it stands
+// for an existing API that the proxy fronts, and it listens on loopback.
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is the fleet's YAML configuration. Zero fields take the defaults
+// documented on each field (see Default).
+type Config struct {
+	// Listen is the control API address. Default 127.0.0.1:9000; port 0
+	// picks a free port (Fleet.Addr reports it).
+	Listen string `yaml:"listen"`
+	// Services are the services to run. Default: checkout and payments
+	// (tenant acme), search and inventory (tenant globex), each on
+	// 127.0.0.1:0.
+	Services []ServiceConfig `yaml:"services"`
+	// CacheKeys is the size of each service's key space and cache. Default 1000.
+	CacheKeys int `yaml:"cache_keys"`
+	// MissLatency is what a cache miss adds to a request. Default 25ms.
+	MissLatency time.Duration `yaml:"miss_latency"`
+	// BaselineMemoryBytes is the memory a healthy service reports. Default 32 MiB.
+	BaselineMemoryBytes int64 `yaml:"baseline_memory_bytes"`
+	// LeakStepBytes is how much a leaking service allocates per
+	// LeakInterval. Default 16 MiB.
+	LeakStepBytes int64 `yaml:"leak_step_bytes"`
+	// LeakInterval is how often a leak grows. Default 100ms.
+	LeakInterval time.Duration `yaml:"leak_interval"`
+	// LeakMaxBytes bounds what one leak holds. Default 128 MiB.
+	LeakMaxBytes int64 `yaml:"leak_max_bytes"`
+	// MaxReplicas bounds POST /services/{name}/scale. Default 20.
+	MaxReplicas int `yaml:"max_replicas"`
+}
+
+// ServiceConfig describes one service.
+type ServiceConfig struct {
+	// Name is the service name used in every route. Required.
+	Name string `yaml:"name"`
+	// Tenant owns the service. Required.
+	Tenant string `yaml:"tenant"`
+	// Listen is the service's own address. Default 127.0.0.1:0.
+	Listen string `yaml:"listen"`
+	// Version is the version deployed at start. Default v1.
+	Version string `yaml:"version"`
+	// Replicas at start. Default 2.
+	Replicas int `yaml:"replicas"`
+}
+
+// DefaultListen is the control API's default address.
+const DefaultListen = "127.0.0.1:9000"
+
+// Default returns the default configuration.
+func Default() Config {
+	return Config{
+		Listen: DefaultListen,
+		Services: []ServiceConfig{
+			{Name: "checkout", Tenant: "acme"},
+			{Name: "payments", Tenant: "acme"},
+			{Name: "search", Tenant: "globex"},
+			{Name: "inventory", Tenant: "globex"},
+		},
+	}
+}
+
+// withDefaults fills zero fields.
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if len(c.Services) == 0 {
+		c.Services = Default().Services
+	}
+	c.Services = slices.Clone(c.Services)
+	for i := range c.Services {
+		s := &c.Services[i]
+		if s.Listen == "" {
+			s.Listen = "127.0.0.1:0"
+		}
+		if s.Version == "" {
+			s.Version = "v1"
+		}
+		if s.Replicas == 0 {
+			s.Replicas = 2
+		}
+	}
+	def := func(p *int64, v int64) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.CacheKeys == 0 {
+		c.CacheKeys = 1000
+	}
+	if c.MissLatency == 0 {
+		c.MissLatency = 25 * time.Millisecond
+	}
+	def(&c.BaselineMemoryBytes, 32<<20)
+	def(&c.LeakStepBytes, 16<<20)
+	def(&c.LeakMaxBytes, 128<<20)
+	if c.LeakInterval == 0 {
+		c.LeakInterval = 100 * time.Millisecond
+	}
+	if c.MaxReplicas == 0 {
+		c.MaxReplicas = 20
+	}
+	return c
+}
+
+// Validate reports every problem in the configuration.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	seen := map[string]bool{}
+	for i, s := range c.Services {
+		if s.Name == "" {
+			errs = append(errs, fmt.Errorf("services[%d]: name is required", i))
+		}
+		if s.Tenant == "" {
+			errs = append(errs, fmt.Errorf("services[%d] %s: tenant is required", i, s.Name))
+		}
+		if seen[s.Name] {
+			errs = append(errs, fmt.Errorf("services[%d]: duplicate name %q", i, s.Name))
+		}
+		seen[s.Name] = true
+		if s.Replicas < 1 || s.Replicas > c.MaxReplicas {
+			errs = append(errs, fmt.Errorf("services[%d] %s: replicas %d not in 1..%d", i, s.Name, s.Replicas, c.MaxReplicas))
+		}
+	}
+	if c.CacheKeys < 1 {
+		errs = append(errs, errors.New("cache_keys must be positive"))
+	}
+	if c.LeakStepBytes < 0 || c.LeakMaxBytes < 0 || c.LeakStepBytes > c.LeakMaxBytes {
+		errs = append(errs, errors.New("leak_step_bytes must be positive and at most leak_max_bytes"))
+	}
+	if c.LeakMaxBytes > 1<<30 {
+		errs = append(errs, errors.New("leak_max_bytes above 1 GiB: refused to protect the host"))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the fleet's collaborators.
+type Deps struct {
+	// Logger is required.
+	Logger *slog.Logger
+	// Registry receives the fleet's metrics; nil keeps them private.
+	Registry *prometheus.Registry
+}
+
+// Fleet is the running demo fleet.
+type Fleet struct {
+	cfg      Config
+	log      *slog.Logger
+	ln       net.Listener
+	services map[string]*service
+	order    []string
+
+	faults  *prometheus.CounterVec
+	actions *prometheus.CounterVec
+
+	runOnce  sync.Once
+	closeMu  sync.Mutex
+	closed   bool
+	leakCtx  context.Context
+	stopLeak context.CancelFunc
+}
+
+// New validates cfg, binds the control API and every service listener (so
+// that Addr and Services report real addresses before Run), and returns
+// the fleet. Call Run to serve, or Close to release the listeners.
+func New(cfg Config, deps Deps) (*Fleet, error) {
+	if deps.Logger == nil {
+		return nil, errors.New("fleet: logger is required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("fleet config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	reg := deps.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	f := &Fleet{
+		cfg: cfg, log: deps.Logger, services: map[string]*service{},
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_fleet_faults_injected_total", Help: "Faults injected into the demo fleet, by type.",
+		}, []string{"type"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_fleet_actions_total", Help: "Control API actions performed, by action and result.",
+		}, []string{"action", "result"}),
+	}
+	if err := reg.Register(f.faults); err != nil {
+		return nil, fmt.Errorf("register fleet metrics: %w", err)
+	}
+	if err := reg.Register(f.actions); err != nil {
+		return nil, fmt.Errorf("register fleet metrics: %w", err)
+	}
+	f.leakCtx, f.stopLeak = context.WithCancel(context.Background())
+	for _, sc := range cfg.Services {
+		s := newService(sc, &f.cfg, f.log)
+		s.mu.Lock()
+		err := s.startLocked()
+		s.mu.Unlock()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		f.services[sc.Name] = s
+		f.order = append(f.order, sc.Name)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("listen control api %s: %w", cfg.Listen, err)
+	}
+	f.ln = ln
+	return f, nil
+}
+
+// Addr is the control API's address (host:port).
+func (f *Fleet) Addr() string { return f.ln.Addr().String() }
+
+// URL is the control API's base URL.
+func (f *Fleet) URL() string { return "http://" + f.Addr() }
+
+// Services reports every service, in configuration order.
+func (f *Fleet) Services() []Status {
+	out := make([]Status, 0, len(f.order))
+	for _, n := range f.order {
+		out = append(out, f.services[n].status())
+	}
+	return out
+}
+
+// Service reports one service.
+func (f *Fleet) Service(name string) (Status, error) {
+	s, ok := f.services[name]
+	if !ok {
+		return Status{}, fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	return s.status(), nil
+}
+
+// HealthURL is the GET /healthz URL of a service, "" when unknown.
+func (f *Fleet) HealthURL(name string) string {
+	st, err := f.Service(name)
+	if err != nil {
+		return ""
+	}
+	return st.HealthURL
+}
+
+// Inject applies a fault to a service. One fault per service at a time:
+// injecting into a service that already has one is refused (ErrBusy).
+func (f *Fleet) Inject(typ, name string) error {
+	s, ok := f.services[name]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	if !slices.Contains(FaultTypes, typ) {
+		return fmt.Errorf("%w %q", ErrUnknownFault, typ)
+	}
+	s.mu.Lock()
+	busy := s.fault
+	s.mu.Unlock()
+	if busy != "" {
+		return fmt.Errorf("%w: %s has %s", ErrBusy, name, busy)
+	}
+	if err := s.inject(f.leakCtx, typ); err != nil {
+		return err
+	}
+	f.faults.WithLabelValues(typ).Inc()
+	f.log.Info("fault injected", "service", name, "type", typ)
+	return nil
+}
+
+// ErrBusy is returned when a service already has an active fault.
+var ErrBusy = errors.New("service already has an active fault")
+
+// ClearFault undoes a service's active fault, if any.
+func (f *Fleet) ClearFault(name string) error {
+	s, ok := f.services[name]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	return s.clearFault()
+}
+
+// Restart restarts a service: listener back, memory freed.
+func (f *Fleet) Restart(name string) error { return f.do(name, (*service).restart) }
+
+// Rollback restores a service's previous version.
+func (f *Fleet) Rollback(name string) error { return f.do(name, (*service).rollback) }
+
+// Warm fills a service's cache.
+func (f *Fleet) Warm(name string) error {
+	return f.do(name, func(s *service) error { s.warm(); return nil })
+}
+
+// Deploy rolls out a (working) version.
+func (f *Fleet) Deploy(name, version string) error {
+	if version == "" || len(version) > 64 {
+		return ErrBadVersion
+	}
+	return f.do(name, func(s *service) error { s.deploy(version, false); return nil })
+}
+
+// Scale sets a service's replica count.
+func (f *Fleet) Scale(name string, n int) error {
+	return f.do(name, func(s *service) error { return s.scale(n) })
+}
+
+func (f *Fleet) do(name string, fn func(*service) error) error {
+	s, ok := f.services[name]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	return fn(s)
+}
+
+// Run serves the control API until ctx is done, then shuts everything
+// down. It may be called once.
+func (f *Fleet) Run(ctx context.Context) error {
+	err := errors.New("fleet: Run called twice")
+	f.runOnce.Do(func() { err = f.run(ctx) })
+	return err
+}
+
+func (f *Fleet) run(ctx context.Context) error {
+	srv := &http.Server{Handler: f.Handler(), ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	f.log.Info("fleet control api listening", "addr", f.Addr())
+	for _, st := range f.Services() {
+		f.log.Info("fleet service listening", "service", st.Name, "tenant", st.Tenant, "url", st.URL)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(f.ln) }()
+	select {
+	case err := <-errc:
+		f.Close()
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("serve fleet control api: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	f.Close()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutdown fleet control api: %w", err)
+	}
+	return nil
+}
+
+// Close stops every service and the control API listener and frees
+// leaked memory. It is safe to call more than once.
+func (f *Fleet) Close() {
+	f.closeMu.Lock()
+	defer f.closeMu.Unlock()
+	if f.closed {
+		return
+	}
+	f.closed = true
+	f.stopLeak()
+	for _, s := range f.services {
+		s.mu.Lock()
+		s.stopLocked()
+		s.stopLeakLocked()
+		s.mu.Unlock()
+	}
+	if f.ln != nil {
+		_ = f.ln.Close()
+	}
+}
+
+// Handler is the control API (see the package doc for routes).
+func (f *Fleet) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /services", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"services": f.Services()})
+	})
+	mux.HandleFunc("GET /services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		st, err := f.Service(r.PathValue("name"))
+		if err != nil {
+			f.fail(w, "service.get", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /services/{name}/restart", f.action("service.restart", func(name string, _ *http.Request) error {
+		return f.Restart(name)
+	}))
+	mux.HandleFunc("POST /services/{name}/scale", f.action("service.scale", func(name string, r *http.Request) error {
+		var body struct {
+			Replicas *int `json:"replicas"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Replicas == nil {
+			return fmt.Errorf("%w: body must be {\"replicas\": n}", errBadRequest)
+		}
+		return f.Scale(name, *body.Replicas)
+	}))
+	mux.HandleFunc("POST /deployments/{name}", f.action("deployment.deploy", func(name string, r *http.Request) error {
+		var body struct {
+			Version string `json:"version"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Version == "" {
+			return fmt.Errorf("%w: body must be {\"version\": \"v2\"}", errBadRequest)
+		}
+		return f.Deploy(name, body.Version)
+	}))
+	mux.HandleFunc("POST /deployments/{name}/rollback", f.action("deployment.rollback", func(name string, _ *http.Request) error {
+		return f.Rollback(name)
+	}))
+	mux.HandleFunc("POST /caches/{name}/warm", f.action("cache.warm", func(name string, _ *http.Request) error {
+		return f.Warm(name)
+	}))
+	mux.HandleFunc("POST /faults/{name}", f.action("chaos.inject", func(name string, r *http.Request) error {
+		var body struct {
+			Type string `json:"type"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Type == "" {
+			return fmt.Errorf("%w: body must be {\"type\": \"service_down|bad_deploy|memory_leak|cache_miss\"}", errBadRequest)
+		}
+		return f.Inject(body.Type, name)
+	}))
+	mux.HandleFunc("DELETE /faults/{name}", f.action("chaos.clear", func(name string, _ *http.Request) error {
+		return f.ClearFault(name)
+	}))
+	return mux
+}
+
+var errBadRequest = errors.New("bad request")
+
+func decodeBody(r *http.Request, dst any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+// action wraps a control operation: it answers the service's status after
+// the operation, or an error with a stable code.
+func (f *Fleet) action(name string, fn func(string, *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		svc := r.PathValue("name")
+		if err := fn(svc, r); err != nil {
+			f.fail(w, name, err)
+			return
+		}
+		f.actions.WithLabelValues(name, "ok").Inc()
+		f.log.Info("fleet action", "action", name, "service", svc)
+		st, _ := f.Service(svc)
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+func (f *Fleet) fail(w http.ResponseWriter, action string, err error) {
+	code, msg := http.StatusInternalServerError, "internal error"
+	switch {
+	case errors.Is(err, ErrUnknownService):
+		code, msg = http.StatusNotFound, "unknown service"
+	case errors.Is(err, ErrUnknownFault):
+		code, msg = http.StatusBadRequest, "unknown fault type: want service_down, bad_deploy, memory_leak or cache_miss"
+	case errors.Is(err, errBadRequest), errors.Is(err, ErrBadReplicas), errors.Is(err, ErrBadVersion):
+		code, msg = http.StatusBadRequest, err.Error()
+	case errors.Is(err, ErrBusy), errors.Is(err, ErrNoPrevious):
+		code, msg = http.StatusConflict, err.Error()
+	}
+	f.actions.WithLabelValues(action, "error").Inc()
+	if code == http.StatusInternalServerError {
+		f.log.Error("fleet action failed", "action", action, "err", err)
+	}
+	writeJSON(w, code, map[string]string{"error": msg})
+}
