@@ -1,0 +1,432 @@
+// Package policy is the embedded OPA engine of the proxy. It compiles the
+// Rego library once per load, prepares the decision query once, evaluates
+// it on every call and hot-reloads a policy directory in the background.
+//
+// Every failure is a deny: an evaluation error, a timeout, an undefined
+// decision or a decision whose "allow" is not a boolean returns an error
+// from Decide, and the proxy fails closed on any error. Policies cannot
+// reach the network or the host: http.send, net.lookup_ip_addr and
+// opa.runtime are removed from the capabilities, so a policy that uses
+// them does not compile.
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultQuery is the rule the proxy evaluates.
+const DefaultQuery = "data.passport.authz.decision"
+
+// Defaults for Options.
+const (
+	DefaultTimeout      = 100 * time.Millisecond
+	DefaultPollInterval = time.Second
+)
+
+// Sentinel errors; Decide wraps them so callers can count by kind.
+var (
+	ErrUndefined   = errors.New("policy decision undefined")
+	ErrBadDecision = errors.New("policy decision malformed")
+	ErrEval        = errors.New("policy evaluation failed")
+	ErrNotLoaded   = errors.New("policy not loaded")
+)
+
+// deniedBuiltins reach outside the process (network, environment) and are
+// removed from the capabilities: a policy decides on its input and data
+// only, so a decision can be replayed and cannot leak or stall on I/O.
+var deniedBuiltins = []string{
+	"http.send",
+	"net.lookup_ip_addr",
+	"opa.runtime",
+}
+
+// Options configures an Engine.
+type Options struct {
+	// Name labels metrics and logs: "enforced" or "shadow".
+	Name string
+	// Dir is a policy directory on disk, watched for changes. When empty,
+	// FS is used and never reloaded.
+	Dir string
+	// FS is an embedded policy tree (for example policies.FS).
+	FS fs.FS
+	// Query defaults to DefaultQuery.
+	Query string
+	// Timeout bounds one evaluation. Default DefaultTimeout.
+	Timeout time.Duration
+	// PollInterval is how often Dir is checked for changes. Default 1s.
+	PollInterval time.Duration
+	// Logger is required.
+	Logger *slog.Logger
+	// Metrics may be shared by several engines (enforced and shadow).
+	Metrics *Metrics
+}
+
+// Metrics are the engine's Prometheus collectors.
+type Metrics struct {
+	Reloads  *prometheus.CounterVec // by policy, result
+	Revision *prometheus.GaugeVec   // 1 for the current revision, by policy
+	Errors   *prometheus.CounterVec // evaluation failures by policy, kind
+}
+
+// NewMetrics registers the engine metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_policy_reloads_total",
+			Help: "Policy loads by policy (enforced, shadow) and result (success, failure).",
+		}, []string{"policy", "result"}),
+		Revision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "passport_policy_revision_info",
+			Help: "The policy revision (content hash) in force: 1 for the current revision.",
+		}, []string{"policy", "revision"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_policy_evaluation_errors_total",
+			Help: "Evaluations that failed closed, by policy and kind (error, timeout, undefined, malformed).",
+		}, []string{"policy", "kind"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Reloads, m.Revision, m.Errors)
+	}
+	return m
+}
+
+// Decision is the outcome of the policy for one call.
+type Decision struct {
+	Allow    bool
+	Reasons  []string
+	Revision string
+}
+
+// Engine evaluates the decision query against the current policy.
+type Engine struct {
+	opts Options
+	cur  atomic.Pointer[prepared]
+	sig  string // last seen directory signature (Run goroutine only)
+	caps *ast.Capabilities
+}
+
+type prepared struct {
+	pq       rego.PreparedEvalQuery
+	txn      storage.Transaction
+	revision string
+	loadedAt time.Time
+}
+
+// New builds an engine and loads the policy once. A policy that does not
+// compile is an error: the proxy does not start without a policy.
+func New(ctx context.Context, opts Options) (*Engine, error) {
+	if opts.Logger == nil {
+		return nil, errors.New("policy: logger required")
+	}
+	if opts.Dir == "" && opts.FS == nil {
+		return nil, errors.New("policy: a directory or an fs.FS is required")
+	}
+	if opts.Name == "" {
+		opts.Name = "enforced"
+	}
+	if opts.Query == "" {
+		opts.Query = DefaultQuery
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	e := &Engine{opts: opts, caps: Capabilities()}
+	if opts.Dir != "" {
+		e.sig, _ = signature(opts.Dir) // before the load, so Run sees any later change
+	}
+	if err := e.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Capabilities returns this OPA version's capabilities minus the builtins
+// that reach the network or the host.
+func Capabilities() *ast.Capabilities {
+	caps := ast.CapabilitiesForThisVersion()
+	caps.Builtins = slices.DeleteFunc(slices.Clone(caps.Builtins), func(b *ast.Builtin) bool {
+		return slices.Contains(deniedBuiltins, b.Name)
+	})
+	return caps
+}
+
+// Revision is the content hash of the policy in force ("" before a load).
+func (e *Engine) Revision() string {
+	if p := e.cur.Load(); p != nil {
+		return p.revision
+	}
+	return ""
+}
+
+// Name is the engine's label (enforced or shadow).
+func (e *Engine) Name() string { return e.opts.Name }
+
+// Reload reads, compiles and prepares the policy, and swaps it in when it
+// compiles. On failure the policy in force stays, the error (with file and
+// line) is logged and returned, and the failure is counted.
+func (e *Engine) Reload(ctx context.Context) error {
+	fsys := e.opts.FS
+	src := "embedded"
+	if e.opts.Dir != "" {
+		fsys = os.DirFS(e.opts.Dir)
+		src = e.opts.Dir
+	}
+	p, err := compile(ctx, fsys, e.opts.Query, e.caps)
+	if err != nil {
+		e.opts.Metrics.Reloads.WithLabelValues(e.opts.Name, "failure").Inc()
+		e.opts.Logger.ErrorContext(ctx, "policy load failed; keeping the last good policy",
+			"policy", e.opts.Name, "source", src, "revision_in_force", e.Revision(), "error", err)
+		return fmt.Errorf("load policy %s: %w", src, err)
+	}
+	old := e.cur.Swap(p)
+	if old != nil {
+		e.opts.Metrics.Revision.DeleteLabelValues(e.opts.Name, old.revision)
+	}
+	e.opts.Metrics.Revision.WithLabelValues(e.opts.Name, p.revision).Set(1)
+	e.opts.Metrics.Reloads.WithLabelValues(e.opts.Name, "success").Inc()
+	if old == nil || old.revision != p.revision {
+		e.opts.Logger.InfoContext(ctx, "policy loaded", "policy", e.opts.Name, "source", src, "revision", p.revision)
+	}
+	return nil
+}
+
+// policyFile reports whether name is part of the policy (Rego or data),
+// excluding tests: the tests run with `opa test`, not in the proxy.
+func policyFile(name string) bool {
+	switch path.Ext(name) {
+	case ".rego":
+		return !strings.HasSuffix(name, "_test.rego")
+	case ".json", ".yaml", ".yml":
+		return true
+	}
+	return false
+}
+
+// files lists the policy files of fsys, sorted, with their contents.
+func files(fsys fs.FS) (map[string][]byte, []string, error) {
+	out := map[string][]byte{}
+	var names []string
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != "." && strings.HasPrefix(d.Name(), ".") {
+				return fs.SkipDir // editor and VCS directories
+			}
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".") || !policyFile(p) {
+			return nil
+		}
+		b, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		out[p] = b
+		names = append(names, p)
+		return nil
+	})
+	sort.Strings(names)
+	return out, names, err
+}
+
+// revisionOf hashes names and contents: the revision changes exactly when
+// what the engine would compile changes.
+func revisionOf(contents map[string][]byte, names []string) string {
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s\x00%d\x00", n, len(contents[n]))
+		h.Write(contents[n])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabilities) (*prepared, error) {
+	contents, names, err := files(fsys)
+	if err != nil {
+		return nil, fmt.Errorf("read policy files: %w", err)
+	}
+	if len(names) == 0 {
+		return nil, errors.New("no policy files")
+	}
+	rev := revisionOf(contents, names)
+	res, err := loader.NewFileLoader().
+		WithFS(fsys).
+		WithRegoVersion(ast.RegoV1).
+		WithCapabilities(caps).
+		Filtered([]string{"."}, func(abspath string, info fs.FileInfo, _ int) bool {
+			if info.IsDir() {
+				return abspath != "." && strings.HasPrefix(info.Name(), ".")
+			}
+			return strings.HasPrefix(info.Name(), ".") || !policyFile(abspath)
+		})
+	if err != nil {
+		return nil, err // loader errors name file and line
+	}
+	// The store is never written after the load, so one read transaction
+	// is opened per load and shared by every evaluation: that saves a
+	// lock and an allocation per call.
+	store := inmem.NewFromObjectWithOpts(res.Documents, inmem.OptRoundTripOnWrite(false))
+	txn, err := store.NewTransaction(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open policy store: %w", err)
+	}
+	opts := []func(*rego.Rego){
+		rego.Query(query),
+		rego.Transaction(txn),
+		rego.Capabilities(caps),
+		rego.StrictBuiltinErrors(true),
+		rego.SetRegoVersion(ast.RegoV1),
+		rego.Store(store),
+	}
+	mods := make([]string, 0, len(res.Modules))
+	for k := range res.Modules {
+		mods = append(mods, k)
+	}
+	sort.Strings(mods)
+	for _, k := range mods {
+		opts = append(opts, rego.ParsedModule(res.Modules[k].Parsed))
+	}
+	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, err // compile errors name file and line
+	}
+	return &prepared{pq: pq, txn: txn, revision: rev, loadedAt: time.Now()}, nil
+}
+
+// Decide evaluates the decision for input. A nil error means the policy
+// returned a well-formed decision; any error means the caller must deny.
+// The returned Decision always carries the revision that was asked.
+func (e *Engine) Decide(ctx context.Context, input ast.Value) (Decision, error) {
+	p := e.cur.Load()
+	if p == nil {
+		return Decision{}, ErrNotLoaded
+	}
+	d := Decision{Revision: p.revision}
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	defer cancel()
+	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalTransaction(p.txn))
+	if err != nil {
+		kind := "error"
+		if ctx.Err() != nil {
+			kind = "timeout"
+		}
+		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, kind).Inc()
+		return d, fmt.Errorf("%w: %w", ErrEval, err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "undefined").Inc()
+		return d, ErrUndefined
+	}
+	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
+		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+		return d, fmt.Errorf("%w: %d results", ErrBadDecision, len(rs))
+	}
+	obj, ok := rs[0].Expressions[0].Value.(map[string]any)
+	if !ok {
+		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+		return d, fmt.Errorf("%w: decision is not an object", ErrBadDecision)
+	}
+	allow, ok := obj["allow"].(bool)
+	if !ok {
+		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+		return d, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
+	}
+	if rv, present := obj["reasons"]; present {
+		list, ok := rv.([]any)
+		if !ok {
+			e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+			return d, fmt.Errorf("%w: reasons is not a list", ErrBadDecision)
+		}
+		d.Reasons = make([]string, 0, len(list))
+		for _, r := range list {
+			s, ok := r.(string)
+			if !ok {
+				e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+				return d, fmt.Errorf("%w: a reason is not a string", ErrBadDecision)
+			}
+			d.Reasons = append(d.Reasons, s)
+		}
+		sort.Strings(d.Reasons) // sets come back unordered; keep answers stable
+	}
+	d.Allow = allow
+	return d, nil
+}
+
+// Run watches the policy directory (when the engine has one) and reloads
+// it when a file changes. It polls file names, sizes and modification
+// times: that works the same on every filesystem and with every editor's
+// save strategy (rename, truncate, atomic replace), and a poll of a few
+// dozen files a second costs nothing. It returns nil when ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	if e.opts.Dir == "" {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(e.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		sig, err := signature(e.opts.Dir)
+		if err != nil {
+			e.opts.Logger.WarnContext(ctx, "policy directory unreadable; keeping the last good policy",
+				"policy", e.opts.Name, "dir", e.opts.Dir, "error", err)
+			continue
+		}
+		if sig == e.sig {
+			continue
+		}
+		e.sig = sig
+		_ = e.Reload(ctx) // logged and counted by Reload
+	}
+}
+
+func signature(dir string) (string, error) {
+	var b strings.Builder
+	err := fs.WalkDir(os.DirFS(dir), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !policyFile(p) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s|%d|%d\n", p, info.Size(), info.ModTime().UnixNano())
+		return nil
+	})
+	return b.String(), err
+}

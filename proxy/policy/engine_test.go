@@ -1,0 +1,227 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func input(t testing.TB, typ, action string) ast.Value {
+	t.Helper()
+	v, err := ast.InterfaceToValue(map[string]any{"action": action, "agent": map[string]any{"type": typ}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestDecideAllowDeny(t *testing.T) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, typ, action string
+		allow             bool
+		reasons           string
+	}{
+		{"healer restarts", "healer", "service.restart", true, ""},
+		{"observer restarts", "observer", "service.restart", false, "action_not_allowed"},
+		{"unknown type", "ghost", "service.list", false, "no_rule_matched"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := e.Decide(context.Background(), input(t, tc.typ, tc.action))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allow != tc.allow || strings.Join(d.Reasons, ",") != tc.reasons {
+				t.Fatalf("got %+v, want allow=%v reasons=%q", d, tc.allow, tc.reasons)
+			}
+			if d.Revision == "" || d.Revision != e.Revision() {
+				t.Fatalf("revision %q vs %q", d.Revision, e.Revision())
+			}
+		})
+	}
+}
+
+// TestDecideFailsClosed: every malformed or failing policy is an error,
+// which the proxy turns into a deny.
+func TestDecideFailsClosed(t *testing.T) {
+	cases := []struct {
+		name, rego string
+		want       error
+		timeout    time.Duration
+	}{
+		{"undefined", "package passport.authz\ndecision := {\"allow\": true} if input.nope\n", ErrUndefined, 0},
+		{"allow not bool", "package passport.authz\ndecision := {\"allow\": \"yes\"}\n", ErrBadDecision, 0},
+		{"not an object", "package passport.authz\ndecision := true\n", ErrBadDecision, 0},
+		{"reasons not strings", "package passport.authz\ndecision := {\"allow\": false, \"reasons\": [1]}\n", ErrBadDecision, 0},
+		{"strict builtin error", "package passport.authz\ndecision := {\"allow\": to_number(input.action) > 0}\n", ErrEval, 0},
+		{"conflict", "package passport.authz\ndecision := {\"allow\": true} if true\ndecision := {\"allow\": false} if true\n", ErrEval, 0},
+		{"timeout", "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000)]) > 0}\n", ErrEval, 20 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			m := NewMetrics(reg)
+			e, err := New(context.Background(), Options{
+				FS:      fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
+				Logger:  quiet(),
+				Timeout: tc.timeout,
+				Metrics: m,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if d.Allow {
+				t.Fatal("a failing decision must not allow")
+			}
+			var n float64
+			for _, k := range []string{"error", "timeout", "undefined", "malformed"} {
+				n += testutil.ToFloat64(m.Errors.WithLabelValues("enforced", k))
+			}
+			if n != 1 {
+				t.Fatalf("errors counted %v, want 1", n)
+			}
+		})
+	}
+}
+
+func TestNetworkBuiltinsRemoved(t *testing.T) {
+	for _, b := range []string{
+		`http.send({"method": "get", "url": "http://127.0.0.1:1"})`,
+		`net.lookup_ip_addr("example.com")`,
+		`opa.runtime()`,
+	} {
+		src := "package passport.authz\ndecision := {\"allow\": true, \"x\": " + b + "}\n"
+		_, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(src)}}, Logger: quiet()})
+		if err == nil {
+			t.Fatalf("%s compiled; network and host builtins must be removed", b)
+		}
+	}
+}
+
+func TestBrokenPolicyNamesFileAndLine(t *testing.T) {
+	_, err := New(context.Background(), Options{
+		FS:     fstest.MapFS{"authz.rego": {Data: []byte("package passport.authz\n\ndecision := {\"allow\": \n")}},
+		Logger: quiet(),
+	})
+	if err == nil || !strings.Contains(err.Error(), "authz.rego:") {
+		t.Fatalf("want an error naming authz.rego and its line, got %v", err)
+	}
+}
+
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+func TestHotReload(t *testing.T) {
+	dir := copyDir(t, "testdata/good")
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	e, err := New(context.Background(), Options{Dir: dir, Logger: quiet(), PollInterval: 10 * time.Millisecond, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	decide := func() bool {
+		d, err := e.Decide(context.Background(), input(t, "observer", "service.restart"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Allow
+	}
+	if decide() {
+		t.Fatal("observer restart allowed before the change")
+	}
+	rev0 := e.Revision()
+
+	// A valid change takes effect.
+	data := "allowed:\n  observer: [\"service.list\", \"service.restart\"]\n"
+	if err := os.WriteFile(filepath.Join(dir, "data.yaml"), []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the valid change", func() bool { return e.Revision() != rev0 })
+	if !decide() {
+		t.Fatal("valid reload did not take effect")
+	}
+	rev1 := e.Revision()
+
+	// A broken file keeps the last good policy and counts the failure.
+	if err := os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("package passport.authz\ndecision := {{{\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the failed reload", func() bool {
+		return testutil.ToFloat64(m.Reloads.WithLabelValues("enforced", "failure")) >= 1
+	})
+	if e.Revision() != rev1 || !decide() {
+		t.Fatal("a broken file replaced the last good policy")
+	}
+	if got := testutil.ToFloat64(m.Revision.WithLabelValues("enforced", rev1)); got != 1 {
+		t.Fatalf("revision metric for %s = %v", rev1, got)
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := input(b, "healer", "service.restart")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.Decide(context.Background(), in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,3 @@
+package passport.authz_test
+
+this is not rego and must not be loaded
