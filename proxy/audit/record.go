@@ -56,6 +56,9 @@ type Record struct {
 	Reputation float64 `json:"reputation,omitempty"` // live score at decision
 	JTI        string  `json:"jti,omitempty"`        // passport id; never the passport itself
 	TaskID     string  `json:"task_id,omitempty"`
+	// Subject is the delegated subject the agent acts for (the passport's
+	// "sub", or the delegation's principal), when there is one.
+	Subject string `json:"subject,omitempty"`
 
 	// What was asked.
 	Method   string `json:"method,omitempty"`

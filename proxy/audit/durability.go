@@ -1,0 +1,97 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Durability levels, from strongest to weakest.
+const (
+	DurabilityAlways   = "always"   // AOF on, appendfsync always: an acked record survives a crash
+	DurabilityEverysec = "everysec" // AOF on, appendfsync everysec: up to ~1 s of acked records can be lost
+	DurabilityNo       = "no"       // AOF on, fsync left to the OS (~30 s on Linux)
+	DurabilityOff      = "off"      // no AOF: a crash loses everything since the last RDB snapshot
+	DurabilityUnknown  = "unknown"  // CONFIG GET refused (ACL) or failed
+)
+
+var durabilityLevels = []string{DurabilityAlways, DurabilityEverysec, DurabilityNo, DurabilityOff, DurabilityUnknown}
+
+// Durability is what the Redis persistence settings promise for an
+// acknowledged audit record, as far as this client can see.
+type Durability struct {
+	Level       string // one of the Durability* constants
+	AppendOnly  string // CONFIG GET appendonly, "" if unknown
+	AppendFsync string // CONFIG GET appendfsync, "" if unknown
+	Err         error  // why the level is unknown
+}
+
+// Meets reports whether d is at least as strong as min ("always",
+// "everysec", "no", "off" or "" for no requirement). Unknown meets only "".
+func (d Durability) Meets(min string) bool {
+	rank := map[string]int{DurabilityAlways: 4, DurabilityEverysec: 3, DurabilityNo: 2, DurabilityOff: 1, "": 0}
+	want, ok := rank[min]
+	if !ok {
+		return false
+	}
+	if want == 0 {
+		return true
+	}
+	return rank[d.Level] >= want
+}
+
+// String is a short description for logs and readiness answers.
+func (d Durability) String() string {
+	if d.Err != nil {
+		return fmt.Sprintf("%s (%v)", d.Level, d.Err)
+	}
+	return fmt.Sprintf("%s (appendonly=%s appendfsync=%s)", d.Level, d.AppendOnly, d.AppendFsync)
+}
+
+// CheckDurability asks Redis for its persistence settings with CONFIG GET.
+// A Redis user that may not run CONFIG (the recommended proxy ACL allows
+// only CONFIG GET; a stricter one denies it) yields DurabilityUnknown, not
+// an error: the caller decides whether unknown is acceptable. Replication
+// (WAIT) is not visible here and is not counted.
+func CheckDurability(ctx context.Context, rdb redis.UniversalClient) Durability {
+	aof, err := configGet(ctx, rdb, "appendonly")
+	if err != nil {
+		return Durability{Level: DurabilityUnknown, Err: err}
+	}
+	d := Durability{AppendOnly: aof}
+	if !strings.EqualFold(aof, "yes") {
+		d.Level = DurabilityOff
+		return d
+	}
+	fs, err := configGet(ctx, rdb, "appendfsync")
+	if err != nil {
+		return Durability{Level: DurabilityUnknown, AppendOnly: aof, Err: err}
+	}
+	d.AppendFsync = fs
+	switch strings.ToLower(fs) {
+	case "always":
+		d.Level = DurabilityAlways
+	case "everysec":
+		d.Level = DurabilityEverysec
+	case "no":
+		d.Level = DurabilityNo
+	default:
+		d.Level = DurabilityUnknown
+		d.Err = fmt.Errorf("unexpected appendfsync %q", fs)
+	}
+	return d
+}
+
+func configGet(ctx context.Context, rdb redis.UniversalClient, name string) (string, error) {
+	m, err := rdb.ConfigGet(ctx, name).Result()
+	if err != nil {
+		return "", fmt.Errorf("config get %s: %w", name, err)
+	}
+	v, ok := m[name]
+	if !ok {
+		return "", fmt.Errorf("config get %s: no value", name)
+	}
+	return v, nil
+}

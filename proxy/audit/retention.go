@@ -1,0 +1,73 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+func (s *Stream) trimAll(ctx context.Context) error {
+	before := s.cfg.Clock().Add(-s.cfg.Retention)
+	var errs []error
+	for _, t := range s.tenants() {
+		if err := s.Trim(ctx, t, strconv.FormatInt(before.UnixMilli(), 10)+"-0"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Trim removes the tenant's entries with ids below minID, after writing a
+// signed retention checkpoint that anchors every writer's remaining chain,
+// so the stream that is left still verifies. The Redis user needs XTRIM.
+func (s *Stream) Trim(ctx context.Context, tenant, minID string) error {
+	key := StreamKey(tenant)
+	// Heads first: a writer that appends after this read continues from
+	// the head read here, so its anchor stays right.
+	heads, err := s.rdb.HGetAll(ctx, HeadsKey(tenant)).Result()
+	if err != nil {
+		return fmt.Errorf("trim %s: read heads: %w", key, err)
+	}
+	anchors := map[string]Anchor{}
+	for w, v := range heads {
+		seq, hash, err := parseHead(v)
+		if err != nil {
+			return fmt.Errorf("trim %s: %w", key, err)
+		}
+		anchors[w] = Anchor{Seq: seq, Hash: hash}
+	}
+	// The first retained record of each writer fixes its anchor.
+	firstSeen := map[string]bool{}
+	start := minID
+	for {
+		msgs, err := s.rdb.XRangeN(ctx, key, start, "+", 1000).Result()
+		if err != nil {
+			return fmt.Errorf("trim %s: scan: %w", key, err)
+		}
+		for _, m := range msgs {
+			rec, _, err := ParseMessage(m)
+			if err != nil || firstSeen[rec.Writer] {
+				continue
+			}
+			firstSeen[rec.Writer] = true
+			if rec.Seq > 0 {
+				anchors[rec.Writer] = Anchor{Seq: rec.Seq - 1, Hash: rec.Prev}
+			}
+		}
+		if len(msgs) < 1000 {
+			break
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+	r := s.submit(ctx, &item{rec: &Record{Tenant: tenant}, checkpoint: CheckpointRetention, anchors: anchors, minID: minID})
+	if r.err != nil {
+		return fmt.Errorf("trim %s: write retention checkpoint: %w", key, r.err)
+	}
+	n, err := s.rdb.XTrimMinID(ctx, key, minID).Result()
+	if err != nil {
+		return fmt.Errorf("trim %s: %w", key, err)
+	}
+	s.log.Info("audit stream trimmed", "stream", key, "min_id", minID, "removed", n)
+	return nil
+}

@@ -1,0 +1,787 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors of the writer.
+var (
+	// ErrClosed is returned by Append after Close.
+	ErrClosed = errors.New("audit stream closed")
+	// ErrTimeout means the record was not acknowledged within WriteTimeout.
+	// The record may or may not be stored; the caller must fail closed.
+	ErrTimeout = errors.New("audit write timed out")
+	// ErrWriterKeyMismatch means the writer id is registered in Redis with
+	// another public key: two processes must never share a writer id.
+	ErrWriterKeyMismatch = errors.New("audit writer id is registered with another public key")
+	// errChainMoved is the Lua script's answer when the stored chain head is
+	// not the one this writer expected (a lost reply, or a writer id used
+	// twice). The writer re-reads the head before its next write.
+	errChainMoved = errors.New("audit chain head moved")
+)
+
+// StreamConfig tunes the writer. Zero values mean the documented defaults.
+type StreamConfig struct {
+	// WriterID names this writer's chains. Default "<hostname>-<random>",
+	// a fresh chain per process start. Set it (with SigningKey) to keep one
+	// identity across restarts; the chain then resumes from its stored head.
+	WriterID string
+	// SigningKey signs checkpoints. Default: a fresh key per start, which is
+	// registered in the writers hash. Pin keys with a trusted-keys file for
+	// verify to stop trusting whatever Redis says.
+	SigningKey ed25519.PrivateKey
+	// MaxBatch is the most records in one pipeline round trip. Default 256.
+	MaxBatch int
+	// MaxWait is how long a batch that already has company lingers for more
+	// records before it is sent. A lone record never waits. Default 200µs.
+	MaxWait time.Duration
+	// WriteTimeout bounds one Append (queueing and the write). Default 2s.
+	WriteTimeout time.Duration
+	// OutcomeBuffer is how many Enqueued records may wait; beyond it they are
+	// dropped and counted. Default 10000.
+	OutcomeBuffer int
+	// RetryMin and RetryMax bound the backoff of outcome retries.
+	// Defaults 50ms and 5s.
+	RetryMin, RetryMax time.Duration
+	// ShutdownTimeout bounds the final flush in Run. Default 5s.
+	ShutdownTimeout time.Duration
+	// CheckpointEvery writes a signed checkpoint after this many records
+	// of one chain. Default 1000.
+	CheckpointEvery int
+	// CheckpointInterval writes a checkpoint for every chain with unsealed
+	// records this often. Default 30s.
+	CheckpointInterval time.Duration
+	// Retention trims entries older than this from the streams this writer
+	// writes. Default 0: never trimmed. The Redis user needs XTRIM.
+	Retention time.Duration
+	// RetentionInterval is how often trimming runs. Default 1h.
+	RetentionInterval time.Duration
+	// DurabilityInterval is how often CONFIG GET is repeated. Default 1m.
+	DurabilityInterval time.Duration
+	// MaxField and MaxJSON cap string fields and Input/Details, in bytes.
+	// Defaults DefaultMaxField and DefaultMaxJSON.
+	MaxField, MaxJSON int
+	// Clock is the time source. Default time.Now.
+	Clock func() time.Time
+}
+
+func (c *StreamConfig) defaults() error {
+	if c.WriterID == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "writer"
+		}
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		c.WriterID = host + "-" + hex.EncodeToString(b[:])
+	}
+	if strings.ContainsAny(c.WriterID, " \t\r\n") {
+		return fmt.Errorf("audit writer id %q: no whitespace allowed", c.WriterID)
+	}
+	if c.SigningKey == nil {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return fmt.Errorf("generate audit signing key: %w", err)
+		}
+		c.SigningKey = k
+	} else if len(c.SigningKey) != ed25519.PrivateKeySize {
+		return errors.New("audit signing key: not an Ed25519 private key")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 256
+	}
+	def(&c.MaxWait, 200*time.Microsecond)
+	def(&c.WriteTimeout, 2*time.Second)
+	if c.OutcomeBuffer <= 0 {
+		c.OutcomeBuffer = 10000
+	}
+	def(&c.RetryMin, 50*time.Millisecond)
+	def(&c.RetryMax, 5*time.Second)
+	def(&c.ShutdownTimeout, 5*time.Second)
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 1000
+	}
+	def(&c.CheckpointInterval, 30*time.Second)
+	def(&c.RetentionInterval, time.Hour)
+	def(&c.DurabilityInterval, time.Minute)
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Retention < 0 {
+		return errors.New("audit retention: must not be negative")
+	}
+	return nil
+}
+
+// Stream writes audit records to the per-tenant Redis streams with group
+// commit: concurrent Appends are sent together in one pipeline round trip.
+// Each record goes through a Lua script that appends it only if the
+// writer's chain head in Redis is the one the record links to, and moves the
+// head in the same step; so a retried or duplicated write can never fork a
+// chain or store one record twice under different sequence numbers.
+//
+// NewStream starts the committer goroutine; Run runs the outcome flusher,
+// the checkpointer and retention; Close stops the committer.
+type Stream struct {
+	rdb redis.UniversalClient
+	cfg StreamConfig
+	log *slog.Logger
+	m   *metrics
+
+	reqs chan *item
+	outq chan *Record
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+
+	durability atomic.Pointer[Durability]
+
+	batches  atomic.Uint64
+	written  atomic.Uint64
+	dropped  atomic.Uint64
+	inflight atomic.Int64 // outcome records in retry
+
+	fresh bool     // the writer id was generated: no earlier chain exists
+	seen  sync.Map // tenants written to (string -> struct{})
+
+	// Owned by the committer goroutine.
+	chains     map[string]*chain
+	registered bool
+}
+
+// Stats are counters of the writer, for tests and status pages.
+type Stats struct {
+	Batches uint64 // pipeline round trips with records
+	Written uint64 // records acknowledged
+	Dropped uint64 // outcome records dropped
+}
+
+type chain struct {
+	tenant    string
+	known     bool // seq/hash are the stored head
+	seq       uint64
+	hash      string
+	sinceCkpt uint64
+	total     uint64
+	ambiguous []*item // failed writes whose fate the next resync decides
+}
+
+type result struct {
+	id  string
+	rec Record
+	err error
+}
+
+type item struct {
+	rec  *Record
+	ctx  context.Context
+	done chan result // buffered 1; nil for internal records
+	// checkpoint, when not "", asks the committer to write a checkpoint of
+	// this type for rec.Tenant (rec carries only the tenant).
+	checkpoint string
+	anchors    map[string]Anchor
+	minID      string
+	// attempt is the seq the last failed write used, for the retry path.
+	attempt uint64
+	stored  bool // resync found the failed write stored
+	settled bool // stored is known
+}
+
+// appendScript appends one record if the writer's head is as expected.
+// KEYS[1] stream, KEYS[2] heads hash; ARGV[1] writer, ARGV[2] expected head
+// ("" for a new chain), ARGV[3] new head, ARGV[4] record JSON.
+var appendScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if not cur then cur = '' end
+if cur ~= ARGV[2] then return redis.error_reply('PASSPORTCHAIN head moved') end
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return id
+`)
+
+// NewStream returns a writer on rdb and starts its committer. It checks the
+// Redis persistence settings and registers the writer's public key; when
+// Redis does not answer it still returns (writes fail closed until Redis is
+// back), but a writer id registered with another key is an error.
+// reg may be nil (no metrics exported).
+func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger, reg prometheus.Registerer) (*Stream, error) {
+	if rdb == nil {
+		return nil, errors.New("new audit stream: nil redis client")
+	}
+	if logger == nil {
+		return nil, errors.New("new audit stream: nil logger")
+	}
+	fresh := cfg.WriterID == ""
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	s := &Stream{
+		fresh:  fresh,
+		rdb:    rdb,
+		cfg:    cfg,
+		log:    logger.With("component", "audit", "writer", cfg.WriterID),
+		m:      newMetrics(reg),
+		reqs:   make(chan *item, cfg.MaxBatch*4),
+		outq:   make(chan *Record, cfg.OutcomeBuffer),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		chains: map[string]*chain{},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.WriteTimeout)
+	defer cancel()
+	s.checkDurability(ctx)
+	if err := s.register(ctx); err != nil {
+		if errors.Is(err, ErrWriterKeyMismatch) {
+			return nil, err
+		}
+		s.log.Warn("audit writer not yet registered; will retry before the first write", "err", err)
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// WriterID is the id of this writer's chains.
+func (s *Stream) WriterID() string { return s.cfg.WriterID }
+
+// PublicKey is the writer's checkpoint verification key.
+func (s *Stream) PublicKey() ed25519.PublicKey {
+	return s.cfg.SigningKey.Public().(ed25519.PublicKey)
+}
+
+// Durability is the persistence level seen at the last check.
+func (s *Stream) Durability() Durability {
+	if d := s.durability.Load(); d != nil {
+		return *d
+	}
+	return Durability{Level: DurabilityUnknown}
+}
+
+// Stats returns the writer's counters.
+func (s *Stream) Stats() Stats {
+	return Stats{Batches: s.batches.Load(), Written: s.written.Load(), Dropped: s.dropped.Load()}
+}
+
+func (s *Stream) checkDurability(ctx context.Context) {
+	d := CheckDurability(ctx, s.rdb)
+	prev := s.durability.Swap(&d)
+	for _, l := range durabilityLevels {
+		v := 0.0
+		if l == d.Level {
+			v = 1
+		}
+		s.m.durability.WithLabelValues(l).Set(v)
+	}
+	if prev != nil && prev.Level == d.Level {
+		return
+	}
+	if d.Level == DurabilityAlways {
+		s.log.Info("audit durability", "level", d.Level)
+		return
+	}
+	s.log.Warn("audit durability weaker than appendfsync always: acknowledged records can be lost in a Redis crash",
+		"level", d.Level, "detail", d.String())
+}
+
+// register publishes the writer's public key with HSETNX: the first key
+// registered for an id wins, so no process can take over another's id.
+func (s *Stream) register(ctx context.Context) error {
+	pub := base64.StdEncoding.EncodeToString(s.PublicKey())
+	ok, err := s.rdb.HSetNX(ctx, WritersKey, s.cfg.WriterID, pub).Result()
+	if err != nil {
+		return fmt.Errorf("register audit writer: %w", err)
+	}
+	if !ok {
+		cur, err := s.rdb.HGet(ctx, WritersKey, s.cfg.WriterID).Result()
+		if err != nil {
+			return fmt.Errorf("register audit writer: %w", err)
+		}
+		if cur != pub {
+			return fmt.Errorf("%w: %s", ErrWriterKeyMismatch, s.cfg.WriterID)
+		}
+	}
+	s.registered = true
+	return nil
+}
+
+// prepare fills the version and time and applies the length caps.
+func (s *Stream) prepare(r *Record) {
+	if r.V == 0 {
+		r.V = Version
+	}
+	if r.Time.IsZero() {
+		r.Time = s.cfg.Clock()
+	}
+	r.Time = r.Time.UTC().Round(0)
+	r.Cap(s.cfg.MaxField, s.cfg.MaxJSON)
+	if _, ok := s.seen.Load(r.Tenant); !ok {
+		s.seen.Store(r.Tenant, struct{}{})
+	}
+}
+
+// Append writes rec and returns its stream id once Redis acknowledged it,
+// together with the other records that arrived meanwhile (group commit).
+// It fills rec's Writer, Seq, Prev and Hash (and V and Time when unset).
+// Any error means the caller must treat the record as not stored.
+func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
+	if rec == nil {
+		return "", errors.New("append audit record: nil record")
+	}
+	if rec.Tenant == "" {
+		return "", errors.New("append audit record: empty tenant")
+	}
+	r := *rec
+	s.prepare(&r)
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	it := &item{rec: &r, ctx: wctx, done: make(chan result, 1)}
+	select {
+	case <-s.stop:
+		s.m.failures.WithLabelValues("closed").Inc()
+		return "", ErrClosed
+	default:
+	}
+	select {
+	case s.reqs <- it:
+	case <-s.stop:
+		s.m.failures.WithLabelValues("closed").Inc()
+		return "", ErrClosed
+	case <-wctx.Done():
+		s.m.failures.WithLabelValues("timeout").Inc()
+		return "", fmt.Errorf("append audit record: queue: %w", ErrTimeout)
+	}
+	select {
+	case res := <-it.done:
+		if res.err != nil {
+			return "", fmt.Errorf("append audit record: %w", res.err)
+		}
+		rec.V, rec.Time = res.rec.V, res.rec.Time
+		rec.Writer, rec.Seq, rec.Prev, rec.Hash = res.rec.Writer, res.rec.Seq, res.rec.Prev, res.rec.Hash
+		return res.id, nil
+	case <-wctx.Done():
+		s.m.failures.WithLabelValues("timeout").Inc()
+		return "", fmt.Errorf("append audit record: %w", ErrTimeout)
+	}
+}
+
+// Enqueue hands rec to the background flusher (Run) and returns at once.
+// When the buffer is full the record is dropped and counted.
+func (s *Stream) Enqueue(rec *Record) {
+	if rec == nil || rec.Tenant == "" {
+		return
+	}
+	r := *rec
+	s.prepare(&r)
+	select {
+	case s.outq <- &r:
+		s.m.bufferDepth.Set(float64(len(s.outq)) + float64(s.inflight.Load()))
+	default:
+		s.drop(1)
+	}
+}
+
+func (s *Stream) drop(n int) {
+	if n <= 0 {
+		return
+	}
+	d := s.dropped.Add(uint64(n))
+	s.m.dropped.Add(float64(n))
+	// Log the first drop and then every 1000th, so a flood does not flood
+	// the log too; the metric has the exact count.
+	if d == uint64(n) || d/1000 != (d-uint64(n))/1000 {
+		s.log.Error("audit outcome records dropped", "total_dropped", d)
+	}
+}
+
+// Close stops the committer. Appends waiting in the queue fail with
+// ErrClosed. Call it after Run has returned so outcomes are flushed.
+func (s *Stream) Close() error {
+	s.closeOnce.Do(func() { close(s.stop) })
+	<-s.done
+	return nil
+}
+
+// commitLoop is the committer: it takes the queued records, waits a little
+// for company, and writes each batch in one pipeline.
+func (s *Stream) commitLoop() {
+	defer close(s.done)
+	var timer *time.Timer
+	for {
+		var first *item
+		select {
+		case first = <-s.reqs:
+		case <-s.stop:
+			s.failQueued()
+			return
+		}
+		batch := []*item{first}
+	fill:
+		for len(batch) < s.cfg.MaxBatch {
+			select {
+			case it := <-s.reqs:
+				batch = append(batch, it)
+				continue
+			default:
+			}
+			// A lone record goes at once; a batch that already has company
+			// lingers up to MaxWait, since more are likely on the way.
+			if len(batch) == 1 || s.cfg.MaxWait <= 0 {
+				break fill
+			}
+			if timer == nil {
+				timer = time.NewTimer(s.cfg.MaxWait)
+			} else {
+				timer.Reset(s.cfg.MaxWait)
+			}
+			for len(batch) < s.cfg.MaxBatch {
+				select {
+				case it := <-s.reqs:
+					batch = append(batch, it)
+					continue
+				case <-timer.C:
+				}
+				break fill
+			}
+			timer.Stop()
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *Stream) failQueued() {
+	for {
+		select {
+		case it := <-s.reqs:
+			s.finish(it, result{err: ErrClosed})
+		default:
+			return
+		}
+	}
+}
+
+func (s *Stream) finish(it *item, res result) {
+	if it.done != nil {
+		it.done <- res
+	}
+}
+
+func headValue(seq uint64, hash string) string {
+	if seq == 0 {
+		return ""
+	}
+	return strconv.FormatUint(seq, 10) + ":" + hash
+}
+
+func parseHead(v string) (uint64, string, error) {
+	if v == "" {
+		return 0, "", nil
+	}
+	seqS, hash, ok := strings.Cut(v, ":")
+	seq, err := strconv.ParseUint(seqS, 10, 64)
+	if !ok || err != nil {
+		return 0, "", fmt.Errorf("malformed chain head %q", v)
+	}
+	return seq, hash, nil
+}
+
+func (s *Stream) chainFor(tenant string, known bool) *chain {
+	c := s.chains[tenant]
+	if c == nil {
+		// A generated writer id is new, so its chains start empty; a
+		// configured one may have stored heads from an earlier run.
+		c = &chain{tenant: tenant, known: known}
+		s.chains[tenant] = c
+	}
+	return c
+}
+
+type pending struct {
+	it  *item
+	rec *Record
+	cmd *redis.Cmd
+	c   *chain
+}
+
+// commit writes one batch: resync the chains whose head is unknown, assign
+// chain fields, send the pipeline, hand each caller its own result.
+func (s *Stream) commit(batch []*item) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
+	defer cancel()
+	start := time.Now()
+
+	// Callers that gave up are not written: they have already answered
+	// (fail closed), and writing would only add an orphan record.
+	live := batch[:0]
+	for _, it := range batch {
+		if it.ctx != nil && it.ctx.Err() != nil {
+			s.finish(it, result{err: ErrTimeout})
+			continue
+		}
+		live = append(live, it)
+	}
+	batch = live
+	if len(batch) == 0 {
+		return
+	}
+	if !s.registered {
+		if err := s.register(ctx); err != nil {
+			s.failAll(batch, err)
+			return
+		}
+	}
+	if err := s.resync(ctx, batch); err != nil {
+		s.failAll(batch, err)
+		return
+	}
+
+	pipe := s.rdb.Pipeline()
+	var ps []pending
+	now := s.cfg.Clock().UTC()
+	add := func(it *item, rec *Record, c *chain) error {
+		rec.Writer = s.cfg.WriterID
+		rec.Seq = c.seq + 1
+		rec.Prev = c.hash
+		raw, err := Seal(rec)
+		if err != nil {
+			return err
+		}
+		expect := headValue(c.seq, c.hash)
+		cmd := appendScript.Eval(ctx, pipe,
+			[]string{StreamKey(rec.Tenant), HeadsKey(rec.Tenant)},
+			s.cfg.WriterID, expect, headValue(rec.Seq, rec.Hash), string(raw))
+		ps = append(ps, pending{it: it, rec: rec, cmd: cmd, c: c})
+		it.attempt = rec.Seq
+		c.seq, c.hash = rec.Seq, rec.Hash
+		c.sinceCkpt++
+		c.total++
+		return nil
+	}
+	for _, it := range batch {
+		c := s.chainFor(it.rec.Tenant, s.generatedID())
+		if it.settled && it.stored {
+			// A retried outcome whose first write did reach Redis.
+			it.settled = false
+			s.finish(it, result{rec: *it.rec})
+			continue
+		}
+		it.settled = false
+		rec := it.rec
+		if it.checkpoint != "" {
+			if c.sinceCkpt == 0 && it.checkpoint != CheckpointRetention {
+				s.finish(it, result{})
+				continue
+			}
+			var err error
+			rec, err = s.checkpointRecord(it, c, now)
+			if err != nil {
+				s.finish(it, result{err: err})
+				continue
+			}
+		}
+		if err := add(it, rec, c); err != nil {
+			s.finish(it, result{err: err})
+			continue
+		}
+		if it.checkpoint == "" && c.sinceCkpt >= uint64(s.cfg.CheckpointEvery) {
+			ck := &item{rec: &Record{Tenant: rec.Tenant}, checkpoint: CheckpointPeriodic}
+			if ckRec, err := s.checkpointRecord(ck, c, now); err == nil {
+				_ = add(ck, ckRec, c)
+			}
+		}
+	}
+	if len(ps) == 0 {
+		return
+	}
+	_, _ = pipe.Exec(ctx)
+	s.batches.Add(1)
+	s.m.batches.Inc()
+	s.m.batchSize.Observe(float64(len(ps)))
+	s.m.latency.Observe(time.Since(start).Seconds())
+
+	for _, p := range ps {
+		id, err := p.cmd.Text()
+		if err == nil {
+			s.written.Add(1)
+			s.m.written.WithLabelValues(string(p.rec.Kind)).Inc()
+			if p.rec.Kind == KindCheckpoint {
+				p.c.sinceCkpt = 0
+				s.m.checkpoints.Inc()
+			}
+			s.finish(p.it, result{id: id, rec: *p.rec})
+			continue
+		}
+		// The write may or may not have happened (a lost reply). The chain
+		// head is unknown until re-read; the Lua check guarantees that what
+		// is stored is a gap-free prefix of what was sent.
+		reason := "redis"
+		switch {
+		case strings.Contains(err.Error(), "PASSPORTCHAIN"):
+			reason = "chain"
+			err = errChainMoved
+		case errors.Is(err, context.DeadlineExceeded):
+			reason = "timeout"
+			err = fmt.Errorf("%w: %v", ErrTimeout, err)
+		}
+		s.m.failures.WithLabelValues(reason).Inc()
+		p.c.known = false
+		p.c.ambiguous = append(p.c.ambiguous, p.it)
+		s.finish(p.it, result{err: err})
+	}
+}
+
+// generatedID reports whether the writer id was generated for this process
+// (so no earlier chain can exist).
+func (s *Stream) generatedID() bool { return s.fresh }
+
+func (s *Stream) failAll(batch []*item, err error) {
+	reason := "redis"
+	if errors.Is(err, context.DeadlineExceeded) {
+		reason = "timeout"
+	}
+	for _, it := range batch {
+		s.m.failures.WithLabelValues(reason).Inc()
+		s.finish(it, result{err: err})
+	}
+}
+
+// resync re-reads the stored heads of the batch's chains that are unknown,
+// in one pipeline, and settles the fate of earlier ambiguous writes.
+func (s *Stream) resync(ctx context.Context, batch []*item) error {
+	var need []*chain
+	seen := map[string]bool{}
+	for _, it := range batch {
+		c := s.chainFor(it.rec.Tenant, s.generatedID())
+		if !c.known && !seen[c.tenant] {
+			seen[c.tenant] = true
+			need = append(need, c)
+		}
+	}
+	if len(need) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(need))
+	for i, c := range need {
+		cmds[i] = pipe.HGet(ctx, HeadsKey(c.tenant), s.cfg.WriterID)
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, c := range need {
+		v, err := cmds[i].Result()
+		if errors.Is(err, redis.Nil) {
+			v, err = "", nil
+		}
+		if err != nil {
+			return fmt.Errorf("read audit chain head: %w", err)
+		}
+		seq, hash, err := parseHead(v)
+		if err != nil {
+			return fmt.Errorf("read audit chain head: %w", err)
+		}
+		c.seq, c.hash, c.known = seq, hash, true
+		for _, a := range c.ambiguous {
+			a.stored, a.settled = a.attempt <= seq, true
+		}
+		c.ambiguous = nil
+	}
+	return nil
+}
+
+// checkpointRecord builds the signed checkpoint record for chain c.
+func (s *Stream) checkpointRecord(it *item, c *chain, now time.Time) (*Record, error) {
+	rec := &Record{
+		V:      Version,
+		Kind:   KindCheckpoint,
+		Time:   now,
+		Tenant: c.tenant,
+		Writer: s.cfg.WriterID,
+		Seq:    c.seq + 1,
+		Prev:   c.hash,
+	}
+	cp := Checkpoint{
+		Type:    it.checkpoint,
+		Stream:  StreamKey(c.tenant),
+		Writer:  s.cfg.WriterID,
+		Seq:     rec.Seq,
+		Head:    c.hash,
+		Records: c.seq,
+		Time:    now.Format(time.RFC3339Nano),
+		MinID:   it.minID,
+		Anchors: it.anchors,
+	}
+	if err := cp.Sign(s.cfg.SigningKey); err != nil {
+		return nil, err
+	}
+	d, err := json.Marshal(cp)
+	if err != nil {
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
+	}
+	rec.Details = d
+	return rec, nil
+}
+
+// submit queues an internal item and waits for its result.
+func (s *Stream) submit(ctx context.Context, it *item) result {
+	it.done = make(chan result, 1)
+	it.ctx = ctx
+	select {
+	case s.reqs <- it:
+	case <-s.stop:
+		return result{err: ErrClosed}
+	case <-ctx.Done():
+		return result{err: ctx.Err()}
+	}
+	select {
+	case r := <-it.done:
+		return r
+	case <-ctx.Done():
+		return result{err: ctx.Err()}
+	}
+}
+
+// Checkpoint writes a signed checkpoint now for every chain of this writer
+// that has records since its last one.
+func (s *Stream) Checkpoint(ctx context.Context, typ string) error {
+	var errs []error
+	for _, t := range s.tenants() {
+		r := s.submit(ctx, &item{rec: &Record{Tenant: t}, checkpoint: typ})
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint %s: %w", t, r.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tenants lists the tenants this writer has written to.
+func (s *Stream) tenants() []string {
+	var out []string
+	s.seen.Range(func(k, _ any) bool {
+		out = append(out, k.(string))
+		return true
+	})
+	return out
+}
+
+// Interface guard.
+var _ Sink = (*Stream)(nil)
