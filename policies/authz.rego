@@ -1,0 +1,47 @@
+# METADATA
+# title: Agent Passport authorization
+# description: |
+#   The decision the proxy enforces on every call. Each other file in this
+#   package adds deny reasons to the set "reasons"; a call is allowed only
+#   when no rule objects. Everything tunable lives in data.passport.config
+#   (policies/data.yaml); the rules read only input and data.
+package passport.authz
+
+# config is the policy data (policies/data.yaml).
+config := data.passport.config
+
+# action_config is the data entry of the requested action; undefined for an
+# action the library does not know.
+action_config := config.actions[input.action]
+
+# Default deny: allow is true only when it is proven below. An input that is
+# missing fields makes the checks that read them add reasons, never pass.
+default allow := false
+
+allow if count(reasons) == 0
+
+# decision is what the proxy evaluates: data.passport.authz.decision.
+decision := {
+	"allow": allow,
+	"reasons": sort(reasons),
+	"input_version": supported_input_version,
+	"data_revision": data_revision,
+}
+
+# supported_input_version is the version of the input document these rules
+# read (policies/README.md, "The input document").
+supported_input_version := 1
+
+default data_revision := ""
+
+data_revision := config.revision
+
+# The input document must be the version the rules were written for: a new
+# shape must never be read with old rules.
+reasons contains "input_version_unsupported" if input.version != supported_input_version
+
+reasons contains "input_version_unsupported" if not input.version
+
+# Every action must be known to the library; an action added to the proxy's
+# routes is denied until a security team describes it in data.
+reasons contains "unknown_action" if not action_config

@@ -1,0 +1,44 @@
+package passport.authz_test
+
+import data.passport.authz
+
+test_typical_call_allowed if {
+	d := authz.decision with input as healer_restart with data.passport.config.revision as "r1"
+	d == {"allow": true, "reasons": [], "input_version": 1, "data_revision": "r1"}
+}
+
+test_empty_input_denied if {
+	d := authz.decision with input as {}
+	d.allow == false
+	"input_version_unsupported" in d.reasons
+	"unknown_action" in d.reasons
+	"agent_blocked" in d.reasons
+	"tenant_mismatch" in d.reasons
+	"action_not_granted" in d.reasons
+	"invalid_time" in d.reasons
+}
+
+test_reasons_sorted_and_unique if {
+	r := reasons_of(call({"version": 2, "agent": {"blocked": true}}))
+	r == ["agent_blocked", "input_version_unsupported"]
+}
+
+test_input_version_other_denied if {
+	denied_only(call({"version": 2}), ["input_version_unsupported"])
+}
+
+test_input_version_missing_denied if {
+	denied_only(object.remove(healer_restart, ["version"]), ["input_version_unsupported"])
+}
+
+test_unknown_action_denied if {
+	x := as_agent("healer", "HIGH", ["service.delete"], {"action": "service.delete"})
+	denied_only(x, ["agent_type_not_permitted", "unknown_action"])
+}
+
+test_data_revision_defaults_to_empty if {
+	cfg := object.remove(data.passport.config, ["revision"])
+	d := authz.decision with input as healer_restart with data.passport.config as cfg
+	d.data_revision == ""
+	d.allow == true
+}

@@ -1,0 +1,92 @@
+# Shared fixtures for the passport.authz tests: typical inputs (input
+# document v1) and helpers that evaluate the decision.
+package passport.authz_test
+
+import data.passport.authz
+
+# healer_restart is a typical allowed call: the acme healer restarts
+# checkout on a production route with a passport that grants it.
+healer_restart := {
+	"version": 1,
+	"time": "2026-11-25T20:00:00.123456789Z",
+	"tenant": "acme",
+	"action": "service.restart",
+	"resource": "checkout",
+	"route": {
+		"name": "service-restart",
+		"template": "POST /services/{name}/restart",
+		"tenant": "",
+		"production": true,
+	},
+	"request": {
+		"id": "req-1",
+		"method": "POST",
+		"path": "/services/checkout/restart",
+		"params": {"name": "checkout"},
+		"query": {},
+		"headers": {"user-agent": "healer/1.0"},
+		"body": null,
+	},
+	"passport": {
+		"iss": "http://127.0.0.1:8081",
+		"sub": "cl-healer",
+		"aud": ["passport-proxy"],
+		"exp": 1795636800,
+		"iat": 1795636500,
+		"nbf": 1795636500,
+		"jti": "jti-1",
+		"client_id": "cl-healer",
+		"tenant": "acme",
+		"scope": "service.list service.get service.restart deployment.rollback cache.warm",
+		"agent": {"id": "ag-healer", "name": "healer-1", "type": "healer", "trust_level": "HIGH", "reputation": 90},
+		"authorization_details": [{
+			"type": "agent_action",
+			"actions": ["service.list", "service.get", "service.restart", "deployment.rollback", "cache.warm"],
+			"locations": ["passport-proxy"],
+		}],
+	},
+	"agent": {
+		"id": "ag-healer",
+		"name": "healer-1",
+		"type": "healer",
+		"trust_level": "HIGH",
+		"reputation": 90,
+		"blocked": false,
+	},
+}
+
+# call returns the healer_restart input with patch merged in (objects merge
+# recursively, anything else is replaced).
+call(patch) := object.union(healer_restart, patch)
+
+# as_agent is a call by an agent of the given type and trust level whose
+# passport grants exactly actions.
+as_agent(type, trust, actions, patch) := object.union(
+	call({
+		"agent": {"type": type, "trust_level": trust},
+		"passport": {
+			"agent": {"type": type, "trust_level": trust},
+			"authorization_details": [{"type": "agent_action", "actions": actions}],
+		},
+	}),
+	patch,
+)
+
+# reasons_of is the decision's reasons for input x.
+reasons_of(x) := r if {
+	r := authz.decision.reasons with input as x
+}
+
+# allowed holds when the decision for x allows with no reasons.
+allowed(x) if {
+	d := authz.decision with input as x
+	d.allow == true
+	d.reasons == []
+}
+
+# denied_only holds when the decision for x denies with exactly reasons.
+denied_only(x, reasons) if {
+	d := authz.decision with input as x
+	d.allow == false
+	d.reasons == reasons
+}

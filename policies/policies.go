@@ -1,0 +1,328 @@
+// Package policies is Agent Passport's Rego library: the rules the proxy
+// enforces on every call (package passport.authz), their *_test.rego tests
+// and their data (data.yaml), embedded in the binary so that a proxy needs
+// no files to start. Security teams edit the files in this folder and test
+// them with `opa test policies/` or `passport policy test`.
+//
+// The Go side loads a policy directory the way the OPA command line does,
+// compiles it strictly, runs its tests through OPA's tester (with coverage)
+// and prepares the decision query; the proxy engine and the replay tool
+// use the same loader, so what `opa test` passes is what gets enforced.
+package policies
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/cover"
+	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/tester"
+)
+
+// The contract between the proxy and the library.
+const (
+	// Package is the Rego package of the library.
+	Package = "passport.authz"
+	// DecisionQuery is the query the proxy evaluates; it yields the
+	// decision object {"allow": bool, "reasons": [string], ...}.
+	DecisionQuery = "data.passport.authz.decision"
+	// InputVersion is the version of the input document the library reads
+	// (input.version); see README.md, "The input document".
+	InputVersion = 1
+)
+
+//go:embed *.rego data.yaml
+var embedded embed.FS
+
+// FS is the embedded library as an engine loads it: every .rego file and
+// data.yaml, without the *_test.rego files (tests are not part of what is
+// enforced, and leaving them out keeps the compiled policy small).
+var FS fs.FS = withoutTests{embedded}
+
+// TestFS is the embedded library with its tests: what `passport policy
+// test` runs when no directory is given.
+var TestFS fs.FS = embedded
+
+// IsTestFile reports whether name is a Rego test file (*_test.rego).
+func IsTestFile(name string) bool { return strings.HasSuffix(path.Base(name), "_test.rego") }
+
+// Library is a loaded policy directory: parsed modules and data.
+type Library struct {
+	// Modules are the parsed Rego files, by path inside the directory.
+	Modules map[string]*ast.Module
+	// Data is the merged content of every .json and .yaml file, rooted
+	// at data (policies/data.yaml holds {"passport": {"config": ...}}).
+	Data map[string]any
+}
+
+// Load reads a policy directory as `opa test DIR` does: every .rego file
+// (the *_test.rego ones only when tests is true) and every .json or .yaml
+// file as data, recursively; files in a subdirectory land under data at
+// that directory's path. Rego is parsed as v1.
+func Load(fsys fs.FS, tests bool) (*Library, error) {
+	return load(fsys, ".", tests)
+}
+
+// LoadDir is Load of a directory on disk; module names and error
+// positions then carry the directory, as with opa.
+func LoadDir(dir string, tests bool) (*Library, error) {
+	return load(nil, dir, tests)
+}
+
+func load(fsys fs.FS, root string, tests bool) (*Library, error) {
+	filter := func(_ string, info fs.FileInfo, _ int) bool {
+		return !tests && !info.IsDir() && IsTestFile(info.Name())
+	}
+	l := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true)
+	if fsys != nil {
+		l = l.WithFS(fsys)
+	}
+	res, err := l.Filtered([]string{root}, filter)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	lib := &Library{Modules: res.ParsedModules(), Data: res.Documents}
+	if len(lib.Modules) == 0 {
+		return nil, errors.New("load policies: no .rego files")
+	}
+	return lib, nil
+}
+
+// compiler returns a compiler configured like `opa check`/`opa test`:
+// the modules must not collide with the data (path conflicts), print
+// statements are allowed, and strict adds the checks of --strict (unused
+// variables and imports, shadowed builtins, deprecated builtins...).
+func (l *Library) compiler(strict bool) *ast.Compiler {
+	return ast.NewCompiler().
+		WithStrict(strict).
+		WithEnablePrintStatements(true).
+		WithCapabilities(ast.CapabilitiesForThisVersion()).
+		WithPathConflictsCheck(dataFinder(l.Data))
+}
+
+// Compile compiles the modules, strictly like `opa check --strict` when
+// strict is true.
+func (l *Library) Compile(strict bool) (*ast.Compiler, error) {
+	c := l.compiler(strict)
+	if c.Compile(l.Modules); c.Failed() {
+		return nil, fmt.Errorf("compile policies: %w", c.Errors)
+	}
+	return c, nil
+}
+
+// ErrNoDecision means a policy directory does not define the decision rule
+// the proxy evaluates.
+var ErrNoDecision = errors.New("policies do not define " + DecisionQuery)
+
+// Check compiles the directory's modules (tests included, since they must
+// compile too) strictly, like `opa check --strict`, and checks that the
+// decision rule exists.
+func Check(fsys fs.FS) error {
+	lib, err := Load(fsys, true)
+	if err != nil {
+		return err
+	}
+	c, err := lib.Compile(true)
+	if err != nil {
+		return err
+	}
+	ref := ast.MustParseRef(DecisionQuery)
+	if len(c.GetRulesExact(ref)) == 0 {
+		return ErrNoDecision
+	}
+	return nil
+}
+
+// NotFormatted returns the .rego files of the directory that `opa fmt`
+// would change.
+func NotFormatted(fsys fs.FS) ([]string, error) {
+	var out []string
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || path.Ext(p) != ".rego" {
+			return err
+		}
+		src, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		got, err := formatSource(p, src)
+		if err != nil {
+			return err
+		}
+		if string(got) != string(src) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Prepare compiles the library (as loaded: load it without tests for
+// enforcement) and prepares the decision query once, so that each
+// evaluation only binds an input.
+func (l *Library) Prepare(ctx context.Context) (rego.PreparedEvalQuery, error) {
+	c, err := l.Compile(false)
+	if err != nil {
+		return rego.PreparedEvalQuery{}, err
+	}
+	pq, err := rego.New(
+		rego.Query(DecisionQuery),
+		rego.Compiler(c),
+		rego.Store(inmem.NewFromObject(l.Data)),
+	).PrepareForEval(ctx)
+	if err != nil {
+		return rego.PreparedEvalQuery{}, fmt.Errorf("prepare %s: %w", DecisionQuery, err)
+	}
+	return pq, nil
+}
+
+// TestOptions tunes Test.
+type TestOptions struct {
+	// Run, when set, runs only the tests whose name matches this regular
+	// expression (like opa test --run).
+	Run string
+	// Coverage collects line coverage.
+	Coverage bool
+	// Timeout bounds each test (default 5s, like opa test).
+	Timeout time.Duration
+	// Trace records evaluation traces, for verbose failure output.
+	Trace bool
+}
+
+// TestReport is the outcome of Test.
+type TestReport struct {
+	// Results are the test results, in the tester's order.
+	Results []*tester.Result
+	// Modules are the modules that ran (library and tests).
+	Modules map[string]*ast.Module
+	// Coverage is OPA's coverage report over every module, tests
+	// included: the figure `opa test --coverage` prints. Nil unless
+	// TestOptions.Coverage.
+	Coverage *cover.Report
+	// LibraryCoverage is the line coverage (percent) of the library
+	// files alone (*_test.rego left out), the honest figure.
+	LibraryCoverage float64
+}
+
+// Passed reports whether every test passed and at least one ran.
+func (r *TestReport) Passed() bool {
+	if len(r.Results) == 0 {
+		return false
+	}
+	for _, res := range r.Results {
+		if !res.Pass() {
+			return false
+		}
+	}
+	return true
+}
+
+// Counts returns how many tests passed, failed and errored.
+func (r *TestReport) Counts() (pass, fail, errored int) {
+	for _, res := range r.Results {
+		switch {
+		case res.Error != nil:
+			errored++
+		case res.Fail:
+			fail++
+		case res.Pass():
+			pass++
+		}
+	}
+	return pass, fail, errored
+}
+
+// Test runs the directory's *_test.rego through OPA's tester, as `opa test
+// DIR` does, optionally with coverage.
+func Test(ctx context.Context, fsys fs.FS, opts TestOptions) (*TestReport, error) {
+	lib, err := Load(fsys, true)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Run != "" {
+		if _, err := regexp.Compile(opts.Run); err != nil {
+			return nil, fmt.Errorf("test filter %q: %w", opts.Run, err)
+		}
+	}
+	store := inmem.NewFromObject(lib.Data)
+	txn, err := store.NewTransaction(ctx, storage.WriteParams)
+	if err != nil {
+		return nil, fmt.Errorf("open policy store: %w", err)
+	}
+	defer store.Abort(ctx, txn)
+
+	var cov *cover.Cover
+	runner := tester.NewRunner().
+		SetCompiler(lib.compiler(false)).
+		SetStore(store).
+		SetModules(lib.Modules).
+		CapturePrintOutput(true).
+		EnableTracing(opts.Trace).
+		SetTimeout(cmpDuration(opts.Timeout, 5*time.Second)).
+		Filter(opts.Run)
+	if opts.Coverage {
+		cov = cover.New()
+		runner = runner.SetCoverageQueryTracer(cov)
+	}
+	ch, err := runner.RunTests(ctx, txn)
+	if err != nil {
+		return nil, fmt.Errorf("run policy tests: %w", err)
+	}
+	rep := &TestReport{Modules: lib.Modules}
+	for res := range ch {
+		rep.Results = append(rep.Results, res)
+	}
+	if cov != nil {
+		r := cov.Report(lib.Modules)
+		rep.Coverage = &r
+		rep.LibraryCoverage = libraryCoverage(r)
+	}
+	return rep, nil
+}
+
+// libraryCoverage is the line coverage of the non-test files.
+func libraryCoverage(r cover.Report) float64 {
+	var covered, notCovered int
+	for name, f := range r.Files {
+		if IsTestFile(name) {
+			continue
+		}
+		covered += f.CoveredLines
+		notCovered += f.NotCoveredLines
+	}
+	if covered+notCovered == 0 {
+		return 0
+	}
+	return 100 * float64(covered) / float64(covered+notCovered)
+}
+
+// LibraryFiles returns the names of the non-test modules, sorted.
+func (r *TestReport) LibraryFiles() []string {
+	var out []string
+	for name := range r.Modules {
+		if !IsTestFile(name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func cmpDuration(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
