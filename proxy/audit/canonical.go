@@ -98,4 +98,3 @@ func Seal(rec *Record) ([]byte, error) {
 	rec.Hash = h
 	return encode(rec)
 }
-

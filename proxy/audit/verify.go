@@ -1,0 +1,441 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Problem kinds reported by the verifier.
+const (
+	ProblemMalformed     = "malformed"      // not a decodable record
+	ProblemChanged       = "changed"        // content does not match its hash, or a link does not match
+	ProblemDeleted       = "deleted"        // records missing from a writer's chain
+	ProblemReordered     = "reordered"      // a record appears after a later one of its writer
+	ProblemDuplicate     = "duplicate"      // a request id recorded twice for one kind
+	ProblemBadCheckpoint = "bad_checkpoint" // checkpoint inconsistent or signature invalid
+	ProblemUnknownWriter = "unknown_writer" // no trusted public key for the writer
+	ProblemWrongTenant   = "wrong_tenant"   // record of another tenant in this stream
+)
+
+// Problem is one place where a stream does not verify.
+type Problem struct {
+	Stream string `json:"stream"`
+	ID     string `json:"id"` // stream entry id where it was found ("" for the stream's end)
+	Writer string `json:"writer,omitempty"`
+	Seq    uint64 `json:"seq,omitempty"`
+	Kind   string `json:"kind"`
+	Detail string `json:"detail"`
+	pos    int
+}
+
+func (p Problem) String() string {
+	at := p.ID
+	if at == "" {
+		at = "end of stream"
+	}
+	w := ""
+	if p.Writer != "" {
+		w = fmt.Sprintf(" writer %s seq %d:", p.Writer, p.Seq)
+	}
+	return fmt.Sprintf("%s at %s %s:%s %s", p.Kind, p.Stream, at, w, p.Detail)
+}
+
+// WriterReport sums up one writer's chain in one stream.
+type WriterReport struct {
+	Writer      string `json:"writer"`
+	Records     uint64 `json:"records"`
+	Checkpoints uint64 `json:"checkpoints"`
+	FirstSeq    uint64 `json:"first_seq"`
+	LastSeq     uint64 `json:"last_seq"`
+	// SealedSeq is the seq of the last valid checkpoint: records up to it
+	// are covered by the writer's signature.
+	SealedSeq uint64 `json:"sealed_seq"`
+	// Unsealed counts records after the last checkpoint: their integrity
+	// rests on the hash chain and the head in Redis only.
+	Unsealed uint64 `json:"unsealed"`
+	Anchored bool   `json:"anchored,omitempty"` // starts after a retention checkpoint's anchor
+}
+
+// Report is the result of verifying one stream.
+type Report struct {
+	Stream   string                   `json:"stream"`
+	Records  int                      `json:"records"`
+	Writers  map[string]*WriterReport `json:"writers"`
+	Problems []Problem                `json:"problems,omitempty"`
+}
+
+// OK reports whether no problem was found.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// First is the first broken place, by position in the stream.
+func (r *Report) First() *Problem {
+	if len(r.Problems) == 0 {
+		return nil
+	}
+	return &r.Problems[0]
+}
+
+// maxProblems bounds the report; the first one is what matters.
+const maxProblems = 1000
+
+type wstate struct {
+	rep       *WriterReport
+	lastSeq   uint64
+	lastHash  string
+	lastID    string
+	firstPrev string
+	firstID   string
+	firstPos  int
+}
+
+// Verifier checks one stream's entries in order. It is pure (no Redis), so
+// it can be fuzzed and used on exported files.
+type Verifier struct {
+	stream  string
+	tenant  string
+	keys    map[string]ed25519.PublicKey
+	heads   map[string]Anchor
+	writers map[string]*wstate
+	reqs    map[string]string
+	// anchors[w] holds (seq, hash) pairs from valid retention checkpoints.
+	anchors map[string]map[Anchor]bool
+	unknown map[string]bool
+	rep     Report
+	pos     int
+}
+
+// NewVerifier returns a verifier for tenant's stream. keys maps writer ids
+// to their checkpoint keys; heads (may be nil) are the chain heads read
+// from Redis before the entries, to detect records deleted at the tail.
+func NewVerifier(tenant string, keys map[string]ed25519.PublicKey, heads map[string]Anchor) *Verifier {
+	stream := StreamKey(tenant)
+	return &Verifier{
+		stream: stream, tenant: tenant, keys: keys, heads: heads,
+		writers: map[string]*wstate{}, reqs: map[string]string{},
+		anchors: map[string]map[Anchor]bool{}, unknown: map[string]bool{},
+		rep: Report{Stream: stream, Writers: map[string]*WriterReport{}},
+	}
+}
+
+func (v *Verifier) problem(p Problem) {
+	p.Stream = v.stream
+	if p.pos == 0 {
+		p.pos = v.pos
+	}
+	if len(v.rep.Problems) < maxProblems {
+		v.rep.Problems = append(v.rep.Problems, p)
+	}
+}
+
+// Add checks the next entry: its stream id and the stored record JSON.
+func (v *Verifier) Add(id string, raw []byte) {
+	v.pos++
+	v.rep.Records++
+	rec, err := DecodeRecord(raw)
+	if err != nil {
+		v.problem(Problem{ID: id, Kind: ProblemMalformed, Detail: err.Error()})
+		return
+	}
+	sum, err := HashRaw(raw)
+	if err != nil {
+		v.problem(Problem{ID: id, Kind: ProblemMalformed, Detail: err.Error()})
+		return
+	}
+	if rec.Writer == "" || rec.Seq == 0 {
+		v.problem(Problem{ID: id, Kind: ProblemMalformed, Detail: "record has no writer or seq"})
+		return
+	}
+	p := Problem{ID: id, Writer: rec.Writer, Seq: rec.Seq}
+	if sum != rec.Hash {
+		p.Kind, p.Detail = ProblemChanged, "content does not match its hash (record changed)"
+		v.problem(p)
+	}
+	if rec.Tenant != v.tenant {
+		p.Kind, p.Detail = ProblemWrongTenant, fmt.Sprintf("record of tenant %q", rec.Tenant)
+		v.problem(p)
+	}
+	if _, ok := v.keys[rec.Writer]; !ok && !v.unknown[rec.Writer] {
+		v.unknown[rec.Writer] = true
+		p.Kind, p.Detail = ProblemUnknownWriter, "no trusted public key for this writer (forged writer?)"
+		v.problem(p)
+	}
+
+	ws := v.writers[rec.Writer]
+	if ws == nil {
+		ws = &wstate{rep: &WriterReport{Writer: rec.Writer, FirstSeq: rec.Seq}, firstPrev: rec.Prev, firstID: id, firstPos: v.pos}
+		v.writers[rec.Writer] = ws
+		v.rep.Writers[rec.Writer] = ws.rep
+		if rec.Seq == 1 && rec.Prev != "" {
+			p.Kind, p.Detail = ProblemChanged, "first record of the chain links to a previous hash"
+			v.problem(p)
+		}
+	} else {
+		switch {
+		case rec.Seq == ws.lastSeq+1:
+			if rec.Prev != ws.lastHash {
+				p.Kind = ProblemChanged
+				p.Detail = fmt.Sprintf("prev does not match the hash of seq %d at %s (a record was replaced or forged)", ws.lastSeq, ws.lastID)
+				v.problem(p)
+			}
+		case rec.Seq > ws.lastSeq+1:
+			p.Kind = ProblemDeleted
+			p.Detail = fmt.Sprintf("seq %d..%d missing after seq %d at %s", ws.lastSeq+1, rec.Seq-1, ws.lastSeq, ws.lastID)
+			v.problem(p)
+		default:
+			p.Kind = ProblemReordered
+			p.Detail = fmt.Sprintf("seq %d appears after seq %d at %s (reordered, replayed or inserted)", rec.Seq, ws.lastSeq, ws.lastID)
+			v.problem(p)
+		}
+	}
+	ws.rep.Records++
+	if rec.Seq > ws.lastSeq {
+		ws.lastSeq, ws.lastHash, ws.lastID = rec.Seq, rec.Hash, id
+		ws.rep.LastSeq = rec.Seq
+	}
+	if h, ok := v.heads[rec.Writer]; ok && h.Seq == rec.Seq && h.Hash != rec.Hash {
+		p.Kind, p.Detail = ProblemChanged, "hash differs from the writer's chain head in Redis"
+		v.problem(p)
+	}
+
+	if rec.RequestID != "" && (rec.Kind == KindDecision || rec.Kind == KindOutcome) {
+		k := string(rec.Kind) + "\x00" + rec.RequestID
+		if first, ok := v.reqs[k]; ok {
+			p.Kind = ProblemDuplicate
+			p.Detail = fmt.Sprintf("%s record for request id %q already at %s", rec.Kind, rec.RequestID, first)
+			v.problem(p)
+		} else {
+			v.reqs[k] = id
+		}
+	}
+
+	if rec.Kind == KindCheckpoint {
+		v.checkpoint(id, rec, ws, p)
+	}
+}
+
+func (v *Verifier) checkpoint(id string, rec *Record, ws *wstate, p Problem) {
+	p.Kind = ProblemBadCheckpoint
+	var cp Checkpoint
+	if err := json.Unmarshal(rec.Details, &cp); err != nil {
+		p.Detail = "checkpoint details: " + err.Error()
+		v.problem(p)
+		return
+	}
+	switch {
+	case cp.Writer != rec.Writer, cp.Seq != rec.Seq, cp.Head != rec.Prev, cp.Stream != v.stream:
+		p.Detail = "checkpoint does not describe its own record (writer, seq, head or stream differ)"
+		v.problem(p)
+		return
+	}
+	key, ok := v.keys[rec.Writer]
+	if !ok {
+		p.Detail = "no public key to verify the checkpoint"
+		v.problem(p)
+		return
+	}
+	if err := cp.Verify(key); err != nil {
+		p.Detail = err.Error() + " (signed with another key?)"
+		v.problem(p)
+		return
+	}
+	ws.rep.Checkpoints++
+	ws.rep.SealedSeq = rec.Seq
+	if cp.Type == CheckpointRetention {
+		for w, a := range cp.Anchors {
+			if v.anchors[w] == nil {
+				v.anchors[w] = map[Anchor]bool{}
+			}
+			v.anchors[w][a] = true
+		}
+	}
+}
+
+// Finish completes the checks that need the whole stream and returns the
+// report, problems sorted by position.
+func (v *Verifier) Finish() *Report {
+	for w, ws := range v.writers {
+		if ws.rep.FirstSeq > 1 {
+			a := Anchor{Seq: ws.rep.FirstSeq - 1, Hash: ws.firstPrev}
+			if v.anchors[w][a] {
+				ws.rep.Anchored = true
+			} else {
+				v.problem(Problem{ID: ws.firstID, Writer: w, Seq: ws.rep.FirstSeq, Kind: ProblemDeleted, pos: ws.firstPos,
+					Detail: fmt.Sprintf("chain starts at seq %d: seq 1..%d missing and no signed retention checkpoint anchors it", ws.rep.FirstSeq, ws.rep.FirstSeq-1)})
+			}
+		}
+		ws.rep.Unsealed = ws.lastSeq - min(ws.rep.SealedSeq, ws.lastSeq)
+	}
+	ws := make([]string, 0, len(v.heads))
+	for w := range v.heads {
+		ws = append(ws, w)
+	}
+	sort.Strings(ws)
+	for _, w := range ws {
+		h := v.heads[w]
+		st := v.writers[w]
+		last := uint64(0)
+		if st != nil {
+			last = st.lastSeq
+		}
+		if st == nil && v.anchors[w][h] {
+			continue // every record of this writer was trimmed, as anchored
+		}
+		if last < h.Seq {
+			v.problem(Problem{Writer: w, Seq: last + 1, Kind: ProblemDeleted, pos: v.pos + 1,
+				Detail: fmt.Sprintf("the writer's head in Redis is seq %d but the stream ends at seq %d (records deleted at the tail)", h.Seq, last)})
+		}
+	}
+	sort.SliceStable(v.rep.Problems, func(i, j int) bool { return v.rep.Problems[i].pos < v.rep.Problems[j].pos })
+	return &v.rep
+}
+
+// VerifyOptions tunes VerifyStream.
+type VerifyOptions struct {
+	// TrustedKeys pins writer keys. When set, only these writers are
+	// trusted and the writers hash in Redis is ignored: whoever can write
+	// Redis cannot then register a key of their own.
+	TrustedKeys map[string]ed25519.PublicKey
+	// PageSize is the XRANGE page. Default 1000.
+	PageSize int64
+}
+
+// VerifyStream walks the tenant's stream and checks every chain.
+func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string, opts VerifyOptions) (*Report, error) {
+	keys := opts.TrustedKeys
+	if keys == nil {
+		reg, err := rdb.HGetAll(ctx, WritersKey).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read audit writers: %w", err)
+		}
+		keys = map[string]ed25519.PublicKey{}
+		for w, k := range reg {
+			if pk, err := ParsePublicKey(k); err == nil {
+				keys[w] = pk
+			}
+		}
+	}
+	// Heads before entries: a concurrent append only makes the stream
+	// longer than the heads, never shorter.
+	hv, err := rdb.HGetAll(ctx, HeadsKey(tenant)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read audit chain heads: %w", err)
+	}
+	heads := map[string]Anchor{}
+	for w, s := range hv {
+		seq, hash, err := parseHead(s)
+		if err != nil {
+			return nil, err
+		}
+		heads[w] = Anchor{Seq: seq, Hash: hash}
+	}
+	v := NewVerifier(tenant, keys, heads)
+	page := opts.PageSize
+	if page <= 0 {
+		page = 1000
+	}
+	err = ScanStream(ctx, rdb, StreamKey(tenant), "-", page, func(m redis.XMessage) error {
+		raw, _ := m.Values[FieldRecord].(string)
+		v.Add(m.ID, []byte(raw))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.Finish(), nil
+}
+
+// ScanStream calls fn for every entry of key from start ("-" for all, or
+// an id, inclusive) in pages.
+func ScanStream(ctx context.Context, rdb redis.UniversalClient, key, start string, page int64, fn func(redis.XMessage) error) error {
+	for {
+		msgs, err := rdb.XRangeN(ctx, key, start, "+", page).Result()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", key, err)
+		}
+		for _, m := range msgs {
+			if err := fn(m); err != nil {
+				return err
+			}
+		}
+		if int64(len(msgs)) < page {
+			return nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// ListTenants finds the tenants that have an audit stream (SCAN, on every
+// primary in Cluster).
+func ListTenants(ctx context.Context, rdb redis.UniversalClient) ([]string, error) {
+	found := map[string]bool{}
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.ScanType(ctx, 0, "passport:{t:*}:audit", 500, "stream").Iterator()
+		for it.Next(ctx) {
+			if t, ok := TenantFromStreamKey(it.Val()); ok {
+				found[t] = true
+			}
+		}
+		return it.Err()
+	}
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		var mu = make(chan struct{}, 1)
+		err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			mu <- struct{}{}
+			defer func() { <-mu }()
+			return scan(ctx, n)
+		})
+	case *redis.Client:
+		err = scan(ctx, c)
+	default:
+		return nil, errors.New("list audit tenants: unsupported redis client")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list audit tenants: %w", err)
+	}
+	out := make([]string, 0, len(found))
+	for t := range found {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// ParseTrustedKeys reads a trusted-keys file: one "<writer-id> <base64
+// Ed25519 public key>" per line; blank lines and lines starting with #
+// are ignored.
+func ParseTrustedKeys(r io.Reader) (map[string]ed25519.PublicKey, error) {
+	keys := map[string]ed25519.PublicKey{}
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("trusted keys line %d: want \"<writer-id> <base64 public key>\"", n)
+		}
+		k, err := ParsePublicKey(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("trusted keys line %d: %w", n, err)
+		}
+		keys[f[0]] = k
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read trusted keys: %w", err)
+	}
+	return keys, nil
+}
