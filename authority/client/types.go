@@ -1,0 +1,109 @@
+package client
+
+import (
+	"time"
+
+	"github.com/agentpassport/passport/authority/passport"
+)
+
+// Outcomes an agent's reported calls can have (POST .../outcomes).
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeDenied  = "denied"
+)
+
+// AgentSpec is the body of POST /v1/tenants/{tenant}/agents.
+type AgentSpec struct {
+	Name       string              `json:"name"`
+	Type       string              `json:"type"`
+	TrustLevel passport.TrustLevel `json:"trust_level"`
+	// Capabilities the agent may ever be granted. Default: its type's.
+	Capabilities []string `json:"capabilities,omitempty"`
+	// PublicKey (PEM "PUBLIC KEY" or a JWK as JSON text) enables
+	// private_key_jwt client authentication.
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// Agent is an agent as the admin API shows it. The secret never appears.
+type Agent struct {
+	ID       string `json:"id"`
+	ClientID string `json:"client_id"`
+	Tenant   string `json:"tenant"`
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	// TrustLevel is the registered ceiling.
+	TrustLevel   passport.TrustLevel `json:"trust_level"`
+	Capabilities []string            `json:"capabilities"`
+	// Reputation is the live score (0–100) at the time of the answer.
+	Reputation         float64 `json:"reputation"`
+	ReputationBaseline float64 `json:"reputation_baseline"`
+	// EffectiveTrustLevel is what a passport issued now would carry:
+	// the ceiling lowered by reputation.
+	EffectiveTrustLevel passport.TrustLevel `json:"effective_trust_level"`
+	Blocked             bool                `json:"blocked"`
+	BlockedReason       string              `json:"blocked_reason,omitempty"`
+	BlockedAt           *time.Time          `json:"blocked_at,omitempty"`
+	HasPublicKey        bool                `json:"has_public_key"`
+	CreatedAt           time.Time           `json:"created_at"`
+}
+
+// Registration is the 201 answer of POST /v1/tenants/{tenant}/agents: the
+// agent plus its client secret, which is shown this once only.
+type Registration struct {
+	Agent
+	ClientSecret string `json:"client_secret"`
+}
+
+// AgentList is the answer of GET /v1/tenants/{tenant}/agents.
+type AgentList struct {
+	Agents []Agent `json:"agents"`
+}
+
+// BlockRequest is the body of POST .../agents/{id}/block.
+type BlockRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// OutcomeRequest is the body of POST .../agents/{id}/outcomes.
+type OutcomeRequest struct {
+	Outcome string `json:"outcome"`
+	// Detail is a short free-text note kept in the reputation audit record.
+	Detail string `json:"detail,omitempty"`
+}
+
+// OutcomeResult is the answer of POST .../agents/{id}/outcomes.
+type OutcomeResult struct {
+	Agent
+	Previous float64 `json:"previous"`
+	// AutoBlocked is true when this outcome blocked the agent.
+	AutoBlocked bool `json:"auto_blocked"`
+}
+
+// RotateResult is the answer of POST /v1/keys/rotate.
+type RotateResult struct {
+	CurrentKID string `json:"current_kid"`
+	NextKID    string `json:"next_kid"`
+}
+
+// Problem is an RFC 9457 problem+json body, as the admin API answers errors.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// TokenResponse is the RFC 6749 §5.1 answer of POST /oauth2/token.
+type TokenResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
+	Scope       string `json:"scope,omitempty"`
+}
+
+// OAuthError is the RFC 6749 §5.2 error body.
+type OAuthError struct {
+	Code        string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+}

@@ -1,0 +1,380 @@
+package authority
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/redisx"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Defaults of Config. DefaultConfig returns a Config holding all of them.
+const (
+	DefaultListen          = "127.0.0.1:8081"
+	DefaultIssuer          = "http://127.0.0.1:8081"
+	DefaultAudience        = "passport-proxy"
+	DefaultMaxBodyBytes    = 16 << 10
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// MinAdminTokenLength is the shortest admin token accepted. Admin tokens are
+// bearer credentials for the whole registry; a short one could be guessed.
+const MinAdminTokenLength = 16
+
+// Config configures the authority. Every field has a default (see
+// DefaultConfig and examples/authority.yaml), so an authority starts with
+// nothing but a Redis URL.
+type Config struct {
+	// Listen is the HTTP address. Default 127.0.0.1:8081.
+	Listen string `yaml:"listen"`
+	// Issuer is the "iss" of every passport and the base of the URLs in
+	// the RFC 8414 metadata. Default http://127.0.0.1:8081.
+	Issuer string `yaml:"issuer"`
+	// Redis says how to reach Redis (env PASSPORT_REDIS_URL overrides url).
+	Redis redisx.Config `yaml:"redis"`
+	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN). It
+	// may manage every tenant and rotate keys. Default none: without any
+	// admin token the admin API refuses every call (fail closed).
+	AdminToken string `yaml:"admin_token"`
+	// TenantAdminTokens maps a tenant to tokens that may manage only that
+	// tenant's agents. Default none.
+	TenantAdminTokens map[string][]string `yaml:"tenant_admin_tokens"`
+	// Audiences lists the audiences a passport may be issued for (the
+	// token request's "resource" or "audience"); the first is the
+	// default. Default [passport-proxy].
+	Audiences []string `yaml:"audiences"`
+	// Passport shapes issued passports.
+	Passport PassportConfig `yaml:"passport"`
+	// Keys configures signing keys and their rotation.
+	Keys KeysConfig `yaml:"keys"`
+	// Clients configures client authentication.
+	Clients ClientsConfig `yaml:"clients"`
+	// Reputation configures the reputation model.
+	Reputation ReputationConfig `yaml:"reputation"`
+	// AgentTypes maps an agent type to the capabilities (actions) it gets
+	// when registered without an explicit list. Entries here replace or
+	// add to the built-in types (healer, deployer, scaler, observer,
+	// chaos). A registration may list any action known to some type.
+	AgentTypes map[string][]string `yaml:"agent_types"`
+	// HTTP tunes the server.
+	HTTP HTTPConfig `yaml:"http"`
+}
+
+// PassportConfig shapes issued passports.
+type PassportConfig struct {
+	// Lifetime of a passport. Default 5m, at most 1h (passport.MaxLifetime).
+	Lifetime time.Duration `yaml:"lifetime"`
+	// Leeway is the clock skew allowed when the authority verifies
+	// passports (introspection, revocation) and client assertions.
+	// Default 30s, at most 30s.
+	Leeway time.Duration `yaml:"leeway"`
+}
+
+// KeysConfig configures signing keys.
+type KeysConfig struct {
+	// Algorithm for new keys: EdDSA (Ed25519) or ES256. Default EdDSA.
+	// Existing keys keep their algorithm until rotated out.
+	Algorithm string `yaml:"algorithm"`
+	// RotationInterval is how long a key stays current. Default 24h;
+	// 0 is not allowed (use a very long interval to rotate by hand only).
+	RotationInterval time.Duration `yaml:"rotation_interval"`
+	// CheckInterval is how often a replica reloads the key set from Redis
+	// and checks whether a rotation is due. Default 10s.
+	CheckInterval time.Duration `yaml:"check_interval"`
+	// EncryptionKey encrypts private keys at rest in Redis with
+	// AES-256-GCM (the AES key is SHA-256 of this value); env
+	// PASSPORT_KEY_ENCRYPTION_KEY. Use a high-entropy value such as
+	// `openssl rand -base64 32`. Default none: keys are stored unencrypted
+	// and a warning is logged, because anyone who can read Redis could
+	// then mint passports.
+	EncryptionKey string `yaml:"encryption_key"`
+}
+
+// ClientsConfig configures client authentication at the token endpoint.
+type ClientsConfig struct {
+	// BcryptCost for client secrets. Default 10 (bcrypt.DefaultCost);
+	// tests may use 4 (bcrypt.MinCost).
+	BcryptCost int `yaml:"bcrypt_cost"`
+	// SecretCacheTTL caches a successful secret verification in memory,
+	// keyed by SHA-256 of client id, secret and stored hash, so that an
+	// agent fetching passports often does not pay bcrypt each time. A
+	// changed or deleted secret never matches the cache. Default 1m; 0
+	// disables the cache.
+	SecretCacheTTL time.Duration `yaml:"secret_cache_ttl"`
+	// AuthFailureLimit is how many failed authentications one client id
+	// may have per AuthFailureWindow before the token endpoint refuses it
+	// with 429. Counted in Redis so every replica shares the count.
+	// Default 10.
+	AuthFailureLimit int `yaml:"auth_failure_limit"`
+	// AuthFailureWindow. Default 1m.
+	AuthFailureWindow time.Duration `yaml:"auth_failure_window"`
+	// AssertionMaxLifetime caps exp-iat of a private_key_jwt assertion;
+	// its jti is remembered until exp so it is single-use. Default 5m.
+	AssertionMaxLifetime time.Duration `yaml:"assertion_max_lifetime"`
+}
+
+// ReputationConfig configures the reputation model (0–100 per agent).
+type ReputationConfig struct {
+	// Weights are added to the score per reported outcome.
+	// Defaults: success +1, failure -5, denied -10.
+	Success float64 `yaml:"success"`
+	Failure float64 `yaml:"failure"`
+	Denied  float64 `yaml:"denied"`
+	// HalfLife of the drift back to the baseline. Default 1h.
+	HalfLife time.Duration `yaml:"half_life"`
+	// Baselines per trust level. Defaults HIGH 90, MEDIUM 75, LOW 60.
+	BaselineHigh   float64 `yaml:"baseline_high"`
+	BaselineMedium float64 `yaml:"baseline_medium"`
+	BaselineLow    float64 `yaml:"baseline_low"`
+	// HighMin is the lowest score at which HIGH trust is issued. Default 80.
+	HighMin float64 `yaml:"high_min"`
+	// MediumMin is the lowest score at which MEDIUM trust is issued;
+	// below it passports say LOW. Default 50.
+	MediumMin float64 `yaml:"medium_min"`
+	// BlockBelow blocks an agent automatically when its score falls
+	// below it. Default 25.
+	BlockBelow float64 `yaml:"block_below"`
+}
+
+// HTTPConfig tunes the HTTP server.
+type HTTPConfig struct {
+	// MaxBodyBytes bounds every request body. Default 16384.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ShutdownTimeout is how long in-flight requests get at shutdown.
+	// Default 10s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// ReadHeaderTimeout. Default 5s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+}
+
+// DefaultAgentTypes are the built-in agent types and their capabilities.
+func DefaultAgentTypes() map[string][]string {
+	return map[string][]string{
+		passport.TypeHealer:   {"service.list", "service.get", "service.restart", "deployment.rollback", "cache.warm"},
+		passport.TypeDeployer: {"service.list", "service.get", "deployment.deploy", "deployment.rollback"},
+		passport.TypeScaler:   {"service.list", "service.get", "service.scale"},
+		passport.TypeObserver: {"service.list", "service.get"},
+		passport.TypeChaos:    {"service.list", "service.get", "chaos.inject", "chaos.clear"},
+	}
+}
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		Listen:    DefaultListen,
+		Issuer:    DefaultIssuer,
+		Audiences: []string{DefaultAudience},
+		Passport:  PassportConfig{Lifetime: passport.DefaultLifetime, Leeway: passport.MaxLeeway},
+		Keys: KeysConfig{
+			Algorithm:        passport.AlgEdDSA,
+			RotationInterval: 24 * time.Hour,
+			CheckInterval:    10 * time.Second,
+		},
+		Clients: ClientsConfig{
+			BcryptCost:           bcrypt.DefaultCost,
+			SecretCacheTTL:       time.Minute,
+			AuthFailureLimit:     10,
+			AuthFailureWindow:    time.Minute,
+			AssertionMaxLifetime: 5 * time.Minute,
+		},
+		Reputation: ReputationConfig{
+			Success: 1, Failure: -5, Denied: -10,
+			HalfLife:       time.Hour,
+			BaselineHigh:   passport.BaselineReputation(passport.TrustHigh),
+			BaselineMedium: passport.BaselineReputation(passport.TrustMedium),
+			BaselineLow:    passport.BaselineReputation(passport.TrustLow),
+			HighMin:        80,
+			MediumMin:      50,
+			BlockBelow:     25,
+		},
+		HTTP: HTTPConfig{
+			MaxBodyBytes:      DefaultMaxBodyBytes,
+			ShutdownTimeout:   DefaultShutdownTimeout,
+			ReadHeaderTimeout: 5 * time.Second,
+		},
+	}
+}
+
+// ApplyEnv overrides addresses and secrets from the environment:
+// PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN, PASSPORT_KEY_ENCRYPTION_KEY,
+// PASSPORT_AUTHORITY_ISSUER.
+func (c *Config) ApplyEnv(getenv func(string) string) {
+	if getenv == nil {
+		return
+	}
+	set := func(key string, dst *string) {
+		if v := getenv(key); v != "" {
+			*dst = v
+		}
+	}
+	set("PASSPORT_REDIS_URL", &c.Redis.URL)
+	set("PASSPORT_ADMIN_TOKEN", &c.AdminToken)
+	set("PASSPORT_KEY_ENCRYPTION_KEY", &c.Keys.EncryptionKey)
+	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
+}
+
+var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidTenant reports whether s is a valid tenant name: lowercase letters,
+// digits, '-' and '_', at most 63 characters. Tenants appear inside Redis
+// hash tags, so '{', '}' and ':' must never reach a key.
+func ValidTenant(s string) bool { return tenantRE.MatchString(s) }
+
+var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`)
+
+// Validate reports every problem in the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			bad("listen: %v", err)
+		}
+	}
+	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		bad("issuer %q: want an http(s) URL without query or fragment", c.Issuer)
+	}
+	if err := c.Redis.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < MinAdminTokenLength {
+		bad("admin_token: shorter than %d characters", MinAdminTokenLength)
+	}
+	for _, t := range slices.Sorted(maps.Keys(c.TenantAdminTokens)) {
+		if !ValidTenant(t) {
+			bad("tenant_admin_tokens: tenant %q: want lowercase letters, digits, '-' or '_'", t)
+		}
+		for i, tok := range c.TenantAdminTokens[t] {
+			if len(tok) < MinAdminTokenLength {
+				bad("tenant_admin_tokens.%s[%d]: shorter than %d characters", t, i, MinAdminTokenLength)
+			}
+		}
+	}
+	if len(c.Audiences) == 0 {
+		bad("audiences: at least one audience is needed")
+	}
+	for i, a := range c.Audiences {
+		if a == "" {
+			bad("audiences[%d]: empty", i)
+		}
+	}
+	if c.Passport.Lifetime <= 0 || c.Passport.Lifetime > passport.MaxLifetime {
+		bad("passport.lifetime %v: want more than 0 and at most %v", c.Passport.Lifetime, passport.MaxLifetime)
+	}
+	if c.Passport.Leeway < 0 || c.Passport.Leeway > passport.MaxLeeway {
+		bad("passport.leeway %v: want 0 to %v", c.Passport.Leeway, passport.MaxLeeway)
+	}
+	if c.Keys.Algorithm != passport.AlgEdDSA && c.Keys.Algorithm != passport.AlgES256 {
+		bad("keys.algorithm %q: want EdDSA or ES256", c.Keys.Algorithm)
+	}
+	if c.Keys.RotationInterval < time.Minute {
+		bad("keys.rotation_interval %v: want at least 1m", c.Keys.RotationInterval)
+	}
+	if c.Keys.CheckInterval <= 0 {
+		bad("keys.check_interval %v: want more than 0", c.Keys.CheckInterval)
+	}
+	if c.Clients.BcryptCost < bcrypt.MinCost || c.Clients.BcryptCost > bcrypt.MaxCost {
+		bad("clients.bcrypt_cost %d: want %d to %d", c.Clients.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if c.Clients.SecretCacheTTL < 0 {
+		bad("clients.secret_cache_ttl: must not be negative")
+	}
+	if c.Clients.AuthFailureLimit < 1 {
+		bad("clients.auth_failure_limit %d: want at least 1", c.Clients.AuthFailureLimit)
+	}
+	if c.Clients.AuthFailureWindow < time.Second {
+		bad("clients.auth_failure_window %v: want at least 1s", c.Clients.AuthFailureWindow)
+	}
+	if c.Clients.AssertionMaxLifetime < time.Second || c.Clients.AssertionMaxLifetime > time.Hour {
+		bad("clients.assertion_max_lifetime %v: want 1s to 1h", c.Clients.AssertionMaxLifetime)
+	}
+	r := c.Reputation
+	if r.HalfLife < 0 {
+		bad("reputation.half_life: must not be negative")
+	}
+	for name, v := range map[string]float64{"baseline_high": r.BaselineHigh, "baseline_medium": r.BaselineMedium,
+		"baseline_low": r.BaselineLow, "high_min": r.HighMin, "medium_min": r.MediumMin, "block_below": r.BlockBelow} {
+		if v < 0 || v > 100 {
+			bad("reputation.%s %v: want 0 to 100", name, v)
+		}
+	}
+	if !(r.BlockBelow <= r.MediumMin && r.MediumMin <= r.HighMin) {
+		bad("reputation: want block_below <= medium_min <= high_min")
+	}
+	for name, b := range map[string]float64{"baseline_high": r.BaselineHigh, "baseline_medium": r.BaselineMedium, "baseline_low": r.BaselineLow} {
+		if b < r.BlockBelow {
+			bad("reputation.%s %v: below block_below %v, every new agent would be blocked", name, b, r.BlockBelow)
+		}
+	}
+	types := c.agentTypes()
+	for _, name := range slices.Sorted(maps.Keys(types)) {
+		if !actionRE.MatchString(name + ".x") {
+			bad("agent_types: type %q: want lowercase letters, digits, '-' or '_'", name)
+		}
+		for _, a := range types[name] {
+			if !actionRE.MatchString(a) {
+				bad("agent_types.%s: action %q: want dotted lowercase like service.restart", name, a)
+			}
+		}
+	}
+	if c.HTTP.MaxBodyBytes < 1024 {
+		bad("http.max_body_bytes %d: want at least 1024", c.HTTP.MaxBodyBytes)
+	}
+	if c.HTTP.ShutdownTimeout < 0 || c.HTTP.ReadHeaderTimeout < 0 {
+		bad("http: timeouts must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// agentTypes merges the built-in agent types with the configured ones.
+func (c Config) agentTypes() map[string][]string {
+	m := DefaultAgentTypes()
+	maps.Copy(m, c.AgentTypes)
+	return m
+}
+
+// knownActions is the sorted union of every type's capabilities.
+func knownActions(types map[string][]string) []string {
+	set := map[string]bool{}
+	for _, as := range types {
+		for _, a := range as {
+			set[a] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for a := range set {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// baseline is the starting reputation for a trust level.
+func (r ReputationConfig) baseline(t passport.TrustLevel) float64 {
+	switch t {
+	case passport.TrustHigh:
+		return r.BaselineHigh
+	case passport.TrustMedium:
+		return r.BaselineMedium
+	}
+	return r.BaselineLow
+}
+
+// allowed is the highest trust level the score allows.
+func (r ReputationConfig) allowed(score float64) passport.TrustLevel {
+	switch {
+	case score >= r.HighMin:
+		return passport.TrustHigh
+	case score >= r.MediumMin:
+		return passport.TrustMedium
+	}
+	return passport.TrustLow
+}

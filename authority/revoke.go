@@ -1,0 +1,330 @@
+package authority
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/redis/go-redis/v9"
+)
+
+// revokeJTI stores a revoked jti until the passport would have expired and
+// announces it to the proxies. cause is a metrics label: revoke, block or
+// delete.
+func (a *Authority) revokeJTI(ctx context.Context, tenant, agentID, jti string, exp time.Time, cause string) error {
+	ev := passport.RevocationEvent{Type: passport.EventRevoke, JTI: jti, Exp: exp.Unix(), Tenant: tenant, AgentID: agentID, Reason: cause}
+	pipe := a.rdb.Pipeline()
+	pipe.ZAdd(ctx, passport.RevokedKey, redis.Z{Score: float64(exp.Unix()), Member: jti})
+	pipe.Publish(ctx, passport.RevocationChannel, ev.Marshal())
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("revoke %s: %w", jti, err)
+	}
+	a.m.revocations.WithLabelValues(cause).Inc()
+	a.log.InfoContext(ctx, "passport revoked", "tenant", tenant, "agent_id", agentID, "jti", jti, "cause", cause)
+	a.auditEnqueue(tenant, agentID, audit.KindRevocation, map[string]any{"agent_id": agentID, "jti": jti, "exp": exp.Unix(), "cause": cause})
+	return nil
+}
+
+// revokeOutstanding revokes every passport of an agent that has not
+// expired yet.
+func (a *Authority) revokeOutstanding(ctx context.Context, tenant, agentID, cause string) (int, error) {
+	now := a.now()
+	zs, err := a.rdb.ZRangeByScoreWithScores(ctx, issuedKey(tenant, agentID), &redis.ZRangeBy{
+		Min: strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10), Max: "+inf",
+	}).Result()
+	if err != nil {
+		return 0, fmt.Errorf("list passports of %s: %w", agentID, err)
+	}
+	n := 0
+	var errs []error
+	for _, z := range zs {
+		jti, _ := z.Member.(string)
+		if err := a.revokeJTI(ctx, tenant, agentID, jti, time.Unix(int64(z.Score), 0), cause); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// blockAgent blocks an agent: the flag in its hash and the blocked set
+// (both read by proxies), every outstanding passport revoked, an event on
+// the revocation channel, and an agent_blocked audit record with the cause.
+// trigger is "admin" or "reputation" (a metrics label); cause is the
+// human-readable story kept in the audit record. A block must happen even
+// if the audit store is down, so an audit failure is logged and counted,
+// not returned.
+func (a *Authority) blockAgent(ctx context.Context, rec *agentRecord, reason, trigger, cause string) error {
+	now := a.now()
+	pipe := a.rdb.TxPipeline()
+	pipe.HSet(ctx, passport.AgentKey(rec.Tenant, rec.ID), passport.FieldBlocked, "1",
+		fieldBlockedReason, reason, fieldBlockedAt, now.UTC().Format(time.RFC3339Nano))
+	pipe.SAdd(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("block agent %s: %w", rec.ID, err)
+	}
+	ev := passport.RevocationEvent{Type: passport.EventBlock, Tenant: rec.Tenant, AgentID: rec.ID, Reason: reason}
+	if err := a.rdb.Publish(ctx, passport.RevocationChannel, ev.Marshal()).Err(); err != nil {
+		a.log.WarnContext(ctx, "publish block", "agent_id", rec.ID, "err", err)
+	}
+	n, err := a.revokeOutstanding(ctx, rec.Tenant, rec.ID, "block")
+	a.m.blocks.WithLabelValues(trigger).Inc()
+	a.log.WarnContext(ctx, "agent blocked", "tenant", rec.Tenant, "agent_id", rec.ID, "reason", reason, "trigger", trigger, "cause", cause, "revoked", n)
+	a.auditAppend(ctx, rec.Tenant, rec, audit.KindAgentBlocked, map[string]any{
+		"agent_id": rec.ID, "reason": reason, "cause": cause, "trigger": trigger, "revoked": n,
+	})
+	rec.Blocked, rec.BlockedReason, rec.BlockedAt = true, reason, now
+	return err
+}
+
+// unblockAgent lifts a block. The reputation is reset to the agent's
+// baseline: the admin has decided the agent may act again, and leaving the
+// score below the block threshold would block it again on its next denied
+// call. Passports revoked by the block stay revoked; the agent asks for a
+// new one.
+func (a *Authority) unblockAgent(ctx context.Context, rec *agentRecord, by string) error {
+	now := a.now()
+	rep := passport.Reputation{Score: rec.Reputation.Baseline, Baseline: rec.Reputation.Baseline, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife}
+	fields := reputationFields(rep)
+	fields[passport.FieldBlocked] = "0"
+	pipe := a.rdb.TxPipeline()
+	pipe.HSet(ctx, passport.AgentKey(rec.Tenant, rec.ID), fields)
+	pipe.HDel(ctx, passport.AgentKey(rec.Tenant, rec.ID), fieldBlockedReason, fieldBlockedAt)
+	pipe.SRem(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("unblock agent %s: %w", rec.ID, err)
+	}
+	ev := passport.RevocationEvent{Type: passport.EventUnblock, Tenant: rec.Tenant, AgentID: rec.ID}
+	if err := a.rdb.Publish(ctx, passport.RevocationChannel, ev.Marshal()).Err(); err != nil {
+		a.log.WarnContext(ctx, "publish unblock", "agent_id", rec.ID, "err", err)
+	}
+	a.m.unblocks.Inc()
+	a.log.InfoContext(ctx, "agent unblocked", "tenant", rec.Tenant, "agent_id", rec.ID, "by", by)
+	a.auditAppend(ctx, rec.Tenant, rec, audit.KindAgentUnblocked, map[string]any{
+		"agent_id": rec.ID, "by": by, "reputation": rep.Score,
+	})
+	rec.Blocked, rec.BlockedReason, rec.BlockedAt, rec.Reputation = false, "", time.Time{}, rep
+	return nil
+}
+
+// deleteAgent removes an agent and revokes its passports. The agent is
+// kept in the blocked set until its last passport expired (the set
+// member is removed by a later unblock or stays harmlessly: no new
+// passport can be issued for a deleted id).
+func (a *Authority) deleteAgent(ctx context.Context, rec *agentRecord) error {
+	if _, err := a.revokeOutstanding(ctx, rec.Tenant, rec.ID, "delete"); err != nil {
+		return err
+	}
+	pipe := a.rdb.TxPipeline()
+	pipe.Del(ctx, passport.AgentKey(rec.Tenant, rec.ID))
+	pipe.SRem(ctx, tenantAgentsKey(rec.Tenant), rec.ID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("delete agent %s: %w", rec.ID, err)
+	}
+	if err := a.rdb.HDel(ctx, clientsKey, rec.ID).Err(); err != nil {
+		return fmt.Errorf("delete agent %s: %w", rec.ID, err)
+	}
+	a.log.InfoContext(ctx, "agent deleted", "tenant", rec.Tenant, "agent_id", rec.ID)
+	return nil
+}
+
+func (a *Authority) auditRecord(tenant string, rec *agentRecord, kind audit.Kind, details any) *audit.Record {
+	b, _ := json.Marshal(details)
+	r := &audit.Record{V: audit.Version, Kind: kind, Time: a.now().UTC(), Tenant: tenant, Details: b}
+	if rec != nil {
+		r.AgentID, r.AgentName, r.AgentType, r.TrustLevel = rec.ID, rec.Name, rec.Type, string(rec.Trust)
+	}
+	return r
+}
+
+func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRecord, kind audit.Kind, details any) {
+	if a.audit == nil {
+		return
+	}
+	if _, err := a.audit.Append(context.WithoutCancel(ctx), a.auditRecord(tenant, rec, kind, details)); err != nil {
+		a.m.auditErrors.Inc()
+		a.log.ErrorContext(ctx, "audit record not written", "kind", kind, "tenant", tenant, "err", err)
+	}
+}
+
+func (a *Authority) auditEnqueue(tenant, agentID string, kind audit.Kind, details any) {
+	if a.audit == nil {
+		return
+	}
+	r := a.auditRecord(tenant, nil, kind, details)
+	r.AgentID = agentID
+	a.audit.Enqueue(r)
+}
+
+// caller is who called introspection or revocation: an admin (global or
+// tenant) or an authenticated agent.
+type caller struct {
+	admin *principal
+	agent *agentRecord
+}
+
+// authCaller authenticates introspection and revocation callers: a
+// Bearer admin token, or the client's own credentials (any method the
+// token endpoint accepts). It returns the remaining form.
+func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil, nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large"}
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "application/x-www-form-urlencoded" {
+		return nil, nil, errInvalidRequest("content type must be application/x-www-form-urlencoded")
+	}
+	vals, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, nil, errInvalidRequest("malformed form body")
+	}
+	if tok := bearer(r); tok != "" {
+		p, ok := a.admins.check(tok)
+		if !ok {
+			return nil, nil, errInvalidClient
+		}
+		return &caller{admin: &p}, vals, nil
+	}
+	user, pass, hasBasic := basicAuth(r)
+	clean := url.Values{}
+	for k, v := range vals {
+		if k != "token" && k != "token_type_hint" {
+			clean[k] = v
+		}
+	}
+	clean.Set("grant_type", "client_credentials") // parseTokenForm wants one; unused here
+	f, err := parseTokenForm("application/x-www-form-urlencoded", []byte(clean.Encode()), user, pass, hasBasic)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.Init(r.Context()); err != nil {
+		return nil, nil, err
+	}
+	agent, err := a.authenticate(r.Context(), f)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &caller{agent: agent}, vals, nil
+}
+
+func (a *Authority) oauthFail(w http.ResponseWriter, r *http.Request, err error) {
+	var oe *oauthError
+	if !errors.As(err, &oe) {
+		a.log.ErrorContext(r.Context(), "request failed", "path", r.URL.Path, "err", err)
+		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later"}
+	}
+	writeOAuthError(w, oe.status, oe.code, oe.desc)
+}
+
+// handleIntrospect answers RFC 7662. Only the passport's own tenant may
+// learn about it: a caller from another tenant gets active:false, exactly
+// as for an unknown token.
+func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	who, vals, err := a.authCaller(r)
+	if err != nil {
+		a.oauthFail(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	inactive := map[string]any{"active": false}
+	raw := vals.Get("token")
+	if raw == "" {
+		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "token is required")
+		return
+	}
+	if err := a.Init(r.Context()); err != nil {
+		a.oauthFail(w, r, err)
+		return
+	}
+	c, err := a.verify(raw, "")
+	if err != nil || !who.mayAccess(c) {
+		writeJSON(w, http.StatusOK, inactive)
+		return
+	}
+	ctx := r.Context()
+	pipe := a.rdb.Pipeline()
+	revoked := pipe.ZScore(ctx, passport.RevokedKey, c.ID)
+	blocked := pipe.HGet(ctx, passport.AgentKey(c.Tenant, c.Subject), passport.FieldBlocked)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		a.oauthFail(w, r, fmt.Errorf("introspect: %w", err))
+		return
+	}
+	if revoked.Err() == nil {
+		writeJSON(w, http.StatusOK, inactive)
+		return
+	}
+	if v, _ := blocked.Result(); v != "0" { // blocked, or the agent was deleted
+		writeJSON(w, http.StatusOK, inactive)
+		return
+	}
+	out := map[string]any{
+		"active": true, "token_type": "Bearer", "scope": c.Scope, "client_id": c.ClientID,
+		"sub": c.Subject, "aud": c.Audience, "iss": c.Issuer, "jti": c.ID,
+		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(), "nbf": c.NotBefore.Unix(),
+		"tenant": c.Tenant, "agent": c.Agent, "authorization_details": c.AuthorizationDetails,
+	}
+	if c.Task != nil {
+		out["task"] = c.Task
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (c *caller) mayAccess(cl *passport.Claims) bool {
+	switch {
+	case c.admin != nil:
+		return c.admin.may(cl.Tenant)
+	case c.agent != nil:
+		return c.agent.Tenant == cl.Tenant
+	}
+	return false
+}
+
+// handleRevoke answers RFC 7009: 200 for an unknown, invalid or expired
+// token (the client cannot do anything useful with a difference). An agent
+// may revoke only its own passports; an admin those of its tenants.
+func (a *Authority) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	who, vals, err := a.authCaller(r)
+	if err != nil {
+		a.oauthFail(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	raw := vals.Get("token")
+	if raw == "" {
+		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "token is required")
+		return
+	}
+	if err := a.Init(r.Context()); err != nil {
+		a.oauthFail(w, r, err)
+		return
+	}
+	c, err := a.verify(raw, "")
+	if err != nil {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if who.agent != nil && who.agent.ID != c.Subject {
+		writeOAuthError(w, http.StatusBadRequest, "unauthorized_client", "a client may revoke only its own passports")
+		return
+	}
+	if who.admin != nil && !who.admin.may(c.Tenant) {
+		w.WriteHeader(http.StatusOK) // as unknown: says nothing about other tenants
+		return
+	}
+	if err := a.revokeJTI(r.Context(), c.Tenant, c.Subject, c.ID, c.ExpiresAt.Time, "revoke"); err != nil {
+		a.oauthFail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}

@@ -1,0 +1,679 @@
+package authority
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Client authentication methods (RFC 6749 §2.3, RFC 7523).
+const (
+	authBasic         = "client_secret_basic"
+	authPost          = "client_secret_post"
+	authPrivateKeyJWT = "private_key_jwt"
+
+	assertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+)
+
+// oauthError is an RFC 6749 §5.2 error with its HTTP status.
+type oauthError struct {
+	status int
+	code   string
+	desc   string
+}
+
+func (e *oauthError) Error() string { return e.code + ": " + e.desc }
+
+func errInvalidRequest(desc string) *oauthError {
+	return &oauthError{http.StatusBadRequest, "invalid_request", desc}
+}
+
+// errInvalidClient is deliberately the same for an unknown client, a wrong
+// secret and a bad assertion, so that the answer does not tell an attacker
+// which client ids exist.
+var errInvalidClient = &oauthError{http.StatusUnauthorized, "invalid_client", "client authentication failed"}
+
+// tokenForm is the parsed token request.
+type tokenForm struct {
+	GrantType     string
+	ClientID      string
+	ClientSecret  string
+	AssertionType string
+	Assertion     string
+	Scope         string
+	HasScope      bool
+	AuthzDetails  string
+	Audience      string
+	Task          string
+	Tenant        string
+	method        string
+}
+
+// maxParam bounds each form value; the body limit bounds the total.
+const maxParam = 8192
+
+// parseTokenForm parses and checks the token request body and the Basic
+// header. Each parameter may appear at most once (RFC 6749 §3.2).
+func parseTokenForm(contentType string, body []byte, basicUser, basicPass string, hasBasic bool) (*tokenForm, error) {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "application/x-www-form-urlencoded" {
+		return nil, errInvalidRequest("content type must be application/x-www-form-urlencoded")
+	}
+	vals, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, errInvalidRequest("malformed form body")
+	}
+	f := &tokenForm{}
+	for k, v := range vals {
+		if len(v) != 1 {
+			return nil, errInvalidRequest("parameter " + safeParam(k) + " given more than once")
+		}
+		if len(v[0]) > maxParam {
+			return nil, errInvalidRequest("parameter " + safeParam(k) + " too long")
+		}
+	}
+	get := vals.Get
+	f.GrantType = get("grant_type")
+	f.ClientID = get("client_id")
+	f.ClientSecret = get("client_secret")
+	f.AssertionType = get("client_assertion_type")
+	f.Assertion = get("client_assertion")
+	f.Scope = get("scope")
+	_, f.HasScope = vals["scope"]
+	f.AuthzDetails = get("authorization_details")
+	f.Task = get("task")
+	f.Tenant = get("tenant")
+	res, aud := get("resource"), get("audience")
+	if res != "" && aud != "" && res != aud {
+		return nil, errInvalidRequest("resource and audience disagree")
+	}
+	f.Audience = res + aud
+	if res != "" && aud != "" {
+		f.Audience = res
+	}
+	if f.GrantType == "" {
+		return nil, errInvalidRequest("grant_type is required")
+	}
+
+	// Exactly one client authentication method (RFC 6749 §2.3).
+	methods := 0
+	if hasBasic {
+		methods++
+		f.method = authBasic
+		if f.ClientID != "" && f.ClientID != basicUser {
+			return nil, errInvalidRequest("client_id in the body differs from the Authorization header")
+		}
+		f.ClientID, f.ClientSecret = basicUser, basicPass
+		if get("client_secret") != "" {
+			methods++
+		}
+	} else if f.ClientSecret != "" {
+		methods++
+		f.method = authPost
+	}
+	if f.Assertion != "" || f.AssertionType != "" {
+		methods++
+		f.method = authPrivateKeyJWT
+		if f.AssertionType != assertionTypeJWT {
+			return nil, errInvalidRequest("client_assertion_type must be " + assertionTypeJWT)
+		}
+		if f.Assertion == "" {
+			return nil, errInvalidRequest("client_assertion is required")
+		}
+	}
+	if methods > 1 {
+		return nil, errInvalidRequest("use exactly one client authentication method")
+	}
+	if methods == 0 {
+		return nil, errInvalidClient
+	}
+	if f.method != authPrivateKeyJWT && f.ClientID == "" {
+		return nil, errInvalidClient
+	}
+	return f, nil
+}
+
+// safeParam keeps an attacker-chosen parameter name out of answers unless
+// it is short and plain.
+func safeParam(k string) string {
+	if len(k) > 40 {
+		return "(name too long)"
+	}
+	for _, c := range k {
+		if !(c >= 'a' && c <= 'z' || c == '_') {
+			return "(unprintable name)"
+		}
+	}
+	return k
+}
+
+func (a *Authority) handleToken(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	tok, method, err := a.token(ctx, r)
+	if err != nil {
+		var oe *oauthError
+		if !errors.As(err, &oe) {
+			a.log.ErrorContext(ctx, "token request failed", "err", err)
+			oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "the authority cannot issue passports right now"}
+		}
+		a.m.refused.WithLabelValues(oe.code).Inc()
+		if oe.status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", strconv.Itoa(int(a.cfg.Clients.AuthFailureWindow.Seconds())))
+		}
+		writeOAuthError(w, oe.status, oe.code, oe.desc)
+		return
+	}
+	a.m.issued.WithLabelValues(string(tok.trust), method).Inc()
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	writeJSON(w, http.StatusOK, client.TokenResponse{
+		AccessToken: tok.raw, TokenType: "Bearer", ExpiresIn: int64(a.cfg.Passport.Lifetime.Seconds()), Scope: tok.scope,
+	})
+}
+
+type issued struct {
+	raw   string
+	scope string
+	trust passport.TrustLevel
+}
+
+func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, "", &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large"}
+		}
+		return nil, "", errInvalidRequest("cannot read request body")
+	}
+	user, pass, hasBasic := basicAuth(r)
+	f, err := parseTokenForm(r.Header.Get("Content-Type"), body, user, pass, hasBasic)
+	if err != nil {
+		if errors.Is(err, errInvalidClient) {
+			a.m.authFailures.WithLabelValues("none", "no_credentials").Inc()
+		}
+		return nil, "", err
+	}
+	if f.GrantType != "client_credentials" {
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported"}
+	}
+	if err := a.Init(ctx); err != nil {
+		return nil, f.method, err
+	}
+	agent, err := a.authenticate(ctx, f)
+	if err != nil {
+		return nil, f.method, err
+	}
+	if f.Tenant != "" && f.Tenant != agent.Tenant {
+		// An agent belongs to exactly one tenant; asking for another is
+		// refused rather than silently ignored.
+		return nil, f.method, &oauthError{http.StatusBadRequest, "invalid_target", "this client may not obtain passports for tenant " + safeTenant(f.Tenant)}
+	}
+	if agent.Blocked {
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked: " + blockedDesc(agent)}
+	}
+	grant, err := a.narrow(agent, f)
+	if err != nil {
+		return nil, f.method, err
+	}
+	tok, err := a.issue(ctx, agent, grant)
+	if err != nil {
+		return nil, f.method, err
+	}
+	return tok, f.method, nil
+}
+
+func safeTenant(t string) string {
+	if ValidTenant(t) {
+		return t
+	}
+	return "(invalid)"
+}
+
+func blockedDesc(r *agentRecord) string {
+	if r.BlockedReason == "" {
+		return "blocked by an administrator"
+	}
+	return r.BlockedReason
+}
+
+// basicAuth decodes client_secret_basic. RFC 6749 §2.3.1 form-encodes the
+// client id and secret before base64, so both are unescaped here.
+func basicAuth(r *http.Request) (user, pass string, ok bool) {
+	u, p, ok := r.BasicAuth()
+	if !ok {
+		return "", "", false
+	}
+	if uu, err := url.QueryUnescape(u); err == nil {
+		u = uu
+	}
+	if pp, err := url.QueryUnescape(p); err == nil {
+		p = pp
+	}
+	return u, p, true
+}
+
+// authenticate checks the client's credentials. Failures are counted per
+// client id in Redis (shared by every replica, and expiring with the
+// window, so unknown ids cost nothing lasting); over the limit the client
+// is refused with 429 before its credentials are even checked, so
+// guessing a secret is slow whichever replica is asked.
+func (a *Authority) authenticate(ctx context.Context, f *tokenForm) (*agentRecord, error) {
+	clientID := f.ClientID
+	var claims *jwt.RegisteredClaims
+	if f.method == authPrivateKeyJWT {
+		var err error
+		claims, clientID, err = peekAssertion(f.Assertion, f.ClientID)
+		if err != nil {
+			a.m.authFailures.WithLabelValues(f.method, "malformed_assertion").Inc()
+			return nil, errInvalidClient
+		}
+	}
+	if !validAgentID(clientID) {
+		a.m.authFailures.WithLabelValues(f.method, "unknown_client").Inc()
+		a.dummyCompare()
+		return nil, errInvalidClient
+	}
+	limited, err := a.rateLimited(ctx, clientID)
+	if err != nil {
+		return nil, err
+	}
+	if limited {
+		a.m.authFailures.WithLabelValues(f.method, "rate_limited").Inc()
+		return nil, &oauthError{http.StatusTooManyRequests, "invalid_client", "too many failed authentication attempts for this client; retry later"}
+	}
+	agent, err := a.lookupClient(ctx, clientID)
+	if errors.Is(err, ErrAgentNotFound) {
+		a.dummyCompare()
+		return nil, a.authFailed(ctx, clientID, f.method, "unknown_client")
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch f.method {
+	case authBasic, authPost:
+		k := secretCacheKey(agent.ID, f.ClientSecret, agent.SecretHash)
+		if a.secrets.hit(k) {
+			return agent, nil
+		}
+		if bcrypt.CompareHashAndPassword(agent.SecretHash, []byte(f.ClientSecret)) != nil {
+			return nil, a.authFailed(ctx, clientID, f.method, "wrong_secret")
+		}
+		a.secrets.put(k)
+		return agent, nil
+	case authPrivateKeyJWT:
+		if agent.PublicKey == nil {
+			return nil, a.authFailed(ctx, clientID, f.method, "no_public_key")
+		}
+		if err := a.verifyAssertion(ctx, agent, f.Assertion, claims); err != nil {
+			a.log.InfoContext(ctx, "client assertion refused", "client_id", agent.ID, "err", err)
+			return nil, a.authFailed(ctx, clientID, f.method, "bad_assertion")
+		}
+		return agent, nil
+	}
+	return nil, errInvalidClient
+}
+
+// dummyCompare spends about the time of a real bcrypt comparison, so an
+// unknown client id is not told apart from a wrong secret by timing.
+func (a *Authority) dummyCompare() {
+	_ = bcrypt.CompareHashAndPassword(a.dummyHash(), []byte("x"))
+}
+
+func (a *Authority) dummyHash() []byte {
+	a.dummyOnce.Do(func() {
+		a.dummy, _ = bcrypt.GenerateFromPassword([]byte(randomID(16)), a.cfg.Clients.BcryptCost)
+	})
+	return a.dummy
+}
+
+func failKey(clientID string) string { return "passport:authority:authfail:" + clientID }
+
+func (a *Authority) rateLimited(ctx context.Context, clientID string) (bool, error) {
+	n, err := a.rdb.Get(ctx, failKey(clientID)).Int()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read auth failures: %w", err)
+	}
+	return n >= a.cfg.Clients.AuthFailureLimit, nil
+}
+
+func (a *Authority) authFailed(ctx context.Context, clientID, method, reason string) error {
+	a.m.authFailures.WithLabelValues(method, reason).Inc()
+	a.log.InfoContext(ctx, "client authentication failed", "client_id", clientID, "method", method, "reason", reason)
+	pipe := a.rdb.TxPipeline()
+	pipe.Incr(ctx, failKey(clientID))
+	pipe.ExpireNX(ctx, failKey(clientID), a.cfg.Clients.AuthFailureWindow)
+	if _, err := pipe.Exec(ctx); err != nil {
+		a.log.WarnContext(ctx, "count auth failure", "err", err)
+	}
+	return errInvalidClient
+}
+
+// peekAssertion reads iss/sub of an unverified client assertion to find
+// the client; nothing from it is trusted until verifyAssertion checked the
+// signature with the client's registered key.
+func peekAssertion(raw, formClientID string) (*jwt.RegisteredClaims, string, error) {
+	var c jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(raw, &c); err != nil {
+		return nil, "", err
+	}
+	if c.Issuer == "" || c.Issuer != c.Subject {
+		return nil, "", errors.New("assertion iss and sub must both be the client id")
+	}
+	if formClientID != "" && formClientID != c.Issuer {
+		return nil, "", errors.New("assertion issuer differs from client_id")
+	}
+	return &c, c.Issuer, nil
+}
+
+// verifyAssertion checks an RFC 7523 client assertion: signed by the
+// client's registered key with EdDSA or ES256, iss = sub = client id, aud
+// naming this authority's token endpoint or issuer, exp present and
+// bounded, and a jti never seen before (single use, remembered in Redis
+// until the assertion expires, across replicas).
+func (a *Authority) verifyAssertion(ctx context.Context, agent *agentRecord, raw string, _ *jwt.RegisteredClaims) error {
+	var c jwt.RegisteredClaims
+	tokenURL := strings.TrimRight(a.cfg.Issuer, "/") + "/oauth2/token"
+	_, err := jwt.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
+		switch agent.PublicKey.(type) {
+		case ed25519.PublicKey:
+			if t.Method.Alg() != passport.AlgEdDSA {
+				return nil, errors.New("algorithm does not match the registered key")
+			}
+		case *ecdsa.PublicKey:
+			if t.Method.Alg() != passport.AlgES256 {
+				return nil, errors.New("algorithm does not match the registered key")
+			}
+		}
+		return agent.PublicKey, nil
+	},
+		jwt.WithValidMethods(passport.Algorithms),
+		jwt.WithIssuer(agent.ID), jwt.WithSubject(agent.ID),
+		jwt.WithExpirationRequired(), jwt.WithIssuedAt(),
+		jwt.WithLeeway(a.cfg.Passport.Leeway), jwt.WithTimeFunc(a.now),
+	)
+	if err != nil {
+		return fmt.Errorf("verify assertion: %w", err)
+	}
+	audOK := false
+	for _, aud := range c.Audience {
+		if aud == tokenURL || aud == a.cfg.Issuer || aud == strings.TrimRight(a.cfg.Issuer, "/") {
+			audOK = true
+		}
+	}
+	if !audOK {
+		return errors.New("assertion audience is not this authority")
+	}
+	now := a.now()
+	if c.ExpiresAt.Sub(now) > a.cfg.Clients.AssertionMaxLifetime {
+		return errors.New("assertion lives too long")
+	}
+	if c.ID == "" || len(c.ID) > 256 {
+		return errors.New("assertion needs a jti")
+	}
+	ttl := c.ExpiresAt.Sub(now) + a.cfg.Passport.Leeway
+	if ttl < time.Second {
+		ttl = time.Second
+	}
+	fresh, err := a.rdb.SetNX(ctx, passport.TenantKey(agent.Tenant, "assertion", agent.ID, c.ID), "1", ttl).Result()
+	if err != nil {
+		return fmt.Errorf("record assertion jti: %w", err)
+	}
+	if !fresh {
+		return errors.New("assertion jti already used")
+	}
+	return nil
+}
+
+// grant is what a passport will carry after narrowing.
+type grant struct {
+	audience string
+	actions  []string
+	details  []passport.AuthorizationDetail
+	task     *passport.Task
+}
+
+// narrow turns the request into a grant that never exceeds the agent's
+// registration: scope, authorization_details and the task each can only
+// take actions away.
+func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
+	g := &grant{audience: a.cfg.Audiences[0]}
+	if f.Audience != "" {
+		if !slices.Contains(a.cfg.Audiences, f.Audience) {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_target", "unknown resource/audience"}
+		}
+		g.audience = f.Audience
+	}
+	allowed := slices.Clone(agent.Capabilities)
+	if f.HasScope {
+		req := strings.Fields(f.Scope)
+		if len(req) == 0 {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope is empty"}
+		}
+		for _, s := range req {
+			if !slices.Contains(agent.Capabilities, s) {
+				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope " + safeAction(s) + " is not registered for this agent"}
+			}
+		}
+		slices.Sort(req)
+		allowed = slices.Compact(req)
+	}
+	if f.Task != "" {
+		var t passport.Task
+		dec := json.NewDecoder(strings.NewReader(f.Task))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&t); err != nil || dec.More() {
+			return nil, errInvalidRequest("task must be a JSON object {id, purpose, target, actions}")
+		}
+		if t.ID == "" || len(t.ID) > 128 || len(t.Purpose) > 512 || len(t.Target) > 128 {
+			return nil, errInvalidRequest("task needs an id (at most 128 characters); purpose at most 512, target at most 128")
+		}
+		for _, act := range t.Actions {
+			if !slices.Contains(allowed, act) {
+				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "task action " + safeAction(act) + " is not granted to this agent"}
+			}
+		}
+		if len(t.Actions) > 0 {
+			acts := slices.Clone(t.Actions)
+			slices.Sort(acts)
+			allowed = slices.Compact(acts)
+			t.Actions = allowed
+		}
+		g.task = &t
+	}
+	if f.AuthzDetails != "" {
+		var ds []passport.AuthorizationDetail
+		dec := json.NewDecoder(strings.NewReader(f.AuthzDetails))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&ds); err != nil || dec.More() || len(ds) == 0 || len(ds) > 32 {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "authorization_details must be a JSON array of 1-32 agent_action entries"}
+		}
+		var union []string
+		for i := range ds {
+			d := &ds[i]
+			if d.Type != passport.AuthorizationDetailType {
+				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "unsupported authorization_details type; want " + passport.AuthorizationDetailType}
+			}
+			if len(d.Actions) == 0 {
+				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "each entry needs actions"}
+			}
+			for _, act := range d.Actions {
+				if !slices.Contains(allowed, act) {
+					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "action " + safeAction(act) + " is not granted to this agent"}
+				}
+			}
+			for _, loc := range d.Locations {
+				if loc != g.audience {
+					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "locations must name the passport's audience"}
+				}
+			}
+			if len(d.Locations) == 0 {
+				d.Locations = []string{g.audience}
+			}
+			if g.task != nil && g.task.Target != "" && d.Identifier != "" && d.Identifier != g.task.Target {
+				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "identifier differs from the task target"}
+			}
+			if g.task != nil && g.task.Target != "" && d.Identifier == "" {
+				d.Identifier = g.task.Target
+			}
+			union = append(union, d.Actions...)
+		}
+		slices.Sort(union)
+		allowed = slices.Compact(union)
+		g.details = ds
+	} else {
+		d := passport.AuthorizationDetail{Type: passport.AuthorizationDetailType, Actions: allowed, Locations: []string{g.audience}}
+		if g.task != nil && g.task.Target != "" {
+			d.Identifier = g.task.Target
+		}
+		g.details = []passport.AuthorizationDetail{d}
+	}
+	if len(allowed) == 0 {
+		return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "this agent has no capabilities to grant"}
+	}
+	g.actions = allowed
+	return g, nil
+}
+
+func safeAction(s string) string {
+	if actionRE.MatchString(s) && len(s) <= 64 {
+		return strconv.Quote(s)
+	}
+	return "(malformed)"
+}
+
+// issue signs a passport for agent and records its jti.
+func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*issued, error) {
+	now := a.now().Truncate(time.Second)
+	score := agent.Reputation.At(now)
+	trust := agent.Trust.Min(a.cfg.Reputation.allowed(score))
+	exp := now.Add(a.cfg.Passport.Lifetime)
+	claims := &passport.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: a.cfg.Issuer, Subject: agent.ID, Audience: jwt.ClaimStrings{g.audience},
+			ExpiresAt: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
+			ID: randomID(16),
+		},
+		ClientID: agent.ID,
+		Tenant:   agent.Tenant,
+		Scope:    strings.Join(g.actions, " "),
+		Agent: passport.Agent{
+			ID: agent.ID, Name: agent.Name, Type: agent.Type, TrustLevel: trust, Reputation: int(score + 0.5),
+		},
+		AuthorizationDetails: g.details,
+		Task:                 g.task,
+	}
+	raw, err := a.sign(claims)
+	if err != nil {
+		return nil, err
+	}
+	// Record the jti so that blocking the agent revokes it, then re-check
+	// the block flag: a block that landed between the check above and
+	// this point would otherwise miss this passport.
+	key := issuedKey(agent.Tenant, agent.ID)
+	pipe := a.rdb.TxPipeline()
+	pipe.ZAdd(ctx, key, redis.Z{Score: float64(exp.Unix()), Member: claims.ID})
+	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10))
+	pipe.ExpireAt(ctx, key, exp.Add(a.cfg.Passport.Leeway+time.Minute))
+	blocked := pipe.HGet(ctx, passport.AgentKey(agent.Tenant, agent.ID), passport.FieldBlocked)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("record passport %s: %w", claims.ID, err)
+	}
+	if v, _ := blocked.Result(); v != "0" {
+		// Blocked (or deleted) meanwhile: revoke what was just signed.
+		_ = a.revokeJTI(ctx, agent.Tenant, agent.ID, claims.ID, exp, "block")
+		return nil, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked"}
+	}
+	a.log.InfoContext(ctx, "passport issued", "tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID,
+		"trust_level", trust, "scope", claims.Scope, "exp", exp)
+	return &issued{raw: raw, scope: claims.Scope, trust: trust}, nil
+}
+
+// sign signs claims with the current key and verifies the result with the
+// published key before handing it out (as SPIRE does): a passport that
+// its own verifiers would refuse is never issued.
+func (a *Authority) sign(claims *passport.Claims) (string, error) {
+	k, err := a.keys.signer()
+	if err != nil {
+		return "", err
+	}
+	var m jwt.SigningMethod = jwt.SigningMethodEdDSA
+	if k.stored.Alg == passport.AlgES256 {
+		m = jwt.SigningMethodES256
+	}
+	t := jwt.NewWithClaims(m, claims)
+	t.Header["typ"] = passport.TokenType
+	t.Header["kid"] = k.stored.KID
+	raw, err := t.SignedString(k.priv)
+	if err != nil {
+		return "", fmt.Errorf("sign passport for %s: %w", claims.Subject, err)
+	}
+	if _, err := a.verify(raw, claims.Audience[0]); err != nil {
+		return "", fmt.Errorf("verify fresh passport for %s: %w", claims.Subject, err)
+	}
+	return raw, nil
+}
+
+// verify checks a passport signed by this authority: pinned algorithms,
+// typ, a published kid whose algorithm matches, iss, exp, iat, nbf; aud
+// must be audience, or any configured audience when audience is "".
+func (a *Authority) verify(raw, audience string) (*passport.Claims, error) {
+	var c passport.Claims
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(passport.Algorithms), jwt.WithIssuer(a.cfg.Issuer),
+		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(a.cfg.Passport.Leeway), jwt.WithTimeFunc(a.now),
+	}
+	if audience != "" {
+		opts = append(opts, jwt.WithAudience(audience))
+	}
+	_, err := jwt.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
+		if typ, _ := t.Header["typ"].(string); !strings.EqualFold(typ, passport.TokenType) {
+			return nil, errors.New("typ is not at+jwt")
+		}
+		kid, _ := t.Header["kid"].(string)
+		k, ok := a.keys.lookup(kid)
+		if !ok {
+			return nil, errors.New("unknown kid")
+		}
+		if t.Method.Alg() != k.stored.Alg {
+			return nil, errors.New("algorithm does not match the key")
+		}
+		return k.pub, nil
+	}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if audience == "" {
+		ok := false
+		for _, aud := range c.Audience {
+			ok = ok || slices.Contains(a.cfg.Audiences, aud)
+		}
+		if !ok {
+			return nil, errors.New("audience is not one of ours")
+		}
+	}
+	if c.Tenant == "" || c.Subject == "" || c.ID == "" {
+		return nil, errors.New("passport lacks tenant, sub or jti")
+	}
+	return &c, nil
+}

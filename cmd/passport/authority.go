@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/agentpassport/passport/authority"
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+)
+
+// authorityDefaultURL is where the CLI finds the authority unless told.
+const authorityDefaultURL = "http://127.0.0.1:8081"
+
+// loadAuthorityConfig builds the authority config: defaults, then the YAML
+// file, then the environment, then flags (applied by the caller).
+func (a *app) loadAuthorityConfig(path string) (authority.Config, error) {
+	cfg := authority.DefaultConfig()
+	if err := config.Load(path, &cfg); err != nil {
+		return cfg, err
+	}
+	cfg.ApplyEnv(a.getenv)
+	return cfg, nil
+}
+
+func (a *app) authorityCmd() *cobra.Command {
+	var cfgPath, listen, redisURL, issuer string
+	cmd := &cobra.Command{
+		Use:   "authority",
+		Short: "Run the passport authority (token endpoint, JWKS, admin API)",
+		Long: `Run the passport authority: it registers agents, exchanges their credentials for
+short-lived signed passports (POST /oauth2/token), publishes its keys
+(GET /.well-known/jwks.json), and serves the admin API under /v1/.
+
+Configuration: flags, then environment (PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN,
+PASSPORT_KEY_ENCRYPTION_KEY, PASSPORT_AUTHORITY_ISSUER), then --config YAML, then
+defaults. See examples/authority.yaml for every field and its default.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := a.logger()
+			if err != nil {
+				return err
+			}
+			cfg, err := a.loadAuthorityConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if listen != "" {
+				cfg.Listen = listen
+			}
+			if redisURL != "" {
+				cfg.Redis.URL = redisURL
+			}
+			if issuer != "" {
+				cfg.Issuer = issuer
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("authority config: %w", err)
+			}
+			rdb, err := redisx.New(cfg.Redis)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			ctx := cmd.Context()
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = redisx.Ping(pctx, rdb)
+			cancel()
+			if err != nil {
+				// Keep going: /readyz says not ready until Redis answers.
+				log.Warn("redis not reachable yet", "url", redisx.Redact(cfg.Redis.URL), "err", err)
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			auth, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: log, Registry: reg})
+			if err != nil {
+				return err
+			}
+			return auth.Run(ctx, nil)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML config file (see examples/authority.yaml)")
+	cmd.Flags().StringVar(&listen, "listen", "", "listen address HOST:PORT (default "+authority.DefaultListen+")")
+	cmd.Flags().StringVar(&redisURL, "redis-url", "", "Redis URL (default $PASSPORT_REDIS_URL or "+redisx.DefaultURL+")")
+	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer URL written in every passport (default "+authority.DefaultIssuer+")")
+	cmd.AddCommand(a.rotateKeysCmd())
+	return cmd
+}
+
+func (a *app) rotateKeysCmd() *cobra.Command {
+	var af authorityAdminFlags
+	cmd := &cobra.Command{
+		Use:   "rotate-keys",
+		Short: "Rotate the authority's signing keys now (global admin token)",
+		Long: `Rotate the signing keys of a running authority: the published next key becomes
+current, the current key is retired (it stays in the JWKS until every passport it
+signed has expired), and a new next key is published.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			adm, err := af.admin(a)
+			if err != nil {
+				return err
+			}
+			res, err := adm.RotateKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if af.json {
+				return printAuthorityJSON(a.stdout, res)
+			}
+			fmt.Fprintf(a.stdout, "rotated: current kid %s, next kid %s\n", res.CurrentKID, res.NextKID)
+			return nil
+		},
+	}
+	af.register(cmd, false)
+	return cmd
+}
+
+// authorityAdminFlags are the flags of every command that calls the admin API.
+type authorityAdminFlags struct {
+	authorityURL string
+	tokenFile    string
+	tenant       string
+	json         bool
+}
+
+func (f *authorityAdminFlags) register(cmd *cobra.Command, tenant bool) {
+	cmd.Flags().StringVar(&f.authorityURL, "authority", "", "authority URL (default $PASSPORT_AUTHORITY_URL or "+authorityDefaultURL+")")
+	cmd.Flags().StringVar(&f.tokenFile, "admin-token-file", "", "file holding the admin token (default $PASSPORT_ADMIN_TOKEN)")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	if tenant {
+		cmd.Flags().StringVar(&f.tenant, "tenant", "", "tenant (required)")
+		_ = cmd.MarkFlagRequired("tenant")
+	}
+}
+
+func (f *authorityAdminFlags) url(a *app) string {
+	if f.authorityURL != "" {
+		return f.authorityURL
+	}
+	if v := a.getenv("PASSPORT_AUTHORITY_URL"); v != "" {
+		return v
+	}
+	return authorityDefaultURL
+}
+
+// admin builds the admin client. The token comes from a file or the
+// environment, never from a flag value, so it does not show in `ps`.
+func (f *authorityAdminFlags) admin(a *app) (*client.Admin, error) {
+	tok := a.getenv("PASSPORT_ADMIN_TOKEN")
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		return nil, fmt.Errorf("no admin token: set PASSPORT_ADMIN_TOKEN or pass --admin-token-file")
+	}
+	return client.NewAdmin(f.url(a), passport.Secret(tok), client.Options{})
+}
