@@ -1,5 +1,7 @@
 package passport.authz
 
+import data.passport.config
+
 # A blocked agent may do nothing. The proxy also refuses blocked agents
 # before policy; this rule keeps the library safe on its own. Absent or
 # non-boolean "blocked" counts as blocked (fail closed).

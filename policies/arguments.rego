@@ -1,5 +1,7 @@
 package passport.authz
 
+import data.passport.config
+
 # Argument constraints read from the request body. Bounds and allowed values
 # are data (scale, deploy, chaos); a missing or ill-typed argument is denied.
 

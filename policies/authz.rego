@@ -7,8 +7,9 @@
 #   (policies/data.yaml); the rules read only input and data.
 package passport.authz
 
-# config is the policy data (policies/data.yaml).
-config := data.passport.config
+# config is the policy data (policies/data.yaml). An import is an alias:
+# rules read only the parts of data they name.
+import data.passport.config
 
 # action_config is the data entry of the requested action; undefined for an
 # action the library does not know.

@@ -199,6 +199,11 @@ type TestOptions struct {
 	Timeout time.Duration
 	// Trace records evaluation traces, for verbose failure output.
 	Trace bool
+	// StrictBuiltinErrors makes a builtin error (a bad argument type, an
+	// unparsable time) fail the test, as it fails the decision in the
+	// proxy, which evaluates with strict builtin errors. opa test runs
+	// without them, so the library must pass both ways.
+	StrictBuiltinErrors bool
 }
 
 // TestReport is the outcome of Test.
@@ -270,6 +275,7 @@ func Test(ctx context.Context, fsys fs.FS, opts TestOptions) (*TestReport, error
 		SetModules(lib.Modules).
 		CapturePrintOutput(true).
 		EnableTracing(opts.Trace).
+		RaiseBuiltinErrors(opts.StrictBuiltinErrors).
 		SetTimeout(cmpDuration(opts.Timeout, 5*time.Second)).
 		Filter(opts.Run)
 	if opts.Coverage {

@@ -1,5 +1,7 @@
 package passport.authz
 
+import data.passport.config
+
 # A passport bound to a task (an incident) may touch only that task's target
 # and use only that task's actions. With data task.reads_exempt, reads
 # (kind: read) stay allowed anywhere in the tenant, e.g. to verify a repair.

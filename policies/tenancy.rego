@@ -1,5 +1,7 @@
 package passport.authz
 
+import data.passport.config
+
 # A passport is valid only inside its own tenant: the call's tenant, the
 # passport's tenant and (when the route names one) the route's tenant must
 # all be the same, non-empty tenant.
@@ -9,6 +11,7 @@ tenant_matches if {
 	is_string(input.tenant)
 	input.tenant != ""
 	input.passport.tenant == input.tenant
+	is_object(input.route)
 	object.get(input.route, "tenant", "") in {"", input.tenant}
 }
 

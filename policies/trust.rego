@@ -1,5 +1,7 @@
 package passport.authz
 
+import data.passport.config
+
 # The agent's trust level must reach the action's: LOW reads, MEDIUM
 # non-destructive writes, HIGH destructive actions (data: actions.*.trust).
 reasons contains "trust_level_too_low" if {
