@@ -1,0 +1,1401 @@
+package main
+
+// Tests for the deployment files: docker-compose.yml, the Dockerfile,
+// examples/prometheus.yml and examples/kubernetes/. No Docker engine or
+// cluster runs here, so these tests prove what can be proved without one:
+// the compose file loads with the compose-spec loader (the one docker compose
+// itself uses), every container command parses against the binary's real
+// cobra flags, every --listen port is the port that is exposed, published,
+// probed and scraped, the mounted configs exist and decode strictly with
+// their component's own config type, and the Kubernetes manifests parse and
+// keep the sidecar's security properties.
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/agentpassport/passport/authority"
+	"github.com/agentpassport/passport/chaos"
+	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/internal/config"
+)
+
+var updateKube = flag.Bool("update", false, "regenerate examples/kubernetes/policies-configmap.yaml from policies/")
+
+// repoRoot is the module root, two levels above this package.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root not found at %s: %v", root, err)
+	}
+	return root
+}
+
+// ---------------------------------------------------------------------------
+// The binary's real flags.
+
+// checkedCommand is a container command parsed against the real root command.
+type checkedCommand struct {
+	path    string            // "passport proxy", "passport chaos run"
+	listens map[string]string // flag name ("listen", "admin-listen") -> host:port
+	config  string            // value of --config, "" if not given
+}
+
+// parseCommand resolves args (without the leading "passport", which is the
+// image's ENTRYPOINT) to a subcommand of the real binary and parses its
+// flags. It fails the test when the subcommand does not exist, is still a
+// stub, or does not accept the flags.
+func parseCommand(t *testing.T, args []string) checkedCommand {
+	t.Helper()
+	if len(args) == 0 {
+		t.Fatal("empty command")
+	}
+	if args[0] == "passport" || strings.HasSuffix(args[0], "/passport") {
+		t.Fatalf("command %q repeats the binary: the image's ENTRYPOINT is already /usr/local/bin/passport", args)
+	}
+	// A fresh root per command: cobra keeps parsed flag values.
+	root := (&app{getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}).rootCmd()
+	cmd, rest, err := root.Find(args)
+	if err != nil {
+		t.Fatalf("command %q: %v", args, err)
+	}
+	if cmd == root {
+		t.Fatalf("command %q names no subcommand of passport", args)
+	}
+	if strings.Contains(cmd.Short, "not yet built") {
+		t.Errorf("command %q: %q is still a stub (%q)", args, cmd.CommandPath(), cmd.Short)
+	}
+	if err := cmd.ParseFlags(rest); err != nil {
+		t.Fatalf("command %q: flags do not parse for %q: %v", args, cmd.CommandPath(), err)
+	}
+	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
+		t.Errorf("command %q: arguments refused by %q: %v", args, cmd.CommandPath(), err)
+	}
+	cc := checkedCommand{path: cmd.CommandPath(), listens: map[string]string{}}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		switch {
+		case f.Name == "listen" || strings.HasSuffix(f.Name, "-listen"):
+			cc.listens[f.Name] = f.Value.String()
+		case f.Name == "config":
+			cc.config = f.Value.String()
+		}
+	})
+	return cc
+}
+
+// listenPort splits a --listen value, failing on a bad address.
+func listenPort(t *testing.T, flagName, addr string) (host string, port uint32) {
+	t.Helper()
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("--%s %q: %v", flagName, addr, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		t.Fatalf("--%s %q: want a fixed port, got %q", flagName, addr, p)
+	}
+	return h, uint32(n)
+}
+
+// configCheckers decode a config file with the component's own config type,
+// strictly (unknown keys are errors), and validate it. Keyed by command path.
+var configCheckers = map[string]func(path string) error{
+	"passport authority": func(p string) error {
+		cfg := authority.DefaultConfig()
+		if err := config.Load(p, &cfg); err != nil {
+			return err
+		}
+		// What the environment supplies in the deployments.
+		cfg.ApplyEnv(func(k string) string {
+			return map[string]string{
+				"PASSPORT_REDIS_URL":   "redis://redis:6379/0",
+				"PASSPORT_ADMIN_TOKEN": "a-test-admin-token-long-enough",
+			}[k]
+		})
+		return cfg.Validate()
+	},
+	"passport proxy": func(p string) error {
+		_, err := loadProxyConfig(p)
+		return err
+	},
+	"passport chaos run": func(p string) error {
+		var cfg chaos.Config
+		if err := config.Load(p, &cfg); err != nil {
+			return err
+		}
+		return cfg.Validate()
+	},
+	"passport fleet": func(p string) error {
+		cfg := fleet.Default()
+		cfg.Services = nil
+		if err := config.Load(p, &cfg); err != nil {
+			return err
+		}
+		return cfg.Validate()
+	},
+}
+
+// proxyConfig is the part of the proxy's config (proxy.Config, same YAML
+// keys) that the deployments wire to other components.
+type proxyConfig struct {
+	Issuer       string `yaml:"issuer"`
+	JWKSURL      string `yaml:"jwks_url"`
+	Audience     string `yaml:"audience"`
+	AuthorityURL string `yaml:"authority_url"`
+	Policy       struct {
+		Dir string `yaml:"dir"`
+	} `yaml:"policy"`
+	Upstreams map[string]struct {
+		URL string `yaml:"url"`
+	} `yaml:"upstreams"`
+	Routes []struct {
+		Match  string `yaml:"match"`
+		Action string `yaml:"action"`
+	} `yaml:"routes"`
+}
+
+// loadProxyConfig reads the wiring of a proxy config, filling the derived
+// defaults the proxy documents (jwks_url and authority_url from issuer).
+func loadProxyConfig(p string) (proxyConfig, error) {
+	var cfg proxyConfig
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return cfg, err
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		return cfg, fmt.Errorf("proxy config %s: %w", p, err)
+	}
+	if cfg.Issuer == "" || cfg.Audience == "" || cfg.Policy.Dir == "" || len(cfg.Upstreams) == 0 || len(cfg.Routes) == 0 {
+		return cfg, fmt.Errorf("proxy config %s: issuer, audience, policy.dir, upstreams and routes must be set for a deployment", p)
+	}
+	if cfg.JWKSURL == "" {
+		cfg.JWKSURL = strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json"
+	}
+	if cfg.AuthorityURL == "" {
+		cfg.AuthorityURL = cfg.Issuer
+	}
+	return cfg, nil
+}
+
+// checkConfigFile decodes a mounted config with its component's loader, or at
+// least as YAML when no checker is known for the command.
+func checkConfigFile(t *testing.T, cmdPath, file string) {
+	t.Helper()
+	if check, ok := configCheckers[cmdPath]; ok {
+		if err := check(file); err != nil {
+			t.Errorf("%s config %s: %v", cmdPath, file, err)
+		}
+		return
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v map[string]any
+	if err := yaml.Unmarshal(data, &v); err != nil {
+		t.Errorf("%s config %s: %v", cmdPath, file, err)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.yml
+
+const testAdminToken = "compose-test-admin-token-0123456789"
+
+func loadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
+	t.Helper()
+	root := repoRoot(t)
+	file := filepath.Join(root, "docker-compose.yml")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	details := types.ConfigDetails{
+		WorkingDir:  root,
+		ConfigFiles: []types.ConfigFile{{Filename: file, Content: data}},
+		Environment: types.Mapping(env),
+	}
+	return loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
+		o.SetProjectName("agent-passport", true)
+		o.ResolvePaths = true
+	})
+}
+
+func mustLoadCompose(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := loadCompose(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken})
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load: %v", err)
+	}
+	return p
+}
+
+// composePassportServices are the compose services that run the passport
+// image, with the flag whose port Prometheus scrapes (/metrics).
+var composePassportServices = []struct {
+	service     string
+	command     string // command path of the subcommand
+	metricsFlag string
+	published   bool // reachable from the host
+}{
+	{service: "authority", command: "passport authority", metricsFlag: "listen", published: true},
+	{service: "proxy", command: "passport proxy", metricsFlag: "admin-listen", published: true},
+	{service: "fleet", command: "passport fleet", metricsFlag: "listen"},
+	{service: "healer", command: "passport healer", metricsFlag: "listen"},
+	{service: "chaos", command: "passport chaos run", metricsFlag: "listen"},
+}
+
+func TestComposeFileLoads(t *testing.T) {
+	p := mustLoadCompose(t)
+	want := []string{"redis", "prometheus"}
+	for _, s := range composePassportServices {
+		want = append(want, s.service)
+	}
+	got := p.ServiceNames()
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("services = %v, want %v", got, want)
+	}
+}
+
+func TestComposeRequiresAdminToken(t *testing.T) {
+	// No default admin token: loading without one must fail, naming it.
+	_, err := loadCompose(t, map[string]string{})
+	if err == nil || !strings.Contains(err.Error(), "PASSPORT_ADMIN_TOKEN") {
+		t.Fatalf("load without PASSPORT_ADMIN_TOKEN: err = %v, want a required-variable error naming it", err)
+	}
+}
+
+func TestComposeRedis(t *testing.T) {
+	p := mustLoadCompose(t)
+	r, err := p.GetService("redis")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(r.Image, "redis:7") {
+		t.Errorf("redis image = %q, want redis:7", r.Image)
+	}
+	cmd := strings.Join(r.Command, " ")
+	if !strings.Contains(cmd, "--appendonly yes") {
+		t.Errorf("redis command %q: AOF is not on", cmd)
+	}
+	if !regexp.MustCompile(`--appendfsync (always|everysec)\b`).MatchString(cmd) {
+		t.Errorf("redis command %q: appendfsync not set to always or everysec", cmd)
+	}
+	if r.HealthCheck == nil || len(r.HealthCheck.Test) == 0 || r.HealthCheck.Disable {
+		t.Error("redis has no healthcheck; the passport services wait for service_healthy")
+	}
+	if !slices.ContainsFunc(r.Volumes, func(v types.ServiceVolumeConfig) bool {
+		return v.Type == types.VolumeTypeVolume && v.Target == "/data"
+	}) {
+		t.Error("redis /data is not on a named volume: the AOF would not survive the container")
+	}
+	if len(r.Ports) != 0 {
+		t.Errorf("redis publishes %v: it holds the audit streams and must stay on the compose network", r.Ports)
+	}
+}
+
+func TestComposePassportServices(t *testing.T) {
+	p := mustLoadCompose(t)
+	root := repoRoot(t)
+	targets := prometheusTargets(t)
+	for _, tc := range composePassportServices {
+		t.Run(tc.service, func(t *testing.T) {
+			s, err := p.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One image, built from the Dockerfile, ENTRYPOINT from the image.
+			if s.Build == nil || filepath.Clean(s.Build.Context) != root {
+				t.Errorf("build context = %+v, want the repository root", s.Build)
+			}
+			if !strings.HasPrefix(s.Image, "agentpassport/passport:") {
+				t.Errorf("image = %q, want agentpassport/passport:<tag>", s.Image)
+			}
+			if len(s.Entrypoint) != 0 {
+				t.Errorf("entrypoint %q overrides the image's; keep ENTRYPOINT and command consistent", s.Entrypoint)
+			}
+
+			// Environment every component reads.
+			env := func(k string) string {
+				if v := s.Environment[k]; v != nil {
+					return *v
+				}
+				return ""
+			}
+			if got := env("PASSPORT_REDIS_URL"); got != "redis://redis:6379/0" {
+				t.Errorf("PASSPORT_REDIS_URL = %q", got)
+			}
+			if got := env("PASSPORT_ADMIN_TOKEN"); got != testAdminToken {
+				t.Errorf("PASSPORT_ADMIN_TOKEN = %q, want it from the environment", got)
+			}
+			if d, ok := s.DependsOn["redis"]; !ok || d.Condition != types.ServiceConditionHealthy {
+				t.Errorf("depends_on redis = %+v, want condition service_healthy", d)
+			}
+			for name, d := range s.DependsOn {
+				if _, err := p.GetService(name); err != nil {
+					t.Errorf("depends_on %s: %v", name, err)
+				}
+				if d.Condition == types.ServiceConditionHealthy && name != "redis" {
+					t.Errorf("depends_on %s: service_healthy, but passport services have no healthcheck", name)
+				}
+			}
+			if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") {
+				t.Errorf("read_only=%v cap_drop=%v, want a read-only root and every capability dropped", s.ReadOnly, s.CapDrop)
+			}
+
+			// The command against the binary's real flags.
+			cc := parseCommand(t, s.Command)
+			if cc.path != tc.command {
+				t.Fatalf("command %q runs %q, want %q", s.Command, cc.path, tc.command)
+			}
+			if _, ok := cc.listens["listen"]; !ok {
+				t.Fatalf("command %q has no --listen: the default is loopback, unreachable from other containers", s.Command)
+			}
+			exposed := map[uint32]bool{}
+			for _, e := range s.Expose {
+				n, err := strconv.ParseUint(e, 10, 16)
+				if err != nil {
+					t.Fatalf("expose %q: %v", e, err)
+				}
+				exposed[uint32(n)] = true
+			}
+			published := map[uint32]types.ServicePortConfig{}
+			for _, pc := range s.Ports {
+				published[pc.Target] = pc
+				if pc.HostIP != "127.0.0.1" {
+					t.Errorf("port %d published on %q; publish on 127.0.0.1 only", pc.Target, pc.HostIP)
+				}
+				if pc.Published != strconv.Itoa(int(pc.Target)) {
+					t.Errorf("port %d published as %q; keep the same port number on the host", pc.Target, pc.Published)
+				}
+			}
+			ports := map[uint32]bool{}
+			for name, addr := range cc.listens {
+				host, port := listenPort(t, name, addr)
+				if host != "0.0.0.0" {
+					t.Errorf("--%s %s: inside a container bind 0.0.0.0, or the other containers cannot connect", name, addr)
+				}
+				ports[port] = true
+				_, pub := published[port]
+				if !pub && !exposed[port] {
+					t.Errorf("--%s port %d is neither published nor exposed", name, port)
+				}
+				if tc.published && !pub {
+					t.Errorf("--%s port %d is not published to the host", name, port)
+				}
+			}
+			for port := range published {
+				if !ports[port] {
+					t.Errorf("published port %d is no --listen port of %s", port, cc.path)
+				}
+			}
+
+			// Prometheus scrapes the metrics listener.
+			addr, ok := cc.listens[tc.metricsFlag]
+			if !ok {
+				t.Fatalf("command %q has no --%s (the /metrics listener)", s.Command, tc.metricsFlag)
+			}
+			_, port := listenPort(t, tc.metricsFlag, addr)
+			want := net.JoinHostPort(tc.service, strconv.Itoa(int(port)))
+			if !slices.Contains(targets, want) {
+				t.Errorf("prometheus does not scrape %s (targets %v)", want, targets)
+			}
+
+			// --config names a read-only bind mount of a file in the
+			// repository that the component's own loader accepts.
+			if cc.config == "" {
+				return
+			}
+			var src string
+			for _, v := range s.Volumes {
+				if v.Type == types.VolumeTypeBind && v.Target == cc.config {
+					src = v.Source
+					if !v.ReadOnly {
+						t.Errorf("config mount %s is writable; mount it :ro", v.Target)
+					}
+				}
+			}
+			if src == "" {
+				t.Fatalf("--config %s is not bind-mounted into the container", cc.config)
+			}
+			if !strings.HasPrefix(src, root+string(filepath.Separator)) {
+				t.Fatalf("--config source %s is outside the repository", src)
+			}
+			checkConfigFile(t, cc.path, src)
+		})
+	}
+}
+
+func TestComposeBindMountsExist(t *testing.T) {
+	p := mustLoadCompose(t)
+	for _, s := range p.Services {
+		for _, v := range s.Volumes {
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			if _, err := os.Stat(v.Source); err != nil {
+				t.Errorf("%s mounts %s: %v", s.Name, v.Source, err)
+			}
+		}
+	}
+}
+
+// prometheusTargets lists every static target of examples/prometheus.yml.
+func prometheusTargets(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			MetricsPath   string `yaml:"metrics_path"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatalf("examples/prometheus.yml: %v", err)
+	}
+	var targets []string
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.MetricsPath != "" && sc.MetricsPath != "/metrics" {
+			t.Errorf("job %s scrapes %s, want /metrics", sc.JobName, sc.MetricsPath)
+		}
+		for _, st := range sc.StaticConfigs {
+			targets = append(targets, st.Targets...)
+		}
+	}
+	return targets
+}
+
+func TestComposePrometheus(t *testing.T) {
+	p := mustLoadCompose(t)
+	root := repoRoot(t)
+	prom, err := p.GetService("prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(prom.Volumes, func(v types.ServiceVolumeConfig) bool {
+		return v.Type == types.VolumeTypeBind && v.Target == "/etc/prometheus/prometheus.yml" &&
+			v.Source == filepath.Join(root, "examples", "prometheus.yml")
+	}) {
+		t.Error("prometheus does not mount examples/prometheus.yml at /etc/prometheus/prometheus.yml")
+	}
+	// Every target is a compose service (or Prometheus itself), and every
+	// passport service is scraped (checked per service above).
+	for _, target := range prometheusTargets(t) {
+		host, _, err := net.SplitHostPort(target)
+		if err != nil {
+			t.Errorf("target %q: %v", target, err)
+			continue
+		}
+		if host == "localhost" {
+			continue
+		}
+		if _, err := p.GetService(host); err != nil {
+			t.Errorf("target %q: no such compose service", target)
+		}
+	}
+	for _, s := range composePassportServices {
+		if _, ok := prom.DependsOn[s.service]; !ok {
+			t.Errorf("prometheus does not depend on %s", s.service)
+		}
+	}
+}
+
+// TestComposeWiring checks that the mounted configs agree with each other
+// and with the compose network: issuer, audience, upstream, policy folder.
+func TestComposeWiring(t *testing.T) {
+	p := mustLoadCompose(t)
+	root := repoRoot(t)
+	mount := func(service, target string) string {
+		s, err := p.GetService(service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind && v.Target == target {
+				return v.Source
+			}
+		}
+		t.Fatalf("%s: nothing mounted at %s", service, target)
+		return ""
+	}
+	listenOf := func(service string) string {
+		s, err := p.GetService(service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return listenFlagsOf(s.Command)["listen"]
+	}
+	flagOf := func(service, name string) string {
+		s, err := p.GetService(service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, a := range s.Command {
+			if a == "--"+name && i+1 < len(s.Command) {
+				return s.Command[i+1]
+			}
+		}
+		t.Fatalf("%s has no --%s", service, name)
+		return ""
+	}
+
+	acfg := authority.DefaultConfig()
+	if err := config.Load(mount("authority", flagOf("authority", "config")), &acfg); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := loadProxyConfig(mount("proxy", flagOf("proxy", "config")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, authPort, _ := net.SplitHostPort(listenOf("authority"))
+	if want := "http://authority:" + authPort; acfg.Issuer != want {
+		t.Errorf("authority issuer %q, want %q (its name on the compose network)", acfg.Issuer, want)
+	}
+	if pcfg.Issuer != acfg.Issuer {
+		t.Errorf("proxy issuer %q != authority issuer %q", pcfg.Issuer, acfg.Issuer)
+	}
+	if !slices.Contains(acfg.Audiences, pcfg.Audience) {
+		t.Errorf("proxy audience %q not among the authority's %v", pcfg.Audience, acfg.Audiences)
+	}
+	for _, u := range []string{pcfg.JWKSURL, pcfg.AuthorityURL} {
+		if !strings.HasPrefix(u, acfg.Issuer+"/") && u != acfg.Issuer {
+			t.Errorf("proxy URL %s does not reach the authority at %s", u, acfg.Issuer)
+		}
+	}
+	_, fleetPort, _ := net.SplitHostPort(listenOf("fleet"))
+	if len(pcfg.Upstreams) != 1 {
+		t.Errorf("proxy upstreams %v, want the fleet only", pcfg.Upstreams)
+	}
+	for name, u := range pcfg.Upstreams {
+		if u.URL != "http://fleet:"+fleetPort {
+			t.Errorf("proxy upstream %s = %s, want http://fleet:%s", name, u.URL, fleetPort)
+		}
+	}
+	if src := mount("proxy", pcfg.Policy.Dir); src != filepath.Join(root, "policies") {
+		t.Errorf("proxy policy.dir %s is %s on the host, want ./policies", pcfg.Policy.Dir, src)
+	}
+	// The proxy fronts the control API at the same paths: every route of
+	// the contract is there with its action.
+	want := map[string]string{
+		"GET /services": "service.list", "GET /services/{name}": "service.get",
+		"POST /services/{name}/restart": "service.restart", "POST /services/{name}/scale": "service.scale",
+		"POST /deployments/{name}": "deployment.deploy", "POST /deployments/{name}/rollback": "deployment.rollback",
+		"POST /caches/{name}/warm": "cache.warm", "POST /faults/{name}": "chaos.inject", "DELETE /faults/{name}": "chaos.clear",
+	}
+	got := map[string]string{}
+	for _, r := range pcfg.Routes {
+		got[r.Match] = r.Action
+	}
+	for m, a := range want {
+		if got[m] != a {
+			t.Errorf("proxy route %q -> %q, want %q", m, got[m], a)
+		}
+	}
+
+	var ccfg chaos.Config
+	if err := config.Load(mount("chaos", flagOf("chaos", "config")), &ccfg); err != nil {
+		t.Fatal(err)
+	}
+	_, proxyPort, _ := net.SplitHostPort(listenOf("proxy"))
+	if ccfg.ProxyURL != "http://proxy:"+proxyPort {
+		t.Errorf("chaos proxy_url %q, want http://proxy:%s: chaos acts through the proxy", ccfg.ProxyURL, proxyPort)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Dockerfile and .dockerignore
+
+func TestDeployDockerfile(t *testing.T) {
+	root := repoRoot(t)
+	data, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join continuation lines, drop comments.
+	var lines []string
+	for _, l := range strings.Split(strings.ReplaceAll(string(data), "\\\n", " "), "\n") {
+		l = strings.TrimSpace(l)
+		if l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	var froms []string
+	var entrypoint, user string
+	expose := map[uint32]bool{}
+	var build string
+	for _, l := range lines {
+		instr, rest, _ := strings.Cut(l, " ")
+		switch strings.ToUpper(instr) {
+		case "FROM":
+			froms = append(froms, rest)
+		case "ENTRYPOINT":
+			entrypoint = strings.TrimSpace(rest)
+		case "USER":
+			user = strings.TrimSpace(rest)
+		case "EXPOSE":
+			for _, f := range strings.Fields(rest) {
+				n, err := strconv.ParseUint(strings.TrimSuffix(f, "/tcp"), 10, 16)
+				if err != nil {
+					t.Errorf("EXPOSE %q: %v", f, err)
+				}
+				expose[uint32(n)] = true
+			}
+		case "RUN":
+			if strings.Contains(rest, "go build") {
+				build = rest
+			}
+		}
+	}
+	if len(froms) < 2 {
+		t.Fatalf("FROM %v: want a multi-stage build", froms)
+	}
+	if !strings.Contains(froms[0], "golang:1.26") {
+		t.Errorf("builder = %q, want golang:1.26", froms[0])
+	}
+	final := froms[len(froms)-1]
+	if !strings.HasPrefix(final, "gcr.io/distroless/static") && final != "scratch" {
+		t.Errorf("final stage = %q, want distroless static or scratch", final)
+	}
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w`, "./cmd/passport"} {
+		if !strings.Contains(build, want) {
+			t.Errorf("go build %q lacks %s", build, want)
+		}
+	}
+	if entrypoint != `["/usr/local/bin/passport"]` {
+		t.Errorf("ENTRYPOINT = %s, want [\"/usr/local/bin/passport\"]", entrypoint)
+	}
+	if u, _, _ := strings.Cut(user, ":"); u == "" || u == "0" || u == "root" {
+		t.Errorf("USER = %q, want a non-root user such as 65532", user)
+	}
+	// Every container port the deployments use is documented by EXPOSE.
+	p := mustLoadCompose(t)
+	for _, tc := range composePassportServices {
+		s, err := p.GetService(tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, addr := range listenFlagsOf(s.Command) {
+			_, port := listenPort(t, name, addr)
+			if !expose[port] {
+				t.Errorf("%s --%s port %d is not in the Dockerfile's EXPOSE", tc.service, name, port)
+			}
+		}
+	}
+}
+
+// listenFlagsOf reads --*listen values from a command without the binary
+// (TestComposePassportServices checks them against the binary).
+func listenFlagsOf(args []string) map[string]string {
+	out := map[string]string{}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "--") {
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if name != "listen" && !strings.HasSuffix(name, "-listen") {
+			continue
+		}
+		if !hasVal && i+1 < len(args) {
+			i++
+			val = args[i]
+		}
+		out[name] = val
+	}
+	return out
+}
+
+func TestDeployDockerignore(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patterns []string
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if l != "" && !strings.HasPrefix(l, "#") {
+			patterns = append(patterns, l)
+		}
+	}
+	if !slices.Contains(patterns, ".git") {
+		t.Error(".dockerignore does not exclude .git")
+	}
+	// What the build needs must stay in the context.
+	for _, need := range []string{"go.mod", "go.sum", "cmd/passport/main.go", "policies/authz.rego"} {
+		for _, pat := range patterns {
+			if strings.HasPrefix(pat, "!") {
+				continue
+			}
+			if ok, _ := path.Match(pat, need); ok || strings.HasPrefix(need, strings.TrimSuffix(pat, "/")+"/") {
+				t.Errorf(".dockerignore pattern %q excludes %s, which the build needs", pat, need)
+			}
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// examples/kubernetes/
+
+type kubeDoc struct {
+	file string
+	obj  map[string]any
+}
+
+func (d kubeDoc) kind() string { s, _ := d.obj["kind"].(string); return s }
+func (d kubeDoc) name() string { s, _ := dig(d.obj, "metadata", "name").(string); return s }
+
+// dig walks nested maps (string keys) and lists (int keys).
+func dig(v any, keys ...any) any {
+	for _, k := range keys {
+		switch k := k.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = m[k]
+		case int:
+			l, ok := v.([]any)
+			if !ok || k >= len(l) {
+				return nil
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func str(v any, keys ...any) string { s, _ := dig(v, keys...).(string); return s }
+func list(v any, keys ...any) []any { l, _ := dig(v, keys...).([]any); return l }
+
+// loadKube parses every YAML document of every file under examples/kubernetes.
+func loadKube(t *testing.T) []kubeDoc {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), "examples", "kubernetes")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := filepath.Glob(filepath.Join(dir, "*.yml"))
+	files = append(files, more...)
+	if len(files) == 0 {
+		t.Fatal("no manifests in examples/kubernetes")
+	}
+	var docs []kubeDoc
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		for i := 0; ; i++ {
+			var obj map[string]any
+			err := dec.Decode(&obj)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s document %d: %v", filepath.Base(f), i, err)
+			}
+			if obj == nil {
+				continue // empty document between ---
+			}
+			docs = append(docs, kubeDoc{file: filepath.Base(f), obj: obj})
+		}
+	}
+	return docs
+}
+
+func findKube(t *testing.T, docs []kubeDoc, kind, name string) kubeDoc {
+	t.Helper()
+	for _, d := range docs {
+		if d.kind() == kind && d.name() == name {
+			return d
+		}
+	}
+	t.Fatalf("no %s %q in examples/kubernetes", kind, name)
+	return kubeDoc{}
+}
+
+func TestKubeManifestsParse(t *testing.T) {
+	docs := loadKube(t)
+	seen := map[string]string{}
+	for _, d := range docs {
+		api, _ := d.obj["apiVersion"].(string)
+		if api == "" || d.kind() == "" {
+			t.Errorf("%s: document without apiVersion or kind: %v", d.file, d.obj)
+			continue
+		}
+		if d.kind() == "Kustomization" {
+			continue // metadata is optional there
+		}
+		if d.name() == "" {
+			t.Errorf("%s: %s without metadata.name", d.file, d.kind())
+		}
+		key := d.kind() + "/" + d.name()
+		if prev, dup := seen[key]; dup {
+			t.Errorf("%s: %s already defined in %s", d.file, key, prev)
+		}
+		seen[key] = d.file
+	}
+}
+
+func TestKubeKustomization(t *testing.T) {
+	docs := loadKube(t)
+	var k kubeDoc
+	for _, d := range docs {
+		if d.kind() == "Kustomization" {
+			k = d
+		}
+	}
+	if k.obj == nil {
+		t.Fatal("no kustomization.yaml")
+	}
+	if k.file != "kustomization.yaml" {
+		t.Errorf("Kustomization lives in %s, want kustomization.yaml", k.file)
+	}
+	listed := map[string]bool{}
+	for _, r := range list(k.obj, "resources") {
+		f, _ := r.(string)
+		if _, err := os.Stat(filepath.Join(repoRoot(t), "examples", "kubernetes", f)); err != nil {
+			t.Errorf("resource %q: %v", f, err)
+		}
+		listed[f] = true
+	}
+	// Every manifest is applied, except the Secret example: secrets are
+	// created out of band so that no real token sits in a repository.
+	for _, d := range docs {
+		if d.file == "kustomization.yaml" || strings.HasSuffix(d.file, ".example.yaml") {
+			continue
+		}
+		if !listed[d.file] {
+			t.Errorf("%s is not listed in kustomization.yaml resources", d.file)
+		}
+		if d.kind() == "Secret" {
+			t.Errorf("%s: a Secret is applied by the kustomization; create it out of band", d.file)
+		}
+	}
+}
+
+// container is one container of a pod template.
+type container map[string]any
+
+func podContainers(d kubeDoc) []container {
+	var out []container
+	for _, c := range list(d.obj, "spec", "template", "spec", "containers") {
+		m, _ := c.(map[string]any)
+		out = append(out, m)
+	}
+	return out
+}
+
+func containerNamed(t *testing.T, d kubeDoc, name string) container {
+	t.Helper()
+	for _, c := range podContainers(d) {
+		if str(map[string]any(c), "name") == name {
+			return c
+		}
+	}
+	t.Fatalf("%s %s has no container %q", d.kind(), d.name(), name)
+	return nil
+}
+
+func stringList(v []any) []string {
+	var out []string
+	for _, x := range v {
+		switch x := x.(type) {
+		case string:
+			out = append(out, x)
+		default:
+			out = append(out, fmt.Sprint(x))
+		}
+	}
+	return out
+}
+
+// containerPorts maps port names to numbers.
+func containerPorts(c container) map[string]int {
+	out := map[string]int{}
+	for _, p := range list(map[string]any(c), "ports") {
+		n, _ := dig(p, "containerPort").(int)
+		out[str(p, "name")] = n
+	}
+	return out
+}
+
+// probePort resolves a probe's httpGet port (a name or a number).
+func probePort(c container, probe string) (string, int) {
+	m := map[string]any(c)
+	p := str(m, probe, "httpGet", "path")
+	switch port := dig(m, probe, "httpGet", "port").(type) {
+	case int:
+		return p, port
+	case string:
+		return p, containerPorts(c)[port]
+	}
+	return p, 0
+}
+
+// checkPassportContainer checks what every passport container must have and
+// returns its parsed command.
+func checkPassportContainer(t *testing.T, d kubeDoc, c container) checkedCommand {
+	t.Helper()
+	m := map[string]any(c)
+	name := str(m, "name")
+	if dig(m, "command") != nil {
+		t.Errorf("%s/%s sets command; the image's ENTRYPOINT is the binary, use args", d.name(), name)
+	}
+	cc := parseCommand(t, stringList(list(m, "args")))
+	if sc := dig(m, "securityContext"); sc == nil {
+		t.Errorf("%s/%s has no securityContext", d.name(), name)
+	} else {
+		if dig(sc, "readOnlyRootFilesystem") != true {
+			t.Errorf("%s/%s: readOnlyRootFilesystem is not true", d.name(), name)
+		}
+		if dig(sc, "allowPrivilegeEscalation") != false {
+			t.Errorf("%s/%s: allowPrivilegeEscalation is not false", d.name(), name)
+		}
+		if !slices.Contains(stringList(list(sc, "capabilities", "drop")), "ALL") {
+			t.Errorf("%s/%s: capabilities are not all dropped", d.name(), name)
+		}
+	}
+	if dig(m, "resources", "requests", "cpu") == nil || dig(m, "resources", "requests", "memory") == nil {
+		t.Errorf("%s/%s: no cpu and memory requests", d.name(), name)
+	}
+	// Ports declared for each listener.
+	declared := map[int]bool{}
+	for _, n := range containerPorts(c) {
+		declared[n] = true
+	}
+	for flagName, addr := range cc.listens {
+		_, port := listenPort(t, flagName, addr)
+		if !declared[int(port)] && !strings.HasPrefix(addr, "127.0.0.1:") {
+			t.Errorf("%s/%s --%s %s: port not declared in containerPorts", d.name(), name, flagName, addr)
+		}
+	}
+	return cc
+}
+
+func checkPodSecurity(t *testing.T, d kubeDoc) {
+	t.Helper()
+	psc := dig(d.obj, "spec", "template", "spec", "securityContext")
+	if dig(psc, "runAsNonRoot") != true {
+		t.Errorf("%s %s: pod securityContext.runAsNonRoot is not true", d.kind(), d.name())
+	}
+	if dig(d.obj, "spec", "template", "spec", "automountServiceAccountToken") != false {
+		t.Errorf("%s %s: automountServiceAccountToken is not false (nothing here talks to the Kubernetes API)", d.kind(), d.name())
+	}
+}
+
+// secretEnv says which env vars come from a Secret.
+func secretEnv(c container) map[string]string {
+	out := map[string]string{}
+	for _, e := range list(map[string]any(c), "env") {
+		if ref := dig(e, "valueFrom", "secretKeyRef"); ref != nil {
+			out[str(e, "name")] = str(ref, "name") + "/" + str(ref, "key")
+		}
+	}
+	return out
+}
+
+// mountedFile finds the ConfigMap key mounted at file in container c.
+func mountedFile(t *testing.T, docs []kubeDoc, d kubeDoc, c container, file string) (cm kubeDoc, key string) {
+	t.Helper()
+	for _, vm := range list(map[string]any(c), "volumeMounts") {
+		mp := str(vm, "mountPath")
+		if !strings.HasPrefix(file, strings.TrimSuffix(mp, "/")+"/") {
+			continue
+		}
+		if dig(vm, "readOnly") != true {
+			t.Errorf("%s: volume %s mounted writable", d.name(), mp)
+		}
+		key = strings.TrimPrefix(file, strings.TrimSuffix(mp, "/")+"/")
+		if sub := str(vm, "subPath"); sub != "" {
+			t.Errorf("%s: %s mounted with subPath, which never sees ConfigMap updates", d.name(), mp)
+		}
+		for _, v := range list(d.obj, "spec", "template", "spec", "volumes") {
+			if str(v, "name") == str(vm, "name") {
+				cmName := str(v, "configMap", "name")
+				if cmName == "" {
+					t.Fatalf("%s: %s is not a ConfigMap volume", d.name(), mp)
+				}
+				return findKube(t, docs, "ConfigMap", cmName), key
+			}
+		}
+	}
+	t.Fatalf("%s: nothing mounted at %s", d.name(), file)
+	return kubeDoc{}, ""
+}
+
+// serviceFor finds the Service whose selector matches the pod labels.
+func serviceFor(t *testing.T, docs []kubeDoc, d kubeDoc) kubeDoc {
+	t.Helper()
+	labels, _ := dig(d.obj, "spec", "template", "metadata", "labels").(map[string]any)
+	for _, s := range docs {
+		if s.kind() != "Service" {
+			continue
+		}
+		sel, _ := dig(s.obj, "spec", "selector").(map[string]any)
+		if len(sel) == 0 {
+			continue
+		}
+		match := true
+		for k, v := range sel {
+			if labels[k] != v {
+				match = false
+			}
+		}
+		if match {
+			return s
+		}
+	}
+	t.Fatalf("no Service selects the pods of %s %s", d.kind(), d.name())
+	return kubeDoc{}
+}
+
+func TestKubeSidecarPod(t *testing.T) {
+	docs := loadKube(t)
+	d := findKube(t, docs, "Deployment", "fleet")
+	cs := podContainers(d)
+	if len(cs) != 2 {
+		t.Fatalf("fleet pod has %d containers, want 2 (the API and the proxy sidecar)", len(cs))
+	}
+	checkPodSecurity(t, d)
+	api := containerNamed(t, d, "fleet")
+	proxy := containerNamed(t, d, "proxy")
+
+	// The API listens on loopback only: inside the pod, so the only way in
+	// from outside is through the proxy.
+	acc := checkPassportContainer(t, d, api)
+	if acc.path != "passport fleet" {
+		t.Errorf("api container runs %q, want passport fleet", acc.path)
+	}
+	apiHost, apiPort := listenPort(t, "listen", acc.listens["listen"])
+	if apiHost != "127.0.0.1" {
+		t.Errorf("api --listen %s: bind 127.0.0.1 so that nothing outside the pod bypasses the proxy", acc.listens["listen"])
+	}
+	if len(containerPorts(api)) != 0 {
+		t.Errorf("api container declares ports %v; it must be reachable only through the proxy", containerPorts(api))
+	}
+
+	pcc := checkPassportContainer(t, d, proxy)
+	if pcc.path != "passport proxy" {
+		t.Fatalf("proxy container runs %q, want passport proxy", pcc.path)
+	}
+	_, httpPort := listenPort(t, "listen", pcc.listens["listen"])
+	adminAddr, ok := pcc.listens["admin-listen"]
+	if !ok {
+		t.Fatal("proxy has no --admin-listen: the probes and /metrics need the admin listener")
+	}
+	_, adminPort := listenPort(t, "admin-listen", adminAddr)
+	for probe, want := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		p, port := probePort(proxy, probe)
+		if p != want || port != int(adminPort) {
+			t.Errorf("proxy %s = %s on %d, want %s on the admin port %d", probe, p, port, want, adminPort)
+		}
+	}
+	se := secretEnv(proxy)
+	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REDIS_URL"} {
+		if se[k] == "" {
+			t.Errorf("proxy env %s does not come from a Secret", k)
+		}
+	}
+
+	// The proxy config comes from a ConfigMap and points at the policies
+	// ConfigMap's mount and at the API on loopback.
+	if pcc.config == "" {
+		t.Fatal("proxy has no --config")
+	}
+	cm, key := mountedFile(t, docs, d, proxy, pcc.config)
+	raw := str(cm.obj, "data", key)
+	if raw == "" {
+		t.Fatalf("ConfigMap %s has no key %q", cm.name(), key)
+	}
+	tmp := filepath.Join(t.TempDir(), key)
+	if err := os.WriteFile(tmp, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkConfigFile(t, pcc.path, tmp)
+	pcfg, err := loadProxyConfig(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, u := range pcfg.Upstreams {
+		if u.URL != "http://127.0.0.1:"+strconv.Itoa(int(apiPort)) {
+			t.Errorf("proxy upstream %s = %s, want the API container on http://127.0.0.1:%d", name, u.URL, apiPort)
+		}
+	}
+	if policyDir := kubePolicyMount(t, docs, d, proxy); pcfg.Policy.Dir != policyDir {
+		t.Errorf("proxy policy.dir = %q, want the passport-policies mount %s", pcfg.Policy.Dir, policyDir)
+	}
+	// The issuer the proxy accepts is the authority's, reached through its Service.
+	acfg := kubeAuthorityConfig(t, docs)
+	if pcfg.Issuer != acfg.Issuer {
+		t.Errorf("proxy issuer %q != authority issuer %q", pcfg.Issuer, acfg.Issuer)
+	}
+	if !slices.Contains(acfg.Audiences, pcfg.Audience) {
+		t.Errorf("proxy audience %q is not among the authority's audiences %v", pcfg.Audience, acfg.Audiences)
+	}
+	asvc := findKube(t, docs, "Service", "passport-authority")
+	for _, u := range []string{pcfg.Issuer, pcfg.JWKSURL, pcfg.AuthorityURL} {
+		want := "http://" + asvc.name() + ":" + fmt.Sprint(dig(asvc.obj, "spec", "ports", 0, "port"))
+		if !strings.HasPrefix(u, want) {
+			t.Errorf("proxy URL %s does not reach the authority Service at %s", u, want)
+		}
+	}
+
+	// The Service exposes only the proxy's agent port.
+	svc := serviceFor(t, docs, d)
+	ports := list(svc.obj, "spec", "ports")
+	if len(ports) != 1 {
+		t.Fatalf("Service %s exposes %d ports, want only the proxy's", svc.name(), len(ports))
+	}
+	tp := dig(ports[0], "targetPort")
+	if name, ok := tp.(string); ok {
+		tp = containerPorts(proxy)[name]
+	}
+	if tp != int(httpPort) {
+		t.Errorf("Service %s targets %v, want the proxy port %d", svc.name(), tp, httpPort)
+	}
+}
+
+// kubeAuthorityConfig loads the authority config from its ConfigMap.
+func kubeAuthorityConfig(t *testing.T, docs []kubeDoc) authority.Config {
+	t.Helper()
+	cm := findKube(t, docs, "ConfigMap", "passport-authority-config")
+	cfg := authority.DefaultConfig()
+	if err := config.Decode("authority.yaml", []byte(str(cm.obj, "data", "authority.yaml")), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// kubePolicyMount returns where the policies ConfigMap is mounted in c.
+func kubePolicyMount(t *testing.T, docs []kubeDoc, d kubeDoc, c container) string {
+	t.Helper()
+	for _, vm := range list(map[string]any(c), "volumeMounts") {
+		for _, v := range list(d.obj, "spec", "template", "spec", "volumes") {
+			if str(v, "name") == str(vm, "name") && str(v, "configMap", "name") == "passport-policies" {
+				if dig(vm, "readOnly") != true {
+					t.Errorf("policies mounted writable")
+				}
+				return str(vm, "mountPath")
+			}
+		}
+	}
+	t.Fatal("the passport-policies ConfigMap is not mounted into the proxy")
+	return ""
+}
+
+func TestKubeAuthority(t *testing.T) {
+	docs := loadKube(t)
+	d := findKube(t, docs, "Deployment", "passport-authority")
+	checkPodSecurity(t, d)
+	cs := podContainers(d)
+	if len(cs) != 1 {
+		t.Fatalf("authority pod has %d containers, want 1", len(cs))
+	}
+	c := cs[0]
+	cc := checkPassportContainer(t, d, c)
+	if cc.path != "passport authority" {
+		t.Fatalf("authority container runs %q", cc.path)
+	}
+	host, port := listenPort(t, "listen", cc.listens["listen"])
+	if host != "0.0.0.0" {
+		t.Errorf("authority --listen %s: bind 0.0.0.0 so the Service reaches it", cc.listens["listen"])
+	}
+	for probe, want := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		p, pp := probePort(c, probe)
+		if p != want || pp != int(port) {
+			t.Errorf("authority %s = %s on %d, want %s on %d", probe, p, pp, want, port)
+		}
+	}
+	se := secretEnv(c)
+	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REDIS_URL"} {
+		if se[k] == "" {
+			t.Errorf("authority env %s does not come from a Secret", k)
+		}
+	}
+	if cc.config != "" {
+		cm, key := mountedFile(t, docs, d, c, cc.config)
+		tmp := filepath.Join(t.TempDir(), key)
+		if err := os.WriteFile(tmp, []byte(str(cm.obj, "data", key)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		checkConfigFile(t, cc.path, tmp)
+	}
+	svc := serviceFor(t, docs, d)
+	ports := list(svc.obj, "spec", "ports")
+	if len(ports) != 1 {
+		t.Fatalf("Service %s exposes %d ports, want 1", svc.name(), len(ports))
+	}
+	tp := dig(ports[0], "targetPort")
+	if name, ok := tp.(string); ok {
+		tp = containerPorts(c)[name]
+	}
+	if tp != int(port) {
+		t.Errorf("Service %s targets %v, want %d", svc.name(), tp, port)
+	}
+}
+
+// policyFiles are the files of policies/ that a proxy loads: the Rego
+// modules (not their tests) and the data documents.
+func policyFiles(t *testing.T) map[string]string {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), "policies")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || strings.HasSuffix(n, "_test.rego") {
+			continue
+		}
+		switch filepath.Ext(n) {
+		case ".rego", ".json":
+		case ".yaml", ".yml":
+		default:
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n] = string(data)
+	}
+	return out
+}
+
+const policiesConfigMapFile = "policies-configmap.yaml"
+
+// renderPoliciesConfigMap writes the policies ConfigMap for files.
+func renderPoliciesConfigMap(files map[string]string) ([]byte, error) {
+	keys := make([]string, 0, len(files))
+	for k := range files {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	data := &yaml.Node{Kind: yaml.MappingNode}
+	for _, k := range keys {
+		data.Content = append(data.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Value: k},
+			&yaml.Node{Kind: yaml.ScalarNode, Value: files[k], Style: yaml.LiteralStyle})
+	}
+	doc := &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{
+		{Kind: yaml.ScalarNode, Value: "apiVersion"}, {Kind: yaml.ScalarNode, Value: "v1"},
+		{Kind: yaml.ScalarNode, Value: "kind"}, {Kind: yaml.ScalarNode, Value: "ConfigMap"},
+		{Kind: yaml.ScalarNode, Value: "metadata"}, {Kind: yaml.MappingNode, Content: []*yaml.Node{
+			{Kind: yaml.ScalarNode, Value: "name"}, {Kind: yaml.ScalarNode, Value: "passport-policies"},
+			{Kind: yaml.ScalarNode, Value: "labels"}, {Kind: yaml.MappingNode, Content: []*yaml.Node{
+				{Kind: yaml.ScalarNode, Value: "app.kubernetes.io/part-of"}, {Kind: yaml.ScalarNode, Value: "agent-passport"},
+			}},
+		}},
+		{Kind: yaml.ScalarNode, Value: "data"}, data,
+	}}
+	var buf bytes.Buffer
+	buf.WriteString("# The policy library (policies/*.rego without tests, and its data) for the\n")
+	buf.WriteString("# proxy sidecar, mounted read-only at the proxy's policy directory.\n")
+	buf.WriteString("# Generated from policies/ by: go test ./cmd/passport -run TestKubePoliciesConfigMap -update\n")
+	buf.WriteString("# (or create it from the folder: kubectl create configmap passport-policies --from-file=policies/).\n")
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func TestKubePoliciesConfigMap(t *testing.T) {
+	files := policyFiles(t)
+	if len(files) == 0 {
+		t.Fatal("no policy files in policies/")
+	}
+	path := filepath.Join(repoRoot(t), "examples", "kubernetes", policiesConfigMapFile)
+	if *updateKube {
+		out, err := renderPoliciesConfigMap(files)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cm := findKube(t, loadKube(t), "ConfigMap", "passport-policies")
+	if cm.file != policiesConfigMapFile {
+		t.Errorf("passport-policies lives in %s, want %s", cm.file, policiesConfigMapFile)
+	}
+	data, _ := dig(cm.obj, "data").(map[string]any)
+	for name, want := range files {
+		got, ok := data[name].(string)
+		switch {
+		case !ok:
+			t.Errorf("ConfigMap passport-policies lacks %s", name)
+		case got != want:
+			t.Errorf("ConfigMap passport-policies %s differs from policies/%s", name, name)
+		}
+	}
+	for name := range data {
+		if _, ok := files[name]; !ok {
+			t.Errorf("ConfigMap passport-policies has %s, which is not in policies/", name)
+		}
+	}
+	if t.Failed() {
+		t.Log("regenerate with: go test ./cmd/passport -run TestKubePoliciesConfigMap -update")
+	}
+}
+
+// TestKubeAllPassportContainers checks every container running the passport
+// image anywhere in the manifests against the binary's real flags.
+func TestKubeAllPassportContainers(t *testing.T) {
+	for _, d := range loadKube(t) {
+		if d.kind() != "Deployment" {
+			continue
+		}
+		checkPodSecurity(t, d)
+		for _, c := range podContainers(d) {
+			m := map[string]any(c)
+			if !strings.Contains(str(m, "image"), "agentpassport/passport") {
+				t.Errorf("%s/%s runs image %q, want the passport image", d.name(), str(m, "name"), str(m, "image"))
+				continue
+			}
+			t.Run(d.name()+"/"+str(m, "name"), func(t *testing.T) {
+				checkPassportContainer(t, d, c)
+			})
+		}
+	}
+}
