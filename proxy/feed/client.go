@@ -1,0 +1,268 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+)
+
+// Close codes the feed uses (RFC 6455 §7.4 and the IANA registry). A client
+// reconnects (with since=) after 1001, 1011 and 1013; after 1008 it must
+// get a new credential first.
+const (
+	closeGoingAway = websocket.CloseGoingAway       // 1001: server shutting down
+	closePolicy    = websocket.ClosePolicyViolation // 1008: credential revoked or no longer valid
+	closeInternal  = websocket.CloseInternalServerErr
+	closeTryAgain  = websocket.CloseTryAgainLater // 1013: slow consumer, or audit store unavailable
+)
+
+// client is one feed connection: a reader goroutine (pongs, and noticing
+// that the peer went away) and a writer goroutine that owns every write:
+// the replay, the live events from its buffer, pings and the close frame.
+type client struct {
+	hub       *Hub
+	conn      *websocket.Conn
+	tenant    string
+	principal Principal
+	filter    Filter
+	since     *streamID // nil: live only
+	tail      int
+
+	send   chan []byte // bounded; filled by the tenant hub, drained by writePump
+	cursor streamID    // guarded by tenantHub.mu once joined
+
+	once        sync.Once
+	done        chan struct{}
+	closeCode   int
+	closeReason string
+}
+
+// close asks the writer to send a close frame with code and reason and to
+// end the connection. The first call wins.
+func (c *client) close(code int, reason string) {
+	c.once.Do(func() {
+		c.closeCode, c.closeReason = code, reason
+		close(c.done)
+	})
+}
+
+// serve runs the connection until it ends.
+func (c *client) serve() {
+	th, hubCtx, err := c.hub.register(c)
+	if err != nil {
+		c.writeClose(closeTryAgain, "feed not running")
+		_ = c.conn.Close()
+		return
+	}
+	defer c.hub.unregister(c, th)
+	ctx, cancel := context.WithCancel(hubCtx)
+	defer cancel()
+	go c.readPump()
+	c.writePump(ctx, th)
+	_ = c.conn.Close()
+}
+
+// readPump reads (and discards) what the client sends, so that pongs and
+// close frames are processed; a read error ends the connection.
+func (c *client) readPump() {
+	c.conn.SetReadLimit(1024)
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
+	c.conn.SetPongHandler(func(string) error {
+		return c.conn.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
+	})
+	for {
+		if _, _, err := c.conn.NextReader(); err != nil {
+			c.close(0, "")
+			return
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
+	}
+}
+
+// writePump replays what was asked, joins the live tail, then writes events,
+// pings and credential checks until the connection ends.
+func (c *client) writePump(ctx context.Context, th *tenantHub) {
+	h := c.hub
+	defer func() {
+		if c.closeCode != 0 {
+			c.writeClose(c.closeCode, c.closeReason)
+		}
+	}()
+	select {
+	case <-th.ready:
+	case <-c.done:
+		return
+	case <-time.After(h.cfg.WriteWait):
+		h.m.dropped.WithLabelValues("unavailable").Inc()
+		c.close(closeTryAgain, "audit store unavailable")
+		return
+	}
+	last, err := c.catchUp(ctx, th)
+	if err != nil {
+		if c.isDone() {
+			return
+		}
+		if errors.Is(err, errWrite) {
+			c.close(0, "")
+			return
+		}
+		h.log.WarnContext(ctx, "feed replay failed", "tenant", c.tenant, "err", err)
+		h.m.dropped.WithLabelValues("unavailable").Inc()
+		c.close(closeTryAgain, "audit store unavailable")
+		return
+	}
+	live, _ := json.Marshal(Event{V: SchemaVersion, Type: TypeLive, Tenant: c.tenant, LastID: last.String()})
+	if !c.write(live) {
+		return
+	}
+
+	ping := time.NewTicker(h.cfg.PingInterval)
+	defer ping.Stop()
+	recheck := time.NewTicker(h.cfg.RecheckInterval)
+	defer recheck.Stop()
+	for {
+		// A dropped client must not get more events after the drop, so
+		// done is checked before each write, not left to select's choice.
+		if c.isDone() {
+			return
+		}
+		select {
+		case <-c.done:
+			return
+		case msg := <-c.send:
+			if c.isDone() || !c.write(msg) {
+				return
+			}
+		case <-ping.C:
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(h.cfg.WriteWait)); err != nil {
+				c.close(0, "")
+				return
+			}
+		case <-recheck.C:
+			if err := h.auth.Check(ctx, c.principal); err != nil {
+				if errors.Is(err, ErrRevoked) || errors.Is(err, ErrUnauthorized) {
+					h.m.dropped.WithLabelValues("revoked").Inc()
+					h.log.InfoContext(ctx, "feed credential revoked", "principal", c.principal.ID, "tenant", c.tenant)
+					c.close(closePolicy, "credential revoked")
+					return
+				}
+				h.log.WarnContext(ctx, "feed credential check failed", "principal", c.principal.ID, "err", err)
+			}
+		}
+	}
+}
+
+var errWrite = errors.New("write to client")
+
+// catchUp sends the replay the client asked for (since= or tail=), then
+// joins the tenant's live tail at exactly the position the replay reached,
+// so nothing is sent twice or skipped. It returns that position.
+func (c *client) catchUp(ctx context.Context, th *tenantHub) (streamID, error) {
+	h := c.hub
+	var cursor streamID
+	switch {
+	case c.since != nil:
+		cursor = *c.since
+	case c.tail > 0:
+		msgs, err := h.rdb.XRevRangeN(ctx, th.key, "+", "-", int64(c.tail)).Result()
+		if err != nil {
+			return cursor, err
+		}
+		for i := len(msgs) - 1; i >= 0; i-- {
+			if !c.sendEntry(msgs[i]) {
+				return cursor, errWrite
+			}
+		}
+		if len(msgs) > 0 {
+			cursor, _ = parseID(msgs[0].ID)
+		}
+	default:
+		// Live only: start where the tail is now.
+		th.mu.Lock()
+		cursor = th.last
+		th.mu.Unlock()
+	}
+	for {
+		target, joined := th.join(c, cursor)
+		if joined {
+			return cursor, nil
+		}
+		// Replay (cursor, target] in pages.
+		for cursor.less(target) {
+			msgs, err := h.rdb.XRangeN(ctx, th.key, "("+cursor.String(), target.String(), int64(h.cfg.Batch)).Result()
+			if err != nil {
+				return cursor, err
+			}
+			for _, m := range msgs {
+				if !c.sendEntry(m) {
+					return cursor, errWrite
+				}
+				if id, err := parseID(m.ID); err == nil {
+					cursor = id
+				}
+			}
+			if len(msgs) < h.cfg.Batch {
+				cursor = target
+			}
+		}
+	}
+}
+
+// sendEntry writes one replayed entry if it passes the filter.
+func (c *client) sendEntry(m redis.XMessage) bool {
+	ev, raw := c.hub.encode(m)
+	if ev == nil || !c.filter.Match(ev) {
+		return true
+	}
+	return c.write(raw)
+}
+
+func (c *client) write(msg []byte) bool {
+	_ = c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
+	if err := c.conn.WriteMessage(websocket.TextMessage, msg); err != nil {
+		c.close(0, "")
+		return false
+	}
+	c.hub.m.sent.Inc()
+	return true
+}
+
+// writeClose sends the close frame. It may wait behind everything already
+// in the socket buffers, so it gets the full write_wait: a slow reader that
+// is still reading then learns why it was dropped.
+func (c *client) writeClose(code int, reason string) {
+	msg := websocket.FormatCloseMessage(code, reason)
+	_ = c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.hub.cfg.WriteWait))
+}
+
+func (c *client) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// encode decodes a stream entry and encodes its event once for every
+// connection. ev is nil for entries that are not feed events.
+func (h *Hub) encode(msg redis.XMessage) (ev *Event, raw []byte) {
+	ev, err := decodeEntry(msg)
+	if err != nil {
+		if !errors.Is(err, errSkip) {
+			h.m.decodeErrors.Inc()
+		}
+		return nil, nil
+	}
+	raw, err = json.Marshal(ev)
+	if err != nil {
+		h.m.decodeErrors.Inc()
+		return nil, nil
+	}
+	return ev, raw
+}

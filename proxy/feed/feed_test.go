@@ -1,0 +1,588 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+const (
+	adminToken = "admin-token-0123456789"
+	acmeToken  = "acme-token-0123456789"
+)
+
+type env struct {
+	t    *testing.T
+	rdb  *redis.Client
+	hub  *Hub
+	auth *StaticAuth
+	srv  *httptest.Server
+}
+
+func newEnv(t *testing.T, cfg Config) *env {
+	t.Helper()
+	rs := redistest.Start(t)
+	rdb := rs.Client()
+	auth := NewStaticAuth(Token{Secret: adminToken}, Token{Secret: acmeToken, Tenants: []string{"acme"}})
+	if cfg.Block == 0 {
+		cfg.Block = 200 * time.Millisecond // quick shutdown: XREAD BLOCK is not interrupted by ctx
+	}
+	hub, err := New(cfg, Deps{Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Auth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- hub.Run(ctx) }()
+	mux := http.NewServeMux()
+	mux.Handle(Path, hub)
+	mux.Handle(TicketPath, hub)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("hub.Run: %v", err)
+		}
+		srv.Close()
+	})
+	waitFor(t, func() bool { hub.mu.Lock(); defer hub.mu.Unlock(); return hub.ctx != nil })
+	return &env{t: t, rdb: rdb, hub: hub, auth: auth, srv: srv}
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// add writes a record into tenant's audit stream in the layout of
+// proxy/audit and returns its stream id.
+func add(t testing.TB, rdb redis.UniversalClient, rec audit.Record) string {
+	t.Helper()
+	rec.V = audit.Version
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := rdb.XAdd(context.Background(), &redis.XAddArgs{
+		Stream: passport.AuditStreamKey(rec.Tenant), Values: []any{RecordField, string(b)},
+	}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func decision(tenant, agent, dec string) audit.Record {
+	return audit.Record{Kind: audit.KindDecision, Tenant: tenant, AgentID: agent, Decision: dec,
+		Action: "service.restart", Resource: "checkout", Method: "POST", Path: "/services/checkout/restart"}
+}
+
+func (e *env) wsURL(q url.Values) string {
+	return "ws" + strings.TrimPrefix(e.srv.URL, "http") + Path + "?" + q.Encode()
+}
+
+// dial opens the feed with a bearer token; q gets tenant= added.
+func (e *env) dial(token, tenant string, q url.Values) *websocket.Conn {
+	e.t.Helper()
+	c, resp, err := e.tryDial(token, tenant, q, "")
+	if err != nil {
+		e.t.Fatalf("dial: %v (status %v)", err, status(resp))
+	}
+	return c
+}
+
+func (e *env) tryDial(token, tenant string, q url.Values, origin string) (*websocket.Conn, *http.Response, error) {
+	if q == nil {
+		q = url.Values{}
+	}
+	if tenant != "" {
+		q.Set("tenant", tenant)
+	}
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	if origin != "" {
+		h.Set("Origin", origin)
+	}
+	c, resp, err := websocket.DefaultDialer.Dial(e.wsURL(q), h)
+	if err == nil {
+		e.t.Cleanup(func() { _ = c.Close() })
+	}
+	return c, resp, err
+}
+
+func status(r *http.Response) int {
+	if r == nil {
+		return 0
+	}
+	return r.StatusCode
+}
+
+// next reads the next event.
+func next(t testing.TB, c *websocket.Conn) Event {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, msg, err := c.ReadMessage()
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var ev Event
+	if err := json.Unmarshal(msg, &ev); err != nil {
+		t.Fatalf("decode %s: %v", msg, err)
+	}
+	return ev
+}
+
+// untilLive reads the replay up to the live marker and returns it.
+func untilLive(t testing.TB, c *websocket.Conn) []Event {
+	t.Helper()
+	var evs []Event
+	for {
+		ev := next(t, c)
+		if ev.Type == TypeLive {
+			return evs
+		}
+		evs = append(evs, ev)
+	}
+}
+
+func ids(evs []Event) []string {
+	var s []string
+	for _, e := range evs {
+		s = append(s, e.ID)
+	}
+	return s
+}
+
+func TestResumeReplaysExactlyTheMissedEvents(t *testing.T) {
+	e := newEnv(t, Config{Batch: 3}) // small pages exercise the paging
+	var all []string
+	for i := range 4 {
+		all = append(all, add(t, e.rdb, decision("acme", fmt.Sprint("a", i), "allow")))
+	}
+	c := e.dial(adminToken, "acme", url.Values{"since": {"0"}})
+	got := untilLive(t, c)
+	if fmt.Sprint(ids(got)) != fmt.Sprint(all) {
+		t.Fatalf("since=0 replayed %v, want %v", ids(got), all)
+	}
+	// Live.
+	all = append(all, add(t, e.rdb, decision("acme", "a4", "deny")))
+	if ev := next(t, c); ev.ID != all[4] || ev.Decision != "deny" || ev.AgentID != "a4" || ev.V != 1 {
+		t.Fatalf("live event %+v, want id %s", ev, all[4])
+	}
+	lastSeen := all[2] // pretend the client saw only up to the third
+	_ = c.Close()
+
+	// While disconnected, more happen.
+	for i := 5; i < 12; i++ {
+		all = append(all, add(t, e.rdb, decision("acme", fmt.Sprint("a", i), "allow")))
+	}
+	c2 := e.dial(adminToken, "acme", url.Values{"since": {lastSeen}})
+	got = untilLive(t, c2)
+	if fmt.Sprint(ids(got)) != fmt.Sprint(all[3:]) {
+		t.Fatalf("resume replayed %v, want exactly %v", ids(got), all[3:])
+	}
+	// And it goes live with nothing repeated.
+	id := add(t, e.rdb, decision("acme", "a12", "allow"))
+	if ev := next(t, c2); ev.ID != id {
+		t.Fatalf("after resume got %s, want %s", ev.ID, id)
+	}
+}
+
+// TestResumeWhileWriting resumes while a writer keeps adding: the union of
+// replay and live must be the exact sequence, with no gap and no repeat.
+func TestResumeWhileWriting(t *testing.T) {
+	e := newEnv(t, Config{Batch: 7})
+	first := add(t, e.rdb, decision("acme", "a", "allow"))
+	stop := make(chan struct{})
+	written := make(chan []string, 1)
+	go func() {
+		var ws []string
+		for {
+			select {
+			case <-stop:
+				written <- ws
+				return
+			default:
+			}
+			b, _ := json.Marshal(audit.Record{V: 1, Kind: audit.KindDecision, Tenant: "acme", Decision: "allow"})
+			id, err := e.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: passport.AuditStreamKey("acme"), Values: []any{RecordField, string(b)}}).Result()
+			if err != nil {
+				written <- ws
+				return
+			}
+			ws = append(ws, id)
+		}
+	}()
+	c := e.dial(adminToken, "acme", url.Values{"since": {first}})
+	var got []string
+	for _, ev := range untilLive(t, c) {
+		got = append(got, ev.ID)
+	}
+	close(stop)
+	ws := <-written
+	for len(got) < len(ws) {
+		got = append(got, next(t, c).ID)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ws) {
+		t.Fatalf("got %d events, wrote %d; sequences differ", len(got), len(ws))
+	}
+}
+
+func TestTailAndFilters(t *testing.T) {
+	e := newEnv(t, Config{})
+	add(t, e.rdb, decision("acme", "a1", "allow"))
+	d2 := add(t, e.rdb, decision("acme", "a2", "deny"))
+	inc := add(t, e.rdb, audit.Record{Kind: audit.KindIncident, Tenant: "acme", Details: json.RawMessage(`{"id":"inc-1","state":"DETECTED"}`)})
+	add(t, e.rdb, audit.Record{Kind: audit.KindCheckpoint, Tenant: "acme"})
+	rep := add(t, e.rdb, audit.Record{Kind: audit.KindReputation, Tenant: "acme", Details: json.RawMessage(`{"agent_id":"a2","score":40}`)})
+	out := add(t, e.rdb, audit.Record{Kind: audit.KindOutcome, Tenant: "acme", AgentID: "a2", Status: 200})
+
+	tests := []struct {
+		name string
+		q    url.Values
+		want []string
+	}{
+		{"tail 4 default types", url.Values{"tail": {"4"}}, []string{inc, rep}},
+		{"deny only", url.Values{"since": {"0"}, "decision": {"deny"}, "types": {"decision"}}, []string{d2}},
+		{"agent a2 lifts details", url.Values{"since": {"0"}, "agent": {"a2"}}, []string{d2, rep}},
+		{"outcome on request", url.Values{"since": {"0"}, "types": {"outcome,incident"}}, []string{inc, out}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := e.dial(adminToken, "acme", tc.q)
+			if got := ids(untilLive(t, c)); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	_, resp, err := e.tryDial(adminToken, "acme", url.Values{"types": {"bogus"}}, "")
+	if err == nil || status(resp) != http.StatusBadRequest {
+		t.Fatalf("unknown type: status %d, want 400", status(resp))
+	}
+}
+
+func TestOtherTenantsEventsNeverArrive(t *testing.T) {
+	e := newEnv(t, Config{})
+	add(t, e.rdb, decision("globex", "g0", "allow"))
+	acme := e.dial(acmeToken, "acme", url.Values{"since": {"0"}})
+	globex := e.dial(adminToken, "globex", nil)
+	if got := untilLive(t, acme); len(got) != 0 {
+		t.Fatalf("acme replay got %v", got)
+	}
+	untilLive(t, globex)
+	for i := range 20 {
+		add(t, e.rdb, decision("globex", fmt.Sprint("g", i), "deny"))
+	}
+	marker := add(t, e.rdb, decision("acme", "a", "allow"))
+	// globex's own client sees globex's events: the writes did happen.
+	for range 20 {
+		if ev := next(t, globex); ev.Tenant != "globex" {
+			t.Fatalf("globex client got %+v", ev)
+		}
+	}
+	// The acme client's next event is the acme marker, nothing before it.
+	if ev := next(t, acme); ev.ID != marker || ev.Tenant != "acme" {
+		t.Fatalf("acme client got %+v, want only the acme marker %s", ev, marker)
+	}
+	// A tenant-scoped credential cannot ask for another tenant.
+	_, resp, err := e.tryDial(acmeToken, "globex", nil, "")
+	if err == nil || status(resp) != http.StatusForbidden {
+		t.Fatalf("acme token on globex: status %d, want 403", status(resp))
+	}
+}
+
+func TestOriginChecked(t *testing.T) {
+	e := newEnv(t, Config{AllowedOrigins: []string{"https://wall.example.com"}})
+	self := e.srv.URL // same origin as the feed
+	tests := []struct {
+		origin string
+		want   int
+	}{
+		{"", http.StatusSwitchingProtocols}, // not a browser
+		{self, http.StatusSwitchingProtocols},
+		{"https://wall.example.com", http.StatusSwitchingProtocols},
+		{"https://WALL.example.com", http.StatusSwitchingProtocols},
+		{"https://evil.example.com", http.StatusForbidden},
+		{"http://wall.example.com", http.StatusForbidden}, // scheme matters
+		{"null", http.StatusForbidden},
+		{self + ".evil.example", http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.origin, func(t *testing.T) {
+			c, resp, _ := e.tryDial(adminToken, "acme", nil, tc.origin)
+			if c != nil {
+				_ = c.Close()
+			}
+			if status(resp) != tc.want {
+				t.Fatalf("origin %q: status %d, want %d", tc.origin, status(resp), tc.want)
+			}
+		})
+	}
+}
+
+func TestTicketIsSingleUseAndScoped(t *testing.T) {
+	e := newEnv(t, Config{})
+	ticket := func(token, tenant string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+TicketPath, strings.NewReader(`{"tenant":"`+tenant+`"}`))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Ticket string }
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Ticket
+	}
+	if code, _ := ticket("", "acme"); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _ := ticket("wrong", "acme"); code != http.StatusUnauthorized {
+		t.Fatalf("bad token: %d", code)
+	}
+	if code, _ := ticket(acmeToken, "globex"); code != http.StatusForbidden {
+		t.Fatalf("out of scope: %d", code)
+	}
+	code, tk := ticket(acmeToken, "acme")
+	if code != http.StatusCreated || len(tk) != 43 {
+		t.Fatalf("ticket: %d %q", code, tk)
+	}
+	c, resp, err := e.tryDial("", "", url.Values{"ticket": {tk}}, "")
+	if err != nil {
+		t.Fatalf("dial with ticket: %v %d", err, status(resp))
+	}
+	untilLive(t, c)
+	_, resp, err = e.tryDial("", "", url.Values{"ticket": {tk}}, "")
+	if err == nil || status(resp) != http.StatusUnauthorized {
+		t.Fatalf("reused ticket: status %d, want 401", status(resp))
+	}
+	_, resp, _ = e.tryDial("", "acme", nil, "")
+	if status(resp) != http.StatusUnauthorized {
+		t.Fatalf("no credential: status %d, want 401", status(resp))
+	}
+}
+
+func TestRevokedCredentialClosesConnections(t *testing.T) {
+	e := newEnv(t, Config{RecheckInterval: 50 * time.Millisecond})
+	c := e.dial(acmeToken, "acme", nil)
+	untilLive(t, c)
+	other := e.dial(adminToken, "acme", nil)
+	untilLive(t, other)
+	e.auth.Set(Token{Secret: adminToken}) // the acme token is gone
+	wantClose(t, c, websocket.ClosePolicyViolation, "credential revoked")
+	// The admin connection is unaffected.
+	id := add(t, e.rdb, decision("acme", "a", "allow"))
+	if ev := next(t, other); ev.ID != id {
+		t.Fatalf("admin client got %+v", ev)
+	}
+	// Immediate close by credential id.
+	if n := e.hub.CloseCredential(Fingerprint(adminToken)); n != 1 {
+		t.Fatalf("CloseCredential closed %d, want 1", n)
+	}
+	wantClose(t, other, websocket.ClosePolicyViolation, "credential revoked")
+}
+
+// wantClose reads until the connection closes and checks the close frame.
+func wantClose(t testing.TB, c *websocket.Conn, code int, reasonPrefix string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		_, _, err := c.ReadMessage()
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("connection ended with %v, want close %d", err, code)
+		}
+		if ce.Code != code || !strings.HasPrefix(ce.Text, reasonPrefix) {
+			t.Fatalf("closed with %d %q, want %d %q", ce.Code, ce.Text, code, reasonPrefix)
+		}
+		return
+	}
+}
+
+func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
+	// The buffer holds several XREAD batches, so a reader that keeps up
+	// absorbs a batch burst; one that stops reading overflows it.
+	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second})
+	fast := e.dial(adminToken, "acme", nil)
+	untilLive(t, fast)
+	// The slow client's socket has a small fixed receive buffer (no
+	// autotuning), so the kernel does not hide its slowness for long.
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+		}
+		return c, err
+	}}
+	slow, _, err := d.Dial(e.wsURL(url.Values{"tenant": {"acme"}}), http.Header{"Authorization": {"Bearer " + adminToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	untilLive(t, slow)
+
+	// The slow client stops reading now. Big events fill the socket
+	// buffers, then its 64-event buffer, and it is dropped. The fast
+	// client reads all along.
+	pad := json.RawMessage(`{"id":"x","pad":"` + strings.Repeat("p", 16<<10) + `"}`)
+	const n = 800
+	got := make(chan []string, 1)
+	go func() {
+		var ids []string
+		for range n {
+			_ = fast.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_, msg, err := fast.ReadMessage()
+			if err != nil {
+				break
+			}
+			var ev Event
+			_ = json.Unmarshal(msg, &ev)
+			ids = append(ids, ev.ID)
+		}
+		got <- ids
+	}()
+	var want []string
+	for range n / 50 {
+		recs := make([]audit.Record, 50)
+		for i := range recs {
+			recs[i] = audit.Record{Kind: audit.KindChaos, Tenant: "acme", Details: pad}
+		}
+		want = append(want, addMany(t, e.rdb, recs)...)
+	}
+	if g := <-got; fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Fatalf("fast client got %d of %d events (or out of order)", len(g), n)
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(e.hub.m.dropped.WithLabelValues("slow")) == 1 })
+	// The slow client reads again: what it had in flight, then a clear close.
+	wantClose(t, slow, websocket.CloseTryAgainLater, "slow consumer")
+	// And the fast one still receives.
+	id := add(t, e.rdb, decision("acme", "a", "allow"))
+	if ev := next(t, fast); ev.ID != id {
+		t.Fatalf("fast client after drop got %s, want %s", ev.ID, id)
+	}
+}
+
+// addMany writes records in one pipeline and returns their ids in order.
+func addMany(t testing.TB, rdb redis.UniversalClient, recs []audit.Record) []string {
+	t.Helper()
+	ctx := context.Background()
+	p := rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(recs))
+	for i, rec := range recs {
+		rec.V = audit.Version
+		if rec.Time.IsZero() {
+			rec.Time = time.Now().UTC()
+		}
+		b, _ := json.Marshal(rec)
+		cmds[i] = p.XAdd(ctx, &redis.XAddArgs{Stream: passport.AuditStreamKey(rec.Tenant), Values: []any{RecordField, string(b)}})
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(cmds))
+	for i, c := range cmds {
+		ids[i] = c.Val()
+	}
+	return ids
+}
+
+func TestHubNotRunning(t *testing.T) {
+	rs := redistest.Start(t)
+	hub, err := New(Config{}, Deps{Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Auth: NewStaticAuth(Token{Secret: adminToken})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	h := http.Header{"Authorization": {"Bearer " + adminToken}}
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+Path+"?tenant=acme", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wantClose(t, c, websocket.CloseTryAgainLater, "feed not running")
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"defaults", Config{}, true},
+		{"origin with path", Config{AllowedOrigins: []string{"https://a.example/x"}}, false},
+		{"origin wildcard", Config{AllowedOrigins: []string{"*"}}, false},
+		{"pong before ping", Config{PingInterval: time.Minute, PongWait: time.Second}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func FuzzParseID(f *testing.F) {
+	for _, s := range []string{"0", "0-0", "1732567000000-12", "-", "1-", "18446744073709551615-18446744073709551615"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := parseID(s)
+		if err != nil {
+			return
+		}
+		back, err := parseID(id.String())
+		if err != nil || back != id {
+			t.Fatalf("round trip of %q: %v %v", s, back, err)
+		}
+	})
+}
+
+func FuzzDecodeEntry(f *testing.F) {
+	f.Add(`{"v":1,"kind":"decision","tenant":"acme","decision":"deny"}`)
+	f.Add(`{"v":1,"kind":"reputation","tenant":"acme","details":{"agent_id":"a1"}}`)
+	f.Add(`{"kind":"checkpoint"}`)
+	f.Add(`not json`)
+	f.Fuzz(func(t *testing.T, s string) {
+		ev, err := decodeEntry(redis.XMessage{ID: "1-0", Values: map[string]any{RecordField: s}})
+		if err == nil && (ev == nil || !knownTypes[ev.Type] || ev.ID != "1-0") {
+			t.Fatalf("decoded %q into %+v", s, ev)
+		}
+	})
+}

@@ -1,0 +1,248 @@
+package feed
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/gorilla/websocket"
+)
+
+// Paths the hub serves. Mount the hub on both (or on a prefix that ends in
+// them): mux.Handle(feed.Path, hub); mux.Handle(feed.TicketPath, hub).
+const (
+	Path       = "/v1/feed"
+	TicketPath = "/v1/feed/ticket"
+)
+
+// ServeHTTP serves POST .../ticket and GET (WebSocket upgrade) on any other
+// path, so the hub can be mounted on several listeners.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasSuffix(r.URL.Path, "/ticket") {
+		h.serveTicket(w, r)
+		return
+	}
+	h.serveFeed(w, r)
+}
+
+// serveTicket trades an operator token (Authorization: Bearer) for a
+// single-use ticket for one tenant: POST {"tenant":"acme"} → 201
+// {"ticket","tenant","expires_in"}.
+func (h *Hub) serveTicket(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		Problem(w, http.StatusMethodNotAllowed, "use POST")
+		return
+	}
+	p, ok := h.Authenticate(w, r)
+	if !ok {
+		return
+	}
+	var body struct {
+		Tenant string `json:"tenant"`
+	}
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body); err != nil {
+			Problem(w, http.StatusBadRequest, "body must be JSON {\"tenant\": \"...\"}")
+			return
+		}
+	}
+	if body.Tenant == "" {
+		body.Tenant = r.URL.Query().Get("tenant")
+	}
+	if !p.CanRead(body.Tenant) {
+		Problem(w, http.StatusForbidden, "credential may not watch this tenant")
+		return
+	}
+	ticket, err := issueTicket(r.Context(), h.rdb, p, body.Tenant, h.cfg.TicketTTL)
+	if err != nil {
+		h.log.ErrorContext(r.Context(), "feed ticket failed", "err", err)
+		Problem(w, http.StatusServiceUnavailable, "ticket store unavailable")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"ticket": ticket, "tenant": body.Tenant, "expires_in": int(h.cfg.TicketTTL.Seconds()),
+	})
+}
+
+// Authenticate reads the Bearer token of r and answers 401 itself when it
+// is missing or invalid. Exported for the dashboard's API.
+func (h *Hub) Authenticate(w http.ResponseWriter, r *http.Request) (Principal, bool) {
+	tok, ok := bearer(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="passport"`)
+		Problem(w, http.StatusUnauthorized, "operator token required (Authorization: Bearer)")
+		return Principal{}, false
+	}
+	p, err := h.auth.Authenticate(r.Context(), tok)
+	if err != nil {
+		if !errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrRevoked) {
+			h.log.ErrorContext(r.Context(), "feed authenticate failed", "err", err)
+			Problem(w, http.StatusServiceUnavailable, "authentication unavailable")
+			return Principal{}, false
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="passport", error="invalid_token"`)
+		Problem(w, http.StatusUnauthorized, "invalid operator token")
+		return Principal{}, false
+	}
+	return p, true
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+// serveFeed authenticates, checks the origin and the parameters, and only
+// then upgrades, so every refusal is a plain HTTP answer.
+//
+// Query: ticket= (from POST /v1/feed/ticket) or an Authorization header
+// with tenant=; since=<stream id> or tail=<n>; types=, agent=, decision=.
+func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		Problem(w, http.StatusMethodNotAllowed, "use GET with a WebSocket upgrade")
+		return
+	}
+	// Origin first: a cross-site page must learn nothing, and must not burn
+	// a ticket it somehow got hold of.
+	if !h.checkOrigin(r) {
+		h.m.refused.WithLabelValues("origin").Inc()
+		Problem(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		Problem(w, http.StatusBadRequest, "WebSocket upgrade required")
+		return
+	}
+	q := r.URL.Query()
+	filter, err := parseFilter(q)
+	if err != nil {
+		Problem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var since *streamID
+	if s := q.Get("since"); s != "" {
+		id, err := parseID(s)
+		if err != nil {
+			Problem(w, http.StatusBadRequest, "since: not a stream id")
+			return
+		}
+		since = &id
+	}
+	tail := 0
+	if s := q.Get("tail"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n > h.cfg.MaxTail {
+			Problem(w, http.StatusBadRequest, "tail: a number from 0 to "+strconv.Itoa(h.cfg.MaxTail))
+			return
+		}
+		tail = n
+	}
+
+	var p Principal
+	var tenant string
+	if t := q.Get("ticket"); t != "" {
+		v, err := redeemTicket(r.Context(), h.rdb, t)
+		if err != nil {
+			if errors.Is(err, ErrUnauthorized) {
+				h.m.refused.WithLabelValues("auth").Inc()
+				Problem(w, http.StatusUnauthorized, "invalid or used ticket")
+				return
+			}
+			h.log.ErrorContext(r.Context(), "feed ticket redeem failed", "err", err)
+			Problem(w, http.StatusServiceUnavailable, "ticket store unavailable")
+			return
+		}
+		// The ticket outlives nothing: check the credential behind it now.
+		if err := h.auth.Check(r.Context(), v.Principal); err != nil {
+			h.m.refused.WithLabelValues("auth").Inc()
+			Problem(w, http.StatusUnauthorized, "credential no longer valid")
+			return
+		}
+		p, tenant = v.Principal, v.Tenant
+	} else {
+		var ok bool
+		if p, ok = h.Authenticate(w, r); !ok {
+			h.m.refused.WithLabelValues("auth").Inc()
+			return
+		}
+		tenant = q.Get("tenant")
+	}
+	if !p.CanRead(tenant) {
+		h.m.refused.WithLabelValues("scope").Inc()
+		Problem(w, http.StatusForbidden, "credential may not watch this tenant")
+		return
+	}
+
+	up := websocket.Upgrader{
+		ReadBufferSize: 1024, WriteBufferSize: 4096,
+		CheckOrigin: h.checkOrigin,
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			Problem(w, status, reason.Error())
+		},
+	}
+	conn, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return // Upgrade answered already
+	}
+	c := &client{
+		hub: h, conn: conn, tenant: tenant, principal: p, filter: filter, since: since, tail: tail,
+		send: make(chan []byte, h.cfg.SendBuffer), done: make(chan struct{}),
+	}
+	h.log.DebugContext(r.Context(), "feed connected", "tenant", tenant, "principal", p.ID)
+	c.serve()
+}
+
+// checkOrigin allows requests without Origin (not a browser, so no
+// cross-site hijacking is possible), the feed's own origin, and the
+// configured allow-list. Everything else, "null" included, is refused:
+// without this any web page could open the feed with the operator's
+// ambient credentials (cross-site WebSocket hijacking).
+func (h *Hub) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	n, err := normalizeOrigin(origin)
+	if err != nil {
+		return false
+	}
+	u, _ := url.Parse(n)
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	return h.origins[n]
+}
+
+// normalizeOrigin lowercases scheme://host[:port] and refuses anything else.
+func normalizeOrigin(o string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(o))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return "", errors.New("origin " + strconv.Quote(o) + " is not scheme://host[:port]")
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host), nil
+}
+
+// Problem answers an RFC 9457 problem document with a safe message.
+func Problem(w http.ResponseWriter, status int, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
+	})
+}

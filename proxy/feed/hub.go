@@ -1,0 +1,391 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/authority/passport"
+)
+
+// Config tunes the feed. The zero value of every field means its default.
+type Config struct {
+	// AllowedOrigins lists the browser origins, exactly as a browser sends
+	// them ("https://wall.example.com:8443"), that may open the feed besides
+	// the feed's own origin. Default none: same-origin only.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// SendBuffer is how many events may wait for one client. A client that
+	// falls this far behind is dropped (close 1013). Default 1024.
+	SendBuffer int `yaml:"send_buffer"`
+	// PingInterval is how often the server pings. Default 25s.
+	PingInterval time.Duration `yaml:"ping_interval"`
+	// PongWait is how long without a pong (or any frame) before the
+	// connection is considered dead. Default 60s; must exceed PingInterval.
+	PongWait time.Duration `yaml:"pong_wait"`
+	// WriteWait bounds one write to a client; a client that does not read
+	// at all is cut after it. Default 10s.
+	WriteWait time.Duration `yaml:"write_wait"`
+	// RecheckInterval is how often an open connection re-checks its
+	// credential with Auth.Check. Default 10s.
+	RecheckInterval time.Duration `yaml:"recheck_interval"`
+	// TicketTTL is the lifetime of a connection ticket. Default 30s.
+	TicketTTL time.Duration `yaml:"ticket_ttl"`
+	// MaxTail bounds tail= (how many past entries a new connection may ask
+	// for). Default 5000.
+	MaxTail int `yaml:"max_tail"`
+	// Block is how long one XREAD blocks. Default 2s.
+	Block time.Duration `yaml:"block"`
+	// Batch is the COUNT of XREAD and XRANGE. Default 512.
+	Batch int `yaml:"batch"`
+}
+
+// Defaults.
+const (
+	DefaultSendBuffer      = 1024
+	DefaultPingInterval    = 25 * time.Second
+	DefaultPongWait        = 60 * time.Second
+	DefaultWriteWait       = 10 * time.Second
+	DefaultRecheckInterval = 10 * time.Second
+	DefaultTicketTTL       = 30 * time.Second
+	DefaultMaxTail         = 5000
+	DefaultBlock           = 2 * time.Second
+	DefaultBatch           = 512
+)
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.SendBuffer <= 0 {
+		c.SendBuffer = DefaultSendBuffer
+	}
+	def(&c.PingInterval, DefaultPingInterval)
+	def(&c.PongWait, DefaultPongWait)
+	def(&c.WriteWait, DefaultWriteWait)
+	def(&c.RecheckInterval, DefaultRecheckInterval)
+	def(&c.TicketTTL, DefaultTicketTTL)
+	def(&c.Block, DefaultBlock)
+	if c.MaxTail <= 0 {
+		c.MaxTail = DefaultMaxTail
+	}
+	if c.Batch <= 0 {
+		c.Batch = DefaultBatch
+	}
+	return c
+}
+
+// Validate reports every problem with the configuration.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if c.PongWait <= c.PingInterval {
+		errs = append(errs, errors.New("feed.pong_wait: must exceed ping_interval"))
+	}
+	for _, o := range c.AllowedOrigins {
+		if _, err := normalizeOrigin(o); err != nil {
+			errs = append(errs, fmt.Errorf("feed.allowed_origins: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are what the feed needs from its host.
+type Deps struct {
+	Redis  redis.UniversalClient
+	Logger *slog.Logger
+	// Registry receives the feed's metrics; nil means a private registry.
+	Registry *prometheus.Registry
+	Auth     Auth
+}
+
+// Hub is the feed: it tails each watched tenant's audit stream once (one
+// XREAD loop per tenant with at least one connection) and fans the events
+// out to that tenant's connections, each through its own bounded buffer
+// (gorilla's chat hub with a Redis stream as the source). It serves
+// POST /v1/feed/ticket and GET /v1/feed (ServeHTTP), and must be running
+// (Run) to accept connections.
+type Hub struct {
+	cfg     Config
+	rdb     redis.UniversalClient
+	log     *slog.Logger
+	auth    Auth
+	origins map[string]bool
+	m       *metrics
+
+	mu      sync.Mutex
+	ctx     context.Context // set by Run; nil before and after
+	tenants map[string]*tenantHub
+	clients map[*client]struct{}
+	wg      sync.WaitGroup
+}
+
+// New returns a hub; it serves connections once Run is called.
+func New(cfg Config, deps Deps) (*Hub, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Redis == nil || deps.Logger == nil || deps.Auth == nil {
+		return nil, errors.New("feed: Redis, Logger and Auth are required")
+	}
+	cfg = cfg.withDefaults()
+	origins := map[string]bool{}
+	for _, o := range cfg.AllowedOrigins {
+		n, _ := normalizeOrigin(o)
+		origins[n] = true
+	}
+	reg := deps.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Hub{
+		cfg: cfg, rdb: deps.Redis, log: deps.Logger, auth: deps.Auth, origins: origins, m: m,
+		tenants: map[string]*tenantHub{}, clients: map[*client]struct{}{},
+	}, nil
+}
+
+// Run makes the hub accept connections until ctx is done; then it closes
+// every connection with 1001 (going away), so that dashboards reconnect to
+// another instance, and waits for its goroutines.
+func (h *Hub) Run(ctx context.Context) error {
+	h.mu.Lock()
+	if h.ctx != nil {
+		h.mu.Unlock()
+		return errors.New("feed: Run called twice")
+	}
+	h.ctx = ctx
+	h.mu.Unlock()
+	<-ctx.Done()
+	h.mu.Lock()
+	h.ctx = nil
+	for c := range h.clients {
+		c.close(closeGoingAway, "server shutting down")
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+	return nil
+}
+
+// CloseCredential closes every open connection made with the credential
+// whose Principal.ID is id (close 1008), at once, without waiting for the
+// periodic re-check. It returns how many it closed.
+func (h *Hub) CloseCredential(id string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for c := range h.clients {
+		if c.principal.ID == id {
+			c.close(closePolicy, "credential revoked")
+			n++
+		}
+	}
+	return n
+}
+
+// register adds a connection and returns the tenant hub that feeds it, or
+// an error when the hub is not running.
+func (h *Hub) register(c *client) (*tenantHub, context.Context, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ctx == nil {
+		return nil, nil, errNotRunning
+	}
+	th := h.tenants[c.tenant]
+	if th == nil {
+		tctx, cancel := context.WithCancel(h.ctx)
+		th = &tenantHub{
+			hub: h, tenant: c.tenant, key: passport.AuditStreamKey(c.tenant),
+			ready: make(chan struct{}), cancel: cancel, clients: map[*client]struct{}{},
+		}
+		h.tenants[c.tenant] = th
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			th.run(tctx)
+		}()
+	}
+	th.refs++
+	h.clients[c] = struct{}{}
+	h.m.clients.Inc()
+	h.wg.Add(1) // the connection's own goroutines; Done in unregister
+	return th, h.ctx, nil
+}
+
+// unregister removes a connection; the last one of a tenant stops its tail.
+func (h *Hub) unregister(c *client, th *tenantHub) {
+	th.leave(c)
+	h.mu.Lock()
+	delete(h.clients, c)
+	th.refs--
+	if th.refs == 0 {
+		th.cancel()
+		if h.tenants[c.tenant] == th {
+			delete(h.tenants, c.tenant)
+		}
+	}
+	h.mu.Unlock()
+	h.m.clients.Dec()
+	h.wg.Done()
+}
+
+var errNotRunning = errors.New("feed not running")
+
+// tenantHub tails one tenant's stream and fans out to its connections.
+type tenantHub struct {
+	hub    *Hub
+	tenant string
+	key    string
+	ready  chan struct{} // closed once last is known
+	cancel context.CancelFunc
+	refs   int // guarded by hub.mu
+
+	mu      sync.Mutex
+	last    streamID // last entry delivered (or the stream's end at start)
+	clients map[*client]struct{}
+}
+
+// run finds the end of the stream, then follows it with XREAD BLOCK until
+// ctx is done. Redis errors are retried with backoff; since the position is
+// kept, nothing is lost across a Redis outage.
+func (t *tenantHub) run(ctx context.Context) {
+	h := t.hub
+	backoff := newBackoff()
+	for {
+		last, err := t.streamEnd(ctx)
+		if err == nil {
+			t.mu.Lock()
+			t.last = last
+			t.mu.Unlock()
+			close(t.ready)
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		h.m.tailErrors.Inc()
+		h.log.WarnContext(ctx, "feed tail start failed", "tenant", t.tenant, "err", err)
+		if !backoff.wait(ctx) {
+			return
+		}
+	}
+	backoff.reset()
+	for {
+		t.mu.Lock()
+		from := t.last.String()
+		t.mu.Unlock()
+		res, err := h.rdb.XRead(ctx, &redis.XReadArgs{
+			Streams: []string{t.key, from}, Count: int64(h.cfg.Batch), Block: h.cfg.Block,
+		}).Result()
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			h.m.tailErrors.Inc()
+			h.log.WarnContext(ctx, "feed tail read failed", "tenant", t.tenant, "err", err)
+			if !backoff.wait(ctx) {
+				return
+			}
+			continue
+		}
+		backoff.reset()
+		for _, s := range res {
+			t.broadcast(s.Messages)
+		}
+	}
+}
+
+// streamEnd returns the id of the newest entry, or 0-0 for an empty stream.
+func (t *tenantHub) streamEnd(ctx context.Context) (streamID, error) {
+	msgs, err := t.hub.rdb.XRevRangeN(ctx, t.key, "+", "-", 1).Result()
+	if err != nil {
+		return streamID{}, fmt.Errorf("read end of %s: %w", t.key, err)
+	}
+	if len(msgs) == 0 {
+		return streamID{}, nil
+	}
+	return parseID(msgs[0].ID)
+}
+
+// broadcast delivers entries to every joined connection that wants them.
+// Sends never block: a connection whose buffer is full is dropped, so one
+// slow reader never holds up the tail or the other readers.
+func (t *tenantHub) broadcast(msgs []redis.XMessage) {
+	h := t.hub
+	for _, msg := range msgs {
+		id, err := parseID(msg.ID)
+		if err != nil {
+			continue
+		}
+		ev, raw := h.encode(msg)
+		t.mu.Lock()
+		if t.last.less(id) {
+			t.last = id
+		}
+		if ev != nil {
+			for c := range t.clients {
+				if !c.cursor.less(id) || !c.filter.Match(ev) {
+					continue
+				}
+				select {
+				case c.send <- raw:
+				default:
+					delete(t.clients, c)
+					h.m.dropped.WithLabelValues("slow").Inc()
+					c.close(closeTryAgain, "slow consumer: send buffer full, reconnect with since")
+				}
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// join makes c live if it has caught up with the tail (cursor at or past
+// the last delivered entry). Otherwise it returns the position to catch up
+// to first.
+func (t *tenantHub) join(c *client, cursor streamID) (target streamID, joined bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cursor.less(t.last) {
+		return t.last, false
+	}
+	c.cursor = cursor
+	t.clients[c] = struct{}{}
+	return cursor, true
+}
+
+func (t *tenantHub) leave(c *client) {
+	t.mu.Lock()
+	delete(t.clients, c)
+	t.mu.Unlock()
+}
+
+// backoff is a capped exponential wait that stops on ctx.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{d: 100 * time.Millisecond} }
+func (b *backoff) reset()  { b.d = 100 * time.Millisecond }
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	b.d = min(b.d*2, 5*time.Second)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
