@@ -36,6 +36,6 @@ COPY --from=build /src/policies /etc/passport/policies
 USER 65532:65532
 # proxy (agents), proxy admin (/metrics /healthz /readyz), authority,
 # fleet control API, dashboard, healer, chaos.
-EXPOSE 8080 9080 8081 9000 8090 9091 9092
+EXPOSE 8080 9080 8081 9000 8090 9100 9092
 ENTRYPOINT ["/usr/local/bin/passport"]
 CMD ["--help"]

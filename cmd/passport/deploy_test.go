@@ -630,6 +630,55 @@ func TestComposeWiring(t *testing.T) {
 	if ccfg.ProxyURL != "http://proxy:"+proxyPort {
 		t.Errorf("chaos proxy_url %q, want http://proxy:%s: chaos acts through the proxy", ccfg.ProxyURL, proxyPort)
 	}
+
+	// The healer repairs through the proxy and watches the fleet services'
+	// health ports, which the fleet config fixes and the compose file exposes.
+	fcfg := fleet.Default()
+	fcfg.Services = nil
+	if err := config.Load(mount("fleet", flagOf("fleet", "config")), &fcfg); err != nil {
+		t.Fatal(err)
+	}
+	fleetSvc, err := p.GetService("fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthPorts := map[string]string{} // fleet service name -> port
+	for _, fs := range fcfg.Services {
+		host, port, err := net.SplitHostPort(fs.Listen)
+		if err != nil || host != "0.0.0.0" || port == "0" {
+			t.Errorf("fleet service %s listens on %q; want 0.0.0.0 and a fixed port so the healer can reach it", fs.Name, fs.Listen)
+			continue
+		}
+		if !slices.Contains(fleetSvc.Expose, port) {
+			t.Errorf("fleet service %s port %s is not exposed", fs.Name, port)
+		}
+		healthPorts[fs.Name] = port
+	}
+	var hcfg struct {
+		ProxyURL string `yaml:"proxy_url"`
+		Checks   []struct {
+			Target string `yaml:"target"`
+			URL    string `yaml:"url"`
+		} `yaml:"checks"`
+	}
+	data, err := os.ReadFile(mount("healer", flagOf("healer", "config")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &hcfg); err != nil {
+		t.Fatal(err)
+	}
+	if hcfg.ProxyURL != "http://proxy:"+proxyPort {
+		t.Errorf("healer proxy_url %q, want http://proxy:%s: the healer repairs through the proxy", hcfg.ProxyURL, proxyPort)
+	}
+	if len(hcfg.Checks) == 0 {
+		t.Error("healer has no checks")
+	}
+	for _, c := range hcfg.Checks {
+		if want := "http://fleet:" + healthPorts[c.Target] + "/healthz"; c.URL != want {
+			t.Errorf("healer check %s = %s, want %s", c.Target, c.URL, want)
+		}
+	}
 }
 
 // ---------------------------------------------------------------------------
