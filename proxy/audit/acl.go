@@ -1,0 +1,24 @@
+package audit
+
+// ProxyACLRules are Redis (>= 7.0) ACL rules for the user a proxy connects
+// as: it can append audit records (through the compare-and-append script)
+// and read what the proxy reads, but it cannot delete, trim or reconfigure:
+// no XDEL, XTRIM, DEL, UNLINK, RENAME, FLUSH*, CONFIG SET, no writes to any
+// key but the audit stream (XADD), its chain heads (HSET) and the writers
+// hash (HSETNX: register once, never replace). Scripts run with the
+// caller's permissions, so EVAL grants nothing beyond these rules.
+//
+// Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>
+//
+// One thing no ACL can stop: XADD's own MAXLEN/MINID trimming arguments.
+// Trimming that way leaves a chain that starts without a signed retention
+// anchor, which `passport audit verify` reports as deleted records.
+const ProxyACLRules = "resetkeys resetchannels -@all " +
+	"+ping +hello +auth +client|setname +select " +
+	"%R~passport:* &passport:revocations " +
+	"+get +mget +exists +hget +hmget +hgetall +smembers +sismember +zrange +zrangebyscore +zscore " +
+	"+xrange +xrevrange +xread +xlen +subscribe +unsubscribe +config|get " +
+	"(~passport:{t:*}:audit* +eval +evalsha) " +
+	"(~passport:{t:*}:audit +xadd) " +
+	"(~passport:{t:*}:audit:heads +hset) " +
+	"(~passport:audit:writers +hsetnx)"
