@@ -1,0 +1,683 @@
+// Package healer is the auto-healer: a health monitor with Caddy-style
+// pass/fail hysteresis, an incident lifecycle, and YAML playbooks that it
+// carries out as an agent through the proxy.
+//
+// For each failing target the healer opens an incident (DETECTED), picks
+// the playbook for the incident type, obtains a passport bound to that
+// incident (task {id, target, actions}) — DISPATCHED — and calls the
+// control API through the proxy. When the health check passes again the
+// incident is RESOLVED with its resolution time. A denied or failing
+// remediation is retried with backoff and then ESCALATED. Every outcome is
+// reported to the authority's reputation API, every state change is saved
+// in Redis and written to the tenant's audit stream (kind incident), so
+// the live feed shows it.
+//
+// The healer holds no standing privilege: each repair uses a passport that
+// names one incident, one target and one action, so a healer that is
+// confused or compromised cannot reuse it against another service.
+package healer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+// Passports hands out the healer agent's passports (see agentcall).
+type Passports = agentcall.Passports
+
+// Reputation receives the outcome of each remediation the healer made:
+// "success", "failure" or "denied" (the authority's outcomes API for the
+// healer's own agent).
+type Reputation interface {
+	Report(ctx context.Context, outcome string) error
+}
+
+// Outcomes reported to Reputation.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeDenied  = "denied"
+)
+
+// CheckConfig is one monitored health URL. Zero durations and counts take
+// the values of Config.Defaults.
+type CheckConfig struct {
+	// Target names the service; it is the incident target and the
+	// {name} of the control API route. Required.
+	Target string `yaml:"target"`
+	// URL is any HTTP(S) URL; 2xx passes, and a JSON body with
+	// error_rate, memory_bytes or cache_hit_ratio is judged too. Required.
+	URL      string        `yaml:"url"`
+	Interval time.Duration `yaml:"interval"`
+	Timeout  time.Duration `yaml:"timeout"`
+	// Rise is how many consecutive passes make an unhealthy target healthy.
+	Rise int `yaml:"rise"`
+	// Fall is how many consecutive failures make a healthy target unhealthy.
+	Fall int `yaml:"fall"`
+}
+
+// Playbook is what the healer does about one incident type.
+type Playbook struct {
+	// Action is the capability used, e.g. service.restart. Required.
+	Action string `yaml:"action"`
+	// Method and Path override the control API call; Path may use
+	// {target}. Default: the route of Action in the fleet's API.
+	Method string `yaml:"method"`
+	Path   string `yaml:"path"`
+	// Body is sent as JSON when set, e.g. {"replicas": 3}.
+	Body map[string]any `yaml:"body"`
+}
+
+// Config configures the healer. Zero fields take the documented defaults
+// (see Default).
+type Config struct {
+	// Tenant is the healer agent's tenant. Default acme.
+	Tenant string `yaml:"tenant"`
+	// Listen serves the incidents API (NewAPI) and /metrics; "" serves
+	// nothing. Default 127.0.0.1:9100 (the command sets it; New does not).
+	Listen string `yaml:"listen"`
+	// ProxyURL is where the control API is called: the proxy, never the
+	// fleet directly. Default http://127.0.0.1:8080.
+	ProxyURL string `yaml:"proxy_url"`
+	// Defaults apply to every check that leaves a field zero. Defaults:
+	// interval 200ms, timeout 500ms, rise 1, fall 2 — tuned so that a
+	// fault is RESOLVED well within 2 seconds while a single lost probe
+	// still opens nothing.
+	Defaults CheckConfig `yaml:"defaults"`
+	// Checks are the monitored URLs.
+	Checks []CheckConfig `yaml:"checks"`
+	// Thresholds judge health answers' vital signs.
+	Thresholds Thresholds `yaml:"thresholds"`
+	// Playbooks map incident type to action. Default: service_down and
+	// memory_leak → service.restart, bad_deploy → deployment.rollback,
+	// cache_miss → cache.warm, unhealthy → service.restart.
+	Playbooks map[string]Playbook `yaml:"playbooks"`
+	// MaxAttempts per incident before ESCALATED. Default 3.
+	MaxAttempts int `yaml:"max_attempts"`
+	// Backoff before the second attempt; doubles up to MaxBackoff.
+	// Defaults 250ms and 2s.
+	Backoff    time.Duration `yaml:"backoff"`
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+	// RecoverTimeout is how long an attempt waits for the check to pass
+	// again before it counts as failed. Default 5s.
+	RecoverTimeout time.Duration `yaml:"recover_timeout"`
+	// SlowResolution raises an alert when an incident takes longer.
+	// Default 10s.
+	SlowResolution time.Duration `yaml:"slow_resolution"`
+	// CallTimeout bounds one control API call. Default 5s.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// MaxIncidents per tenant kept in Redis. Default 10000.
+	MaxIncidents int `yaml:"max_incidents"`
+}
+
+// Defaults.
+const (
+	DefaultTenant   = "acme"
+	DefaultListen   = "127.0.0.1:9100"
+	DefaultProxyURL = "http://127.0.0.1:8080"
+)
+
+// DefaultPlaybooks returns the built-in playbooks.
+func DefaultPlaybooks() map[string]Playbook {
+	return map[string]Playbook{
+		TypeServiceDown: {Action: "service.restart"},
+		TypeBadDeploy:   {Action: "deployment.rollback"},
+		TypeMemoryLeak:  {Action: "service.restart"},
+		TypeCacheMiss:   {Action: "cache.warm"},
+		TypeUnhealthy:   {Action: "service.restart"},
+	}
+}
+
+// Default returns the default configuration (no checks).
+func Default() Config { return Config{}.withDefaults() }
+
+// actionRoutes are the control API routes of the built-in actions.
+var actionRoutes = map[string][2]string{
+	"service.restart":     {http.MethodPost, "/services/{target}/restart"},
+	"service.scale":       {http.MethodPost, "/services/{target}/scale"},
+	"deployment.rollback": {http.MethodPost, "/deployments/{target}/rollback"},
+	"deployment.deploy":   {http.MethodPost, "/deployments/{target}"},
+	"cache.warm":          {http.MethodPost, "/caches/{target}/warm"},
+}
+
+func (c Config) withDefaults() Config {
+	if c.Tenant == "" {
+		c.Tenant = DefaultTenant
+	}
+	if c.ProxyURL == "" {
+		c.ProxyURL = DefaultProxyURL
+	}
+	d := &c.Defaults
+	if d.Interval == 0 {
+		d.Interval = 200 * time.Millisecond
+	}
+	if d.Timeout == 0 {
+		d.Timeout = 500 * time.Millisecond
+	}
+	if d.Rise == 0 {
+		d.Rise = 1
+	}
+	if d.Fall == 0 {
+		d.Fall = 2
+	}
+	c.Checks = slices.Clone(c.Checks)
+	for i := range c.Checks {
+		ck := &c.Checks[i]
+		if ck.Interval == 0 {
+			ck.Interval = d.Interval
+		}
+		if ck.Timeout == 0 {
+			ck.Timeout = d.Timeout
+		}
+		if ck.Rise == 0 {
+			ck.Rise = d.Rise
+		}
+		if ck.Fall == 0 {
+			ck.Fall = d.Fall
+		}
+	}
+	th := &c.Thresholds
+	if th.ErrorRate == 0 {
+		th.ErrorRate = 0.5
+	}
+	if th.MemoryBytes == 0 {
+		th.MemoryBytes = 64 << 20
+	}
+	if th.CacheHitRatio == 0 {
+		th.CacheHitRatio = 0.5
+	}
+	pb := DefaultPlaybooks()
+	for k, v := range c.Playbooks {
+		pb[k] = v
+	}
+	for k, v := range pb {
+		if r, ok := actionRoutes[v.Action]; ok {
+			if v.Method == "" {
+				v.Method = r[0]
+			}
+			if v.Path == "" {
+				v.Path = r[1]
+			}
+		}
+		pb[k] = v
+	}
+	c.Playbooks = pb
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 3
+	}
+	if c.Backoff == 0 {
+		c.Backoff = 250 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 2 * time.Second
+	}
+	if c.RecoverTimeout == 0 {
+		c.RecoverTimeout = 5 * time.Second
+	}
+	if c.SlowResolution == 0 {
+		c.SlowResolution = 10 * time.Second
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = 5 * time.Second
+	}
+	return c
+}
+
+// Validate reports every problem in the configuration.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if !ValidTenant(c.Tenant) {
+		errs = append(errs, fmt.Errorf("tenant %q: want a lowercase identifier", c.Tenant))
+	}
+	seen := map[string]bool{}
+	for i, ck := range c.Checks {
+		if ck.Target == "" {
+			errs = append(errs, fmt.Errorf("checks[%d]: target is required", i))
+		}
+		if seen[ck.Target] {
+			errs = append(errs, fmt.Errorf("checks[%d]: duplicate target %q", i, ck.Target))
+		}
+		seen[ck.Target] = true
+		if !strings.HasPrefix(ck.URL, "http://") && !strings.HasPrefix(ck.URL, "https://") {
+			errs = append(errs, fmt.Errorf("checks[%d] %s: url must be http(s)", i, ck.Target))
+		}
+		if ck.Interval < 10*time.Millisecond || ck.Timeout <= 0 || ck.Rise < 1 || ck.Fall < 1 {
+			errs = append(errs, fmt.Errorf("checks[%d] %s: interval ≥ 10ms, timeout > 0, rise and fall ≥ 1", i, ck.Target))
+		}
+	}
+	for typ, pb := range c.Playbooks {
+		if pb.Action == "" || pb.Method == "" || !strings.HasPrefix(pb.Path, "/") {
+			errs = append(errs, fmt.Errorf("playbooks.%s: action required, and method and path unless the action is built in", typ))
+		}
+	}
+	if c.MaxAttempts < 1 || c.Backoff < 0 || c.MaxBackoff < c.Backoff || c.RecoverTimeout <= 0 {
+		errs = append(errs, errors.New("max_attempts ≥ 1, backoff ≤ max_backoff, recover_timeout > 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the healer's collaborators.
+type Deps struct {
+	Logger    *slog.Logger // required
+	Passports Passports    // required: the healer agent's passports
+	Store     *Store       // required: where incidents live
+	// Reputation receives outcomes; nil reports nothing.
+	Reputation Reputation
+	// Sink receives the incident audit records; nil writes none.
+	Sink     audit.Sink
+	Registry *prometheus.Registry // nil keeps metrics private
+	Alerts   alert.Notifier       // nil: no alerts
+	// HTTP is used for the control API calls; nil: a client with
+	// CallTimeout. Health checks use their own client with no keep-alive
+	// pooling surprises.
+	HTTP *http.Client
+	// AdminToken protects the incidents API when Listen is set.
+	AdminToken string
+	Now        func() time.Time // nil: time.Now
+}
+
+// Healer is the running auto-healer.
+type Healer struct {
+	cfg    Config
+	deps   Deps
+	log    *slog.Logger
+	now    func() time.Time
+	client *agentcall.Client
+	probeC *http.Client
+
+	targets map[string]*target
+
+	mu        sync.Mutex
+	incidents map[string]*Incident // open incidents by id
+
+	incidentsTotal *prometheus.CounterVec
+	resolution     *prometheus.HistogramVec
+	remediations   *prometheus.CounterVec
+	checks         *prometheus.CounterVec
+	recordErrs     prometheus.Counter
+}
+
+// target is one check's live state.
+type target struct {
+	cfg  CheckConfig
+	kick chan struct{} // probe now
+
+	mu   sync.Mutex
+	h    hysteresis
+	last probeResult
+	open *Incident // the open incident, if any
+	// escalated is set when an incident escalated while the target was
+	// unhealthy: no new incident opens until it has been healthy again,
+	// so a target nobody can fix does not open one incident per probe.
+	escalated bool
+	healthyC  chan struct{} // closed when the target turns healthy
+}
+
+func (t *target) healthyChan() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.healthyC
+}
+
+// New builds a healer.
+func New(cfg Config, deps Deps) (*Healer, error) {
+	if deps.Logger == nil || deps.Passports == nil || deps.Store == nil {
+		return nil, errors.New("healer: logger, passports and store are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("healer config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	if deps.Alerts == nil {
+		deps.Alerts = alert.Nop{}
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	hc := deps.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: cfg.CallTimeout}
+	}
+	h := &Healer{
+		cfg: cfg, deps: deps, now: deps.Now,
+		log:       deps.Logger.With("component", "healer", "tenant", cfg.Tenant),
+		client:    &agentcall.Client{BaseURL: cfg.ProxyURL, HTTP: hc, UserAgent: "passport-healer"},
+		probeC:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		targets:   map[string]*target{},
+		incidents: map[string]*Incident{},
+		incidentsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_healer_incidents_total", Help: "Incident state changes, by incident type and new state.",
+		}, []string{"type", "state"}),
+		resolution: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "passport_healer_resolution_seconds", Help: "Time from DETECTED to RESOLVED, by incident type.",
+			Buckets: []float64{0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60},
+		}, []string{"type"}),
+		remediations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_healer_remediations_total", Help: "Remediation attempts, by action and outcome (success, failure, denied, no_passport).",
+		}, []string{"action", "outcome"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_healer_checks_total", Help: "Health checks, by result (pass or an incident type).",
+		}, []string{"result"}),
+		recordErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passport_healer_record_errors_total", Help: "Incident changes that could not be saved or audited.",
+		}),
+	}
+	reg := deps.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	for _, c := range []prometheus.Collector{h.incidentsTotal, h.resolution, h.remediations, h.checks, h.recordErrs} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register healer metrics: %w", err)
+		}
+	}
+	for _, ck := range cfg.Checks {
+		// Targets start healthy, as Caddy's do: a fleet that is already
+		// broken at start is detected after Fall failures.
+		h.targets[ck.Target] = &target{cfg: ck, kick: make(chan struct{}, 1),
+			h: hysteresis{rise: ck.Rise, fall: ck.Fall, healthy: true}, healthyC: closedChan()}
+	}
+	return h, nil
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// Run monitors every check and handles incidents until ctx is done. When
+// Config.Listen is set it also serves the incidents API.
+func (h *Healer) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, t := range h.targets {
+		g.Go(func() error { h.monitor(ctx, g, t); return nil })
+	}
+	if h.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", h.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen incidents api %s: %w", h.cfg.Listen, err)
+		}
+		if h.deps.AdminToken == "" {
+			h.log.Warn("incidents api has no admin token: it will refuse every request")
+		}
+		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, h.deps.Registry, h.log), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve incidents api: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+		h.log.Info("incidents api listening", "addr", ln.Addr().String())
+	}
+	h.log.Info("healer running", "checks", len(h.targets), "proxy", h.cfg.ProxyURL)
+	return g.Wait()
+}
+
+// monitor probes one target at its interval (or at once when kicked) and
+// opens an incident when the hysteresis turns it unhealthy.
+func (h *Healer) monitor(ctx context.Context, g *errgroup.Group, t *target) {
+	tick := time.NewTicker(t.cfg.Interval)
+	defer tick.Stop()
+	for {
+		res := probe(ctx, h.probeC, t.cfg.URL, t.cfg.Timeout, h.cfg.Thresholds)
+		if ctx.Err() != nil {
+			return
+		}
+		if res.OK {
+			h.checks.WithLabelValues("pass").Inc()
+		} else {
+			h.checks.WithLabelValues(res.Type).Inc()
+		}
+		t.mu.Lock()
+		changed := t.h.observe(res.OK)
+		t.last = res
+		var opened *Incident
+		if changed && t.h.healthy {
+			close(t.healthyC)
+			t.escalated = false
+		}
+		if changed && !t.h.healthy {
+			t.healthyC = make(chan struct{})
+		}
+		if !res.OK && !t.h.healthy && t.open == nil && !t.escalated {
+			opened = &Incident{ID: newIncidentID(), Tenant: h.cfg.Tenant, Type: res.Type, Target: t.cfg.Target,
+				State: StateDetected, DetectedAt: h.now().UTC()}
+			opened.note(opened.DetectedAt, res.Detail)
+			t.open = opened
+		}
+		t.mu.Unlock()
+		if opened != nil {
+			h.log.Info("incident detected", "id", opened.ID, "type", opened.Type, "target", opened.Target, "detail", res.Detail)
+			h.record(ctx, opened)
+			g.Go(func() error { h.remediate(ctx, t, opened); return nil })
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-t.kick:
+		}
+	}
+}
+
+// remediate carries out the playbook for one incident until it is
+// RESOLVED or ESCALATED.
+func (h *Healer) remediate(ctx context.Context, t *target, in *Incident) {
+	defer func() {
+		t.mu.Lock()
+		if t.open == in {
+			t.open = nil
+		}
+		if in.State == StateEscalated && !t.h.healthy {
+			t.escalated = true
+		}
+		t.mu.Unlock()
+	}()
+	pb, ok := h.cfg.Playbooks[in.Type]
+	if !ok {
+		h.escalate(ctx, in, "no playbook for "+in.Type)
+		return
+	}
+	in.Action = pb.Action
+	path := strings.ReplaceAll(pb.Path, "{target}", in.Target)
+	var body any
+	if pb.Body != nil {
+		body = pb.Body
+	}
+	backoff := h.cfg.Backoff
+	for attempt := 1; attempt <= h.cfg.MaxAttempts; attempt++ {
+		if attempt > 1 {
+			if !h.wait(ctx, t, backoff) {
+				if ctx.Err() != nil {
+					return
+				}
+				h.resolve(ctx, in, "recovered during backoff")
+				return
+			}
+			backoff = min(backoff*2, h.cfg.MaxBackoff)
+		}
+		select {
+		case <-t.healthyChan():
+			h.resolve(ctx, in, "recovered before remediation")
+			return
+		default:
+		}
+		in.Attempts = attempt
+		task := &passport.Task{ID: in.ID, Purpose: fmt.Sprintf("remediate %s on %s", in.Type, in.Target), Target: in.Target, Actions: []string{pb.Action}}
+		tok, err := h.deps.Passports.Passport(ctx, task, []string{pb.Action})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			h.remediations.WithLabelValues(pb.Action, "no_passport").Inc()
+			h.log.Warn("no passport for remediation", "id", in.ID, "attempt", attempt, "err", err)
+			in.note(h.now().UTC(), fmt.Sprintf("attempt %d: no passport", attempt))
+			h.record(ctx, in)
+			continue
+		}
+		if in.State == StateDetected {
+			in.transition(StateDispatched, h.now(), fmt.Sprintf("%s via proxy (attempt %d)", pb.Action, attempt))
+		} else {
+			in.note(h.now().UTC(), fmt.Sprintf("%s via proxy (attempt %d)", pb.Action, attempt))
+		}
+		h.record(ctx, in)
+		resp, err := h.client.Do(ctx, tok, pb.Method, path, body)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			outcome, note := OutcomeFailure, fmt.Sprintf("attempt %d failed: %v", attempt, err)
+			if errors.Is(err, agentcall.ErrDenied) {
+				outcome = OutcomeDenied
+				note = fmt.Sprintf("attempt %d denied by policy", attempt)
+				var ae *agentcall.Error
+				if errors.As(err, &ae) && len(ae.Resp.Reasons) > 0 {
+					note += ": " + strings.Join(ae.Resp.Reasons, ", ")
+				}
+			}
+			h.outcome(ctx, pb.Action, outcome)
+			h.log.Warn("remediation failed", "id", in.ID, "attempt", attempt, "err", err)
+			in.note(h.now().UTC(), note)
+			h.record(ctx, in)
+			continue
+		}
+		h.log.Info("remediation applied", "id", in.ID, "action", pb.Action, "target", in.Target, "request_id", resp.RequestID)
+		// Probe now instead of waiting for the next tick.
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+		if h.wait(ctx, t, h.cfg.RecoverTimeout) {
+			if ctx.Err() != nil {
+				return
+			}
+			h.outcome(ctx, pb.Action, OutcomeFailure)
+			in.note(h.now().UTC(), fmt.Sprintf("attempt %d: not healthy after %v", attempt, h.cfg.RecoverTimeout))
+			h.record(ctx, in)
+			continue
+		}
+		h.outcome(ctx, pb.Action, OutcomeSuccess)
+		h.resolve(ctx, in, "health check passing")
+		return
+	}
+	h.escalate(ctx, in, fmt.Sprintf("gave up after %d attempts", in.Attempts))
+}
+
+// wait waits up to d; it returns false early when the target turns
+// healthy (or ctx ends), true when d passed with the target unhealthy.
+func (h *Healer) wait(ctx context.Context, t *target, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.healthyChan():
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+func (h *Healer) outcome(ctx context.Context, action, outcome string) {
+	h.remediations.WithLabelValues(action, outcome).Inc()
+	if h.deps.Reputation == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := h.deps.Reputation.Report(rctx, outcome); err != nil {
+		h.log.Warn("reputation report failed", "outcome", outcome, "err", err)
+	}
+}
+
+func (h *Healer) resolve(ctx context.Context, in *Incident, note string) {
+	in.transition(StateResolved, h.now(), note)
+	d := time.Duration(in.ResolutionMS) * time.Millisecond
+	h.resolution.WithLabelValues(in.Type).Observe(d.Seconds())
+	h.log.Info("incident resolved", "id", in.ID, "type", in.Type, "target", in.Target, "resolution_ms", in.ResolutionMS)
+	h.record(ctx, in)
+	if d > h.cfg.SlowResolution {
+		h.deps.Alerts.Notify(alert.Alert{Kind: alert.KindSlowResolution, Severity: "warning", Tenant: in.Tenant,
+			Text: fmt.Sprintf("incident %s (%s on %s) resolved slowly in %v", in.ID, in.Type, in.Target, d.Round(time.Millisecond))})
+	}
+}
+
+func (h *Healer) escalate(ctx context.Context, in *Incident, note string) {
+	in.transition(StateEscalated, h.now(), note)
+	h.log.Warn("incident escalated", "id", in.ID, "type", in.Type, "target", in.Target, "note", note)
+	h.record(ctx, in)
+	h.deps.Alerts.Notify(alert.Alert{Kind: alert.KindIncidentEscalated, Severity: "critical", Tenant: in.Tenant,
+		Text: fmt.Sprintf("incident %s (%s on %s) escalated: %s", in.ID, in.Type, in.Target, note)})
+}
+
+// record saves the incident and writes its audit record. Both are bounded
+// in time; failures are logged and counted but never stop the repair:
+// the proxy records every remediation call itself, fail closed.
+func (h *Healer) record(ctx context.Context, in *Incident) {
+	snap := in.clone()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	h.mu.Lock()
+	prev, seen := h.incidents[in.ID]
+	stateChanged := !seen || prev.State != snap.State
+	if snap.Open() {
+		h.incidents[in.ID] = snap
+	} else {
+		delete(h.incidents, in.ID)
+	}
+	h.mu.Unlock()
+	if stateChanged {
+		h.incidentsTotal.WithLabelValues(snap.Type, snap.State).Inc()
+	}
+	// The audit record first, then the store: whoever sees a state in the
+	// store can rely on it being in the audit stream already.
+	if h.deps.Sink != nil {
+		details, _ := json.Marshal(snap) // plain struct: cannot fail
+		rec := &audit.Record{V: audit.Version, Kind: audit.KindIncident, Time: h.now().UTC(), Tenant: snap.Tenant,
+			AgentType: passport.TypeHealer, TaskID: snap.ID, Action: snap.Action, Resource: snap.Target, Details: details}
+		if _, err := h.deps.Sink.Append(rctx, rec); err != nil {
+			h.recordErrs.Inc()
+			h.log.Error("incident not audited", "id", in.ID, "err", err)
+		}
+	}
+	if err := h.deps.Store.Save(rctx, snap); err != nil {
+		h.recordErrs.Inc()
+		h.log.Error("incident not saved", "id", in.ID, "err", err)
+	}
+}
+
+// Open returns copies of the incidents being handled now.
+func (h *Healer) Open() []*Incident {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Incident, 0, len(h.incidents))
+	for _, in := range h.incidents {
+		out = append(out, in.clone())
+	}
+	return out
+}
