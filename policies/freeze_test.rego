@@ -62,6 +62,11 @@ test_freeze_invalid_window_freezes_what_it_names if {
 	allowed(call({"time": "2026-11-01T12:00:00Z", "action": "service.get"})) with data.passport.config.freeze_windows as windows
 }
 
+test_freeze_invalid_window_end_freezes_what_it_names if {
+	windows := [window({"end": 20261202})]
+	denied_only(call({"time": "2026-11-01T12:00:00Z"}), ["change_freeze"]) with data.passport.config.freeze_windows as windows
+}
+
 test_freeze_no_windows_allowed if {
 	allowed(deploy_at("2026-12-25T10:00:00Z")) with data.passport.config.freeze_windows as []
 }
