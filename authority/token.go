@@ -594,7 +594,8 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 	pipe := a.rdb.TxPipeline()
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(exp.Unix()), Member: claims.ID})
 	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10))
-	pipe.ExpireAt(ctx, key, exp.Add(a.cfg.Passport.Leeway+time.Minute))
+	// A relative TTL, not EXPIREAT: Redis's clock and ours may differ.
+	pipe.Expire(ctx, key, a.cfg.Passport.Lifetime+a.cfg.Passport.Leeway+time.Minute)
 	blocked := pipe.HGet(ctx, passport.AgentKey(agent.Tenant, agent.ID), passport.FieldBlocked)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("record passport %s: %w", claims.ID, err)
