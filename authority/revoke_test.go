@@ -175,14 +175,17 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	// Another tenant: 403 for every operation.
 	ops := map[string]func() error{
-		"list":     func() error { _, err := acmeAdmin.ListAgents(ctx, "globex"); return err },
-		"get":      func() error { _, err := acmeAdmin.GetAgent(ctx, "globex", globex.ID); return err },
-		"register": func() error { _, err := acmeAdmin.RegisterAgent(ctx, "globex", client.AgentSpec{Name: "x", Type: "healer", TrustLevel: "HIGH"}); return err },
-		"block":    func() error { _, err := acmeAdmin.Block(ctx, "globex", globex.ID, "nope"); return err },
-		"unblock":  func() error { _, err := acmeAdmin.Unblock(ctx, "globex", globex.ID); return err },
-		"outcome":  func() error { _, err := acmeAdmin.ReportOutcome(ctx, "globex", globex.ID, "denied"); return err },
-		"delete":   func() error { return acmeAdmin.DeleteAgent(ctx, "globex", globex.ID) },
-		"rotate":   func() error { _, err := acmeAdmin.RotateKeys(ctx); return err },
+		"list": func() error { _, err := acmeAdmin.ListAgents(ctx, "globex"); return err },
+		"get":  func() error { _, err := acmeAdmin.GetAgent(ctx, "globex", globex.ID); return err },
+		"register": func() error {
+			_, err := acmeAdmin.RegisterAgent(ctx, "globex", client.AgentSpec{Name: "x", Type: "healer", TrustLevel: "HIGH"})
+			return err
+		},
+		"block":   func() error { _, err := acmeAdmin.Block(ctx, "globex", globex.ID, "nope"); return err },
+		"unblock": func() error { _, err := acmeAdmin.Unblock(ctx, "globex", globex.ID); return err },
+		"outcome": func() error { _, err := acmeAdmin.ReportOutcome(ctx, "globex", globex.ID, "denied"); return err },
+		"delete":  func() error { return acmeAdmin.DeleteAgent(ctx, "globex", globex.ID) },
+		"rotate":  func() error { _, err := acmeAdmin.RotateKeys(ctx); return err },
 	}
 	for name, op := range ops {
 		t.Run(name, func(t *testing.T) {
@@ -513,4 +516,3 @@ func TestRegisterValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
