@@ -79,6 +79,9 @@ type Config struct {
 	Critical []string `yaml:"critical"`
 	// Timeout bounds one call through the proxy. Default 5s.
 	Timeout time.Duration `yaml:"timeout"`
+	// Alerts configures the webhooks. The command builds Deps.Alerts from
+	// it; New itself only validates it.
+	Alerts alert.Config `yaml:"alerts"`
 }
 
 // Default values.
@@ -127,6 +130,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxActive < 1 {
 		errs = append(errs, errors.New("max_active must be at least 1"))
+	}
+	if err := c.Alerts.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("alerts: %w", err))
 	}
 	return errors.Join(errs...)
 }

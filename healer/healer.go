@@ -125,6 +125,9 @@ type Config struct {
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// MaxIncidents per tenant kept in Redis. Default 10000.
 	MaxIncidents int `yaml:"max_incidents"`
+	// Alerts configures the webhooks. The command builds Deps.Alerts from
+	// it; New itself only validates it.
+	Alerts alert.Config `yaml:"alerts"`
 }
 
 // Defaults.
@@ -270,6 +273,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAttempts < 1 || c.Backoff < 0 || c.MaxBackoff < c.Backoff || c.RecoverTimeout <= 0 {
 		errs = append(errs, errors.New("max_attempts ≥ 1, backoff ≤ max_backoff, recover_timeout > 0"))
+	}
+	if err := c.Alerts.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("alerts: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config is the fleet's YAML configuration. Zero fields take the defaults
@@ -178,6 +179,7 @@ type Fleet struct {
 	services map[string]*service
 	order    []string
 
+	reg     *prometheus.Registry
 	faults  *prometheus.CounterVec
 	actions *prometheus.CounterVec
 
@@ -204,7 +206,7 @@ func New(cfg Config, deps Deps) (*Fleet, error) {
 		reg = prometheus.NewRegistry()
 	}
 	f := &Fleet{
-		cfg: cfg, log: deps.Logger, services: map[string]*service{},
+		cfg: cfg, log: deps.Logger, services: map[string]*service{}, reg: deps.Registry,
 		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_fleet_faults_injected_total", Help: "Faults injected into the demo fleet, by type.",
 		}, []string{"type"}),
@@ -403,6 +405,11 @@ func (f *Fleet) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	if f.reg != nil {
+		// Not a control route: the proxy does not front it, Prometheus
+		// scrapes the fleet directly.
+		mux.Handle("GET /metrics", promhttp.HandlerFor(f.reg, promhttp.HandlerOpts{}))
+	}
 	mux.HandleFunc("GET /services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"services": f.Services()})
 	})

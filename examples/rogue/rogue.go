@@ -170,6 +170,11 @@ func (r *Rogue) attempt(ctx context.Context, target string) (refused bool) {
 	case errors.Is(err, agentcall.ErrUnauthorized):
 		r.count(func(s *Stats) { s.Rejected++ })
 		r.log.Warn("rogue: passport rejected by the proxy", "target", target)
+		// A revoked or blocked agent's cached passport is useless: drop it
+		// so the next attempt asks the authority again (and is refused).
+		if inv, ok := r.deps.Passports.(interface{ Invalidate() }); ok {
+			inv.Invalidate()
+		}
 		return true
 	default:
 		if ctx.Err() != nil {

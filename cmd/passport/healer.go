@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/healer"
+	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+func (a *app) healerCmd() *cobra.Command {
+	var (
+		cfgPath, listen string
+		ao              agentOpts
+	)
+	cmd := &cobra.Command{
+		Use:   "healer",
+		Short: "Run the auto-healer: monitor health URLs, open incidents, repair through the proxy",
+		Long: `Run the auto-healer for one tenant.
+
+It polls the configured health URLs (default: every service the control API lists
+for the tenant, discovered through the proxy), opens an incident when a check
+fails (rise/fall hysteresis), carries out the playbook through the proxy with a
+passport scoped to the incident, and marks the incident RESOLVED or ESCALATED.
+Incidents are stored in Redis and served at --listen:
+  GET /v1/tenants/{tenant}/incidents, GET /v1/tenants/{tenant}/incidents/{id}
+(Bearer PASSPORT_ADMIN_TOKEN), with /metrics and /healthz.
+
+Credentials: --data DIR (the healer agent of the tenant in DIR/demo.json), or
+PASSPORT_CLIENT_ID and PASSPORT_CLIENT_SECRET, or else it registers a new healer
+agent with PASSPORT_ADMIN_TOKEN.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := a.logger()
+			if err != nil {
+				return err
+			}
+			cfg := healer.Default()
+			if err := config.Load(cfgPath, &cfg); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("listen") || cfg.Listen == "" {
+				cfg.Listen = listen
+			}
+			ctx := cmd.Context()
+			env, err := a.agentEnv(ctx, ao, passport.TypeHealer, cfg.Tenant, cfg.ProxyURL, log)
+			if err != nil {
+				return err
+			}
+			cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
+			if len(cfg.Checks) == 0 {
+				if cfg.Checks, err = discoverChecks(ctx, env); err != nil {
+					return err
+				}
+			}
+			return a.runHealer(ctx, cfg, env, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfgPath, "config", "", "healer YAML (healer.Config; see examples/healer.yaml)")
+	f.StringVar(&listen, "listen", healer.DefaultListen, "incidents API and /metrics address")
+	ao.register(f)
+	return cmd
+}
+
+func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup, log *slog.Logger) error {
+	rdb, err := agentRedis(ctx, env.redisURL)
+	if err != nil {
+		return fmt.Errorf("healer: %w", err)
+	}
+	defer rdb.Close()
+	reg := prometheus.NewRegistry()
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+	if err != nil {
+		return fmt.Errorf("healer: audit stream: %w", err)
+	}
+	defer stream.Close()
+	al, err := alert.New(cfg.Alerts, alert.Deps{Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	var rep healer.Reputation
+	if env.admin != nil {
+		rep = agentcall.AdminReputation{Admin: env.admin, Tenant: env.tenant, AgentID: env.clientID}
+	} else {
+		log.Warn("no admin token: remediation outcomes are not reported to reputation")
+	}
+	h, err := healer.New(cfg, healer.Deps{Logger: log, Passports: env.passports, Store: healer.NewStore(rdb, cfg.MaxIncidents),
+		Reputation: rep, Sink: stream, Registry: reg, Alerts: al, AdminToken: env.adminToken})
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return stream.Run(gctx) })
+	g.Go(func() error { return al.Run(gctx) })
+	g.Go(func() error { return h.Run(gctx) })
+	g.Go(func() error { return alert.WatchBlocks(gctx, rdb, al, log) })
+	return g.Wait()
+}
+
+// discoverChecks lists the tenant's services through the proxy and checks
+// each one's health URL.
+func discoverChecks(ctx context.Context, env *agentSetup) ([]healer.CheckConfig, error) {
+	tok, err := env.passports.Passport(ctx, nil, []string{"service.list"})
+	if err != nil {
+		return nil, fmt.Errorf("discover services: %w", err)
+	}
+	c := &agentcall.Client{BaseURL: env.proxyURL, HTTP: &http.Client{Timeout: 5 * time.Second}}
+	resp, err := c.Do(ctx, tok, http.MethodGet, "/services", nil)
+	if err != nil {
+		return nil, fmt.Errorf("discover services through %s: %w", env.proxyURL, err)
+	}
+	var list struct {
+		Services []struct {
+			Name      string `json:"name"`
+			Tenant    string `json:"tenant"`
+			HealthURL string `json:"health_url"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(resp.Body, &list); err != nil {
+		return nil, fmt.Errorf("discover services: %w", err)
+	}
+	var out []healer.CheckConfig
+	for _, s := range list.Services {
+		if s.Tenant == env.tenant && s.HealthURL != "" {
+			out = append(out, healer.CheckConfig{Target: s.Name, URL: s.HealthURL})
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("discover services: none for tenant %s; configure checks", env.tenant)
+	}
+	return out, nil
+}
+
+// --- agent wiring shared by healer and chaos ---
+
+// agentOpts are the flags every agent subcommand takes.
+type agentOpts struct {
+	data, tenant, proxy, authority string
+}
+
+func (o *agentOpts) register(f *pflag.FlagSet) {
+	f.StringVar(&o.data, "data", "", "directory of a running `passport up` (reads DIR/demo.json for URLs, Redis and credentials)")
+	f.StringVar(&o.tenant, "tenant", "", "tenant of the agent (default: config, else acme)")
+	f.StringVar(&o.proxy, "proxy", "", "proxy URL (default: demo.json, PASSPORT_PROXY_URL, config, http://127.0.0.1:8080)")
+	f.StringVar(&o.authority, "authority", "", "authority URL (default: demo.json, PASSPORT_AUTHORITY_URL, http://127.0.0.1:8081)")
+}
+
+// agentDemoFile is the part of `passport up`'s DIR/demo.json agents read.
+type agentDemoFile struct {
+	URLs struct {
+		Proxy     string `json:"proxy"`
+		Authority string `json:"authority"`
+		Fleet     string `json:"fleet"`
+	} `json:"urls"`
+	RedisURL   string `json:"redis_url"`
+	AdminToken string `json:"admin_token"`
+	Agents     []struct {
+		Name         string `json:"name"`
+		Type         string `json:"type"`
+		Tenant       string `json:"tenant"`
+		TrustLevel   string `json:"trust_level"`
+		ClientID     string `json:"client_id"`
+		ClientSecret string `json:"client_secret"`
+	} `json:"agents"`
+}
+
+func loadAgentDemoFile(dir string) (*agentDemoFile, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "demo.json"))
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", dir, err)
+	}
+	var d agentDemoFile
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("--data %s: demo.json: %w", dir, err)
+	}
+	return &d, nil
+}
+
+// agentSetup is a resolved agent identity and where to reach everything.
+type agentSetup struct {
+	tenant, proxyURL, authorityURL, redisURL, adminToken string
+	clientID                                             string
+	passports                                            agentcall.Passports
+	admin                                                *client.Admin
+}
+
+// agentEnv resolves an agent of agentType: flags and --data first, then
+// the environment, then the config file's values, then defaults. Client
+// secrets are never taken from flags (they would show in ps and shell
+// history): only from demo.json or PASSPORT_CLIENT_SECRET.
+func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, cfgProxy string, log *slog.Logger) (*agentSetup, error) {
+	var demo *agentDemoFile
+	if o.data != "" {
+		var err error
+		if demo, err = loadAgentDemoFile(o.data); err != nil {
+			return nil, err
+		}
+	}
+	first := func(vals ...string) string {
+		for _, v := range vals {
+			if v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	var dProxy, dAuth, dRedis, dAdmin string
+	if demo != nil {
+		dProxy, dAuth, dRedis, dAdmin = demo.URLs.Proxy, demo.URLs.Authority, demo.RedisURL, demo.AdminToken
+	}
+	s := &agentSetup{
+		tenant:       first(o.tenant, cfgTenant, "acme"),
+		proxyURL:     first(o.proxy, dProxy, a.getenv("PASSPORT_PROXY_URL"), cfgProxy, "http://127.0.0.1:8080"),
+		authorityURL: first(o.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), "http://127.0.0.1:8081"),
+		redisURL:     first(dRedis, a.getenv("PASSPORT_REDIS_URL")),
+		adminToken:   first(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
+	}
+	if s.adminToken != "" {
+		adm, err := client.NewAdmin(s.authorityURL, passport.Secret(s.adminToken), client.Options{})
+		if err != nil {
+			return nil, err
+		}
+		s.admin = adm
+	}
+	var id, secret string
+	if demo != nil {
+		for _, ag := range demo.Agents {
+			if ag.Type == agentType && ag.Tenant == s.tenant {
+				id, secret = ag.ClientID, ag.ClientSecret
+				break
+			}
+		}
+		if id == "" {
+			return nil, fmt.Errorf("--data %s: no %s agent for tenant %s in demo.json", o.data, agentType, s.tenant)
+		}
+	} else if cid := a.getenv("PASSPORT_CLIENT_ID"); cid != "" {
+		id, secret = cid, a.getenv("PASSPORT_CLIENT_SECRET")
+	} else if s.admin != nil {
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		name := fmt.Sprintf("%s-%s-%s", agentType, s.tenant, hex.EncodeToString(b[:]))
+		reg, err := s.admin.RegisterAgent(ctx, s.tenant, client.AgentSpec{Name: name, Type: agentType, TrustLevel: passport.TrustHigh})
+		if err != nil {
+			return nil, fmt.Errorf("register %s agent: %w", agentType, err)
+		}
+		log.Info("registered agent", "name", name, "id", reg.ID, "tenant", s.tenant)
+		id, secret = reg.ClientID, reg.ClientSecret
+	} else {
+		return nil, fmt.Errorf("no %s credentials: use --data DIR, PASSPORT_CLIENT_ID/PASSPORT_CLIENT_SECRET, or PASSPORT_ADMIN_TOKEN to register one", agentType)
+	}
+	c, err := client.New(s.authorityURL, id, passport.Secret(secret), client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	s.clientID = id
+	s.passports = agentcall.AuthorityPassports{Client: c}
+	return s, nil
+}
+
+// agentRedis opens Redis (redisx.DefaultURL when url is "") and pings it:
+// the healer and chaos refuse to act when they cannot record what they do.
+func agentRedis(ctx context.Context, url string) (redis.UniversalClient, error) {
+	if url == "" {
+		url = redisx.DefaultURL
+	}
+	rdb, err := redisx.New(redisx.Config{URL: url})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("redis %s: %w", redisx.Redact(url), err)
+	}
+	return rdb, nil
+}
