@@ -90,8 +90,8 @@ type Event struct {
 }
 
 // RecordField is the stream entry field that holds the JSON of the
-// audit.Record: the layout proxy/audit writes (its FieldRecord).
-const RecordField = "r"
+// audit.Record (proxy/audit's layout).
+const RecordField = audit.FieldRecord
 
 // errSkip marks a stream entry that is valid but not for the feed
 // (checkpoints, kinds unknown to this version).
@@ -100,13 +100,9 @@ var errSkip = errors.New("not a feed event")
 // decodeEntry turns one stream entry into an event. It is the only place
 // that knows how records sit in stream entries.
 func decodeEntry(msg redis.XMessage) (*Event, error) {
-	raw, ok := msg.Values[RecordField].(string)
-	if !ok {
-		return nil, fmt.Errorf("decode entry %s: no %q field", msg.ID, RecordField)
-	}
-	var rec audit.Record
-	if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-		return nil, fmt.Errorf("decode entry %s: %w", msg.ID, err)
+	rec, _, err := audit.ParseMessage(msg)
+	if err != nil {
+		return nil, fmt.Errorf("decode feed event: %w", err)
 	}
 	if !knownTypes[string(rec.Kind)] {
 		return nil, errSkip

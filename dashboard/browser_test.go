@@ -1,0 +1,198 @@
+package dashboard
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// findChromium returns the browser, or fails (CI) or skips (laptop) with
+// the way to get it.
+func findChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{os.Getenv("PASSPORT_CHROMIUM"), "chromium", "chromium-browser"} {
+		if name == "" {
+			continue
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium not found (CI is set, so this is a failure): run scripts/deps.sh chromium")
+	}
+	t.Skip("chromium not found: run scripts/deps.sh chromium")
+	return ""
+}
+
+// browser starts a fresh headless Chromium for the test.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	bin := findChromium(t)
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(bin),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1000),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelB(); cancelA() })
+	if err := chromedp.Do(ctx); err != nil { // starts the browser
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// screenshotOnFailure saves the page when the test failed: under the test's
+// artifact directory with -artifacts, else in $TMPDIR/passport-browser-tests.
+func screenshotOnFailure(t *testing.T, ctx context.Context) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		png, err := chromedp.Run(sctx, chromedp.FullScreenshot(90))
+		if err != nil {
+			t.Logf("screenshot failed: %v", err)
+			return
+		}
+		dir := filepath.Join(os.TempDir(), "passport-browser-tests")
+		if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
+			dir = t.ArtifactDir()
+		}
+		_ = os.MkdirAll(dir, 0o755)
+		name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".png")
+		if err := os.WriteFile(name, png, 0o644); err != nil {
+			t.Logf("write screenshot: %v", err)
+			return
+		}
+		t.Logf("screenshot of the failed page: %s", name)
+	})
+}
+
+// TestBrowserChaosToResolved loads the dashboard in headless Chromium, signs
+// in through the URL fragment, fires a chaos event from the page and waits
+// for the incident to reach RESOLVED and a decision row to appear, all
+// through the real feed on a real redis-server.
+func TestBrowserChaosToResolved(t *testing.T) {
+	st := startStack(t, Config{})
+	ctx := browser(t)
+	screenshotOnFailure(t, ctx)
+	do := func(what string, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if err := chromedp.Do(c, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	eval := func(expr string) string {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(c, chromedp.Evaluate[string](expr))
+		if err != nil {
+			t.Fatalf("evaluate %s: %v", expr, err)
+		}
+		return v
+	}
+	// poll waits until the JavaScript condition holds.
+	poll := func(what, cond string) {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if _, err := chromedp.Run(c, chromedp.Poll[bool](cond)); err != nil {
+			t.Fatalf("%s (%s): %v", what, cond, err)
+		}
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+	do("load and sign in", 30*time.Second,
+		chromedp.Navigate(st.url+"/#token="+adminToken+"&tenant=acme"),
+		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
+	)
+	if h := eval(`location.hash`); h != "" {
+		t.Fatalf("location.hash %q after sign-in, want the token stripped", h)
+	}
+	if eval(`sessionStorage.getItem("passport.token")`) != adminToken {
+		t.Fatal("token not kept in sessionStorage")
+	}
+
+	do("agents and targets listed", 15*time.Second,
+		chromedp.WaitVisible(css(`tr[data-testid="agent"][data-agent-id="ag-rogue"]`)),
+		chromedp.WaitReady(css(`#chaos-target option[value="payments"]`)),
+		chromedp.WaitVisible(css(`#chaos-service_down`)),
+	)
+	do("fire chaos from the page", 15*time.Second,
+		chromedp.SetValue(css(`#chaos-target`), "payments"),
+		chromedp.Click(css(`#chaos-service_down`)),
+	)
+	do("incident reaches RESOLVED, decisions appear", 30*time.Second,
+		chromedp.WaitVisible(css(`tr[data-testid="incident"][data-state="RESOLVED"]`)),
+		chromedp.WaitVisible(css(`tr[data-testid="decision"][data-decision="allow"]`)),
+		chromedp.WaitVisible(css(`tr[data-testid="decision"][data-decision="deny"]`)),
+	)
+	st.actions.mu.Lock()
+	fired := slices.Clone(st.actions.fired)
+	st.actions.mu.Unlock()
+	if len(fired) != 1 || fired[0] != "acme/service_down/payments" {
+		t.Fatalf("fired %v, want acme/service_down/payments", fired)
+	}
+	steps := eval(`[...document.querySelectorAll('tr[data-testid="incident"] .step.done')].map(s => s.dataset.step + " " + s.querySelector('.at').textContent).join(" | ")`)
+	parts := strings.Split(steps, " | ")
+	if len(parts) != 3 || !strings.HasPrefix(parts[0], "DETECTED ") || !strings.HasPrefix(parts[1], "DISPATCHED ") ||
+		!strings.HasPrefix(parts[2], "RESOLVED ") || !strings.Contains(parts[1], "(+50 ms)") || !strings.Contains(parts[2], "(+810 ms)") {
+		t.Fatalf("timeline steps %q", steps)
+	}
+	if ttr := eval(`document.querySelector('tr[data-testid="incident"] [data-testid="incident-ttr"]').textContent`); ttr != "810 ms" {
+		t.Fatalf("resolution shown %q, want 810 ms", ttr)
+	}
+	poll("headline figures", `document.getElementById("stat-ttr-mean").textContent === "810 ms" &&
+		document.getElementById("stat-ttr-p95").textContent === "810 ms" &&
+		document.getElementById("stat-deny-rate").textContent === "50.0 %" &&
+		document.getElementById("stat-cps").textContent === "0.2"`)
+
+	// Filters: deny only.
+	do("filter the decision log", 10*time.Second,
+		chromedp.SetValue(css(`#filter-decision`), "deny"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("filter-decision").dispatchEvent(new Event("input"))`),
+	)
+	if n := eval(`String(document.querySelectorAll('tr[data-testid="decision"]').length)`); n != "1" {
+		t.Fatalf("deny filter shows %s rows, want 1", n)
+	}
+
+	// Block the rogue agent from the page; the feed confirms it.
+	do("block an agent", 15*time.Second,
+		chromedp.Click(css(`[data-testid="block-rogue"]`)),
+		chromedp.WaitVisible(css(`tr[data-agent-id="ag-rogue"][data-blocked="true"]`)),
+		chromedp.WaitVisible(css(`li[data-testid="activity-agent_blocked"]`)),
+		chromedp.WaitVisible(css(`[data-testid="unblock-rogue"]`)),
+	)
+
+	// Reload: the page signs in again from sessionStorage and replays the
+	// history from the stream.
+	do("reload replays", 30*time.Second,
+		chromedp.Reload(),
+		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
+		chromedp.WaitVisible(css(`tr[data-testid="incident"][data-state="RESOLVED"]`)),
+		chromedp.WaitVisible(css(`li[data-testid="activity-agent_blocked"]`)),
+	)
+}
