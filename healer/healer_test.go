@@ -32,7 +32,7 @@ import (
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -219,7 +219,7 @@ type stack struct {
 	calls func() []string // what the proxy forwarded: "METHOD path task-id"
 }
 
-func startStack(t *testing.T, deny bool, mutate func(*Config)) *stack {
+func startStack(t testing.TB, deny bool, mutate func(*Config)) *stack {
 	t.Helper()
 	f, err := fleet.New(fleet.Config{Listen: "127.0.0.1:0", LeakStepBytes: 2 << 20, LeakMaxBytes: 8 << 20, LeakInterval: 20 * time.Millisecond},
 		fleet.Deps{Logger: discard()})
@@ -290,7 +290,7 @@ func startStack(t *testing.T, deny bool, mutate func(*Config)) *stack {
 }
 
 // awaitIncident waits for the target's latest incident to reach state.
-func (s *stack) awaitIncident(t *testing.T, target, state string, within time.Duration) *Incident {
+func (s *stack) awaitIncident(t testing.TB, target, state string, within time.Duration) *Incident {
 	t.Helper()
 	var got *Incident
 	eventually(t, within, target+" incident "+state, func() bool {

@@ -17,14 +17,14 @@ import (
 
 // authority stands in for the passport authority: it blocks the agent
 // once the proxy has reported `limit` denials.
-type authority struct {
+type fakeAuthority struct {
 	mu      sync.Mutex
 	denials int
 	limit   int
 	asks    []time.Time
 }
 
-func (a *authority) Passport(context.Context, *passport.Task, []string) (string, error) {
+func (a *fakeAuthority) Passport(context.Context, *passport.Task, []string) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.asks = append(a.asks, time.Now())
@@ -34,10 +34,10 @@ func (a *authority) Passport(context.Context, *passport.Task, []string) (string,
 	return "e30.e30.sig", nil
 }
 
-func (a *authority) reportDenied() { a.mu.Lock(); a.denials++; a.mu.Unlock() }
+func (a *fakeAuthority) reportDenied() { a.mu.Lock(); a.denials++; a.mu.Unlock() }
 
 func TestRogueIsDeniedBlockedAndBacksOff(t *testing.T) {
-	auth := &authority{limit: 3}
+	auth := &fakeAuthority{limit: 3}
 	var upstream atomic.Int64
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The policy denies a LOW observer's restart and reports it.
@@ -82,7 +82,7 @@ func TestRogueIsDeniedBlockedAndBacksOff(t *testing.T) {
 
 func TestRogueStopsOnContext(t *testing.T) {
 	r, err := New(Config{ProxyURL: "http://127.0.0.1:1", Interval: time.Hour, MaxInterval: time.Hour},
-		Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Passports: &authority{limit: 0}})
+		Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Passports: &fakeAuthority{limit: 0}})
 	if err != nil {
 		t.Fatal(err)
 	}
