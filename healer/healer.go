@@ -91,7 +91,9 @@ type Config struct {
 	// Tenant is the healer agent's tenant. Default acme.
 	Tenant string `yaml:"tenant"`
 	// Listen serves the incidents API (NewAPI) and /metrics; "" serves
-	// nothing. Default 127.0.0.1:9100 (the command sets it; New does not).
+	// nothing. New binds it (port 0 allowed, see APIAddr); Run serves it.
+	// Default "" in the package; `passport healer` defaults it to
+	// 127.0.0.1:9100.
 	Listen string `yaml:"listen"`
 	// ProxyURL is where the control API is called: the proxy, never the
 	// fleet directly. Default http://127.0.0.1:8080.
@@ -310,6 +312,7 @@ type Healer struct {
 	probeC *http.Client
 
 	targets map[string]*target
+	ln      net.Listener // incidents API, bound by New when Listen is set
 
 	mu        sync.Mutex
 	incidents map[string]*Incident // open incidents by id
@@ -395,6 +398,15 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 			return nil, fmt.Errorf("register healer metrics: %w", err)
 		}
 	}
+	if cfg.Listen != "" {
+		// Bound here, not in Run, so APIAddr reports a port-0 choice
+		// before Run starts.
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen incidents api %s: %w", cfg.Listen, err)
+		}
+		h.ln = ln
+	}
 	for _, ck := range cfg.Checks {
 		// Targets start healthy, as Caddy's do: a fleet that is already
 		// broken at start is detected after Fall failures.
@@ -410,6 +422,14 @@ func closedChan() chan struct{} {
 	return c
 }
 
+// APIAddr is the incidents API's address, "" when Listen is not set.
+func (h *Healer) APIAddr() string {
+	if h.ln == nil {
+		return ""
+	}
+	return h.ln.Addr().String()
+}
+
 // Run monitors every check and handles incidents until ctx is done. When
 // Config.Listen is set it also serves the incidents API.
 func (h *Healer) Run(ctx context.Context) error {
@@ -417,15 +437,13 @@ func (h *Healer) Run(ctx context.Context) error {
 	for _, t := range h.targets {
 		g.Go(func() error { h.monitor(ctx, g, t); return nil })
 	}
-	if h.cfg.Listen != "" {
-		ln, err := net.Listen("tcp", h.cfg.Listen)
-		if err != nil {
-			return fmt.Errorf("listen incidents api %s: %w", h.cfg.Listen, err)
-		}
+	g.Go(func() error { <-ctx.Done(); return nil }) // run until cancelled, even with no checks
+	if h.ln != nil {
 		if h.deps.AdminToken == "" {
 			h.log.Warn("incidents api has no admin token: it will refuse every request")
 		}
 		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, h.deps.Registry, h.log), ReadHeaderTimeout: 5 * time.Second}
+		ln := h.ln
 		g.Go(func() error {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serve incidents api: %w", err)
@@ -564,6 +582,13 @@ func (h *Healer) remediate(ctx context.Context, t *target, in *Incident) {
 				var ae *agentcall.Error
 				if errors.As(err, &ae) && len(ae.Resp.Reasons) > 0 {
 					note += ": " + strings.Join(ae.Resp.Reasons, ", ")
+				}
+			}
+			if errors.Is(err, agentcall.ErrUnauthorized) {
+				// The passport was refused (revoked, rotated key): never
+				// retry with the same one.
+				if inv, ok := h.deps.Passports.(interface{ Invalidate() }); ok {
+					inv.Invalidate()
 				}
 			}
 			h.outcome(ctx, pb.Action, outcome)

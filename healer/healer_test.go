@@ -471,3 +471,37 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("defaults = %+v", d)
 	}
 }
+
+func TestHealerServesIncidentsAPI(t *testing.T) {
+	srv := redistest.Start(t)
+	reg := prometheus.NewRegistry()
+	h, err := New(Config{Listen: "127.0.0.1:0"}, Deps{Logger: discard(), Passports: &fakePassports{}, Store: NewStore(srv.Client(), 0), AdminToken: "tok", Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	base := "http://" + h.APIAddr()
+	req, _ := http.NewRequest("GET", base+"/v1/tenants/acme/incidents", nil)
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("list: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(base + "/metrics")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("metrics: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+}
