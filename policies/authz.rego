@@ -39,9 +39,7 @@ data_revision := config.revision
 
 # The input document must be the version the rules were written for: a new
 # shape must never be read with old rules.
-reasons contains "input_version_unsupported" if input.version != supported_input_version
-
-reasons contains "input_version_unsupported" if not input.version
+reasons contains "input_version_unsupported" if not input.version == supported_input_version
 
 # Every action must be known to the library; an action added to the proxy's
 # routes is denied until a security team describes it in data.

@@ -15,7 +15,6 @@ test_empty_input_denied if {
 	"agent_blocked" in d.reasons
 	"tenant_mismatch" in d.reasons
 	"action_not_granted" in d.reasons
-	"invalid_time" in d.reasons
 }
 
 test_reasons_sorted_and_unique if {

@@ -44,6 +44,12 @@ test_freeze_exempt_agent_type_allowed if {
 }
 
 test_freeze_without_actions_freezes_writes_not_reads if {
+	windows := [window({"actions": [], "tenants": []})]
+	denied_only(call({"time": "2026-12-01T12:00:00Z"}), ["change_freeze"]) with data.passport.config.freeze_windows as windows
+	allowed(call({"time": "2026-12-01T12:00:00Z", "action": "service.get"})) with data.passport.config.freeze_windows as windows
+}
+
+test_freeze_absent_actions_freezes_writes_not_reads if {
 	windows := [window({})]
 	denied_only(call({"time": "2026-12-01T12:00:00Z"}), ["change_freeze"]) with data.passport.config.freeze_windows as windows
 	allowed(call({"time": "2026-12-01T12:00:00Z", "action": "service.get"})) with data.passport.config.freeze_windows as windows
@@ -71,7 +77,13 @@ test_freeze_no_windows_allowed if {
 	allowed(deploy_at("2026-12-25T10:00:00Z")) with data.passport.config.freeze_windows as []
 }
 
-test_time_invalid_denied if {
-	denied_only(call({"time": "yesterday"}), ["invalid_time"])
-	denied_only(object.remove(healer_restart, ["time"]), ["invalid_time"])
+test_time_invalid_denied_when_a_window_concerns_the_call if {
+	denied_only(deploy_at("yesterday"), ["invalid_time"])
+	denied_only(deploy_at(1795636800), ["invalid_time"])
+	denied_only(deploy_at("2026-12-25 10:00:00"), ["invalid_time"])
+	denied_only(json.remove(deploy_at("x"), ["time"]), ["invalid_time"])
+}
+
+test_time_not_needed_when_no_window_concerns_the_call if {
+	allowed(call({"time": "yesterday"}))
 }

@@ -17,7 +17,7 @@ trust_sufficient if {
 # threshold (data: actions.*.min_reputation). The proxy computes the live
 # score; a missing or non-numeric score fails the check.
 reasons contains "reputation_too_low" if {
-	threshold := object.get(action_config, "min_reputation", 0)
+	threshold := action_config.min_reputation
 	threshold > 0
 	not reputation_at_least(threshold)
 }
