@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"strings"
@@ -69,6 +70,20 @@ func (a *Authority) handleRegister(w http.ResponseWriter, r *http.Request, p pri
 	writeJSON(w, http.StatusCreated, client.Registration{Agent: a.toAPI(rec), ClientSecret: secret})
 }
 
+// RegisterAgent registers an agent in-process, exactly as
+// POST /v1/tenants/{tenant}/agents does (for `passport up`, which creates
+// the demo agents before anything listens). The answer holds the client
+// secret, which exists nowhere else.
+func (a *Authority) RegisterAgent(ctx context.Context, tenant string, spec client.AgentSpec) (client.Registration, error) {
+	rec, secret, err := a.createAgent(ctx, tenant, spec)
+	if err != nil {
+		return client.Registration{}, err
+	}
+	a.log.InfoContext(ctx, "agent registered", "tenant", rec.Tenant, "agent_id", rec.ID, "name", rec.Name,
+		"type", rec.Type, "trust_level", rec.Trust, "in_process", true)
+	return client.Registration{Agent: a.toAPI(rec), ClientSecret: secret}, nil
+}
+
 func (a *Authority) handleList(w http.ResponseWriter, r *http.Request, _ principal) {
 	recs, err := a.listAgents(r.Context(), r.PathValue("tenant"))
 	if err != nil {
@@ -106,7 +121,7 @@ func (a *Authority) handleDelete(w http.ResponseWriter, r *http.Request, _ princ
 func (a *Authority) handleBlock(w http.ResponseWriter, r *http.Request, p principal) {
 	var req client.BlockRequest
 	if r.ContentLength != 0 {
-		if err := decodeBody(r, &req); err != nil {
+		if err := decodeBody(r, &req); err != nil && !errors.Is(err, io.EOF) {
 			writeProblem(w, http.StatusBadRequest, "invalid_json", `body must be {"reason": "..."} or empty`)
 			return
 		}

@@ -104,7 +104,6 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	if a.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, err
 	}
-	a.keys.onRotate = func(trigger string) { a.m.rotations.WithLabelValues(trigger).Inc() }
 	if cfg.Keys.EncryptionKey == "" {
 		a.log.Warn("signing keys are stored in Redis unencrypted; set PASSPORT_KEY_ENCRYPTION_KEY to encrypt them at rest")
 	}

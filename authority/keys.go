@@ -92,7 +92,6 @@ type keyManager struct {
 	aead     cipher.AEAD // nil when keys are stored unencrypted
 	set      atomic.Pointer[keySet]
 	mu       sync.Mutex // serialises local load/rotate
-	onRotate func(trigger string)
 }
 
 func newKeyManager(rdb redis.UniversalClient, cfg Config, now func() time.Time, log *slog.Logger) (*keyManager, error) {
