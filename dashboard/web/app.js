@@ -181,6 +181,7 @@ async function openFeed() {
     if (ev.type === "live") {
       state.retry = 0;
       setStatus("live", "live");
+      renderStats();
       return;
     }
     if (ev.id) {
@@ -308,9 +309,8 @@ function renderIncidents() {
         el("span", { class: "name", text: s }), el("span", { class: "at", text: sub })));
     });
     return el("tr", { "data-testid": "incident", "data-incident-id": inc.id, "data-state": inc.state || "" },
-      el("td", {}, el("span", { class: "pill " + (inc.state || ""), text: inc.state || "?" }), " ", el("span", { class: "muted", text: inc.id })),
-      el("td", { text: inc.type || "" }),
-      el("td", { text: inc.target || "" }),
+      el("td", { class: "inc-id" }, el("span", { class: "pill " + (inc.state || ""), text: inc.state || "?" }), " ", el("span", { class: "muted", text: inc.id })),
+      el("td", { "data-testid": "incident-fault" }, el("div", { text: inc.type || "" }), el("div", { class: "muted", "data-testid": "incident-target", text: inc.target ? "on " + inc.target : "" })),
       el("td", {}, steps),
       el("td", { "data-testid": "incident-ttr", text: inc.state === "RESOLVED" ? fmtDur(resolutionMs(inc)) : "–" }));
   });
@@ -362,7 +362,7 @@ function setBlocked(ev, blocked) {
 
 function sparkline(values) {
   const NS = "http://www.w3.org/2000/svg";
-  const w = 90, h = 22;
+  const w = 64, h = 20;
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("width", w);
@@ -475,7 +475,7 @@ function renderStats() {
 // ---------- start ----------
 
 function setLarge(on) {
-  document.body.classList.toggle("large", on);
+  document.documentElement.classList.toggle("large", on);
   $("large-type").setAttribute("aria-pressed", String(on));
   localStorage.setItem("passport.large", on ? "1" : "0");
 }
@@ -483,7 +483,7 @@ function setLarge(on) {
 document.addEventListener("DOMContentLoaded", () => {
   takeTokenFromFragment();
   setLarge(localStorage.getItem("passport.large") === "1" || new URLSearchParams(location.search).get("large") === "1");
-  $("large-type").addEventListener("click", () => setLarge(!document.body.classList.contains("large")));
+  $("large-type").addEventListener("click", () => setLarge(!document.documentElement.classList.contains("large")));
   $("sign-out").addEventListener("click", () => signOut(""));
   $("signin-form").addEventListener("submit", (e) => {
     e.preventDefault();
