@@ -505,3 +505,20 @@ func TestHealerServesIncidentsAPI(t *testing.T) {
 		t.Fatal("Run did not stop")
 	}
 }
+
+func FuzzClassify(f *testing.F) {
+	f.Add(200, []byte(`{"error_rate":0.1,"memory_bytes":1,"cache_hit_ratio":0.9}`))
+	f.Add(503, []byte(`{}`))
+	f.Add(200, []byte(`{"memory_bytes":-1}`))
+	f.Add(204, []byte(`not json`))
+	th := Default().Thresholds
+	f.Fuzz(func(t *testing.T, status int, body []byte) {
+		r := classify(status, body, th)
+		if r.OK == (r.Type != "") {
+			t.Fatalf("inconsistent verdict %+v", r)
+		}
+		if status >= 500 && r.OK {
+			t.Fatal("5xx passed")
+		}
+	})
+}

@@ -64,11 +64,17 @@ func probe(ctx context.Context, hc *http.Client, url string, timeout time.Durati
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode >= 500 {
-		return probeResult{Type: TypeBadDeploy, Detail: fmt.Sprintf("health answered %d", resp.StatusCode)}
+	return classify(resp.StatusCode, body, th)
+}
+
+// classify judges a health answer: its status, then the vital signs of a
+// JSON body. Fields absent from the body are not judged.
+func classify(status int, body []byte, th Thresholds) probeResult {
+	if status >= 500 {
+		return probeResult{Type: TypeBadDeploy, Detail: fmt.Sprintf("health answered %d", status)}
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return probeResult{Type: TypeUnhealthy, Detail: fmt.Sprintf("health answered %d", resp.StatusCode)}
+	if status < 200 || status > 299 {
+		return probeResult{Type: TypeUnhealthy, Detail: fmt.Sprintf("health answered %d", status)}
 	}
 	var v vitals
 	if json.Unmarshal(body, &v) != nil {
