@@ -34,6 +34,7 @@ import (
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
 )
 
@@ -141,6 +142,13 @@ var configCheckers = map[string]func(path string) error{
 	},
 	"passport chaos run": func(p string) error {
 		var cfg chaos.Config
+		if err := config.Load(p, &cfg); err != nil {
+			return err
+		}
+		return cfg.Validate()
+	},
+	"passport healer": func(p string) error {
+		cfg := healer.Default()
 		if err := config.Load(p, &cfg); err != nil {
 			return err
 		}
@@ -631,6 +639,13 @@ func TestComposeWiring(t *testing.T) {
 		t.Errorf("chaos proxy_url %q, want http://proxy:%s: chaos acts through the proxy", ccfg.ProxyURL, proxyPort)
 	}
 
+	// The agents reach the authority by its compose name.
+	for _, svc := range []string{"healer", "chaos"} {
+		if got := flagOf(svc, "authority"); got != acfg.Issuer {
+			t.Errorf("%s --authority %s, want %s", svc, got, acfg.Issuer)
+		}
+	}
+
 	// The healer repairs through the proxy and watches the fleet services'
 	// health ports, which the fleet config fixes and the compose file exposes.
 	fcfg := fleet.Default()
@@ -654,18 +669,8 @@ func TestComposeWiring(t *testing.T) {
 		}
 		healthPorts[fs.Name] = port
 	}
-	var hcfg struct {
-		ProxyURL string `yaml:"proxy_url"`
-		Checks   []struct {
-			Target string `yaml:"target"`
-			URL    string `yaml:"url"`
-		} `yaml:"checks"`
-	}
-	data, err := os.ReadFile(mount("healer", flagOf("healer", "config")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(data, &hcfg); err != nil {
+	hcfg := healer.Default()
+	if err := config.Load(mount("healer", flagOf("healer", "config")), &hcfg); err != nil {
 		t.Fatal(err)
 	}
 	if hcfg.ProxyURL != "http://proxy:"+proxyPort {
