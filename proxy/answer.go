@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentpassport/passport/authority/passport"
+)
+
+// Problem is the RFC 9457 body of every answer the proxy writes itself.
+// Code is a stable snake_case code; Detail is a fixed sentence, never an
+// internal error string.
+type Problem struct {
+	Type      string   `json:"type"`
+	Title     string   `json:"title"`
+	Status    int      `json:"status"`
+	Code      string   `json:"code"`
+	Detail    string   `json:"detail,omitempty"`
+	RequestID string   `json:"request_id"`
+	Action    string   `json:"action,omitempty"`
+	Resource  string   `json:"resource,omitempty"`
+	Reasons   []string `json:"reasons,omitempty"`
+	Revision  string   `json:"policy_revision,omitempty"`
+}
+
+const problemBase = "https://github.com/agentpassport/passport/blob/main/README.md#answers-"
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func writeProblem(w http.ResponseWriter, p Problem) {
+	if p.Type == "" {
+		p.Type = problemBase + strings.ReplaceAll(p.Code, "_", "-")
+	}
+	if p.Title == "" {
+		p.Title = http.StatusText(p.Status)
+	}
+	b := bufPool.Get().(*bytes.Buffer)
+	b.Reset()
+	_ = json.NewEncoder(b).Encode(p) // a struct of strings cannot fail
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(p.Status)
+	_, _ = w.Write(b.Bytes())
+	bufPool.Put(b)
+}
+
+// writeUnauthorized answers 401 with an RFC 6750 challenge. The challenge
+// names the protected-resource metadata (RFC 9728 §5.1) so an agent can
+// find the authority.
+func writeUnauthorized(w http.ResponseWriter, ae *AuthError, reqID, metadataURL string) {
+	ch := `Bearer realm="passport"`
+	if ae.Code != "" {
+		ch += fmt.Sprintf(`, error=%q, error_description=%q`, ae.Code, ae.Description)
+	}
+	ch += fmt.Sprintf(`, resource_metadata=%q`, metadataURL)
+	w.Header().Set("WWW-Authenticate", ch)
+	code := ae.Code
+	if code == "" {
+		code = "passport_required"
+	}
+	writeProblem(w, Problem{Status: http.StatusUnauthorized, Code: code, Detail: ae.Description, RequestID: reqID,
+		Reasons: []string{ae.Reason}})
+}
+
+// denialReporter reports policy denials to the authority's outcomes API so
+// that its reputation model can block a rogue agent. Reports are queued
+// and sent by one worker; a full queue drops and counts, it never slows a
+// call down.
+type denialReporter struct {
+	url    string
+	token  passport.Secret
+	client *http.Client
+	q      chan denial
+	m      *metrics
+	log    *slog.Logger
+}
+
+type denial struct{ tenant, agentID string }
+
+func newDenialReporter(cfg *Config, client *http.Client, m *metrics, log *slog.Logger) *denialReporter {
+	if cfg.AdminToken == "" {
+		return nil
+	}
+	return &denialReporter{url: strings.TrimRight(cfg.AuthorityURL, "/"), token: cfg.AdminToken, client: client,
+		q: make(chan denial, cfg.OutcomeQueue), m: m, log: log}
+}
+
+func (d *denialReporter) report(tenant, agentID string) {
+	if d == nil {
+		return
+	}
+	select {
+	case d.q <- denial{tenant, agentID}:
+	default:
+		d.m.outcomeReports.WithLabelValues("dropped").Inc()
+	}
+}
+
+var deniedBody = []byte(`{"outcome":"denied"}`)
+
+// Run sends queued reports until ctx ends.
+func (d *denialReporter) Run(ctx context.Context) error {
+	if d == nil {
+		<-ctx.Done()
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case x := <-d.q:
+			d.send(ctx, x)
+		}
+	}
+}
+
+func (d *denialReporter) send(ctx context.Context, x denial) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	u := fmt.Sprintf("%s/v1/tenants/%s/agents/%s/outcomes", d.url, x.tenant, pathEscape(x.agentID))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(deniedBody))
+	if err != nil {
+		d.m.outcomeReports.WithLabelValues("failed").Inc()
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+d.token.Reveal())
+	resp, err := d.client.Do(req)
+	if err != nil {
+		d.m.outcomeReports.WithLabelValues("failed").Inc()
+		d.log.WarnContext(ctx, "denial report failed", "tenant", x.tenant, "agent_id", x.agentID, "error", err)
+		return
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		d.m.outcomeReports.WithLabelValues("failed").Inc()
+		d.log.WarnContext(ctx, "denial report refused", "tenant", x.tenant, "agent_id", x.agentID, "status", resp.StatusCode)
+		return
+	}
+	d.m.outcomeReports.WithLabelValues("sent").Inc()
+}
+
+func pathEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,431 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
+)
+
+// Default values of Config. They are also documented on each field.
+const (
+	DefaultListen        = "127.0.0.1:8080"
+	DefaultAdminListen   = "127.0.0.1:9080"
+	DefaultIssuer        = "http://127.0.0.1:8081"
+	DefaultAudience      = "passport-proxy"
+	DefaultLeeway        = 5 * time.Second
+	DefaultMaxTokenBytes = 8 << 10
+	DefaultMaxBodyBytes  = 1 << 20
+	DefaultBodyLimit     = 64 << 10
+	DefaultMaxHeaderByte = 32 << 10
+	DefaultMaxHeaders    = 100
+	DefaultUnattributed  = "unattributed"
+)
+
+// Config is the proxy's configuration (YAML, strict). Zero values mean the
+// documented default; Default() returns a Config with every default set.
+type Config struct {
+	// Listen is the agent-facing address. Default 127.0.0.1:8080.
+	Listen string `yaml:"listen"`
+	// AdminListen serves /metrics, /healthz and /readyz, apart from agents.
+	// Default 127.0.0.1:9080.
+	AdminListen string `yaml:"admin_listen"`
+	// ResourceURL is this proxy's resource identifier in
+	// /.well-known/oauth-protected-resource (RFC 9728). Default
+	// "http://" + Listen.
+	ResourceURL string `yaml:"resource_url"`
+
+	// Issuer is the only accepted "iss". Default http://127.0.0.1:8081.
+	Issuer string `yaml:"issuer"`
+	// JWKSURL is where the signing keys are fetched. Default
+	// Issuer + "/.well-known/jwks.json".
+	JWKSURL string `yaml:"jwks_url"`
+	// Audience is the only accepted "aud" value. Default passport-proxy.
+	Audience string `yaml:"audience"`
+	// Leeway is the clock-skew allowance for exp, nbf and iat. Default 5s,
+	// at most 30s.
+	Leeway time.Duration `yaml:"leeway"`
+	// MaxLifetime caps exp - iat. Default and maximum 1h.
+	MaxLifetime time.Duration `yaml:"max_lifetime"`
+	// MaxTokenBytes bounds the Authorization header; longer ones are
+	// refused before any decoding. Default 8192.
+	MaxTokenBytes int `yaml:"max_token_bytes"`
+	// JWKSRefresh is the periodic key refresh interval. Default 5m.
+	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+	// JWKSUnknownKIDInterval is the least time between two refreshes
+	// caused by an unknown kid (so random kids cannot hammer the
+	// authority). Default 10s.
+	JWKSUnknownKIDInterval time.Duration `yaml:"jwks_unknown_kid_interval"`
+	// VerifyCacheSize bounds the cache of verified passports. Default 10000.
+	VerifyCacheSize int `yaml:"verify_cache_size"`
+	// ReputationCache is how long a live reputation read is reused.
+	// Default 1s, at most 1s.
+	ReputationCache time.Duration `yaml:"reputation_cache"`
+	// RequireAgentRecord refuses passports whose agent has no record in
+	// Redis (deleted agents). Default true.
+	RequireAgentRecord *bool `yaml:"require_agent_record"`
+
+	// AuthorityURL receives policy denials (POST
+	// /v1/tenants/{t}/agents/{id}/outcomes {"outcome":"denied"}) with the
+	// admin token from PASSPORT_ADMIN_TOKEN. Default Issuer. Reports are
+	// sent only when an admin token is set.
+	AuthorityURL string `yaml:"authority_url"`
+	// AdminToken is normally taken from PASSPORT_ADMIN_TOKEN, not YAML.
+	AdminToken passport.Secret `yaml:"-"`
+	// OutcomeQueue bounds pending denial reports; overflow is dropped and
+	// counted. Default 1024.
+	OutcomeQueue int `yaml:"outcome_queue"`
+
+	// UnattributedTenant is the audit stream for records that belong to no
+	// tenant (no route and no valid passport). Default "unattributed".
+	UnattributedTenant string `yaml:"unattributed_tenant"`
+
+	// Redis is used by `passport proxy` to build the client (Deps.Redis).
+	Redis redisx.Config `yaml:"redis"`
+
+	// Policy says which Rego to load.
+	Policy PolicyConfig `yaml:"policy"`
+
+	// Limits bound what a client may send.
+	Limits Limits `yaml:"limits"`
+	// Timeouts of the agent-facing server.
+	Timeouts Timeouts `yaml:"timeouts"`
+
+	// PolicyHeaders lists the request headers (lower case) copied into the
+	// policy input and the audit record. Never Authorization or Cookie.
+	// Default user-agent, content-type.
+	PolicyHeaders []string `yaml:"policy_headers"`
+
+	// Upstreams by name.
+	Upstreams map[string]Upstream `yaml:"upstreams"`
+	// Routes in the order they are documented; matching prefers literal
+	// segments over parameters, whatever the order.
+	Routes []Route `yaml:"routes"`
+}
+
+// PolicyConfig selects the enforced and the shadow policy.
+type PolicyConfig struct {
+	// Dir is the enforced policy directory, hot-reloaded. Default: the
+	// library embedded in the binary (package policies).
+	Dir string `yaml:"dir"`
+	// ShadowDir is a candidate policy evaluated beside the enforced one;
+	// only the enforced one decides. Default none.
+	ShadowDir string `yaml:"shadow_dir"`
+	// Timeout bounds one evaluation. Default 100ms.
+	Timeout time.Duration `yaml:"timeout"`
+	// PollInterval is how often the directories are checked. Default 1s.
+	PollInterval time.Duration `yaml:"poll_interval"`
+}
+
+// Limits bound client input.
+type Limits struct {
+	// MaxHeaderBytes bounds the request line and headers (431 beyond).
+	// Default 32 KiB.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxHeaders bounds the number of header fields (431 beyond). Default 100.
+	MaxHeaders int `yaml:"max_headers"`
+	// MaxBodyBytes bounds any request body (413 beyond). Default 1 MiB.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+// Timeouts of the agent-facing server.
+type Timeouts struct {
+	// ReadHeader bounds reading the request headers (slow clients).
+	// Default 5s.
+	ReadHeader time.Duration `yaml:"read_header"`
+	// Read bounds reading a whole request. Default 60s.
+	Read time.Duration `yaml:"read"`
+	// Idle closes idle keep-alive connections. Default 120s.
+	Idle time.Duration `yaml:"idle"`
+	// Drain is how long in-flight requests may finish at shutdown.
+	// Default 15s.
+	Drain time.Duration `yaml:"drain"`
+}
+
+// Upstream is one API the proxy fronts.
+type Upstream struct {
+	// URL is the base URL, e.g. http://127.0.0.1:9000.
+	URL string `yaml:"url"`
+	// Timeout is the default per-request timeout (504 beyond). Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxIdleConns is the keep-alive pool size. Default 256.
+	MaxIdleConns int `yaml:"max_idle_conns"`
+}
+
+// Route maps a method and a path template to an action and a resource.
+type Route struct {
+	// Name labels metrics and audit records. Default: the Match string.
+	Name string `yaml:"name"`
+	// Match is "METHOD /path/{param}/...", e.g. "POST /services/{name}/restart".
+	Match string `yaml:"match"`
+	// Action is the action name the policy sees, e.g. service.restart.
+	Action string `yaml:"action"`
+	// Resource is the resource, a literal or made of params: "{name}", "*".
+	Resource string `yaml:"resource"`
+	// Upstream names an entry of Upstreams. Default: the only upstream.
+	Upstream string `yaml:"upstream"`
+	// Tenant fixes the tenant of this route: passports of any other tenant
+	// are refused. Default: the passport's own tenant.
+	Tenant string `yaml:"tenant"`
+	// Production marks routes on production systems. Default true.
+	Production *bool `yaml:"production"`
+	// PolicyBody sends the JSON request body to the policy. Default false.
+	PolicyBody bool `yaml:"policy_body"`
+	// BodyLimit bounds the body read for the policy (413 beyond). Default
+	// 64 KiB.
+	BodyLimit int64 `yaml:"body_limit"`
+	// Timeout overrides the upstream's timeout.
+	Timeout time.Duration `yaml:"timeout"`
+	// ForwardPassport forwards the Authorization header upstream. Default
+	// false: the upstream gets identity headers, not a replayable token.
+	ForwardPassport bool `yaml:"forward_passport"`
+}
+
+// Default returns a Config with every default filled in and no routes.
+func Default() Config {
+	t := true
+	return Config{
+		Listen:                 DefaultListen,
+		AdminListen:            DefaultAdminListen,
+		Issuer:                 DefaultIssuer,
+		Audience:               DefaultAudience,
+		Leeway:                 DefaultLeeway,
+		MaxLifetime:            passport.MaxLifetime,
+		MaxTokenBytes:          DefaultMaxTokenBytes,
+		JWKSRefresh:            5 * time.Minute,
+		JWKSUnknownKIDInterval: 10 * time.Second,
+		VerifyCacheSize:        10000,
+		ReputationCache:        time.Second,
+		RequireAgentRecord:     &t,
+		OutcomeQueue:           1024,
+		UnattributedTenant:     DefaultUnattributed,
+		Policy:                 PolicyConfig{Timeout: 100 * time.Millisecond, PollInterval: time.Second},
+		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes},
+		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
+		PolicyHeaders:          []string{"user-agent", "content-type"},
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults (strict: an unknown key is
+// an error naming file and line) and fills derived defaults.
+func LoadConfig(path string) (Config, error) {
+	c := Default()
+	if err := config.Load(path, &c); err != nil {
+		return c, err
+	}
+	c.fill()
+	return c, nil
+}
+
+// fill derives defaults that depend on other fields. It is idempotent.
+func (c *Config) fill() {
+	d := Default()
+	if c.Listen == "" {
+		c.Listen = d.Listen
+	}
+	if c.AdminListen == "" {
+		c.AdminListen = d.AdminListen
+	}
+	if c.Issuer == "" {
+		c.Issuer = d.Issuer
+	}
+	if c.Audience == "" {
+		c.Audience = d.Audience
+	}
+	if c.JWKSURL == "" {
+		c.JWKSURL = strings.TrimRight(c.Issuer, "/") + "/.well-known/jwks.json"
+	}
+	if c.AuthorityURL == "" {
+		c.AuthorityURL = c.Issuer
+	}
+	if c.ResourceURL == "" {
+		c.ResourceURL = "http://" + c.Listen
+	}
+	if c.Leeway == 0 {
+		c.Leeway = d.Leeway
+	}
+	if c.MaxLifetime == 0 {
+		c.MaxLifetime = d.MaxLifetime
+	}
+	if c.MaxTokenBytes == 0 {
+		c.MaxTokenBytes = d.MaxTokenBytes
+	}
+	if c.JWKSRefresh == 0 {
+		c.JWKSRefresh = d.JWKSRefresh
+	}
+	if c.JWKSUnknownKIDInterval == 0 {
+		c.JWKSUnknownKIDInterval = d.JWKSUnknownKIDInterval
+	}
+	if c.VerifyCacheSize == 0 {
+		c.VerifyCacheSize = d.VerifyCacheSize
+	}
+	if c.ReputationCache == 0 {
+		c.ReputationCache = d.ReputationCache
+	}
+	if c.RequireAgentRecord == nil {
+		c.RequireAgentRecord = d.RequireAgentRecord
+	}
+	if c.OutcomeQueue == 0 {
+		c.OutcomeQueue = d.OutcomeQueue
+	}
+	if c.UnattributedTenant == "" {
+		c.UnattributedTenant = d.UnattributedTenant
+	}
+	if c.Policy.Timeout == 0 {
+		c.Policy.Timeout = d.Policy.Timeout
+	}
+	if c.Policy.PollInterval == 0 {
+		c.Policy.PollInterval = d.Policy.PollInterval
+	}
+	if c.Limits.MaxHeaderBytes == 0 {
+		c.Limits.MaxHeaderBytes = d.Limits.MaxHeaderBytes
+	}
+	if c.Limits.MaxHeaders == 0 {
+		c.Limits.MaxHeaders = d.Limits.MaxHeaders
+	}
+	if c.Limits.MaxBodyBytes == 0 {
+		c.Limits.MaxBodyBytes = d.Limits.MaxBodyBytes
+	}
+	if c.Timeouts.ReadHeader == 0 {
+		c.Timeouts.ReadHeader = d.Timeouts.ReadHeader
+	}
+	if c.Timeouts.Read == 0 {
+		c.Timeouts.Read = d.Timeouts.Read
+	}
+	if c.Timeouts.Idle == 0 {
+		c.Timeouts.Idle = d.Timeouts.Idle
+	}
+	if c.Timeouts.Drain == 0 {
+		c.Timeouts.Drain = d.Timeouts.Drain
+	}
+	if c.PolicyHeaders == nil {
+		c.PolicyHeaders = d.PolicyHeaders
+	}
+	for i := range c.PolicyHeaders {
+		c.PolicyHeaders[i] = strings.ToLower(c.PolicyHeaders[i])
+	}
+	for name, u := range c.Upstreams {
+		if u.Timeout == 0 {
+			u.Timeout = 30 * time.Second
+		}
+		if u.MaxIdleConns == 0 {
+			u.MaxIdleConns = 256
+		}
+		c.Upstreams[name] = u
+	}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		if r.Name == "" {
+			r.Name = r.Match
+		}
+		if r.Upstream == "" && len(c.Upstreams) == 1 {
+			for name := range c.Upstreams {
+				r.Upstream = name
+			}
+		}
+		if r.Production == nil {
+			t := true
+			r.Production = &t
+		}
+		if r.BodyLimit == 0 {
+			r.BodyLimit = DefaultBodyLimit
+		}
+		if r.Timeout == 0 {
+			r.Timeout = c.Upstreams[r.Upstream].Timeout
+		}
+	}
+}
+
+var (
+	actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
+	tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+)
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	c.fill()
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, a := range []struct{ name, v string }{{"listen", c.Listen}, {"admin_listen", c.AdminListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			bad("%s: %q is not host:port", a.name, a.v)
+		}
+	}
+	for _, u := range []struct{ name, v string }{{"issuer", c.Issuer}, {"jwks_url", c.JWKSURL}, {"authority_url", c.AuthorityURL}} {
+		if p, err := url.Parse(u.v); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			bad("%s: %q is not an http(s) URL", u.name, u.v)
+		}
+	}
+	if c.Leeway < 0 || c.Leeway > passport.MaxLeeway {
+		bad("leeway: %s is outside 0..%s", c.Leeway, passport.MaxLeeway)
+	}
+	if c.MaxLifetime < 0 || c.MaxLifetime > passport.MaxLifetime {
+		bad("max_lifetime: %s is outside 0..%s", c.MaxLifetime, passport.MaxLifetime)
+	}
+	if c.ReputationCache < 0 || c.ReputationCache > time.Second {
+		bad("reputation_cache: %s is outside 0..1s", c.ReputationCache)
+	}
+	if c.MaxTokenBytes < 256 || c.MaxTokenBytes > 64<<10 {
+		bad("max_token_bytes: %d is outside 256..65536", c.MaxTokenBytes)
+	}
+	if !tenantRE.MatchString(c.UnattributedTenant) {
+		bad("unattributed_tenant: %q is not a tenant name", c.UnattributedTenant)
+	}
+	for _, h := range c.PolicyHeaders {
+		if h == "authorization" || h == "cookie" || h == "proxy-authorization" {
+			bad("policy_headers: %q carries credentials and is never copied", h)
+		}
+	}
+	if err := c.Redis.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Upstreams) == 0 {
+		bad("upstreams: at least one is required")
+	}
+	for name, u := range c.Upstreams {
+		if p, err := url.Parse(u.URL); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			bad("upstreams.%s.url: %q is not an http(s) URL", name, u.URL)
+		}
+	}
+	if len(c.Routes) == 0 {
+		bad("routes: at least one is required")
+	}
+	seen := map[string]string{}
+	for i, r := range c.Routes {
+		where := fmt.Sprintf("routes[%d] (%s)", i, r.Name)
+		t, err := parseTemplate(r.Match)
+		if err != nil {
+			bad("%s: match: %w", where, err)
+			continue
+		}
+		if prev, dup := seen[t.shape()]; dup {
+			bad("%s: match %q overlaps route %q", where, r.Match, prev)
+		}
+		seen[t.shape()] = r.Name
+		if !actionRE.MatchString(r.Action) {
+			bad("%s: action %q: want dotted lower case, e.g. service.restart", where, r.Action)
+		}
+		if r.Resource == "" {
+			bad("%s: resource is required (a literal, \"*\" or a {param})", where)
+		} else if err := t.checkResource(r.Resource); err != nil {
+			bad("%s: resource: %w", where, err)
+		}
+		if _, ok := c.Upstreams[r.Upstream]; !ok {
+			bad("%s: upstream %q is not defined", where, r.Upstream)
+		}
+		if r.Tenant != "" && !tenantRE.MatchString(r.Tenant) {
+			bad("%s: tenant %q is not a tenant name", where, r.Tenant)
+		}
+		if r.BodyLimit < 0 || r.BodyLimit > c.Limits.MaxBodyBytes {
+			bad("%s: body_limit %d is outside 0..limits.max_body_bytes", where, r.BodyLimit)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/proxy/internal/testkeys"
+)
+
+// fakeSink is an audit.Sink that keeps records and can fail Append.
+type fakeSink struct {
+	mu        sync.Mutex
+	appended  []*audit.Record
+	enqueued  []*audit.Record
+	appendErr error
+}
+
+func (f *fakeSink) Append(_ context.Context, r *audit.Record) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.appendErr != nil {
+		return "", f.appendErr
+	}
+	f.appended = append(f.appended, r)
+	return strconv.Itoa(len(f.appended)) + "-0", nil
+}
+
+func (f *fakeSink) Enqueue(r *audit.Record) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.enqueued = append(f.enqueued, r)
+}
+
+func (f *fakeSink) setErr(err error) { f.mu.Lock(); f.appendErr = err; f.mu.Unlock() }
+
+// all returns every record, appended first.
+func (f *fakeSink) all() []*audit.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append(append([]*audit.Record{}, f.appended...), f.enqueued...)
+}
+
+func (f *fakeSink) byRequest(id string) []*audit.Record {
+	var out []*audit.Record
+	for _, r := range f.all() {
+		if r.RequestID == id {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+var _ audit.Sink = (*fakeSink)(nil)
+
+// recorder is the upstream: it records what reached it.
+type recorder struct {
+	srv   *httptest.Server
+	hits  atomic.Int64
+	mu    sync.Mutex
+	last  *http.Request
+	body  string
+	delay time.Duration
+}
+
+func newRecorder(t *testing.T) *recorder {
+	rc := &recorder{}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		rc.hits.Add(1)
+		rc.mu.Lock()
+		rc.last, rc.body = r, string(b)
+		d := rc.delay
+		rc.mu.Unlock()
+		if d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Request-Id", "upstream-own-id")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+func (rc *recorder) lastReq() (*http.Request, string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.last, rc.body
+}
+
+type harness struct {
+	t      *testing.T
+	keys   *testkeys.Keys
+	redis  *redistest.Server
+	rdb    *redis.Client
+	sink   *fakeSink
+	up     *recorder
+	p      *Proxy
+	reg    *prometheus.Registry
+	url    string
+	admin  string
+	offset atomic.Int64 // clock offset in ns
+}
+
+func (h *harness) now() time.Time { return time.Now().Add(time.Duration(h.offset.Load())) }
+
+func testConfig(upstream, jwks string) Config {
+	c := Default()
+	c.Issuer = testkeys.Issuer
+	c.JWKSURL = jwks
+	c.Audience = testkeys.Audience
+	c.Policy.Dir = "testdata/policy"
+	c.Policy.PollInterval = 20 * time.Millisecond
+	c.Upstreams = map[string]Upstream{"fleet": {URL: upstream}}
+	f := false
+	c.Routes = []Route{
+		{Match: "GET /services", Action: "service.list", Resource: "*"},
+		{Match: "GET /services/{name}", Action: "service.get", Resource: "{name}"},
+		{Match: "POST /services/{name}/restart", Action: "service.restart", Resource: "{name}"},
+		{Match: "POST /services/{name}/scale", Action: "service.scale", Resource: "{name}", PolicyBody: true, BodyLimit: 1024},
+		{Match: "POST /boom", Action: "boom.now", Resource: "x"},
+		{Match: "GET /slow", Action: "service.get", Resource: "slow", Timeout: 200 * time.Millisecond},
+		{Match: "POST /faults/{name}", Action: "chaos.inject", Resource: "{name}", Production: &f, Tenant: "acme"},
+	}
+	return c
+}
+
+func newHarness(t *testing.T, mod ...func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, keys: testkeys.New(t), redis: redistest.Start(t), sink: &fakeSink{}, up: newRecorder(t)}
+	h.rdb = h.redis.Client()
+	cfg := testConfig(h.up.srv.URL, h.keys.URL())
+	cfg.Redis.URL = h.redis.URL()
+	for _, m := range mod {
+		m(&cfg)
+	}
+	h.reg = prometheus.NewRegistry()
+	p, err := New(cfg, Deps{Redis: h.rdb, Audit: h.sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registry: h.reg, Clock: h.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.p = p
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.url, h.admin = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, ln, aln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	waitFor(t, "revocation subscription", func() bool { return p.revoked.live.Load() })
+	return h
+}
+
+// agent registers an agent hash in Redis, as the authority would.
+func (h *harness) agent(tenant, id string, reputation float64) {
+	h.t.Helper()
+	err := h.rdb.HSet(context.Background(), passport.AgentKey(tenant, id),
+		"name", id,
+		passport.FieldReputation, reputation,
+		passport.FieldReputationBaseline, reputation,
+		passport.FieldReputationAt, time.Now().UnixMilli(),
+		passport.FieldReputationHalfLife, int64(time.Hour/time.Millisecond),
+	).Err()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// healer is a registered HIGH healer of acme and a passport for it.
+func (h *harness) healer() (*passport.Claims, string) {
+	h.agent("acme", "healer-1", 90)
+	c := testkeys.Claims(h.now(), "acme", "healer-1", "healer", passport.TrustHigh,
+		"service.list", "service.get", "service.restart", "service.scale", "chaos.inject", "boom.now")
+	return c, h.keys.Sign(h.t, c)
+}
+
+type resp struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (h *harness) do(method, path, token string, hdr map[string]string, body string) resp {
+	h.t.Helper()
+	req, err := http.NewRequest(method, h.url+path, strings.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range hdr {
+		req.Header[k] = []string{v} // as given: no canonicalisation
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return resp{res.StatusCode, res.Header, string(b)}
+}
+
+// rawDo sends a request line byte for byte (paths Go's client would clean).
+func (h *harness) rawDo(method, target, token string) resp {
+	h.t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer conn.Close()
+	req := method + " " + target + " HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nContent-Length: 0\r\n"
+	if token != "" {
+		req += "Authorization: Bearer " + token + "\r\n"
+	}
+	req += "\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		h.t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufioReader(conn), nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return resp{res.StatusCode, res.Header, string(b)}
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+var errAuditDown = errors.New("audit store down")

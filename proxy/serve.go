@@ -1,0 +1,673 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+// Identity headers the proxy sets upstream from the verified passport.
+const (
+	HeaderAgent     = "X-Passport-Agent"
+	HeaderTenant    = "X-Passport-Tenant"
+	HeaderRequestID = "X-Passport-Request-Id"
+	HeaderXRequest  = "X-Request-Id"
+)
+
+// call is the state of one request as it goes through the chain.
+type call struct {
+	id       string
+	start    time.Time
+	path     string
+	query    string
+	route    *route
+	tenant   string
+	agentID  string
+	status   int
+	upStart  time.Time
+	upStatus int
+}
+
+type ctxKey struct{}
+
+func callOf(r *http.Request) *call {
+	c, _ := r.Context().Value(ctxKey{}).(*call)
+	return c
+}
+
+// statusWriter remembers the status written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// headerSize is the size of the request's header fields as received.
+func headerSize(h http.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// serve is the whole chain for one call.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	c := &call{id: requestID(r), start: time.Now()}
+	w.Header().Set(HeaderXRequest, c.id)
+
+	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(p.metaJSON)
+		return
+	}
+	if len(r.Header) > p.cfg.Limits.MaxHeaders || headerSize(r.Header) > p.cfg.Limits.MaxHeaderBytes {
+		p.refuse(w, r, c, http.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "the request headers are too large", nil)
+		return
+	}
+	if isUpgrade(r) {
+		p.refuse(w, r, c, http.StatusBadRequest, "upgrade_refused", "protocol upgrades are not allowed through the proxy", nil)
+		return
+	}
+	path, segs, err := normalisePath(r.URL)
+	if err != nil {
+		p.refuse(w, r, c, http.StatusBadRequest, "bad_path", "the path is not in canonical form", nil)
+		return
+	}
+	c.path = path
+	var query url.Values
+	if r.URL.RawQuery != "" {
+		query, err = url.ParseQuery(r.URL.RawQuery)
+		if err != nil || query.Has("_method") {
+			p.refuse(w, r, c, http.StatusBadRequest, "bad_query", "the query string is malformed", nil)
+			return
+		}
+		c.query = query.Encode() // the upstream gets exactly what the policy saw
+	}
+	rt, params := p.router.match(r.Method, segs)
+	if rt == nil {
+		p.noRoute(w, r, c)
+		return
+	}
+	c.route = rt
+	if r.ContentLength > p.cfg.Limits.MaxBodyBytes {
+		p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", nil)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, p.cfg.Limits.MaxBodyBytes)
+
+	// Passport.
+	decStart := time.Now()
+	tok, err := p.verifier.bearer(r.Header)
+	var vp *Verified
+	if err == nil {
+		vp, err = p.verifier.verify(r.Context(), tok)
+	}
+	if err != nil {
+		p.unauthorized(w, r, c, err, nil)
+		return
+	}
+	cl := vp.Claims
+	c.tenant, c.agentID = cl.Tenant, cl.Agent.ID
+	if rt.Tenant != "" && rt.Tenant != cl.Tenant {
+		c.tenant = rt.Tenant
+		p.unauthorized(w, r, c, ErrTenantMismatch, vp)
+		return
+	}
+	if err := p.revoked.check(r.Context(), cl.ID, cl.Tenant, cl.Agent.ID); err != nil {
+		p.stateError(w, r, c, err, vp)
+		return
+	}
+	st, err := p.reps.get(r.Context(), cl.Tenant, cl.Agent.ID)
+	if err != nil {
+		p.stateError(w, r, c, err, vp)
+		return
+	}
+	switch {
+	case st.blocked:
+		p.unauthorized(w, r, c, ErrBlocked, vp)
+		return
+	case !st.exists && *p.cfg.RequireAgentRecord:
+		p.unauthorized(w, r, c, ErrUnknownAgent, vp)
+		return
+	}
+	now := p.clock()
+	reputation := float64(cl.Agent.Reputation)
+	if st.hasRep {
+		reputation = st.reputation.At(now)
+	}
+
+	// Body, for routes that show it to the policy.
+	var body any
+	var bodyRaw json.RawMessage
+	if rt.PolicyBody {
+		raw, err := io.ReadAll(io.LimitReader(r.Body, rt.BodyLimit+1))
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe) || int64(len(raw)) > rt.BodyLimit:
+			p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", vp)
+			return
+		case err != nil:
+			p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body could not be read", vp)
+			return
+		}
+		if len(bytes.TrimSpace(raw)) > 0 {
+			if body, err = decodeBody(raw); err != nil {
+				p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body is not valid JSON", vp)
+				return
+			}
+			bodyRaw = raw
+		}
+		r.Body = io.NopCloser(bytes.NewReader(raw))
+		r.ContentLength = int64(len(raw))
+	}
+
+	// Policy.
+	in := p.buildInput(r, c, rt, params, query, vp, reputation, now, body, bodyRaw)
+	dec, derr := p.enforced.Decide(r.Context(), in.value)
+	rec := p.decisionRecord(c, rt, vp, reputation, in, now)
+	rec.PolicyRevision = dec.Revision
+	if p.shadow != nil {
+		sd, serr := p.shadow.Decide(r.Context(), in.value)
+		sh := &audit.Shadow{Revision: sd.Revision, Allow: serr == nil && sd.Allow, Reasons: sd.Reasons}
+		if serr != nil {
+			sh.Reasons = []string{"policy_error"}
+		}
+		sh.Disagree = sh.Allow != (derr == nil && dec.Allow)
+		if sh.Disagree {
+			p.m.shadowDisagree.WithLabelValues(decisionLabel(derr == nil && dec.Allow)).Inc()
+		}
+		rec.Shadow = sh
+	}
+	p.m.decisionSeconds.Observe(time.Since(decStart).Seconds())
+	if derr != nil {
+		p.log.ErrorContext(r.Context(), "policy evaluation failed; denying", "request_id", c.id, "error", derr)
+		rec.Decision, rec.Reasons = audit.DecisionError, []string{"policy_error"}
+		p.audit.Enqueue(rec)
+		c.status = http.StatusForbidden
+		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
+			Detail: "the policy could not decide, so the call is denied", Action: rt.Action,
+			Resource: in.doc.Resource, Reasons: rec.Reasons, Revision: dec.Revision})
+		p.count(c, audit.DecisionError)
+		return
+	}
+	if !dec.Allow {
+		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
+		p.audit.Enqueue(rec)
+		p.denials.report(cl.Tenant, cl.Agent.ID)
+		c.status = http.StatusForbidden
+		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
+			Detail: "the policy denied " + rt.Action + " on " + in.doc.Resource, Action: rt.Action,
+			Resource: in.doc.Resource, Reasons: dec.Reasons, Revision: dec.Revision})
+		p.count(c, audit.DecisionDeny)
+		return
+	}
+
+	// Write-ahead audit: no acknowledged record, no forwarding.
+	rec.Decision, rec.Reasons = audit.DecisionAllow, dec.Reasons
+	if _, err := p.audit.Append(r.Context(), rec); err != nil {
+		p.m.auditFailures.WithLabelValues("decision").Inc()
+		p.log.ErrorContext(r.Context(), "audit append failed; refusing", "request_id", c.id, "tenant", c.tenant, "error", err)
+		w.Header().Set("Retry-After", "1")
+		c.status = http.StatusServiceUnavailable
+		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Code: "audit_unavailable", RequestID: c.id,
+			Detail: "the audit store is unavailable, so nothing is forwarded"})
+		p.count(c, audit.DecisionError)
+		return
+	}
+
+	// Forward.
+	ctx := context.WithValue(r.Context(), ctxKey{}, c)
+	var cancel context.CancelFunc
+	if rt.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	c.upStart = time.Now()
+	if fw := rt.ForwardPassport; !fw {
+		r.Header.Del("Authorization")
+	}
+	rt.upstream.rp.ServeHTTP(sw, r.WithContext(ctx))
+	if cancel != nil {
+		cancel()
+	}
+	if c.upStatus == 0 {
+		c.upStatus = sw.status
+	}
+	c.status = sw.status
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	p.count(c, audit.DecisionAllow)
+	out := &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
+		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
+		Resource: rec.Resource, Decision: audit.DecisionAllow, PolicyRevision: dec.Revision, Status: c.status,
+		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
+	p.audit.Enqueue(out)
+}
+
+func decisionLabel(allow bool) string {
+	if allow {
+		return audit.DecisionAllow
+	}
+	return audit.DecisionDeny
+}
+
+func decodeBody(raw []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data")
+	}
+	return v, nil
+}
+
+// count records the request metric once the answer is known.
+func (p *Proxy) count(c *call, decision string) {
+	route, action := "", ""
+	if c.route != nil {
+		route, action = c.route.Name, c.route.Action
+	}
+	p.m.requests.WithLabelValues(route, action, decision, strconv.Itoa(c.status)).Inc()
+}
+
+// refuse answers a request refused before the policy (400, 413, 431, 503)
+// and audits it in the background.
+func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status int, code, detail string, vp *Verified) {
+	c.status = status
+	p.m.refusals.WithLabelValues(code).Inc()
+	rec := p.refusalRecord(r, c, vp, code)
+	p.audit.Enqueue(rec)
+	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: c.id})
+	p.count(c, audit.DecisionDeny)
+}
+
+func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: p.clock(), RequestID: c.id,
+		Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path, Decision: audit.DecisionDeny,
+		Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
+	if c.path == "" {
+		rec.Path = "" // an unparseable path is not stored; the reason says why
+	}
+	if c.route != nil {
+		rec.Route, rec.Action = c.route.Name, c.route.Action
+		if c.route.Tenant != "" {
+			rec.Tenant = c.route.Tenant
+		}
+	}
+	if vp != nil {
+		cl := vp.Claims
+		rec.Tenant, rec.AgentID, rec.AgentName, rec.AgentType = cl.Tenant, cl.Agent.ID, cl.Agent.Name, cl.Agent.Type
+		rec.TrustLevel, rec.JTI = string(cl.Agent.TrustLevel), cl.ID
+		if cl.Task != nil {
+			rec.TaskID = cl.Task.ID
+		}
+	}
+	if c.tenant != "" {
+		rec.Tenant = c.tenant
+	}
+	return rec
+}
+
+// noRoute answers 404 and audits it, attributed to the passport's tenant
+// when a valid passport came with it.
+func (p *Proxy) noRoute(w http.ResponseWriter, r *http.Request, c *call) {
+	var vp *Verified
+	if tok, err := p.verifier.bearer(r.Header); err == nil {
+		vp, _ = p.verifier.verify(r.Context(), tok)
+	}
+	p.refuse(w, r, c, http.StatusNotFound, "no_route", "no route matches this method and path", vp)
+}
+
+// unauthorized answers 401 for a refused passport.
+func (p *Proxy) unauthorized(w http.ResponseWriter, r *http.Request, c *call, err error, vp *Verified) {
+	var ae *AuthError
+	if !errors.As(err, &ae) {
+		ae = ErrMalformed
+	}
+	c.status = http.StatusUnauthorized
+	p.m.refusals.WithLabelValues(ae.Reason).Inc()
+	rec := p.refusalRecord(r, c, vp, ae.Reason)
+	rec.Decision = audit.DecisionError
+	p.audit.Enqueue(rec)
+	writeUnauthorized(w, ae, c.id, p.metaURL)
+	p.count(c, audit.DecisionError)
+}
+
+// stateError maps revocation/agent-state results: revoked and blocked are
+// 401, an unreadable state is 503 (refused, never allowed).
+func (p *Proxy) stateError(w http.ResponseWriter, r *http.Request, c *call, err error, vp *Verified) {
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		p.unauthorized(w, r, c, ae, vp)
+		return
+	}
+	p.log.ErrorContext(r.Context(), "agent state unavailable; refusing", "request_id", c.id, "error", err)
+	w.Header().Set("Retry-After", "1")
+	p.refuse(w, r, c, http.StatusServiceUnavailable, "state_unavailable", "revocation state is unavailable, so the call is refused", vp)
+}
+
+// decisionRecord is the write-ahead record of a policy decision.
+func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time) *audit.Record {
+	cl := vp.Claims
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id, Tenant: cl.Tenant,
+		AgentID: cl.Agent.ID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, TrustLevel: string(cl.Agent.TrustLevel),
+		Reputation: reputation, JTI: cl.ID, Method: in.doc.Request.Method, Path: c.path, Route: rt.Name,
+		Action: rt.Action, Resource: in.doc.Resource}
+	if cl.Task != nil {
+		rec.TaskID = cl.Task.ID
+	}
+	if b, err := json.Marshal(in.doc); err == nil {
+		rec.Input = b
+	}
+	return rec
+}
+
+// rewrite shapes the outbound request. ReverseProxy has already removed
+// hop-by-hop headers (including any named in Connection) and Forwarded /
+// X-Forwarded-* from pr.Out before calling it.
+func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
+	c := callOf(pr.In)
+	pr.SetURL(target)
+	// The upstream receives exactly the path and query the policy judged.
+	pr.Out.URL.Path = singleJoin(target.Path, c.path)
+	pr.Out.URL.RawPath = ""
+	pr.Out.URL.RawQuery = c.query
+	pr.SetXForwarded()
+	h := pr.Out.Header
+	for k := range h {
+		if isIdentityHeader(k) {
+			delete(h, k)
+		}
+	}
+	for _, k := range methodOverrideHeaders {
+		delete(h, k)
+	}
+	h.Set(HeaderAgent, c.agentID)
+	h.Set(HeaderTenant, c.tenant)
+	h.Set(HeaderRequestID, c.id)
+	h.Set(HeaderXRequest, c.id)
+}
+
+func singleJoin(base, p string) string {
+	if base == "" || base == "/" {
+		return p
+	}
+	if base[len(base)-1] == '/' {
+		base = base[:len(base)-1]
+	}
+	return base + p
+}
+
+// isIdentityHeader reports whether a header name, with case folded and "_"
+// and "." read as "-", is X-Passport or starts with X-Passport-: some
+// upstream stacks (CGI, nginx with underscores_in_headers, Rails) treat
+// those spellings as the same header, so a client could smuggle an
+// identity past a strip that looked only for the canonical form.
+func isIdentityHeader(k string) bool {
+	const prefix = "x-passport"
+	if len(k) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := k[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c == '_' || c == '.' {
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	if len(k) == len(prefix) {
+		return true
+	}
+	c := k[len(prefix)]
+	return c == '-' || c == '_' || c == '.'
+}
+
+func modifyResponse(resp *http.Response) error {
+	// The proxy's own X-Request-Id is already on the answer.
+	resp.Header.Del(HeaderXRequest)
+	if c := callOf(resp.Request); c != nil {
+		c.upStatus = resp.StatusCode
+		if c.route != nil {
+			c.route.m.upstream.Observe(time.Since(c.upStart).Seconds())
+		}
+	}
+	return nil
+}
+
+// upstreamError answers 502, 504 or 413 when forwarding failed.
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	c := callOf(r)
+	var mbe *http.MaxBytesError
+	status, code, detail := http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached"
+	var ne net.Error
+	switch {
+	case errors.As(err, &mbe):
+		status, code, detail = http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		status, code, detail = http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time"
+	case errors.Is(err, context.Canceled):
+		status = 499 // the client went away; nothing is written
+	}
+	id := ""
+	if c != nil {
+		id = c.id
+		c.upStatus = status
+	}
+	p.log.WarnContext(r.Context(), "upstream failed", "request_id", id, "status", status, "error", err)
+	if status == 499 {
+		w.WriteHeader(status)
+		return
+	}
+	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: id})
+}
+
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+
+func slogErrorLog(l *slog.Logger) *log.Logger {
+	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
+}
+
+// input is the policy input document, as Go (for the audit record) and as
+// an OPA value (for evaluation).
+type input struct {
+	doc   inputDoc
+	value ast.Value
+}
+
+// inputDoc is the policy input document, version 1 (policies/README.md).
+type inputDoc struct {
+	Version  int             `json:"version"`
+	Time     string          `json:"time"`
+	Tenant   string          `json:"tenant"`
+	Action   string          `json:"action"`
+	Resource string          `json:"resource"`
+	Route    inputRoute      `json:"route"`
+	Request  inputRequest    `json:"request"`
+	Passport json.RawMessage `json:"passport"`
+	Agent    inputAgent      `json:"agent"`
+}
+
+type inputRoute struct {
+	Name       string `json:"name"`
+	Template   string `json:"template"`
+	Tenant     string `json:"tenant"`
+	Production bool   `json:"production"`
+}
+
+type inputRequest struct {
+	ID      string              `json:"id"`
+	Method  string              `json:"method"`
+	Path    string              `json:"path"`
+	Params  map[string]string   `json:"params"`
+	Query   map[string][]string `json:"query"`
+	Headers map[string]string   `json:"headers"`
+	Body    json.RawMessage     `json:"body"`
+}
+
+type inputAgent struct {
+	ID         string  `json:"id"`
+	Name       string  `json:"name"`
+	Type       string  `json:"type"`
+	TrustLevel string  `json:"trust_level"`
+	Reputation float64 `json:"reputation"`
+	Blocked    bool    `json:"blocked"`
+}
+
+var nullJSON = json.RawMessage("null")
+
+func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[string]string, query url.Values,
+	vp *Verified, reputation float64, now time.Time, body any, bodyRaw json.RawMessage) *input {
+	cl := vp.Claims
+	headers := make(map[string]string, len(p.cfg.PolicyHeaders))
+	for _, h := range p.cfg.PolicyHeaders {
+		if v := r.Header.Get(h); v != "" {
+			headers[h] = v
+		}
+	}
+	if query == nil {
+		query = url.Values{}
+	}
+	in := &input{doc: inputDoc{
+		Version:  1,
+		Time:     now.UTC().Format(time.RFC3339Nano),
+		Tenant:   cl.Tenant,
+		Action:   rt.Action,
+		Resource: rt.resource(params),
+		Route:    inputRoute{Name: rt.Name, Template: rt.tpl.raw, Tenant: rt.Tenant, Production: rt.production},
+		Request: inputRequest{ID: c.id, Method: r.Method, Path: c.path, Params: params, Query: query,
+			Headers: headers, Body: bodyRaw},
+		Passport: vp.payloadJSON(),
+		Agent: inputAgent{ID: cl.Agent.ID, Name: cl.Agent.Name, Type: cl.Agent.Type,
+			TrustLevel: string(cl.Agent.TrustLevel), Reputation: reputation},
+	}}
+	if in.doc.Request.Body == nil {
+		in.doc.Request.Body = nullJSON
+	}
+	d := &in.doc
+	paramsObj := ast.NewObject()
+	for k, v := range params {
+		paramsObj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	queryObj := ast.NewObject()
+	for k, vs := range query {
+		ts := make([]*ast.Term, len(vs))
+		for i, v := range vs {
+			ts[i] = ast.StringTerm(v)
+		}
+		queryObj.Insert(ast.StringTerm(k), ast.ArrayTerm(ts...))
+	}
+	headersObj := ast.NewObject()
+	for k, v := range headers {
+		headersObj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	bodyTerm := ast.NullTerm()
+	if body != nil {
+		if v, err := ast.InterfaceToValue(body); err == nil {
+			bodyTerm = ast.NewTerm(v)
+		}
+	}
+	in.value = ast.NewObject(
+		ast.Item(ast.StringTerm("version"), ast.IntNumberTerm(1)),
+		ast.Item(ast.StringTerm("time"), ast.StringTerm(d.Time)),
+		ast.Item(ast.StringTerm("tenant"), ast.StringTerm(d.Tenant)),
+		ast.Item(ast.StringTerm("action"), ast.StringTerm(d.Action)),
+		ast.Item(ast.StringTerm("resource"), ast.StringTerm(d.Resource)),
+		ast.Item(ast.StringTerm("route"), ast.ObjectTerm(
+			ast.Item(ast.StringTerm("name"), ast.StringTerm(d.Route.Name)),
+			ast.Item(ast.StringTerm("template"), ast.StringTerm(d.Route.Template)),
+			ast.Item(ast.StringTerm("tenant"), ast.StringTerm(d.Route.Tenant)),
+			ast.Item(ast.StringTerm("production"), ast.BooleanTerm(d.Route.Production)),
+		)),
+		ast.Item(ast.StringTerm("request"), ast.ObjectTerm(
+			ast.Item(ast.StringTerm("id"), ast.StringTerm(d.Request.ID)),
+			ast.Item(ast.StringTerm("method"), ast.StringTerm(d.Request.Method)),
+			ast.Item(ast.StringTerm("path"), ast.StringTerm(d.Request.Path)),
+			ast.Item(ast.StringTerm("params"), ast.NewTerm(paramsObj)),
+			ast.Item(ast.StringTerm("query"), ast.NewTerm(queryObj)),
+			ast.Item(ast.StringTerm("headers"), ast.NewTerm(headersObj)),
+			ast.Item(ast.StringTerm("body"), bodyTerm),
+		)),
+		ast.Item(ast.StringTerm("passport"), ast.NewTerm(vp.payloadValue())),
+		ast.Item(ast.StringTerm("agent"), ast.ObjectTerm(
+			ast.Item(ast.StringTerm("id"), ast.StringTerm(d.Agent.ID)),
+			ast.Item(ast.StringTerm("name"), ast.StringTerm(d.Agent.Name)),
+			ast.Item(ast.StringTerm("type"), ast.StringTerm(d.Agent.Type)),
+			ast.Item(ast.StringTerm("trust_level"), ast.StringTerm(d.Agent.TrustLevel)),
+			ast.Item(ast.StringTerm("reputation"), ast.FloatNumberTerm(d.Agent.Reputation)),
+			ast.Item(ast.StringTerm("blocked"), ast.BooleanTerm(false)),
+		)),
+	)
+	return in
+}
+
+// payloadJSON and payloadValue are the claims as the policy sees them,
+// computed once per verified passport.
+func (v *Verified) payloadJSON() json.RawMessage {
+	v.once()
+	return v.pjson
+}
+
+func (v *Verified) payloadValue() ast.Value {
+	v.once()
+	return v.pvalue
+}
+
+func (v *Verified) once() {
+	v.inputMu.Do(func() {
+		v.pjson, _ = json.Marshal(v.Payload)
+		if val, err := ast.InterfaceToValue(v.Payload); err == nil {
+			v.pvalue = val
+		} else {
+			v.pvalue = ast.NewObject()
+		}
+	})
+}
