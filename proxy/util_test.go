@@ -18,6 +18,8 @@ func mustEd(t testing.TB) ed25519.PrivateKey {
 	return k
 }
 
-func redisZ(score int64, member string) redis.Z { return redis.Z{Score: float64(score), Member: member} }
+func redisZ(score int64, member string) redis.Z {
+	return redis.Z{Score: float64(score), Member: member}
+}
 
 func ioCopy(w io.Writer, res *http.Response) (int64, error) { return io.Copy(w, res.Body) }

@@ -19,8 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/MicahParks/jwkset"
-	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"golang.org/x/time/rate"
 
 	"github.com/agentpassport/passport/authority/passport"
