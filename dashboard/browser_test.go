@@ -187,6 +187,28 @@ func TestBrowserChaosToResolved(t *testing.T) {
 		chromedp.WaitVisible(css(`[data-testid="unblock-rogue"]`)),
 	)
 
+	// The connection drops: the page reconnects by itself and resumes after
+	// the last stream id it saw, so what happened meanwhile arrives once.
+	lastID := eval(`state.lastId`)
+	eval(`(state.ws.close(4000), "closed")`)
+	if err := st.actions.FireChaos(context.Background(), "acme", "cache_miss", "checkout"); err != nil {
+		t.Fatal(err)
+	}
+	do("reconnect and resume", 30*time.Second,
+		chromedp.WaitVisible(css(`tr[data-testid="incident"][data-incident-id="inc-2"][data-state="RESOLVED"]`)),
+		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
+	)
+	if got := eval(`state.lastId`); got == lastID {
+		t.Fatalf("lastId did not move past %s", lastID)
+	}
+	do("show all decisions again", 10*time.Second,
+		chromedp.SetValue(css(`#filter-decision`), ""),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("filter-decision").dispatchEvent(new Event("input"))`),
+	)
+	if n := eval(`String(new Set([...document.querySelectorAll('tr[data-testid="decision"]')].map(r => r.dataset.id)).size) + "/" + document.querySelectorAll('tr[data-testid="decision"]').length`); n != "4/4" {
+		t.Fatalf("after the reconnect the log has %s distinct/total decisions, want 4/4 (nothing lost, nothing twice)", n)
+	}
+
 	// Reload: the page signs in again from sessionStorage and replays the
 	// history from the stream.
 	do("reload replays", 30*time.Second,

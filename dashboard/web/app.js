@@ -174,27 +174,30 @@ async function openFeed() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(proto + "//" + location.host + "/v1/feed?" + q.toString());
   state.ws = ws;
-  ws.onmessage = (m) => {
-    let ev;
-    try { ev = JSON.parse(m.data); } catch (_) { return; }
-    if (ev.v !== 1) return; // unknown schema version: ignore rather than misread
-    if (ev.type === "live") {
-      state.retry = 0;
-      setStatus("live", "live");
-      renderStats();
-      return;
-    }
-    if (ev.id) {
-      state.lastId = ev.id;
-      $("last-id").textContent = "stream " + ev.id;
-    }
-    handle(ev);
-  };
+  // A frame carries one or more events, one JSON object per line.
+  ws.onmessage = (m) => { for (const line of String(m.data).split("\n")) if (line) onEvent(line); };
   ws.onclose = (e) => {
     state.ws = null;
     if (e.code === 1008) { signOut("Feed closed: " + (e.reason || "credential no longer valid")); return; }
     scheduleReconnect();
   };
+}
+
+function onEvent(line) {
+  let ev;
+  try { ev = JSON.parse(line); } catch (_) { return; }
+  if (ev.v !== 1) return; // unknown schema version: ignore rather than misread
+  if (ev.type === "live") {
+    state.retry = 0;
+    setStatus("live", "live");
+    renderStats();
+    return;
+  }
+  if (ev.id) {
+    state.lastId = ev.id;
+    $("last-id").textContent = "stream " + ev.id;
+  }
+  handle(ev);
 }
 
 function scheduleReconnect() {

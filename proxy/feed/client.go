@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ type client struct {
 	tail      int
 
 	send   chan []byte // bounded; filled by the tenant hub, drained by writePump
+	batch  [][]byte    // the writer's reusable frame buffer
 	cursor streamID    // guarded by tenantHub.mu once joined
 
 	once        sync.Once
@@ -117,7 +119,7 @@ func (c *client) writePump(ctx context.Context, th *tenantHub) {
 		return
 	}
 	live, _ := json.Marshal(Event{V: SchemaVersion, Type: TypeLive, Tenant: c.tenant, LastID: last.String()})
-	if !c.write(live) {
+	if !c.writeEvents([][]byte{live}) {
 		return
 	}
 
@@ -135,7 +137,23 @@ func (c *client) writePump(ctx context.Context, th *tenantHub) {
 		case <-c.done:
 			return
 		case msg := <-c.send:
-			if c.isDone() || !c.write(msg) {
+			// gorilla's chat pattern: whatever else is already queued goes
+			// in the same frame, one event per line, so a busy feed costs a
+			// syscall per batch, not per event.
+			batch := append(c.batch[:0], msg)
+			size := len(msg)
+			for len(batch) < maxBatchEvents && size < maxBatchBytes {
+				select {
+				case m := <-c.send:
+					batch = append(batch, m)
+					size += len(m) + 1
+					continue
+				default:
+				}
+				break
+			}
+			c.batch = batch
+			if c.isDone() || !c.writeEvents(batch) {
 				return
 			}
 		case <-ping.C:
@@ -173,13 +191,12 @@ func (c *client) catchUp(ctx context.Context, th *tenantHub) (streamID, error) {
 		if err != nil {
 			return cursor, err
 		}
-		for i := len(msgs) - 1; i >= 0; i-- {
-			if !c.sendEntry(msgs[i]) {
-				return cursor, errWrite
-			}
+		slices.Reverse(msgs)
+		if !c.sendEntries(msgs) {
+			return cursor, errWrite
 		}
 		if len(msgs) > 0 {
-			cursor, _ = parseID(msgs[0].ID)
+			cursor, _ = parseID(msgs[len(msgs)-1].ID)
 		}
 	default:
 		// Live only: start where the tail is now.
@@ -198,11 +215,11 @@ func (c *client) catchUp(ctx context.Context, th *tenantHub) (streamID, error) {
 			if err != nil {
 				return cursor, err
 			}
-			for _, m := range msgs {
-				if !c.sendEntry(m) {
-					return cursor, errWrite
-				}
-				if id, err := parseID(m.ID); err == nil {
+			if !c.sendEntries(msgs) {
+				return cursor, errWrite
+			}
+			if len(msgs) > 0 {
+				if id, err := parseID(msgs[len(msgs)-1].ID); err == nil {
 					cursor = id
 				}
 			}
@@ -213,24 +230,56 @@ func (c *client) catchUp(ctx context.Context, th *tenantHub) (streamID, error) {
 	}
 }
 
-// sendEntry writes one replayed entry if it passes the filter.
-func (c *client) sendEntry(m redis.XMessage) bool {
-	ev, raw := c.hub.encode(m)
-	if ev == nil || !c.filter.Match(ev) {
-		return true
+// sendEntries writes replayed entries that pass the filter, batched.
+func (c *client) sendEntries(msgs []redis.XMessage) bool {
+	batch := c.batch[:0]
+	size := 0
+	for _, m := range msgs {
+		ev, raw := c.hub.encode(m)
+		if ev == nil || !c.filter.Match(ev) {
+			continue
+		}
+		batch = append(batch, raw)
+		size += len(raw) + 1
+		if len(batch) >= maxBatchEvents || size >= maxBatchBytes {
+			if !c.writeEvents(batch) {
+				return false
+			}
+			batch, size = batch[:0], 0
+		}
 	}
-	return c.write(raw)
+	c.batch = batch[:0]
+	return len(batch) == 0 || c.writeEvents(batch)
 }
 
-func (c *client) write(msg []byte) bool {
+// Bounds of one frame.
+const (
+	maxBatchEvents = 64
+	maxBatchBytes  = 64 << 10
+)
+
+// writeEvents writes events as one text frame, one JSON object per line.
+func (c *client) writeEvents(events [][]byte) bool {
 	_ = c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
-	if err := c.conn.WriteMessage(websocket.TextMessage, msg); err != nil {
+	w, err := c.conn.NextWriter(websocket.TextMessage)
+	if err == nil {
+		for i, ev := range events {
+			if i > 0 {
+				_, _ = w.Write(newline)
+			}
+			_, _ = w.Write(ev)
+		}
+		err = w.Close()
+	}
+	if err != nil {
 		c.close(0, "")
 		return false
 	}
-	c.hub.m.sent.Inc()
+	c.hub.m.sent.Add(float64(len(events)))
 	return true
 }
+
+var newline = []byte{'\n'}
 
 // writeClose sends the close frame. It may wait behind everything already
 // in the socket buffers, so it gets the full write_wait: a slow reader that

@@ -34,7 +34,10 @@
 //
 // # Event schema, version 1
 //
-// Every text message is one JSON object:
+// Every text message carries one or more events, one JSON object per line
+// (newline-delimited; JSON encoding never puts a raw newline inside an
+// object), so a busy feed costs one frame per batch, not per event. Each
+// event is:
 //
 //	{
 //	  "v": 1,                       schema version

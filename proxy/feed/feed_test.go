@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,10 +13,12 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
@@ -30,14 +33,18 @@ const (
 )
 
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	rdb  *redis.Client
 	hub  *Hub
 	auth *StaticAuth
 	srv  *httptest.Server
 }
 
-func newEnv(t *testing.T, cfg Config) *env {
+func newEnv(t *testing.T, cfg Config) *env { return newTBEnv(t, cfg) }
+
+func newBenchEnv(b *testing.B) *env { return newTBEnv(b, Config{}) }
+
+func newTBEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
 	rs := redistest.Start(t)
 	rdb := rs.Client()
@@ -147,18 +154,30 @@ func status(r *http.Response) int {
 	return r.StatusCode
 }
 
+// pending holds the events of a frame not yet returned by next: a frame
+// carries one or more events, one per line.
+var pending sync.Map // *websocket.Conn -> [][]byte
+
 // next reads the next event.
 func next(t testing.TB, c *websocket.Conn) Event {
 	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, msg, err := c.ReadMessage()
-	if err != nil {
-		t.Fatalf("read: %v", err)
+	var lines [][]byte
+	if v, ok := pending.Load(c); ok {
+		lines = v.([][]byte)
+	}
+	if len(lines) == 0 {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, msg, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		lines = bytes.Split(msg, []byte("\n"))
 	}
 	var ev Event
-	if err := json.Unmarshal(msg, &ev); err != nil {
-		t.Fatalf("decode %s: %v", msg, err)
+	if err := json.Unmarshal(lines[0], &ev); err != nil {
+		t.Fatalf("decode %s: %v", lines[0], err)
 	}
+	pending.Store(c, lines[1:])
 	return ev
 }
 
@@ -464,15 +483,17 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 	got := make(chan []string, 1)
 	go func() {
 		var ids []string
-		for range n {
+		for len(ids) < n {
 			_ = fast.SetReadDeadline(time.Now().Add(20 * time.Second))
 			_, msg, err := fast.ReadMessage()
 			if err != nil {
 				break
 			}
-			var ev Event
-			_ = json.Unmarshal(msg, &ev)
-			ids = append(ids, ev.ID)
+			for _, line := range bytes.Split(msg, []byte("\n")) {
+				var ev Event
+				_ = json.Unmarshal(line, &ev)
+				ids = append(ids, ev.ID)
+			}
 		}
 		got <- ids
 	}()
@@ -487,7 +508,7 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 	if g := <-got; fmt.Sprint(g) != fmt.Sprint(want) {
 		t.Fatalf("fast client got %d of %d events (or out of order)", len(g), n)
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(e.hub.m.dropped.WithLabelValues("slow")) == 1 })
+	waitFor(t, func() bool { return promValue(e.hub.m.dropped.WithLabelValues("slow")) == 1 })
 	// The slow client reads again: what it had in flight, then a clear close.
 	wantClose(t, slow, websocket.CloseTryAgainLater, "slow consumer")
 	// And the fast one still receives.
@@ -586,3 +607,5 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+func promValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
