@@ -218,7 +218,15 @@ func (a *Authority) keyLoop(ctx context.Context) error {
 
 // tick is one pass of the key loop (tests call it with an injected clock).
 func (a *Authority) tick(ctx context.Context) {
-	rotated, err := a.keys.Rotate(ctx, false)
+	var (
+		rotated bool
+		err     error
+	)
+	// Take the Redis lock only when the local view says rotation is due;
+	// Rotate re-checks under the lock.
+	if k, kerr := a.keys.signer(); kerr != nil || a.now().Sub(k.stored.ActivatedAt) >= a.cfg.Keys.RotationInterval {
+		rotated, err = a.keys.Rotate(ctx, false)
+	}
 	switch {
 	case errors.Is(err, ErrRotationInProgress):
 		// another replica is rotating; reload below picks it up
