@@ -1,0 +1,683 @@
+// Package stack assembles the whole Agent Passport demo in one process: a
+// private Redis (unless one is given), the authority, the demo fleet, the
+// proxy in front of the fleet, a healer, a chaos simulator and a rogue agent
+// per tenant, and the dashboard with its live feed. `passport up` runs it and
+// the end-to-end tests start it on free loopback ports.
+//
+// Nothing here takes a shortcut around the product: the demo agents get
+// passports from the authority over HTTP and call the fleet through the
+// proxy, so every repair, every fault and every refusal is verified,
+// decided by the Rego library and written to the audit stream.
+package stack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/agentpassport/passport/authority"
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/chaos"
+	"github.com/agentpassport/passport/dashboard"
+	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/examples/rogue"
+	"github.com/agentpassport/passport/healer"
+	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/policies"
+	"github.com/agentpassport/passport/proxy"
+	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/proxy/feed"
+)
+
+// Default ports of the demo (ARCHITECTURE.md, "Interface details").
+const (
+	DefaultProxyPort      = 8080
+	DefaultProxyAdminPort = 9080
+	DefaultAuthorityPort  = 8081
+	DefaultFleetPort      = 9000
+	DefaultDashboardPort  = 8090
+	DefaultHealerPort     = 9100 // acme; each further tenant takes the next port
+)
+
+// DefaultTenants are the demo tenants.
+var DefaultTenants = []string{"acme", "globex"}
+
+// Config configures the demo stack. Zero values take the defaults.
+type Config struct {
+	// DataDir holds Redis's AOF and demo.json. Default .passport.
+	DataDir string `yaml:"data_dir"`
+	// Host is the loopback address every listener binds. Default 127.0.0.1.
+	Host string `yaml:"host"`
+	// Ports; 0 means the default, -1 means a free port (tests).
+	ProxyPort      int `yaml:"proxy_port"`
+	ProxyAdminPort int `yaml:"proxy_admin_port"`
+	AuthorityPort  int `yaml:"authority_port"`
+	FleetPort      int `yaml:"fleet_port"`
+	DashboardPort  int `yaml:"dashboard_port"`
+	HealerPort     int `yaml:"healer_port"`
+	// RedisURL uses an existing Redis instead of starting one (env
+	// PASSPORT_REDIS_URL).
+	RedisURL string `yaml:"redis_url"`
+	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN).
+	// Default: the one in DataDir/demo.json, else a new random one.
+	AdminToken string `yaml:"-"`
+	// Tenants of the demo. Default acme and globex.
+	Tenants []string `yaml:"tenants"`
+	// ChaosInterval is how often random chaos strikes per tenant; 0 is the
+	// default 20s, negative turns random chaos off (faults can still be
+	// fired from the dashboard or `passport chaos fire`).
+	ChaosInterval time.Duration `yaml:"chaos_interval"`
+	// ChaosSeed makes random chaos reproducible; 0 seeds from the clock.
+	ChaosSeed uint64 `yaml:"chaos_seed"`
+	// NoRogue leaves the rogue agents out.
+	NoRogue bool `yaml:"no_rogue"`
+	// PolicyDir enforces Rego from a directory (hot-reloaded) instead of
+	// the embedded library.
+	PolicyDir string `yaml:"policy_dir"`
+	// BcryptCost for client secrets. Default bcrypt's default (10).
+	BcryptCost int `yaml:"bcrypt_cost"`
+}
+
+// Demo is what DataDir/demo.json holds: where everything is and the demo
+// agents' credentials, for scripts, the CLI (--data DIR) and tests.
+type Demo struct {
+	URLs       URLs        `json:"urls"`
+	RedisURL   string      `json:"redis_url"`
+	AdminToken string      `json:"admin_token"`
+	Tenants    []string    `json:"tenants"`
+	Agents     []DemoAgent `json:"agents"`
+	// HealerAPIs maps a tenant to its healer's incidents API.
+	HealerAPIs map[string]string `json:"healer_apis"`
+	// DashboardLogin opens the dashboard signed in (the token is in the
+	// URL fragment, which browsers never send to a server).
+	DashboardLogin string    `json:"dashboard_login"`
+	StartedAt      time.Time `json:"started_at"`
+}
+
+// URLs are the base URLs of the stack's services.
+type URLs struct {
+	Proxy      string `json:"proxy"`
+	ProxyAdmin string `json:"proxy_admin"`
+	Authority  string `json:"authority"`
+	Fleet      string `json:"fleet"`
+	Dashboard  string `json:"dashboard"`
+}
+
+// DemoAgent is one registered demo agent with its credentials.
+type DemoAgent struct {
+	Name         string `json:"name"`
+	Type         string `json:"type"`
+	Tenant       string `json:"tenant"`
+	TrustLevel   string `json:"trust_level"`
+	ID           string `json:"id"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	// Role is the agent's part in the demo: healer, chaos, observer, rogue.
+	Role string `json:"role"`
+}
+
+// demoRoles are the agents each tenant gets.
+var demoRoles = []struct {
+	role, typ string
+	trust     passport.TrustLevel
+}{
+	{"healer", passport.TypeHealer, passport.TrustHigh},
+	{"chaos", passport.TypeChaos, passport.TrustHigh},
+	{"observer", passport.TypeObserver, passport.TrustLow},
+	{"rogue", passport.TypeObserver, passport.TrustLow},
+}
+
+func (c *Config) fill() {
+	if c.DataDir == "" {
+		c.DataDir = ".passport"
+	}
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+	}
+	def := func(p *int, d int) {
+		switch {
+		case *p == 0:
+			*p = d
+		case *p < 0:
+			*p = 0
+		}
+	}
+	def(&c.ProxyPort, DefaultProxyPort)
+	def(&c.ProxyAdminPort, DefaultProxyAdminPort)
+	def(&c.AuthorityPort, DefaultAuthorityPort)
+	def(&c.FleetPort, DefaultFleetPort)
+	def(&c.DashboardPort, DefaultDashboardPort)
+	def(&c.HealerPort, DefaultHealerPort)
+	if len(c.Tenants) == 0 {
+		c.Tenants = DefaultTenants
+	}
+	if c.ChaosInterval == 0 {
+		c.ChaosInterval = 20 * time.Second
+	}
+}
+
+// Stack is a running demo.
+type Stack struct {
+	cfg  Config
+	log  *slog.Logger
+	demo Demo
+
+	rdb    redis.UniversalClient
+	fleet  *fleet.Fleet
+	chaos  map[string]*chaos.Chaos
+	admin  *client.Admin
+	ready  chan struct{}
+	mu     sync.Mutex
+	closer []func()
+}
+
+// Run starts the stack and blocks until ctx ends or a component fails.
+// onReady is called once everything answers, with what demo.json holds.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, onReady func(Demo)) error {
+	cfg.fill()
+	s := &Stack{cfg: cfg, log: log, chaos: map[string]*chaos.Chaos{}, ready: make(chan struct{})}
+	defer s.close()
+	return s.run(ctx, onReady)
+}
+
+func (s *Stack) addCloser(f func()) {
+	s.mu.Lock()
+	s.closer = append(s.closer, f)
+	s.mu.Unlock()
+}
+
+func (s *Stack) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.closer) - 1; i >= 0; i-- {
+		s.closer[i]()
+	}
+}
+
+func (s *Stack) listen(port int) (net.Listener, error) {
+	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (is another `passport up` running? stop it, or free the port)", addr, err)
+	}
+	return ln, nil
+}
+
+func urlOf(ln net.Listener) string { return "http://" + ln.Addr().String() }
+
+func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
+	cfg := s.cfg
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	prev := readDemo(cfg.DataDir)
+
+	// Redis first: everything else keeps its state there.
+	redisURL := cfg.RedisURL
+	if redisURL == "" {
+		r, err := startRedis(ctx, cfg.Host, filepath.Join(cfg.DataDir, "redis"))
+		if err != nil {
+			return err
+		}
+		s.addCloser(r.stop)
+		redisURL = r.url
+		s.log.Info("redis started", "url", redisURL, "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
+	}
+	rdb, err := redisx.New(redisx.Config{URL: redisURL})
+	if err != nil {
+		return err
+	}
+	s.rdb = rdb
+	s.addCloser(func() { _ = rdb.Close() })
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = redisx.Ping(pctx, rdb)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("redis %s: %w", redisx.Redact(redisURL), err)
+	}
+
+	adminToken := cfg.AdminToken
+	if adminToken == "" && prev != nil {
+		adminToken = prev.AdminToken
+	}
+	if len(adminToken) < authority.MinAdminTokenLength {
+		adminToken = randomToken()
+	}
+
+	// Listeners up front, so that every URL is known before anything starts
+	// (tests ask for free ports).
+	lns := map[string]net.Listener{}
+	for name, port := range map[string]int{
+		"authority": cfg.AuthorityPort, "proxy": cfg.ProxyPort, "proxy_admin": cfg.ProxyAdminPort,
+		"dashboard": cfg.DashboardPort,
+	} {
+		ln, err := s.listen(port)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
+		lns[name] = ln
+	}
+	s.demo = Demo{
+		URLs: URLs{
+			Proxy: urlOf(lns["proxy"]), ProxyAdmin: urlOf(lns["proxy_admin"]),
+			Authority: urlOf(lns["authority"]), Dashboard: urlOf(lns["dashboard"]),
+		},
+		RedisURL:   redisURL,
+		AdminToken: adminToken,
+		Tenants:    cfg.Tenants,
+		HealerAPIs: map[string]string{},
+		StartedAt:  time.Now().UTC(),
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+
+	// The authority.
+	authStream, err := s.newStream("authority")
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return authStream.Run(gctx) })
+	acfg := authority.DefaultConfig()
+	acfg.Listen = lns["authority"].Addr().String()
+	acfg.Issuer = s.demo.URLs.Authority
+	acfg.AdminToken = adminToken
+	acfg.Redis = redisx.Config{URL: redisURL}
+	if cfg.BcryptCost > 0 {
+		acfg.Clients.BcryptCost = cfg.BcryptCost
+	}
+	auth, err := authority.New(acfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: prometheus.NewRegistry(), Audit: authStream})
+	if err != nil {
+		return err
+	}
+	if err := auth.Init(ctx); err != nil {
+		return err
+	}
+	g.Go(func() error { return auth.Run(gctx, lns["authority"]) })
+	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{})
+	if err != nil {
+		return err
+	}
+
+	// The fleet.
+	fcfg := fleet.Default()
+	fcfg.Listen = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.FleetPort))
+	for i := range fcfg.Services {
+		fcfg.Services[i].Listen = net.JoinHostPort(cfg.Host, "0")
+	}
+	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	s.fleet = fl
+	s.demo.URLs.Fleet = fl.URL()
+	g.Go(func() error { return fl.Run(gctx) })
+
+	// The proxy in front of the fleet.
+	proxyStream, err := s.newStream("proxy")
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return proxyStream.Run(gctx) })
+	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
+	pcfg.Listen = lns["proxy"].Addr().String()
+	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
+	pcfg.AdminToken = passport.Secret(adminToken)
+	pcfg.Policy.Dir = cfg.PolicyDir
+	var pol fs.FS = policies.FS
+	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: pol})
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	g.Go(func() error { return px.Serve(gctx, lns["proxy"], lns["proxy_admin"]) })
+
+	// Wait for the authority and the proxy to answer before agents use them.
+	if err := waitReady(gctx, s.demo.URLs.Authority+"/readyz"); err != nil {
+		return s.failed(g, fmt.Errorf("authority not ready: %w", err))
+	}
+	if err := waitReady(gctx, s.demo.URLs.ProxyAdmin+"/readyz"); err != nil {
+		return s.failed(g, fmt.Errorf("proxy not ready: %w", err))
+	}
+
+	agents, err := s.registerAgents(gctx, prev)
+	if err != nil {
+		return s.failed(g, err)
+	}
+	s.demo.Agents = agents
+
+	// Per tenant: a healer, a chaos simulator and a rogue agent.
+	for i, tenant := range cfg.Tenants {
+		if err := s.startTenant(gctx, g, i, tenant); err != nil {
+			return s.failed(g, err)
+		}
+	}
+
+	// The dashboard and its feed.
+	dcfg := dashboard.DefaultConfig()
+	dcfg.Listen = lns["dashboard"].Addr().String()
+	dcfg.Tenants = cfg.Tenants
+	dcfg.AuthorityURL = s.demo.URLs.Authority
+	dash, err := dashboard.New(dcfg, dashboard.Deps{
+		Redis: rdb, Logger: s.log.With("component", "dashboard"), Registry: prometheus.NewRegistry(),
+		Auth:    feed.NewStaticAuth(feed.Token{Secret: passport.Secret(adminToken)}),
+		Actions: &actions{s: s},
+	})
+	if err != nil {
+		return s.failed(g, fmt.Errorf("dashboard: %w", err))
+	}
+	g.Go(func() error { return dash.Serve(gctx, lns["dashboard"]) })
+	s.demo.DashboardLogin = s.demo.URLs.Dashboard + "/#token=" + adminToken
+
+	if err := writeDemo(cfg.DataDir, s.demo); err != nil {
+		return s.failed(g, err)
+	}
+	if onReady != nil {
+		onReady(s.demo)
+	}
+	return g.Wait()
+}
+
+// failed stops what started and returns err.
+func (s *Stack) failed(g *errgroup.Group, err error) error {
+	// The caller's ctx is still alive; the errgroup is cancelled by
+	// returning an error from a goroutine.
+	g.Go(func() error { return err })
+	_ = g.Wait()
+	return err
+}
+
+func (s *Stack) newStream(writer string) (*audit.Stream, error) {
+	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8]}, s.log.With("component", writer, "sub", "audit"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
+	}
+	s.addCloser(func() { st.Close() })
+	return st, nil
+}
+
+func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenant string) error {
+	log := s.log.With("tenant", tenant)
+	agentClient := func(role string) (*client.Client, DemoAgent, error) {
+		for _, a := range s.demo.Agents {
+			if a.Tenant == tenant && a.Role == role {
+				c, err := client.New(s.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), client.Options{})
+				return c, a, err
+			}
+		}
+		return nil, DemoAgent{}, fmt.Errorf("no %s agent for %s", role, tenant)
+	}
+
+	// Healer.
+	hc, ha, err := agentClient("healer")
+	if err != nil {
+		return err
+	}
+	hcfg := healer.Default()
+	hcfg.Tenant = tenant
+	hcfg.ProxyURL = s.demo.URLs.Proxy
+	hport := 0
+	if s.cfg.HealerPort != 0 {
+		hport = s.cfg.HealerPort + i
+	}
+	hcfg.Listen = net.JoinHostPort(s.cfg.Host, strconv.Itoa(hport))
+	var targets []string
+	for _, st := range s.fleet.Services() {
+		if st.Tenant == tenant {
+			hcfg.Checks = append(hcfg.Checks, healer.CheckConfig{Target: st.Name, URL: st.HealthURL})
+			targets = append(targets, st.Name)
+		}
+	}
+	stream, err := s.newStream("healer-" + tenant)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return stream.Run(ctx) })
+	h, err := healer.New(hcfg, healer.Deps{
+		Logger:     log.With("component", "healer"),
+		Passports:  agentcall.AuthorityPassports{Client: hc},
+		Store:      healer.NewStore(s.rdb, hcfg.MaxIncidents),
+		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
+		Sink:       stream,
+		Registry:   prometheus.NewRegistry(),
+		AdminToken: s.demo.AdminToken,
+	})
+	if err != nil {
+		return fmt.Errorf("healer %s: %w", tenant, err)
+	}
+	s.demo.HealerAPIs[tenant] = "http://" + h.APIAddr()
+	g.Go(func() error { return h.Run(ctx) })
+
+	// Chaos.
+	cc, _, err := agentClient("chaos")
+	if err != nil {
+		return err
+	}
+	ccfg := chaos.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Interval: max(s.cfg.ChaosInterval, time.Second), Seed: s.cfg.ChaosSeed, Targets: targets}
+	cstream, err := s.newStream("chaos-" + tenant)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return cstream.Run(ctx) })
+	ch, err := chaos.New(ccfg, chaos.Deps{Logger: log.With("component", "chaos"), Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		return fmt.Errorf("chaos %s: %w", tenant, err)
+	}
+	s.mu.Lock()
+	s.chaos[tenant] = ch
+	s.mu.Unlock()
+	if s.cfg.ChaosInterval > 0 {
+		g.Go(func() error { return ch.Run(ctx) })
+	}
+
+	// The rogue.
+	if !s.cfg.NoRogue {
+		rc, _, err := agentClient("rogue")
+		if err != nil {
+			return err
+		}
+		r, err := rogue.New(rogue.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Targets: targets, Interval: 2 * time.Second},
+			rogue.Deps{Logger: log.With("component", "rogue"), Passports: agentcall.AuthorityPassports{Client: rc}})
+		if err != nil {
+			return fmt.Errorf("rogue %s: %w", tenant, err)
+		}
+		g.Go(func() error { return r.Run(ctx) })
+	}
+	return nil
+}
+
+// registerAgents reuses the agents of a previous run (they live in the
+// persisted Redis) when they still exist, and registers the missing ones.
+// Rogue agents are unblocked so that every start shows the whole story.
+func (s *Stack) registerAgents(ctx context.Context, prev *Demo) ([]DemoAgent, error) {
+	var out []DemoAgent
+	for _, tenant := range s.cfg.Tenants {
+		for _, r := range demoRoles {
+			name := r.role + "-" + tenant
+			if a, ok := s.reuse(ctx, prev, tenant, r.role); ok {
+				if r.role == "rogue" {
+					if _, err := s.admin.Unblock(ctx, tenant, a.ID); err != nil && !errors.Is(err, client.ErrNotFound) {
+						return nil, fmt.Errorf("unblock %s: %w", name, err)
+					}
+				}
+				out = append(out, a)
+				continue
+			}
+			if r.role == "rogue" && s.cfg.NoRogue {
+				continue
+			}
+			reg, err := s.admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: name + "-" + randomToken()[:6], Type: r.typ, TrustLevel: r.trust})
+			if err != nil {
+				return nil, fmt.Errorf("register %s: %w", name, err)
+			}
+			out = append(out, DemoAgent{
+				Name: reg.Name, Type: reg.Type, Tenant: tenant, TrustLevel: string(reg.TrustLevel),
+				ID: reg.ID, ClientID: reg.ClientID, ClientSecret: reg.ClientSecret, Role: r.role,
+			})
+		}
+	}
+	return out, nil
+}
+
+func (s *Stack) reuse(ctx context.Context, prev *Demo, tenant, role string) (DemoAgent, bool) {
+	if prev == nil || prev.AdminToken != s.demo.AdminToken {
+		return DemoAgent{}, false
+	}
+	for _, a := range prev.Agents {
+		if a.Tenant == tenant && a.Role == role && a.ClientSecret != "" {
+			if _, err := s.admin.GetAgent(ctx, tenant, a.ID); err == nil {
+				return a, true
+			}
+		}
+	}
+	return DemoAgent{}, false
+}
+
+// actions adapts the authority's admin API and the chaos simulators to the
+// dashboard's buttons.
+type actions struct{ s *Stack }
+
+func (a *actions) ListAgents(ctx context.Context, tenant string) ([]dashboard.Agent, error) {
+	list, err := a.s.admin.ListAgents(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]dashboard.Agent, 0, len(list))
+	for _, ag := range list {
+		out = append(out, dashboard.Agent{ID: ag.ID, Name: ag.Name, Type: ag.Type, TrustLevel: string(ag.EffectiveTrustLevel), Reputation: ag.Reputation, Blocked: ag.Blocked})
+	}
+	return out, nil
+}
+
+func (a *actions) Block(ctx context.Context, tenant, id, reason string) error {
+	_, err := a.s.admin.Block(ctx, tenant, id, reason)
+	return mapNotFound(err)
+}
+
+func (a *actions) Unblock(ctx context.Context, tenant, id string) error {
+	_, err := a.s.admin.Unblock(ctx, tenant, id)
+	return mapNotFound(err)
+}
+
+func (a *actions) FireChaos(ctx context.Context, tenant, typ, target string) error {
+	a.s.mu.Lock()
+	ch := a.s.chaos[tenant]
+	a.s.mu.Unlock()
+	if ch == nil {
+		return dashboard.ErrNotFound
+	}
+	_, err := ch.Fire(ctx, typ, target)
+	return err
+}
+
+func (a *actions) Targets(_ context.Context, tenant string) ([]string, error) {
+	var out []string
+	for _, st := range a.s.fleet.Services() {
+		if st.Tenant == tenant {
+			out = append(out, st.Name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func mapNotFound(err error) error {
+	if errors.Is(err, client.ErrNotFound) {
+		return dashboard.ErrNotFound
+	}
+	return err
+}
+
+var _ dashboard.Actions = (*actions)(nil)
+
+// waitReady polls url until it answers 200 or ctx ends.
+func waitReady(ctx context.Context, url string) error {
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(15 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return last
+}
+
+func randomToken() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// DemoFile is the path of demo.json in dir.
+func DemoFile(dir string) string { return filepath.Join(dir, "demo.json") }
+
+func readDemo(dir string) *Demo {
+	b, err := os.ReadFile(DemoFile(dir))
+	if err != nil {
+		return nil
+	}
+	var d Demo
+	if json.Unmarshal(b, &d) != nil {
+		return nil
+	}
+	return &d
+}
+
+// ReadDemo reads DIR/demo.json written by a running stack.
+func ReadDemo(dir string) (Demo, error) {
+	b, err := os.ReadFile(DemoFile(dir))
+	if err != nil {
+		return Demo{}, err
+	}
+	var d Demo
+	if err := json.Unmarshal(b, &d); err != nil {
+		return Demo{}, fmt.Errorf("%s: %w", DemoFile(dir), err)
+	}
+	return d, nil
+}
+
+// writeDemo writes demo.json with mode 0600: it holds credentials.
+func writeDemo(dir string, d Demo) error {
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := DemoFile(dir) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write demo.json: %w", err)
+	}
+	return os.Rename(tmp, DemoFile(dir))
+}
