@@ -73,6 +73,11 @@ func TestCanonicalEncodingGolden(t *testing.T) {
 	if got != string(want) {
 		t.Errorf("canonical encoding changed (a breaking change for every stored chain):\n got: %s\nwant: %s", got, want)
 	}
+	// The writer stores records in canonical member order, so the stored
+	// bytes are the canonical bytes with the hash filled in.
+	if want := bytes.Replace(stored, []byte(`"hash":"`+rec.Hash+`"`), []byte(`"hash":""`), 1); !bytes.Equal(want, canon) {
+		t.Errorf("stored record is not in canonical form:\n%s\n%s", stored, canon)
+	}
 	// Verification from the stored bytes agrees with the writer.
 	if h, _ := audit.HashRaw(stored); h != rec.Hash {
 		t.Errorf("HashRaw(stored) = %s, Seal set %s", h, rec.Hash)

@@ -79,6 +79,10 @@ func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
 	defer cancel()
 	chans := make([]chan result, len(items))
 	for i, it := range items {
+		if it.body == nil {
+			// Encoded here, outside the committer, like Append does.
+			it.body, _ = encodeBody(it.rec)
+		}
 		it.done = make(chan result, 1)
 		it.ctx = wctx
 		chans[i] = it.done

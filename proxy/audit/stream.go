@@ -185,7 +185,6 @@ type chain struct {
 	seq       uint64
 	hash      string
 	sinceCkpt uint64
-	total     uint64
 	ambiguous []*item // failed writes whose fate the next resync decides
 }
 
@@ -197,6 +196,7 @@ type result struct {
 
 type item struct {
 	rec  *Record
+	body *body // rec's encoded members, prepared by the caller
 	ctx  context.Context
 	done chan result // buffered 1; nil for internal records
 	// checkpoint, when not "", asks the committer to write a checkpoint of
@@ -210,16 +210,19 @@ type item struct {
 	settled bool // stored is known
 }
 
-// appendScript appends one record if the writer's head is as expected.
+// appendScript appends a writer's records to one stream if the writer's
+// chain head is as expected, and moves the head, in one atomic step: a lost
+// reply, a client-side retry or a second process with the same writer id
+// can therefore never fork a chain, leave a gap, or store one record twice.
 // KEYS[1] stream, KEYS[2] heads hash; ARGV[1] writer, ARGV[2] expected head
-// ("" for a new chain), ARGV[3] new head, ARGV[4] record JSON.
+// ("" for a new chain), ARGV[3] new head, ARGV[4..] record JSON.
 var appendScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if not cur then cur = '' end
+local cur = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 if cur ~= ARGV[2] then return redis.error_reply('PASSPORTCHAIN head moved') end
-local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[4])
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return id
+return ids
 `)
 
 // NewStream returns a writer on rdb and starts its committer. It checks the
@@ -354,9 +357,13 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
 	}
 	r := *rec
 	s.prepare(&r)
+	b, err := encodeBody(&r)
+	if err != nil {
+		return "", fmt.Errorf("append audit record: %w", err)
+	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
-	it := &item{rec: &r, ctx: wctx, done: make(chan result, 1)}
+	it := &item{rec: &r, body: b, ctx: wctx, done: make(chan result, 1)}
 	select {
 	case <-s.stop:
 		s.m.failures.WithLabelValues("closed").Inc()
@@ -517,15 +524,19 @@ func (s *Stream) chainFor(tenant string, known bool) *chain {
 	return c
 }
 
-type pending struct {
-	it  *item
-	rec *Record
-	cmd *redis.Cmd
-	c   *chain
+// group is one chain's records in a batch: one script call.
+type group struct {
+	c      *chain
+	expect string
+	items  []*item
+	recs   []*Record
+	raws   []any
+	cmd    *redis.Cmd
 }
 
 // commit writes one batch: resync the chains whose head is unknown, assign
-// chain fields, send the pipeline, hand each caller its own result.
+// chain fields, send one pipeline with one script call per chain, and hand
+// each caller its own result.
 func (s *Stream) commit(batch []*item) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
 	defer cancel()
@@ -536,6 +547,7 @@ func (s *Stream) commit(batch []*item) {
 	live := batch[:0]
 	for _, it := range batch {
 		if it.ctx != nil && it.ctx.Err() != nil {
+			s.m.failures.WithLabelValues("timeout").Inc()
 			s.finish(it, result{err: ErrTimeout})
 			continue
 		}
@@ -556,26 +568,35 @@ func (s *Stream) commit(batch []*item) {
 		return
 	}
 
-	pipe := s.rdb.Pipeline()
-	var ps []pending
 	now := s.cfg.Clock().UTC()
+	groups := map[string]*group{}
+	var order []*group
 	add := func(it *item, rec *Record, c *chain) error {
+		g := groups[c.tenant]
+		if g == nil {
+			g = &group{c: c, expect: headValue(c.seq, c.hash)}
+			groups[c.tenant] = g
+			order = append(order, g)
+		}
 		rec.Writer = s.cfg.WriterID
 		rec.Seq = c.seq + 1
 		rec.Prev = c.hash
-		raw, err := Seal(rec)
-		if err != nil {
-			return err
+		b := it.body
+		if b == nil || it.checkpoint != "" {
+			var err error
+			if b, err = encodeBody(rec); err != nil {
+				return err
+			}
 		}
-		expect := headValue(c.seq, c.hash)
-		cmd := appendScript.Eval(ctx, pipe,
-			[]string{StreamKey(rec.Tenant), HeadsKey(rec.Tenant)},
-			s.cfg.WriterID, expect, headValue(rec.Seq, rec.Hash), string(raw))
-		ps = append(ps, pending{it: it, rec: rec, cmd: cmd, c: c})
+		var raw []byte
+		rec.Hash, raw = b.seal(rec.Writer, rec.Seq, rec.Prev)
+		g.items, g.recs, g.raws = append(g.items, it), append(g.recs, rec), append(g.raws, string(raw))
 		it.attempt = rec.Seq
 		c.seq, c.hash = rec.Seq, rec.Hash
 		c.sinceCkpt++
-		c.total++
+		if rec.Kind == KindCheckpoint {
+			c.sinceCkpt = 0
+		}
 		return nil
 	}
 	for _, it := range batch {
@@ -611,30 +632,44 @@ func (s *Stream) commit(batch []*item) {
 			}
 		}
 	}
-	if len(ps) == 0 {
+	if len(order) == 0 {
 		return
+	}
+	pipe := s.rdb.Pipeline()
+	n := 0
+	for _, g := range order {
+		args := make([]any, 0, 3+len(g.raws))
+		args = append(args, s.cfg.WriterID, g.expect, headValue(g.c.seq, g.c.hash))
+		args = append(args, g.raws...)
+		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
+		n += len(g.items)
 	}
 	_, _ = pipe.Exec(ctx)
 	s.batches.Add(1)
 	s.m.batches.Inc()
-	s.m.batchSize.Observe(float64(len(ps)))
+	s.m.batchSize.Observe(float64(n))
 	s.m.latency.Observe(time.Since(start).Seconds())
 
-	for _, p := range ps {
-		id, err := p.cmd.Text()
+	for _, g := range order {
+		ids, err := g.cmd.StringSlice()
+		if err == nil && len(ids) != len(g.items) {
+			err = fmt.Errorf("audit append: %d ids for %d records", len(ids), len(g.items))
+		}
 		if err == nil {
-			s.written.Add(1)
-			s.m.written.WithLabelValues(string(p.rec.Kind)).Inc()
-			if p.rec.Kind == KindCheckpoint {
-				p.c.sinceCkpt = 0
-				s.m.checkpoints.Inc()
+			for i, it := range g.items {
+				rec := g.recs[i]
+				s.written.Add(1)
+				s.m.written.WithLabelValues(string(rec.Kind)).Inc()
+				if rec.Kind == KindCheckpoint {
+					s.m.checkpoints.Inc()
+				}
+				s.finish(it, result{id: ids[i], rec: *rec})
 			}
-			s.finish(p.it, result{id: id, rec: *p.rec})
 			continue
 		}
-		// The write may or may not have happened (a lost reply). The chain
-		// head is unknown until re-read; the Lua check guarantees that what
-		// is stored is a gap-free prefix of what was sent.
+		// The group may or may not be stored (a lost reply). The chain head
+		// is unknown until re-read; the script stores all of a group or
+		// nothing, and the head says which.
 		reason := "redis"
 		switch {
 		case strings.Contains(err.Error(), "PASSPORTCHAIN"):
@@ -644,10 +679,13 @@ func (s *Stream) commit(batch []*item) {
 			reason = "timeout"
 			err = fmt.Errorf("%w: %v", ErrTimeout, err)
 		}
-		s.m.failures.WithLabelValues(reason).Inc()
-		p.c.known = false
-		p.c.ambiguous = append(p.c.ambiguous, p.it)
-		s.finish(p.it, result{err: err})
+		g.c.known = false
+		g.c.sinceCkpt = max(g.c.sinceCkpt, 1) // the next checkpoint tick must not skip this chain
+		for _, it := range g.items {
+			s.m.failures.WithLabelValues(reason).Inc()
+			g.c.ambiguous = append(g.c.ambiguous, it)
+			s.finish(it, result{err: err})
+		}
 	}
 }
 

@@ -224,7 +224,7 @@ func TestValuesAreLengthCapped(t *testing.T) {
 	if len(got.Path) > 64 {
 		t.Errorf("path stored with %d bytes, cap 64", len(got.Path))
 	}
-	if !strings.HasPrefix(string(got.Input), `{"truncated":true,"size":`) {
+	if !strings.Contains(string(got.Input), `"truncated":true`) {
 		t.Errorf("input = %s", got.Input)
 	}
 	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))

@@ -1,0 +1,73 @@
+package audit_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+// BenchmarkAppendParallel measures the write-ahead path under concurrency:
+//
+//	group-commit   the Stream as the proxy uses it (batches in one round trip)
+//	no-batching    the same chained, checked append, one record per round trip
+//	plain-xadd     one bare XADD per record from every goroutine: no chain,
+//	               no ordering, the floor any audited design pays
+//
+// Run: go test -run XXX -bench AppendParallel -cpu 1,4 ./proxy/audit/
+func BenchmarkAppendParallel(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{AOF: true, Fsync: "everysec"})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	b.Cleanup(func() { _ = rdb.Close() })
+	rec := decision("acme", 1)
+
+	run := func(b *testing.B, appendOne func(ctx context.Context) error) {
+		b.SetParallelism(16) // many in-flight requests per CPU, as in a proxy
+		ctx := context.Background()
+		start := time.Now()
+		var n atomic.Int64
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := appendOne(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+				n.Add(1)
+			}
+		})
+		b.StopTimer()
+		b.ReportMetric(float64(n.Load())/time.Since(start).Seconds(), "records/s")
+	}
+	b.Run("group-commit", func(b *testing.B) {
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
+		run(b, func(ctx context.Context) error {
+			r := *rec
+			_, err := s.Append(ctx, &r)
+			return err
+		})
+		st := s.Stats()
+		if st.Batches > 0 {
+			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
+		}
+	})
+	b.Run("no-batching", func(b *testing.B) {
+		s := newStream(b, rdb, audit.StreamConfig{MaxBatch: 1, CheckpointEvery: 10000})
+		run(b, func(ctx context.Context) error {
+			r := *rec
+			_, err := s.Append(ctx, &r)
+			return err
+		})
+	})
+	b.Run("plain-xadd", func(b *testing.B) {
+		raw, _ := audit.Seal(&audit.Record{Kind: audit.KindDecision, Tenant: "bench", Writer: "w", Seq: 1})
+		run(b, func(ctx context.Context) error {
+			return rdb.XAdd(ctx, &redis.XAddArgs{Stream: "passport:{t:bench}:audit", Values: []any{audit.FieldRecord, raw}}).Err()
+		})
+	})
+}
