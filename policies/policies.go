@@ -104,18 +104,28 @@ func load(fsys fs.FS, root string, tests bool) (*Library, error) {
 // the modules must not collide with the data (path conflicts), print
 // statements are allowed, and strict adds the checks of --strict (unused
 // variables and imports, shadowed builtins, deprecated builtins...).
-func (l *Library) compiler(strict bool) *ast.Compiler {
+func (l *Library) compiler(strict bool, caps *ast.Capabilities) *ast.Compiler {
+	if caps == nil {
+		caps = ast.CapabilitiesForThisVersion()
+	}
 	return ast.NewCompiler().
 		WithStrict(strict).
 		WithEnablePrintStatements(true).
-		WithCapabilities(ast.CapabilitiesForThisVersion()).
+		WithCapabilities(caps).
 		WithPathConflictsCheck(dataFinder(l.Data))
 }
 
 // Compile compiles the modules, strictly like `opa check --strict` when
-// strict is true.
+// strict is true, with this OPA version's capabilities.
 func (l *Library) Compile(strict bool) (*ast.Compiler, error) {
-	c := l.compiler(strict)
+	return l.CompileWith(strict, nil)
+}
+
+// CompileWith is Compile with the given capabilities (nil: this OPA
+// version's), e.g. the proxy engine's, which leave out the builtins that
+// reach the network.
+func (l *Library) CompileWith(strict bool, caps *ast.Capabilities) (*ast.Compiler, error) {
+	c := l.compiler(strict, caps)
 	if c.Compile(l.Modules); c.Failed() {
 		return nil, fmt.Errorf("compile policies: %w", c.Errors)
 	}
@@ -128,13 +138,15 @@ var ErrNoDecision = errors.New("policies do not define " + DecisionQuery)
 
 // Check compiles the directory's modules (tests included, since they must
 // compile too) strictly, like `opa check --strict`, and checks that the
-// decision rule exists.
-func Check(fsys fs.FS) error {
+// decision rule exists. caps are the capabilities to compile against (nil:
+// this OPA version's); pass the proxy engine's so that a policy using a
+// builtin the proxy removes fails here rather than at proxy start.
+func Check(fsys fs.FS, caps *ast.Capabilities) error {
 	lib, err := Load(fsys, true)
 	if err != nil {
 		return err
 	}
-	c, err := lib.Compile(true)
+	c, err := lib.CompileWith(true, caps)
 	if err != nil {
 		return err
 	}
@@ -199,6 +211,8 @@ type TestOptions struct {
 	Timeout time.Duration
 	// Trace records evaluation traces, for verbose failure output.
 	Trace bool
+	// Capabilities to compile against (nil: this OPA version's).
+	Capabilities *ast.Capabilities
 	// StrictBuiltinErrors makes a builtin error (a bad argument type, an
 	// unparsable time) fail the test, as it fails the decision in the
 	// proxy, which evaluates with strict builtin errors. opa test runs
@@ -270,7 +284,7 @@ func Test(ctx context.Context, fsys fs.FS, opts TestOptions) (*TestReport, error
 
 	var cov *cover.Cover
 	runner := tester.NewRunner().
-		SetCompiler(lib.compiler(false)).
+		SetCompiler(lib.compiler(false, opts.Capabilities)).
 		SetStore(store).
 		SetModules(lib.Modules).
 		CapturePrintOutput(true).

@@ -153,10 +153,10 @@ func TestFSLeavesOutTests(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	if err := Check(TestFS); err != nil {
+	if err := Check(TestFS, nil); err != nil {
 		t.Fatalf("embedded library: %v", err)
 	}
-	if err := Check(FS); err != nil {
+	if err := Check(FS, nil); err != nil {
 		t.Fatalf("embedded library without tests: %v", err)
 	}
 	cases := []struct {
@@ -172,7 +172,7 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := Check(fstest.MapFS{"p.rego": {Data: []byte(tc.src)}})
+			err := Check(fstest.MapFS{"p.rego": {Data: []byte(tc.src)}}, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Check = %v, want an error containing %q", err, tc.want)
 			}

@@ -66,8 +66,9 @@ func (a *app) policyTestCmd() *cobra.Command {
 		Long: `Run the *_test.rego tests of a policy directory through OPA's tester, as
 "opa test DIR" does. Every .rego file and every .json/.yaml data file is loaded.
 
-Tests run with strict builtin errors, as the proxy evaluates (a builtin error
-fails the test); --lenient-builtin-errors runs them as plain "opa test" does.
+Tests run as the proxy evaluates: with strict builtin errors (a builtin error
+fails the test; --lenient-builtin-errors runs them as plain "opa test" does) and
+without the builtins the proxy removes (http.send, net.lookup_ip_addr, opa.runtime).
 --coverage prints line coverage per library file; --threshold N fails (exit 2)
 when the coverage of the library files (tests left out) is below N percent.
 Exit status: 0 all passed, 2 a test failed or coverage is below the threshold,
@@ -87,6 +88,7 @@ Exit status: 0 all passed, 2 a test failed or coverage is below the threshold,
 				Timeout:             timeout,
 				Trace:               verbose,
 				StrictBuiltinErrors: !lenient,
+				Capabilities:        policy.Capabilities(),
 			})
 			if err != nil {
 				return fmt.Errorf("%s: %w", src, err)
@@ -155,7 +157,8 @@ func (a *app) policyCheckCmd() *cobra.Command {
 		Short: "Compile a policy directory strictly, like opa check --strict (default: the embedded library)",
 		Long: `Compile every .rego file of a policy directory (tests included) with the checks of
 "opa check --strict" (unused variables and imports, deprecated builtins, type errors,
-rule/data conflicts with the data files), and check that the directory defines
+rule/data conflicts with the data files), against the proxy's capabilities (no
+http.send, net.lookup_ip_addr or opa.runtime), and check that the directory defines
 data.passport.authz.decision. With --fmt, also list the files "opa fmt" would change.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -163,7 +166,7 @@ data.passport.authz.decision. With --fmt, also list the files "opa fmt" would ch
 			if err != nil {
 				return err
 			}
-			if err := policies.Check(fsys); err != nil {
+			if err := policies.Check(fsys, policy.Capabilities()); err != nil {
 				return fmt.Errorf("%s: %w", src, err)
 			}
 			if checkFmt {
