@@ -154,7 +154,7 @@ func TestPolicyCheck(t *testing.T) {
 			code:  1, stderr: "policies do not define data.passport.authz.decision"},
 		{name: "network builtin", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nremote := http.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1:1\"})\n"},
-			code: 1, stderr: "http.send"},
+			code:  1, stderr: "http.send"},
 		{name: "unformatted with fmt", args: []string{"policy", "check", "--fmt", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nhelper   if input.a\n"},
 			code:  1, stderr: "extra.rego"},
