@@ -18,7 +18,8 @@ reasons contains "agent_type_not_permitted" if {
 }
 
 # The passport itself must grant the action: issuance may narrow an agent to
-# fewer actions (scope, authorization_details, identifier), never widen it.
+# fewer actions and resources (authorization_details and their identifier),
+# never widen it. (The authority keeps "scope" consistent; it is not read.)
 reasons contains "action_not_granted" if not action_granted
 
 # action_granted holds when one RFC 9396 "agent_action" entry of the
