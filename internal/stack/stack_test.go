@@ -1,0 +1,384 @@
+package stack_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/stack"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+// running is a stack started for one test.
+type running struct {
+	demo  stack.Demo
+	rdb   *redis.Client
+	admin *client.Admin
+}
+
+// startStack runs the whole demo on free loopback ports against a private
+// redis-server, and stops it when the test ends.
+func startStack(t *testing.T, cfg stack.Config) *running {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	cfg.DataDir = t.TempDir()
+	cfg.RedisURL = srv.URL()
+	cfg.ProxyPort, cfg.ProxyAdminPort, cfg.AuthorityPort, cfg.FleetPort, cfg.DashboardPort, cfg.HealerPort = -1, -1, -1, -1, -1, -1
+	cfg.BcryptCost = 4
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan stack.Demo, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	go func() { done <- stack.Run(ctx, cfg, log, func(d stack.Demo) { ready <- d }) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("stack stopped with error: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("stack did not stop within 30s of cancel")
+		}
+	})
+	var d stack.Demo
+	select {
+	case d = <-ready:
+	case err := <-done:
+		t.Fatalf("stack failed to start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("stack not ready within 60s")
+	}
+	// demo.json is the contract scripts rely on.
+	onDisk, err := stack.ReadDemo(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("read demo.json: %v", err)
+	}
+	if onDisk.URLs.Proxy != d.URLs.Proxy || onDisk.AdminToken == "" || len(onDisk.Agents) == 0 {
+		t.Fatalf("demo.json incomplete: %+v", onDisk.URLs)
+	}
+	admin, err := client.NewAdmin(d.URLs.Authority, passport.Secret(d.AdminToken), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &running{demo: d, rdb: srv.Client(), admin: admin}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+// eventually polls cond every 50ms until it holds or the bound passes.
+func eventually(t *testing.T, bound time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (last: %s)", what, bound, last)
+		}
+		time.Sleep(50 * time.Millisecond) // polling an external system: there is no event to wait on
+	}
+}
+
+func (r *running) records(t *testing.T, tenant string) []*audit.Record {
+	t.Helper()
+	var out []*audit.Record
+	err := audit.ScanStream(context.Background(), r.rdb, audit.StreamKey(tenant), "-", 500, func(m redis.XMessage) error {
+		rec, _, err := audit.ParseMessage(m)
+		if err != nil {
+			return err
+		}
+		out = append(out, rec)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read audit stream %s: %v", tenant, err)
+	}
+	return out
+}
+
+type incidentDetails struct {
+	ID           string `json:"id"`
+	Type         string `json:"type"`
+	Target       string `json:"target"`
+	State        string `json:"state"`
+	ResolutionMS int64  `json:"resolution_ms"`
+	Action       string `json:"action"`
+}
+
+func (r *running) incidents(t *testing.T, tenant string) map[string]incidentDetails {
+	out := map[string]incidentDetails{}
+	for _, rec := range r.records(t, tenant) {
+		if rec.Kind != audit.KindIncident {
+			continue
+		}
+		var d incidentDetails
+		if err := json.Unmarshal(rec.Details, &d); err != nil {
+			t.Fatalf("incident details: %v", err)
+		}
+		out[d.ID] = d // later records carry the later state
+	}
+	return out
+}
+
+func (r *running) agent(t *testing.T, tenant, role string) stack.DemoAgent {
+	t.Helper()
+	for _, a := range r.demo.Agents {
+		if a.Tenant == tenant && a.Role == role {
+			return a
+		}
+	}
+	t.Fatalf("no %s agent for %s in demo.json", role, tenant)
+	return stack.DemoAgent{}
+}
+
+func (r *running) passport(t *testing.T, a stack.DemoAgent, req client.TokenRequest) string {
+	t.Helper()
+	c, err := client.New(r.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(context.Background(), req)
+	if err != nil {
+		t.Fatalf("passport for %s: %v", a.Name, err)
+	}
+	return tok.Raw
+}
+
+func call(t *testing.T, method, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+type serviceStatus struct {
+	Name          string  `json:"name"`
+	Tenant        string  `json:"tenant"`
+	Status        string  `json:"status"`
+	Up            bool    `json:"up"`
+	Fault         string  `json:"fault"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+}
+
+// fleetServices reads the control API directly: the test is the operator
+// looking at the fleet, not an agent.
+func (r *running) fleetServices(t *testing.T) map[string]serviceStatus {
+	t.Helper()
+	code, body := call(t, http.MethodGet, r.demo.URLs.Fleet+"/services", "")
+	if code != http.StatusOK {
+		t.Fatalf("fleet /services: %d %s", code, body)
+	}
+	var list struct {
+		Services []serviceStatus `json:"services"`
+	}
+	if err := json.Unmarshal([]byte(body), &list); err != nil {
+		t.Fatalf("fleet /services: %v", err)
+	}
+	out := map[string]serviceStatus{}
+	for _, s := range list.Services {
+		out[s.Name] = s
+	}
+	return out
+}
+
+func (r *running) fireChaos(t *testing.T, tenant, typ, target string) {
+	t.Helper()
+	tok := r.passport(t, r.agent(t, tenant, "chaos"), client.TokenRequest{Scope: []string{"chaos.inject"}})
+	req, _ := http.NewRequest(http.MethodPost, r.demo.URLs.Proxy+"/faults/"+target, strings.NewReader(fmt.Sprintf(`{"type":%q}`, typ)))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("chaos %s on %s through the proxy: %d %s", typ, target, resp.StatusCode, b)
+	}
+}
+
+// TestEndToEndChaosIsHealedThroughTheProxy fires each of the four faults and
+// follows it to RESOLVED, checking that the repair went through the proxy
+// with a passport bound to the incident.
+func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
+	cases := []struct {
+		typ, target, tenant, action string
+	}{
+		{"service_down", "checkout", "acme", "service.restart"},
+		{"bad_deploy", "payments", "acme", "deployment.rollback"},
+		{"memory_leak", "search", "globex", "service.restart"},
+		{"cache_miss", "inventory", "globex", "cache.warm"},
+	}
+	var resolutions []time.Duration
+	for _, tc := range cases {
+		t.Run(tc.typ, func(t *testing.T) {
+			fired := time.Now()
+			r.fireChaos(t, tc.tenant, tc.typ, tc.target)
+			var inc incidentDetails
+			eventually(t, 15*time.Second, tc.typ+" incident RESOLVED", func() (bool, string) {
+				for _, d := range r.incidents(t, tc.tenant) {
+					if d.Target == tc.target && d.Type == tc.typ {
+						inc = d
+						return d.State == "RESOLVED", d.State
+					}
+				}
+				return false, "no incident yet"
+			})
+			elapsed := time.Since(fired)
+			resolutions = append(resolutions, elapsed)
+			t.Logf("%s on %s: chaos to RESOLVED %v (healer's resolution %dms)", tc.typ, tc.target, elapsed.Round(time.Millisecond), inc.ResolutionMS)
+
+			// The repair went through the proxy: its allow record names
+			// the incident, and the upstream answered.
+			var allowed bool
+			for _, rec := range r.records(t, tc.tenant) {
+				if rec.Kind == audit.KindDecision && rec.Decision == audit.DecisionAllow &&
+					rec.TaskID == inc.ID && rec.Action == tc.action && rec.Resource == tc.target {
+					allowed = true
+				}
+			}
+			if !allowed {
+				t.Errorf("no allow record for %s on %s with task %s in the audit stream", tc.action, tc.target, inc.ID)
+			}
+			eventually(t, 5*time.Second, tc.target+" healthy", func() (bool, string) {
+				s := r.fleetServices(t)[tc.target]
+				return s.Status == "ok" && s.Up && s.Fault == "", fmt.Sprintf("%+v", s)
+			})
+		})
+	}
+	sort.Slice(resolutions, func(i, j int) bool { return resolutions[i] < resolutions[j] })
+	t.Logf("chaos to RESOLVED: %v", resolutions)
+
+	// The fleet is healthy afterwards and the audit streams verify.
+	for name, s := range r.fleetServices(t) {
+		if s.Status != "ok" || !s.Up {
+			t.Errorf("service %s not healthy after the run: %+v", name, s)
+		}
+	}
+	for _, tenant := range stack.DefaultTenants {
+		rep, err := audit.VerifyStream(context.Background(), r.rdb, tenant, audit.VerifyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.OK() {
+			t.Errorf("audit stream of %s does not verify: %+v", tenant, rep.First())
+		}
+	}
+}
+
+// TestEndToEndRogueIsBlocked lets the rogue agents run until the authority
+// blocks them and checks that nothing they tried reached the fleet.
+func TestEndToEndRogueIsBlocked(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1})
+	before := r.fleetServices(t)
+	start := time.Now()
+	rogue := r.agent(t, "acme", "rogue")
+	eventually(t, 30*time.Second, "rogue blocked", func() (bool, string) {
+		a, err := r.admin.GetAgent(context.Background(), "acme", rogue.ID)
+		if err != nil {
+			return false, err.Error()
+		}
+		return a.Blocked, fmt.Sprintf("reputation %.1f", a.Reputation)
+	})
+
+	// Its credentials no longer buy a passport.
+	c, err := client.New(r.demo.URLs.Authority, rogue.ClientID, passport.Secret(rogue.ClientSecret), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(context.Background(), client.TokenRequest{}); !errors.Is(err, client.ErrBlocked) {
+		t.Fatalf("token for a blocked agent: err = %v, want ErrBlocked", err)
+	}
+
+	// Every attempt is on record, none was allowed, and the denials are what
+	// brought it down.
+	var denied int
+	for _, rec := range r.records(t, "acme") {
+		if rec.AgentID != rogue.ID || rec.Kind != audit.KindDecision {
+			continue
+		}
+		if rec.Decision == audit.DecisionAllow {
+			t.Errorf("rogue call allowed: %s %s", rec.Method, rec.Path)
+		}
+		if rec.Decision == audit.DecisionDeny {
+			denied++
+		}
+	}
+	if denied == 0 {
+		t.Error("no denied rogue call in the audit stream")
+	}
+	var blockedRecord bool
+	for _, rec := range r.records(t, "acme") {
+		if rec.Kind == audit.KindAgentBlocked && strings.Contains(string(rec.Details), rogue.ID) {
+			blockedRecord = true
+		}
+	}
+	if !blockedRecord {
+		t.Error("no agent_blocked record for the rogue")
+	}
+
+	// No restart reached the fleet: a restart resets a service's uptime.
+	elapsed := time.Since(start).Seconds()
+	for name, s := range r.fleetServices(t) {
+		if s.UptimeSeconds+0.5 < before[name].UptimeSeconds+elapsed {
+			t.Errorf("service %s was restarted while only the rogue acted (uptime %.1fs, before %.1fs, %.1fs later)", name, s.UptimeSeconds, before[name].UptimeSeconds, elapsed)
+		}
+	}
+}
+
+// TestEndToEndIncidentPassportIsScoped checks that a passport bound to one
+// incident's target cannot act on another service.
+func TestEndToEndIncidentPassportIsScoped(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
+	healer := r.agent(t, "acme", "healer")
+	tok := r.passport(t, healer, client.TokenRequest{
+		Scope: []string{"service.restart"},
+		Task:  &passport.Task{ID: "inc-test-1", Purpose: "restart checkout", Target: "checkout", Actions: []string{"service.restart"}},
+	})
+	code, body := call(t, http.MethodPost, r.demo.URLs.Proxy+"/services/payments/restart", tok)
+	if code != http.StatusForbidden || !strings.Contains(body, "task_target_mismatch") {
+		t.Fatalf("restart payments with a checkout incident passport: %d %s; want 403 task_target_mismatch", code, body)
+	}
+	code, body = call(t, http.MethodPost, r.demo.URLs.Proxy+"/services/checkout/restart", tok)
+	if code != http.StatusOK {
+		t.Fatalf("restart checkout with its incident passport: %d %s; want 200", code, body)
+	}
+	// And it cannot widen itself to another action on its own target.
+	code, body = call(t, http.MethodPost, r.demo.URLs.Proxy+"/deployments/checkout/rollback", tok)
+	if code != http.StatusForbidden {
+		t.Fatalf("rollback with a restart-only incident passport: %d %s; want 403", code, body)
+	}
+}
