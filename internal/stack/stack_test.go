@@ -82,7 +82,10 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // eventually polls cond every 50ms until it holds or the bound passes.
 func eventually(t *testing.T, bound time.Duration, what string, cond func() (bool, string)) {
