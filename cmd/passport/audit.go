@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,7 +47,7 @@ else PASSPORT_REDIS_URL, else ` + redisx.DefaultURL + `.`,
 	pf.StringVar(&o.redisURL, "redis", "", "Redis URL (default $PASSPORT_REDIS_URL)")
 	pf.StringVar(&o.dataDir, "data", "", "directory of a running `passport up` (reads redis_url from DIR/demo.json)")
 	pf.StringVar(&o.tenant, "tenant", "", "only this tenant (default: every tenant with an audit stream)")
-	cmd.AddCommand(a.auditTailCmd(o), a.auditExportCmd(o), a.auditVerifyCmd(o), a.auditWritersCmd(o))
+	cmd.AddCommand(a.auditTailCmd(o), a.auditExportCmd(o), a.auditVerifyCmd(o), a.auditWritersCmd(o), a.auditKeygenCmd())
 	return cmd
 }
 
@@ -525,4 +527,45 @@ func (a *app) auditWritersCmd(o *auditOpts) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func (a *app) auditKeygenCmd() *cobra.Command {
+	var writer, out string
+	cmd := &cobra.Command{
+		Use:   "keygen --writer ID --out FILE",
+		Short: "Create a writer's Ed25519 checkpoint key; print its trusted-keys line",
+		Long: `Create an Ed25519 private key (PEM, PKCS #8, mode 0600) for an audit writer with a fixed id,
+and print the line to add to the trusted-keys file that "passport audit verify --trusted-keys"
+pins. The file must not exist yet.`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if writer == "" || out == "" || strings.ContainsAny(writer, " \t\r\n") {
+				return errors.New("audit keygen: --writer (no whitespace) and --out are required")
+			}
+			_, key, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				return fmt.Errorf("audit keygen: %w", err)
+			}
+			pemBytes, err := audit.MarshalSigningKey(key)
+			if err != nil {
+				return err
+			}
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("audit keygen: %w", err)
+			}
+			if _, err := f.Write(pemBytes); err != nil {
+				f.Close()
+				return fmt.Errorf("audit keygen: %w", err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("audit keygen: %w", err)
+			}
+			fmt.Fprintln(a.stdout, audit.TrustedKeyLine(writer, key.Public().(ed25519.PublicKey)))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&writer, "writer", "", "writer id the key belongs to")
+	cmd.Flags().StringVar(&out, "out", "", "private key file to create")
+	return cmd
 }

@@ -190,3 +190,31 @@ func TestAuditTailFollow(t *testing.T) {
 		t.Fatalf("tail --follow: %v", err)
 	}
 }
+
+func TestAuditKeygenPinsAWriter(t *testing.T) {
+	srv := redistest.Start(t)
+	keyFile := filepath.Join(t.TempDir(), "proxy-a.pem")
+	code, line, errOut := auditRun(t, nil, "audit", "keygen", "--writer", "proxy-a", "--out", keyFile)
+	if code != 0 {
+		t.Fatalf("keygen: %d %s", code, errOut)
+	}
+	key, err := audit.LoadSigningKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := audit.NewStream(srv.Client(), audit.StreamConfig{WriterID: "proxy-a", SigningKey: key}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Append(context.Background(), &audit.Record{Kind: audit.KindDecision, Tenant: "acme", RequestID: "x"})
+	s.Checkpoint(context.Background(), audit.CheckpointPeriodic)
+	s.Close()
+	trusted := filepath.Join(t.TempDir(), "trusted.keys")
+	os.WriteFile(trusted, []byte(line), 0o600)
+	if code, out, errOut := auditRun(t, nil, "audit", "verify", "--redis", srv.URL(), "--trusted-keys", trusted); code != 0 {
+		t.Fatalf("verify with the keygen line: %d\n%s%s", code, out, errOut)
+	}
+	if code, _, _ := auditRun(t, nil, "audit", "keygen", "--writer", "proxy-a", "--out", keyFile); code == 0 {
+		t.Error("keygen overwrote an existing key file")
+	}
+}

@@ -95,3 +95,13 @@ func configGet(ctx context.Context, rdb redis.UniversalClient, name string) (str
 	}
 	return v, nil
 }
+
+// Ready returns an error when the persistence level seen at the last check
+// is weaker than min ("" accepts anything), for a readiness endpoint.
+func (s *Stream) Ready(min string) error {
+	d := s.Durability()
+	if d.Meets(min) {
+		return nil
+	}
+	return fmt.Errorf("audit durability %s is weaker than the required %q", d, min)
+}
