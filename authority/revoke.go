@@ -66,10 +66,14 @@ func (a *Authority) revokeOutstanding(ctx context.Context, tenant, agentID, caus
 // not returned.
 func (a *Authority) blockAgent(ctx context.Context, rec *agentRecord, reason, trigger, cause string) error {
 	now := a.now()
-	pipe := a.rdb.TxPipeline()
+	// The blocked set is global and the agent hash is in the tenant's
+	// slot, so in Redis Cluster they cannot share a MULTI. A plain
+	// pipeline sends both; on any error the caller gets it and may retry
+	// (both writes are idempotent).
+	pipe := a.rdb.Pipeline()
+	pipe.SAdd(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID))
 	pipe.HSet(ctx, passport.AgentKey(rec.Tenant, rec.ID), passport.FieldBlocked, "1",
 		fieldBlockedReason, reason, fieldBlockedAt, now.UTC().Format(time.RFC3339Nano))
-	pipe.SAdd(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID))
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("block agent %s: %w", rec.ID, err)
 	}
@@ -97,11 +101,13 @@ func (a *Authority) unblockAgent(ctx context.Context, rec *agentRecord, by strin
 	rep := passport.Reputation{Score: rec.Reputation.Baseline, Baseline: rec.Reputation.Baseline, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife}
 	fields := reputationFields(rep)
 	fields[passport.FieldBlocked] = "0"
-	pipe := a.rdb.TxPipeline()
+	pipe := a.rdb.TxPipeline() // one slot: the agent hash
 	pipe.HSet(ctx, passport.AgentKey(rec.Tenant, rec.ID), fields)
 	pipe.HDel(ctx, passport.AgentKey(rec.Tenant, rec.ID), fieldBlockedReason, fieldBlockedAt)
-	pipe.SRem(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID))
 	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("unblock agent %s: %w", rec.ID, err)
+	}
+	if err := a.rdb.SRem(ctx, passport.BlockedKey, passport.BlockedMember(rec.Tenant, rec.ID)).Err(); err != nil {
 		return fmt.Errorf("unblock agent %s: %w", rec.ID, err)
 	}
 	ev := passport.RevocationEvent{Type: passport.EventUnblock, Tenant: rec.Tenant, AgentID: rec.ID}
