@@ -272,6 +272,12 @@ func (a *Authority) routes() http.Handler {
 	mux.HandleFunc("POST /oauth2/revoke", a.handleRevoke)
 	mux.HandleFunc("GET /.well-known/jwks.json", a.handleJWKS)
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", a.handleMetadata)
+	for _, p := range []string{"/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"} {
+		mux.HandleFunc(p, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Allow", http.MethodPost)
+			writeOAuthError(w, http.StatusMethodNotAllowed, "invalid_request", "use POST")
+		})
+	}
 
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents", a.admin(a.handleRegister))
 	mux.HandleFunc("GET /v1/tenants/{tenant}/agents", a.admin(a.handleList))

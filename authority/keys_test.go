@@ -239,6 +239,12 @@ func TestMetadataAndHealth(t *testing.T) {
 	if resp, _ := e.get("/healthz", ""); resp.StatusCode != 200 {
 		t.Fatalf("healthz %d", resp.StatusCode)
 	}
+	if resp, _ := e.get("/oauth2/token", ""); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
+		t.Fatalf("GET /oauth2/token: %d", resp.StatusCode)
+	}
+	if resp, body := e.get("/nope", ""); resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("unknown path: %d %s", resp.StatusCode, body)
+	}
 	if resp, body := e.get("/readyz", ""); resp.StatusCode != 200 {
 		t.Fatalf("readyz %d %s", resp.StatusCode, body)
 	}
