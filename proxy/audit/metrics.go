@@ -13,6 +13,7 @@ type metrics struct {
 	batches     prometheus.Counter
 	batchSize   prometheus.Histogram
 	latency     prometheus.Histogram
+	appendDur   prometheus.Histogram
 	failures    *prometheus.CounterVec
 	bufferDepth prometheus.Gauge
 	dropped     prometheus.Counter
@@ -40,6 +41,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time of one batch write round trip to Redis.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
+		appendDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "passport_audit_append_duration_seconds",
+			Help:    "Time a write-ahead Append waited for its acknowledgement (queue, batch and round trip), successful or not.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_audit_write_failures_total",
 			Help: "Audit records not acknowledged, by reason (timeout, redis, chain, closed).",
@@ -65,6 +71,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batches = register(reg, m.batches)
 	m.batchSize = register(reg, m.batchSize)
 	m.latency = register(reg, m.latency)
+	m.appendDur = register(reg, m.appendDur)
 	m.failures = register(reg, m.failures)
 	m.bufferDepth = register(reg, m.bufferDepth)
 	m.dropped = register(reg, m.dropped)

@@ -357,6 +357,8 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
 	}
 	r := *rec
 	s.prepare(&r)
+	start := time.Now()
+	defer func() { s.m.appendDur.Observe(time.Since(start).Seconds()) }()
 	b, err := encodeBody(&r)
 	if err != nil {
 		return "", fmt.Errorf("append audit record: %w", err)
@@ -401,6 +403,12 @@ func (s *Stream) Enqueue(rec *Record) {
 	}
 	r := *rec
 	s.prepare(&r)
+	select {
+	case <-s.stop:
+		s.drop(1) // closed: nothing will flush it
+		return
+	default:
+	}
 	select {
 	case s.outq <- &r:
 		s.m.bufferDepth.Set(float64(len(s.outq)) + float64(s.inflight.Load()))
