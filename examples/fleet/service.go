@@ -399,22 +399,27 @@ func (s *service) startLeakLocked(parent context.Context) {
 	s.leakStop = cancel
 	step, maxBytes, every := s.cfg.LeakStepBytes, s.cfg.LeakMaxBytes, s.cfg.LeakInterval
 	grow := func() bool {
+		// Allocate outside the lock so that a slow allocation never
+		// stalls the service's handlers (the health check must still
+		// answer, and report the memory, while the process leaks).
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		if ctx.Err() != nil {
-			return false
-		}
 		var held int64
 		for _, b := range s.leak {
 			held += int64(len(b))
 		}
+		s.mu.Unlock()
 		n := min(step, maxBytes-held)
 		if n <= 0 {
-			return true
+			return ctx.Err() == nil
 		}
 		b := make([]byte, n)
 		for i := 0; i < len(b); i += 4096 {
-			b[i] = 1
+			b[i] = 1 // touch every page: resident, not just reserved
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if ctx.Err() != nil {
+			return false // restarted meanwhile: the memory is freed
 		}
 		s.leak = append(s.leak, b)
 		return true
