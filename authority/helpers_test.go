@@ -54,11 +54,15 @@ func (c *fakeClock) Advance(d time.Duration) {
 type fakeSink struct {
 	mu   sync.Mutex
 	recs []*audit.Record
+	err  error // when set, Append fails (the audit store is down)
 }
 
 func (s *fakeSink) Append(_ context.Context, r *audit.Record) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.err != nil {
+		return "", s.err
+	}
 	s.recs = append(s.recs, r)
 	return "1-0", nil
 }

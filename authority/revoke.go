@@ -157,7 +157,11 @@ func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRe
 	if a.audit == nil {
 		return
 	}
-	if _, err := a.audit.Append(context.WithoutCancel(ctx), a.auditRecord(tenant, rec, kind, details)); err != nil {
+	// Bounded: a block or unblock has already happened in Redis and must
+	// not hang on a slow audit store.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := a.audit.Append(actx, a.auditRecord(tenant, rec, kind, details)); err != nil {
 		a.m.auditErrors.Inc()
 		a.log.ErrorContext(ctx, "audit record not written", "kind", kind, "tenant", tenant, "err", err)
 	}

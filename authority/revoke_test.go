@@ -516,3 +516,24 @@ func TestRegisterValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A block happens even when the audit store is down; the failure is
+// counted, not swallowed silently.
+func TestBlockSurvivesAuditFailure(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	ctx := context.Background()
+	h := e.register("acme", "healer-1", "healer", passport.TrustHigh)
+	e.sink.mu.Lock()
+	e.sink.err = errors.New("audit store down")
+	e.sink.mu.Unlock()
+	ag, err := e.admin.Block(ctx, "acme", h.ID, "incident")
+	if err != nil || !ag.Blocked {
+		t.Fatalf("block with audit down: %+v %v", ag, err)
+	}
+	if ok, _ := e.rdb.SIsMember(ctx, passport.BlockedKey, passport.BlockedMember("acme", h.ID)).Result(); !ok {
+		t.Fatal("not blocked")
+	}
+	if n := counter(t, e.reg, "passport_authority_audit_errors_total"); n != 1 {
+		t.Fatalf("audit errors %v", n)
+	}
+}
