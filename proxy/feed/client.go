@@ -34,9 +34,13 @@ type client struct {
 	since     *streamID // nil: live only
 	tail      int
 
-	send   chan []byte // bounded; filled by the tenant hub, drained by writePump
-	batch  [][]byte    // the writer's reusable frame buffer
-	cursor streamID    // guarded by tenantHub.mu once joined
+	send  chan []byte // bounded; filled by the tenant hub, drained by writePump
+	batch [][]byte    // the writer's reusable frame buffer
+	// cursor is the last entry handed to this client (queued, or written
+	// by the replay); guarded by tenantHub.mu while the client is live.
+	cursor   streamID
+	lagged   chan struct{} // signalled when the buffer overflowed
+	lagSince time.Time     // when; guarded by tenantHub.mu
 
 	once        sync.Once
 	done        chan struct{}
@@ -156,6 +160,10 @@ func (c *client) writePump(ctx context.Context, th *tenantHub) {
 			if c.isDone() || !c.writeEvents(batch) {
 				return
 			}
+		case <-c.lagged:
+			if !c.recover(ctx, th) {
+				return
+			}
 		case <-ping.C:
 			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(h.cfg.WriteWait)); err != nil {
 				c.close(0, "")
@@ -204,13 +212,67 @@ func (c *client) catchUp(ctx context.Context, th *tenantHub) (streamID, error) {
 		cursor = th.last
 		th.mu.Unlock()
 	}
+	return c.follow(ctx, th, cursor, time.Time{})
+}
+
+// recover brings a client that overflowed its buffer back to the live
+// fan-out: it writes what is still queued, then replays from the stream
+// after the last entry it was handed, and rejoins. A client that has not
+// caught up within LagTimeout is dropped with 1013.
+func (c *client) recover(ctx context.Context, th *tenantHub) bool {
+	h := c.hub
+	for len(c.send) > 0 {
+		batch := c.batch[:0]
+		for len(batch) < maxBatchEvents && len(c.send) > 0 {
+			batch = append(batch, <-c.send)
+		}
+		c.batch = batch
+		if c.isDone() || !c.writeEvents(batch) {
+			return false
+		}
+	}
+	th.mu.Lock()
+	cursor, since := c.cursor, c.lagSince
+	th.mu.Unlock()
+	_, err := c.follow(ctx, th, cursor, since.Add(h.cfg.LagTimeout))
+	switch {
+	case err == nil:
+		return true
+	case c.isDone():
+	case errors.Is(err, errTooSlow):
+		h.m.dropped.WithLabelValues("slow").Inc()
+		c.close(closeTryAgain, "slow consumer: could not keep up, reconnect with since")
+	case errors.Is(err, errWrite):
+		c.close(0, "")
+	default:
+		h.log.WarnContext(ctx, "feed catch-up failed", "tenant", c.tenant, "err", err)
+		h.m.dropped.WithLabelValues("unavailable").Inc()
+		c.close(closeTryAgain, "audit store unavailable")
+	}
+	return false
+}
+
+var errTooSlow = errors.New("client too slow")
+
+// follow replays from cursor until it reaches the tail, then joins the
+// live fan-out at exactly that position, so nothing is sent twice or
+// skipped. With a non-zero deadline it gives up (errTooSlow) once the
+// deadline passes without having joined.
+func (c *client) follow(ctx context.Context, th *tenantHub, cursor streamID, deadline time.Time) (streamID, error) {
+	h := c.hub
 	for {
 		target, joined := th.join(c, cursor)
 		if joined {
 			return cursor, nil
 		}
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return cursor, errTooSlow
+		}
 		// Replay (cursor, target] in pages.
 		for cursor.less(target) {
+			if !deadline.IsZero() && time.Now().After(deadline) {
+				return cursor, errTooSlow
+			}
 			msgs, err := h.rdb.XRangeN(ctx, th.key, "("+cursor.String(), target.String(), int64(h.cfg.Batch)).Result()
 			if err != nil {
 				return cursor, err

@@ -453,14 +453,14 @@ func wantClose(t testing.TB, c *websocket.Conn, code int, reasonPrefix string) {
 	}
 }
 
-func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
-	// The buffer holds several XREAD batches, so a reader that keeps up
-	// absorbs a batch burst; one that stops reading overflows it.
-	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second})
-	fast := e.dial(adminToken, "acme", nil)
+// slowSetup connects a fast client and a slow one (small fixed receive
+// buffer, so the kernel does not hide its slowness for long), then writes n
+// big events while only the fast client reads. The fast client must get
+// every event in order.
+func slowSetup(t *testing.T, e *env, n int) (fast, slow *websocket.Conn, want []string) {
+	t.Helper()
+	fast = e.dial(adminToken, "acme", nil)
 	untilLive(t, fast)
-	// The slow client's socket has a small fixed receive buffer (no
-	// autotuning), so the kernel does not hide its slowness for long.
 	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err == nil {
@@ -472,14 +472,10 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer slow.Close()
+	t.Cleanup(func() { _ = slow.Close() })
 	untilLive(t, slow)
 
-	// The slow client stops reading now. Big events fill the socket
-	// buffers, then its 64-event buffer, and it is dropped. The fast
-	// client reads all along.
 	pad := json.RawMessage(`{"id":"x","pad":"` + strings.Repeat("p", 16<<10) + `"}`)
-	const n = 800
 	got := make(chan []string, 1)
 	go func() {
 		var ids []string
@@ -497,7 +493,6 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 		}
 		got <- ids
 	}()
-	var want []string
 	for range n / 50 {
 		recs := make([]audit.Record, 50)
 		for i := range recs {
@@ -508,13 +503,50 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 	if g := <-got; fmt.Sprint(g) != fmt.Sprint(want) {
 		t.Fatalf("fast client got %d of %d events (or out of order)", len(g), n)
 	}
-	waitFor(t, func() bool { return promValue(e.hub.m.dropped.WithLabelValues("slow")) == 1 })
+	// The slow client has overflowed its buffer and left the live fan-out.
+	waitFor(t, func() bool { return promValue(e.hub.m.lagging) >= 1 })
+	return fast, slow, want
+}
+
+func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
+	// The buffer holds several XREAD batches, so a reader that keeps up
+	// absorbs a burst; one that stops reading overflows it, and with a
+	// short lag timeout it cannot catch up in time.
+	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: 100 * time.Millisecond})
+	fast, slow, _ := slowSetup(t, e, 800)
 	// The slow client reads again: what it had in flight, then a clear close.
 	wantClose(t, slow, websocket.CloseTryAgainLater, "slow consumer")
+	if d := promValue(e.hub.m.dropped.WithLabelValues("slow")); d != 1 {
+		t.Fatalf("dropped %v as slow, want 1", d)
+	}
 	// And the fast one still receives.
 	id := add(t, e.rdb, decision("acme", "a", "allow"))
 	if ev := next(t, fast); ev.ID != id {
 		t.Fatalf("fast client after drop got %s, want %s", ev.ID, id)
+	}
+}
+
+// TestLaggingClientCatchesUp: a client that overflows its buffer but then
+// reads again within the lag timeout is fed from the stream and rejoins,
+// missing nothing and seeing nothing twice.
+func TestLaggingClientCatchesUp(t *testing.T) {
+	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: time.Minute})
+	_, slow, want := slowSetup(t, e, 800)
+	want = append(want, add(t, e.rdb, decision("acme", "a", "allow")))
+	var got []string
+	for len(got) < len(want) {
+		got = append(got, next(t, slow).ID)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("lagging client got %d events, want exactly the %d written, in order", len(got), len(want))
+	}
+	if d := promValue(e.hub.m.dropped.WithLabelValues("slow")); d != 0 {
+		t.Fatalf("dropped %v, want 0", d)
+	}
+	// It is live again.
+	id := add(t, e.rdb, decision("acme", "b", "deny"))
+	if ev := next(t, slow); ev.ID != id {
+		t.Fatalf("after catching up got %s, want %s", ev.ID, id)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/gorilla/websocket"
 )
@@ -188,7 +189,10 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 
 	up := websocket.Upgrader{
-		ReadBufferSize: 1024, WriteBufferSize: 4096,
+		// A whole batch fits one buffer, so a frame is one write syscall;
+		// the pool lends the buffer only while a frame is written, so idle
+		// connections hold none.
+		ReadBufferSize: 1024, WriteBufferSize: maxBatchBytes + 4096, WriteBufferPool: writePool,
 		CheckOrigin: h.checkOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			Problem(w, status, reason.Error())
@@ -200,11 +204,13 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &client{
 		hub: h, conn: conn, tenant: tenant, principal: p, filter: filter, since: since, tail: tail,
-		send: make(chan []byte, h.cfg.SendBuffer), done: make(chan struct{}),
+		send: make(chan []byte, h.cfg.SendBuffer), done: make(chan struct{}), lagged: make(chan struct{}, 1),
 	}
 	h.log.DebugContext(r.Context(), "feed connected", "tenant", tenant, "principal", p.ID)
 	c.serve()
 }
+
+var writePool = &sync.Pool{}
 
 // checkOrigin allows requests without Origin (not a browser, so no
 // cross-site hijacking is possible), the feed's own origin, and the

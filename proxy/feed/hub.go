@@ -21,8 +21,13 @@ type Config struct {
 	// the feed's own origin. Default none: same-origin only.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// SendBuffer is how many events may wait for one client. A client that
-	// falls this far behind is dropped (close 1013). Default 1024.
+	// falls this far behind leaves the live fan-out and reads from the
+	// stream until it catches up (see LagTimeout). Default 1024.
 	SendBuffer int `yaml:"send_buffer"`
+	// LagTimeout is how long a client that overflowed its buffer may take
+	// to catch up with the stream before it is dropped (close 1013).
+	// Default 10s.
+	LagTimeout time.Duration `yaml:"lag_timeout"`
 	// PingInterval is how often the server pings. Default 25s.
 	PingInterval time.Duration `yaml:"ping_interval"`
 	// PongWait is how long without a pong (or any frame) before the
@@ -48,6 +53,7 @@ type Config struct {
 // Defaults.
 const (
 	DefaultSendBuffer      = 1024
+	DefaultLagTimeout      = 10 * time.Second
 	DefaultPingInterval    = 25 * time.Second
 	DefaultPongWait        = 60 * time.Second
 	DefaultWriteWait       = 10 * time.Second
@@ -67,6 +73,7 @@ func (c Config) withDefaults() Config {
 	if c.SendBuffer <= 0 {
 		c.SendBuffer = DefaultSendBuffer
 	}
+	def(&c.LagTimeout, DefaultLagTimeout)
 	def(&c.PingInterval, DefaultPingInterval)
 	def(&c.PongWait, DefaultPongWait)
 	def(&c.WriteWait, DefaultWriteWait)
@@ -342,10 +349,20 @@ func (t *tenantHub) broadcast(msgs []redis.XMessage) {
 				}
 				select {
 				case c.send <- raw:
+					c.cursor = id
 				default:
+					// Buffer full: take the client off the live fan-out. Its
+					// writer drains what is queued, then reads the rest from
+					// the stream at its own pace (the stream is the buffer)
+					// and rejoins; it is dropped only if it has not caught up
+					// within LagTimeout. Memory stays bounded either way.
 					delete(t.clients, c)
-					h.m.dropped.WithLabelValues("slow").Inc()
-					c.close(closeTryAgain, "slow consumer: send buffer full, reconnect with since")
+					c.lagSince = time.Now()
+					h.m.lagging.Inc()
+					select {
+					case c.lagged <- struct{}{}:
+					default:
+					}
 				}
 			}
 		}

@@ -68,7 +68,8 @@ func runLoad(t testing.TB, e *env, clients, rate int, dur time.Duration) loadRes
 	ctx := context.Background()
 	conns := make([]*websocket.Conn, clients)
 	for i := range conns {
-		c, _, err := websocket.DefaultDialer.Dial(e.wsURL(url.Values{"tenant": {"acme"}}), http.Header{"Authorization": {"Bearer " + adminToken}})
+		d := websocket.Dialer{ReadBufferSize: 64 << 10}
+		c, _, err := d.Dial(e.wsURL(url.Values{"tenant": {"acme"}}), http.Header{"Authorization": {"Bearer " + adminToken}})
 		if err != nil {
 			t.Fatalf("dial client %d: %v", i, err)
 		}

@@ -11,6 +11,7 @@ type metrics struct {
 	sent         prometheus.Counter
 	dropped      *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	lagging      prometheus.Counter
 	tailErrors   prometheus.Counter
 	decodeErrors prometheus.Counter
 }
@@ -29,6 +30,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_feed_connections_refused_total", Help: "Feed handshakes refused, by reason (origin, auth, scope).",
 		}, []string{"reason"}),
+		lagging: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passport_feed_lag_episodes_total", Help: "Times a connection overflowed its buffer and was switched to catching up from the stream.",
+		}),
 		tailErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passport_feed_tail_errors_total", Help: "Failed reads of the audit streams.",
 		}),
@@ -36,7 +40,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "passport_feed_decode_errors_total", Help: "Audit stream entries that could not be decoded.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.sent, m.dropped, m.refused, m.tailErrors, m.decodeErrors} {
+	for _, c := range []prometheus.Collector{m.clients, m.sent, m.dropped, m.refused, m.lagging, m.tailErrors, m.decodeErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register feed metrics: %w", err)
 		}
