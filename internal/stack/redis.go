@@ -30,6 +30,12 @@ func startRedis(ctx context.Context, host, dir string) (*localRedis, error) {
 	if err != nil {
 		return nil, errors.New("redis-server not found: run `make deps` (installs it with apt-get) or `sudo apt-get install -y redis-server`, or set PASSPORT_REDIS_URL to a Redis 7 server")
 	}
+	// redis-server changes into --dir before it opens --logfile, so a
+	// relative path would be resolved twice.
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("redis data dir: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("redis data dir: %w", err)
 	}
