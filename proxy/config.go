@@ -429,3 +429,29 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// FleetRoutes are the routes of the demo fleet's control API (the
+// contract in ARCHITECTURE.md), all on the upstream named "fleet".
+func FleetRoutes() []Route {
+	f := false
+	return []Route{
+		{Match: "GET /services", Action: "service.list", Resource: "*"},
+		{Match: "GET /services/{name}", Action: "service.get", Resource: "{name}"},
+		{Match: "POST /services/{name}/restart", Action: "service.restart", Resource: "{name}"},
+		{Match: "POST /services/{name}/scale", Action: "service.scale", Resource: "{name}", PolicyBody: true},
+		{Match: "POST /deployments/{name}", Action: "deployment.deploy", Resource: "{name}", PolicyBody: true},
+		{Match: "POST /deployments/{name}/rollback", Action: "deployment.rollback", Resource: "{name}"},
+		{Match: "POST /caches/{name}/warm", Action: "cache.warm", Resource: "{name}"},
+		{Match: "POST /faults/{name}", Action: "chaos.inject", Resource: "{name}", PolicyBody: true, Production: &f},
+		{Match: "DELETE /faults/{name}", Action: "chaos.clear", Resource: "{name}", Production: &f},
+	}
+}
+
+// FleetConfig is Default() fronting the demo fleet at fleetURL with
+// FleetRoutes: what `passport up` and a bare `passport proxy` run.
+func FleetConfig(fleetURL string) Config {
+	c := Default()
+	c.Upstreams = map[string]Upstream{"fleet": {URL: fleetURL}}
+	c.Routes = FleetRoutes()
+	return c
+}

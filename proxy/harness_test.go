@@ -149,7 +149,12 @@ func testConfig(upstream, jwks string) Config {
 
 func newHarness(t *testing.T, mod ...func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, keys: testkeys.New(t), redis: redistest.Start(t), sink: &fakeSink{}, up: newRecorder(t)}
+	return newHarnessWith(t, redistest.Start(t), mod...)
+}
+
+func newHarnessWith(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, keys: testkeys.New(t), redis: srv, sink: &fakeSink{}, up: newRecorder(t)}
 	h.rdb = h.redis.Client()
 	cfg := testConfig(h.up.srv.URL, h.keys.URL())
 	cfg.Redis.URL = h.redis.URL()

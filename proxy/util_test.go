@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"crypto/rand"
 	"io"
 	"net/http"
@@ -23,3 +24,5 @@ func redisZ(score int64, member string) redis.Z {
 }
 
 func ioCopy(w io.Writer, res *http.Response) (int64, error) { return io.Copy(w, res.Body) }
+
+var b64Strict = base64.RawURLEncoding.Strict()

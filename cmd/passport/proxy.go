@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/policies"
+	"github.com/agentpassport/passport/proxy"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+// defaultFleetURL is the demo fleet's control API, what a bare `passport
+// proxy` fronts when no --config names an upstream.
+const defaultFleetURL = "http://127.0.0.1:9000"
+
+// loadProxyConfigFor builds the proxy config: defaults (the demo fleet's
+// routes when no file is given), then the YAML file, then the environment.
+// Flags are applied by the caller.
+func (a *app) loadProxyConfigFor(path string) (proxy.Config, error) {
+	cfg := proxy.FleetConfig(defaultFleetURL)
+	if path != "" {
+		// A file says everything about its upstreams and routes.
+		cfg.Upstreams, cfg.Routes = nil, nil
+		if err := config.Load(path, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+	env := config.Env(a.getenv)
+	env.String("PASSPORT_REDIS_URL", &cfg.Redis.URL)
+	var tok string
+	env.String("PASSPORT_ADMIN_TOKEN", &tok)
+	if tok != "" {
+		cfg.AdminToken = passport.Secret(tok)
+	}
+	return cfg, nil
+}
+
+func (a *app) proxyCmd() *cobra.Command {
+	var cfgPath, listen, adminListen, policyDir, shadowDir, issuer, upstream string
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the enforcing sidecar proxy in front of a control API",
+		Long: `Run the enforcing sidecar proxy. Every call must carry a passport; the proxy verifies
+it against the authority's JWKS, evaluates the Rego policy, writes the decision to
+the tenant's audit stream in Redis (and waits for the acknowledgement), and only
+then forwards the call to the upstream.
+
+Agents: --listen (default 127.0.0.1:8080). Operators: --admin-listen (default
+127.0.0.1:9080) serves /metrics, /healthz and /readyz.
+
+Configuration: flags, then environment (PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN),
+then --config YAML, then defaults. Without --config the proxy fronts the demo
+fleet at http://127.0.0.1:9000 with its routes. See examples/proxy.yaml for every
+field and its default. The policy is the library built into the binary unless
+policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := a.logger()
+			if err != nil {
+				return err
+			}
+			cfg, err := a.loadProxyConfigFor(cfgPath)
+			if err != nil {
+				return err
+			}
+			for _, f := range []struct {
+				v   string
+				dst *string
+			}{{listen, &cfg.Listen}, {adminListen, &cfg.AdminListen}, {policyDir, &cfg.Policy.Dir},
+				{shadowDir, &cfg.Policy.ShadowDir}, {issuer, &cfg.Issuer}} {
+				if f.v != "" {
+					*f.dst = f.v
+				}
+			}
+			if upstream != "" {
+				if len(cfg.Upstreams) != 1 {
+					return errors.New("--upstream needs a config with exactly one upstream")
+				}
+				for name, u := range cfg.Upstreams {
+					u.URL = upstream
+					cfg.Upstreams[name] = u
+				}
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("proxy config: %w", err)
+			}
+			rdb, err := redisx.New(cfg.Redis)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			ctx := cmd.Context()
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := redisx.Ping(pctx, rdb); err != nil {
+				// Keep going: calls are refused (503) and /readyz says not
+				// ready until Redis answers.
+				log.Warn("redis not reachable yet", "url", redisx.Redact(cfg.Redis.URL), "error", err)
+			}
+			cancel()
+
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+			if err != nil {
+				return fmt.Errorf("audit stream: %w", err)
+			}
+			defer stream.Close()
+			p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS})
+			if err != nil {
+				return err
+			}
+			// The audit stream outlives the proxy: it is stopped only after
+			// the last in-flight call has drained, so their outcome records
+			// are flushed too.
+			auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+			var g errgroup.Group
+			g.Go(func() error { return stream.Run(auditCtx) })
+			err = p.Run(ctx)
+			stopAudit()
+			if aerr := g.Wait(); err == nil {
+				err = aerr
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfgPath, "config", "", "YAML config file (see examples/proxy.yaml)")
+	f.StringVar(&listen, "listen", "", "agent-facing address (default "+proxy.DefaultListen+")")
+	f.StringVar(&adminListen, "admin-listen", "", "admin address for /metrics /healthz /readyz (default "+proxy.DefaultAdminListen+")")
+	f.StringVar(&policyDir, "policy-dir", "", "enforced policy directory, hot-reloaded (default: the built-in library)")
+	f.StringVar(&shadowDir, "shadow-policy-dir", "", "candidate policy evaluated beside the enforced one (shadow mode)")
+	f.StringVar(&issuer, "issuer", "", "trusted passport issuer (default "+proxy.DefaultIssuer+")")
+	f.StringVar(&upstream, "upstream", "", "URL of the single upstream (overrides the config's)")
+	return cmd
+}
