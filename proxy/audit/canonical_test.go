@@ -141,3 +141,35 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCanonical: the encoding is a fixed point (canonical input maps to
+// itself), rejects invalid input without panicking, and ignores member
+// order and whitespace.
+func FuzzCanonical(f *testing.F) {
+	raws, _ := chainOf()
+	for _, r := range raws {
+		f.Add(r)
+	}
+	f.Add([]byte(`{"b":1,"a":{"d":[1,2,{"z":0,"y":"\u2028"}],"c":"<&>"}}`))
+	f.Add([]byte(`{"a":1e400}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c1, err := audit.Canonical(raw)
+		if err != nil {
+			return
+		}
+		c2, err := audit.Canonical(c1)
+		if err != nil {
+			t.Fatalf("canonical form %q does not re-parse: %v", c1, err)
+		}
+		if !bytes.Equal(c1, c2) {
+			t.Fatalf("not a fixed point:\n%s\n%s", c1, c2)
+		}
+		var pretty bytes.Buffer
+		if json.Indent(&pretty, raw, "", "\t") == nil {
+			c3, err := audit.Canonical(pretty.Bytes())
+			if err != nil || !bytes.Equal(c1, c3) {
+				t.Fatalf("whitespace changed the canonical form: %v\n%s\n%s", err, c1, c3)
+			}
+		}
+	})
+}

@@ -188,3 +188,34 @@ func TestEnqueueRetriesAcrossOutageAndCountsDrops(t *testing.T) {
 		t.Fatal("unreachable")
 	}
 }
+
+// A write Redis does not acknowledge within WriteTimeout is an error, and
+// when the stalled write lands later anyway the chain stays consistent:
+// the writer re-reads its head instead of forking.
+func TestWriteTimeoutIsAnErrorAndChainSurvivesLateWrite(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	admin := srv.Client()
+	s := newStream(t, rdb, audit.StreamConfig{WriteTimeout: 200 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := s.Append(ctx, decision("acme", 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Redis stops serving writes for a second: the append cannot be acked.
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := s.Append(ctx, decision("acme", 2))
+	if !errors.Is(err, audit.ErrTimeout) {
+		t.Fatalf("Append during pause: err = %v, want ErrTimeout", err)
+	}
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Errorf("Append took %v with a 200ms write timeout", d)
+	}
+	eventually(t, 5*time.Second, "appends to succeed after the pause", func() bool {
+		_, err := s.Append(ctx, decision("acme", 3))
+		return err == nil
+	})
+	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
+}
