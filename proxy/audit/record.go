@@ -41,6 +41,17 @@ const (
 // Record is one entry of a tenant's audit stream. Fields are documented in
 // the README ("The audit record"). Values taken from requests are stored as
 // length-capped structured fields, never concatenated into text.
+//
+// The minimum audit fields of the IETF agent authentication and
+// authorization framework (draft-klrc-aiagent-auth) map to: the
+// authenticated agent identifier -> AgentID (with JTI, the passport used);
+// the delegated subject -> Subject and TaskID; the resource or tool ->
+// Resource, Method, Path, Route; the action and the authorization decision
+// -> Action, Decision, Reasons, PolicyRevision; the timestamp and request
+// correlation id -> Time, RequestID; the attestation or risk state behind
+// the decision -> TrustLevel, Reputation; remediation and revocation events
+// and their triggers -> the agent_blocked, agent_unblocked, revocation and
+// reputation kinds with their cause in Details.
 type Record struct {
 	V         int       `json:"v"`
 	Kind      Kind      `json:"kind"`
