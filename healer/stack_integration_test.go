@@ -19,6 +19,7 @@ import (
 	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/examples/rogue"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -217,6 +218,45 @@ func TestHealerWithRealStack(t *testing.T) {
 	if kinds[audit.KindChaos] != 4 || !states[healer.StateDetected] || !states[healer.StateDispatched] || !states[healer.StateResolved] {
 		t.Errorf("audit kinds %v, incident states %v", kinds, states)
 	}
+
+	// The rogue (a LOW observer trying restarts) is denied, reported by the
+	// proxy, blocked by the authority, and never allowed through.
+	rogueReg, err := admin.RegisterAgent(ctx, "acme", client.AgentSpec{Name: "rogue-acme", Type: passport.TypeObserver, TrustLevel: passport.TrustLow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := client.New(authSrv.URL, rogueReg.ClientID, passport.Secret(rogueReg.ClientSecret), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rg, err := rogue.New(rogue.Config{ProxyURL: proxyURL, Interval: 10 * time.Millisecond, MaxInterval: 50 * time.Millisecond, MaxAttempts: 200},
+		rogue.Deps{Logger: log, Passports: agentcall.AuthorityPassports{Client: rc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(ctx)
+	rdone := make(chan error, 1)
+	go func() { rdone <- rg.Run(rctx) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ag, err := admin.GetAgent(ctx, "acme", rogueReg.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ag.Blocked && rg.Stats().Refused > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rogue not blocked: %+v, stats %+v", ag, rg.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rcancel()
+	<-rdone
+	if st := rg.Stats(); st.Allowed != 0 || st.Denied == 0 {
+		t.Errorf("rogue stats %+v", st)
+	}
+	t.Logf("rogue: %+v", rg.Stats())
 
 	// A passport bound to one incident cannot act on another target.
 	tok, err := healerPP.Passport(ctx, &passport.Task{ID: "inc-scope", Target: "checkout", Actions: []string{"service.restart"}}, []string{"service.restart"})
