@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"crypto/ed25519"
-	"encoding/base64"
 	"crypto/rand"
+	"encoding/base64"
 	"io"
 	"net/http"
 	"testing"
