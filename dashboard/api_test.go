@@ -113,3 +113,10 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestSignInURL(t *testing.T) {
+	got := SignInURL("http://127.0.0.1:8090/", "t+k/=", "acme")
+	if got != "http://127.0.0.1:8090/#tenant=acme&token=t%2Bk%2F%3D" {
+		t.Fatalf("SignInURL = %s", got)
+	}
+}

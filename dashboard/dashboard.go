@@ -16,8 +16,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -260,4 +262,17 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		next.ServeHTTP(w, r)
 	})
+}
+
+// SignInURL is the link `passport up` prints: the dashboard at base with
+// the operator token (and optionally the tenant) in the URL fragment. A
+// browser never sends the fragment to any server, so the token stays out of
+// access logs and Referer headers; the page moves it to sessionStorage and
+// strips it from the address bar at once.
+func SignInURL(base, token, tenant string) string {
+	v := url.Values{"token": {token}}
+	if tenant != "" {
+		v.Set("tenant", tenant)
+	}
+	return strings.TrimRight(base, "/") + "/#" + v.Encode()
 }

@@ -641,3 +641,95 @@ func FuzzDecodeEntry(f *testing.F) {
 }
 
 func promValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// TestKeepAlive: the server pings; a peer that answers stays, a peer that
+// never answers (it does not read, so it sends no pong) is cut after
+// pong_wait.
+func TestKeepAlive(t *testing.T) {
+	e := newEnv(t, Config{PingInterval: 30 * time.Millisecond, PongWait: 300 * time.Millisecond})
+	alive := e.dial(adminToken, "acme", nil)
+	untilLive(t, alive)
+	pings := make(chan struct{}, 100)
+	alive.SetPingHandler(func(data string) error {
+		select {
+		case pings <- struct{}{}:
+		default:
+		}
+		return alive.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	mute := e.dial(adminToken, "acme", nil)
+	untilLive(t, mute)
+	mute.SetPingHandler(func(string) error { return nil }) // swallow pings: no pong
+	// Both read; only one answers.
+	muteErr := make(chan error, 1)
+	go func() {
+		_ = mute.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			if _, _, err := mute.ReadMessage(); err != nil {
+				muteErr <- err
+				return
+			}
+		}
+	}()
+	aliveMsg := make(chan string, 1)
+	go func() {
+		_ = alive.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, msg, err := alive.ReadMessage()
+		if err != nil {
+			aliveMsg <- err.Error()
+		}
+		aliveMsg <- string(msg)
+	}()
+	select {
+	case err := <-muteErr:
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) && ce.Code == websocket.ClosePolicyViolation {
+			t.Fatalf("mute peer closed with %v, want the connection cut", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a peer that never answers pings was not cut")
+	}
+	for range 5 { // several pong_waits' worth of pings answered
+		<-pings
+	}
+	id := add(t, e.rdb, decision("acme", "a", "allow"))
+	if msg := <-aliveMsg; !strings.Contains(msg, `"id":"`+id+`"`) {
+		t.Fatalf("answering peer: %s, want the event %s", msg, id)
+	}
+}
+
+// TestShutdownClosesWithGoingAway: when the hub stops, open connections get
+// 1001 so that dashboards reconnect (to another instance) with since=.
+func TestShutdownClosesWithGoingAway(t *testing.T) {
+	rs := redistest.Start(t)
+	hub, err := New(Config{Block: 100 * time.Millisecond}, Deps{Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Auth: NewStaticAuth(Token{Secret: adminToken})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- hub.Run(ctx) }()
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	var c *websocket.Conn
+	waitFor(t, func() bool {
+		var err error
+		c, _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+Path+"?tenant=acme",
+			http.Header{"Authorization": {"Bearer " + adminToken}})
+		if err != nil {
+			return false
+		}
+		_, msg, err := c.ReadMessage()
+		if err != nil || !strings.Contains(string(msg), `"type":"live"`) {
+			_ = c.Close()
+			return false
+		}
+		return true
+	})
+	defer c.Close()
+	cancel()
+	wantClose(t, c, websocket.CloseGoingAway, "server shutting down")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
