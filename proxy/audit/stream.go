@@ -352,8 +352,8 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
 	if rec == nil {
 		return "", errors.New("append audit record: nil record")
 	}
-	if rec.Tenant == "" {
-		return "", errors.New("append audit record: empty tenant")
+	if err := validTenant(rec.Tenant); err != nil {
+		return "", fmt.Errorf("append audit record: %w", err)
 	}
 	r := *rec
 	s.prepare(&r)
@@ -389,16 +389,44 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
 		rec.V, rec.Time = res.rec.V, res.rec.Time
 		rec.Writer, rec.Seq, rec.Prev, rec.Hash = res.rec.Writer, res.rec.Seq, res.rec.Prev, res.rec.Hash
 		return res.id, nil
+	case <-s.done:
+		// The committer has stopped; it answered everything it took.
+		select {
+		case res := <-it.done:
+			if res.err == nil {
+				rec.Writer, rec.Seq, rec.Prev, rec.Hash = res.rec.Writer, res.rec.Seq, res.rec.Prev, res.rec.Hash
+				return res.id, nil
+			}
+		default:
+		}
+		s.m.failures.WithLabelValues("closed").Inc()
+		return "", ErrClosed
 	case <-wctx.Done():
 		s.m.failures.WithLabelValues("timeout").Inc()
 		return "", fmt.Errorf("append audit record: %w", ErrTimeout)
 	}
 }
 
+// validTenant keeps tenant names inside their hash tag and out of trouble:
+// a "}" would move the record to another tenant's slot, control characters
+// would forge lines in logs and tools.
+func validTenant(t string) error {
+	if t == "" || len(t) > 128 {
+		return errors.New("tenant must be 1 to 128 bytes")
+	}
+	for _, r := range t {
+		if r <= ' ' || r == 0x7f || r == '{' || r == '}' || r == ':' || r == '*' || r == '?' || r == '[' || r == ']' {
+			return fmt.Errorf("tenant %q: character %q not allowed", t, r)
+		}
+	}
+	return nil
+}
+
 // Enqueue hands rec to the background flusher (Run) and returns at once.
 // When the buffer is full the record is dropped and counted.
 func (s *Stream) Enqueue(rec *Record) {
-	if rec == nil || rec.Tenant == "" {
+	if rec == nil || validTenant(rec.Tenant) != nil {
+		s.drop(1) // counted, never silent
 		return
 	}
 	r := *rec
@@ -801,6 +829,13 @@ func (s *Stream) submit(ctx context.Context, it *item) result {
 	select {
 	case r := <-it.done:
 		return r
+	case <-s.done:
+		select {
+		case r := <-it.done:
+			return r
+		default:
+			return result{err: ErrClosed}
+		}
 	case <-ctx.Done():
 		return result{err: ctx.Err()}
 	}

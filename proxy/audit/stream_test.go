@@ -229,3 +229,19 @@ func TestValuesAreLengthCapped(t *testing.T) {
 	}
 	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
 }
+
+func TestAppendRejectsTenantsThatEscapeTheirKey(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStream(t, srv.Client(), audit.StreamConfig{})
+	for _, tenant := range []string{"", "a}b", "a{b", "acme\r\nx", "a:b", "a*", strings.Repeat("x", 129)} {
+		r := decision("acme", 1)
+		r.Tenant = tenant
+		if _, err := s.Append(context.Background(), r); err == nil {
+			t.Errorf("Append accepted tenant %q", tenant)
+		}
+	}
+	s.Enqueue(&audit.Record{Tenant: "a}b"})
+	if s.Stats().Dropped != 1 {
+		t.Errorf("bad-tenant Enqueue not counted as dropped: %+v", s.Stats())
+	}
+}
