@@ -45,7 +45,7 @@ else PASSPORT_REDIS_URL, else ` + redisx.DefaultURL + `.`,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.redisURL, "redis", "", "Redis URL (default $PASSPORT_REDIS_URL)")
-	pf.StringVar(&o.dataDir, "data", "", "directory of a running `passport up` (reads redis_url from DIR/demo.json)")
+	pf.StringVar(&o.dataDir, "data", "", "directory of a running passport up (reads redis_url from DIR/demo.json)")
 	pf.StringVar(&o.tenant, "tenant", "", "only this tenant (default: every tenant with an audit stream)")
 	cmd.AddCommand(a.auditTailCmd(o), a.auditExportCmd(o), a.auditVerifyCmd(o), a.auditWritersCmd(o), a.auditKeygenCmd())
 	return cmd
