@@ -122,6 +122,7 @@ type harness struct {
 	url    string
 	admin  string
 	offset atomic.Int64 // clock offset in ns
+	stop   func() error // cancels Serve and returns its result
 }
 
 func (h *harness) now() time.Time { return time.Now().Add(time.Duration(h.offset.Load())) }
@@ -180,9 +181,14 @@ func newHarnessWith(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln, aln) }()
+	var once sync.Once
+	var serveErr error
+	h.stop = func() error {
+		once.Do(func() { cancel(); serveErr = <-done })
+		return serveErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := h.stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})

@@ -601,3 +601,48 @@ func withAud(c *passport.Claims, aud string) *passport.Claims {
 }
 
 func withIss(c *passport.Claims, iss string) *passport.Claims { c.Issuer = iss; return c }
+
+// TestDrainOnShutdown: a call in flight when the proxy is told to stop
+// (SIGTERM in `passport proxy`) is answered before Serve returns.
+func TestDrainOnShutdown(t *testing.T) {
+	h := newHarness(t)
+	_, tok := h.healer()
+	h.up.mu.Lock()
+	h.up.delay = 300 * time.Millisecond
+	h.up.mu.Unlock()
+	got := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", h.url+"/services/checkout", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- 0
+			return
+		}
+		res.Body.Close()
+		got <- res.StatusCode
+	}()
+	waitFor(t, "the call to reach the upstream", func() bool { return h.up.hits.Load() == 1 })
+	if err := h.stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if s := <-got; s != 200 {
+		t.Fatalf("in-flight call answered %d, want 200", s)
+	}
+}
+
+func TestNotReadyWithoutKeys(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	h := newHarness(t, func(c *Config) { c.JWKSURL = dead.URL + "/jwks" })
+	res, err := http.Get(h.admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := new(strings.Builder)
+	_, _ = ioCopy(b, res)
+	res.Body.Close()
+	if res.StatusCode != 503 || !strings.Contains(b.String(), "signing keys") {
+		t.Fatalf("readyz %d %q", res.StatusCode, b.String())
+	}
+}

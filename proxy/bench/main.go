@@ -1,0 +1,474 @@
+// Command bench is the proxy's load harness (`make bench`). In one run on
+// this machine it measures, with keep-alive connections on loopback:
+//
+//   - the upstream alone,
+//   - a bare httputil.ReverseProxy with a BufferPool (no checks),
+//   - the full path: valid passport, Rego allow, decision record
+//     acknowledged by Redis before forwarding, outcome record after,
+//   - the deny path: valid passport, Rego deny, 403,
+//
+// and prints requests/s, p50 and p99 for each and the ratio of the full
+// path to the bare proxy; then the bare and full paths at fixed rates
+// (p99 side by side, errors). It starts its own redis-server (from PATH,
+// AOF with appendfsync always, as production audit wants) unless
+// -redis-url names one, and uses the policy library built into the binary.
+//
+//	go run ./proxy/bench -duration 3s -conns 100 -rates 1000,3000
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/policies"
+	"github.com/agentpassport/passport/proxy"
+	"github.com/agentpassport/passport/proxy/audit"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	duration time.Duration
+	warmup   time.Duration
+	conns    int
+	rates    []int
+	redisURL string
+	fsync    string
+	profile  string
+	only     string
+}
+
+func run() error {
+	var o options
+	var rates string
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "measuring time per case")
+	flag.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured warm-up per case")
+	flag.IntVar(&o.conns, "conns", 100, "concurrent keep-alive connections")
+	flag.StringVar(&rates, "rates", "1000,3000", "fixed request rates for the latency comparison (empty: skip)")
+	flag.StringVar(&o.redisURL, "redis-url", "", "use this Redis instead of starting a private redis-server")
+	flag.StringVar(&o.fsync, "fsync", "always", "appendfsync of the private redis-server: always, everysec or no")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the full-path case to this file")
+	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text")
+	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			n, err := strconv.Atoi(r)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("-rates: %q is not a positive number", r)
+			}
+			o.rates = append(o.rates, n)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	// Redis.
+	if o.redisURL == "" {
+		url, stop, err := startRedis(o.fsync)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		o.redisURL = url
+	}
+	ropts, err := redis.ParseURL(o.redisURL)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+
+	// Upstream: a small JSON answer, as a control API would give.
+	upstream, upURL, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"name":"checkout","status":"healthy","replicas":3}`))
+	}))
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+
+	// Bare reverse proxy with a buffer pool.
+	target, _ := url.Parse(upURL)
+	bare := &httputil.ReverseProxy{
+		Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.SetXForwarded() },
+		Transport:  &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second},
+		BufferPool: bufPool{},
+	}
+	bareSrv, bareURL, err := serve(bare)
+	if err != nil {
+		return err
+	}
+	defer bareSrv.Close()
+
+	// Keys and JWKS, as the authority would serve them.
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	jwks := fmt.Sprintf(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":%q,"kid":"bench-1","alg":"EdDSA","use":"sig"}]}`,
+		base64.RawURLEncoding.EncodeToString(pub))
+	jwksSrv, jwksURL, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(jwks))
+	}))
+	if err != nil {
+		return err
+	}
+	defer jwksSrv.Close()
+
+	// The full proxy on the real policy library and the real audit stream.
+	reg := prometheus.NewRegistry()
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+	if err != nil {
+		return fmt.Errorf("audit stream: %w", err)
+	}
+	defer stream.Close()
+	actx, stopAudit := context.WithCancel(ctx)
+	auditDone := make(chan struct{})
+	go func() { _ = stream.Run(actx); close(auditDone) }()
+	defer func() { stopAudit(); <-auditDone }()
+
+	cfg := proxy.FleetConfig(upURL)
+	cfg.Issuer = "http://bench.authority"
+	cfg.JWKSURL = jwksURL + "/.well-known/jwks.json"
+	cfg.Redis.URL = o.redisURL
+	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS})
+	if err != nil {
+		return err
+	}
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	pctx, stopProxy := context.WithCancel(ctx)
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- p.Serve(pctx, pln, aln) }()
+	defer func() { stopProxy(); <-proxyDone }()
+	proxyURL := "http://" + pln.Addr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for !p.Ready(ctx) {
+		if time.Now().After(deadline) {
+			return errors.New("proxy not ready after 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Agents: a HIGH healer (allowed to restart checkout) and a LOW
+	// observer (denied), both registered as the authority would.
+	now := time.Now()
+	for _, id := range []string{"healer-1", "observer-1"} {
+		if err := rdb.HSet(ctx, passport.AgentKey("acme", id), passport.FieldReputation, 90,
+			passport.FieldReputationBaseline, 90, passport.FieldReputationAt, now.UnixMilli()).Err(); err != nil {
+			return err
+		}
+	}
+	healer := sign(priv, cfg, "healer-1", "healer", passport.TrustHigh, now, "service.get", "service.restart")
+	observer := sign(priv, cfg, "observer-1", "observer", passport.TrustLow, now, "service.get")
+
+	type benchCase struct {
+		name, url, method, token string
+		want                     int
+	}
+	cases := []benchCase{
+		{"upstream direct", upURL + "/services/checkout/restart", "POST", "", 200},
+		{"bare reverse proxy", bareURL + "/services/checkout/restart", "POST", "", 200},
+		{"full path (allow)", proxyURL + "/services/checkout/restart", "POST", healer, 200},
+		{"deny path (403)", proxyURL + "/services/checkout/restart", "POST", observer, 403},
+	}
+	// Each case must answer as expected before it is measured.
+	for _, c := range cases {
+		if st, err := once(c.method, c.url, c.token); err != nil || st != c.want {
+			return fmt.Errorf("%s: status %d (%v), want %d", c.name, st, err, c.want)
+		}
+	}
+	fmt.Printf("proxy benchmark: %d keep-alive connections, %s per case (+%s warm-up), GOMAXPROCS=%s, redis appendfsync=%s\n\n",
+		o.conns, o.duration, o.warmup, gomaxprocs(), o.fsync)
+	fmt.Printf("%-22s %12s %10s %10s %8s\n", "case", "req/s", "p50", "p99", "errors")
+	results := map[string]result{}
+	for _, c := range cases {
+		if o.only != "" && !strings.Contains(c.name, o.only) {
+			continue
+		}
+		if o.profile != "" && strings.HasPrefix(c.name, "full") {
+			f, err := os.Create(o.profile)
+			if err != nil {
+				return err
+			}
+			_ = pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+		res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
+		results[c.name] = res
+		fmt.Printf("%-22s %12.0f %10s %10s %8d\n", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
+		if o.profile != "" && strings.HasPrefix(c.name, "full") {
+			pprof.StopCPUProfile()
+		}
+	}
+	fmt.Printf("%-22s %12s\n", "nginx + auth_request", "skipped: nginx/opa not automated by this harness")
+	full, bareR := results["full path (allow)"], results["bare reverse proxy"]
+	if bareR.rps > 0 {
+		fmt.Printf("\nfull path / bare proxy: %.2f (target >= 0.85)\n", full.rps/bareR.rps)
+	}
+
+	if len(o.rates) > 0 {
+		fmt.Printf("\n%-10s %-22s %10s %10s %10s %8s\n", "rate", "case", "achieved", "p50", "p99", "errors")
+		for _, rate := range o.rates {
+			var p99s [2]time.Duration
+			for i, c := range cases[1:3] {
+				res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, rate)
+				p99s[i] = res.p99
+				fmt.Printf("%-10s %-22s %10.0f %10s %10s %8d\n", strconv.Itoa(rate)+"/s", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
+			}
+			fmt.Printf("%-10s %-22s %10s %10s %10s\n", "", "p99 full - bare", "", "", fmtDur(p99s[1]-p99s[0]))
+		}
+	}
+	return nil
+}
+
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+	errors   int64
+}
+
+// load runs conns workers against url for warmup+d. With rate 0 each
+// worker sends back to back (closed loop); with a rate, requests are
+// started on a fixed schedule shared by the workers (open loop).
+func load(method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var ticks chan struct{}
+	stop := make(chan struct{})
+	if rate > 0 {
+		ticks = make(chan struct{}, conns)
+		go func() {
+			interval := time.Second / time.Duration(rate)
+			next := time.Now()
+			for {
+				next = next.Add(interval)
+				if wait := time.Until(next); wait > 0 {
+					time.Sleep(wait)
+				}
+				select {
+				case ticks <- struct{}{}:
+				case <-stop:
+					return
+				default: // all workers busy: counted as an error below
+					missed.Add(1)
+				}
+			}
+		}()
+	}
+	missed.Store(0)
+	start := time.Now()
+	measureFrom := start.Add(warmup)
+	end := measureFrom.Add(d)
+	lat := make([][]time.Duration, conns)
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			samples := make([]time.Duration, 0, 1<<14)
+			for {
+				if ticks != nil {
+					select {
+					case <-ticks:
+					case <-time.After(time.Until(end)):
+						lat[i] = samples
+						return
+					}
+				}
+				t0 := time.Now()
+				if t0.After(end) {
+					lat[i] = samples
+					return
+				}
+				req, _ := http.NewRequest(method, url, nil)
+				if token != "" {
+					req.Header.Set("Authorization", "Bearer "+token)
+				}
+				resp, err := client.Do(req)
+				ok := err == nil && resp.StatusCode == want
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if t0.After(measureFrom) {
+					if !ok {
+						errs.Add(1)
+					}
+					samples = append(samples, time.Since(t0))
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(stop)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	r := result{errors: errs.Load() + missed.Load()}
+	if n := len(all); n > 0 {
+		r.rps = float64(n) / d.Seconds()
+		r.p50 = all[n/2]
+		r.p99 = all[n*99/100]
+	}
+	return r
+}
+
+var missed atomic.Int64
+
+func once(method, url, token string) (int, error) {
+	req, _ := http.NewRequest(method, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+func sign(key ed25519.PrivateKey, cfg proxy.Config, id, typ string, trust passport.TrustLevel, now time.Time, actions ...string) string {
+	c := &passport.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: cfg.Issuer, Subject: "client-" + id, Audience: jwt.ClaimStrings{cfg.Audience},
+			ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now), ID: "bench-" + id,
+		},
+		ClientID: "client-" + id, Tenant: "acme", Scope: strings.Join(actions, " "),
+		Agent: passport.Agent{ID: id, Name: id, Type: typ, TrustLevel: trust, Reputation: 90},
+		AuthorizationDetails: []passport.AuthorizationDetail{{Type: passport.AuthorizationDetailType, Actions: actions,
+			Locations: []string{cfg.Audience}}},
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	t.Header["typ"] = passport.TokenType
+	t.Header["kid"] = "bench-1"
+	s, err := t.SignedString(key)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+func serve(h http.Handler) (*http.Server, string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, "http://" + ln.Addr().String(), nil
+}
+
+// startRedis starts a private redis-server on a free port.
+func startRedis(fsync string) (string, func(), error) {
+	bin := os.Getenv("PASSPORT_REDIS_SERVER")
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("redis-server"); err != nil {
+			return "", nil, errors.New("redis-server not found: run `make deps`, or pass -redis-url")
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir, err := os.MkdirTemp("", "passport-bench-redis")
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "",
+		"--appendonly", "yes", "--appendfsync", fsync, "--logfile", filepath.Join(dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		_ = os.RemoveAll(dir)
+	}
+	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	defer c.Close()
+	for i := 0; ; i++ {
+		if c.Ping(context.Background()).Err() == nil {
+			return url, stop, nil
+		}
+		if i > 200 {
+			stop()
+			return "", nil, errors.New("redis-server did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type bufPool struct{}
+
+var pool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufPool) Get() []byte  { return *(pool.Get().(*[]byte)) }
+func (bufPool) Put(b []byte) { pool.Put(&b) }
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+}
+
+func gomaxprocs() string {
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		return v
+	}
+	return strconv.Itoa(runtime.GOMAXPROCS(0))
+}
