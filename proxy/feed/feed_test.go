@@ -513,7 +513,7 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 	// absorbs a burst; one that stops reading overflows it, and with a
 	// short lag timeout it cannot catch up in time.
 	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: 100 * time.Millisecond})
-	fast, slow, _ := slowSetup(t, e, 800)
+	fast, slow, _ := slowSetup(t, e, 500)
 	// The slow client reads again: what it had in flight, then a clear close.
 	wantClose(t, slow, websocket.CloseTryAgainLater, "slow consumer")
 	if d := promValue(e.hub.m.dropped.WithLabelValues("slow")); d != 1 {
@@ -531,7 +531,7 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 // missing nothing and seeing nothing twice.
 func TestLaggingClientCatchesUp(t *testing.T) {
 	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: time.Minute})
-	_, slow, want := slowSetup(t, e, 800)
+	_, slow, want := slowSetup(t, e, 500)
 	want = append(want, add(t, e.rdb, decision("acme", "a", "allow")))
 	var got []string
 	for len(got) < len(want) {
