@@ -36,6 +36,7 @@ import (
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/proxy"
 )
 
 var updateKube = flag.Bool("update", false, "regenerate examples/kubernetes/policies-configmap.yaml from policies/")
@@ -137,8 +138,11 @@ var configCheckers = map[string]func(path string) error{
 		return cfg.Validate()
 	},
 	"passport proxy": func(p string) error {
-		_, err := loadProxyConfig(p)
-		return err
+		cfg, err := loadProxyConfig(p)
+		if err != nil {
+			return err
+		}
+		return cfg.Validate()
 	},
 	"passport chaos run": func(p string) error {
 		var cfg chaos.Config
@@ -164,44 +168,22 @@ var configCheckers = map[string]func(path string) error{
 	},
 }
 
-// proxyConfig is the part of the proxy's config (proxy.Config, same YAML
-// keys) that the deployments wire to other components.
-type proxyConfig struct {
-	Issuer       string `yaml:"issuer"`
-	JWKSURL      string `yaml:"jwks_url"`
-	Audience     string `yaml:"audience"`
-	AuthorityURL string `yaml:"authority_url"`
-	Policy       struct {
-		Dir string `yaml:"dir"`
-	} `yaml:"policy"`
-	Upstreams map[string]struct {
-		URL string `yaml:"url"`
-	} `yaml:"upstreams"`
-	Routes []struct {
-		Match  string `yaml:"match"`
-		Action string `yaml:"action"`
-	} `yaml:"routes"`
-}
-
-// loadProxyConfig reads the wiring of a proxy config, filling the derived
-// defaults the proxy documents (jwks_url and authority_url from issuer).
-func loadProxyConfig(p string) (proxyConfig, error) {
-	var cfg proxyConfig
-	data, err := os.ReadFile(p)
+// loadProxyConfig loads a proxy config with the proxy's own strict loader,
+// with the Redis URL the deployments supply through the environment, and
+// requires what a deployment must not leave to loopback defaults.
+func loadProxyConfig(p string) (proxy.Config, error) {
+	cfg, err := proxy.LoadConfig(p)
 	if err != nil {
 		return cfg, err
 	}
-	if err := yaml.Unmarshal(data, &cfg); err != nil {
-		return cfg, fmt.Errorf("proxy config %s: %w", p, err)
+	if cfg.Redis.URL == "" {
+		cfg.Redis.URL = "redis://redis:6379/0"
 	}
-	if cfg.Issuer == "" || cfg.Audience == "" || cfg.Policy.Dir == "" || len(cfg.Upstreams) == 0 || len(cfg.Routes) == 0 {
-		return cfg, fmt.Errorf("proxy config %s: issuer, audience, policy.dir, upstreams and routes must be set for a deployment", p)
+	if err := cfg.Validate(); err != nil { // also fills derived defaults
+		return cfg, err
 	}
-	if cfg.JWKSURL == "" {
-		cfg.JWKSURL = strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json"
-	}
-	if cfg.AuthorityURL == "" {
-		cfg.AuthorityURL = cfg.Issuer
+	if cfg.Policy.Dir == "" {
+		return cfg, fmt.Errorf("proxy config %s: policy.dir must name the mounted policies", p)
 	}
 	return cfg, nil
 }
@@ -612,22 +594,12 @@ func TestComposeWiring(t *testing.T) {
 	if src := mount("proxy", pcfg.Policy.Dir); src != filepath.Join(root, "policies") {
 		t.Errorf("proxy policy.dir %s is %s on the host, want ./policies", pcfg.Policy.Dir, src)
 	}
-	// The proxy fronts the control API at the same paths: every route of
-	// the contract is there with its action.
-	want := map[string]string{
-		"GET /services": "service.list", "GET /services/{name}": "service.get",
-		"POST /services/{name}/restart": "service.restart", "POST /services/{name}/scale": "service.scale",
-		"POST /deployments/{name}": "deployment.deploy", "POST /deployments/{name}/rollback": "deployment.rollback",
-		"POST /caches/{name}/warm": "cache.warm", "POST /faults/{name}": "chaos.inject", "DELETE /faults/{name}": "chaos.clear",
-	}
-	got := map[string]string{}
-	for _, r := range pcfg.Routes {
-		got[r.Match] = r.Action
-	}
-	for m, a := range want {
-		if got[m] != a {
-			t.Errorf("proxy route %q -> %q, want %q", m, got[m], a)
-		}
+	// The proxy fronts the control API at the same paths, with the routes
+	// `passport up` runs.
+	checkFleetRoutes(t, pcfg)
+	_, proxyListenPort, _ := net.SplitHostPort(listenOf("proxy"))
+	if want := "http://proxy:" + proxyListenPort; pcfg.ResourceURL != want {
+		t.Errorf("proxy resource_url %q, want %q (its name on the compose network)", pcfg.ResourceURL, want)
 	}
 
 	var ccfg chaos.Config
@@ -683,6 +655,33 @@ func TestComposeWiring(t *testing.T) {
 		if want := "http://fleet:" + healthPorts[c.Target] + "/healthz"; c.URL != want {
 			t.Errorf("healer check %s = %s, want %s", c.Target, c.URL, want)
 		}
+	}
+}
+
+// checkFleetRoutes compares a deployment's proxy routes with the fleet
+// routes the proxy itself defines (proxy.FleetRoutes, what `passport up` runs).
+func checkFleetRoutes(t *testing.T, cfg proxy.Config) {
+	t.Helper()
+	type routeKey struct {
+		match, action, resource string
+		policyBody, production  bool
+	}
+	key := func(r proxy.Route) routeKey {
+		prod := r.Production == nil || *r.Production
+		return routeKey{r.Match, r.Action, r.Resource, r.PolicyBody, prod}
+	}
+	var got, want []routeKey
+	for _, r := range cfg.Routes {
+		got = append(got, key(r))
+	}
+	for _, r := range proxy.FleetRoutes() {
+		want = append(want, key(r))
+	}
+	cmp := func(a, b routeKey) int { return strings.Compare(a.match, b.match) }
+	slices.SortFunc(got, cmp)
+	slices.SortFunc(want, cmp)
+	if !slices.Equal(got, want) {
+		t.Errorf("proxy routes differ from proxy.FleetRoutes():\n got %+v\nwant %+v", got, want)
 	}
 }
 
@@ -1204,6 +1203,7 @@ func TestKubeSidecarPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkFleetRoutes(t, pcfg)
 	for name, u := range pcfg.Upstreams {
 		if u.URL != "http://127.0.0.1:"+strconv.Itoa(int(apiPort)) {
 			t.Errorf("proxy upstream %s = %s, want the API container on http://127.0.0.1:%d", name, u.URL, apiPort)
@@ -1230,6 +1230,9 @@ func TestKubeSidecarPod(t *testing.T) {
 
 	// The Service exposes only the proxy's agent port.
 	svc := serviceFor(t, docs, d)
+	if want := fmt.Sprintf("http://%s:%v", svc.name(), dig(svc.obj, "spec", "ports", 0, "port")); pcfg.ResourceURL != want {
+		t.Errorf("proxy resource_url %q, want %q (the Service in front of it)", pcfg.ResourceURL, want)
+	}
 	ports := list(svc.obj, "spec", "ports")
 	if len(ports) != 1 {
 		t.Fatalf("Service %s exposes %d ports, want only the proxy's", svc.name(), len(ports))
