@@ -192,6 +192,27 @@ func TestHealerWithRealStack(t *testing.T) {
 		}
 	}
 
+	// Run mode lists the fleet through the proxy and fires one event at an
+	// acme service; the healer repairs it too.
+	ev, err := ch.Tick(ctx)
+	if err != nil {
+		t.Fatalf("chaos tick: %v", err)
+	}
+	if ev.Target != "checkout" && ev.Target != "payments" {
+		t.Errorf("tick hit %q, not an acme service", ev.Target)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, _ := fl.Service(ev.Target)
+		if st.Up && st.Fault == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tick's %s on %s not repaired: %+v", ev.Type, ev.Target, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	// Chaos and incident records are in the tenant's stream for the feed.
 	kinds := map[audit.Kind]int{}
 	states := map[string]bool{}
@@ -215,7 +236,7 @@ func TestHealerWithRealStack(t *testing.T) {
 			states[d.State] = true
 		}
 	}
-	if kinds[audit.KindChaos] != 4 || !states[healer.StateDetected] || !states[healer.StateDispatched] || !states[healer.StateResolved] {
+	if kinds[audit.KindChaos] != 5 || !states[healer.StateDetected] || !states[healer.StateDispatched] || !states[healer.StateResolved] {
 		t.Errorf("audit kinds %v, incident states %v", kinds, states)
 	}
 
@@ -237,7 +258,7 @@ func TestHealerWithRealStack(t *testing.T) {
 	rctx, rcancel := context.WithCancel(ctx)
 	rdone := make(chan error, 1)
 	go func() { rdone <- rg.Run(rctx) }()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline = time.Now().Add(15 * time.Second)
 	for {
 		ag, err := admin.GetAgent(ctx, "acme", rogueReg.ID)
 		if err != nil {
