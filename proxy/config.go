@@ -118,7 +118,7 @@ type PolicyConfig struct {
 	// ShadowDir is a candidate policy evaluated beside the enforced one;
 	// only the enforced one decides. Default none.
 	ShadowDir string `yaml:"shadow_dir"`
-	// Timeout bounds one evaluation. Default 100ms.
+	// Timeout bounds one evaluation; a timeout denies. Default 250ms.
 	Timeout time.Duration `yaml:"timeout"`
 	// PollInterval is how often the directories are checked. Default 1s.
 	PollInterval time.Duration `yaml:"poll_interval"`
@@ -206,7 +206,7 @@ func Default() Config {
 		RequireAgentRecord:     &t,
 		OutcomeQueue:           1024,
 		UnattributedTenant:     DefaultUnattributed,
-		Policy:                 PolicyConfig{Timeout: 100 * time.Millisecond, PollInterval: time.Second},
+		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second},
 		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes},
 		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
 		PolicyHeaders:          []string{"user-agent", "content-type"},

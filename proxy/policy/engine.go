@@ -39,7 +39,7 @@ const DefaultQuery = "data.passport.authz.decision"
 
 // Defaults for Options.
 const (
-	DefaultTimeout      = 100 * time.Millisecond
+	DefaultTimeout      = 250 * time.Millisecond
 	DefaultPollInterval = time.Second
 )
 
