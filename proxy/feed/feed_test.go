@@ -42,8 +42,6 @@ type env struct {
 
 func newEnv(t *testing.T, cfg Config) *env { return newTBEnv(t, cfg) }
 
-func newBenchEnv(b *testing.B) *env { return newTBEnv(b, Config{}) }
-
 func newTBEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
 	rs := redistest.Start(t)

@@ -189,10 +189,10 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 
 	up := websocket.Upgrader{
-		// A whole batch fits one buffer, so a frame is one write syscall;
+		// A typical batch fits one buffer, so a frame is one write syscall;
 		// the pool lends the buffer only while a frame is written, so idle
 		// connections hold none.
-		ReadBufferSize: 1024, WriteBufferSize: maxBatchBytes + 4096, WriteBufferPool: writePool,
+		ReadBufferSize: 1024, WriteBufferSize: 16 << 10, WriteBufferPool: writePool,
 		CheckOrigin: h.checkOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			Problem(w, status, reason.Error())

@@ -225,10 +225,12 @@ func TestFeedLoad(t *testing.T) {
 }
 
 // BenchmarkFeedLoad runs the full load (10 s unless -feed.duration says
-// otherwise) once and reports the figures.
+// otherwise) once and reports the figures:
+//
+//	go test -run '^$' -bench FeedLoad -benchtime=1x ./proxy/feed/
 func BenchmarkFeedLoad(b *testing.B) {
 	for b.Loop() {
-		e := newBenchEnv(b)
+		e := newTBEnv(b, Config{LagTimeout: time.Minute}) // as in TestFeedLoad
 		res := runLoad(b, e, *loadClients, *loadRate, loadDur(10*time.Second))
 		b.ReportMetric(float64(res.delivered)/res.elapsed.Seconds(), "deliveries/s")
 		b.ReportMetric(float64(res.peak)/(1<<20), "peak-heap-MiB")
