@@ -245,3 +245,44 @@ func TestAppendRejectsTenantsThatEscapeTheirKey(t *testing.T) {
 		t.Errorf("bad-tenant Enqueue not counted as dropped: %+v", s.Stats())
 	}
 }
+
+// verify on a live system: writers appending and new writers starting
+// while it reads must never be reported as problems.
+func TestVerifyWhileWritersAppendAndStart(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 40 { // bounded: the test ends by itself
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s, err := audit.NewStream(rdb, audit.StreamConfig{CheckpointEvery: 3}, testLogger(t), nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for j := range 10 {
+				if _, err := s.Append(ctx, decision("acme", i*100+j)); err != nil {
+					t.Error(err)
+				}
+			}
+			_ = s.Close()
+		}
+	})
+	for range 8 {
+		rep := verify(t, rdb, "acme", audit.VerifyOptions{PageSize: 50})
+		if !rep.OK() {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("live verify reported %v", rep.Problems)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
+}

@@ -111,6 +111,24 @@ type Verifier struct {
 	unknown map[string]bool
 	rep     Report
 	pos     int
+	// Lookup, when set, is asked for a writer missing from the keys (a
+	// writer that registered after the keys were read); its answer is kept.
+	Lookup func(writer string) (ed25519.PublicKey, bool)
+}
+
+func (v *Verifier) key(w string) (ed25519.PublicKey, bool) {
+	if k, ok := v.keys[w]; ok {
+		return k, k != nil
+	}
+	if v.Lookup == nil {
+		return nil, false
+	}
+	k, ok := v.Lookup(w)
+	if !ok {
+		k = nil
+	}
+	v.keys[w] = k
+	return k, ok
 }
 
 // NewVerifier returns a verifier for tenant's stream. keys maps writer ids
@@ -118,6 +136,9 @@ type Verifier struct {
 // from Redis before the entries, to detect records deleted at the tail.
 func NewVerifier(tenant string, keys map[string]ed25519.PublicKey, heads map[string]Anchor) *Verifier {
 	stream := StreamKey(tenant)
+	if keys == nil {
+		keys = map[string]ed25519.PublicKey{}
+	}
 	return &Verifier{
 		stream: stream, tenant: tenant, keys: keys, heads: heads,
 		writers: map[string]*wstate{}, reqs: map[string]string{},
@@ -163,7 +184,7 @@ func (v *Verifier) Add(id string, raw []byte) {
 		p.Kind, p.Detail = ProblemWrongTenant, fmt.Sprintf("record of tenant %q", rec.Tenant)
 		v.problem(p)
 	}
-	if _, ok := v.keys[rec.Writer]; !ok && !v.unknown[rec.Writer] {
+	if _, ok := v.key(rec.Writer); !ok && !v.unknown[rec.Writer] {
 		v.unknown[rec.Writer] = true
 		p.Kind, p.Detail = ProblemUnknownWriter, "no trusted public key for this writer (forged writer?)"
 		v.problem(p)
@@ -236,7 +257,7 @@ func (v *Verifier) checkpoint(id string, rec *Record, ws *wstate, p Problem) {
 		v.problem(p)
 		return
 	}
-	key, ok := v.keys[rec.Writer]
+	key, ok := v.key(rec.Writer)
 	if !ok {
 		p.Detail = "no public key to verify the checkpoint"
 		v.problem(p)
@@ -310,13 +331,15 @@ type VerifyOptions struct {
 
 // VerifyStream walks the tenant's stream and checks every chain.
 func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string, opts VerifyOptions) (*Report, error) {
-	keys := opts.TrustedKeys
-	if keys == nil {
+	keys := map[string]ed25519.PublicKey{}
+	for w, k := range opts.TrustedKeys {
+		keys[w] = k
+	}
+	if opts.TrustedKeys == nil {
 		reg, err := rdb.HGetAll(ctx, WritersKey).Result()
 		if err != nil {
 			return nil, fmt.Errorf("read audit writers: %w", err)
 		}
-		keys = map[string]ed25519.PublicKey{}
 		for w, k := range reg {
 			if pk, err := ParsePublicKey(k); err == nil {
 				keys[w] = pk
@@ -338,6 +361,18 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 		heads[w] = Anchor{Seq: seq, Hash: hash}
 	}
 	v := NewVerifier(tenant, keys, heads)
+	var lookupErr error
+	if opts.TrustedKeys == nil {
+		// A writer that started while we read registered its key first.
+		v.Lookup = func(w string) (ed25519.PublicKey, bool) {
+			k, err := rdb.HGet(ctx, WritersKey, w).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				lookupErr = err
+			}
+			pk, perr := ParsePublicKey(k)
+			return pk, err == nil && perr == nil
+		}
+	}
 	page := opts.PageSize
 	if page <= 0 {
 		page = 1000
@@ -349,6 +384,9 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if lookupErr != nil {
+		return nil, fmt.Errorf("read audit writers: %w", lookupErr)
 	}
 	return v.Finish(), nil
 }
