@@ -62,6 +62,14 @@ func BenchmarkAppendParallel(b *testing.B) {
 			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
 		}
 	})
+	b.Run("group-commit-no-linger", func(b *testing.B) {
+		s := newStream(b, rdb, audit.StreamConfig{MaxWait: -1, CheckpointEvery: 10000})
+		run(b, func(ctx context.Context) error {
+			r := *rec
+			_, err := s.Append(ctx, &r)
+			return err
+		})
+	})
 	b.Run("no-batching", func(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{MaxBatch: 1, CheckpointEvery: 10000})
 		run(b, func(ctx context.Context) error {

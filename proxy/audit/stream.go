@@ -50,7 +50,8 @@ type StreamConfig struct {
 	// MaxBatch is the most records in one pipeline round trip. Default 256.
 	MaxBatch int
 	// MaxWait is how long a batch that already has company lingers for more
-	// records before it is sent. A lone record never waits. Default 200µs.
+	// records before it is sent. A lone record never waits. Default 200µs;
+	// negative: never linger (batches form only while one is in flight).
 	MaxWait time.Duration
 	// WriteTimeout bounds one Append (queueing and the write). Default 2s.
 	WriteTimeout time.Duration
