@@ -143,11 +143,13 @@ type Deps struct {
 	Passports agentcall.Passports // required: the chaos agent's passports
 	// Sink receives the chaos audit records; nil only records logs (use
 	// it for a dry standalone run without Redis).
-	Sink     audit.Sink
-	Registry *prometheus.Registry // nil keeps metrics private
-	Alerts   alert.Notifier       // nil: no alerts
-	HTTP     *http.Client         // nil: a client with Config.Timeout
-	Now      func() time.Time     // nil: time.Now
+	Sink audit.Sink
+	// Registry receives the metrics; nil keeps them private. Instances
+	// sharing a registry need wrapped registerers (WrapRegistererWith).
+	Registry prometheus.Registerer
+	Alerts   alert.Notifier   // nil: no alerts
+	HTTP     *http.Client     // nil: a client with Config.Timeout
+	Now      func() time.Time // nil: time.Now
 }
 
 // Event is one chaos event, as recorded in the audit details.
@@ -222,9 +224,9 @@ func New(cfg Config, deps Deps) (*Chaos, error) {
 			Name: "passport_chaos_errors_total", Help: "Chaos calls that failed, by reason (no_passport, unauthorized, denied, conflict, error).",
 		}, []string{"reason"}),
 	}
-	reg := deps.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
+	var reg prometheus.Registerer = prometheus.NewRegistry()
+	if deps.Registry != nil {
+		reg = deps.Registry
 	}
 	for _, col := range []prometheus.Collector{c.events, c.clears, c.skipped, c.errs} {
 		if err := reg.Register(col); err != nil {

@@ -24,7 +24,7 @@ import (
 // admin token configured they answer 401 to everyone: incidents name the
 // services that are failing, which is reconnaissance for an attacker, so
 // the API fails closed rather than open.
-func NewAPI(store *Store, adminToken string, reg *prometheus.Registry, log *slog.Logger) http.Handler {
+func NewAPI(store *Store, adminToken string, reg prometheus.Gatherer, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

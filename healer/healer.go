@@ -290,9 +290,13 @@ type Deps struct {
 	// Reputation receives outcomes; nil reports nothing.
 	Reputation Reputation
 	// Sink receives the incident audit records; nil writes none.
-	Sink     audit.Sink
-	Registry *prometheus.Registry // nil keeps metrics private
-	Alerts   alert.Notifier       // nil: no alerts
+	Sink audit.Sink
+	// Registry receives the metrics; nil keeps them private. Two healers
+	// sharing one registry must each get a wrapped registerer, e.g.
+	// prometheus.WrapRegistererWith(prometheus.Labels{"tenant": t}, reg).
+	// When it is also a prometheus.Gatherer, the API serves it at /metrics.
+	Registry prometheus.Registerer
+	Alerts   alert.Notifier // nil: no alerts
 	// HTTP is used for the control API calls; nil: a client with
 	// CallTimeout. Health checks use their own client with no keep-alive
 	// pooling surprises.
@@ -389,9 +393,9 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 			Name: "passport_healer_record_errors_total", Help: "Incident changes that could not be saved or audited.",
 		}),
 	}
-	reg := deps.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
+	var reg prometheus.Registerer = prometheus.NewRegistry()
+	if deps.Registry != nil {
+		reg = deps.Registry
 	}
 	for _, c := range []prometheus.Collector{h.incidentsTotal, h.resolution, h.remediations, h.checks, h.recordErrs} {
 		if err := reg.Register(c); err != nil {
@@ -442,7 +446,7 @@ func (h *Healer) Run(ctx context.Context) error {
 		if h.deps.AdminToken == "" {
 			h.log.Warn("incidents api has no admin token: it will refuse every request")
 		}
-		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, h.deps.Registry, h.log), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, gathererOf(h.deps.Registry), h.log), ReadHeaderTimeout: 5 * time.Second}
 		ln := h.ln
 		g.Go(func() error {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -700,6 +704,14 @@ func (h *Healer) record(ctx context.Context, in *Incident) {
 		h.recordErrs.Inc()
 		h.log.Error("incident not saved", "id", in.ID, "err", err)
 	}
+}
+
+// gathererOf returns r as a Gatherer when it is one, else nil.
+func gathererOf(r prometheus.Registerer) prometheus.Gatherer {
+	if g, ok := r.(prometheus.Gatherer); ok {
+		return g
+	}
+	return nil
 }
 
 // Open returns copies of the incidents being handled now.

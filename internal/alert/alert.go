@@ -139,9 +139,11 @@ func (c Config) Validate() error {
 
 // Deps are the alerter's collaborators.
 type Deps struct {
-	Logger   *slog.Logger         // required
-	Registry *prometheus.Registry // nil keeps metrics private
-	Client   *http.Client         // nil: a client with Config.Timeout
+	Logger *slog.Logger // required
+	// Registry receives the metrics; nil keeps them private. Instances
+	// sharing a registry need wrapped registerers (WrapRegistererWith).
+	Registry prometheus.Registerer
+	Client   *http.Client // nil: a client with Config.Timeout
 }
 
 // Alerter queues and delivers alerts.
@@ -182,9 +184,9 @@ func New(cfg Config, deps Deps) (*Alerter, error) {
 			Name: "passport_alert_deliveries_total", Help: "Webhook delivery attempts, by result (ok, retry, failed).",
 		}, []string{"result"}),
 	}
-	reg := deps.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
+	var reg prometheus.Registerer = prometheus.NewRegistry()
+	if deps.Registry != nil {
+		reg = deps.Registry
 	}
 	for _, c := range []prometheus.Collector{a.queued, a.dropped, a.deliveries} {
 		if err := reg.Register(c); err != nil {
