@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/agentpassport/passport/proxy/feed"
 )
 
 // findChromium returns the browser, or fails (CI) or skips (laptop) with
@@ -217,4 +219,28 @@ func TestBrowserChaosToResolved(t *testing.T) {
 		chromedp.WaitVisible(css(`tr[data-testid="incident"][data-state="RESOLVED"]`)),
 		chromedp.WaitVisible(css(`li[data-testid="activity-agent_blocked"]`)),
 	)
+
+	// Sign out, then in through the form with a tenant-scoped token.
+	do("sign out and in with the form", 30*time.Second,
+		chromedp.Click(css(`#sign-out`)),
+		chromedp.WaitVisible(css(`#signin-form`)),
+		chromedp.SetValue(css(`#signin-token`), acmeToken),
+		chromedp.Click(css(`#signin-submit`)),
+		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
+	)
+	if got := eval(`[...document.querySelectorAll("#tenant option")].map(o => o.value).join(",")`); got != "acme" {
+		t.Fatalf("tenant-scoped token offered tenants %q, want acme", got)
+	}
+	// Revoking the credential closes the feed (1008) and the page asks to
+	// sign in again instead of reconnecting.
+	if n := st.srv.Feed().CloseCredential(feed.Fingerprint(acmeToken)); n != 1 {
+		t.Fatalf("CloseCredential closed %d connections, want 1", n)
+	}
+	do("revoked credential signs the page out", 15*time.Second,
+		chromedp.WaitVisible(css(`#signin-form`)),
+		chromedp.WaitVisible(css(`#feed-status[data-state="signed-out"]`)),
+	)
+	if msg := eval(`document.getElementById("signin-error").textContent`); !strings.Contains(msg, "credential revoked") {
+		t.Fatalf("sign-in message %q, want it to say the credential was revoked", msg)
+	}
 }
