@@ -129,6 +129,7 @@ function selectTenant(t) {
   state.incidents.clear();
   state.agents.clear();
   state.rep.clear();
+  dirty.decisions = [];
   $("decision-rows").replaceChildren();
   $("incident-rows").replaceChildren();
   $("activity-rows").replaceChildren();
@@ -228,16 +229,42 @@ const fmtTime = (t) => {
   return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
 };
 
-function addDecision(ev) {
-  state.decisions.unshift(ev);
-  if (state.decisions.length > MAX_DECISIONS) state.decisions.pop();
-  state.decisionTimes.push(Date.parse(ev.time) || Date.now());
-  if (state.decisionTimes.length > 20000) state.decisionTimes.splice(0, 10000);
-  if (matchesFilter(ev)) {
+// Rendering is coalesced to one pass per animation frame, so a busy feed
+// (thousands of events a second) costs one DOM update per frame, not per
+// event.
+const dirty = { decisions: [], incidents: false, agents: false, scheduled: false };
+
+function schedule() {
+  if (dirty.scheduled) return;
+  dirty.scheduled = true;
+  requestAnimationFrame(flush);
+}
+
+function flush() {
+  dirty.scheduled = false;
+  if (dirty.decisions.length) {
     const rows = $("decision-rows");
-    rows.prepend(decisionRow(ev));
+    const frag = document.createDocumentFragment();
+    // Newest first: the pending list is oldest first.
+    for (let i = dirty.decisions.length - 1; i >= 0 && frag.childNodes.length < MAX_DECISIONS; i--) {
+      if (matchesFilter(dirty.decisions[i])) frag.append(decisionRow(dirty.decisions[i]));
+    }
+    dirty.decisions = [];
+    rows.prepend(frag);
     while (rows.children.length > MAX_DECISIONS) rows.lastChild.remove();
   }
+  if (dirty.incidents) { dirty.incidents = false; renderIncidents(); }
+  if (dirty.agents) { dirty.agents = false; renderAgents(); }
+}
+
+function addDecision(ev) {
+  state.decisions.unshift(ev);
+  if (state.decisions.length > DENY_WINDOW * 2) state.decisions.length = DENY_WINDOW;
+  state.decisionTimes.push(Date.parse(ev.time) || Date.now());
+  if (state.decisionTimes.length > 40000) state.decisionTimes.splice(0, 20000);
+  dirty.decisions.push(ev);
+  if (dirty.decisions.length > MAX_DECISIONS * 2) dirty.decisions.splice(0, dirty.decisions.length - MAX_DECISIONS);
+  schedule();
 }
 
 function decisionRow(ev) {
@@ -262,7 +289,8 @@ function matchesFilter(ev) {
 }
 
 function rerenderDecisions() {
-  const rows = state.decisions.filter(matchesFilter).map(decisionRow);
+  dirty.decisions = [];
+  const rows = state.decisions.filter(matchesFilter).slice(0, MAX_DECISIONS).map(decisionRow);
   $("decision-rows").replaceChildren(...rows);
 }
 
@@ -283,7 +311,8 @@ function addIncident(ev) {
   if (d.state && !inc.steps[d.state]) inc.steps[d.state] = ev.time;
   inc.seen = ev.time;
   state.incidents.set(d.id, inc);
-  renderIncidents();
+  dirty.incidents = true;
+  schedule();
   activity(ev, "incident " + d.id + " " + (d.state || "") + " (" + (d.type || "") + " on " + (d.target || "") + ")");
 }
 
@@ -351,14 +380,15 @@ function addReputation(ev) {
   state.rep.set(id, h);
   const a = state.agents.get(id);
   if (a) a.reputation = d.score;
-  renderAgents();
+  dirty.agents = true;
+  schedule();
 }
 
 function setBlocked(ev, blocked) {
   const d = ev.details || {};
   const id = d.agent_id || ev.agent_id;
   const a = state.agents.get(id);
-  if (a) { a.blocked = blocked; renderAgents(); }
+  if (a) { a.blocked = blocked; dirty.agents = true; schedule(); }
   const name = (a && a.name) || id;
   activity(ev, (blocked ? "blocked " : "unblocked ") + name + (d.reason ? ": " + d.reason : ""));
 }
