@@ -222,7 +222,7 @@ func TestPolicyReplay(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
-		for _, want := range []string{"replayed 1 of 1 decisions, tenants acme", "now denied: 1 calls",
+		for _, want := range []string{"replayed 1 of 1 decisions, tenants acme", "now denied: 1 call",
 			"service.restart", "healer-1 (ag-1)", "reputation_too_low×1", "now allowed: 0 calls"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("stdout lacks %q:\n%s", want, out)

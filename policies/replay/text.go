@@ -47,7 +47,8 @@ func (r *Report) WriteText(w io.Writer) error {
 }
 
 func writeGroup(b *strings.Builder, title, reasonsTitle string, cs []*Change) {
-	fmt.Fprintf(b, "\n%s: %d calls\n", title, Total(cs))
+	n := Total(cs)
+	fmt.Fprintf(b, "\n%s: %d %s\n", title, n, plural(n, "call", "calls"))
 	if len(cs) == 0 {
 		return
 	}
@@ -65,4 +66,11 @@ func writeGroup(b *strings.Builder, title, reasonsTitle string, cs []*Change) {
 		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", c.Count, c.Tenant, c.Action, agent, strings.Join(rs, " "))
 	}
 	_ = tw.Flush() // writes to a strings.Builder cannot fail
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
