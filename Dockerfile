@@ -14,8 +14,10 @@ COPY go.mod go.sum ./
 RUN go mod download
 
 COPY . .
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# Set by BuildKit for the platform being built; empty (the builder's own
+# platform) with the legacy builder.
+ARG TARGETOS
+ARG TARGETARCH
 ARG VERSION=dev
 # CGO_ENABLED=0: a static binary that needs no libc, so it runs on distroless/static.
 # -trimpath: no build-machine paths in the binary. -s -w: no symbol table or DWARF.
