@@ -392,9 +392,10 @@ func transportOf(c *http.Client) http.RoundTripper {
 
 // upstream is one backend with its own connection pool.
 type upstream struct {
-	name string
-	url  *url.URL
-	rp   *httputil.ReverseProxy
+	name    string
+	url     *url.URL
+	timeout time.Duration
+	rp      *httputil.ReverseProxy
 }
 
 // newUpstream builds the ReverseProxy. It uses Rewrite, never Director:
@@ -417,7 +418,7 @@ func newUpstream(name string, u Upstream, p *Proxy) (*upstream, error) {
 		DisableCompression:    true, // pass encodings through untouched
 		ForceAttemptHTTP2:     false,
 	}
-	up := &upstream{name: name, url: target}
+	up := &upstream{name: name, url: target, timeout: u.Timeout}
 	up.rp = &httputil.ReverseProxy{
 		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
 		Transport:      tr,

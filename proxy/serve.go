@@ -251,7 +251,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	// Forward.
 	ctx := context.WithValue(r.Context(), ctxKey{}, c)
 	var cancel context.CancelFunc
-	if rt.Timeout > 0 {
+	if rt.Timeout > 0 && rt.Timeout != rt.upstream.timeout {
+		// A route's own timeout needs a deadline; the upstream's default is
+		// already the transport's ResponseHeaderTimeout, which costs nothing
+		// per call.
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
