@@ -247,9 +247,10 @@ func Body(format, rawURL string, al Alert) []byte {
 
 // Message renders an alert as one line of chat text.
 func Message(al Alert) string {
-	icon := ":warning:"
+	// Unicode, not ":shortcodes:": Slack and Discord both render it.
+	icon := "⚠️"
 	if al.Severity == "critical" {
-		icon = ":rotating_light:"
+		icon = "🚨"
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s [%s] ", icon, strings.ToUpper(al.Severity))
