@@ -155,7 +155,16 @@ func newHarness(t *testing.T, mod ...func(*Config)) *harness {
 
 func newHarnessWith(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *harness {
 	t.Helper()
+	return newHarnessWithSink(t, srv, nil, mod...)
+}
+
+// newHarnessWithSink uses sink (nil: a fakeSink kept in h.sink).
+func newHarnessWithSink(t *testing.T, srv *redistest.Server, sink audit.Sink, mod ...func(*Config)) *harness {
+	t.Helper()
 	h := &harness{t: t, keys: testkeys.New(t), redis: srv, sink: &fakeSink{}, up: newRecorder(t)}
+	if sink == nil {
+		sink = h.sink
+	}
 	h.rdb = h.redis.Client()
 	cfg := testConfig(h.up.srv.URL, h.keys.URL())
 	cfg.Redis.URL = h.redis.URL()
@@ -163,7 +172,7 @@ func newHarnessWith(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *
 		m(&cfg)
 	}
 	h.reg = prometheus.NewRegistry()
-	p, err := New(cfg, Deps{Redis: h.rdb, Audit: h.sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	p, err := New(cfg, Deps{Redis: h.rdb, Audit: sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registry: h.reg, Clock: h.now})
 	if err != nil {
 		t.Fatal(err)
