@@ -38,9 +38,10 @@ type client struct {
 	batch [][]byte    // the writer's reusable frame buffer
 	// cursor is the last entry handed to this client (queued, or written
 	// by the replay); guarded by tenantHub.mu while the client is live.
-	cursor   streamID
-	lagged   chan struct{} // signalled when the buffer overflowed
-	lagSince time.Time     // when; guarded by tenantHub.mu
+	cursor     streamID
+	lagged     chan struct{} // signalled when the buffer overflowed
+	recheckNow chan struct{} // signalled by Hub.Recheck
+	lagSince   time.Time     // when; guarded by tenantHub.mu
 
 	once        sync.Once
 	done        chan struct{}
@@ -170,17 +171,34 @@ func (c *client) writePump(ctx context.Context, th *tenantHub) {
 				return
 			}
 		case <-recheck.C:
-			if err := h.auth.Check(ctx, c.principal); err != nil {
-				if errors.Is(err, ErrRevoked) || errors.Is(err, ErrUnauthorized) {
-					h.m.dropped.WithLabelValues("revoked").Inc()
-					h.log.InfoContext(ctx, "feed credential revoked", "principal", c.principal.ID, "tenant", c.tenant)
-					c.close(closePolicy, "credential revoked")
-					return
-				}
-				h.log.WarnContext(ctx, "feed credential check failed", "principal", c.principal.ID, "err", err)
+			if !c.checkCredential(ctx) {
+				return
+			}
+		case <-c.recheckNow:
+			if !c.checkCredential(ctx) {
+				return
 			}
 		}
 	}
+}
+
+// checkCredential asks Auth whether the connection's credential is still
+// valid and closes the connection (1008) when it is not. A failing check
+// (the store is down) keeps the connection until the next one.
+func (c *client) checkCredential(ctx context.Context) bool {
+	h := c.hub
+	err := h.auth.Check(ctx, c.principal)
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, ErrRevoked) || errors.Is(err, ErrUnauthorized) {
+		h.m.dropped.WithLabelValues("revoked").Inc()
+		h.log.InfoContext(ctx, "feed credential revoked", "principal", c.principal.ID, "tenant", c.tenant)
+		c.close(closePolicy, "credential revoked")
+		return false
+	}
+	h.log.WarnContext(ctx, "feed credential check failed", "principal", c.principal.ID, "err", err)
+	return true
 }
 
 var errWrite = errors.New("write to client")

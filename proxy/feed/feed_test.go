@@ -731,3 +731,40 @@ func TestShutdownClosesWithGoingAway(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRecheckOnRevocationEvent: with the periodic check far away, a message
+// on the authority's revocation channel makes open connections check their
+// credential at once.
+func TestRecheckOnRevocationEvent(t *testing.T) {
+	e := newEnv(t, Config{RecheckInterval: time.Hour})
+	c := e.dial(acmeToken, "acme", nil)
+	untilLive(t, c)
+	e.auth.Set(Token{Secret: adminToken}) // the acme token is revoked
+	// Publish until the hub's subscription has seen one (it subscribes in
+	// Run, possibly after this test's first publish).
+	closed := make(chan error, 1)
+	go func() {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	ev := passport.RevocationEvent{Type: passport.EventBlock, Tenant: "acme", AgentID: "a1"}.Marshal()
+	for {
+		if err := e.rdb.Publish(context.Background(), passport.RevocationChannel, ev).Err(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-closed:
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation || ce.Text != "credential revoked" {
+				t.Fatalf("connection ended with %v, want 1008 credential revoked", err)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

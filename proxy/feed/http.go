@@ -204,7 +204,8 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &client{
 		hub: h, conn: conn, tenant: tenant, principal: p, filter: filter, since: since, tail: tail,
-		send: make(chan []byte, h.cfg.SendBuffer), done: make(chan struct{}), lagged: make(chan struct{}, 1),
+		send: make(chan []byte, h.cfg.SendBuffer), done: make(chan struct{}),
+		lagged: make(chan struct{}, 1), recheckNow: make(chan struct{}, 1),
 	}
 	h.log.DebugContext(r.Context(), "feed connected", "tenant", tenant, "principal", p.ID)
 	c.serve()

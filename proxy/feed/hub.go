@@ -173,7 +173,13 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 	h.ctx = ctx
 	h.mu.Unlock()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		h.watchRevocations(ctx)
+	}()
 	<-ctx.Done()
+	<-watchDone
 	h.mu.Lock()
 	h.ctx = nil
 	for c := range h.clients {
@@ -182,6 +188,42 @@ func (h *Hub) Run(ctx context.Context) error {
 	h.mu.Unlock()
 	h.wg.Wait()
 	return nil
+}
+
+// Recheck makes every open connection check its credential now rather than
+// at its next periodic check: call it after the set of operator tokens
+// changed (a config reload). Run also calls it for every message on the
+// authority's revocation channel.
+func (h *Hub) Recheck() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.clients {
+		select {
+		case c.recheckNow <- struct{}{}:
+		default: // one is already pending
+		}
+	}
+}
+
+// watchRevocations follows passport.RevocationChannel and re-checks the
+// open connections on each message, so a revocation that Auth can see
+// takes effect at once. Missed messages (Redis down) only delay it to the
+// periodic check.
+func (h *Hub) watchRevocations(ctx context.Context) {
+	sub := h.rdb.Subscribe(ctx, passport.RevocationChannel)
+	defer sub.Close()
+	ch := sub.Channel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+			h.Recheck()
+		}
+	}
 }
 
 // CloseCredential closes every open connection made with the credential
