@@ -92,10 +92,16 @@
 // latency, not events, and memory stays bounded by send_buffer. One that has
 // not caught up within lag_timeout is dropped with 1013 "slow consumer". A
 // peer that stops reading entirely is cut after write_wait. The server
-// pings every ping_interval and drops a peer silent for pong_wait. Open
-// connections re-check their credential every recheck_interval
-// (Auth.Check) and close with 1008 once it is revoked;
-// Hub.CloseCredential closes them at once.
+// pings every ping_interval and drops a peer silent for pong_wait.
+//
+// # Revocation
+//
+// Open connections re-check their credential (Auth.Check) every
+// recheck_interval, at once on every message of the authority's
+// revocation channel (passport:revocations) and whenever the host calls
+// Hub.Recheck (after reloading its tokens); a revoked credential's
+// connections close with 1008. Hub.CloseCredential closes them without
+// asking Auth.
 //
 // Measured (BenchmarkFeedLoad, 100 clients, 2,000 events/s for 10 s, on a
 // shared 2-core machine): 2,000,000 deliveries in 10.4 s, every client got
