@@ -387,7 +387,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, fmt.Errorf("dashboard: %w", err))
 	}
 	g.Go(func() error { return dash.Serve(gctx, lns["dashboard"]) })
-	s.demo.DashboardLogin = s.demo.URLs.Dashboard + "/#token=" + adminToken
+	s.demo.DashboardLogin = dashboard.SignInURL(s.demo.URLs.Dashboard, adminToken, "")
 
 	if err := writeDemo(cfg.DataDir, s.demo); err != nil {
 		return s.failed(g, err)
