@@ -8,7 +8,14 @@ import (
 )
 
 func (s *Stream) trimAll(ctx context.Context) error {
-	before := s.cfg.Clock().Add(-s.cfg.Retention)
+	// Stream ids are Redis server milliseconds, so the cut is computed from
+	// the server's clock: a skewed local clock can never put the cut past
+	// the retention checkpoint that is written right after it.
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("audit retention: redis time: %w", err)
+	}
+	before := now.Add(-s.cfg.Retention)
 	var errs []error
 	for _, t := range s.tenants() {
 		if err := s.Trim(ctx, t, strconv.FormatInt(before.UnixMilli(), 10)+"-0"); err != nil {
@@ -23,6 +30,15 @@ func (s *Stream) trimAll(ctx context.Context) error {
 // so the stream that is left still verifies. The Redis user needs XTRIM.
 func (s *Stream) Trim(ctx context.Context, tenant, minID string) error {
 	key := StreamKey(tenant)
+	// Nothing older than the cut: nothing to do (and no checkpoint, so an
+	// idle stream does not grow by one record per run).
+	old, err := s.rdb.XRangeN(ctx, key, "-", "("+minID, 1).Result()
+	if err != nil {
+		return fmt.Errorf("trim %s: %w", key, err)
+	}
+	if len(old) == 0 {
+		return nil
+	}
 	// Heads first: a writer that appends after this read continues from
 	// the head read here, so its anchor stays right.
 	heads, err := s.rdb.HGetAll(ctx, HeadsKey(tenant)).Result()

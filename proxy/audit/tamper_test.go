@@ -355,3 +355,36 @@ func TestRetentionOffByDefault(t *testing.T) {
 		t.Fatalf("stream has %d entries, want 21", n)
 	}
 }
+
+// Retention configured on the Stream: Run trims on its interval, and what
+// remains verifies.
+func TestRunTrimsWhenRetentionIsConfigured(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	s := newStream(t, rdb, audit.StreamConfig{Retention: 300 * time.Millisecond, RetentionInterval: 100 * time.Millisecond})
+	ctx := context.Background()
+	for i := range 20 {
+		if _, err := s.Append(ctx, decision("acme", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	eventually(t, 10*time.Second, "old records trimmed", func() bool {
+		n, err := rdb.XLen(ctx, audit.StreamKey("acme")).Result()
+		return err == nil && n < 20
+	})
+	if _, err := s.Append(ctx, decision("acme", 100)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rep := verify(t, rdb, "acme", audit.VerifyOptions{})
+	mustOK(t, rep)
+	if w := rep.Writers[s.WriterID()]; w == nil || !w.Anchored {
+		t.Errorf("writer not anchored after trim: %+v", w)
+	}
+}
