@@ -17,7 +17,7 @@ const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"+ping +hello +auth +client|setname +select " +
 	"%R~passport:* &passport:revocations " +
 	"+get +mget +exists +hget +hmget +hgetall +smembers +sismember +zrange +zrangebyscore +zscore " +
-	"+xrange +xrevrange +xread +xlen +subscribe +unsubscribe +config|get " +
+	"+xrange +xrevrange +xread +xlen +subscribe +unsubscribe +config|get +wait " +
 	"(~passport:{t:*}:audit* +eval +evalsha) " +
 	"(~passport:{t:*}:audit +xadd) " +
 	"(~passport:{t:*}:audit:heads +hset) " +

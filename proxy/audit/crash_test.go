@@ -3,6 +3,8 @@ package audit_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -217,5 +219,33 @@ func TestWriteTimeoutIsAnErrorAndChainSurvivesLateWrite(t *testing.T) {
 		_, err := s.Append(ctx, decision("acme", 3))
 		return err == nil
 	})
+	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
+}
+
+// With WaitReplicas, an append is acknowledged only once a replica has it;
+// when the replica is gone, appends fail instead of claiming a durability
+// they do not have.
+func TestWaitReplicas(t *testing.T) {
+	primary := redistest.Start(t, redistest.Options{AOF: true})
+	replica := redistest.Start(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", fmt.Sprint(primary.Port)}})
+	rdb := primary.Client()
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "replica in sync", func() bool {
+		info, err := rdb.Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online")
+	})
+	s := newStream(t, rdb, audit.StreamConfig{WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond, WriteTimeout: time.Second})
+	for i := range 5 {
+		if _, err := s.Append(ctx, decision("acme", i)); err != nil {
+			t.Fatalf("Append with an online replica: %v", err)
+		}
+	}
+	if n, _ := replica.Client().XLen(ctx, audit.StreamKey("acme")).Result(); n != 5 {
+		t.Errorf("replica has %d records after 5 acknowledged appends", n)
+	}
+	replica.Kill()
+	if _, err := s.Append(ctx, decision("acme", 99)); !errors.Is(err, audit.ErrNotReplicated) {
+		t.Fatalf("Append without replica: err = %v, want ErrNotReplicated", err)
+	}
 	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
 }

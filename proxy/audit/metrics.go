@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_audit_write_failures_total",
-			Help: "Audit records not acknowledged, by reason (timeout, redis, chain, closed).",
+			Help: "Audit records not acknowledged, by reason (timeout, redis, chain, replication, closed).",
 		}, []string{"reason"}),
 		bufferDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "passport_audit_outcome_buffer_records",

@@ -28,6 +28,9 @@ var (
 	// ErrTimeout means the record was not acknowledged within WriteTimeout.
 	// The record may or may not be stored; the caller must fail closed.
 	ErrTimeout = errors.New("audit write timed out")
+	// ErrNotReplicated means Redis stored the batch but fewer replicas than
+	// WaitReplicas confirmed it within WaitTimeout.
+	ErrNotReplicated = errors.New("audit records not confirmed by enough replicas")
 	// ErrWriterKeyMismatch means the writer id is registered in Redis with
 	// another public key: two processes must never share a writer id.
 	ErrWriterKeyMismatch = errors.New("audit writer id is registered with another public key")
@@ -55,6 +58,13 @@ type StreamConfig struct {
 	MaxWait time.Duration
 	// WriteTimeout bounds one Append (queueing and the write). Default 2s.
 	WriteTimeout time.Duration
+	// WaitReplicas, when > 0, makes every batch also wait (Redis WAIT) until
+	// that many replicas have received it, for at most WaitTimeout (default
+	// 500ms; keep it below the Redis client's read timeout). With fewer
+	// replicas the batch's Appends fail: the records are on the primary,
+	// but a failover could still lose them. Not supported with Cluster.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 	// OutcomeBuffer is how many Enqueued records may wait; beyond it they are
 	// dropped and counted. Default 10000.
 	OutcomeBuffer int
@@ -117,6 +127,10 @@ func (c *StreamConfig) defaults() error {
 	def(&c.WriteTimeout, 2*time.Second)
 	if c.OutcomeBuffer <= 0 {
 		c.OutcomeBuffer = 10000
+	}
+	def(&c.WaitTimeout, 500*time.Millisecond)
+	if c.WaitReplicas < 0 || (c.WaitReplicas > 0 && c.WaitTimeout >= c.WriteTimeout) {
+		return errors.New("audit wait_replicas: must not be negative, and wait_timeout must be below write_timeout")
 	}
 	def(&c.RetryMin, 50*time.Millisecond)
 	def(&c.RetryMax, 5*time.Second)
@@ -241,6 +255,9 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 	fresh := cfg.WriterID == ""
 	if err := cfg.defaults(); err != nil {
 		return nil, err
+	}
+	if _, cluster := rdb.(*redis.ClusterClient); cluster && cfg.WaitReplicas > 0 {
+		return nil, errors.New("new audit stream: wait_replicas is not supported with Redis Cluster")
 	}
 	s := &Stream{
 		fresh:  fresh,
@@ -681,7 +698,20 @@ func (s *Stream) commit(batch []*item) {
 		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
 		n += len(g.items)
 	}
+	var wait *redis.Cmd
+	if s.cfg.WaitReplicas > 0 {
+		// Same connection, after the appends: WAIT covers them.
+		wait = pipe.Do(ctx, "wait", s.cfg.WaitReplicas, s.cfg.WaitTimeout.Milliseconds())
+	}
 	_, _ = pipe.Exec(ctx)
+	var replErr error
+	if wait != nil {
+		if got, err := wait.Int64(); err != nil {
+			replErr = fmt.Errorf("%w: %v", ErrNotReplicated, err)
+		} else if got < int64(s.cfg.WaitReplicas) {
+			replErr = fmt.Errorf("%w: %d of %d replicas", ErrNotReplicated, got, s.cfg.WaitReplicas)
+		}
+	}
 	s.batches.Add(1)
 	s.m.batches.Inc()
 	s.m.batchSize.Observe(float64(n))
@@ -691,6 +721,9 @@ func (s *Stream) commit(batch []*item) {
 		ids, err := g.cmd.StringSlice()
 		if err == nil && len(ids) != len(g.items) {
 			err = fmt.Errorf("audit append: %d ids for %d records", len(ids), len(g.items))
+		}
+		if err == nil && replErr != nil {
+			err = replErr
 		}
 		if err == nil {
 			for i, it := range g.items {
@@ -712,6 +745,8 @@ func (s *Stream) commit(batch []*item) {
 		case strings.Contains(err.Error(), "PASSPORTCHAIN"):
 			reason = "chain"
 			err = errChainMoved
+		case errors.Is(err, ErrNotReplicated):
+			reason = "replication"
 		case errors.Is(err, context.DeadlineExceeded):
 			reason = "timeout"
 			err = fmt.Errorf("%w: %v", ErrTimeout, err)
