@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // Checkpoint types written in Checkpoint.Type.
@@ -113,19 +112,4 @@ func ParsePublicKey(s string) (ed25519.PublicKey, error) {
 		}
 	}
 	return nil, errors.New("parse public key: want base64 of 32 bytes")
-}
-
-// newCheckpoint builds and signs the checkpoint for the record rec, whose
-// chain fields are already assigned.
-func newCheckpoint(typ string, rec *Record, records uint64, key ed25519.PrivateKey, now time.Time) (*Checkpoint, error) {
-	c := &Checkpoint{
-		Type:    typ,
-		Stream:  StreamKey(rec.Tenant),
-		Writer:  rec.Writer,
-		Seq:     rec.Seq,
-		Head:    rec.Prev,
-		Records: records,
-		Time:    now.UTC().Format(time.RFC3339Nano),
-	}
-	return c, nil
 }

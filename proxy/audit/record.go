@@ -2,6 +2,14 @@
 // Passport: the versioned Record, the Redis stream writer with group commit,
 // the per-writer hash chain with signed checkpoints, and the verifier.
 //
+// Layout: one Redis stream per tenant (StreamKey), one field per entry
+// (FieldRecord) holding the record's JSON; the chain heads per tenant
+// (HeadsKey) and the writers' public keys (WritersKey). Each writer keeps
+// its own hash chain per stream: Seq counts its records, Prev is the hash of
+// its previous record, Hash is the SHA-256 of the canonical encoding (see
+// Canonical). Checkpoint records carry an Ed25519 signature over the chain
+// head. VerifyStream and `passport audit verify` check all of it.
+//
 // It is a leaf package: it imports nothing else from this module, so the
 // proxy, the authority, the healer and the tools can all write and read it.
 package audit
