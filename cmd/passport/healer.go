@@ -160,7 +160,7 @@ type agentOpts struct {
 }
 
 func (o *agentOpts) register(f *pflag.FlagSet) {
-	f.StringVar(&o.data, "data", "", "directory of a running `passport up` (reads DIR/demo.json for URLs, Redis and credentials)")
+	f.StringVar(&o.data, "data", "", "directory of a running 'passport up' (reads DIR/demo.json for URLs, Redis and credentials)")
 	f.StringVar(&o.tenant, "tenant", "", "tenant of the agent (default: config, else acme)")
 	f.StringVar(&o.proxy, "proxy", "", "proxy URL (default: demo.json, PASSPORT_PROXY_URL, config, http://127.0.0.1:8080)")
 	f.StringVar(&o.authority, "authority", "", "authority URL (default: demo.json, PASSPORT_AUTHORITY_URL, http://127.0.0.1:8081)")

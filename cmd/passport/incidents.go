@@ -99,7 +99,7 @@ attempts and timeline).`,
 	f := cmd.Flags()
 	f.StringVar(&tenant, "tenant", "", "tenant (default: every tenant with incidents)")
 	f.BoolVar(&asJSON, "json", false, "print a JSON array")
-	f.StringVar(&data, "data", "", "directory of a running `passport up` (reads DIR/demo.json)")
+	f.StringVar(&data, "data", "", "directory of a running 'passport up' (reads DIR/demo.json)")
 	f.IntVar(&limit, "limit", 100, "most incidents per tenant")
 	return cmd
 }
