@@ -2,10 +2,6 @@ package dashboard
 
 import (
 	"context"
-	"flag"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,82 +9,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/agentpassport/passport/internal/browsertest"
 	"github.com/agentpassport/passport/proxy/feed"
 )
-
-// findChromium returns the browser, or fails (CI) or skips (laptop) with
-// the way to get it.
-func findChromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{os.Getenv("PASSPORT_CHROMIUM"), "chromium", "chromium-browser"} {
-		if name == "" {
-			continue
-		}
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium not found (CI is set, so this is a failure): run scripts/deps.sh chromium")
-	}
-	t.Skip("chromium not found: run scripts/deps.sh chromium")
-	return ""
-}
-
-// browser starts a fresh headless Chromium for the test.
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	bin := findChromium(t)
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(bin),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 1000),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelB := chromedp.NewContext(actx)
-	t.Cleanup(func() { cancelB(); cancelA() })
-	if err := chromedp.Do(ctx); err != nil { // starts the browser
-		t.Fatalf("start chromium: %v", err)
-	}
-	return ctx
-}
-
-// screenshotOnFailure saves the page when the test failed: under the test's
-// artifact directory with -artifacts, else in $TMPDIR/passport-browser-tests.
-func screenshotOnFailure(t *testing.T, ctx context.Context) {
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		png, err := chromedp.Run(sctx, chromedp.FullScreenshot(90))
-		if err != nil {
-			t.Logf("screenshot failed: %v", err)
-			return
-		}
-		dir := filepath.Join(os.TempDir(), "passport-browser-tests")
-		if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
-			dir = t.ArtifactDir()
-		}
-		_ = os.MkdirAll(dir, 0o755)
-		name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".png")
-		if err := os.WriteFile(name, png, 0o644); err != nil {
-			t.Logf("write screenshot: %v", err)
-			return
-		}
-		t.Logf("screenshot of the failed page: %s", name)
-	})
-}
 
 // TestBrowserChaosToResolved loads the dashboard in headless Chromium, signs
 // in through the URL fragment, fires a chaos event from the page and waits
@@ -96,8 +19,7 @@ func screenshotOnFailure(t *testing.T, ctx context.Context) {
 // through the real feed on a real redis-server.
 func TestBrowserChaosToResolved(t *testing.T) {
 	st := startStack(t, Config{})
-	ctx := browser(t)
-	screenshotOnFailure(t, ctx)
+	ctx := browsertest.New(t)
 	do := func(what string, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		c, cancel := context.WithTimeout(ctx, timeout)

@@ -1,0 +1,97 @@
+// Package browsertest starts a private headless Chromium for browser tests
+// (chromedp) and saves a screenshot of the page when a test fails.
+//
+// When Chromium is not installed the test is skipped locally with a hint,
+// but fails when the CI environment variable is set: CI must never go green
+// by skipping the browser tests.
+package browsertest
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// Find returns the browser, or fails (CI) or skips (laptop) with the way to
+// get it. PASSPORT_CHROMIUM names another binary.
+func Find(t testing.TB) string {
+	t.Helper()
+	for _, name := range []string{os.Getenv("PASSPORT_CHROMIUM"), "chromium", "chromium-browser"} {
+		if name == "" {
+			continue
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium not found (CI is set, so this is a failure): run scripts/deps.sh chromium")
+	}
+	t.Skip("chromium not found: run scripts/deps.sh chromium")
+	return ""
+}
+
+// New starts a fresh headless Chromium with its own profile for the test
+// and returns its context; it is stopped when the test ends. The flags keep
+// Chromium off the network: only the pages the test opens are fetched.
+func New(t testing.TB) context.Context {
+	t.Helper()
+	bin := Find(t)
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(bin),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1000),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelB(); cancelA() })
+	if err := chromedp.Do(ctx); err != nil { // starts the browser
+		t.Fatalf("start chromium: %v", err)
+	}
+	ScreenshotOnFailure(t, ctx)
+	return ctx
+}
+
+// ScreenshotOnFailure saves the page when the test failed: under the test's
+// artifact directory with -artifacts, else in $TMPDIR/passport-browser-tests.
+func ScreenshotOnFailure(t testing.TB, ctx context.Context) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		png, err := chromedp.Run(sctx, chromedp.FullScreenshot(90))
+		if err != nil {
+			t.Logf("screenshot failed: %v", err)
+			return
+		}
+		dir := filepath.Join(os.TempDir(), "passport-browser-tests")
+		if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
+			dir = t.ArtifactDir()
+		}
+		_ = os.MkdirAll(dir, 0o755)
+		name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".png")
+		if err := os.WriteFile(name, png, 0o644); err != nil {
+			t.Logf("write screenshot: %v", err)
+			return
+		}
+		t.Logf("screenshot of the failed page: %s", name)
+	})
+}
