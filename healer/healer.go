@@ -113,6 +113,11 @@ type Config struct {
 	Playbooks map[string]Playbook `yaml:"playbooks"`
 	// MaxAttempts per incident before ESCALATED. Default 3.
 	MaxAttempts int `yaml:"max_attempts"`
+	// ReportDenied reports policy denials of its own repairs to the
+	// reputation API. Default false: the proxy already reports every deny
+	// it makes, and a denied repair must not cost the healer twice. Set it
+	// when the proxy in front does not report denials.
+	ReportDenied bool `yaml:"report_denied"`
 	// Backoff before the second attempt; doubles up to MaxBackoff.
 	// Defaults 250ms and 2s.
 	Backoff    time.Duration `yaml:"backoff"`
@@ -640,7 +645,7 @@ func (h *Healer) wait(ctx context.Context, t *target, d time.Duration) bool {
 
 func (h *Healer) outcome(ctx context.Context, action, outcome string) {
 	h.remediations.WithLabelValues(action, outcome).Inc()
-	if h.deps.Reputation == nil {
+	if h.deps.Reputation == nil || (outcome == OutcomeDenied && !h.cfg.ReportDenied) {
 		return
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

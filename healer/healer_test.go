@@ -366,7 +366,11 @@ func TestIncidentLifecycleForEachFault(t *testing.T) {
 }
 
 func TestDeniedRemediationEscalates(t *testing.T) {
-	s := startStack(t, true, func(c *Config) { c.Backoff = time.Millisecond; c.MaxBackoff = 5 * time.Millisecond })
+	s := startStack(t, true, func(c *Config) {
+		c.Backoff = time.Millisecond
+		c.MaxBackoff = 5 * time.Millisecond
+		c.ReportDenied = true
+	})
 	if err := s.fleet.Inject(fleet.FaultServiceDown, "checkout"); err != nil {
 		t.Fatal(err)
 	}
@@ -521,4 +525,15 @@ func FuzzClassify(f *testing.F) {
 			t.Fatal("5xx passed")
 		}
 	})
+}
+
+func TestDeniedRepairNotReportedTwice(t *testing.T) {
+	s := startStack(t, true, func(c *Config) { c.Backoff = time.Millisecond; c.MaxBackoff = 5 * time.Millisecond })
+	if err := s.fleet.Inject(fleet.FaultServiceDown, "checkout"); err != nil {
+		t.Fatal(err)
+	}
+	s.awaitIncident(t, "checkout", StateEscalated, 10*time.Second)
+	if got := s.rep.list(); len(got) != 0 {
+		t.Errorf("reputation reports = %v, want none: the proxy reports denials itself", got)
+	}
 }
