@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
@@ -174,6 +175,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		tpl, _ := parseTemplate(rc.Match) // validated above
 		r := &route{Route: rc, tpl: tpl, production: *rc.Production, upstream: ups[rc.Upstream]}
 		r.m = &routeMetrics{upstream: p.m.upstreamSeconds.WithLabelValues(rc.Name)}
+		r.inputTerm, r.actionTerm = routeTerm(r), ast.StringTerm(rc.Action)
 		routes = append(routes, r)
 	}
 	p.router = newRouter(routes)

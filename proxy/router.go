@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
 )
 
 // Errors of path normalisation; each is answered 400.
@@ -105,6 +107,8 @@ type route struct {
 	production bool
 	upstream   *upstream
 	m          *routeMetrics
+	inputTerm  *ast.Term // the input's "route" object, built once
+	actionTerm *ast.Term
 }
 
 // router finds the route of a method and normalised path. Routes with a

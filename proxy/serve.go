@@ -619,37 +619,55 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 		}
 	}
 	in.value = ast.NewObject(
-		ast.Item(ast.StringTerm("version"), ast.IntNumberTerm(1)),
-		ast.Item(ast.StringTerm("time"), ast.StringTerm(d.Time)),
-		ast.Item(ast.StringTerm("tenant"), ast.StringTerm(d.Tenant)),
-		ast.Item(ast.StringTerm("action"), ast.StringTerm(d.Action)),
-		ast.Item(ast.StringTerm("resource"), ast.StringTerm(d.Resource)),
-		ast.Item(ast.StringTerm("route"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("name"), ast.StringTerm(d.Route.Name)),
-			ast.Item(ast.StringTerm("template"), ast.StringTerm(d.Route.Template)),
-			ast.Item(ast.StringTerm("tenant"), ast.StringTerm(d.Route.Tenant)),
-			ast.Item(ast.StringTerm("production"), ast.BooleanTerm(d.Route.Production)),
+		ast.Item(kVersion, tOne),
+		ast.Item(kTime, ast.StringTerm(d.Time)),
+		ast.Item(kTenant, ast.StringTerm(d.Tenant)),
+		ast.Item(kAction, rt.actionTerm),
+		ast.Item(kResource, ast.StringTerm(d.Resource)),
+		ast.Item(kRoute, rt.inputTerm),
+		ast.Item(kRequest, ast.ObjectTerm(
+			ast.Item(kID, ast.StringTerm(d.Request.ID)),
+			ast.Item(kMethod, ast.StringTerm(d.Request.Method)),
+			ast.Item(kPath, ast.StringTerm(d.Request.Path)),
+			ast.Item(kParams, ast.NewTerm(paramsObj)),
+			ast.Item(kQuery, ast.NewTerm(queryObj)),
+			ast.Item(kHeaders, ast.NewTerm(headersObj)),
+			ast.Item(kBody, bodyTerm),
 		)),
-		ast.Item(ast.StringTerm("request"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("id"), ast.StringTerm(d.Request.ID)),
-			ast.Item(ast.StringTerm("method"), ast.StringTerm(d.Request.Method)),
-			ast.Item(ast.StringTerm("path"), ast.StringTerm(d.Request.Path)),
-			ast.Item(ast.StringTerm("params"), ast.NewTerm(paramsObj)),
-			ast.Item(ast.StringTerm("query"), ast.NewTerm(queryObj)),
-			ast.Item(ast.StringTerm("headers"), ast.NewTerm(headersObj)),
-			ast.Item(ast.StringTerm("body"), bodyTerm),
-		)),
-		ast.Item(ast.StringTerm("passport"), ast.NewTerm(vp.payloadValue())),
-		ast.Item(ast.StringTerm("agent"), ast.ObjectTerm(
-			ast.Item(ast.StringTerm("id"), ast.StringTerm(d.Agent.ID)),
-			ast.Item(ast.StringTerm("name"), ast.StringTerm(d.Agent.Name)),
-			ast.Item(ast.StringTerm("type"), ast.StringTerm(d.Agent.Type)),
-			ast.Item(ast.StringTerm("trust_level"), ast.StringTerm(d.Agent.TrustLevel)),
-			ast.Item(ast.StringTerm("reputation"), ast.FloatNumberTerm(d.Agent.Reputation)),
-			ast.Item(ast.StringTerm("blocked"), ast.BooleanTerm(false)),
+		ast.Item(kPassport, ast.NewTerm(vp.payloadValue())),
+		ast.Item(kAgent, ast.ObjectTerm(
+			ast.Item(kID, ast.StringTerm(d.Agent.ID)),
+			ast.Item(kName, ast.StringTerm(d.Agent.Name)),
+			ast.Item(kType, ast.StringTerm(d.Agent.Type)),
+			ast.Item(kTrustLevel, ast.StringTerm(d.Agent.TrustLevel)),
+			ast.Item(kReputation, ast.FloatNumberTerm(d.Agent.Reputation)),
+			ast.Item(kBlocked, tFalse),
 		)),
 	)
 	return in
+}
+
+// Terms shared by every input document. OPA treats input as read-only and
+// guards its lazily sorted keys with sync.Once, so sharing is safe and
+// saves an allocation per key per call.
+var (
+	kVersion, kTime, kTenant, kAction, kResource = ast.StringTerm("version"), ast.StringTerm("time"), ast.StringTerm("tenant"), ast.StringTerm("action"), ast.StringTerm("resource")
+	kRoute, kRequest, kPassport, kAgent          = ast.StringTerm("route"), ast.StringTerm("request"), ast.StringTerm("passport"), ast.StringTerm("agent")
+	kID, kMethod, kPath, kParams, kQuery         = ast.StringTerm("id"), ast.StringTerm("method"), ast.StringTerm("path"), ast.StringTerm("params"), ast.StringTerm("query")
+	kHeaders, kBody, kName, kType, kTrustLevel   = ast.StringTerm("headers"), ast.StringTerm("body"), ast.StringTerm("name"), ast.StringTerm("type"), ast.StringTerm("trust_level")
+	kReputation, kBlocked, kTemplate             = ast.StringTerm("reputation"), ast.StringTerm("blocked"), ast.StringTerm("template")
+	kProduction                                  = ast.StringTerm("production")
+	tOne, tFalse                                 = ast.IntNumberTerm(1), ast.BooleanTerm(false)
+)
+
+// routeTerm is the constant "route" part of the input for a route.
+func routeTerm(r *route) *ast.Term {
+	return ast.ObjectTerm(
+		ast.Item(kName, ast.StringTerm(r.Name)),
+		ast.Item(kTemplate, ast.StringTerm(r.tpl.raw)),
+		ast.Item(kTenant, ast.StringTerm(r.Tenant)),
+		ast.Item(kProduction, ast.BooleanTerm(r.production)),
+	)
 }
 
 // payloadJSON and payloadValue are the claims as the policy sees them,
