@@ -646,3 +646,34 @@ func TestNotReadyWithoutKeys(t *testing.T) {
 		t.Fatalf("readyz %d %q", res.StatusCode, b.String())
 	}
 }
+
+// TestConcurrentCalls shares one cached passport, its OPA value and the
+// route terms across concurrent calls (run with -race).
+func TestConcurrentCalls(t *testing.T) {
+	h := newHarness(t)
+	_, tok := h.healer()
+	errs := make(chan int, 200)
+	for g := 0; g < 20; g++ {
+		go func() {
+			for i := 0; i < 10; i++ {
+				req, _ := http.NewRequest("POST", h.url+"/services/checkout/restart", nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					errs <- 0
+					continue
+				}
+				res.Body.Close()
+				errs <- res.StatusCode
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		if s := <-errs; s != 200 {
+			t.Fatalf("status %d", s)
+		}
+	}
+	if h.up.hits.Load() != 200 {
+		t.Fatalf("upstream hits %d", h.up.hits.Load())
+	}
+}
