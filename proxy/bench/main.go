@@ -248,13 +248,13 @@ func run() error {
 	}
 
 	if len(o.rates) > 0 {
-		fmt.Printf("\n%-10s %-22s %10s %10s %10s %8s\n", "rate", "case", "achieved", "p50", "p99", "errors")
+		fmt.Printf("\n%-10s %-22s %10s %10s %10s %8s %8s\n", "rate", "case", "achieved", "p50", "p99", "errors", "missed")
 		for _, rate := range o.rates {
 			var p99s [2]time.Duration
 			for i, c := range cases[1:3] {
 				res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, rate)
 				p99s[i] = res.p99
-				fmt.Printf("%-10s %-22s %10.0f %10s %10s %8d\n", strconv.Itoa(rate)+"/s", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
+				fmt.Printf("%-10s %-22s %10.0f %10s %10s %8d %8d\n", strconv.Itoa(rate)+"/s", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors, res.missed)
 			}
 			fmt.Printf("%-10s %-22s %10s %10s %10s\n", "", "p99 full - bare", "", "", fmtDur(p99s[1]-p99s[0]))
 		}
@@ -265,7 +265,8 @@ func run() error {
 type result struct {
 	rps      float64
 	p50, p99 time.Duration
-	errors   int64
+	errors   int64 // answers with another status, or transport errors
+	missed   int64 // fixed rate only: slots not sent because every connection was busy
 }
 
 // load runs conns workers against url for warmup+d. With rate 0 each
@@ -349,7 +350,7 @@ func load(method, url, token string, want, conns int, warmup, d time.Duration, r
 		all = append(all, l...)
 	}
 	slices.Sort(all)
-	r := result{errors: errs.Load() + missed.Load()}
+	r := result{errors: errs.Load(), missed: missed.Load()}
 	if n := len(all); n > 0 {
 		r.rps = float64(n) / d.Seconds()
 		r.p50 = all[n/2]
