@@ -68,6 +68,7 @@ type options struct {
 	fsync    string
 	profile  string
 	only     string
+	noAudit  bool
 }
 
 func run() error {
@@ -81,6 +82,7 @@ func run() error {
 	flag.StringVar(&o.fsync, "fsync", "always", "appendfsync of the private redis-server: always, everysec or no")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the full-path case to this file")
 	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text")
+	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {
 		if r = strings.TrimSpace(r); r != "" {
@@ -165,7 +167,11 @@ func run() error {
 	cfg.Issuer = "http://bench.authority"
 	cfg.JWKSURL = jwksURL + "/.well-known/jwks.json"
 	cfg.Redis.URL = o.redisURL
-	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS})
+	var sink audit.Sink = stream
+	if o.noAudit {
+		sink = nopSink{}
+	}
+	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Registry: reg, Policies: policies.FS})
 	if err != nil {
 		return err
 	}
@@ -450,6 +456,12 @@ func startRedis(fsync string) (string, func(), error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// nopSink acknowledges without storing: for measuring the audit's share.
+type nopSink struct{}
+
+func (nopSink) Append(context.Context, *audit.Record) (string, error) { return "0-0", nil }
+func (nopSink) Enqueue(*audit.Record)                                 {}
 
 type bufPool struct{}
 
