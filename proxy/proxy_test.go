@@ -677,3 +677,24 @@ func TestConcurrentCalls(t *testing.T) {
 		t.Fatalf("upstream hits %d", h.up.hits.Load())
 	}
 }
+
+// TestUnknownKIDRefreshIsRateLimited: made-up kids cause at most one JWKS
+// fetch per interval, and are refused at once (never queued).
+func TestUnknownKIDRefreshIsRateLimited(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.JWKSUnknownKIDInterval = time.Hour })
+	c, _ := h.healer()
+	base := h.keys.Fetches.Load()
+	for i := 0; i < 5; i++ {
+		tok := testkeys.SignEdWith(t, mustEd(t), "made-up-"+string(rune('a'+i)), c)
+		start := time.Now()
+		if r := h.do("GET", "/services/checkout", tok, nil, ""); r.status != 401 {
+			t.Fatalf("unknown kid: %d", r.status)
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("an unknown kid waited for the rate limiter")
+		}
+	}
+	if n := h.keys.Fetches.Load() - base; n != 1 {
+		t.Fatalf("%d JWKS fetches for five unknown kids in one interval, want 1", n)
+	}
+}
