@@ -283,11 +283,14 @@ func (v *verifier) verifySlow(ctx context.Context, tok string) (*Verified, error
 	}
 
 	var claims passport.Claims
-	_, err = v.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
+	parsed, err := v.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
 		return v.keyFor(ctx, t)
 	})
 	if err != nil {
 		return nil, mapJWTError(err)
+	}
+	if parsed == nil || !parsed.Valid {
+		return nil, ErrSignature // never accept on "no error" alone
 	}
 	// A token is accepted only when ParseWithClaims returned no error; the
 	// claims below are checked on top of what the library checked.
