@@ -22,7 +22,16 @@ default allow := false
 allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
-decision := {
+# An allowed call takes the fast path (fast.rego), which never builds the
+# set of reasons; any other call gets full_decision, which collects every
+# reason. Both give the same answer: the fast path only ever allows a call
+# that full_decision allows (policies_test.go compares them).
+decision := d if {
+	d := fast_decision
+} else := full_decision
+
+# full_decision evaluates every rule: the allow flag and all the reasons.
+full_decision := {
 	"allow": allow,
 	"reasons": sort(reasons),
 	"input_version": supported_input_version,

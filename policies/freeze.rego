@@ -4,7 +4,10 @@ import data.passport.config
 
 # A change-freeze window (data: freeze_windows) denies the actions it names
 # in the tenants it names while it is open, except for exempt agent types.
-reasons contains "change_freeze" if {
+reasons contains "change_freeze" if window_open
+
+# window_open holds when a window that concerns the call is open.
+window_open if {
 	some i in concerning_windows
 	window_freezes_now(config.freeze_windows[i])
 }

@@ -192,7 +192,7 @@ func (l *Library) Prepare(ctx context.Context) (rego.PreparedEvalQuery, error) {
 	pq, err := rego.New(
 		rego.Query(DecisionQuery),
 		rego.Compiler(c),
-		rego.Store(inmem.NewFromObject(l.Data)),
+		rego.Store(inmem.NewFromObjectWithOpts(l.Data, inmem.OptReturnASTValuesOnRead(true))),
 	).PrepareForEval(ctx)
 	if err != nil {
 		return rego.PreparedEvalQuery{}, fmt.Errorf("prepare %s: %w", DecisionQuery, err)

@@ -365,7 +365,7 @@ func BenchmarkDecision(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	store := inmem.NewFromObjectWithOpts(lib.Data, inmem.OptRoundTripOnWrite(false))
+	store := inmem.NewFromObjectWithOpts(lib.Data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
 	txn, err := store.NewTransaction(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -413,7 +413,7 @@ func BenchmarkBaselineOneRule(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	store := inmem.NewFromObjectWithOpts(lib.Data, inmem.OptRoundTripOnWrite(false))
+	store := inmem.NewFromObjectWithOpts(lib.Data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
 	txn, err := store.NewTransaction(ctx)
 	if err != nil {
 		b.Fatal(err)

@@ -292,8 +292,12 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 	}
 	// The store is never written after the load, so one read transaction
 	// is opened per load and shared by every evaluation: that saves a
-	// lock and an allocation per call.
-	store := inmem.NewFromObjectWithOpts(res.Documents, inmem.OptRoundTripOnWrite(false))
+	// lock and an allocation per call. It keeps data as OPA values, so a
+	// read hands out the stored value instead of converting Go maps on
+	// every evaluation: the library reads its whole configuration once
+	// per call (policies/fast.rego), which then costs nothing.
+	store := inmem.NewFromObjectWithOpts(res.Documents,
+		inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
 	txn, err := store.NewTransaction(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open policy store: %w", err)
