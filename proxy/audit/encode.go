@@ -2,7 +2,9 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -361,9 +363,24 @@ type canonicalizer struct {
 // key, the sort key, is src[k0:k1], or keys[k0:k1] when it had to be
 // unescaped. No pointers: sorting spans costs no write barriers.
 type span struct {
+	pre        uint64 // the key's first 8 bytes, big-endian, zero-padded
 	k0, k1     int
 	unescaped  bool
 	start, end int
+}
+
+// compare orders spans by decoded key; the prefixes settle most pairs.
+func (c *canonicalizer) compare(a, b span) int {
+	if a.pre != b.pre {
+		return cmp.Compare(a.pre, b.pre)
+	}
+	return bytes.Compare(c.key(a), c.key(b))
+}
+
+func prefix(key []byte) uint64 {
+	var p [8]byte
+	copy(p[:], key)
+	return binary.BigEndian.Uint64(p[:])
 }
 
 func (c *canonicalizer) key(s span) []byte {
@@ -590,9 +607,10 @@ func (c *canonicalizer) object(dst []byte, depth int) ([]byte, error) {
 			sp.k1, sp.unescaped = len(c.keys), true
 		}
 		key := c.key(sp)
+		sp.pre = prefix(key)
 		if n > 0 {
 			dst = append(dst, ',')
-			if bytes.Compare(c.key(c.spans[len(c.spans)-1]), key) >= 0 {
+			if c.compare(c.spans[len(c.spans)-1], sp) >= 0 {
 				sorted = false
 			}
 		}
@@ -627,11 +645,11 @@ func (c *canonicalizer) object(dst []byte, depth int) ([]byte, error) {
 	if !sorted {
 		// Sort by decoded key; of duplicates the last one wins, as when
 		// decoding into a map.
-		slices.SortStableFunc(members, func(a, b span) int { return bytes.Compare(c.key(a), c.key(b)) })
+		slices.SortStableFunc(members, c.compare)
 		c.tmp = append(c.tmp[:0], dst[open:]...)
 		dst = dst[:open]
 		for j, m := range members {
-			if j+1 < len(members) && bytes.Equal(c.key(m), c.key(members[j+1])) {
+			if j+1 < len(members) && c.compare(m, members[j+1]) == 0 {
 				continue
 			}
 			if len(dst) > open {
