@@ -22,12 +22,80 @@ default allow := false
 allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
-# An allowed call takes the fast path (fast.rego), which never builds the
-# set of reasons; any other call gets full_decision, which collects every
-# reason. Both give the same answer: the fast path only ever allows a call
-# that full_decision allows (policies_test.go compares them).
-decision := d if {
-	d := fast_decision
+#
+# Fast path: the body below states every check of the library positively,
+# in one rule body that reads the configuration once, so that an allowed
+# call (most calls) never evaluates the reason rules and their negations.
+# It may be stricter than the rules (a call it does not clear gets
+# full_decision, and the same answer), never looser. Every rule that adds a
+# reason must have its counterpart here, or the check would not be applied
+# to calls that pass all the others: policies_test.go fails when the reason
+# rules change, as a reminder, and compares decision with full_decision
+# over many inputs.
+decision := {
+	"allow": true,
+	"reasons": [],
+	"input_version": 1,
+	"data_revision": object.get(cfg, "revision", ""),
+} if {
+	# input_version_unsupported (1 is supported_input_version; a rule
+	# reference would cost another evaluation), agent_blocked
+	input.version == 1
+	input.agent.blocked == false
+	cfg := config
+
+	# unknown_action, trust_level_too_low, reputation_too_low
+	action := cfg.actions[input.action]
+	action
+	cfg.trust_levels[input.agent.trust_level] >= cfg.trust_levels[action.trust]
+	is_number(input.agent.reputation)
+	input.agent.reputation >= object.get(action, "min_reputation", 0)
+
+	# unknown_agent_type, agent_type_not_permitted
+	agent_type := cfg.agent_types[input.agent.type]
+	agent_type
+	input.action in agent_type.capabilities
+
+	# tenant_mismatch
+	is_string(input.tenant)
+	input.tenant != ""
+	input.passport.tenant == input.tenant
+	is_object(input.route)
+	object.get(input.route, "tenant", "") in ["", input.tenant]
+
+	# resource_not_in_tenant: "*" needs any_resource, any other resource
+	# must be one of the tenant's services.
+	object.get(
+		{"*": object.get(action, "any_resource", false)},
+		input.resource,
+		input.resource in cfg.tenants[input.tenant].services,
+	) == true
+
+	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted
+	arguments_clear
+
+	# chaos_on_production_route: actions limited to non-production routes
+	# take the full evaluation.
+	object.get(action, "non_production_only", false) != true
+
+	# change_freeze, invalid_time: each window is well formed (so the
+	# freeze rules cannot fail on it) and cannot freeze this call.
+	every window in cfg.freeze_windows {
+		is_object(window)
+		is_array(object.get(window, "tenants", []))
+		is_array(object.get(window, "actions", []))
+		is_array(object.get(window, "exempt_agent_types", []))
+		window_quiet(window, action)
+	}
+
+	# task_target_mismatch, task_action_mismatch
+	task_clear
+
+	# action_not_granted (last: it iterates)
+	some detail in input.passport.authorization_details
+	detail.type == "agent_action"
+	input.action in detail.actions
+	object.get(detail, "identifier", "") in ["", input.resource]
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.

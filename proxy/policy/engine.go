@@ -28,9 +28,11 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -128,9 +130,15 @@ type Engine struct {
 type prepared struct {
 	pq       rego.PreparedEvalQuery
 	txn      storage.Transaction
+	evalOpts []rego.EvalOption // per load: the shared transaction, no metrics
 	revision string
 	loadedAt time.Time
 }
+
+// astResult makes the prepared query hand back the decision as the OPA
+// value it computed: Decide reads the few fields it needs from it instead
+// of having every value converted to Go maps and slices first.
+func astResult(t *ast.Term, _ *rego.EvalContext) (any, error) { return t, nil }
 
 // New builds an engine and loads the policy once. A policy that does not
 // compile is an error: the proxy does not start without a policy.
@@ -309,6 +317,7 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		rego.StrictBuiltinErrors(true),
 		rego.SetRegoVersion(ast.RegoV1),
 		rego.Store(store),
+		rego.GenerateJSON(astResult),
 	}
 	mods := make([]string, 0, len(res.Modules))
 	for k := range res.Modules {
@@ -322,7 +331,13 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 	if err != nil {
 		return nil, err // compile errors name file and line
 	}
-	return &prepared{pq: pq, txn: txn, revision: rev, loadedAt: time.Now()}, nil
+	evalOpts := []rego.EvalOption{
+		rego.EvalTransaction(txn),
+		// Nothing reads per-evaluation metrics; the no-op saves building
+		// a registry and timers on every call.
+		rego.EvalMetrics(metrics.NoOp()),
+	}
+	return &prepared{pq: pq, txn: txn, evalOpts: evalOpts, revision: rev, loadedAt: time.Now()}, nil
 }
 
 // Decide evaluates the decision for input. A nil error means the policy
@@ -336,7 +351,17 @@ func (e *Engine) Decide(ctx context.Context, input ast.Value) (Decision, error) 
 	d := Decision{Revision: p.revision}
 	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
-	rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(input), rego.EvalTransaction(p.txn))
+	// Cancellation: without an external Cancel, OPA starts a goroutine per
+	// evaluation to watch ctx. A callback registered on ctx does the same
+	// job (stop the evaluation at the deadline or when the caller goes
+	// away) without a goroutine per call.
+	c := topdown.NewCancel()
+	stop := context.AfterFunc(ctx, c.Cancel)
+	defer stop()
+	opts := make([]rego.EvalOption, 0, len(p.evalOpts)+2)
+	opts = append(opts, p.evalOpts...)
+	opts = append(opts, rego.EvalParsedInput(input), rego.EvalExternalCancel(c))
+	rs, err := p.pq.Eval(ctx, opts...)
 	if err != nil {
 		kind := "error"
 		if ctx.Err() != nil {
@@ -353,35 +378,67 @@ func (e *Engine) Decide(ctx context.Context, input ast.Value) (Decision, error) 
 		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
 		return d, fmt.Errorf("%w: %d results", ErrBadDecision, len(rs))
 	}
-	obj, ok := rs[0].Expressions[0].Value.(map[string]any)
-	if !ok {
+	allow, reasons, err := readDecision(rs[0].Expressions[0].Value)
+	if err != nil {
 		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
-		return d, fmt.Errorf("%w: decision is not an object", ErrBadDecision)
+		return d, err
 	}
-	allow, ok := obj["allow"].(bool)
-	if !ok {
-		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
-		return d, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
-	}
-	if rv, present := obj["reasons"]; present {
-		list, ok := rv.([]any)
-		if !ok {
-			e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
-			return d, fmt.Errorf("%w: reasons is not a list", ErrBadDecision)
-		}
-		d.Reasons = make([]string, 0, len(list))
-		for _, r := range list {
-			s, ok := r.(string)
-			if !ok {
-				e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
-				return d, fmt.Errorf("%w: a reason is not a string", ErrBadDecision)
-			}
-			d.Reasons = append(d.Reasons, s)
-		}
-		sort.Strings(d.Reasons) // sets come back unordered; keep answers stable
-	}
-	d.Allow = allow
+	d.Allow, d.Reasons = allow, reasons
 	return d, nil
+}
+
+// readDecision reads allow and reasons from the decision value (an
+// *ast.Term, see astResult). allow must be a boolean; reasons, when
+// present, a list (or set) of strings, returned sorted: sets come back
+// unordered, and answers must be stable.
+func readDecision(v any) (bool, []string, error) {
+	t, ok := v.(*ast.Term)
+	if !ok {
+		return false, nil, fmt.Errorf("%w: unexpected result type %T", ErrBadDecision, v)
+	}
+	obj, ok := t.Value.(ast.Object)
+	if !ok {
+		return false, nil, fmt.Errorf("%w: decision is not an object", ErrBadDecision)
+	}
+	var allow bool
+	if a := obj.Get(ast.InternedTerm("allow")); a != nil {
+		b, ok := a.Value.(ast.Boolean)
+		if !ok {
+			return false, nil, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
+		}
+		allow = bool(b)
+	} else {
+		return false, nil, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
+	}
+	rt := obj.Get(ast.InternedTerm("reasons"))
+	if rt == nil {
+		return allow, nil, nil
+	}
+	var reasons []string
+	add := func(r *ast.Term) error {
+		s, ok := r.Value.(ast.String)
+		if !ok {
+			return fmt.Errorf("%w: a reason is not a string", ErrBadDecision)
+		}
+		reasons = append(reasons, string(s))
+		return nil
+	}
+	var err error
+	switch list := rt.Value.(type) {
+	case *ast.Array:
+		reasons = make([]string, 0, list.Len())
+		list.Until(func(r *ast.Term) bool { err = add(r); return err != nil })
+	case ast.Set:
+		reasons = make([]string, 0, list.Len())
+		list.Until(func(r *ast.Term) bool { err = add(r); return err != nil })
+	default:
+		return false, nil, fmt.Errorf("%w: reasons is not a list", ErrBadDecision)
+	}
+	if err != nil {
+		return false, nil, err
+	}
+	sort.Strings(reasons)
+	return allow, reasons, nil
 }
 
 // Run watches the policy directory (when the engine has one) and reloads
