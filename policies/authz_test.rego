@@ -41,3 +41,23 @@ test_data_revision_defaults_to_empty if {
 	d.data_revision == ""
 	d.allow == true
 }
+
+# A denied call takes the full evaluation (full_decision), which must
+# carry the same metadata as the fast path of an allowed call.
+test_denied_decision_carries_revision if {
+	d := authz.decision with input as call({"agent": {"blocked": true}}) with data.passport.config.revision as "r2"
+	d == {"allow": false, "reasons": ["agent_blocked"], "input_version": 1, "data_revision": "r2"}
+}
+
+test_denied_data_revision_defaults_to_empty if {
+	cfg := object.remove(data.passport.config, ["revision"])
+	d := authz.decision with input as call({"agent": {"blocked": true}}) with data.passport.config as cfg
+	d.data_revision == ""
+	d.allow == false
+}
+
+# The full evaluation accepts a collection read of "*" too: a blocked
+# agent's list call is denied for the block alone.
+test_denied_collection_read_only_for_its_reason if {
+	denied_only(call({"action": "service.list", "resource": "*", "agent": {"blocked": true}}), ["agent_blocked"])
+}
