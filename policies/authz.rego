@@ -39,36 +39,44 @@ decision := {
 	"data_revision": object.get(cfg, "revision", ""),
 } if {
 	# input_version_unsupported (1 is supported_input_version; a rule
-	# reference would cost another evaluation), agent_blocked
+	# reference would cost another evaluation), agent_blocked. Input
+	# fields used more than once are bound once: each reference to input
+	# costs a step. A missing field fails the fast path, never a check.
 	input.version == 1
-	input.agent.blocked == false
+	agent := input.agent
+	agent.blocked == false
+	name := input.action
+	tenant := input.tenant
+	resource := input.resource
 	cfg := config
 
 	# unknown_action, trust_level_too_low, reputation_too_low
-	action := cfg.actions[input.action]
+	action := cfg.actions[name]
 	action
-	cfg.trust_levels[input.agent.trust_level] >= cfg.trust_levels[action.trust]
-	is_number(input.agent.reputation)
-	input.agent.reputation >= object.get(action, "min_reputation", 0)
+	cfg.trust_levels[agent.trust_level] >= cfg.trust_levels[action.trust]
+	reputation := agent.reputation
+	is_number(reputation)
+	reputation >= object.get(action, "min_reputation", 0)
 
 	# unknown_agent_type, agent_type_not_permitted
-	agent_type := cfg.agent_types[input.agent.type]
+	agent_type := cfg.agent_types[agent.type]
 	agent_type
-	input.action in agent_type.capabilities
+	name in agent_type.capabilities
 
 	# tenant_mismatch
-	is_string(input.tenant)
-	input.tenant != ""
-	input.passport.tenant == input.tenant
-	is_object(input.route)
-	object.get(input.route, "tenant", "") in ["", input.tenant]
+	is_string(tenant)
+	tenant != ""
+	input.passport.tenant == tenant
+	route := input.route
+	is_object(route)
+	object.get(route, "tenant", "") in ["", tenant]
 
 	# resource_not_in_tenant: "*" needs any_resource, any other resource
 	# must be one of the tenant's services.
 	object.get(
 		{"*": object.get(action, "any_resource", false)},
-		input.resource,
-		input.resource in cfg.tenants[input.tenant].services,
+		resource,
+		resource in cfg.tenants[tenant].services,
 	) == true
 
 	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted
@@ -94,8 +102,8 @@ decision := {
 	# action_not_granted (last: it iterates)
 	some detail in input.passport.authorization_details
 	detail.type == "agent_action"
-	input.action in detail.actions
-	object.get(detail, "identifier", "") in ["", input.resource]
+	name in detail.actions
+	object.get(detail, "identifier", "") in ["", resource]
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.
