@@ -50,18 +50,16 @@ decision := {
 	resource := input.resource
 	cfg := config
 
-	# unknown_action, trust_level_too_low, reputation_too_low
+	# unknown_action, trust_level_too_low, reputation_too_low (an entry
+	# that is not an object, false included, has no trust and fails here)
 	action := cfg.actions[name]
-	action
 	cfg.trust_levels[agent.trust_level] >= cfg.trust_levels[action.trust]
 	reputation := agent.reputation
 	is_number(reputation)
 	reputation >= object.get(action, "min_reputation", 0)
 
 	# unknown_agent_type, agent_type_not_permitted
-	agent_type := cfg.agent_types[agent.type]
-	agent_type
-	name in agent_type.capabilities
+	name in cfg.agent_types[agent.type].capabilities
 
 	# tenant_mismatch
 	is_string(tenant)
