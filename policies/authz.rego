@@ -29,7 +29,7 @@ allow if count(reasons) == 0
 # It may be stricter than the rules (a call it does not clear gets
 # full_decision, and the same answer), never looser. Every rule that adds a
 # reason must have its counterpart here, or the check would not be applied
-# to calls that pass all the others: policies_test.go fails when the reason
+# to calls that pass all the others: fastpath_test.go fails when the reason
 # rules change, as a reminder, and compares decision with full_decision
 # over many inputs.
 decision := {
