@@ -181,13 +181,16 @@ type Stack struct {
 	log  *slog.Logger
 	demo Demo
 
-	rdb    redis.UniversalClient
-	fleet  *fleet.Fleet
-	chaos  map[string]*chaos.Chaos
-	admin  *client.Admin
-	ready  chan struct{}
-	mu     sync.Mutex
-	closer []func()
+	rdb   redis.UniversalClient
+	fleet *fleet.Fleet
+	chaos map[string]*chaos.Chaos
+	admin *client.Admin
+	ready chan struct{}
+	// streams run the audit writers (see run).
+	streams   errgroup.Group
+	streamCtx context.Context
+	mu        sync.Mutex
+	closer    []func()
 }
 
 // Run starts the stack and blocks until ctx ends or a component fails.
@@ -291,6 +294,16 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		StartedAt:  time.Now().UTC(),
 	}
 
+	// Audit writers outlive the components: they stop only after every
+	// component has drained, so the last outcome records are flushed
+	// rather than dropped.
+	streamCtx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
+	s.streamCtx = streamCtx
+	defer func() {
+		stopStreams()
+		_ = s.streams.Wait()
+	}()
+
 	g, gctx := errgroup.WithContext(ctx)
 
 	// The authority.
@@ -298,7 +311,6 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return authStream.Run(gctx) })
 	acfg := authority.DefaultConfig()
 	acfg.Listen = lns["authority"].Addr().String()
 	acfg.Issuer = s.demo.URLs.Authority
@@ -339,7 +351,6 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return proxyStream.Run(gctx) })
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
@@ -413,6 +424,7 @@ func (s *Stack) newStream(writer string) (*audit.Stream, error) {
 		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
 	}
 	s.addCloser(func() { st.Close() })
+	s.streams.Go(func() error { return st.Run(s.streamCtx) })
 	return st, nil
 }
 
@@ -452,7 +464,6 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return stream.Run(ctx) })
 	h, err := healer.New(hcfg, healer.Deps{
 		Logger:     log.With("component", "healer"),
 		Passports:  agentcall.AuthorityPassports{Client: hc},
@@ -478,7 +489,6 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return cstream.Run(ctx) })
 	ch, err := chaos.New(ccfg, chaos.Deps{Logger: log.With("component", "chaos"), Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		return fmt.Errorf("chaos %s: %w", tenant, err)
