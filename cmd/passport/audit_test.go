@@ -168,14 +168,24 @@ func TestAuditTailFollow(t *testing.T) {
 		pw.Close()
 	}()
 	go func() {
-		// Appended after tail started: follow must print it.
-		time.Sleep(300 * time.Millisecond)
-		s.Append(context.Background(), &audit.Record{Kind: audit.KindDecision, Tenant: "acme", RequestID: "followed"})
+		// Records keep arriving while tail runs: whenever it has started,
+		// follow must print the ones appended after that. (Appending once
+		// after a fixed pause would race with the start of tail.)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				s.Append(ctx, &audit.Record{Kind: audit.KindDecision, Tenant: "acme", RequestID: fmt.Sprintf("followed-%d", i)})
+			}
+		}
 	}()
 	buf := make([]byte, 64<<10)
 	got := ""
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(got, `"request_id":"followed"`) {
+	for !strings.Contains(got, `"request_id":"followed-`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("follow did not print the new record: %q", got)
 		}
