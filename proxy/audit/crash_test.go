@@ -215,8 +215,14 @@ func TestWriteTimeoutIsAnErrorAndChainSurvivesLateWrite(t *testing.T) {
 	if d := time.Since(start); d > 900*time.Millisecond {
 		t.Errorf("Append took %v with a 200ms write timeout", d)
 	}
+	// Each attempt is a new request, as in the proxy (a timed-out call was
+	// answered 503 and is never retried under its request id): an attempt
+	// that timed out may still land once the pause ends, and reusing its
+	// request id would rightly be reported as a duplicate.
+	next := 3
 	eventually(t, 5*time.Second, "appends to succeed after the pause", func() bool {
-		_, err := s.Append(ctx, decision("acme", 3))
+		_, err := s.Append(ctx, decision("acme", next))
+		next++
 		return err == nil
 	})
 	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
