@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -59,13 +58,6 @@ type StreamConfig struct {
 	MaxWait time.Duration
 	// WriteTimeout bounds one Append (queueing and the write). Default 2s.
 	WriteTimeout time.Duration
-	// MaxInFlight is how many batches may wait for Redis's reply at once.
-	// They share one dedicated connection, so Redis runs them in the order
-	// they were built and each links to the head the one before leaves; if
-	// one fails, every later one fails too and the heads are re-read.
-	// Default 4. Only with a standalone Redis (*redis.Client); Cluster,
-	// Sentinel and Ring clients keep one batch in flight.
-	MaxInFlight int
 	// WaitReplicas, when > 0, makes every batch also wait (Redis WAIT) until
 	// that many replicas have received it, for at most WaitTimeout (default
 	// 500ms; keep it below the Redis client's read timeout). With fewer
@@ -131,9 +123,6 @@ func (c *StreamConfig) defaults() error {
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 256
 	}
-	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 4
-	}
 	def(&c.MaxWait, 200*time.Microsecond)
 	def(&c.WriteTimeout, 2*time.Second)
 	if c.OutcomeBuffer <= 0 {
@@ -194,19 +183,8 @@ type Stream struct {
 	seen  sync.Map // tenants written to (string -> struct{})
 
 	// Owned by the committer goroutine.
+	chains     map[string]*chain
 	registered bool
-	direct     *redis.Client // standalone Redis: batches pipelined on pc
-	pc         *pipeConn
-	slots      chan struct{} // one per batch in flight
-
-	// mu guards the chains, shared by the committer and the replies.
-	mu     sync.Mutex
-	idle   *sync.Cond    // signalled when flying drops to 0
-	flying int           // batches sent and not yet answered
-	peak   int           // most batches in flight at once (tests)
-	landed chan struct{} // signalled (cap 1) when a batch is answered
-	rtt    atomic.Int64  // moving average of a batch's round trip, ns
-	chains map[string]*chain
 }
 
 // Stats are counters of the writer, for tests and status pages.
@@ -223,9 +201,6 @@ type chain struct {
 	hash      string
 	sinceCkpt uint64
 	ambiguous []*item // failed writes whose fate the next resync decides
-	// gen counts failures: a batch built before the last failure of its
-	// chain fails too, whatever Redis answered (fail closed).
-	gen uint64
 }
 
 type result struct {
@@ -256,16 +231,14 @@ type item struct {
 // can therefore never fork a chain, leave a gap, or store one record twice.
 // KEYS[1] stream, KEYS[2] heads hash; ARGV[1] writer, ARGV[2] expected head
 // ("" for a new chain), ARGV[3] new head, ARGV[4..] record JSON.
-var appendScript = redis.NewScript(appendSrc)
-
-const appendSrc = `
+var appendScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 if cur ~= ARGV[2] then return redis.error_reply('PASSPORTCHAIN head moved') end
 local ids = {}
 for i = 4, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return ids
-`
+`)
 
 // NewStream returns a writer on rdb and starts its committer. It checks the
 // Redis persistence settings and registers the writer's public key; when
@@ -297,12 +270,6 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 		chains: map[string]*chain{},
-		slots:  make(chan struct{}, cfg.MaxInFlight),
-		landed: make(chan struct{}, 1),
-	}
-	s.idle = sync.NewCond(&s.mu)
-	if cl, ok := rdb.(*redis.Client); ok {
-		s.direct = cl
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.WriteTimeout)
 	defer cancel()
@@ -528,14 +495,6 @@ func (s *Stream) commitLoop() {
 		case first = <-s.reqs:
 		case <-s.stop:
 			s.failQueued()
-			s.mu.Lock()
-			for s.flying > 0 {
-				s.idle.Wait()
-			}
-			s.mu.Unlock()
-			if s.pc != nil {
-				s.pc.close()
-			}
 			return
 		}
 		batch := []*item{first}
@@ -568,46 +527,8 @@ func (s *Stream) commitLoop() {
 			}
 			timer.Stop()
 		}
-		batch = s.spread(batch)
 		s.commit(batch)
 	}
-}
-
-// spread holds a batch back while others are in flight, until one of them
-// lands or 1/MaxInFlight of the usual round trip has passed (or the batch
-// is full): batches in flight are then spaced over the round trip instead
-// of leaving back to back, each nearly empty, which costs Redis and the
-// process per-batch work without shortening anyone's wait.
-func (s *Stream) spread(batch []*item) []*item {
-	select {
-	case <-s.landed: // a stale signal
-	default:
-	}
-	s.mu.Lock()
-	busy := s.flying > 0
-	s.mu.Unlock()
-	if !busy || len(batch) >= s.cfg.MaxBatch {
-		return batch
-	}
-	gap := time.Duration(s.rtt.Load()) / time.Duration(s.cfg.MaxInFlight)
-	if gap <= 0 {
-		return batch
-	}
-	t := time.NewTimer(gap)
-	defer t.Stop()
-	for len(batch) < s.cfg.MaxBatch {
-		select {
-		case it := <-s.reqs:
-			batch = append(batch, it)
-		case <-s.landed:
-			return batch
-		case <-t.C:
-			return batch
-		case <-s.stop:
-			return batch
-		}
-	}
-	return batch
 }
 
 func (s *Stream) failQueued() {
@@ -660,21 +581,18 @@ func (s *Stream) chainFor(tenant string, known bool) *chain {
 // group is one chain's records in a batch: one script call.
 type group struct {
 	c      *chain
-	gen    uint64
 	expect string
-	head   string // the head after the group
 	items  []*item
 	recs   []*Record
 	raws   []any
+	cmd    *redis.Cmd
 }
 
-// commit builds one batch and sends it: resync the chains whose head is
-// unknown, assign chain fields, one script call per chain. It does not wait
-// for the reply (up to MaxInFlight batches are in flight); complete hands
+// commit writes one batch: resync the chains whose head is unknown, assign
+// chain fields, send one pipeline with one script call per chain, and hand
 // each caller its own result.
 func (s *Stream) commit(batch []*item) {
-	deadline := time.Now().Add(s.cfg.WriteTimeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
 	defer cancel()
 	start := time.Now()
 
@@ -699,100 +617,20 @@ func (s *Stream) commit(batch []*item) {
 			return
 		}
 	}
-	// A slot first: at most MaxInFlight batches wait for Redis.
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		s.failAll(batch, fmt.Errorf("%w: %v", ErrTimeout, ctx.Err()))
-		return
-	}
-	var done []fin
-	s.mu.Lock()
-	// A chain whose head is unknown (a write failed) is re-read only when
-	// no batch is in flight: the ones sent before must have landed or
-	// failed, or the head read could be older than what Redis will hold.
-	for s.flying > 0 && s.anyUnknown(batch) {
-		s.idle.Wait()
-	}
 	if err := s.resync(ctx, batch); err != nil {
-		s.mu.Unlock()
-		<-s.slots
 		s.failAll(batch, err)
 		return
 	}
-	f := &flight{deadline: deadline, start: start}
-	done = s.build(batch, f)
-	idle := s.flying == 0 // nothing is reading the connection
-	if len(f.groups) > 0 {
-		s.flying++
-		s.peak = max(s.peak, s.flying)
-	}
-	s.mu.Unlock()
-	for _, d := range done {
-		s.finish(d.it, d.res)
-	}
-	if len(f.groups) == 0 {
-		<-s.slots
-		return
-	}
-	if s.cfg.WaitReplicas > 0 {
-		// Same connection, after the appends: WAIT covers them.
-		f.wait = []any{"WAIT", s.cfg.WaitReplicas, s.cfg.WaitTimeout.Milliseconds()}
-	}
-	if s.direct == nil {
-		s.sendPool(ctx, f)
-		s.complete(f)
-		return
-	}
-	if s.pc != nil && idle && !s.pc.isBroken() {
-		if err := connCheck(s.pc.nc); err != nil {
-			// Closed while idle (Redis restarted): a new connection
-			// instead of a failed batch.
-			s.pc.close()
-		}
-	}
-	if s.pc == nil || s.pc.isBroken() {
-		pc, err := dialPipe(ctx, s.direct, s.cfg.MaxInFlight, s.complete)
-		if err != nil {
-			f.err = err
-			s.complete(f)
-			return
-		}
-		s.pc = pc
-	}
-	f.pc = s.pc
-	if err := s.pc.send(f, s.cfg.WriterID); err != nil {
-		f.err = err
-		s.complete(f)
-	}
-}
 
-type fin struct {
-	it  *item
-	res result
-}
-
-func (s *Stream) anyUnknown(batch []*item) bool {
-	for _, it := range batch {
-		if c := s.chains[it.rec.Tenant]; c != nil && !c.known {
-			return true
-		}
-	}
-	return false
-}
-
-// build assigns the chain fields of the batch's records into f's groups,
-// one per chain. Called with s.mu held; returns the items answered already.
-func (s *Stream) build(batch []*item, f *flight) []fin {
-	var done []fin
 	now := s.cfg.Clock().UTC()
 	groups := map[string]*group{}
+	var order []*group
 	add := func(it *item, rec *Record, c *chain) error {
 		g := groups[c.tenant]
 		if g == nil {
-			g = &group{c: c, gen: c.gen, expect: headValue(c.seq, c.hash)}
+			g = &group{c: c, expect: headValue(c.seq, c.hash)}
 			groups[c.tenant] = g
-			f.groups = append(f.groups, g)
+			order = append(order, g)
 		}
 		rec.Writer = s.cfg.WriterID
 		rec.Seq = c.seq + 1
@@ -820,25 +658,25 @@ func (s *Stream) build(batch []*item, f *flight) []fin {
 		if it.settled && it.stored {
 			// A retried outcome whose first write did reach Redis.
 			it.settled = false
-			done = append(done, fin{it, result{rec: *it.rec}})
+			s.finish(it, result{rec: *it.rec})
 			continue
 		}
 		it.settled = false
 		rec := it.rec
 		if it.checkpoint != "" {
 			if c.sinceCkpt == 0 && it.checkpoint != CheckpointRetention {
-				done = append(done, fin{it, result{}})
+				s.finish(it, result{})
 				continue
 			}
 			var err error
 			rec, err = s.checkpointRecord(it, c, now)
 			if err != nil {
-				done = append(done, fin{it, result{err: err}})
+				s.finish(it, result{err: err})
 				continue
 			}
 		}
 		if err := add(it, rec, c); err != nil {
-			done = append(done, fin{it, result{err: err}})
+			s.finish(it, result{err: err})
 			continue
 		}
 		if it.checkpoint == "" && c.sinceCkpt >= uint64(s.cfg.CheckpointEvery) {
@@ -848,86 +686,44 @@ func (s *Stream) build(batch []*item, f *flight) []fin {
 			}
 		}
 	}
-	for _, g := range f.groups {
-		g.head = headValue(g.c.seq, g.c.hash)
-		f.n += len(g.items)
+	if len(order) == 0 {
+		return
 	}
-	return done
-}
-
-// sendPool writes f through go-redis (Cluster, Sentinel, Ring: one batch
-// in flight) and stores the replies in f.
-func (s *Stream) sendPool(ctx context.Context, f *flight) {
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(f.groups))
-	for i, g := range f.groups {
+	n := 0
+	for _, g := range order {
 		args := make([]any, 0, 3+len(g.raws))
-		args = append(args, s.cfg.WriterID, g.expect, g.head)
+		args = append(args, s.cfg.WriterID, g.expect, headValue(g.c.seq, g.c.hash))
 		args = append(args, g.raws...)
-		cmds[i] = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
+		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
+		n += len(g.items)
 	}
 	var wait *redis.Cmd
-	if f.wait != nil {
-		wait = pipe.Do(ctx, f.wait...)
-		cmds = append(cmds, wait)
+	if s.cfg.WaitReplicas > 0 {
+		// Same connection, after the appends: WAIT covers them.
+		wait = pipe.Do(ctx, "wait", s.cfg.WaitReplicas, s.cfg.WaitTimeout.Milliseconds())
 	}
 	_, _ = pipe.Exec(ctx)
-	for _, c := range cmds {
-		v, err := c.Result()
-		if err != nil {
-			f.replies = append(f.replies, err)
-		} else {
-			f.replies = append(f.replies, v)
-		}
-	}
-}
-
-// errEarlierFailed fails a batch sent after one of its chain failed.
-var errEarlierFailed = errors.New("audit chain: an earlier batch failed")
-
-// complete hands each caller of f its result, from the reader goroutine
-// (or the committer when f never reached the wire).
-func (s *Stream) complete(f *flight) {
 	var replErr error
-	if f.wait != nil && f.err == nil {
-		switch v := f.replies[len(f.groups)].(type) {
-		case int64:
-			if v < int64(s.cfg.WaitReplicas) {
-				replErr = fmt.Errorf("%w: %d of %d replicas", ErrNotReplicated, v, s.cfg.WaitReplicas)
-			}
-		case error:
-			replErr = fmt.Errorf("%w: %v", ErrNotReplicated, v)
-		default:
-			replErr = fmt.Errorf("%w: unexpected reply %T", ErrNotReplicated, v)
+	if wait != nil {
+		if got, err := wait.Int64(); err != nil {
+			replErr = fmt.Errorf("%w: %v", ErrNotReplicated, err)
+		} else if got < int64(s.cfg.WaitReplicas) {
+			replErr = fmt.Errorf("%w: %d of %d replicas", ErrNotReplicated, got, s.cfg.WaitReplicas)
 		}
 	}
 	s.batches.Add(1)
 	s.m.batches.Inc()
-	s.m.batchSize.Observe(float64(f.n))
-	lat := time.Since(f.start)
-	s.m.latency.Observe(lat.Seconds())
-	if old := s.rtt.Load(); old == 0 {
-		s.rtt.Store(int64(lat))
-	} else {
-		s.rtt.Store(old - old/8 + int64(lat)/8)
-	}
+	s.m.batchSize.Observe(float64(n))
+	s.m.latency.Observe(time.Since(start).Seconds())
 
-	var done []fin
-	s.mu.Lock()
-	for i, g := range f.groups {
-		err := f.err
-		var ids []string
-		if err == nil {
-			ids, err = replyIDs(f.replies[i])
-		}
+	for _, g := range order {
+		ids, err := g.cmd.StringSlice()
 		if err == nil && len(ids) != len(g.items) {
 			err = fmt.Errorf("audit append: %d ids for %d records", len(ids), len(g.items))
 		}
 		if err == nil && replErr != nil {
 			err = replErr
-		}
-		if err == nil && g.gen != g.c.gen {
-			err = errEarlierFailed
 		}
 		if err == nil {
 			for i, it := range g.items {
@@ -937,76 +733,32 @@ func (s *Stream) complete(f *flight) {
 				if rec.Kind == KindCheckpoint {
 					s.m.checkpoints.Inc()
 				}
-				done = append(done, fin{it, result{id: ids[i], rec: *rec}})
+				s.finish(it, result{id: ids[i], rec: *rec})
 			}
 			continue
 		}
 		// The group may or may not be stored (a lost reply). The chain head
 		// is unknown until re-read; the script stores all of a group or
-		// nothing, and the head says which. Every batch of this chain
-		// still in flight fails too (gen).
+		// nothing, and the head says which.
 		reason := "redis"
-		var ne net.Error
 		switch {
 		case strings.Contains(err.Error(), "PASSPORTCHAIN"):
 			reason = "chain"
 			err = errChainMoved
-		case strings.HasPrefix(err.Error(), "NOSCRIPT"):
-			// Redis lost its script cache: the script did not run. The
-			// connection sends an EVAL again for the next batch.
-			reason = "noscript"
-			if f.pc != nil {
-				f.pc.noscript()
-			}
-		case errors.Is(err, errEarlierFailed):
-			reason = "chain"
 		case errors.Is(err, ErrNotReplicated):
 			reason = "replication"
-		case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		case errors.Is(err, context.DeadlineExceeded):
 			reason = "timeout"
 			err = fmt.Errorf("%w: %v", ErrTimeout, err)
 		}
 		g.c.known = false
-		g.c.gen++
 		g.c.sinceCkpt = max(g.c.sinceCkpt, 1) // the next checkpoint tick must not skip this chain
 		for _, it := range g.items {
 			s.m.failures.WithLabelValues(reason).Inc()
 			g.c.ambiguous = append(g.c.ambiguous, it)
-			done = append(done, fin{it, result{err: err}})
+			s.finish(it, result{err: err})
 		}
 	}
-	s.flying--
-	if s.flying == 0 {
-		s.idle.Broadcast()
-	}
-	s.mu.Unlock()
-	<-s.slots
-	select {
-	case s.landed <- struct{}{}:
-	default:
-	}
-	for _, d := range done {
-		s.finish(d.it, d.res)
-	}
-}
-
-// replyIDs reads the script's reply: the new entries' ids.
-func replyIDs(r any) ([]string, error) {
-	switch v := r.(type) {
-	case error:
-		return nil, v
-	case []any:
-		ids := make([]string, len(v))
-		for i, e := range v {
-			id, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("audit append: unexpected id %T", e)
-			}
-			ids[i] = id
-		}
-		return ids, nil
-	}
-	return nil, fmt.Errorf("audit append: unexpected reply %T", r)
 }
 
 // generatedID reports whether the writer id was generated for this process
