@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -185,7 +184,6 @@ type Stack struct {
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
 	admin *client.Admin
-	ready chan struct{}
 	// streams run the audit writers (see run).
 	streams   errgroup.Group
 	streamCtx context.Context
@@ -197,7 +195,7 @@ type Stack struct {
 // onReady is called once everything answers, with what demo.json holds.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, onReady func(Demo)) error {
 	cfg.fill()
-	s := &Stack{cfg: cfg, log: log, chaos: map[string]*chaos.Chaos{}, ready: make(chan struct{})}
+	s := &Stack{cfg: cfg, log: log, chaos: map[string]*chaos.Chaos{}}
 	defer s.close()
 	return s.run(ctx, onReady)
 }
@@ -356,8 +354,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.AdminToken = passport.Secret(adminToken)
 	pcfg.Policy.Dir = cfg.PolicyDir
-	var pol fs.FS = policies.FS
-	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: pol})
+	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
