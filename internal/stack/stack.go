@@ -279,6 +279,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 			return err
 		}
 		lns[name] = ln
+		s.addCloser(func() { _ = ln.Close() }) // a no-op once a server has closed it
 	}
 	s.demo = Demo{
 		URLs: URLs{
@@ -307,7 +308,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	// The authority.
 	authStream, err := s.newStream("authority")
 	if err != nil {
-		return err
+		return s.failed(g, err)
 	}
 	acfg := authority.DefaultConfig()
 	acfg.Listen = lns["authority"].Addr().String()
@@ -319,15 +320,15 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	}
 	auth, err := authority.New(acfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: prometheus.NewRegistry(), Audit: authStream})
 	if err != nil {
-		return err
+		return s.failed(g, err)
 	}
 	if err := auth.Init(ctx); err != nil {
-		return err
+		return s.failed(g, err)
 	}
 	g.Go(func() error { return auth.Run(gctx, lns["authority"]) })
 	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{})
 	if err != nil {
-		return err
+		return s.failed(g, err)
 	}
 
 	// The fleet.
@@ -338,7 +339,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	}
 	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
 	if err != nil {
-		return fmt.Errorf("fleet: %w", err)
+		return s.failed(g, fmt.Errorf("fleet: %w", err))
 	}
 	s.fleet = fl
 	s.demo.URLs.Fleet = fl.URL()
@@ -347,7 +348,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	// The proxy in front of the fleet.
 	proxyStream, err := s.newStream("proxy")
 	if err != nil {
-		return err
+		return s.failed(g, err)
 	}
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
 	pcfg.Listen = lns["proxy"].Addr().String()
@@ -356,7 +357,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	pcfg.Policy.Dir = cfg.PolicyDir
 	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
 	if err != nil {
-		return fmt.Errorf("proxy: %w", err)
+		return s.failed(g, fmt.Errorf("proxy: %w", err))
 	}
 	g.Go(func() error { return px.Serve(gctx, lns["proxy"], lns["proxy_admin"]) })
 
