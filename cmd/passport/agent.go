@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -113,73 +114,45 @@ func (a *app) agentListCmd() *cobra.Command {
 }
 
 func (a *app) agentShowCmd() *cobra.Command {
-	var af authorityAdminFlags
-	cmd := &cobra.Command{
-		Use:   "show AGENT_ID",
-		Short: "Show one agent",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := af.admin(a)
-			if err != nil {
-				return err
-			}
-			ag, err := adm.GetAgent(cmd.Context(), af.tenant, args[0])
-			if err != nil {
-				return err
-			}
-			if af.json {
-				return printAuthorityJSON(a.stdout, ag)
-			}
-			printAgentInfo(a.stdout, ag)
-			return nil
-		},
-	}
-	af.register(cmd, true)
-	return cmd
+	return a.agentOneCmd("show AGENT_ID", "Show one agent", nil,
+		func(ctx context.Context, adm *client.Admin, tenant, id string) (client.Agent, error) {
+			return adm.GetAgent(ctx, tenant, id)
+		})
 }
 
 func (a *app) agentBlockCmd() *cobra.Command {
-	var (
-		af     authorityAdminFlags
-		reason string
-	)
-	cmd := &cobra.Command{
-		Use:   "block AGENT_ID",
-		Short: "Block an agent: revoke its passports and refuse new ones",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := af.admin(a)
-			if err != nil {
-				return err
-			}
-			ag, err := adm.Block(cmd.Context(), af.tenant, args[0], reason)
-			if err != nil {
-				return err
-			}
-			if af.json {
-				return printAuthorityJSON(a.stdout, ag)
-			}
-			printAgentInfo(a.stdout, ag)
-			return nil
+	var reason string
+	return a.agentOneCmd("block AGENT_ID", "Block an agent: revoke its passports and refuse new ones",
+		func(cmd *cobra.Command) {
+			cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit record and shown to the agent)")
 		},
-	}
-	af.register(cmd, true)
-	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit record and shown to the agent)")
-	return cmd
+		func(ctx context.Context, adm *client.Admin, tenant, id string) (client.Agent, error) {
+			return adm.Block(ctx, tenant, id, reason)
+		})
 }
 
 func (a *app) agentUnblockCmd() *cobra.Command {
+	return a.agentOneCmd("unblock AGENT_ID", "Unblock an agent and reset its reputation to its baseline", nil,
+		func(ctx context.Context, adm *client.Admin, tenant, id string) (client.Agent, error) {
+			return adm.Unblock(ctx, tenant, id)
+		})
+}
+
+// agentOneCmd is a command that acts on one agent through the admin API and
+// prints the agent it answers (as JSON with --json).
+func (a *app) agentOneCmd(use, short string, flags func(*cobra.Command),
+	do func(ctx context.Context, adm *client.Admin, tenant, id string) (client.Agent, error)) *cobra.Command {
 	var af authorityAdminFlags
 	cmd := &cobra.Command{
-		Use:   "unblock AGENT_ID",
-		Short: "Unblock an agent and reset its reputation to its baseline",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			adm, err := af.admin(a)
 			if err != nil {
 				return err
 			}
-			ag, err := adm.Unblock(cmd.Context(), af.tenant, args[0])
+			ag, err := do(cmd.Context(), adm, af.tenant, args[0])
 			if err != nil {
 				return err
 			}
@@ -191,6 +164,9 @@ func (a *app) agentUnblockCmd() *cobra.Command {
 		},
 	}
 	af.register(cmd, true)
+	if flags != nil {
+		flags(cmd)
+	}
 	return cmd
 }
 
