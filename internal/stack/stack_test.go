@@ -385,3 +385,49 @@ func TestEndToEndIncidentPassportIsScoped(t *testing.T) {
 		t.Fatalf("rollback with a restart-only incident passport: %d %s; want 403", code, body)
 	}
 }
+
+// TestEndToEndRandomChaos runs chaos in run mode (random faults at an
+// interval, as `passport up` does): each fault it records is repaired by the
+// healer through the proxy.
+func TestEndToEndRandomChaos(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: 300 * time.Millisecond, ChaosSeed: 7, NoRogue: true})
+	type chaosDetails struct {
+		Type, Target, Action string
+	}
+	var fault chaosDetails
+	eventually(t, 15*time.Second, "a random fault injected through the proxy", func() (bool, string) {
+		for _, rec := range r.records(t, "acme") {
+			if rec.Kind != audit.KindChaos {
+				continue
+			}
+			if err := json.Unmarshal(rec.Details, &fault); err != nil {
+				t.Fatalf("chaos details: %v", err)
+			}
+			if fault.Action == "inject" {
+				return true, ""
+			}
+		}
+		return false, "no chaos record yet"
+	})
+	if fault.Target != "checkout" && fault.Target != "payments" {
+		t.Fatalf("acme's chaos hit %q, not an acme service", fault.Target)
+	}
+	eventually(t, 15*time.Second, "the random fault RESOLVED", func() (bool, string) {
+		for _, d := range r.incidents(t, "acme") {
+			if d.Target == fault.Target && d.Type == fault.Type {
+				return d.State == "RESOLVED", d.State
+			}
+		}
+		return false, "no incident yet"
+	})
+	// The chaos agent's own call was allowed and recorded like any other.
+	var allowed bool
+	for _, rec := range r.records(t, "acme") {
+		if rec.Kind == audit.KindDecision && rec.Action == "chaos.inject" && rec.Resource == fault.Target && rec.Decision == audit.DecisionAllow {
+			allowed = true
+		}
+	}
+	if !allowed {
+		t.Errorf("no allow record for chaos.inject on %s", fault.Target)
+	}
+}
