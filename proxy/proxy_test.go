@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -424,6 +425,14 @@ func TestAuditDownRefuses(t *testing.T) {
 	}
 	if h.up.hits.Load() != 0 {
 		t.Fatal("forwarded without an audit record")
+	}
+	// The decision write may still land after its timeout; the outcome
+	// record, buffered until the store is back, says the call was refused.
+	recs := h.sink.byRequest(r.header.Get("X-Request-Id"))
+	if len(recs) != 1 || recs[0].Kind != audit.KindOutcome || recs[0].Status != 503 ||
+		recs[0].Decision != audit.DecisionError || !slices.Equal(recs[0].Reasons, []string{"audit_unavailable"}) ||
+		recs[0].Action != "service.get" || recs[0].Resource != "checkout" {
+		t.Fatalf("records %+v", recs)
 	}
 }
 

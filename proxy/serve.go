@@ -18,6 +18,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/proxy/audit"
 )
 
@@ -245,6 +246,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Code: "audit_unavailable", RequestID: c.id,
 			Detail: "the audit store is unavailable, so nothing is forwarded"})
 		p.count(c, audit.DecisionError)
+		// A write that timed out may still land later: the stream would then
+		// hold an allow for a call that never reached the upstream. The
+		// outcome record says so; it waits in the outcome buffer until
+		// Redis is back.
+		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision)
+		out.Decision, out.Reasons = audit.DecisionError, []string{"audit_unavailable"}
+		p.audit.Enqueue(out)
 		return
 	}
 
@@ -274,11 +282,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
-	out := &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
+	p.audit.Enqueue(p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision))
+}
+
+// outcomeRecord is the record of how an allowed call ended: c.status is
+// the answer the agent got (the upstream's, or the proxy's own when the
+// call was not forwarded).
+func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
+	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
-		Resource: rec.Resource, Decision: audit.DecisionAllow, PolicyRevision: dec.Revision, Status: c.status,
+		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
-	p.audit.Enqueue(out)
 }
 
 func decisionLabel(allow bool) string {

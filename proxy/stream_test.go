@@ -83,4 +83,26 @@ func TestWriteAheadWithRealStream(t *testing.T) {
 	if r.status != 503 || hits.Load() != before {
 		t.Fatalf("with Redis down: status %d, forwarded %v", r.status, hits.Load() != before)
 	}
+
+	// Back up: the refused call's outcome record, buffered meanwhile, lands
+	// and says the call was answered 503 and never forwarded.
+	srv.Restart()
+	refused := r.header.Get("X-Request-Id")
+	var out *audit.Record
+	waitFor(t, "the refused call's outcome record", func() bool {
+		msgs, err := rdb.XRange(context.Background(), key, "-", "+").Result()
+		if err != nil {
+			return false
+		}
+		for _, m := range msgs {
+			if rec, _, err := audit.ParseMessage(m); err == nil && rec.RequestID == refused && rec.Kind == audit.KindOutcome {
+				out = rec
+				return true
+			}
+		}
+		return false
+	})
+	if out.Status != 503 || out.Decision != audit.DecisionError || len(out.Reasons) != 1 || out.Reasons[0] != "audit_unavailable" {
+		t.Fatalf("outcome of the refused call %+v", out)
+	}
 }
