@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"strings"
@@ -29,6 +30,17 @@ func decodeBody(r *http.Request, dst any) error {
 	return nil
 }
 
+// logFailure logs a request that failed on the authority's side. When the
+// request's context is already done (the caller went away, or the server
+// is shutting down) the failure is expected and logged at Info.
+func (a *Authority) logFailure(ctx context.Context, msg string, args ...any) {
+	level := slog.LevelError
+	if ctx.Err() != nil {
+		level, args = slog.LevelInfo, append(args, "cause", context.Cause(ctx))
+	}
+	a.log.Log(ctx, level, msg, args...)
+}
+
 func (a *Authority) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var mbe *http.MaxBytesError
 	switch {
@@ -39,7 +51,7 @@ func (a *Authority) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ErrRotationInProgress):
 		writeProblem(w, http.StatusConflict, "rotation_in_progress", "another key rotation is in progress")
 	default:
-		a.log.ErrorContext(r.Context(), "admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		a.logFailure(r.Context(), "admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the authority cannot serve this request right now")
 	}
 }

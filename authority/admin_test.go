@@ -1,8 +1,11 @@
 package authority
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -88,3 +91,26 @@ func BenchmarkToken(b *testing.B) {
 func newRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
 
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+// A request that fails because its caller went away (or the server is
+// shutting down) is expected, not an error of the authority.
+func TestLogFailureLevel(t *testing.T) {
+	var buf bytes.Buffer
+	a := &Authority{log: slog.New(slog.NewJSONHandler(&buf, nil))}
+	a.logFailure(context.Background(), "token request failed", "err", errors.New("redis: connection refused"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	a.logFailure(ctx, "token request failed", "err", context.Canceled)
+
+	var lines []map[string]any
+	for _, l := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 2 || lines[0]["level"] != "ERROR" || lines[1]["level"] != "INFO" || lines[1]["cause"] != "context canceled" {
+		t.Fatalf("log lines %v", lines)
+	}
+}

@@ -231,7 +231,7 @@ func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 func (a *Authority) oauthFail(w http.ResponseWriter, r *http.Request, err error) {
 	var oe *oauthError
 	if !errors.As(err, &oe) {
-		a.log.ErrorContext(r.Context(), "request failed", "path", r.URL.Path, "err", err)
+		a.logFailure(r.Context(), "request failed", "path", r.URL.Path, "err", err)
 		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later"}
 	}
 	writeOAuthError(w, oe.status, oe.code, oe.desc)

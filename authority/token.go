@@ -170,7 +170,7 @@ func (a *Authority) handleToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var oe *oauthError
 		if !errors.As(err, &oe) {
-			a.log.ErrorContext(ctx, "token request failed", "err", err)
+			a.logFailure(ctx, "token request failed", "err", err)
 			oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "the authority cannot issue passports right now"}
 		}
 		a.m.refused.WithLabelValues(oe.code).Inc()
