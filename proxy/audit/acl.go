@@ -5,7 +5,8 @@ package audit
 // and read what the proxy reads, but it cannot delete, trim or reconfigure:
 // no XDEL, XTRIM, DEL, UNLINK, RENAME, FLUSH*, CONFIG SET, no writes to any
 // key but the audit stream (XADD), its chain heads (HSET) and the writers
-// hash (HSETNX: register once, never replace). Scripts run with the
+// hash (HSETNX: register once, never replace), and the live feed's
+// single-use connection tickets (SET, GETDEL). Scripts run with the
 // caller's permissions, so EVAL grants nothing beyond these rules.
 //
 // Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>
@@ -21,4 +22,5 @@ const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"(~passport:{t:*}:audit* +eval +evalsha) " +
 	"(~passport:{t:*}:audit +xadd) " +
 	"(~passport:{t:*}:audit:heads +hset) " +
-	"(~passport:audit:writers +hsetnx)"
+	"(~passport:audit:writers +hsetnx) " +
+	"(~passport:feed:ticket:* +set +getdel)"

@@ -768,3 +768,35 @@ func TestRecheckOnRevocationEvent(t *testing.T) {
 		}
 	}
 }
+
+// A feed mounted under the proxy's restricted Redis user
+// (audit.ProxyACLRules) can issue and redeem tickets, and nothing else
+// beside the ticket keys.
+func TestTicketsUnderProxyACLUser(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	args := []any{"ACL", "SETUSER", "passport-proxy", "on", ">proxy-secret"}
+	for _, r := range strings.Fields(audit.ProxyACLRules) {
+		args = append(args, r)
+	}
+	if err := srv.Client().Do(ctx, args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "passport-proxy", Password: "proxy-secret"})
+	t.Cleanup(func() { _ = rdb.Close() })
+
+	tk, err := issueTicket(ctx, rdb, Principal{ID: "ops"}, "acme", time.Minute)
+	if err != nil {
+		t.Fatalf("issue as proxy user: %v", err)
+	}
+	v, err := redeemTicket(ctx, rdb, tk)
+	if err != nil || v.Tenant != "acme" {
+		t.Fatalf("redeem as proxy user: %+v %v", v, err)
+	}
+	if _, err := redeemTicket(ctx, rdb, tk); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("second redemption: %v", err)
+	}
+	if err := rdb.Set(ctx, "passport:feed:other", "x", time.Minute).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("SET outside the ticket prefix: %v", err)
+	}
+}
