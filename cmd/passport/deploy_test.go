@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -248,9 +249,10 @@ var composePassportServices = []struct {
 	command     string // command path of the subcommand
 	metricsFlag string
 	published   bool // reachable from the host
+	readyz      bool // probed at /readyz (else /healthz)
 }{
-	{service: "authority", command: "passport authority", metricsFlag: "listen", published: true},
-	{service: "proxy", command: "passport proxy", metricsFlag: "admin-listen", published: true},
+	{service: "authority", command: "passport authority", metricsFlag: "listen", published: true, readyz: true},
+	{service: "proxy", command: "passport proxy", metricsFlag: "admin-listen", published: true, readyz: true},
 	{service: "fleet", command: "passport fleet", metricsFlag: "listen"},
 	{service: "healer", command: "passport healer", metricsFlag: "listen"},
 	{service: "chaos", command: "passport chaos run", metricsFlag: "listen"},
@@ -348,8 +350,9 @@ func TestComposePassportServices(t *testing.T) {
 				if _, err := p.GetService(name); err != nil {
 					t.Errorf("depends_on %s: %v", name, err)
 				}
-				if d.Condition == types.ServiceConditionHealthy && name != "redis" {
-					t.Errorf("depends_on %s: service_healthy, but passport services have no healthcheck", name)
+				if dep, err := p.GetService(name); err == nil && d.Condition == types.ServiceConditionHealthy &&
+					(dep.HealthCheck == nil || dep.HealthCheck.Disable) {
+					t.Errorf("depends_on %s: service_healthy, but %s has no healthcheck", name, name)
 				}
 			}
 			if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") {
@@ -403,6 +406,10 @@ func TestComposePassportServices(t *testing.T) {
 				}
 			}
 
+			// The healthcheck probes this container's own listener with the
+			// binary itself (distroless: no shell, no curl).
+			checkHealthcheck(t, s, cc, tc.readyz)
+
 			// Prometheus scrapes the metrics listener.
 			addr, ok := cc.listens[tc.metricsFlag]
 			if !ok {
@@ -436,6 +443,61 @@ func TestComposePassportServices(t *testing.T) {
 			}
 			checkConfigFile(t, cc.path, src)
 		})
+	}
+}
+
+// checkHealthcheck requires the service's healthcheck to run `passport
+// healthcheck` (the image's binary, flags as the binary parses them) on
+// one of the service's own --listen ports over loopback, at /readyz when
+// readyz is set, else /healthz.
+func checkHealthcheck(t *testing.T, s types.ServiceConfig, cc checkedCommand, readyz bool) {
+	t.Helper()
+	hc := s.HealthCheck
+	if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Test[0] != "CMD" {
+		t.Errorf("healthcheck = %+v, want [CMD /usr/local/bin/passport healthcheck URL]", hc)
+		return
+	}
+	if hc.Test[1] != "/usr/local/bin/passport" {
+		t.Errorf("healthcheck runs %q, want the image's /usr/local/bin/passport", hc.Test[1])
+		return
+	}
+	root := (&app{getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}).rootCmd()
+	cmd, rest, err := root.Find(hc.Test[2:])
+	if err != nil || cmd.CommandPath() != "passport healthcheck" {
+		t.Errorf("healthcheck %q: not `passport healthcheck` (%v)", hc.Test, err)
+		return
+	}
+	if err := cmd.ParseFlags(rest); err != nil {
+		t.Errorf("healthcheck %q: %v", hc.Test, err)
+		return
+	}
+	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
+		t.Errorf("healthcheck %q: %v", hc.Test, err)
+		return
+	}
+	u, err := url.Parse(cmd.Flags().Arg(0))
+	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" {
+		t.Errorf("healthcheck URL %q: want http://127.0.0.1:<port>/...", cmd.Flags().Arg(0))
+		return
+	}
+	own := false
+	for name, addr := range cc.listens {
+		if _, port := listenPort(t, name, addr); u.Port() == strconv.Itoa(int(port)) {
+			own = true
+		}
+	}
+	if !own {
+		t.Errorf("healthcheck probes port %s, which is no --listen port of %s", u.Port(), cc.path)
+	}
+	want := "/healthz"
+	if readyz {
+		want = "/readyz"
+	}
+	if u.Path != want {
+		t.Errorf("healthcheck probes %s, want %s", u.Path, want)
+	}
+	if hc.Timeout == nil || hc.Interval == nil || *hc.Timeout >= *hc.Interval {
+		t.Errorf("healthcheck timeout %v, interval %v: want a timeout shorter than the interval", hc.Timeout, hc.Interval)
 	}
 }
 

@@ -83,6 +83,7 @@ decision in an append-only audit stream in Redis before anything is forwarded.`,
 		a.auditCmd(),
 		a.policyCmd(),
 		a.incidentsCmd(),
+		a.healthcheckCmd(),
 		a.versionCmd(),
 	)
 	return root
