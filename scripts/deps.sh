@@ -2,6 +2,7 @@
 # deps.sh: make sure the tools the tests and the demo need are present.
 #   scripts/deps.sh redis      redis-server (tests and make run)
 #   scripts/deps.sh chromium   headless Chromium (browser tests)
+#   scripts/deps.sh nginx      nginx (make bench's nginx + auth_request + OPA comparison)
 # Installs through apt-get when missing and allowed (root, or sudo without a
 # password); otherwise says exactly what to run. PASSPORT_NO_INSTALL=1 never installs.
 set -euo pipefail
@@ -33,6 +34,7 @@ for what in "$@"; do
   case "$what" in
     redis) need_pkg redis-server redis-server ;;
     chromium) need_pkg chromium chromium ;;
+    nginx) need_pkg nginx nginx ;;
     *) echo "deps: unknown dependency $what" >&2; exit 2 ;;
   esac
 done

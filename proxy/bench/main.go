@@ -6,12 +6,16 @@
 //   - the full path: valid passport, Rego allow, decision record
 //     acknowledged by Redis before forwarding, outcome record after,
 //   - the deny path: valid passport, Rego deny, 403,
+//   - nginx + auth_request + OPA: what a user would otherwise assemble,
+//     nginx asking an OPA server that checks the passport in Rego
+//     (nginx.go; skipped when nginx or opa cannot be had),
 //
-// and prints requests/s, p50 and p99 for each and the ratio of the full
-// path to the bare proxy; then the bare and full paths at fixed rates
-// (p99 side by side, errors). It starts its own redis-server (from PATH,
-// AOF with appendfsync always, as production audit wants) unless
-// -redis-url names one, and uses the policy library built into the binary.
+// and prints requests/s, p50 and p99 for each and the ratios of the full
+// path to the bare proxy and to nginx + auth_request + OPA; then the bare
+// and full paths at fixed rates (p99 side by side, errors). It starts its
+// own redis-server (from PATH, AOF with appendfsync always, as production
+// audit wants) unless -redis-url names one, and uses the policy library
+// built into the binary.
 //
 //	go run ./proxy/bench -duration 3s -conns 100 -rates 1000,3000
 package main
@@ -208,6 +212,18 @@ func run() error {
 	healer := sign(priv, cfg, "healer-1", "healer", passport.TrustHigh, now, "service.get", "service.restart")
 	observer := sign(priv, cfg, "observer-1", "observer", passport.TrustLow, now, "service.get")
 
+	// The comparison point, checked to refuse before it is measured.
+	var cmp *authRequest
+	var cmpErr error
+	if selected(o.only, authRequestName) {
+		cmp, cmpErr = startAuthRequest(ctx, authRequestConfig{upstream: upURL, jwks: jwks,
+			issuer: cfg.Issuer, audience: cfg.Audience, conns: o.conns})
+		if cmpErr == nil {
+			defer cmp.Close()
+			cmpErr = cmp.check("/services/checkout/restart", healer, observer)
+		}
+	}
+
 	type benchCase struct {
 		name, url, method, token string
 		want                     int
@@ -226,10 +242,10 @@ func run() error {
 	}
 	fmt.Printf("proxy benchmark: %d keep-alive connections, %s per case (+%s warm-up), GOMAXPROCS=%s, redis appendfsync=%s\n\n",
 		o.conns, o.duration, o.warmup, gomaxprocs(), o.fsync)
-	fmt.Printf("%-22s %12s %10s %10s %8s\n", "case", "req/s", "p50", "p99", "errors")
+	fmt.Printf("%-26s %12s %10s %10s %8s\n", "case", "req/s", "p50", "p99", "errors")
 	results := map[string]result{}
 	for _, c := range cases {
-		if o.only != "" && !strings.Contains(c.name, o.only) {
+		if !selected(o.only, c.name) {
 			continue
 		}
 		if o.profile != "" && strings.HasPrefix(c.name, "full") {
@@ -242,15 +258,32 @@ func run() error {
 		}
 		res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
 		results[c.name] = res
-		fmt.Printf("%-22s %12.0f %10s %10s %8d\n", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
+		printRow(c.name, res)
 		if o.profile != "" && strings.HasPrefix(c.name, "full") {
 			pprof.StopCPUProfile()
 		}
 	}
-	fmt.Printf("%-22s %12s\n", "nginx + auth_request", "skipped: nginx/opa not automated by this harness")
-	full, bareR := results["full path (allow)"], results["bare reverse proxy"]
-	if bareR.rps > 0 {
-		fmt.Printf("\nfull path / bare proxy: %.2f (target >= 0.85)\n", full.rps/bareR.rps)
+	var skip skipped
+	switch {
+	case !selected(o.only, authRequestName):
+	case errors.As(cmpErr, &skip):
+		fmt.Printf("%-26s skipped: %s\n", authRequestName, skip)
+	case cmpErr != nil:
+		fmt.Printf("%-26s FAILED: %v\n", authRequestName, cmpErr)
+	default:
+		res := load("POST", cmp.url+"/services/checkout/restart", healer, 200, o.conns, o.warmup, o.duration, 0)
+		results[authRequestName] = res
+		printRow(authRequestName, res)
+	}
+	full, bareR, cmpR := results["full path (allow)"], results["bare reverse proxy"], results[authRequestName]
+	if full.rps > 0 && (bareR.rps > 0 || cmpR.rps > 0) {
+		fmt.Println()
+	}
+	if full.rps > 0 && bareR.rps > 0 {
+		fmt.Printf("full path / bare proxy: %.2f (target >= 0.85)\n", full.rps/bareR.rps)
+	}
+	if full.rps > 0 && cmpR.rps > 0 {
+		fmt.Printf("full path / nginx+auth_request+OPA: %.2f (target >= 3)\n", full.rps/cmpR.rps)
 	}
 
 	if len(o.rates) > 0 {
@@ -265,7 +298,19 @@ func run() error {
 			fmt.Printf("%-10s %-22s %10s %10s %10s\n", "", "p99 full - bare", "", "", fmtDur(p99s[1]-p99s[0]))
 		}
 	}
+	if cmpErr != nil && !errors.As(cmpErr, &skip) {
+		return fmt.Errorf("%s: %w", authRequestName, cmpErr)
+	}
 	return nil
+}
+
+// selected reports whether -only lets the case named name run.
+func selected(only, name string) bool {
+	return only == "" || strings.Contains(name, only)
+}
+
+func printRow(name string, res result) {
+	fmt.Printf("%-26s %12.0f %10s %10s %8d\n", name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
 }
 
 type result struct {
