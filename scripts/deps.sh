@@ -34,7 +34,16 @@ for what in "$@"; do
   case "$what" in
     redis) need_pkg redis-server redis-server ;;
     chromium) need_pkg chromium chromium ;;
-    nginx) need_pkg nginx nginx ;;
+    nginx)
+      # The bench runs its own nginx; one the package may have started on
+      # port 80 is stopped, and only when this script installed it.
+      had_nginx=0; command -v nginx >/dev/null 2>&1 && had_nginx=1
+      [ -x /usr/sbin/nginx ] && had_nginx=1
+      if [ "$had_nginx" = 0 ]; then
+        need_pkg nginx nginx
+        SUDO=""; [ "$(id -u)" != "0" ] && SUDO="sudo -n"
+        $SUDO systemctl disable --now nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
+      fi ;;
     *) echo "deps: unknown dependency $what" >&2; exit 2 ;;
   esac
 done
