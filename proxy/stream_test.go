@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,14 +84,47 @@ func TestWriteAheadWithRealStream(t *testing.T) {
 	if r.status != 503 || hits.Load() != before {
 		t.Fatalf("with Redis down: status %d, forwarded %v", r.status, hits.Load() != before)
 	}
+}
 
-	// Back up: the refused call's outcome record, buffered meanwhile, lands
-	// and says the call was answered 503 and never forwarded.
-	srv.Restart()
+// TestAuditOutageOutcomeRecord: a call refused because the audit store is
+// down gets an outcome record once the store is back (503, reason
+// audit_unavailable), since its decision write may still have landed. The
+// proxy's state (revocations, reputations) lives in another Redis here, so
+// the call gets as far as the audit write.
+func TestAuditOutageOutcomeRecord(t *testing.T) {
+	state := redistest.Start(t)
+	store := redistest.Start(t, redistest.Options{AOF: true})
+	rdb := store.Client()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond, RetryMax: 200 * time.Millisecond},
+		log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = stream.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; _ = stream.Close() })
+
+	var hits atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer up.Close()
+	h := newHarnessWithSink(t, state, stream, func(c *Config) {
+		c.Upstreams = map[string]Upstream{"fleet": {URL: up.URL}}
+		c.fill()
+	})
+	_, tok := h.healer()
+
+	store.Kill()
+	r := h.do("POST", "/services/checkout/restart", tok, nil, "")
+	if r.status != 503 || !strings.Contains(r.body, "audit_unavailable") || hits.Load() != 0 {
+		t.Fatalf("with the audit store down: status %d %s, forwarded %v", r.status, r.body, hits.Load() != 0)
+	}
+	store.Restart()
 	refused := r.header.Get("X-Request-Id")
 	var out *audit.Record
 	waitFor(t, "the refused call's outcome record", func() bool {
-		msgs, err := rdb.XRange(context.Background(), key, "-", "+").Result()
+		msgs, err := rdb.XRange(context.Background(), passport.AuditStreamKey("acme"), "-", "+").Result()
 		if err != nil {
 			return false
 		}
@@ -102,7 +136,8 @@ func TestWriteAheadWithRealStream(t *testing.T) {
 		}
 		return false
 	})
-	if out.Status != 503 || out.Decision != audit.DecisionError || len(out.Reasons) != 1 || out.Reasons[0] != "audit_unavailable" {
+	if out.Status != 503 || out.Decision != audit.DecisionError || len(out.Reasons) != 1 || out.Reasons[0] != "audit_unavailable" ||
+		out.Action != "service.restart" || out.Resource != "checkout" {
 		t.Fatalf("outcome of the refused call %+v", out)
 	}
 }
