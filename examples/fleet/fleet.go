@@ -257,6 +257,23 @@ func (f *Fleet) Services() []Status {
 	return out
 }
 
+// TenantHeader is the identity header the proxy sets from the verified
+// passport (after stripping any the client sent). Behind the proxy, the
+// fleet lists only the calling tenant's services; a call without it (the
+// fleet's own operators, on its unpublished port) sees them all.
+const TenantHeader = "X-Passport-Tenant"
+
+// servicesFor reports the services of tenant, or all when tenant is "".
+func (f *Fleet) servicesFor(tenant string) []Status {
+	out := make([]Status, 0, len(f.order))
+	for _, st := range f.Services() {
+		if tenant == "" || st.Tenant == tenant {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
 // Service reports one service.
 func (f *Fleet) Service(name string) (Status, error) {
 	s, ok := f.services[name]
@@ -411,7 +428,7 @@ func (f *Fleet) Handler() http.Handler {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(f.reg, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("GET /services", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"services": f.Services()})
+		writeJSON(w, http.StatusOK, map[string]any{"services": f.servicesFor(r.Header.Get(TenantHeader))})
 	})
 	mux.HandleFunc("GET /services/{name}", func(w http.ResponseWriter, r *http.Request) {
 		st, err := f.Service(r.PathValue("name"))

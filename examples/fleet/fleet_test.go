@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -301,5 +302,41 @@ func TestConfigValidate(t *testing.T) {
 				t.Errorf("Validate() = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Behind the proxy, GET /services lists only the calling tenant's services
+// (the proxy sets X-Passport-Tenant from the verified passport).
+func TestServicesListedPerTenant(t *testing.T) {
+	f := startFleet(t)
+	cases := []struct {
+		tenant string
+		want   []string
+	}{
+		{"acme", []string{"checkout", "payments"}},
+		{"globex", []string{"inventory", "search"}},
+		{"initech", []string{}},
+		{"", []string{"checkout", "inventory", "payments", "search"}},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest("GET", f.URL()+"/services", nil)
+		if tc.tenant != "" {
+			req.Header.Set(TenantHeader, tc.tenant)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Services []Status }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		got := []string{}
+		for _, s := range body.Services {
+			got = append(got, s.Name)
+		}
+		slices.Sort(got)
+		if err != nil || resp.StatusCode != 200 || !slices.Equal(got, tc.want) {
+			t.Errorf("tenant %q: %d %v %v, want %v", tc.tenant, resp.StatusCode, got, err, tc.want)
+		}
 	}
 }
