@@ -114,3 +114,60 @@ func TestLogFailureLevel(t *testing.T) {
 		t.Fatalf("log lines %v", lines)
 	}
 }
+
+// A reporter token may report outcomes for any tenant, and nothing else:
+// every other admin route refuses it with 403, and introspection and
+// revocation do not take it as an admin.
+func TestReporterTokenReportsOutcomesOnly(t *testing.T) {
+	const reporterToken = "reporter-token-0123456789"
+	e := newEnv(t, func(c *Config) { c.ReporterTokens = []string{reporterToken} }, nil, nil)
+	acme := e.register("acme", "healer-1", "healer", passport.TrustHigh)
+	globex := e.register("globex", "healer-2", "healer", passport.TrustHigh)
+	rep, err := client.NewAdmin(e.srv.URL, reporterToken, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, r := range []client.Registration{acme, globex} {
+		res, err := rep.ReportOutcome(ctx, r.Tenant, r.ID, client.OutcomeDenied)
+		if err != nil || res.Reputation >= res.Previous {
+			t.Fatalf("%s: report as reporter: %+v %v", r.Tenant, res, err)
+		}
+	}
+
+	refused := []struct{ method, path, body string }{
+		{"GET", "/v1/tenants/acme/agents", ""},
+		{"GET", "/v1/tenants/acme/agents/" + acme.ID, ""},
+		{"POST", "/v1/tenants/acme/agents", `{"name":"x","type":"healer","trust_level":"LOW"}`},
+		{"POST", "/v1/tenants/acme/agents/" + acme.ID + "/block", `{"reason":"x"}`},
+		{"POST", "/v1/tenants/acme/agents/" + acme.ID + "/unblock", ""},
+		{"DELETE", "/v1/tenants/acme/agents/" + acme.ID, ""},
+		{"POST", "/v1/keys/rotate", ""},
+	}
+	for _, c := range refused {
+		req, _ := http.NewRequest(c.method, e.srv.URL+c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+reporterToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s %s as reporter: %d, want 403", c.method, c.path, resp.StatusCode)
+		}
+	}
+	if ag, err := e.admin.GetAgent(ctx, "acme", acme.ID); err != nil || ag.Blocked {
+		t.Fatalf("agent after the refused calls: %+v %v", ag, err)
+	}
+
+	tok := e.token(acme, nil)
+	for _, path := range []string{"/oauth2/introspect", "/oauth2/revoke"} {
+		resp, _ := e.post(path, "application/x-www-form-urlencoded", url.Values{"token": {tok}}.Encode(), func(r *http.Request) {
+			r.Header.Set("Authorization", "Bearer "+reporterToken)
+		})
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s as reporter: %d, want 401", path, resp.StatusCode)
+		}
+	}
+}

@@ -96,7 +96,7 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.actions = knownActions(a.types)
 	a.secrets = secretCache{ttl: cfg.Clients.SecretCacheTTL, now: deps.Clock}
-	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens)
+	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
 	var err error
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {
 		return nil, err
@@ -285,7 +285,7 @@ func (a *Authority) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}/agents/{id}", a.admin(a.handleDelete))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/block", a.admin(a.handleBlock))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/unblock", a.admin(a.handleUnblock))
-	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/outcomes", a.admin(a.handleOutcome))
+	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/outcomes", a.reporting(a.handleOutcome))
 	mux.HandleFunc("POST /v1/keys/rotate", a.admin(a.handleRotate))
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))

@@ -47,6 +47,11 @@ type Config struct {
 	// TenantAdminTokens maps a tenant to tokens that may manage only that
 	// tenant's agents. Default none.
 	TenantAdminTokens map[string][]string `yaml:"tenant_admin_tokens"`
+	// ReporterTokens may only report outcomes (POST
+	// /v1/tenants/{t}/agents/{id}/outcomes), for every tenant: the
+	// credential a proxy needs to report policy denials, instead of the
+	// global admin token. Env PASSPORT_REPORTER_TOKEN adds one. Default none.
+	ReporterTokens []string `yaml:"reporter_tokens"`
 	// Audiences lists the audiences a passport may be issued for (the
 	// token request's "resource" or "audience"); the first is the
 	// default. Default [passport-proxy].
@@ -217,6 +222,9 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	}
 	set("PASSPORT_REDIS_URL", &c.Redis.URL)
 	set("PASSPORT_ADMIN_TOKEN", &c.AdminToken)
+	if v := getenv("PASSPORT_REPORTER_TOKEN"); v != "" && !slices.Contains(c.ReporterTokens, v) {
+		c.ReporterTokens = append(slices.Clone(c.ReporterTokens), v)
+	}
 	set("PASSPORT_KEY_ENCRYPTION_KEY", &c.Keys.EncryptionKey)
 	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
 }
@@ -256,6 +264,14 @@ func (c Config) Validate() error {
 			if len(tok) < MinAdminTokenLength {
 				bad("tenant_admin_tokens.%s[%d]: shorter than %d characters", t, i, MinAdminTokenLength)
 			}
+		}
+	}
+	for i, tok := range c.ReporterTokens {
+		switch {
+		case len(tok) < MinAdminTokenLength:
+			bad("reporter_tokens[%d]: shorter than %d characters", i, MinAdminTokenLength)
+		case tok == c.AdminToken:
+			bad("reporter_tokens[%d]: the same as the admin token; a reporter token must be its own", i)
 		}
 	}
 	if len(c.Audiences) == 0 {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.Issuer = "ftp://x"
 	cfg.AdminToken = "short"
 	cfg.TenantAdminTokens = map[string][]string{"Bad{Tenant}": {"a-long-enough-token-here"}, "acme": {"short"}}
+	cfg.ReporterTokens = []string{"short"}
 	cfg.Audiences = nil
 	cfg.Passport.Lifetime = 2 * time.Hour
 	cfg.Passport.Leeway = time.Minute
@@ -95,7 +97,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	if err == nil {
 		t.Fatal("invalid config validated")
 	}
-	for _, w := range []string{"issuer", "admin_token", "tenant_admin_tokens: tenant", "tenant_admin_tokens.acme[0]", "audiences",
+	for _, w := range []string{"issuer", "admin_token", "tenant_admin_tokens: tenant", "tenant_admin_tokens.acme[0]", "reporter_tokens[0]", "audiences",
 		"passport.lifetime", "passport.leeway", "keys.algorithm", "keys.rotation_interval", "clients.bcrypt_cost",
 		"clients.auth_failure_limit", "block_below", "agent_types.wizard", "http.max_body_bytes"} {
 		if !strings.Contains(err.Error(), w) {
@@ -117,6 +119,20 @@ func TestApplyEnv(t *testing.T) {
 	if cfg.Redis.URL != env["PASSPORT_REDIS_URL"] || cfg.AdminToken != env["PASSPORT_ADMIN_TOKEN"] ||
 		cfg.Keys.EncryptionKey != "kek" || cfg.Issuer != "https://auth.example" {
 		t.Fatalf("env not applied: %+v", cfg)
+	}
+
+	// PASSPORT_REPORTER_TOKEN adds to the YAML's reporter tokens; one equal
+	// to the admin token is refused.
+	cfg = DefaultConfig()
+	cfg.ReporterTokens = []string{"yaml-reporter-token-123"}
+	cfg.ApplyEnv(func(k string) string {
+		return map[string]string{"PASSPORT_REPORTER_TOKEN": "env-reporter-token-456", "PASSPORT_ADMIN_TOKEN": "env-reporter-token-456"}[k]
+	})
+	if !slices.Equal(cfg.ReporterTokens, []string{"yaml-reporter-token-123", "env-reporter-token-456"}) {
+		t.Fatalf("reporter tokens %q", cfg.ReporterTokens)
+	}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "reporter_tokens[1]: the same as the admin token") {
+		t.Fatalf("reporter token equal to the admin token: %v", err)
 	}
 }
 

@@ -54,6 +54,8 @@ type adminTokens struct {
 	global  [][32]byte
 	tenants map[[32]byte]string // digest -> tenant; iterated fully, never indexed
 	list    []tenantToken
+	// reporters may only report outcomes; check never matches them.
+	reporters [][32]byte
 }
 
 type tenantToken struct {
@@ -61,8 +63,11 @@ type tenantToken struct {
 	tenant string
 }
 
-func newAdminTokens(global string, tenants map[string][]string) adminTokens {
+func newAdminTokens(global string, tenants map[string][]string, reporters []string) adminTokens {
 	at := adminTokens{}
+	for _, tok := range reporters {
+		at.reporters = append(at.reporters, sha256.Sum256([]byte(tok)))
+	}
 	if global != "" {
 		at.global = append(at.global, sha256.Sum256([]byte(global)))
 	}
@@ -76,13 +81,15 @@ func newAdminTokens(global string, tenants map[string][]string) adminTokens {
 
 func (at adminTokens) any() bool { return len(at.global) > 0 || len(at.list) > 0 }
 
-// principal is who called the admin API: global, or one tenant's admin.
+// principal is who called the admin API: global, one tenant's admin, or a
+// reporter (outcomes only, every tenant).
 type principal struct {
-	global bool
-	tenant string
+	global   bool
+	tenant   string
+	reporter bool
 }
 
-func (p principal) may(tenant string) bool { return p.global || p.tenant == tenant }
+func (p principal) may(tenant string) bool { return p.global || p.reporter || p.tenant == tenant }
 
 // check returns the principal of a presented token.
 func (at adminTokens) check(tok string) (principal, bool) {
@@ -105,6 +112,19 @@ func (at adminTokens) check(tok string) (principal, bool) {
 	return p, ok == 1
 }
 
+// reporter reports whether tok is a reporter token.
+func (at adminTokens) reporter(tok string) bool {
+	if tok == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	ok := 0
+	for _, r := range at.reporters {
+		ok |= subtle.ConstantTimeCompare(sum[:], r[:])
+	}
+	return ok == 1
+}
+
 func bearer(r *http.Request) string {
 	h := r.Header.Get("Authorization")
 	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
@@ -119,9 +139,27 @@ type adminHandler func(w http.ResponseWriter, r *http.Request, p principal)
 // tenant admin reaching for another tenant gets 403 before anything is
 // read, so it learns nothing about the other tenant.
 func (a *Authority) admin(h adminHandler) http.HandlerFunc {
+	return a.authorize(h, false)
+}
+
+// reporting is admin for the outcomes route, which reporter tokens may
+// also call (for any tenant).
+func (a *Authority) reporting(h adminHandler) http.HandlerFunc {
+	return a.authorize(h, true)
+}
+
+func (a *Authority) authorize(h adminHandler, reporters bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
-		p, ok := a.admins.check(bearer(r))
+		tok := bearer(r)
+		p, ok := a.admins.check(tok)
+		if !ok && a.admins.reporter(tok) {
+			if !reporters {
+				writeProblem(w, http.StatusForbidden, "forbidden", "a reporter token may only report outcomes")
+				return
+			}
+			p, ok = principal{reporter: true}, true
+		}
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="passport-admin"`)
 			writeProblem(w, http.StatusUnauthorized, "unauthenticated", "a valid admin token is required (Authorization: Bearer ...)")

@@ -87,10 +87,10 @@ type denialReporter struct {
 type denial struct{ tenant, agentID string }
 
 func newDenialReporter(cfg *Config, client *http.Client, m *metrics, log *slog.Logger) *denialReporter {
-	if cfg.AdminToken == "" {
+	if cfg.ReportToken == "" {
 		return nil
 	}
-	return &denialReporter{url: strings.TrimRight(cfg.AuthorityURL, "/"), token: cfg.AdminToken, client: client,
+	return &denialReporter{url: strings.TrimRight(cfg.AuthorityURL, "/"), token: cfg.ReportToken, client: client,
 		q: make(chan denial, cfg.OutcomeQueue), m: m, log: log}
 }
 

@@ -73,12 +73,14 @@ type Config struct {
 	RequireAgentRecord *bool `yaml:"require_agent_record"`
 
 	// AuthorityURL receives policy denials (POST
-	// /v1/tenants/{t}/agents/{id}/outcomes {"outcome":"denied"}) with the
-	// admin token from PASSPORT_ADMIN_TOKEN. Default Issuer. Reports are
-	// sent only when an admin token is set.
+	// /v1/tenants/{t}/agents/{id}/outcomes {"outcome":"denied"}) with
+	// ReportToken. Default Issuer. Reports are sent only when a token is set.
 	AuthorityURL string `yaml:"authority_url"`
-	// AdminToken is normally taken from PASSPORT_ADMIN_TOKEN, not YAML.
-	AdminToken passport.Secret `yaml:"-"`
+	// ReportToken authenticates the denial reports: a reporter token of the
+	// authority (PASSPORT_REPORTER_TOKEN; it may report outcomes and
+	// nothing else), or else the global admin token (PASSPORT_ADMIN_TOKEN).
+	// Never read from YAML.
+	ReportToken passport.Secret `yaml:"-"`
 	// OutcomeQueue bounds pending denial reports; overflow is dropped and
 	// counted. Default 1024.
 	OutcomeQueue int `yaml:"outcome_queue"`

@@ -522,7 +522,7 @@ func TestDenialsReportedToAuthority(t *testing.T) {
 		w.WriteHeader(200)
 	}))
 	defer auth.Close()
-	h := newHarness(t, func(c *Config) { c.AuthorityURL = auth.URL; c.AdminToken = "admin-secret" })
+	h := newHarness(t, func(c *Config) { c.AuthorityURL = auth.URL; c.ReportToken = "admin-secret" })
 	h.agent("acme", "rogue-1", 60)
 	tok := h.keys.Sign(t, testkeys.Claims(h.now(), "acme", "rogue-1", "observer", passport.TrustLow, "service.list"))
 	if r := h.do("POST", "/services/checkout/restart", tok, nil, ""); r.status != 403 {

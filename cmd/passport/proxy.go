@@ -37,10 +37,13 @@ func (a *app) loadProxyConfigFor(path string) (proxy.Config, error) {
 	}
 	env := config.Env(a.getenv)
 	env.String("PASSPORT_REDIS_URL", &cfg.Redis.URL)
+	// Denial reports need only a reporter token; the global admin token
+	// is the fallback.
 	var tok string
 	env.String("PASSPORT_ADMIN_TOKEN", &tok)
+	env.String("PASSPORT_REPORTER_TOKEN", &tok)
 	if tok != "" {
-		cfg.AdminToken = passport.Secret(tok)
+		cfg.ReportToken = passport.Secret(tok)
 	}
 	return cfg, nil
 }
@@ -58,7 +61,8 @@ then forwards the call to the upstream.
 Agents: --listen (default 127.0.0.1:8080). Operators: --admin-listen (default
 127.0.0.1:9080) serves /metrics, /healthz and /readyz.
 
-Configuration: flags, then environment (PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN),
+Configuration: flags, then environment (PASSPORT_REDIS_URL; PASSPORT_REPORTER_TOKEN, or else
+PASSPORT_ADMIN_TOKEN, for reporting policy denials to the authority),
 then --config YAML, then defaults. Without --config the proxy fronts the demo
 fleet at http://127.0.0.1:9000 with its routes. See examples/proxy.yaml for every
 field and its default. The policy is the library built into the binary unless

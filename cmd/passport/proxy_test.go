@@ -184,3 +184,24 @@ func (s *syncWriter) Write(b []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(b)
 }
+
+// The proxy reports denials with the reporter token when there is one,
+// else with the admin token.
+func TestProxyReportToken(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{}, ""},
+		{map[string]string{"PASSPORT_ADMIN_TOKEN": "admin-token-0123456789"}, "admin-token-0123456789"},
+		{map[string]string{"PASSPORT_ADMIN_TOKEN": "admin-token-0123456789", "PASSPORT_REPORTER_TOKEN": "reporter-token-0123456789"}, "reporter-token-0123456789"},
+		{map[string]string{"PASSPORT_REPORTER_TOKEN": "reporter-token-0123456789"}, "reporter-token-0123456789"},
+	}
+	for _, tc := range cases {
+		a := &app{getenv: func(k string) string { return tc.env[k] }, stdout: io.Discard, stderr: io.Discard}
+		cfg, err := a.loadProxyConfigFor("")
+		if err != nil || string(cfg.ReportToken) != tc.want {
+			t.Errorf("env %v: report token %q (%v), want %q", tc.env, cfg.ReportToken, err, tc.want)
+		}
+	}
+}

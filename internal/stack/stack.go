@@ -314,6 +314,10 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	acfg.Listen = lns["authority"].Addr().String()
 	acfg.Issuer = s.demo.URLs.Authority
 	acfg.AdminToken = adminToken
+	// The proxy reports policy denials with a token that can do nothing
+	// else; it lives as long as this run.
+	reporterToken := rand.Text()
+	acfg.ReporterTokens = []string{reporterToken}
 	acfg.Redis = redisx.Config{URL: redisURL}
 	if cfg.BcryptCost > 0 {
 		acfg.Clients.BcryptCost = cfg.BcryptCost
@@ -353,7 +357,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
-	pcfg.AdminToken = passport.Secret(adminToken)
+	pcfg.ReportToken = passport.Secret(reporterToken)
 	pcfg.Policy.Dir = cfg.PolicyDir
 	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
 	if err != nil {
