@@ -256,6 +256,7 @@ var composePassportServices = []struct {
 	{service: "fleet", command: "passport fleet", metricsFlag: "listen"},
 	{service: "healer", command: "passport healer", metricsFlag: "listen"},
 	{service: "chaos", command: "passport chaos run", metricsFlag: "listen"},
+	{service: "dashboard", command: "passport dashboard", metricsFlag: "listen", published: true},
 }
 
 func TestComposeFileLoads(t *testing.T) {
@@ -674,7 +675,7 @@ func TestComposeWiring(t *testing.T) {
 	}
 
 	// The agents reach the authority by its compose name.
-	for _, svc := range []string{"healer", "chaos"} {
+	for _, svc := range []string{"healer", "chaos", "dashboard"} {
 		if got := flagOf(svc, "authority"); got != acfg.Issuer {
 			t.Errorf("%s --authority %s, want %s", svc, got, acfg.Issuer)
 		}
@@ -703,6 +704,27 @@ func TestComposeWiring(t *testing.T) {
 		}
 		healthPorts[fs.Name] = port
 	}
+	// The dashboard's chaos buttons fire through the proxy, at services of
+	// the chaos agent's own tenant.
+	var dcfg chaos.Config
+	if err := config.Load(mount("dashboard", flagOf("dashboard", "chaos-config")), &dcfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := dcfg.Validate(); err != nil {
+		t.Errorf("dashboard chaos config: %v", err)
+	}
+	if dcfg.ProxyURL != "http://proxy:"+proxyPort {
+		t.Errorf("dashboard chaos proxy_url %q, want http://proxy:%s: chaos acts through the proxy", dcfg.ProxyURL, proxyPort)
+	}
+	if len(dcfg.Targets) == 0 {
+		t.Error("dashboard chaos config lists no targets: `passport dashboard` refuses it")
+	}
+	for _, target := range dcfg.Targets {
+		if !slices.ContainsFunc(fcfg.Services, func(s fleet.ServiceConfig) bool { return s.Name == target && s.Tenant == dcfg.Tenant }) {
+			t.Errorf("dashboard chaos target %s is not a fleet service of tenant %s", target, dcfg.Tenant)
+		}
+	}
+
 	hcfg := healer.Default()
 	if err := config.Load(mount("healer", flagOf("healer", "config")), &hcfg); err != nil {
 		t.Fatal(err)
@@ -1516,5 +1538,45 @@ func TestKubeAllPassportContainers(t *testing.T) {
 				checkPassportContainer(t, d, c)
 			})
 		}
+	}
+}
+
+func TestKubeDashboard(t *testing.T) {
+	docs := loadKube(t)
+	d := findKube(t, docs, "Deployment", "passport-dashboard")
+	c := containerNamed(t, d, "dashboard")
+	cc := checkPassportContainer(t, d, c)
+	if cc.path != "passport dashboard" {
+		t.Fatalf("dashboard container runs %q", cc.path)
+	}
+	host, port := listenPort(t, "listen", cc.listens["listen"])
+	if host != "0.0.0.0" {
+		t.Errorf("dashboard --listen %s: bind 0.0.0.0 so the Service reaches it", cc.listens["listen"])
+	}
+	for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+		if p, pp := probePort(c, probe); p != "/healthz" || pp != int(port) {
+			t.Errorf("dashboard %s = %s on %d, want /healthz on %d", probe, p, pp, port)
+		}
+	}
+	se := secretEnv(c)
+	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REDIS_URL"} {
+		if se[k] == "" {
+			t.Errorf("dashboard env %s does not come from a Secret", k)
+		}
+	}
+	// Block and Unblock reach the authority through its Service.
+	args := stringList(list(map[string]any(c), "args"))
+	asvc := findKube(t, docs, "Service", "passport-authority")
+	want := fmt.Sprintf("http://%s:%v", asvc.name(), dig(asvc.obj, "spec", "ports", 0, "port"))
+	if i := slices.Index(args, "--authority"); i < 0 || i+1 >= len(args) || args[i+1] != want {
+		t.Errorf("dashboard args %q: want --authority %s", args, want)
+	}
+	svc := serviceFor(t, docs, d)
+	tp := dig(svc.obj, "spec", "ports", 0, "targetPort")
+	if name, ok := tp.(string); ok {
+		tp = containerPorts(c)[name]
+	}
+	if tp != int(port) {
+		t.Errorf("Service %s targets %v, want %d", svc.name(), tp, port)
 	}
 }
