@@ -273,6 +273,30 @@ func TestComposeFileLoads(t *testing.T) {
 	}
 }
 
+// An optional reporter token reaches the authority (which accepts it) and
+// the proxy (which reports denials with it), and nothing else.
+func TestComposeReporterToken(t *testing.T) {
+	const rep = "compose-test-reporter-token-0123456789"
+	p, err := loadCompose(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken, "PASSPORT_REPORTER_TOKEN": rep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range composePassportServices {
+		s, err := p.GetService(tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := s.Environment["PASSPORT_REPORTER_TOKEN"]
+		want := tc.service == "authority" || tc.service == "proxy"
+		if got := v != nil && *v == rep; got != want {
+			t.Errorf("%s: PASSPORT_REPORTER_TOKEN set = %v, want %v", tc.service, got, want)
+		}
+		if r := s.Environment["PASSPORT_REDIS_URL"]; r == nil || *r == "" {
+			t.Errorf("%s: lost PASSPORT_REDIS_URL", tc.service)
+		}
+	}
+}
+
 func TestComposeRequiresAdminToken(t *testing.T) {
 	// No default admin token: loading without one must fail, naming it.
 	_, err := loadCompose(t, map[string]string{})
@@ -1262,10 +1286,15 @@ func TestKubeSidecarPod(t *testing.T) {
 		}
 	}
 	se := secretEnv(proxy)
-	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REDIS_URL"} {
+	for _, k := range []string{"PASSPORT_REPORTER_TOKEN", "PASSPORT_REDIS_URL"} {
 		if se[k] == "" {
 			t.Errorf("proxy env %s does not come from a Secret", k)
 		}
+	}
+	// Least privilege: the sidecar in the application's pod reports
+	// denials with a reporter token and never holds the admin token.
+	if _, ok := se["PASSPORT_ADMIN_TOKEN"]; ok {
+		t.Error("the proxy sidecar gets PASSPORT_ADMIN_TOKEN; give it PASSPORT_REPORTER_TOKEN")
 	}
 
 	// The proxy config comes from a ConfigMap and points at the policies
@@ -1382,7 +1411,7 @@ func TestKubeAuthority(t *testing.T) {
 		}
 	}
 	se := secretEnv(c)
-	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REDIS_URL"} {
+	for _, k := range []string{"PASSPORT_ADMIN_TOKEN", "PASSPORT_REPORTER_TOKEN", "PASSPORT_REDIS_URL"} {
 		if se[k] == "" {
 			t.Errorf("authority env %s does not come from a Secret", k)
 		}
