@@ -431,7 +431,6 @@ func (s *Stack) newStream(writer string) (*audit.Stream, error) {
 }
 
 func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenant string) error {
-	log := s.log.With("tenant", tenant)
 	agentClient := func(role string) (*client.Client, DemoAgent, error) {
 		for _, a := range s.demo.Agents {
 			if a.Tenant == tenant && a.Role == role {
@@ -467,7 +466,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 		return err
 	}
 	h, err := healer.New(hcfg, healer.Deps{
-		Logger:     log.With("component", "healer"),
+		Logger:     s.log, // the healer adds its component and tenant
 		Passports:  agentcall.AuthorityPassports{Client: hc},
 		Store:      healer.NewStore(s.rdb, hcfg.MaxIncidents),
 		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
@@ -491,7 +490,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	if err != nil {
 		return err
 	}
-	ch, err := chaos.New(ccfg, chaos.Deps{Logger: log.With("component", "chaos"), Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
+	ch, err := chaos.New(ccfg, chaos.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		return fmt.Errorf("chaos %s: %w", tenant, err)
 	}
@@ -509,7 +508,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 			return err
 		}
 		r, err := rogue.New(rogue.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Targets: targets, Interval: 2 * time.Second},
-			rogue.Deps{Logger: log.With("component", "rogue"), Passports: agentcall.AuthorityPassports{Client: rc}})
+			rogue.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: rc}})
 		if err != nil {
 			return fmt.Errorf("rogue %s: %w", tenant, err)
 		}
