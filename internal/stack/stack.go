@@ -408,7 +408,11 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if onReady != nil {
 		onReady(s.demo)
 	}
-	return g.Wait()
+	err = g.Wait()
+	if err == nil {
+		s.log.Info("passport up stopped", "data", cfg.DataDir)
+	}
+	return err
 }
 
 // failed stops what started and returns err.
