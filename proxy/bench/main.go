@@ -21,6 +21,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -73,6 +74,7 @@ type options struct {
 	profile  string
 	only     string
 	noAudit  bool
+	rounds   int
 }
 
 func run() error {
@@ -86,8 +88,12 @@ func run() error {
 	flag.StringVar(&o.fsync, "fsync", "always", "appendfsync of the private redis-server: always, everysec or no")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the full-path case to this file")
 	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput cases, interleaved; each row is the round with the median req/s")
 	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
 	flag.Parse()
+	if o.rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
+	}
 	for _, r := range strings.Split(rates, ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			n, err := strconv.Atoi(r)
@@ -213,14 +219,14 @@ func run() error {
 	observer := sign(priv, cfg, "observer-1", "observer", passport.TrustLow, now, "service.get")
 
 	// The comparison point, checked to refuse before it is measured.
-	var cmp *authRequest
+	var ar *authRequest
 	var cmpErr error
 	if selected(o.only, authRequestName) {
-		cmp, cmpErr = startAuthRequest(ctx, authRequestConfig{upstream: upURL, jwks: jwks,
+		ar, cmpErr = startAuthRequest(ctx, authRequestConfig{upstream: upURL, jwks: jwks,
 			issuer: cfg.Issuer, audience: cfg.Audience, conns: o.conns})
 		if cmpErr == nil {
-			defer cmp.Close()
-			cmpErr = cmp.check("/services/checkout/restart", healer, observer)
+			defer ar.Close()
+			cmpErr = ar.check("/services/checkout/restart", healer, observer)
 		}
 	}
 
@@ -240,50 +246,89 @@ func run() error {
 			return fmt.Errorf("%s: status %d (%v), want %d", c.name, st, err, c.want)
 		}
 	}
-	fmt.Printf("proxy benchmark: %d keep-alive connections, %s per case (+%s warm-up), GOMAXPROCS=%s, redis appendfsync=%s\n\n",
-		o.conns, o.duration, o.warmup, gomaxprocs(), o.fsync)
-	fmt.Printf("%-26s %12s %10s %10s %8s\n", "case", "req/s", "p50", "p99", "errors")
-	results := map[string]result{}
+	fmt.Printf("proxy benchmark: %d keep-alive connections, %s per case (+%s warm-up), %d interleaved rounds (median shown), GOMAXPROCS=%s, redis appendfsync=%s\n\n",
+		o.conns, o.duration, o.warmup, o.rounds, gomaxprocs(), o.fsync)
+
+	// The throughput cases run in rounds, one case after the other in each
+	// round, so that a slower stretch of a shared machine hits every case
+	// alike; each row is the case's median round, and each ratio the median
+	// of the rounds' own ratios.
+	type measured struct {
+		name string
+		run  func() result
+	}
+	var todo []measured
 	for _, c := range cases {
-		if !selected(o.only, c.name) {
-			continue
-		}
-		if o.profile != "" && strings.HasPrefix(c.name, "full") {
-			f, err := os.Create(o.profile)
-			if err != nil {
-				return err
-			}
-			_ = pprof.StartCPUProfile(f)
-			defer func() { pprof.StopCPUProfile(); f.Close() }()
-		}
-		res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
-		results[c.name] = res
-		printRow(c.name, res)
-		if o.profile != "" && strings.HasPrefix(c.name, "full") {
-			pprof.StopCPUProfile()
+		if selected(o.only, c.name) {
+			todo = append(todo, measured{c.name, func() result {
+				return load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
+			}})
 		}
 	}
 	var skip skipped
+	var cmpNote string // printed under the table when the comparison cannot run
 	switch {
 	case !selected(o.only, authRequestName):
 	case errors.As(cmpErr, &skip):
-		fmt.Printf("%-26s skipped: %s\n", authRequestName, skip)
+		cmpNote = fmt.Sprintf("%-26s skipped: %s", authRequestName, skip)
 	case cmpErr != nil:
-		fmt.Printf("%-26s FAILED: %v\n", authRequestName, cmpErr)
+		cmpNote = fmt.Sprintf("%-26s FAILED: %v", authRequestName, cmpErr)
 	default:
-		res := load("POST", cmp.url+"/services/checkout/restart", healer, 200, o.conns, o.warmup, o.duration, 0)
-		results[authRequestName] = res
-		printRow(authRequestName, res)
+		todo = append(todo, measured{authRequestName, func() result {
+			return load("POST", ar.url+"/services/checkout/restart", healer, 200, o.conns, o.warmup, o.duration, 0)
+		}})
 	}
-	full, bareR, cmpR := results["full path (allow)"], results["bare reverse proxy"], results[authRequestName]
-	if full.rps > 0 && (bareR.rps > 0 || cmpR.rps > 0) {
+	rounds := map[string][]result{}
+	for r := range o.rounds {
+		fmt.Fprintf(os.Stderr, "\rround %d/%d ", r+1, o.rounds)
+		for _, m := range todo {
+			if o.profile != "" && r == 0 && strings.HasPrefix(m.name, "full") {
+				f, err := os.Create(o.profile)
+				if err != nil {
+					return err
+				}
+				_ = pprof.StartCPUProfile(f)
+				rounds[m.name] = append(rounds[m.name], m.run())
+				pprof.StopCPUProfile()
+				f.Close()
+				continue
+			}
+			rounds[m.name] = append(rounds[m.name], m.run())
+		}
+	}
+	fmt.Fprintf(os.Stderr, "\r%20s\r", "")
+	fmt.Printf("%-26s %12s %10s %10s %8s\n", "case", "req/s", "p50", "p99", "errors")
+	for _, m := range todo {
+		printRow(m.name, median(rounds[m.name]))
+	}
+	if cmpNote != "" {
+		fmt.Println(cmpNote)
+	}
+	full := rounds["full path (allow)"]
+	ratio := func(other []result) (float64, bool) {
+		if len(full) == 0 || len(other) != len(full) {
+			return 0, false
+		}
+		rs := make([]float64, len(full))
+		for i := range full {
+			if other[i].rps <= 0 {
+				return 0, false
+			}
+			rs[i] = full[i].rps / other[i].rps
+		}
+		slices.Sort(rs)
+		return rs[len(rs)/2], true
+	}
+	bareRatio, okBare := ratio(rounds["bare reverse proxy"])
+	cmpRatio, okCmp := ratio(rounds[authRequestName])
+	if okBare || okCmp {
 		fmt.Println()
 	}
-	if full.rps > 0 && bareR.rps > 0 {
-		fmt.Printf("full path / bare proxy: %.2f (target >= 0.85)\n", full.rps/bareR.rps)
+	if okBare {
+		fmt.Printf("full path / bare proxy: %.2f (target >= 0.85)\n", bareRatio)
 	}
-	if full.rps > 0 && cmpR.rps > 0 {
-		fmt.Printf("full path / nginx+auth_request+OPA: %.2f (target >= 3)\n", full.rps/cmpR.rps)
+	if okCmp {
+		fmt.Printf("full path / nginx+auth_request+OPA: %.2f (target >= 3)\n", cmpRatio)
 	}
 
 	if len(o.rates) > 0 {
@@ -311,6 +356,13 @@ func selected(only, name string) bool {
 
 func printRow(name string, res result) {
 	fmt.Printf("%-26s %12.0f %10s %10s %8d\n", name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors)
+}
+
+// median is the result with the median req/s.
+func median(rs []result) result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b result) int { return cmp.Compare(a.rps, b.rps) })
+	return s[len(s)/2]
 }
 
 type result struct {
