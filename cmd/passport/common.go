@@ -22,3 +22,14 @@ func (a *app) logger() (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", a.logFormat)
 }
+
+// firstNonEmpty returns the first value that is not "": settings resolved
+// in order of precedence (flag, demo.json, environment, file, default).
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

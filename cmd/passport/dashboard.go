@@ -286,14 +286,4 @@ func adminNotFound(err error) error {
 	return err
 }
 
-// firstNonEmpty returns the first value that is not "".
-func firstNonEmpty(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 var _ dashboard.Actions = (*dashboardActions)(nil)

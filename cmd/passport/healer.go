@@ -217,24 +217,16 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 			return nil, err
 		}
 	}
-	first := func(vals ...string) string {
-		for _, v := range vals {
-			if v != "" {
-				return v
-			}
-		}
-		return ""
-	}
 	var dProxy, dAuth, dRedis, dAdmin string
 	if demo != nil {
 		dProxy, dAuth, dRedis, dAdmin = demo.URLs.Proxy, demo.URLs.Authority, demo.RedisURL, demo.AdminToken
 	}
 	s := &agentSetup{
-		tenant:       first(o.tenant, cfgTenant, "acme"),
-		proxyURL:     first(o.proxy, dProxy, a.getenv("PASSPORT_PROXY_URL"), cfgProxy, "http://127.0.0.1:8080"),
-		authorityURL: first(o.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), "http://127.0.0.1:8081"),
-		redisURL:     first(dRedis, a.getenv("PASSPORT_REDIS_URL")),
-		adminToken:   first(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
+		tenant:       firstNonEmpty(o.tenant, cfgTenant, "acme"),
+		proxyURL:     firstNonEmpty(o.proxy, dProxy, a.getenv("PASSPORT_PROXY_URL"), cfgProxy, "http://127.0.0.1:8080"),
+		authorityURL: firstNonEmpty(o.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), "http://127.0.0.1:8081"),
+		redisURL:     firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL")),
+		adminToken:   firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
 	}
 	if s.adminToken != "" {
 		adm, err := client.NewAdmin(s.authorityURL, passport.Secret(s.adminToken), client.Options{})
