@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -25,15 +26,7 @@ import (
 func TestWriteAheadWithRealStream(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rdb := srv.Client()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond}, log, prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = stream.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; _ = stream.Close() })
+	stream := runStream(t, rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond})
 
 	key := passport.AuditStreamKey("acme")
 	var seenAtUpstream atomic.Int64
@@ -95,16 +88,7 @@ func TestAuditOutageOutcomeRecord(t *testing.T) {
 	state := redistest.Start(t)
 	store := redistest.Start(t, redistest.Options{AOF: true})
 	rdb := store.Client()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond, RetryMax: 200 * time.Millisecond},
-		log, prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = stream.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; _ = stream.Close() })
+	stream := runStream(t, rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond, RetryMax: 200 * time.Millisecond})
 
 	var hits atomic.Int64
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
@@ -140,4 +124,19 @@ func TestAuditOutageOutcomeRecord(t *testing.T) {
 		out.Action != "service.restart" || out.Resource != "checkout" {
 		t.Fatalf("outcome of the refused call %+v", out)
 	}
+}
+
+// runStream starts a real audit stream writer on rdb until the test ends.
+func runStream(t *testing.T, rdb *redis.Client, cfg audit.StreamConfig) *audit.Stream {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	stream, err := audit.NewStream(rdb, cfg, log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = stream.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; _ = stream.Close() })
+	return stream
 }

@@ -94,7 +94,7 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 				return fmt.Errorf("dashboard: %w", err)
 			}
 			ctx := cmd.Context()
-			act := &dashboardActions{admin: admin}
+			act := &dashboardActions{AdminAgents: dashboard.AdminAgents{Admin: admin}}
 			gatherers := prometheus.Gatherers{}
 			var runChaos func(context.Context) error
 			if c.cfgPath != "" {
@@ -225,7 +225,7 @@ func serveDashboard(ctx context.Context, ln net.Listener, dash *dashboard.Server
 // dashboardActions adapts the authority's admin API and, when configured,
 // one chaos simulator (one tenant) to the dashboard's buttons.
 type dashboardActions struct {
-	admin *client.Admin
+	dashboard.AdminAgents
 	// chaos is nil when the dashboard runs without --chaos-config.
 	chaos       *chaos.Chaos
 	chaosTenant string
@@ -235,28 +235,6 @@ type dashboardActions struct {
 // errChaosOff is never shown to a client: with chaos off Targets is empty,
 // so the API refuses the target before it calls FireChaos.
 var errChaosOff = errors.New("chaos is off: start the dashboard with --chaos-config")
-
-func (d *dashboardActions) ListAgents(ctx context.Context, tenant string) ([]dashboard.Agent, error) {
-	list, err := d.admin.ListAgents(ctx, tenant)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]dashboard.Agent, 0, len(list))
-	for _, ag := range list {
-		out = append(out, dashboard.Agent{ID: ag.ID, Name: ag.Name, Type: ag.Type, TrustLevel: string(ag.EffectiveTrustLevel), Reputation: ag.Reputation, Blocked: ag.Blocked})
-	}
-	return out, nil
-}
-
-func (d *dashboardActions) Block(ctx context.Context, tenant, id, reason string) error {
-	_, err := d.admin.Block(ctx, tenant, id, reason)
-	return adminNotFound(err)
-}
-
-func (d *dashboardActions) Unblock(ctx context.Context, tenant, id string) error {
-	_, err := d.admin.Unblock(ctx, tenant, id)
-	return adminNotFound(err)
-}
 
 func (d *dashboardActions) FireChaos(ctx context.Context, tenant, faultType, target string) error {
 	if d.chaos == nil {
@@ -277,13 +255,6 @@ func (d *dashboardActions) Targets(_ context.Context, tenant string) ([]string, 
 		return nil, nil
 	}
 	return slices.Clone(d.targets), nil
-}
-
-func adminNotFound(err error) error {
-	if errors.Is(err, client.ErrNotFound) {
-		return dashboard.ErrNotFound
-	}
-	return err
 }
 
 var _ dashboard.Actions = (*dashboardActions)(nil)

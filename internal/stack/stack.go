@@ -394,7 +394,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	dash, err := dashboard.New(dcfg, dashboard.Deps{
 		Redis: rdb, Logger: s.log.With("component", "dashboard"), Registry: prometheus.NewRegistry(),
 		Auth:    feed.NewStaticAuth(feed.Token{Secret: passport.Secret(adminToken)}),
-		Actions: &actions{s: s},
+		Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
 	})
 	if err != nil {
 		return s.failed(g, fmt.Errorf("dashboard: %w", err))
@@ -570,28 +570,9 @@ func (s *Stack) reuse(ctx context.Context, prev *Demo, tenant, role string) (Dem
 
 // actions adapts the authority's admin API and the chaos simulators to the
 // dashboard's buttons.
-type actions struct{ s *Stack }
-
-func (a *actions) ListAgents(ctx context.Context, tenant string) ([]dashboard.Agent, error) {
-	list, err := a.s.admin.ListAgents(ctx, tenant)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]dashboard.Agent, 0, len(list))
-	for _, ag := range list {
-		out = append(out, dashboard.Agent{ID: ag.ID, Name: ag.Name, Type: ag.Type, TrustLevel: string(ag.EffectiveTrustLevel), Reputation: ag.Reputation, Blocked: ag.Blocked})
-	}
-	return out, nil
-}
-
-func (a *actions) Block(ctx context.Context, tenant, id, reason string) error {
-	_, err := a.s.admin.Block(ctx, tenant, id, reason)
-	return mapNotFound(err)
-}
-
-func (a *actions) Unblock(ctx context.Context, tenant, id string) error {
-	_, err := a.s.admin.Unblock(ctx, tenant, id)
-	return mapNotFound(err)
+type actions struct {
+	dashboard.AdminAgents
+	s *Stack
 }
 
 func (a *actions) FireChaos(ctx context.Context, tenant, typ, target string) error {
@@ -614,13 +595,6 @@ func (a *actions) Targets(_ context.Context, tenant string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-func mapNotFound(err error) error {
-	if errors.Is(err, client.ErrNotFound) {
-		return dashboard.ErrNotFound
-	}
-	return err
 }
 
 var _ dashboard.Actions = (*actions)(nil)
