@@ -25,6 +25,9 @@ ARG VERSION=dev
 RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/passport ./cmd/passport
+# The agents' state directory (--credentials), owned by the nonroot user so
+# that a named volume mounted there starts out writable by it.
+RUN mkdir -p /out/state
 
 # Run stage: distroless static (CA certificates, tzdata, /etc/passwd with the
 # nonroot user; no shell, no package manager), running as uid/gid 65532.
@@ -34,6 +37,7 @@ COPY --from=build /out/passport /usr/local/bin/passport
 # The policy library, so that a proxy can point its policy directory at it;
 # deployments usually mount their own (docker-compose.yml, examples/kubernetes/).
 COPY --from=build /src/policies /etc/passport/policies
+COPY --from=build --chown=65532:65532 /out/state /var/lib/passport
 # Never run as root, even if a platform ignores the base image's user.
 USER 65532:65532
 # proxy (agents), proxy admin (/metrics /healthz /readyz), authority,

@@ -63,6 +63,7 @@ type checkedCommand struct {
 	path    string            // "passport proxy", "passport chaos run"
 	listens map[string]string // flag name ("listen", "admin-listen") -> host:port
 	config  string            // value of --config, "" if not given
+	creds   string            // value of --credentials, "" if not given
 }
 
 // parseCommand resolves args (without the leading "passport", which is the
@@ -102,6 +103,8 @@ func parseCommand(t *testing.T, args []string) checkedCommand {
 			cc.listens[f.Name] = f.Value.String()
 		case f.Name == "config":
 			cc.config = f.Value.String()
+		case f.Name == "credentials":
+			cc.creds = f.Value.String()
 		}
 	})
 	return cc
@@ -294,6 +297,48 @@ func TestComposeReporterToken(t *testing.T) {
 		if r := s.Environment["PASSPORT_REDIS_URL"]; r == nil || *r == "" {
 			t.Errorf("%s: lost PASSPORT_REDIS_URL", tc.service)
 		}
+	}
+}
+
+// The agents keep their identity across restarts: each writes its own
+// --credentials file into a named volume (writable, unlike the root
+// filesystem), which the image creates owned by its nonroot user.
+func TestComposeAgentCredentials(t *testing.T) {
+	p := mustLoadCompose(t)
+	seen := map[string]string{}
+	for _, name := range []string{"healer", "chaos", "dashboard"} {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := parseCommand(t, s.Command)
+		if cc.creds == "" {
+			t.Errorf("%s: no --credentials: it would register a new agent at every start", name)
+			continue
+		}
+		if other, dup := seen[cc.creds]; dup {
+			t.Errorf("%s and %s share --credentials %s", name, other, cc.creds)
+		}
+		seen[cc.creds] = name
+		mounted := false
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeVolume && !v.ReadOnly && filepath.Dir(cc.creds) == v.Target {
+				if _, ok := p.Volumes[v.Source]; !ok {
+					t.Errorf("%s: volume %s is not declared", name, v.Source)
+				}
+				mounted = v.Target == "/var/lib/passport"
+			}
+		}
+		if !mounted {
+			t.Errorf("%s: --credentials %s is not in a writable named volume at /var/lib/passport", name, cc.creds)
+		}
+	}
+	df, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^COPY --from=build --chown=65532:65532 \S+ /var/lib/passport$`).Match(df) {
+		t.Error("the Dockerfile does not create /var/lib/passport owned by 65532: a new volume there would not be writable")
 	}
 }
 
