@@ -480,6 +480,10 @@ func auditPrintReport(w io.Writer, rep *audit.Report) {
 		fmt.Fprintf(w, "  writer %s: seq %d..%d%s, %d records, %d checkpoints, %d unsealed\n",
 			auditSafe(n), wr.FirstSeq, wr.LastSeq, anchored, wr.Records, wr.Checkpoints, wr.Unsealed)
 	}
+	if rep.OpenAllows > 0 {
+		fmt.Fprintf(w, "  %d allowed calls have no outcome record (first: %s): in flight, or their outcome was dropped or lost\n",
+			rep.OpenAllows, auditSafe(rep.FirstOpenAllow))
+	}
 	for i, p := range rep.Problems {
 		if i == 20 {
 			fmt.Fprintf(w, "  ... %d more problems\n", len(rep.Problems)-20)

@@ -58,6 +58,10 @@ func TestAuditVerifyCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "OK passport:{t:acme}:audit") || !strings.Contains(out, "OK passport:{t:globex}:audit") {
 		t.Fatalf("verify clean: code %d\n%s%s", code, out, errOut)
 	}
+	// The fixture's allow decisions have no outcome records: said, not failed.
+	if !strings.Contains(out, "10 allowed calls have no outcome record (first: ") {
+		t.Fatalf("verify does not report the allows without outcome:\n%s", out)
+	}
 
 	// Pinned keys from "audit writers" verify too; a wrong pin fails.
 	_, keys, _ := auditRun(t, env, "audit", "writers")

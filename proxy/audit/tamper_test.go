@@ -388,3 +388,38 @@ func TestRunTrimsWhenRetentionIsConfigured(t *testing.T) {
 		t.Errorf("writer not anchored after trim: %+v", w)
 	}
 }
+
+// Verify counts allow decisions without an outcome record (calls in
+// flight, or outcomes dropped or lost), apart from the chain's problems.
+func TestVerifyCountsAllowsWithoutOutcome(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	s := newStream(t, rdb, audit.StreamConfig{})
+	ctx := context.Background()
+	ids := map[int]string{}
+	for i := range 5 {
+		id, err := s.Append(ctx, decision("acme", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	denied := decision("acme", 5)
+	denied.Decision, denied.Reasons = audit.DecisionDeny, []string{"trust_level_too_low"}
+	for _, r := range []*audit.Record{denied, outcome(decision("acme", 0)), outcome(decision("acme", 1)), outcome(decision("acme", 3))} {
+		if _, err := s.Append(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := verify(t, rdb, "acme", audit.VerifyOptions{})
+	mustOK(t, rep)
+	if rep.OpenAllows != 2 || rep.FirstOpenAllow != ids[2] {
+		t.Fatalf("open allows %d (first %s), want 2 (first %s, request 2)", rep.OpenAllows, rep.FirstOpenAllow, ids[2])
+	}
+}
+
+// outcome is the outcome record of the call d decided.
+func outcome(d *audit.Record) *audit.Record {
+	d.Kind, d.Status, d.Reasons = audit.KindOutcome, 200, nil
+	return d
+}

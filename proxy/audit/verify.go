@@ -71,6 +71,13 @@ type Report struct {
 	Records  int                      `json:"records"`
 	Writers  map[string]*WriterReport `json:"writers"`
 	Problems []Problem                `json:"problems,omitempty"`
+	// OpenAllows counts allow decisions with no outcome record for their
+	// request id, and FirstOpenAllow is the first one's stream id. Not a
+	// problem of the chain: calls still in flight when the stream was
+	// read, outcomes dropped from a full buffer (counted in
+	// passport_audit_outcome_dropped_total) or lost with a crashed proxy.
+	OpenAllows     int    `json:"open_allows,omitempty"`
+	FirstOpenAllow string `json:"first_open_allow,omitempty"`
 }
 
 // OK reports whether no problem was found.
@@ -97,6 +104,8 @@ type wstate struct {
 	firstPos  int
 }
 
+type openAllow struct{ requestID, id string }
+
 // Verifier checks one stream's entries in order. It is pure (no Redis), so
 // it can be fuzzed and used on exported files.
 type Verifier struct {
@@ -106,6 +115,7 @@ type Verifier struct {
 	heads   map[string]Anchor
 	writers map[string]*wstate
 	reqs    map[string]string
+	allows  []openAllow // allow decisions, in stream order
 	// anchors[w] holds (seq, hash) pairs from valid retention checkpoints.
 	anchors map[string]map[Anchor]bool
 	unknown map[string]bool
@@ -235,6 +245,9 @@ func (v *Verifier) Add(id string, raw []byte) {
 			v.problem(p)
 		} else {
 			v.reqs[k] = id
+			if rec.Kind == KindDecision && rec.Decision == DecisionAllow {
+				v.allows = append(v.allows, openAllow{rec.RequestID, id})
+			}
 		}
 	}
 
@@ -313,6 +326,14 @@ func (v *Verifier) Finish() *Report {
 		if last < h.Seq {
 			v.problem(Problem{Writer: w, Seq: last + 1, Kind: ProblemDeleted, pos: v.pos + 1,
 				Detail: fmt.Sprintf("the writer's head in Redis is seq %d but the stream ends at seq %d (records deleted at the tail)", h.Seq, last)})
+		}
+	}
+	for _, a := range v.allows {
+		if _, ok := v.reqs[string(KindOutcome)+"\x00"+a.requestID]; !ok {
+			if v.rep.OpenAllows == 0 {
+				v.rep.FirstOpenAllow = a.id
+			}
+			v.rep.OpenAllows++
 		}
 	}
 	sort.SliceStable(v.rep.Problems, func(i, j int) bool { return v.rep.Problems[i].pos < v.rep.Problems[j].pos })
