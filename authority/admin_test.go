@@ -171,3 +171,29 @@ func TestReporterTokenReportsOutcomesOnly(t *testing.T) {
 		}
 	}
 }
+
+// An agent's owner is stored, shown by the admin API and carried by its
+// passports as oversight.owner; an agent without one gets no oversight.
+func TestAgentOwnerInPassport(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	owned := e.register("acme", "healer-1", "healer", passport.TrustHigh, func(s *client.AgentSpec) { s.Owner = "sre-oncall (team payments)" })
+	plain := e.register("acme", "healer-2", "healer", passport.TrustHigh)
+	ag, err := e.admin.GetAgent(context.Background(), "acme", owned.ID)
+	if err != nil || ag.Owner != "sre-oncall (team payments)" {
+		t.Fatalf("admin API: %+v %v", ag, err)
+	}
+	c, err := verifyGoJose(t, e.token(owned, url.Values{"scope": {"service.get"}}), e.fetchJWKS())
+	if err != nil || c.Oversight == nil || c.Oversight.Owner != "sre-oncall (team payments)" {
+		t.Fatalf("passport oversight %+v %v", c.Oversight, err)
+	}
+	c, err = verifyGoJose(t, e.token(plain, url.Values{"scope": {"service.get"}}), e.fetchJWKS())
+	if err != nil || c.Oversight != nil {
+		t.Fatalf("passport of an agent without owner: oversight %+v %v", c.Oversight, err)
+	}
+	for _, bad := range []string{"sre\noncall", "sre\x1b[31m", strings.Repeat("x", 129), "sre\u202eoncall"} {
+		_, err := e.admin.RegisterAgent(context.Background(), "acme", client.AgentSpec{Name: "h", Type: "healer", TrustLevel: passport.TrustHigh, Owner: bad})
+		if err == nil || !strings.Contains(err.Error(), "owner") {
+			t.Errorf("owner %q: %v, want refused naming owner", bad, err)
+		}
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/authority/passport"
@@ -48,6 +50,7 @@ const (
 	fieldCapabilities  = "capabilities"
 	fieldSecretHash    = "secret_hash"
 	fieldPublicKey     = "public_key"
+	fieldOwner         = "owner"
 	fieldCreatedAt     = "created_at"
 	fieldBlockedReason = "blocked_reason"
 	fieldBlockedAt     = "blocked_at"
@@ -64,6 +67,7 @@ type agentRecord struct {
 	SecretHash    []byte
 	PublicKeyText string
 	PublicKey     crypto.PublicKey
+	Owner         string
 	CreatedAt     time.Time
 	Blocked       bool
 	BlockedReason string
@@ -86,6 +90,7 @@ func decodeAgent(m map[string]string) (*agentRecord, error) {
 		Trust:         passport.TrustLevel(m[fieldTrust]),
 		SecretHash:    []byte(m[fieldSecretHash]),
 		PublicKeyText: m[fieldPublicKey],
+		Owner:         m[fieldOwner],
 		Blocked:       m[passport.FieldBlocked] == "1",
 		BlockedReason: m[fieldBlockedReason],
 	}
@@ -164,6 +169,20 @@ func validAgentID(id string) bool {
 	return len(id) > len(agentIDPrefix)
 }
 
+// ownerOK accepts 1-128 printable characters (no control characters:
+// the owner reaches logs, passports and audit records).
+func ownerOK(s string) bool {
+	if s == "" || len(s) > 128 || !utf8.ValidString(s) {
+		return false
+	}
+	for _, c := range s {
+		if !unicode.IsPrint(c) {
+			return false
+		}
+	}
+	return true
+}
+
 var nameOK = func(s string) bool {
 	if s == "" || len(s) > 64 {
 		return false
@@ -213,6 +232,9 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 			errs = append(errs, fmt.Errorf("public_key: %w", err))
 		}
 	}
+	if spec.Owner != "" && !ownerOK(spec.Owner) {
+		errs = append(errs, errors.New("owner: want at most 128 printable characters"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrInvalidAgent, err)
 	}
@@ -225,7 +247,7 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 	base := a.cfg.Reputation.baseline(trust)
 	rec := &agentRecord{
 		ID: agentIDPrefix + randomID(20), Tenant: tenant, Name: spec.Name, Type: spec.Type, Trust: trust,
-		Capabilities: caps, SecretHash: hash, PublicKeyText: spec.PublicKey, PublicKey: pub, CreatedAt: now,
+		Capabilities: caps, SecretHash: hash, PublicKeyText: spec.PublicKey, PublicKey: pub, Owner: spec.Owner, CreatedAt: now,
 		Reputation: passport.Reputation{Score: base, Baseline: base, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife},
 	}
 	capsJSON, _ := json.Marshal(caps)
@@ -233,6 +255,9 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 		fieldID: rec.ID, fieldTenant: tenant, fieldName: rec.Name, fieldType: rec.Type, fieldTrust: string(trust),
 		fieldCapabilities: string(capsJSON), fieldSecretHash: string(hash), fieldPublicKey: rec.PublicKeyText,
 		fieldCreatedAt: now.UTC().Format(time.RFC3339Nano), passport.FieldBlocked: "0",
+	}
+	if rec.Owner != "" {
+		fields[fieldOwner] = rec.Owner
 	}
 	for k, v := range reputationFields(rec.Reputation) {
 		fields[k] = v
@@ -292,7 +317,7 @@ func (a *Authority) listAgents(ctx context.Context, tenant string) ([]*agentReco
 func (a *Authority) toAPI(r *agentRecord) client.Agent {
 	score := r.Reputation.At(a.now())
 	out := client.Agent{
-		ID: r.ID, ClientID: r.ID, Tenant: r.Tenant, Name: r.Name, Type: r.Type, TrustLevel: r.Trust,
+		ID: r.ID, ClientID: r.ID, Tenant: r.Tenant, Name: r.Name, Type: r.Type, Owner: r.Owner, TrustLevel: r.Trust,
 		Capabilities: r.Capabilities, Reputation: round2(score), ReputationBaseline: r.Reputation.Baseline,
 		EffectiveTrustLevel: r.Trust.Min(a.cfg.Reputation.allowed(score)),
 		Blocked:             r.Blocked, BlockedReason: r.BlockedReason, HasPublicKey: r.PublicKey != nil,

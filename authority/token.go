@@ -584,6 +584,9 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 		AuthorizationDetails: g.details,
 		Task:                 g.task,
 	}
+	if agent.Owner != "" {
+		claims.Oversight = &passport.Oversight{Owner: agent.Owner}
+	}
 	raw, err := a.sign(claims)
 	if err != nil {
 		return nil, err

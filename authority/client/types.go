@@ -23,6 +23,10 @@ type AgentSpec struct {
 	// PublicKey (PEM "PUBLIC KEY" or a JWK as JSON text) enables
 	// private_key_jwt client authentication.
 	PublicKey string `json:"public_key,omitempty"`
+	// Owner names who is accountable for the agent (a team, an on-call
+	// rotation, a person): its passports carry it as oversight.owner.
+	// Optional; at most 128 printable characters.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Agent is an agent as the admin API shows it. The secret never appears.
@@ -32,6 +36,7 @@ type Agent struct {
 	Tenant   string `json:"tenant"`
 	Name     string `json:"name"`
 	Type     string `json:"type"`
+	Owner    string `json:"owner,omitempty"`
 	// TrustLevel is the registered ceiling.
 	TrustLevel   passport.TrustLevel `json:"trust_level"`
 	Capabilities []string            `json:"capabilities"`

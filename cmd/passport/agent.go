@@ -77,6 +77,7 @@ func (a *app) agentRegisterCmd() *cobra.Command {
 	cmd.Flags().StringVar(&trust, "trust", "", "trust level ceiling: HIGH, MEDIUM or LOW (required)")
 	cmd.Flags().StringArrayVar(&spec.Capabilities, "capability", nil, "capability (action) the agent may be granted; repeat; default: the type's")
 	cmd.Flags().StringVar(&keyFile, "public-key", "", "PEM or JWK file with the agent's public key, for private_key_jwt")
+	cmd.Flags().StringVar(&spec.Owner, "owner", "", "who is accountable for the agent (team, on-call rotation); its passports carry it as oversight.owner")
 	_ = cmd.MarkFlagRequired("name")
 	_ = cmd.MarkFlagRequired("type")
 	_ = cmd.MarkFlagRequired("trust")
@@ -201,6 +202,9 @@ func printAgentInfo(w io.Writer, ag client.Agent) {
 	fmt.Fprintf(w, "tenant:       %s\n", ag.Tenant)
 	fmt.Fprintf(w, "name:         %s\n", ag.Name)
 	fmt.Fprintf(w, "type:         %s\n", ag.Type)
+	if ag.Owner != "" {
+		fmt.Fprintf(w, "owner:        %s\n", ag.Owner)
+	}
 	fmt.Fprintf(w, "trust_level:  %s (effective %s)\n", ag.TrustLevel, ag.EffectiveTrustLevel)
 	fmt.Fprintf(w, "capabilities: %s\n", strings.Join(ag.Capabilities, " "))
 	fmt.Fprintf(w, "reputation:   %.1f (baseline %.1f)\n", ag.Reputation, ag.ReputationBaseline)

@@ -69,8 +69,10 @@ func TestAgentAndTokenCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _, code = cli(t, map[string]string{}, "agent", "register", "--authority", url, "--admin-token-file", tokFile,
-		"--tenant", "acme", "--name", "obs", "--type", "observer", "--trust", "low", "--capability", "service.list")
-	if code != 0 || !strings.Contains(out, "client_secret: cs_") || !strings.Contains(out, "capabilities: service.list\n") {
+		"--tenant", "acme", "--name", "obs", "--type", "observer", "--trust", "low", "--capability", "service.list",
+		"--owner", "observability-team")
+	if code != 0 || !strings.Contains(out, "client_secret: cs_") || !strings.Contains(out, "capabilities: service.list\n") ||
+		!strings.Contains(out, "owner:        observability-team\n") {
 		t.Fatalf("plain register: %d %q", code, out)
 	}
 

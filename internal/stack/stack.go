@@ -138,11 +138,12 @@ type DemoAgent struct {
 var demoRoles = []struct {
 	role, typ string
 	trust     passport.TrustLevel
+	owner     string // who is accountable; the rogue has nobody
 }{
-	{"healer", passport.TypeHealer, passport.TrustHigh},
-	{"chaos", passport.TypeChaos, passport.TrustHigh},
-	{"observer", passport.TypeObserver, passport.TrustLow},
-	{"rogue", passport.TypeObserver, passport.TrustLow},
+	{"healer", passport.TypeHealer, passport.TrustHigh, "sre-oncall"},
+	{"chaos", passport.TypeChaos, passport.TrustHigh, "chaos-engineering"},
+	{"observer", passport.TypeObserver, passport.TrustLow, "observability"},
+	{"rogue", passport.TypeObserver, passport.TrustLow, ""},
 }
 
 func (c *Config) fill() {
@@ -541,7 +542,7 @@ func (s *Stack) registerAgents(ctx context.Context, prev *Demo) ([]DemoAgent, er
 			if r.role == "rogue" && s.cfg.NoRogue {
 				continue
 			}
-			reg, err := s.admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: name + "-" + randomToken()[:6], Type: r.typ, TrustLevel: r.trust})
+			reg, err := s.admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: name + "-" + randomToken()[:6], Type: r.typ, TrustLevel: r.trust, Owner: r.owner})
 			if err != nil {
 				return nil, fmt.Errorf("register %s: %w", name, err)
 			}

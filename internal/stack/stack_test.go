@@ -266,11 +266,21 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 
 			// The repair went through the proxy: its allow record names
 			// the incident, and the upstream answered.
+			// Its passport named who is accountable for the healer
+			// (oversight.owner), which the record's policy input keeps.
 			var allowed bool
 			for _, rec := range r.records(t, tc.tenant) {
 				if rec.Kind == audit.KindDecision && rec.Decision == audit.DecisionAllow &&
 					rec.TaskID == inc.ID && rec.Action == tc.action && rec.Resource == tc.target {
 					allowed = true
+					var in struct {
+						Passport struct {
+							Oversight struct{ Owner string }
+						}
+					}
+					if err := json.Unmarshal(rec.Input, &in); err != nil || in.Passport.Oversight.Owner != "sre-oncall" {
+						t.Errorf("allow record's input: oversight owner %q (%v), want sre-oncall", in.Passport.Oversight.Owner, err)
+					}
 				}
 			}
 			if !allowed {
