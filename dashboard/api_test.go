@@ -91,7 +91,7 @@ func TestAPI(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	d := DefaultConfig()
-	if d.Listen != "127.0.0.1:8090" || d.AuthorityURL != "http://127.0.0.1:8081" || d.ShutdownTimeout != 5*time.Second {
+	if d.Listen != "127.0.0.1:8090" || d.AuthorityURL != "http://127.0.0.1:8081" || d.ShutdownTimeout != 10*time.Second {
 		t.Fatalf("defaults %+v", d)
 	}
 	tests := []struct {

@@ -33,7 +33,7 @@ import (
 const (
 	DefaultListen          = "127.0.0.1:8090"
 	DefaultAuthorityURL    = "http://127.0.0.1:8081"
-	DefaultShutdownTimeout = 5 * time.Second
+	DefaultShutdownTimeout = 10 * time.Second // > net/http's 5 s wait for a connection that sent nothing yet
 )
 
 // ChaosTypes are the fault types the page offers, in the order shown.

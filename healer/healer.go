@@ -461,7 +461,7 @@ func (h *Healer) Run(ctx context.Context) error {
 		})
 		g.Go(func() error {
 			<-ctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // > net/http's 5 s wait for a connection that sent nothing yet
 			defer cancel()
 			return srv.Shutdown(sctx)
 		})

@@ -385,7 +385,7 @@ func (f *Fleet) run(ctx context.Context) error {
 		return fmt.Errorf("serve fleet control api: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err := srv.Shutdown(sctx)
 	f.Close()
@@ -394,6 +394,12 @@ func (f *Fleet) run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// shutdownGrace bounds the control API's drain at shutdown. It is longer
+// than the 5 s net/http's Shutdown waits for an accepted connection that
+// has not sent its first request yet, so such a connection never turns a
+// clean stop into a timeout.
+const shutdownGrace = 10 * time.Second
 
 // Close stops every service and the control API listener and frees
 // leaked memory. It is safe to call more than once.
