@@ -31,7 +31,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"principal": p.ID, "tenants": nonNil(tenants), "all_tenants": p.AllTenants,
-		"chaos_types": ChaosTypes, "authority_url": s.cfg.AuthorityURL, "schema": feed.SchemaVersion,
+		"chaos_types": ChaosTypes, "authority_url": s.publicAuthority(), "schema": feed.SchemaVersion,
 	})
 }
 
@@ -184,4 +184,12 @@ func nonNil[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// publicAuthority is the authority link the page shows.
+func (s *Server) publicAuthority() string {
+	if s.cfg.PublicAuthorityURL != "" {
+		return s.cfg.PublicAuthorityURL
+	}
+	return s.cfg.AuthorityURL
 }

@@ -104,6 +104,8 @@ func TestConfig(t *testing.T) {
 		{"bad tenant", Config{Tenants: []string{"a/b"}}, false},
 		{"bad origin", Config{AllowedOrigins: []string{"*"}}, false},
 		{"good origin", Config{AllowedOrigins: []string{"https://wall.example.com"}}, true},
+		{"public authority", Config{PublicAuthorityURL: "https://auth.example.com"}, true},
+		{"bad public authority", Config{PublicAuthorityURL: "javascript:alert(1)"}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,5 +120,23 @@ func TestSignInURL(t *testing.T) {
 	got := SignInURL("http://127.0.0.1:8090/", "t+k/=", "acme")
 	if got != "http://127.0.0.1:8090/#tenant=acme&token=t%2Bk%2F%3D" {
 		t.Fatalf("SignInURL = %s", got)
+	}
+}
+
+// The page links to the public authority URL when one is set, and to the
+// one the dashboard calls otherwise.
+func TestSessionAuthorityLink(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{AuthorityURL: "http://authority:8081"}, "http://authority:8081"},
+		{Config{AuthorityURL: "http://authority:8081", PublicAuthorityURL: "http://127.0.0.1:8081"}, "http://127.0.0.1:8081"},
+	} {
+		st := startStack(t, tc.cfg)
+		_, sess, _ := call(t, "GET", st.url+"/api/session", acmeToken, "")
+		if sess["authority_url"] != tc.want {
+			t.Errorf("%+v: authority_url %v, want %s", tc.cfg, sess["authority_url"], tc.want)
+		}
 	}
 }

@@ -54,7 +54,12 @@ type Config struct {
 	// AuthorityURL is the passport authority the page links to and the
 	// Actions adapter talks to. Default http://127.0.0.1:8081.
 	AuthorityURL string `yaml:"authority_url"`
-	// ShutdownTimeout bounds the graceful shutdown. Default 5s.
+	// PublicAuthorityURL, when set, is the authority link the page shows
+	// instead of AuthorityURL: the address a browser can reach when the
+	// dashboard reaches the authority by an internal name (compose,
+	// Kubernetes). Default: AuthorityURL.
+	PublicAuthorityURL string `yaml:"public_authority_url"`
+	// ShutdownTimeout bounds the graceful shutdown. Default 10s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Feed tunes the live feed (see proxy/feed.Config).
 	Feed feed.Config `yaml:"feed"`
@@ -87,6 +92,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("dashboard.listen: %w", err))
+	}
+	if u := c.PublicAuthorityURL; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("dashboard.public_authority_url %q: want an http(s) URL", u))
+		}
 	}
 	for _, t := range c.Tenants {
 		if !namePattern.MatchString(t) {

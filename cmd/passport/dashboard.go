@@ -32,8 +32,8 @@ func (a *app) dashboardCmd() *cobra.Command { return a.dashboardCmdWith(nil) }
 // the address the dashboard listens on (tests listen on port 0).
 func (a *app) dashboardCmdWith(ready func(net.Addr)) *cobra.Command {
 	var (
-		cfgPath, listen string
-		c               chaosFlags // --chaos-config and the agent flags of `passport chaos`
+		cfgPath, listen, publicAuthority string
+		c                                chaosFlags // --chaos-config and the agent flags of `passport chaos`
 	)
 	cmd := &cobra.Command{
 		Use:   "dashboard",
@@ -73,6 +73,9 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 			}
 			if cmd.Flags().Changed("listen") || cfg.Listen == "" {
 				cfg.Listen = listen
+			}
+			if publicAuthority != "" {
+				cfg.PublicAuthorityURL = publicAuthority
 			}
 			// The same order as the agents' (agentEnv): flag, demo.json,
 			// environment, file, default.
@@ -152,6 +155,7 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", "", "dashboard YAML (dashboard.Config)")
 	f.StringVar(&listen, "listen", dashboard.DefaultListen, "address of the page, its API, the feed, /healthz and /metrics")
+	f.StringVar(&publicAuthority, "public-authority-url", "", "the authority link the page shows, when browsers reach it by another address than --authority")
 	f.StringVar(&c.cfgPath, "chaos-config", "", "chaos YAML (chaos.Config) listing the targets the chaos buttons may hit (default: buttons off)")
 	c.ao.register(f)
 	return cmd
