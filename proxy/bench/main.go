@@ -37,6 +37,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -45,6 +46,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -104,7 +106,9 @@ func run() error {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
+	// Ctrl-C ends the run early, and still stops what it started and
+	// removes its temporary directories.
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -261,7 +265,7 @@ func run() error {
 	for _, c := range cases {
 		if selected(o.only, c.name) {
 			todo = append(todo, measured{c.name, func() result {
-				return load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
+				return load(ctx, c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, 0)
 			}})
 		}
 	}
@@ -275,13 +279,16 @@ func run() error {
 		cmpNote = fmt.Sprintf("%-26s FAILED: %v", authRequestName, cmpErr)
 	default:
 		todo = append(todo, measured{authRequestName, func() result {
-			return load("POST", ar.url+"/services/checkout/restart", healer, 200, o.conns, o.warmup, o.duration, 0)
+			return load(ctx, "POST", ar.url+"/services/checkout/restart", healer, 200, o.conns, o.warmup, o.duration, 0)
 		}})
 	}
 	rounds := map[string][]result{}
 	for r := range o.rounds {
 		fmt.Fprintf(os.Stderr, "\rround %d/%d ", r+1, o.rounds)
 		for _, m := range todo {
+			if ctx.Err() != nil {
+				return errors.New("interrupted")
+			}
 			if o.profile != "" && r == 0 && strings.HasPrefix(m.name, "full") {
 				f, err := os.Create(o.profile)
 				if err != nil {
@@ -334,9 +341,12 @@ func run() error {
 	if len(o.rates) > 0 {
 		fmt.Printf("\n%-10s %-22s %10s %10s %10s %8s %8s\n", "rate", "case", "achieved", "p50", "p99", "errors", "missed")
 		for _, rate := range o.rates {
+			if ctx.Err() != nil {
+				return errors.New("interrupted")
+			}
 			var p99s [2]time.Duration
 			for i, c := range cases[1:3] {
-				res := load(c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, rate)
+				res := load(ctx, c.method, c.url, c.token, c.want, o.conns, o.warmup, o.duration, rate)
 				p99s[i] = res.p99
 				fmt.Printf("%-10s %-22s %10.0f %10s %10s %8d %8d\n", strconv.Itoa(rate)+"/s", c.name, res.rps, fmtDur(res.p50), fmtDur(res.p99), res.errors, res.missed)
 			}
@@ -375,7 +385,7 @@ type result struct {
 // load runs conns workers against url for warmup+d. With rate 0 each
 // worker sends back to back (closed loop); with a rate, requests are
 // started on a fixed schedule shared by the workers (open loop).
-func load(method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
+func load(ctx context.Context, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
 	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -394,6 +404,8 @@ func load(method, url, token string, want, conns int, warmup, d time.Duration, r
 				select {
 				case ticks <- struct{}{}:
 				case <-stop:
+					return
+				case <-ctx.Done():
 					return
 				default: // all workers busy: counted as an error below
 					missed.Add(1)
@@ -420,10 +432,13 @@ func load(method, url, token string, want, conns int, warmup, d time.Duration, r
 					case <-time.After(time.Until(end)):
 						lat[i] = samples
 						return
+					case <-ctx.Done():
+						lat[i] = samples
+						return
 					}
 				}
 				t0 := time.Now()
-				if t0.After(end) {
+				if t0.After(end) || ctx.Err() != nil {
 					lat[i] = samples
 					return
 				}
