@@ -111,12 +111,8 @@ func encodeBody(rec *Record) (*body, error) {
 	buf = appendStrMember(buf, kJTI, rec.JTI)
 	buf = append(buf, kKind...)
 	buf = append(appendString(buf, string(rec.Kind), false), ',')
-	if rec.LatencyMS != 0 {
-		buf = append(buf, kLatencyMS...)
-		if buf, err = appendFloat(buf, rec.LatencyMS); err != nil {
-			return nil, err
-		}
-		buf = append(buf, ',')
+	if buf, err = appendFloatMember(buf, kLatencyMS, rec.LatencyMS); err != nil {
+		return nil, err
 	}
 	buf = appendStrMember(buf, kMethod, rec.Method)
 	buf = appendStrMember(buf, kPath, rec.Path)
@@ -126,12 +122,8 @@ func encodeBody(rec *Record) (*body, error) {
 		buf = append(buf, kReasons...)
 		buf = append(appendStrings(buf, rec.Reasons), ',')
 	}
-	if rec.Reputation != 0 {
-		buf = append(buf, kReputation...)
-		if buf, err = appendFloat(buf, rec.Reputation); err != nil {
-			return nil, err
-		}
-		buf = append(buf, ',')
+	if buf, err = appendFloatMember(buf, kReputation, rec.Reputation); err != nil {
+		return nil, err
 	}
 	buf = appendStrMember(buf, kRequestID, rec.RequestID)
 	buf = appendStrMember(buf, kResource, rec.Resource)
@@ -178,6 +170,18 @@ func appendStrMember(buf []byte, key, s string) []byte {
 	}
 	buf = append(buf, key...)
 	return append(appendString(buf, s, false), ',')
+}
+
+// appendFloatMember appends `"key":f,` unless f is zero (omitempty).
+func appendFloatMember(buf []byte, key string, f float64) ([]byte, error) {
+	if f == 0 {
+		return buf, nil
+	}
+	buf, err := appendFloat(append(buf, key...), f)
+	if err != nil {
+		return nil, err
+	}
+	return append(buf, ','), nil
 }
 
 func appendStrings(buf []byte, list []string) []byte {
