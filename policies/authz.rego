@@ -23,20 +23,21 @@ allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
 #
-# Fast path: the body below states every check of the library positively,
-# in one rule body that reads the configuration once, so that an allowed
-# call (most calls) never evaluates the reason rules and their negations.
-# It may be stricter than the rules (a call it does not clear gets
-# full_decision, and the same answer), never looser. Every rule that adds a
-# reason must have its counterpart here, or the check would not be applied
-# to calls that pass all the others: fastpath_test.go fails when the reason
+# Fast path: the body below clears an allowed call (most calls) in one rule
+# body, without evaluating the reason rules and their negations. What data
+# alone decides was worked out once per load (clearances, fast.rego); the
+# body looks it up and checks the input against it. It may be stricter
+# than the rules (a call it does not clear gets full_decision, and the same
+# answer), never looser. Every rule that adds a reason must have its
+# counterpart here or in clearances, or the check would not be applied to
+# calls that pass all the others: fastpath_test.go fails when the reason
 # rules change, as a reminder, and compares decision with full_decision
 # over many inputs.
 decision := {
 	"allow": true,
 	"reasons": [],
 	"input_version": 1,
-	"data_revision": object.get(cfg, "revision", ""),
+	"data_revision": clear.revision,
 } if {
 	# input_version_unsupported (1 is supported_input_version; a rule
 	# reference would cost another evaluation), agent_blocked. Input
@@ -47,61 +48,39 @@ decision := {
 	agent.blocked == false
 	name := input.action
 	tenant := input.tenant
-	resource := input.resource
-	cfg := config
+	clear := data.passport.loaded.clearances
 
-	# unknown_action, trust_level_too_low, reputation_too_low (an entry
-	# that is not an object, false included, has no trust and fails here)
-	action := cfg.actions[name]
-	cfg.trust_levels[agent.trust_level] >= cfg.trust_levels[action.trust]
+	# unknown_action, unknown_agent_type, agent_type_not_permitted,
+	# trust_level_too_low, chaos_on_production_route
+	action := clear.actions[agent.type][agent.trust_level][name]
+
+	# reputation_too_low
 	reputation := agent.reputation
 	is_number(reputation)
-	reputation >= object.get(action, "min_reputation", 0)
+	reputation >= action.min_reputation
 
-	# unknown_agent_type, agent_type_not_permitted
-	name in cfg.agent_types[agent.type].capabilities
+	# resource_not_in_tenant (the lookup fails for an unknown tenant)
+	resource := input.resource
+	action.targets[clear.resources[tenant][resource]]
 
 	# tenant_mismatch
-	is_string(tenant)
-	tenant != ""
 	input.passport.tenant == tenant
-	route := input.route
-	is_object(route)
-	object.get(route, "tenant", "") in ["", tenant]
+	input.route.tenant in {"", tenant}
 
-	# resource_not_in_tenant: "*" needs any_resource, any other resource
-	# must be one of the tenant's services.
-	object.get(
-		{"*": object.get(action, "any_resource", false)},
-		resource,
-		resource in cfg.tenants[tenant].services,
-	) == true
+	# change_freeze, invalid_time
+	windows_clear(clear.windows[agent.type][name][tenant])
 
 	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted
 	arguments_clear
 
-	# chaos_on_production_route: actions limited to non-production routes
-	# take the full evaluation.
-	object.get(action, "non_production_only", false) != true
-
-	# change_freeze, invalid_time: each window is well formed (so the
-	# freeze rules cannot fail on it) and cannot freeze this call.
-	every window in cfg.freeze_windows {
-		is_object(window)
-		is_array(object.get(window, "tenants", []))
-		is_array(object.get(window, "actions", []))
-		is_array(object.get(window, "exempt_agent_types", []))
-		window_quiet(window, action)
-	}
-
 	# task_target_mismatch, task_action_mismatch
-	task_clear
+	task_clear(action.task_reads_exempt)
 
 	# action_not_granted (last: it iterates)
 	some detail in input.passport.authorization_details
 	detail.type == "agent_action"
 	name in detail.actions
-	object.get(detail, "identifier", "") in ["", resource]
+	object.get(detail, "identifier", "") in {"", resource}
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.

@@ -1,14 +1,12 @@
 package passport.authz_test
 
-import data.passport.authz
-
 test_typical_call_allowed if {
-	d := authz.decision with input as healer_restart with data.passport.config.revision as "r1"
+	d := decide(healer_restart) with data.passport.config.revision as "r1"
 	d == {"allow": true, "reasons": [], "input_version": 1, "data_revision": "r1"}
 }
 
 test_empty_input_denied if {
-	d := authz.decision with input as {}
+	d := decide({})
 	d.allow == false
 	"input_version_unsupported" in d.reasons
 	"unknown_action" in d.reasons
@@ -37,7 +35,7 @@ test_unknown_action_denied if {
 
 test_data_revision_defaults_to_empty if {
 	cfg := object.remove(data.passport.config, ["revision"])
-	d := authz.decision with input as healer_restart with data.passport.config as cfg
+	d := decide(healer_restart) with data.passport.config as cfg
 	d.data_revision == ""
 	d.allow == true
 }
@@ -45,13 +43,13 @@ test_data_revision_defaults_to_empty if {
 # A denied call takes the full evaluation (full_decision), which must
 # carry the same metadata as the fast path of an allowed call.
 test_denied_decision_carries_revision if {
-	d := authz.decision with input as call({"agent": {"blocked": true}}) with data.passport.config.revision as "r2"
+	d := decide(call({"agent": {"blocked": true}})) with data.passport.config.revision as "r2"
 	d == {"allow": false, "reasons": ["agent_blocked"], "input_version": 1, "data_revision": "r2"}
 }
 
 test_denied_data_revision_defaults_to_empty if {
 	cfg := object.remove(data.passport.config, ["revision"])
-	d := authz.decision with input as call({"agent": {"blocked": true}}) with data.passport.config as cfg
+	d := decide(call({"agent": {"blocked": true}})) with data.passport.config as cfg
 	d.data_revision == ""
 	d.allow == false
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // fastPathReasons are the reason rules (code: number of rules) that the
@@ -87,6 +89,27 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 			delete(cfg, "revision")
 		},
 	}
+	// Odd but valid data: a tenant that lists "*" as a service, an agent
+	// type that is not an object, an action whose trust level is unknown,
+	// an extra trust level, and a window whose end does not parse.
+	variants["odd"] = func(cfg map[string]any) {
+		acme := cfg["tenants"].(map[string]any)["acme"].(map[string]any)
+		acme["services"] = append(acme["services"].([]any), "*")
+		cfg["agent_types"].(map[string]any)["scaler"] = false
+		cfg["actions"].(map[string]any)["cache.warm"].(map[string]any)["trust"] = "UNKNOWN"
+		cfg["trust_levels"].(map[string]any)["ROOT"] = 9
+		cfg["freeze_windows"] = []any{
+			map[string]any{"start": "2026-11-01T00:00:00Z", "end": "soon", "actions": []any{"deployment.deploy"},
+				"tenants": []any{"acme"}},
+		}
+	}
+	// A window whose lists are not lists: clearances is undefined, and
+	// every call takes the full evaluation.
+	variants["malformed"] = func(cfg map[string]any) {
+		cfg["freeze_windows"] = []any{
+			map[string]any{"start": "2026-11-01T00:00:00Z", "end": "2027-01-01T00:00:00Z", "tenants": "acme"},
+		}
+	}
 	n := 600
 	if testing.Short() {
 		n = 150
@@ -100,6 +123,14 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 				t.Fatal(err)
 			}
 			patch(data["passport"].(map[string]any)["config"].(map[string]any))
+			// As the proxy does on every load (proxy/policy).
+			mods := make([]*ast.Module, 0, len(lib.Modules))
+			for _, m := range lib.Modules {
+				mods = append(mods, m)
+			}
+			if err := policy.AddLoadTimeDocuments(ctx, data, mods, nil); err != nil {
+				t.Fatal(err)
+			}
 			store := inmem.NewFromObjectWithOpts(data, inmem.OptReturnASTValuesOnRead(true))
 			prep := func(q string) rego.PreparedEvalQuery {
 				pq, err := rego.New(rego.Query(q), rego.Compiler(mustCompile(t, lib)), rego.Store(store),
@@ -152,6 +183,16 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 			t.Logf("%d inputs, %d allowed, %d of them through the fast path", n, allowed, fastHits)
 			if allowed < n/10 {
 				t.Fatalf("only %d of %d inputs allowed: the generator no longer exercises the fast path", allowed, n)
+			}
+			// Chaos actions (non-production routes) and calls around a
+			// window with an unparseable time take the full evaluation;
+			// most allowed calls must not.
+			if name == "malformed" {
+				if fastHits != 0 {
+					t.Fatalf("%d calls took the fast path with malformed windows", fastHits)
+				}
+			} else if fastHits < allowed/2 {
+				t.Fatalf("only %d of %d allowed calls took the fast path", fastHits, allowed)
 			}
 		})
 	}

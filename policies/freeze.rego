@@ -24,28 +24,54 @@ reasons contains "invalid_time" if {
 # tenant and action and do not exempt its agent type, whatever the time.
 concerning_windows contains i if {
 	some i, window in config.freeze_windows
-	window_covers_tenant(window)
-	window_covers_action(window)
-	not input.agent.type in object.get(window, "exempt_agent_types", [])
+	window_concerns(window, call_agent_type, call_action, call_action_config, call_tenant)
 }
 
-window_covers_tenant(window) if not window.tenants
+# The call's fields as window_concerns reads them: null where the input
+# (or data, for the action's entry) has none, which no window lists.
+default call_agent_type := null
 
-window_covers_tenant(window) if count(window.tenants) == 0
+call_agent_type := input.agent.type
 
-window_covers_tenant(window) if input.tenant in window.tenants
+default call_action := null
 
-window_covers_action(window) if {
+call_action := input.action
+
+default call_action_config := null
+
+call_action_config := action_config
+
+default call_tenant := null
+
+call_tenant := input.tenant
+
+# window_concerns holds when a window names the tenant and the action (an
+# action named by its config entry too, for its kind) and does not exempt
+# the agent type. It reads no input: clearances (fast.rego) evaluates it
+# for every combination once per load.
+window_concerns(window, agent_type, name, action, tenant) if {
+	window_covers_tenant(window, tenant)
+	window_covers_action(window, name, action)
+	not agent_type in object.get(window, "exempt_agent_types", [])
+}
+
+window_covers_tenant(window, _) if not window.tenants
+
+window_covers_tenant(window, _) if count(window.tenants) == 0
+
+window_covers_tenant(window, tenant) if tenant in window.tenants
+
+window_covers_action(window, _, action) if {
 	not window.actions
-	action_config.kind != "read"
+	action.kind != "read"
 }
 
-window_covers_action(window) if {
+window_covers_action(window, _, action) if {
 	count(window.actions) == 0
-	action_config.kind != "read"
+	action.kind != "read"
 }
 
-window_covers_action(window) if input.action in window.actions
+window_covers_action(window, name, _) if name in window.actions
 
 # now_ns is the call's time in Unix nanoseconds. The proxy sets input.time,
 # so tests and replay evaluate freezes at a chosen moment.

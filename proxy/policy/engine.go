@@ -298,6 +298,13 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 	if err != nil {
 		return nil, err // loader errors name file and line
 	}
+	parsed := make([]*ast.Module, 0, len(res.Modules))
+	for _, k := range sortedKeys(res.Modules) {
+		parsed = append(parsed, res.Modules[k].Parsed)
+	}
+	if err := AddLoadTimeDocuments(ctx, res.Documents, parsed, caps); err != nil {
+		return nil, err
+	}
 	// The store is never written after the load, so one read transaction
 	// is opened per load and shared by every evaluation: that saves a
 	// lock and an allocation per call. It keeps data as OPA values, so a
@@ -319,12 +326,7 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		rego.Store(store),
 		rego.GenerateJSON(astResult),
 	}
-	mods := make([]string, 0, len(res.Modules))
-	for k := range res.Modules {
-		mods = append(mods, k)
-	}
-	sort.Strings(mods)
-	for _, k := range mods {
+	for _, k := range sortedKeys(res.Modules) {
 		opts = append(opts, rego.ParsedModule(res.Modules[k].Parsed))
 	}
 	pq, err := rego.New(opts...).PrepareForEval(ctx)
@@ -338,6 +340,91 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		rego.EvalMetrics(metrics.NoOp()),
 	}
 	return &prepared{pq: pq, txn: txn, evalOpts: evalOpts, revision: rev, loadedAt: time.Now()}, nil
+}
+
+// LoadTimeDocuments are rules that read data only, evaluated once per load
+// and stored as base documents at Path: OPA would evaluate such a rule
+// again in every evaluation that refers to it, and the decision rules read
+// the stored value instead (policies/fast.rego, clearances). A policy
+// without the rule stores nothing.
+var LoadTimeDocuments = []struct{ Rule, Path string }{
+	{Rule: "data.passport.authz.clearances", Path: "passport.loaded.clearances"},
+}
+
+// loadTimeTimeout bounds the evaluation of the load-time documents: a rule
+// that takes longer fails the load, and the last good policy stays.
+const loadTimeTimeout = 10 * time.Second
+
+// AddLoadTimeDocuments evaluates each of LoadTimeDocuments against docs
+// (the policy's data) and modules, and stores the values in docs, as the
+// engine does on every load. Data that already holds one of the paths is
+// refused: the documents are the engine's. An evaluation error fails the
+// load.
+func AddLoadTimeDocuments(ctx context.Context, docs map[string]any, modules []*ast.Module, caps *ast.Capabilities) error {
+	ctx, cancel := context.WithTimeout(ctx, loadTimeTimeout)
+	defer cancel()
+	for _, d := range LoadTimeDocuments {
+		keys := strings.Split(d.Path, ".")
+		if taken(docs, keys) {
+			return fmt.Errorf("data.%s is reserved for the value of %s", d.Path, d.Rule)
+		}
+		opts := []func(*rego.Rego){
+			rego.Query(d.Rule),
+			rego.Capabilities(caps),
+			rego.StrictBuiltinErrors(true),
+			rego.SetRegoVersion(ast.RegoV1),
+			rego.Store(inmem.NewFromObjectWithOpts(docs, inmem.OptRoundTripOnWrite(false))),
+		}
+		for _, m := range modules {
+			opts = append(opts, rego.ParsedModule(m))
+		}
+		rs, err := rego.New(opts...).Eval(ctx)
+		if err != nil {
+			return fmt.Errorf("evaluate %s: %w", d.Rule, err)
+		}
+		if len(rs) != 1 || len(rs[0].Expressions) != 1 {
+			continue // undefined: nothing is stored
+		}
+		parent := docs
+		for _, k := range keys[:len(keys)-1] {
+			next, ok := parent[k].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				parent[k] = next
+			}
+			parent = next
+		}
+		parent[keys[len(keys)-1]] = rs[0].Expressions[0].Value
+	}
+	return nil
+}
+
+// taken reports whether docs has a value at path, or a value that is not
+// an object on the way to it.
+func taken(docs map[string]any, path []string) bool {
+	cur := docs
+	for i, k := range path {
+		v, ok := cur[k]
+		if !ok {
+			return false
+		}
+		if i == len(path)-1 {
+			return true
+		}
+		if cur, ok = v.(map[string]any); !ok {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Decide evaluates the decision for input. A nil error means the policy

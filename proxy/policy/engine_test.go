@@ -225,3 +225,50 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 }
+
+// TestLoadTimeDocuments: a rule named in LoadTimeDocuments is evaluated
+// once per load and its value read as data by the decision; data that
+// claims the path, or a rule that fails, fails the load.
+func TestLoadTimeDocuments(t *testing.T) {
+	const lib = `package passport.authz
+
+clearances := {"ok": config_ok}
+
+config_ok := data.passport.config.ok
+
+decision := {"allow": data.passport.loaded.clearances.ok == true}
+`
+	cases := []struct {
+		name, rego, data string
+		allow            bool
+		loadErr          string
+	}{
+		{"stored and read", lib, `{"passport": {"config": {"ok": true}}}`, true, ""},
+		{"follows the data", lib, `{"passport": {"config": {"ok": false}}}`, false, ""},
+		{"rule absent", "package passport.authz\ndecision := {\"allow\": true} if not data.passport.loaded\n", `{}`, true, ""},
+		{"path taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": {"clearances": {"ok": true}}}}`, false, "data.passport.loaded.clearances is reserved"},
+		{"parent taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": 5}}`, false, "data.passport.loaded.clearances is reserved"},
+		{"rule fails", "package passport.authz\nclearances := to_number(\"x\")\ndecision := {\"allow\": true}\n", `{}`, false, "evaluate data.passport.authz.clearances"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := New(context.Background(), Options{
+				FS:     fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}, "data.json": {Data: []byte(tc.data)}},
+				Logger: quiet(),
+			})
+			if tc.loadErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.loadErr) {
+					t.Fatalf("load error %v, want %q", err, tc.loadErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
+			if err != nil || d.Allow != tc.allow {
+				t.Fatalf("decision %+v %v, want allow=%v", d, err, tc.allow)
+			}
+		})
+	}
+}

@@ -1,0 +1,86 @@
+package passport.authz_test
+
+import data.passport.authz
+
+# fast_or_slow is the decision for x, or "slow" when it is not the fast
+# path that clears it.
+fast_or_slow(x) := d if {
+	d := authz.decision with input as x
+		with data.passport.loaded.clearances as authz.clearances
+		with authz.full_decision as "slow"
+}
+
+test_fast_path_clears_typical_call if {
+	fast_or_slow(healer_restart) == {"allow": true, "reasons": [], "input_version": 1, "data_revision": data.passport.config.revision}
+}
+
+# Without the load-time document (opa eval, opa test without `with`),
+# every call takes the full evaluation, with the same answer.
+test_fast_path_needs_clearances if {
+	d := authz.decision with input as healer_restart with authz.full_decision as "slow"
+	d == "slow"
+	allowed_full := authz.decision with input as healer_restart
+	allowed_full == decide(healer_restart)
+}
+
+test_fast_path_leaves_denials_to_the_rules if {
+	fast_or_slow(call({"resource": "search"})) == "slow"
+	fast_or_slow(call({"agent": {"reputation": 10}})) == "slow"
+	fast_or_slow(call({"agent": {"type": "observer"}})) == "slow"
+}
+
+test_fast_path_chaos_only_when_not_limited_to_non_production if {
+	x := as_agent("chaos", "HIGH", ["chaos.inject"], {
+		"action": "chaos.inject",
+		"route": {"production": false},
+		"request": {"body": {"type": "service_down"}},
+	})
+	fast_or_slow(x) == "slow"
+	d := fast_or_slow(x) with data.passport.config.actions["chaos.inject"].non_production_only as false
+	d.allow == true
+	bad := object.union(x, {"request": {"body": {"type": "meteor"}}})
+	fast_or_slow(bad) == "slow" with data.passport.config.actions["chaos.inject"].non_production_only as false
+}
+
+test_clearances_actions if {
+	c := authz.clearances
+	c.actions.healer.HIGH["service.restart"] == {"min_reputation": 50, "targets": {"service": true}, "task_reads_exempt": false}
+	c.actions.healer.HIGH["service.list"].targets == {"service": true, "any": true}
+	c.actions.healer.HIGH["service.get"].task_reads_exempt == true
+	not c.actions.healer.MEDIUM["service.restart"]
+	not c.actions.observer.HIGH["service.restart"]
+	not c.actions.chaos.HIGH["chaos.inject"]
+}
+
+test_clearances_resources if {
+	c := authz.clearances
+	c.resources.acme == {"checkout": "service", "payments": "service", "*": "any"}
+	r := authz.clearances.resources.acme with data.passport.config.tenants.acme.services as ["checkout", "*"]
+	r == {"checkout": "service", "*": "service"}
+}
+
+test_clearances_windows if {
+	c := authz.clearances
+	span := [time.parse_rfc3339_ns("2026-12-24T00:00:00Z"), time.parse_rfc3339_ns("2027-01-02T00:00:00Z")]
+	c.windows.deployer["deployment.deploy"].acme == [span]
+	c.windows.healer["deployment.deploy"].acme == []
+	c.windows.deployer["service.get"].acme == []
+}
+
+test_clearances_window_time_unparseable if {
+	windows := [{"start": "soon", "end": "2027-01-02T00:00:00Z", "actions": ["deployment.deploy"]}]
+	c := authz.clearances with data.passport.config.freeze_windows as windows
+	not c.windows.deployer["deployment.deploy"].acme
+	c.windows.deployer["service.scale"].acme == []
+}
+
+test_clearances_undefined_for_malformed_windows if {
+	not authz.clearances with data.passport.config.freeze_windows as [{"tenants": "acme"}]
+	not authz.clearances with data.passport.config.freeze_windows as ["x"]
+	not authz.clearances with data.passport.config.freeze_windows as {"a": {}}
+}
+
+test_task_read_exempt_in_full_evaluation if {
+	x := with_task(incident, {"action": "service.get", "resource": "payments", "agent": {"blocked": true}})
+	denied_only(x, ["agent_blocked"])
+}
