@@ -67,11 +67,14 @@ decision := {
 	input.passport.tenant == tenant
 	input.route.tenant in {"", tenant}
 
-	# change_freeze, invalid_time
-	windows_clear(clear.windows[agent.type][name][tenant])
+	# change_freeze, invalid_time: no window that concerns the call is
+	# open at its time (read only when a window concerns the call).
+	every span in clear.windows[agent.type][name][tenant] {
+		not span_open(span, now_ns)
+	}
 
 	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted
-	arguments_clear
+	arguments_clear(action.arguments)
 
 	# task_target_mismatch, task_action_mismatch
 	task_clear(action.task_reads_exempt)
@@ -80,7 +83,7 @@ decision := {
 	some detail in input.passport.authorization_details
 	detail.type == "agent_action"
 	name in detail.actions
-	object.get(detail, "identifier", "") in {"", resource}
+	object.get(detail, "identifier", resource) == resource
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.

@@ -45,6 +45,7 @@ clear_actions[agent_type][level][name] := {
 	"min_reputation": object.get(action, "min_reputation", 0),
 	"targets": targets(action),
 	"task_reads_exempt": task_reads_exempt(action),
+	"arguments": name in {"service.scale", "deployment.deploy", "chaos.inject"},
 } if {
 	some agent_type, type_config in config.agent_types
 	some name, action in config.actions
@@ -108,18 +109,7 @@ clear_windows[agent_type][name][tenant] := spans if {
 	count(spans) == count(concerning)
 }
 
-# windows_clear holds when no window in spans is open at the call's time;
-# without a valid time, only when there is no window (invalid_time).
-windows_clear(spans) if count(spans) == 0
-
-windows_clear(spans) if {
-	count(spans) > 0
-	now := now_ns
-	every span in spans {
-		not span_open(span, now)
-	}
-}
-
+# span_open holds when now is within a window's span.
 span_open(span, now) if {
 	span[0] <= now
 	now < span[1]
@@ -127,21 +117,22 @@ span_open(span, now) if {
 
 # arguments_clear holds when the call's arguments satisfy the constraints
 # of its action (invalid_argument, replicas_out_of_bounds,
-# fault_type_not_permitted).
-arguments_clear if not input.action in {"service.scale", "deployment.deploy", "chaos.inject"}
+# fault_type_not_permitted); checked tells whether the action has any
+# (clearances).
+arguments_clear(false)
 
-arguments_clear if {
+arguments_clear(true) if {
 	input.action == "service.scale"
 	replicas_integer
 	replicas_within_bounds
 }
 
-arguments_clear if {
+arguments_clear(true) if {
 	input.action == "deployment.deploy"
 	deploy_version_valid
 }
 
-arguments_clear if {
+arguments_clear(true) if {
 	input.action == "chaos.inject"
 	input.request.body.type in config.chaos.fault_types
 }

@@ -44,7 +44,8 @@ test_fast_path_chaos_only_when_not_limited_to_non_production if {
 
 test_clearances_actions if {
 	c := authz.clearances
-	c.actions.healer.HIGH["service.restart"] == {"min_reputation": 50, "targets": {"service": true}, "task_reads_exempt": false}
+	c.actions.healer.HIGH["service.restart"] == {"min_reputation": 50, "targets": {"service": true}, "task_reads_exempt": false, "arguments": false}
+	c.actions.deployer.MEDIUM["deployment.deploy"].arguments == true
 	c.actions.healer.HIGH["service.list"].targets == {"service": true, "any": true}
 	c.actions.healer.HIGH["service.get"].task_reads_exempt == true
 	not c.actions.healer.MEDIUM["service.restart"]

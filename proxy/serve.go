@@ -610,32 +610,45 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 		in.doc.Request.Body = nullJSON
 	}
 	d := &in.doc
-	paramsObj := ast.NewObject()
-	for k, v := range params {
-		paramsObj.Insert(ast.StringTerm(k), ast.StringTerm(v))
-	}
-	queryObj := ast.NewObject()
-	for k, vs := range query {
-		ts := make([]*ast.Term, len(vs))
-		for i, v := range vs {
-			ts[i] = ast.StringTerm(v)
+	paramsTerm := tEmptyObject
+	if len(params) > 0 {
+		obj := ast.NewObject()
+		for k, v := range params {
+			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
 		}
-		queryObj.Insert(ast.StringTerm(k), ast.ArrayTerm(ts...))
+		paramsTerm = ast.NewTerm(obj)
 	}
-	headersObj := ast.NewObject()
-	for k, v := range headers {
-		headersObj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	queryTerm := tEmptyObject
+	if len(query) > 0 {
+		obj := ast.NewObject()
+		for k, vs := range query {
+			ts := make([]*ast.Term, len(vs))
+			for i, v := range vs {
+				ts[i] = ast.StringTerm(v)
+			}
+			obj.Insert(ast.StringTerm(k), ast.ArrayTerm(ts...))
+		}
+		queryTerm = ast.NewTerm(obj)
 	}
-	bodyTerm := ast.NullTerm()
+	headersTerm := tEmptyObject
+	if len(headers) > 0 {
+		obj := ast.NewObject()
+		for k, v := range headers {
+			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		}
+		headersTerm = ast.NewTerm(obj)
+	}
+	bodyTerm := tNull
 	if body != nil {
 		if v, err := ast.InterfaceToValue(body); err == nil {
 			bodyTerm = ast.NewTerm(v)
 		}
 	}
+	pt := vp.terms()
 	in.value = ast.NewObject(
 		ast.Item(kVersion, tOne),
 		ast.Item(kTime, ast.StringTerm(d.Time)),
-		ast.Item(kTenant, ast.StringTerm(d.Tenant)),
+		ast.Item(kTenant, pt.tenant),
 		ast.Item(kAction, rt.actionTerm),
 		ast.Item(kResource, ast.StringTerm(d.Resource)),
 		ast.Item(kRoute, rt.inputTerm),
@@ -643,17 +656,17 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			ast.Item(kID, ast.StringTerm(d.Request.ID)),
 			ast.Item(kMethod, ast.StringTerm(d.Request.Method)),
 			ast.Item(kPath, ast.StringTerm(d.Request.Path)),
-			ast.Item(kParams, ast.NewTerm(paramsObj)),
-			ast.Item(kQuery, ast.NewTerm(queryObj)),
-			ast.Item(kHeaders, ast.NewTerm(headersObj)),
+			ast.Item(kParams, paramsTerm),
+			ast.Item(kQuery, queryTerm),
+			ast.Item(kHeaders, headersTerm),
 			ast.Item(kBody, bodyTerm),
 		)),
-		ast.Item(kPassport, ast.NewTerm(vp.payloadValue())),
+		ast.Item(kPassport, pt.payload),
 		ast.Item(kAgent, ast.ObjectTerm(
-			ast.Item(kID, ast.StringTerm(d.Agent.ID)),
-			ast.Item(kName, ast.StringTerm(d.Agent.Name)),
-			ast.Item(kType, ast.StringTerm(d.Agent.Type)),
-			ast.Item(kTrustLevel, ast.StringTerm(d.Agent.TrustLevel)),
+			ast.Item(kID, pt.agentID),
+			ast.Item(kName, pt.agentName),
+			ast.Item(kType, pt.agentType),
+			ast.Item(kTrustLevel, pt.trustLevel),
 			ast.Item(kReputation, ast.FloatNumberTerm(d.Agent.Reputation)),
 			ast.Item(kBlocked, tFalse),
 		)),
@@ -671,7 +684,7 @@ var (
 	kHeaders, kBody, kName, kType, kTrustLevel   = ast.StringTerm("headers"), ast.StringTerm("body"), ast.StringTerm("name"), ast.StringTerm("type"), ast.StringTerm("trust_level")
 	kReputation, kBlocked, kTemplate             = ast.StringTerm("reputation"), ast.StringTerm("blocked"), ast.StringTerm("template")
 	kProduction                                  = ast.StringTerm("production")
-	tOne, tFalse                                 = ast.IntNumberTerm(1), ast.BooleanTerm(false)
+	tOne, tFalse, tNull, tEmptyObject            = ast.IntNumberTerm(1), ast.BooleanTerm(false), ast.NullTerm(), ast.ObjectTerm()
 )
 
 // routeTerm is the constant "route" part of the input for a route.
@@ -684,25 +697,35 @@ func routeTerm(r *route) *ast.Term {
 	)
 }
 
-// payloadJSON and payloadValue are the claims as the policy sees them,
-// computed once per verified passport.
+// passportTerms are the parts of the policy input that come from the
+// passport alone, as OPA terms: built once per verified passport and shared
+// by every call that shows it (OPA never writes to its input).
+type passportTerms struct {
+	payload, tenant, agentID, agentName, agentType, trustLevel *ast.Term
+}
+
+// payloadJSON and terms are the claims as the policy sees them, computed
+// once per verified passport.
 func (v *Verified) payloadJSON() json.RawMessage {
 	v.once()
 	return v.pjson
 }
 
-func (v *Verified) payloadValue() ast.Value {
+func (v *Verified) terms() *passportTerms {
 	v.once()
-	return v.pvalue
+	return &v.pterms
 }
 
 func (v *Verified) once() {
 	v.inputMu.Do(func() {
 		v.pjson, _ = json.Marshal(v.Payload)
-		if val, err := ast.InterfaceToValue(v.Payload); err == nil {
-			v.pvalue = val
-		} else {
-			v.pvalue = ast.NewObject()
+		payload, err := ast.InterfaceToValue(v.Payload)
+		if err != nil {
+			payload = ast.NewObject()
 		}
+		cl := v.Claims
+		v.pterms = passportTerms{payload: ast.NewTerm(payload), tenant: ast.StringTerm(cl.Tenant),
+			agentID: ast.StringTerm(cl.Agent.ID), agentName: ast.StringTerm(cl.Agent.Name),
+			agentType: ast.StringTerm(cl.Agent.Type), trustLevel: ast.StringTerm(string(cl.Agent.TrustLevel))}
 	})
 }

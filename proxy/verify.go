@@ -20,7 +20,6 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/open-policy-agent/opa/v1/ast"
 	"golang.org/x/time/rate"
 
 	"github.com/agentpassport/passport/authority/passport"
@@ -73,7 +72,7 @@ type Verified struct {
 	NotBef  time.Time
 	inputMu sync.Once       // computes the two below once per passport
 	pjson   json.RawMessage // Payload as JSON, for the audit record
-	pvalue  ast.Value       // Payload as an OPA value, for the policy
+	pterms  passportTerms   // Payload and agent fields as OPA terms, for the policy
 }
 
 // keySource returns the verification key for a kid.
