@@ -13,9 +13,11 @@ package policies
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
@@ -29,6 +31,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
+
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // The contract between the proxy and the library.
@@ -181,18 +185,47 @@ func NotFormatted(fsys fs.FS) ([]string, error) {
 	return out, err
 }
 
+// EngineData returns a copy of the library's data as the proxy's engine
+// holds it: with the load-time documents (data.passport.loaded, see
+// proxy/policy.LoadTimeDocuments) evaluated and added.
+func (l *Library) EngineData(ctx context.Context) (map[string]any, error) {
+	b, err := json.Marshal(l.Data)
+	if err != nil {
+		return nil, err
+	}
+	var data map[string]any
+	if err := json.Unmarshal(b, &data); err != nil {
+		return nil, err
+	}
+	if data == nil {
+		data = map[string]any{}
+	}
+	mods := make([]*ast.Module, 0, len(l.Modules))
+	for _, k := range slices.Sorted(maps.Keys(l.Modules)) {
+		mods = append(mods, l.Modules[k])
+	}
+	if err := policy.AddLoadTimeDocuments(ctx, data, mods, nil); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
 // Prepare compiles the library (as loaded: load it without tests for
-// enforcement) and prepares the decision query once, so that each
-// evaluation only binds an input.
+// enforcement) and prepares the decision query once, over EngineData, so
+// that each evaluation only binds an input, as in the proxy.
 func (l *Library) Prepare(ctx context.Context) (rego.PreparedEvalQuery, error) {
 	c, err := l.Compile(false)
+	if err != nil {
+		return rego.PreparedEvalQuery{}, err
+	}
+	data, err := l.EngineData(ctx)
 	if err != nil {
 		return rego.PreparedEvalQuery{}, err
 	}
 	pq, err := rego.New(
 		rego.Query(DecisionQuery),
 		rego.Compiler(c),
-		rego.Store(inmem.NewFromObjectWithOpts(l.Data, inmem.OptReturnASTValuesOnRead(true))),
+		rego.Store(inmem.NewFromObjectWithOpts(data, inmem.OptReturnASTValuesOnRead(true))),
 	).PrepareForEval(ctx)
 	if err != nil {
 		return rego.PreparedEvalQuery{}, fmt.Errorf("prepare %s: %w", DecisionQuery, err)

@@ -365,7 +365,11 @@ func BenchmarkDecision(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	store := inmem.NewFromObjectWithOpts(lib.Data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
+	data, err := lib.EngineData(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store := inmem.NewFromObjectWithOpts(data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
 	txn, err := store.NewTransaction(ctx)
 	if err != nil {
 		b.Fatal(err)
