@@ -40,9 +40,13 @@ type env struct {
 	srv  *httptest.Server
 }
 
-func newEnv(t *testing.T, cfg Config) *env { return newTBEnv(t, cfg) }
+func newEnv(t *testing.T, cfg Config, opts ...func(*httptest.Server)) *env {
+	return newTBEnv(t, cfg, opts...)
+}
 
-func newTBEnv(t testing.TB, cfg Config) *env {
+// newTBEnv starts Redis, a running hub and a test server; opts adjust the
+// server before it starts.
+func newTBEnv(t testing.TB, cfg Config, opts ...func(*httptest.Server)) *env {
 	t.Helper()
 	rs := redistest.Start(t)
 	rdb := rs.Client()
@@ -60,7 +64,11 @@ func newTBEnv(t testing.TB, cfg Config) *env {
 	mux := http.NewServeMux()
 	mux.Handle(Path, hub)
 	mux.Handle(TicketPath, hub)
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	for _, o := range opts {
+		o(srv)
+	}
+	srv.Start()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -451,18 +459,52 @@ func wantClose(t testing.TB, c *websocket.Conn, code int, reasonPrefix string) {
 	}
 }
 
-// slowSetup connects a fast client and a slow one (small fixed receive
-// buffer, so the kernel does not hide its slowness for long), then writes n
-// big events while only the fast client reads. The fast client must get
-// every event in order.
-func slowSetup(t *testing.T, e *env, n int) (fast, slow *websocket.Conn, want []string) {
+// sockBuf is the kernel buffer size the slow-client tests pin: the send
+// buffer of every server-side connection and the slow client's receive
+// buffer. Left alone, Linux autotunes both (up to tcp_wmem's and tcp_rmem's
+// maximum, 4 MiB and more), so how much a peer that does not read can have
+// in flight, and so whether and when its writer blocks, would depend on the
+// machine.
+const sockBuf = 32 << 10
+
+// pinSendBuffers sets every server-side connection's send buffer to
+// sockBuf (SO_SNDBUF, which also stops the kernel autotuning it).
+func pinSendBuffers(s *httptest.Server) {
+	s.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetWriteBuffer(sockBuf)
+		}
+		return ctx
+	}
+}
+
+// slowSetup connects a fast client and a slow one that does not read, then
+// writes n events of about 16 KiB. The fast client must get every event in
+// order. It also returns when it saw that the slow client had overflowed
+// its buffer (lagged); the server noted the overflow (lagSince) before.
+//
+// The outcome does not depend on the machine's speed:
+//   - the hub must run with pinSendBuffers, and the slow client pins its
+//     receive buffer: the kernel then holds a few hundred KiB for it at
+//     most, so the slow client's buffer (send_buffer events, a MiB at 64)
+//     fills and overflows long before n events, and its writer stays
+//     blocked writing what was queued until the client reads again;
+//   - events are written in rounds of half the send buffer, each once the
+//     fast client has read the previous one, so the fast client never has
+//     more than a round queued and never overflows, however the
+//     goroutines are scheduled.
+func slowSetup(t *testing.T, e *env, n int) (fast, slow *websocket.Conn, want []string, lagged time.Time) {
 	t.Helper()
+	round := e.hub.cfg.SendBuffer / 2
+	if n < 4*e.hub.cfg.SendBuffer || round == 0 {
+		t.Fatalf("slowSetup: %d events with send_buffer %d cannot overflow it for sure", n, e.hub.cfg.SendBuffer)
+	}
 	fast = e.dial(adminToken, "acme", nil)
 	untilLive(t, fast)
 	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err == nil {
-			_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+			err = c.(*net.TCPConn).SetReadBuffer(sockBuf)
 		}
 		return c, err
 	}}
@@ -474,45 +516,43 @@ func slowSetup(t *testing.T, e *env, n int) (fast, slow *websocket.Conn, want []
 	untilLive(t, slow)
 
 	pad := json.RawMessage(`{"id":"x","pad":"` + strings.Repeat("p", 16<<10) + `"}`)
-	got := make(chan []string, 1)
-	go func() {
-		var ids []string
-		for len(ids) < n {
-			_ = fast.SetReadDeadline(time.Now().Add(20 * time.Second))
-			_, msg, err := fast.ReadMessage()
-			if err != nil {
-				break
-			}
-			for _, line := range bytes.Split(msg, []byte("\n")) {
-				var ev Event
-				_ = json.Unmarshal(line, &ev)
-				ids = append(ids, ev.ID)
-			}
-		}
-		got <- ids
-	}()
-	for range n / 50 {
-		recs := make([]audit.Record, 50)
+	var got []string
+	for len(want) < n {
+		recs := make([]audit.Record, min(round, n-len(want)))
 		for i := range recs {
 			recs[i] = audit.Record{Kind: audit.KindChaos, Tenant: "acme", Details: pad}
 		}
 		want = append(want, addMany(t, e.rdb, recs)...)
+		for len(got) < len(want) {
+			got = append(got, next(t, fast).ID)
+		}
 	}
-	if g := <-got; fmt.Sprint(g) != fmt.Sprint(want) {
-		t.Fatalf("fast client got %d of %d events (or out of order)", len(g), n)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("fast client got %d events, want exactly the %d written, in order", len(got), n)
 	}
-	// The slow client has overflowed its buffer and left the live fan-out.
-	waitFor(t, func() bool { return promValue(e.hub.m.lagging) >= 1 })
-	return fast, slow, want
+	// The fan-out handles one entry at a time, so once the fast client has
+	// the last event, the slow client's overflow (far earlier) is counted;
+	// and it is the slow client's, the fast one cannot overflow.
+	if l := promValue(e.hub.m.lagging); l != 1 {
+		t.Fatalf("%v lag episodes after %d events, want 1 (the slow client's)", l, n)
+	}
+	return fast, slow, want, time.Now()
 }
 
 func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
-	// The buffer holds several XREAD batches, so a reader that keeps up
-	// absorbs a burst; one that stops reading overflows it, and with a
-	// short lag timeout it cannot catch up in time.
-	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: 100 * time.Millisecond})
-	fast, slow, _ := slowSetup(t, e, 500)
-	// The slow client reads again: what it had in flight, then a clear close.
+	// The slow client overflows its buffer and then stays silent for longer
+	// than the lag timeout. Its writer cannot have caught up meanwhile (it
+	// is blocked sending the queued events), so when the client reads again
+	// it is past its deadline and still behind the stream: it gets what
+	// was in flight, then 1013.
+	const lagTimeout = 100 * time.Millisecond
+	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: lagTimeout}, pinSendBuffers)
+	fast, slow, _, lagged := slowSetup(t, e, 500)
+	// Being slow is the behaviour under test, so this wait is the client's
+	// silence, not a guess at how long the server takes: the server's
+	// deadline (lagSince + lagTimeout) is before lagged + lagTimeout, and
+	// it cannot decide before the client reads.
+	time.Sleep(time.Until(lagged.Add(lagTimeout)))
 	wantClose(t, slow, websocket.CloseTryAgainLater, "slow consumer")
 	if d := promValue(e.hub.m.dropped.WithLabelValues("slow")); d != 1 {
 		t.Fatalf("dropped %v as slow, want 1", d)
@@ -528,8 +568,8 @@ func TestSlowClientDroppedFastKeepsReceiving(t *testing.T) {
 // reads again within the lag timeout is fed from the stream and rejoins,
 // missing nothing and seeing nothing twice.
 func TestLaggingClientCatchesUp(t *testing.T) {
-	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: time.Minute})
-	_, slow, want := slowSetup(t, e, 500)
+	e := newEnv(t, Config{SendBuffer: 64, Batch: 16, WriteWait: 20 * time.Second, LagTimeout: time.Minute}, pinSendBuffers)
+	_, slow, want, _ := slowSetup(t, e, 500)
 	want = append(want, add(t, e.rdb, decision("acme", "a", "allow")))
 	var got []string
 	for len(got) < len(want) {
