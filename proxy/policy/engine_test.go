@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -270,5 +271,72 @@ decision := {"allow": data.passport.loaded.clearances.ok == true}
 				t.Fatalf("decision %+v %v, want allow=%v", d, err, tc.allow)
 			}
 		})
+	}
+}
+
+// TestDecideDeadlinePassed: a deadline that has passed before the
+// evaluation starts is a timeout (deny), counted as one.
+func TestDecideDeadlinePassed(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m, Timeout: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if _, err := e.Decide(context.Background(), input(t, "healer", "service.restart")); !errors.Is(err, ErrEval) {
+			t.Fatalf("err = %v, want ErrEval", err)
+		}
+	}
+	if got := testutil.ToFloat64(m.Errors.WithLabelValues("enforced", "timeout")); got != 20 {
+		t.Fatalf("timeouts counted = %v, want 20", got)
+	}
+}
+
+// TestEvaluatorPanicDenies: a panic inside an evaluation is a failed
+// evaluation (deny), and the engine goes on serving.
+func TestEvaluatorPanicDenies(t *testing.T) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := &prepared{revision: "broken"} // its query was never prepared: Eval panics
+	d, err := e.evaluate(context.Background(), broken, input(t, "healer", "service.restart"))
+	if !errors.Is(err, ErrEval) || !strings.Contains(err.Error(), "panic") || d.Allow || d.Revision != "broken" {
+		t.Fatalf("decision %+v, err %v: want a deny with ErrEval", d, err)
+	}
+	if d, err := e.Decide(context.Background(), input(t, "healer", "service.restart")); err != nil || !d.Allow {
+		t.Fatalf("after a panic: %+v %v", d, err)
+	}
+}
+
+// TestDecideConcurrent: many callers share one prepared policy; each gets
+// the answer for its own input.
+func TestDecideConcurrent(t *testing.T) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 64)
+	for i := range 64 {
+		go func() {
+			typ, want := "healer", true
+			if i%2 == 1 {
+				typ, want = "observer", false
+			}
+			for range 50 {
+				d, err := e.Decide(context.Background(), input(t, typ, "service.restart"))
+				if err != nil || d.Allow != want {
+					errs <- fmt.Errorf("%s: %+v %v, want allow=%v", typ, d, err, want)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 64 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
