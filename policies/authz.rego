@@ -68,9 +68,12 @@ decision := {
 	input.route.tenant in {"", tenant}
 
 	# change_freeze, invalid_time: no window that concerns the call is
-	# open at its time (read only when a window concerns the call).
+	# open at its time. The time is read only when a window concerns the
+	# call, and must be valid then: without it, now is undefined and the
+	# body fails (a bare now_ns inside the negation would make it true).
 	every span in clear.windows[agent.type][name][tenant] {
-		not span_open(span, now_ns)
+		now := now_ns
+		not span_open(span, now)
 	}
 
 	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted

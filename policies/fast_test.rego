@@ -85,3 +85,13 @@ test_task_read_exempt_in_full_evaluation if {
 	x := with_task(incident, {"action": "service.get", "resource": "payments", "agent": {"blocked": true}})
 	denied_only(x, ["agent_blocked"])
 }
+
+# A window that concerns the call needs a valid time: with none, the fast
+# path does not clear the call, and the rules deny it (invalid_time).
+test_fast_path_needs_a_valid_time_when_a_window_concerns_the_call if {
+	fast_or_slow(deploy_at("yesterday")) == "slow"
+	fast_or_slow(object.remove(deploy_at("x"), ["time"])) == "slow"
+	fast_or_slow(deploy_at("2026-12-25T10:00:00Z")) == "slow"
+	d := fast_or_slow(deploy_at("2026-11-25T10:00:00Z"))
+	d.allow == true
+}
