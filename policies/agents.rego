@@ -11,11 +11,16 @@ reasons contains "agent_blocked" if not input.agent.blocked == false
 reasons contains "unknown_agent_type" if not config.agent_types[input.agent.type]
 
 # The agent's type must include the action among its capabilities: the most
-# an agent of that type may ever do, whatever its passport says.
+# an agent of that type may ever do, whatever its passport says. A type
+# whose entry has no capabilities (a typo in data) permits nothing.
 reasons contains "agent_type_not_permitted" if {
-	capabilities := config.agent_types[input.agent.type].capabilities
-	not input.action in capabilities
+	config.agent_types[input.agent.type]
+	not input.action in type_capabilities
 }
+
+default type_capabilities := []
+
+type_capabilities := config.agent_types[input.agent.type].capabilities
 
 # The passport itself must grant the action: issuance may narrow an agent to
 # fewer actions and resources (authorization_details and their identifier),

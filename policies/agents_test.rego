@@ -94,3 +94,10 @@ test_passport_any_matching_detail_grants if {
 	]}})
 	allowed(x)
 }
+
+# A misspelt key must not lift the restriction: a type without
+# capabilities permits nothing.
+test_agent_type_without_capabilities_permits_nothing if {
+	types := {"healer": {"capabilites": ["service.restart"]}}
+	denied_only(healer_restart, ["agent_type_not_permitted"]) with data.passport.config.agent_types as types
+}
