@@ -85,6 +85,7 @@ func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
 		}
 		it.done = make(chan result, 1)
 		it.ctx = wctx
+		it.background = true
 		chans[i] = it.done
 		select {
 		case s.reqs <- it:

@@ -52,10 +52,16 @@ type StreamConfig struct {
 	SigningKey ed25519.PrivateKey
 	// MaxBatch is the most records in one pipeline round trip. Default 256.
 	MaxBatch int
-	// MaxWait is how long a batch that already has company lingers for more
-	// records before it is sent. A lone record never waits. Default 200µs;
-	// negative: never linger (batches form only while one is in flight).
+	// MaxWait is how long a batch that already holds two or more records
+	// someone waits for (Append, Checkpoint) lingers for more before it is
+	// sent. A lone such record never waits. Default 200µs; negative: never
+	// linger (batches form only while one is in flight).
 	MaxWait time.Duration
+	// OutcomeDelay is how long Enqueued (outcome) records wait in the
+	// committer for a record someone waits for, to go in its batch rather
+	// than in one of their own: a call's write-ahead record then never
+	// waits behind a batch of outcomes. Default 20ms; negative: none.
+	OutcomeDelay time.Duration
 	// WriteTimeout bounds one Append (queueing and the write). Default 2s.
 	WriteTimeout time.Duration
 	// WaitReplicas, when > 0, makes every batch also wait (Redis WAIT) until
@@ -124,6 +130,7 @@ func (c *StreamConfig) defaults() error {
 		c.MaxBatch = 256
 	}
 	def(&c.MaxWait, 200*time.Microsecond)
+	def(&c.OutcomeDelay, 20*time.Millisecond)
 	def(&c.WriteTimeout, 2*time.Second)
 	if c.OutcomeBuffer <= 0 {
 		c.OutcomeBuffer = 10000
@@ -219,6 +226,9 @@ type item struct {
 	checkpoint string
 	anchors    map[string]Anchor
 	minID      string
+	// background marks an outcome record: nobody waits for it, so it may
+	// wait for company (OutcomeDelay).
+	background bool
 	// attempt is the seq the last failed write used, for the retry path.
 	attempt uint64
 	stored  bool // resync found the failed write stored
@@ -488,7 +498,8 @@ func (s *Stream) Close() error {
 // for company, and writes each batch in one pipeline.
 func (s *Stream) commitLoop() {
 	defer close(s.done)
-	var timer *time.Timer
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		var first *item
 		select {
@@ -498,30 +509,52 @@ func (s *Stream) commitLoop() {
 			return
 		}
 		batch := []*item{first}
+		waited := 0 // records someone waits for
+		if !first.background {
+			waited = 1
+		}
 	fill:
 		for len(batch) < s.cfg.MaxBatch {
 			select {
 			case it := <-s.reqs:
 				batch = append(batch, it)
+				if !it.background {
+					waited++
+				}
 				continue
 			default:
 			}
-			// A lone record goes at once; a batch that already has company
-			// lingers up to MaxWait, since more are likely on the way.
-			if len(batch) == 1 || s.cfg.MaxWait <= 0 {
+			// Outcomes alone wait for a record someone waits for, and go
+			// with it. A lone such record goes at once; two or more linger
+			// up to MaxWait, since more are likely on the way.
+			var wait time.Duration
+			switch {
+			case waited == 0:
+				wait = s.cfg.OutcomeDelay
+			case waited >= 2:
+				wait = s.cfg.MaxWait
+			}
+			if wait <= 0 {
 				break fill
 			}
-			if timer == nil {
-				timer = time.NewTimer(s.cfg.MaxWait)
-			} else {
-				timer.Reset(s.cfg.MaxWait)
-			}
+			timer.Reset(wait)
 			for len(batch) < s.cfg.MaxBatch {
 				select {
 				case it := <-s.reqs:
 					batch = append(batch, it)
+					if !it.background {
+						waited++
+						if waited == 1 {
+							// The record the outcomes waited for: send
+							// it now, with whatever else is queued.
+							timer.Stop()
+							continue fill
+						}
+					}
 					continue
 				case <-timer.C:
+				case <-s.stop:
+					timer.Stop()
 				}
 				break fill
 			}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/agentpassport/passport/authority/passport"
@@ -285,4 +286,71 @@ func TestVerifyWhileWritersAppendAndStart(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	mustOK(t, verify(t, rdb, "acme", audit.VerifyOptions{}))
+}
+
+// TestOutcomesRideWithTheNextAppend: outcome records wait in the committer
+// for a write-ahead record and go in its batch, never in one of their own
+// while the delay lasts; alone, they are written once it has passed.
+func TestOutcomesRideWithTheNextAppend(t *testing.T) {
+	outcome := func(i int) *audit.Record {
+		r := decision("acme", 1000+i)
+		r.Kind, r.Status = audit.KindOutcome, 200
+		return r
+	}
+	run := func(t *testing.T, s *audit.Stream) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+
+	t.Run("with a decision", func(t *testing.T) {
+		srv := redistest.Start(t)
+		// A delay no test outlives: outcomes can only go with a decision.
+		reg := prometheus.NewRegistry()
+		s, err := audit.NewStream(srv.Client(), audit.StreamConfig{OutcomeDelay: time.Hour, MaxWait: -1}, testLogger(t), reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		run(t, s)
+		for i := range 3 {
+			s.Enqueue(outcome(i))
+		}
+		// Run has taken the three out of the buffer and hands them to the
+		// committer: without the delay they would be written now, alone.
+		eventually(t, 5*time.Second, "outcomes taken by Run", func() bool {
+			mfs, _ := reg.Gather()
+			for _, mf := range mfs {
+				if mf.GetName() == "passport_audit_outcome_buffer_records" {
+					return mf.GetMetric()[0].GetGauge().GetValue() == 3
+				}
+			}
+			return false
+		})
+		appends := 0
+		for s.Stats().Written < uint64(appends)+3 {
+			if appends == 100 {
+				t.Fatalf("outcomes not written after %d appends: %+v", appends, s.Stats())
+			}
+			if _, err := s.Append(context.Background(), decision("acme", appends)); err != nil {
+				t.Fatal(err)
+			}
+			appends++
+		}
+		if st := s.Stats(); st.Batches != uint64(appends) {
+			t.Fatalf("%d appends took %d batches: outcomes went on their own", appends, st.Batches)
+		}
+		mustOK(t, verify(t, srv.Client(), "acme", audit.VerifyOptions{}))
+	})
+
+	t.Run("alone", func(t *testing.T) {
+		srv := redistest.Start(t)
+		s := newStream(t, srv.Client(), audit.StreamConfig{OutcomeDelay: 20 * time.Millisecond})
+		run(t, s)
+		for i := range 3 {
+			s.Enqueue(outcome(i))
+		}
+		eventually(t, 5*time.Second, "outcomes written without a decision", func() bool { return s.Stats().Written == 3 })
+	})
 }
