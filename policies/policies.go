@@ -142,9 +142,11 @@ var ErrNoDecision = errors.New("policies do not define " + DecisionQuery)
 
 // Check compiles the directory's modules (tests included, since they must
 // compile too) strictly, like `opa check --strict`, and checks that the
-// decision rule exists. caps are the capabilities to compile against (nil:
-// this OPA version's); pass the proxy engine's so that a policy using a
-// builtin the proxy removes fails here rather than at proxy start.
+// decision rule exists and that the load-time documents (proxy/policy)
+// evaluate, as the proxy requires to load it. caps are the capabilities to
+// compile against (nil: this OPA version's); pass the proxy engine's so that
+// a policy using a builtin the proxy removes fails here rather than at proxy
+// start.
 func Check(fsys fs.FS, caps *ast.Capabilities) error {
 	lib, err := Load(fsys, true)
 	if err != nil {
@@ -157,6 +159,11 @@ func Check(fsys fs.FS, caps *ast.Capabilities) error {
 	ref := ast.MustParseRef(DecisionQuery)
 	if len(c.GetRulesExact(ref)) == 0 {
 		return ErrNoDecision
+	}
+	// The proxy evaluates the load-time documents when it loads the
+	// policy; one that fails would fail the load.
+	if _, err := lib.engineData(context.Background(), caps); err != nil {
+		return err
 	}
 	return nil
 }
@@ -189,6 +196,10 @@ func NotFormatted(fsys fs.FS) ([]string, error) {
 // holds it: with the load-time documents (data.passport.loaded, see
 // proxy/policy.LoadTimeDocuments) evaluated and added.
 func (l *Library) EngineData(ctx context.Context) (map[string]any, error) {
+	return l.engineData(ctx, nil)
+}
+
+func (l *Library) engineData(ctx context.Context, caps *ast.Capabilities) (map[string]any, error) {
 	b, err := json.Marshal(l.Data)
 	if err != nil {
 		return nil, err
@@ -204,7 +215,7 @@ func (l *Library) EngineData(ctx context.Context) (map[string]any, error) {
 	for _, k := range slices.Sorted(maps.Keys(l.Modules)) {
 		mods = append(mods, l.Modules[k])
 	}
-	if err := policy.AddLoadTimeDocuments(ctx, data, mods, nil); err != nil {
+	if err := policy.AddLoadTimeDocuments(ctx, data, mods, caps); err != nil {
 		return nil, err
 	}
 	return data, nil
