@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/policies"
+	"github.com/agentpassport/passport/proxy/audit"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
 
@@ -142,5 +145,73 @@ func BenchmarkVerifyFirst(b *testing.B) {
 		if _, err := p.verifier.verify(ctx, tok); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkInputJSON is the audit record's copy of the policy input
+// (decisionRecord) for calls on the real library with a verified passport,
+// the former way (json.Marshal) and the current one (appendJSON): a
+// restart (no body) and a scale (a small JSON body). The seal cases are
+// the audit encoder's work on each result (audit.Seal, which writes the
+// input in canonical order: appendJSON's order already is).
+func BenchmarkInputJSON(b *testing.B) {
+	p, tok := libraryProxy(b)
+	vp, err := p.verifier.verify(context.Background(), tok)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := p.clock()
+	req := httptest.NewRequest("POST", "/services/checkout/restart", nil)
+	req.Header.Set("User-Agent", "healer/1.0")
+	req.Header.Set("Content-Type", "application/json")
+	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
+	rt, params := p.router.match("POST", []string{"services", "checkout", "restart"})
+	restart := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
+	body := []byte(`{"replicas": 3, "reason": "p99 latency above the SLO for 10 minutes"}`)
+	bv, err := decodeBody(body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, params = p.router.match("POST", []string{"services", "checkout", "scale"})
+	c = &call{id: "bench-request-0002", path: "/services/checkout/scale"}
+	scale := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, bv, body)
+
+	encoders := []struct {
+		name string
+		enc  func(*inputDoc) ([]byte, error)
+	}{
+		{"json.Marshal", func(d *inputDoc) ([]byte, error) { return json.Marshal(d) }},
+		{"appendJSON", (*inputDoc).marshalJSON},
+	}
+	for _, doc := range []struct {
+		name string
+		in   *input
+	}{{"restart", restart}, {"scale", scale}} {
+		for _, e := range encoders {
+			b.Run(doc.name+"/"+e.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := e.enc(&doc.in.doc); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+	for _, e := range encoders {
+		b.Run("seal/"+e.name, func(b *testing.B) {
+			in, err := e.enc(&scale.doc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id, Tenant: "acme",
+				Decision: audit.DecisionAllow, Input: in, Writer: "proxy-1", Seq: 1, Prev: strings.Repeat("0", 64)}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := audit.Seal(rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

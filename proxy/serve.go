@@ -189,7 +189,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 				p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body is not valid JSON", vp)
 				return
 			}
-			bodyRaw = raw
+			bodyRaw = raw // valid JSON from here on: the audit input copies it unchecked
 		}
 		r.Body = io.NopCloser(bytes.NewReader(raw))
 		r.ContentLength = int64(len(raw))
@@ -410,7 +410,7 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 	if cl.Task != nil {
 		rec.TaskID = cl.Task.ID
 	}
-	if b, err := json.Marshal(in.doc); err == nil {
+	if b, err := in.doc.marshalJSON(); err == nil {
 		rec.Input = b
 	}
 	return rec
@@ -541,6 +541,8 @@ type input struct {
 }
 
 // inputDoc is the policy input document, version 1 (policies/README.md).
+// Passport is json.Marshal of the passport's payload (Verified.payloadJSON),
+// so valid and compact JSON; appendJSON copies it as it is.
 type inputDoc struct {
 	Version  int             `json:"version"`
 	Time     string          `json:"time"`
@@ -560,6 +562,10 @@ type inputRoute struct {
 	Production bool   `json:"production"`
 }
 
+// inputRequest is the request part of the input. Body is the request body
+// as received, set only once decodeBody has accepted it, so a valid JSON
+// text (whitespace and all), or nullJSON: appendJSON relies on that and
+// does not check it again.
 type inputRequest struct {
 	ID      string              `json:"id"`
 	Method  string              `json:"method"`
