@@ -6,7 +6,8 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/agentpassport/passport/internal/jsonstr"
 )
 
 // The audit record's copy of the policy input (audit.Record.Input) is
@@ -127,68 +128,12 @@ func (d *inputDoc) sizeHint() int {
 
 const hexDigits = "0123456789abcdef"
 
-// jsonSafe[c] reports whether json.Marshal writes the ASCII byte c as is:
-// not a control character, a quote or a backslash, and not <, > or &,
-// which it escapes for HTML.
-var jsonSafe = func() (t [utf8.RuneSelf]bool) {
-	for c := ' '; c < utf8.RuneSelf; c++ {
-		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
-	}
-	return t
-}()
-
-// appendJSONString appends s quoted as json.Marshal quotes it: ", \ and
-// control characters escaped (\b \f \n \r \t or \u00XX), <, > and & as
-// \u003c, \u003e, \u0026, U+2028 and U+2029 as \u2028 and \u2029, and
-// each byte of invalid UTF-8 as \ufffd. Paths, query values and headers
-// come from clients, so any of these can occur.
+// appendJSONString appends s quoted as json.Marshal quotes it
+// (internal/jsonstr): HTML characters escaped, and each byte of invalid
+// UTF-8 as \ufffd. Paths, query values and headers come from clients, so
+// any of these can occur.
 func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if jsonSafe[c] {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return jsonstr.Append(b, s, jsonstr.HTML|jsonstr.EscapeInvalid)
 }
 
 // appendJSONStrings appends list as a JSON array of strings (null for a

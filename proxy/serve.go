@@ -616,14 +616,6 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 		in.doc.Request.Body = nullJSON
 	}
 	d := &in.doc
-	paramsTerm := tEmptyObject
-	if len(params) > 0 {
-		obj := ast.NewObject()
-		for k, v := range params {
-			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
-		}
-		paramsTerm = ast.NewTerm(obj)
-	}
 	queryTerm := tEmptyObject
 	if len(query) > 0 {
 		obj := ast.NewObject()
@@ -635,14 +627,6 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			obj.Insert(ast.StringTerm(k), ast.ArrayTerm(ts...))
 		}
 		queryTerm = ast.NewTerm(obj)
-	}
-	headersTerm := tEmptyObject
-	if len(headers) > 0 {
-		obj := ast.NewObject()
-		for k, v := range headers {
-			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
-		}
-		headersTerm = ast.NewTerm(obj)
 	}
 	bodyTerm := tNull
 	if body != nil {
@@ -662,9 +646,9 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			ast.Item(kID, ast.StringTerm(d.Request.ID)),
 			ast.Item(kMethod, ast.StringTerm(d.Request.Method)),
 			ast.Item(kPath, ast.StringTerm(d.Request.Path)),
-			ast.Item(kParams, paramsTerm),
+			ast.Item(kParams, stringsTerm(params)),
 			ast.Item(kQuery, queryTerm),
-			ast.Item(kHeaders, headersTerm),
+			ast.Item(kHeaders, stringsTerm(headers)),
 			ast.Item(kBody, bodyTerm),
 		)),
 		ast.Item(kPassport, pt.payload),
@@ -678,6 +662,19 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 		)),
 	)
 	return in
+}
+
+// stringsTerm is m as an OPA object; the shared empty object when m is
+// empty.
+func stringsTerm(m map[string]string) *ast.Term {
+	if len(m) == 0 {
+		return tEmptyObject
+	}
+	obj := ast.NewObject()
+	for k, v := range m {
+		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	return ast.NewTerm(obj)
 }
 
 // Terms shared by every input document. OPA treats input as read-only and

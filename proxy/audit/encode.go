@@ -14,6 +14,8 @@ import (
 	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/agentpassport/passport/internal/jsonstr"
 )
 
 // The write path produces the canonical encoding (see Canonical) directly
@@ -252,69 +254,16 @@ func (b *body) seal(writer string, seq uint64, prev string) (string, []byte) {
 	return string(out[at : at+hexLen]), out
 }
 
-const hexDigits = "0123456789abcdef"
-
 // appendString appends s quoted as encoding/json quotes a string with HTML
-// escaping off: `"` and `\` escaped, control characters as \b \f \n \r \t
-// or \u00XX, U+2028 and U+2029 as \u2028 and \u2029. An invalid UTF-8 byte
-// becomes U+FFFD: written as is (the canonical form of a value that went
-// through encoding/json, then a decoder) or, with escapeInvalid, as the
-// escape \ufffd (encoding/json once).
+// escaping off (internal/jsonstr). An invalid UTF-8 byte becomes U+FFFD:
+// written as is (the canonical form of a value that went through
+// encoding/json, then a decoder) or, with escapeInvalid, as the escape
+// \ufffd (encoding/json once).
 func appendString[Bytes []byte | string](dst []byte, s Bytes, escapeInvalid bool) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '\\', '"':
-				dst = append(dst, '\\', c)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		n := min(len(s)-i, utf8.UTFMax)
-		r, size := utf8.DecodeRuneInString(string(s[i : i+n]))
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			if escapeInvalid {
-				dst = append(dst, `\ufffd`...)
-			} else {
-				dst = append(dst, "\uFFFD"...)
-			}
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
+	if escapeInvalid {
+		return jsonstr.Append(dst, s, jsonstr.EscapeInvalid)
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return jsonstr.Append(dst, s, 0)
 }
 
 // appendCanonicalJSON appends the canonical form of the JSON value src:

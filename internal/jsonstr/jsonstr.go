@@ -1,0 +1,96 @@
+// Package jsonstr appends strings as JSON strings, escaped exactly as
+// encoding/json escapes them, without reflection or allocation. The audit
+// encoder (canonical form) and the proxy's policy input writer share it.
+package jsonstr
+
+import "unicode/utf8"
+
+// Mode selects the encoding/json behaviour to reproduce.
+type Mode uint8
+
+const (
+	// HTML escapes <, > and & as \u003c, \u003e and \u0026, as
+	// json.Marshal does (an Encoder with SetEscapeHTML(false) does not).
+	HTML Mode = 1 << iota
+	// EscapeInvalid writes each byte of invalid UTF-8 as the escape
+	// \ufffd, as encoding/json does when it encodes. Without it the byte
+	// becomes the character U+FFFD itself: what a value that went through
+	// encoding/json and then a decoder is re-encoded as.
+	EscapeInvalid
+)
+
+const hexDigits = "0123456789abcdef"
+
+// safe[html][c] reports whether the ASCII byte c is written as is.
+var safe = func() (t [2][utf8.RuneSelf]bool) {
+	for c := range utf8.RuneSelf {
+		ok := c >= 0x20 && c != '"' && c != '\\'
+		t[0][c] = ok
+		t[1][c] = ok && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
+// Append appends s quoted: `"` and `\` escaped, control characters as \b
+// \f \n \r \t or \u00XX, U+2028 and U+2029 as \u2028 and \u2029, and
+// invalid UTF-8 and HTML characters as mode says.
+func Append[Bytes []byte | string](dst []byte, s Bytes, mode Mode) []byte {
+	table := &safe[0]
+	if mode&HTML != 0 {
+		table = &safe[1]
+	}
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if table[c] {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		n := min(len(s)-i, utf8.UTFMax)
+		r, size := utf8.DecodeRuneInString(string(s[i : i+n]))
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			if mode&EscapeInvalid != 0 {
+				dst = append(dst, `\ufffd`...)
+			} else {
+				dst = append(dst, "\uFFFD"...)
+			}
+			i++
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
