@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -299,7 +300,7 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		return nil, err // loader errors name file and line
 	}
 	parsed := make([]*ast.Module, 0, len(res.Modules))
-	for _, k := range sortedKeys(res.Modules) {
+	for _, k := range slices.Sorted(maps.Keys(res.Modules)) {
 		parsed = append(parsed, res.Modules[k].Parsed)
 	}
 	if err := AddLoadTimeDocuments(ctx, res.Documents, parsed, caps); err != nil {
@@ -326,8 +327,8 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		rego.Store(store),
 		rego.GenerateJSON(astResult),
 	}
-	for _, k := range sortedKeys(res.Modules) {
-		opts = append(opts, rego.ParsedModule(res.Modules[k].Parsed))
+	for _, m := range parsed {
+		opts = append(opts, rego.ParsedModule(m))
 	}
 	pq, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
@@ -416,15 +417,6 @@ func taken(docs map[string]any, path []string) bool {
 		}
 	}
 	return false
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // Decide evaluates the decision for input. A nil error means the policy
