@@ -72,7 +72,7 @@ func (d *inputDoc) appendJSON(b []byte) ([]byte, error) {
 	case len(d.Request.Body) == 0:
 		return nil, fmt.Errorf("%w: empty body", errInputJSON)
 	default:
-		b = appendCompactJSON(b, d.Request.Body)
+		b = jsonstr.AppendCompactHTML(b, d.Request.Body)
 	}
 	b = append(b, `,"headers":`...)
 	b = appendJSONObject(b, d.Request.Headers, appendJSONString)
@@ -125,8 +125,6 @@ func (d *inputDoc) sizeHint() int {
 	}
 	return n
 }
-
-const hexDigits = "0123456789abcdef"
 
 // appendJSONString appends s quoted as json.Marshal quotes it
 // (internal/jsonstr): HTML characters escaped, and each byte of invalid
@@ -195,38 +193,4 @@ func appendJSONFloat(b []byte, f float64) ([]byte, error) {
 		}
 	}
 	return b, nil
-}
-
-// appendCompactJSON appends the JSON text src as json.Marshal writes a
-// json.RawMessage: whitespace between tokens dropped, <, >, & and U+2028,
-// U+2029 escaped, everything else (invalid UTF-8 included) copied. src
-// must be valid JSON; it is not checked. In valid JSON the only whitespace
-// byte a string holds as is is the space, and the byte after a backslash
-// is one of "\/bfnrtu, so skipping it never skips the end of a string or
-// a byte to escape.
-func appendCompactJSON(b, src []byte) []byte {
-	start := 0
-	inString := false
-	for i := 0; i < len(src); i++ {
-		switch c := src[i]; {
-		case c == '\\' && inString:
-			i++
-		case c == '"':
-			inString = !inString
-		case c == ' ' && inString:
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			b = append(b, src[start:i]...)
-			start = i + 1
-		case c == '<' || c == '>' || c == '&':
-			b = append(b, src[start:i]...)
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			start = i + 1
-		case c == 0xE2 && i+2 < len(src) && src[i+1] == 0x80 && src[i+2]&^1 == 0xA8:
-			b = append(b, src[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[src[i+2]&0xF])
-			i += 2
-			start = i + 1
-		}
-	}
-	return append(b, src[start:]...)
 }

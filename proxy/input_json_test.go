@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/internal/jsonstr"
 	"github.com/agentpassport/passport/proxy/audit"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
@@ -489,7 +490,7 @@ func FuzzInputJSONBody(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decodeBody accepted what json.Marshal refuses (%v): %q", err, body)
 		}
-		if got := appendCompactJSON(nil, body); !bytes.Equal(got, want) {
+		if got := jsonstr.AppendCompactHTML(nil, body); !bytes.Equal(got, want) {
 			t.Fatalf("%q:\n got %s\nwant %s", body, got, want)
 		}
 	})

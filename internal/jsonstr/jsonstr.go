@@ -1,6 +1,8 @@
-// Package jsonstr appends strings as JSON strings, escaped exactly as
-// encoding/json escapes them, without reflection or allocation. The audit
-// encoder (canonical form) and the proxy's policy input writer share it.
+// Package jsonstr writes JSON text exactly as encoding/json would, without
+// reflection or allocation: strings escaped by its rules (Append), and a
+// JSON text compacted as json.Marshal writes a json.RawMessage
+// (AppendCompactHTML). The audit encoder (canonical form) and the proxy's
+// policy input writer share it, so the escaping rules live in one place.
 package jsonstr
 
 import "unicode/utf8"
@@ -93,4 +95,38 @@ func Append[Bytes []byte | string](dst []byte, s Bytes, mode Mode) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// AppendCompactHTML appends the JSON text src as json.Marshal writes a
+// json.RawMessage: whitespace between tokens dropped, <, >, & and U+2028,
+// U+2029 escaped, everything else (invalid UTF-8 included) copied. src
+// must be valid JSON; it is not checked. In valid JSON the only whitespace
+// byte a string holds as is is the space, and the byte after a backslash
+// is one of "\/bfnrtu, so skipping it never skips the end of a string or
+// a byte to escape.
+func AppendCompactHTML(b, src []byte) []byte {
+	start := 0
+	inString := false
+	for i := 0; i < len(src); i++ {
+		switch c := src[i]; {
+		case c == '\\' && inString:
+			i++
+		case c == '"':
+			inString = !inString
+		case c == ' ' && inString:
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			b = append(b, src[start:i]...)
+			start = i + 1
+		case c == '<' || c == '>' || c == '&':
+			b = append(b, src[start:i]...)
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			start = i + 1
+		case c == 0xE2 && i+2 < len(src) && src[i+1] == 0x80 && src[i+2]&^1 == 0xA8:
+			b = append(b, src[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[src[i+2]&0xF])
+			i += 2
+			start = i + 1
+		}
+	}
+	return append(b, src[start:]...)
 }
