@@ -2,18 +2,22 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -337,6 +341,72 @@ func TestDecideConcurrent(t *testing.T) {
 	for range 64 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestDataReadsAsOPA: the engine evaluates with its own data cache and
+// compiled query; every way a policy reads data (a document, a whole
+// object, a path the data lacks, a `with` override, a virtual document beside base
+// ones, iteration) gives what the rego package gives for the same policy,
+// data and input.
+func TestDataReadsAsOPA(t *testing.T) {
+	const lib = `package passport.authz
+
+default missing := "none"
+
+missing := data.passport.config.nothing.here
+
+override := n if {
+	n := count(data.passport.config.items) with data.passport.config.items as [1]
+}
+
+names contains name if some name, _ in data.passport.config.tenants
+
+decision := {"allow": input.action in data.passport.config.items, "reasons": [
+	sprintf("items=%d", [count(data.passport.config.items)]),
+	sprintf("config=%v", [sort(object.keys(data.passport.config))]),
+	sprintf("missing=%v", [missing]),
+	sprintf("override=%d", [override]),
+	sprintf("names=%v", [sort(names)]),
+	sprintf("tenant=%v", [object.get(data.passport.config.tenants, input.agent.type, "none")]),
+	sprintf("direct=%v", [data.passport.config.tenants.healer]),
+]}
+`
+	const dataJSON = `{"passport": {"config": {"items": ["service.restart", "service.get"], "tenants": {"healer": "acme", "observer": "globex"}}}}`
+	fsys := fstest.MapFS{"p.rego": {Data: []byte(lib)}, "data.json": {Data: []byte(dataJSON)}}
+	e, err := New(context.Background(), Options{FS: fsys, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs map[string]any
+	if err := json.Unmarshal([]byte(dataJSON), &docs); err != nil {
+		t.Fatal(err)
+	}
+	ref := rego.New(rego.Query(DefaultQuery), rego.Module("p.rego", lib), rego.Store(inmem.NewFromObject(docs)),
+		rego.StrictBuiltinErrors(true))
+	pq, err := ref.PrepareForEval(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []ast.Value{input(t, "healer", "service.restart"), input(t, "observer", "service.scale"),
+		input(t, "nobody", "service.get")} {
+		got, err := e.Decide(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs, err := pq.Eval(context.Background(), rego.EvalParsedInput(in))
+		if err != nil || len(rs) != 1 {
+			t.Fatalf("reference evaluation: %v %v", rs, err)
+		}
+		want := rs[0].Expressions[0].Value.(map[string]any)
+		var wantReasons []string
+		for _, r := range want["reasons"].([]any) {
+			wantReasons = append(wantReasons, r.(string))
+		}
+		slices.Sort(wantReasons)
+		if got.Allow != want["allow"] || !slices.Equal(got.Reasons, wantReasons) {
+			t.Fatalf("input %v:\nengine: %v %q\nrego:   %v %q", in, got.Allow, got.Reasons, want["allow"], wantReasons)
 		}
 	}
 }
