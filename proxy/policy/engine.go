@@ -507,18 +507,17 @@ func (e *Engine) Decide(ctx context.Context, input ast.Value) (Decision, error) 
 	if p == nil {
 		return Decision{}, ErrNotLoaded
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
-	defer cancel()
 	return e.evaluate(ctx, p, input)
 }
 
 // evaluate runs one evaluation of p for input, within ctx.
 func (e *Engine) evaluate(ctx context.Context, p *prepared, input ast.Value) (d Decision, err error) {
 	d = Decision{Revision: p.revision}
-	if err := ctx.Err(); err != nil {
+	c := &deadline{ctx: ctx, at: time.Now().Add(e.opts.Timeout)}
+	if c.check() {
 		// The deadline passed, or the caller went away, before the
-		// evaluation started: OPA would not notice before its first step.
-		return e.fail(ctx, p, err)
+		// evaluation started.
+		return e.fail(ctx, c, p, c.ended)
 	}
 	defer func() {
 		// A panic in the evaluator is a failed evaluation: the call is
@@ -526,16 +525,9 @@ func (e *Engine) evaluate(ctx context.Context, p *prepared, input ast.Value) (d 
 		// dropping the connection, with no answer and no record.
 		if r := recover(); r != nil {
 			e.opts.Logger.ErrorContext(ctx, "policy evaluation panicked; denying", "policy", e.opts.Name, "panic", r)
-			d, err = e.fail(ctx, p, fmt.Errorf("panic: %v", r))
+			d, err = e.fail(ctx, c, p, fmt.Errorf("panic: %v", r))
 		}
 	}()
-	// Cancellation: without an external Cancel, OPA starts a goroutine per
-	// evaluation to watch ctx. A callback registered on ctx does the same
-	// job (stop the evaluation at the deadline or when the caller goes
-	// away) without a goroutine per call.
-	c := topdown.NewCancel()
-	stop := context.AfterFunc(ctx, c.Cancel)
-	defer stop()
 	q := topdown.NewQuery(p.query).
 		WithQueryCompiler(p.qc).
 		WithCompiler(p.compiler).
@@ -548,7 +540,7 @@ func (e *Engine) evaluate(ctx context.Context, p *prepared, input ast.Value) (d 
 		WithCancel(c)
 	rs, err := q.Run(ctx)
 	if err != nil {
-		return e.fail(ctx, p, err)
+		return e.fail(ctx, c, p, err)
 	}
 	if len(rs) == 0 {
 		e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "undefined").Inc()
@@ -567,15 +559,64 @@ func (e *Engine) evaluate(ctx context.Context, p *prepared, input ast.Value) (d 
 	return d, nil
 }
 
-// fail counts a failed evaluation (a timeout when ctx has ended) and
+// fail counts a failed evaluation (a timeout when c has ended) and
 // returns it as ErrEval.
-func (e *Engine) fail(ctx context.Context, p *prepared, err error) (Decision, error) {
+func (e *Engine) fail(ctx context.Context, c *deadline, p *prepared, err error) (Decision, error) {
 	kind := "error"
-	if ctx.Err() != nil {
+	if c.ended != nil || ctx.Err() != nil {
 		kind = "timeout"
+		if c.ended != nil && !errors.Is(err, c.ended) {
+			err = fmt.Errorf("%w: %w", c.ended, err)
+		}
 	}
 	e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, kind).Inc()
 	return Decision{Revision: p.revision}, fmt.Errorf("%w: %w", ErrEval, err)
+}
+
+// deadline is an evaluation's topdown.Cancel: OPA asks it before every
+// expression (and in its long-running builtins) whether to stop. It looks
+// at the clock and at the caller's context every deadlineEvery-th time, so
+// an evaluation ends within that many steps of its deadline or of the
+// caller going away, without the timer, context and callback per call that
+// context.WithTimeout and context.AfterFunc would cost. OPA uses it from
+// the evaluating goroutine only.
+type deadline struct {
+	ctx   context.Context
+	at    time.Time
+	n     uint32
+	ended error // context.DeadlineExceeded, or why ctx ended
+}
+
+// deadlineEvery is how many steps pass between two looks at the clock.
+const deadlineEvery = 16
+
+// Cancel ends the evaluation (topdown.Cancel).
+func (c *deadline) Cancel() {
+	if c.ended == nil {
+		c.ended = context.Canceled
+	}
+}
+
+// Cancelled reports whether the evaluation must stop (topdown.Cancel).
+func (c *deadline) Cancelled() bool {
+	if c.ended != nil {
+		return true
+	}
+	c.n++
+	if c.n%deadlineEvery != 0 {
+		return false
+	}
+	return c.check()
+}
+
+// check looks at the caller's context and the clock now.
+func (c *deadline) check() bool {
+	if err := c.ctx.Err(); err != nil {
+		c.ended = err
+	} else if !time.Now().Before(c.at) {
+		c.ended = context.DeadlineExceeded
+	}
+	return c.ended != nil
 }
 
 // readDecision reads allow and reasons from the decision value (an

@@ -297,6 +297,48 @@ func TestDecideDeadlinePassed(t *testing.T) {
 	}
 }
 
+// TestDecideStopsAtDeadline: an evaluation that runs past the engine's
+// timeout, or past the caller's context, stops there (it would run for
+// minutes otherwise), fails with the context error and counts as a timeout:
+// a loop inside a builtin and a loop of Rego expressions alike.
+func TestDecideStopsAtDeadline(t *testing.T) {
+	const (
+		builtinLoop = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 1000000000)]) > 0}\n"
+		regoLoop    = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000); x % 7 == 0]) > 0}\n"
+	)
+	cases := []struct {
+		name, rego     string
+		engine, caller time.Duration
+	}{
+		{"engine timeout, builtin loop", builtinLoop, 20 * time.Millisecond, time.Hour},
+		{"engine timeout, rego loop", regoLoop, 20 * time.Millisecond, time.Hour},
+		{"caller gone, rego loop", regoLoop, time.Hour, 20 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMetrics(prometheus.NewRegistry())
+			e, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
+				Logger: quiet(), Timeout: tc.engine, Metrics: m})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tc.caller)
+			defer cancel()
+			start := time.Now()
+			d, err := e.Decide(ctx, input(t, "healer", "service.restart"))
+			if took := time.Since(start); took > 5*time.Second {
+				t.Fatalf("the evaluation ran %v past a 20ms deadline", took)
+			}
+			if d.Allow || !errors.Is(err, ErrEval) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("decision %+v, err %v: want a deny with ErrEval and DeadlineExceeded", d, err)
+			}
+			if got := testutil.ToFloat64(m.Errors.WithLabelValues("enforced", "timeout")); got != 1 {
+				t.Fatalf("timeouts counted = %v, want 1", got)
+			}
+		})
+	}
+}
+
 // TestEvaluatorPanicDenies: a panic inside an evaluation is a failed
 // evaluation (deny), and the engine goes on serving.
 func TestEvaluatorPanicDenies(t *testing.T) {
