@@ -23,70 +23,40 @@ allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
 #
-# Fast path: the body below clears an allowed call (most calls) in one rule
-# body, without evaluating the reason rules and their negations. What data
-# alone decides was worked out once per load (clearances, fast.rego); the
-# body looks it up and checks the input against it. It may be stricter
-# than the rules (a call it does not clear gets full_decision, and the same
-# answer), never looser. Every rule that adds a reason must have its
-# counterpart here or in clearances, or the check would not be applied to
-# calls that pass all the others: fastpath_test.go fails when the reason
-# rules change, as a reminder, and compares decision with full_decision
-# over many inputs.
-decision := {
-	"allow": true,
-	"reasons": [],
-	"input_version": 1,
-	"data_revision": clear.revision,
-} if {
-	# input_version_unsupported (1 is supported_input_version; a rule
-	# reference would cost another evaluation), agent_blocked. Input
-	# fields used more than once are bound once: each reference to input
-	# costs a step. A missing field fails the fast path, never a check.
-	input.version == 1
-	agent := input.agent
-	agent.blocked == false
-	name := input.action
-	tenant := input.tenant
-	clear := data.passport.loaded.clearances
+# Fast path: cleared_call (fast.rego) clears an allowed call (most calls)
+# without evaluating the reason rules and their negations, and the first
+# body below hands out the allowed decision when nothing is left to check;
+# the second checks the rest (freeze windows, arguments, the passport's
+# task). What data alone decides was worked out once per load
+# (clearances, fast.rego). The fast path may be stricter than the rules (a
+# call it does not clear gets full_decision, and the same answer), never
+# looser. Every rule that adds a reason must have its counterpart here or
+# in clearances, or the check would not be applied to calls that pass all
+# the others: fastpath_test.go fails when the reason rules change, as a
+# reminder, and compares decision with full_decision over many inputs.
+decision := data.passport.loaded.clearances.allowed if {
+	cleared_call.simple == true
 
-	# unknown_action, unknown_agent_type, agent_type_not_permitted,
-	# trust_level_too_low, chaos_on_production_route
-	action := clear.actions[agent.type][agent.trust_level][name]
-
-	# reputation_too_low
-	reputation := agent.reputation
-	is_number(reputation)
-	reputation >= action.min_reputation
-
-	# resource_not_in_tenant (the lookup fails for an unknown tenant)
-	resource := input.resource
-	action.targets[clear.resources[tenant][resource]]
-
-	# tenant_mismatch
-	input.passport.tenant == tenant
-	input.route.tenant in {"", tenant}
+	# task_target_mismatch, task_action_mismatch: a passport without a
+	# task is bound to none.
+	not input.passport.task
+} else := data.passport.loaded.clearances.allowed if {
+	call := cleared_call
 
 	# change_freeze, invalid_time: no window that concerns the call is
 	# open at its time. The time is read only when a window concerns the
 	# call, and must be valid then: without it, now is undefined and the
 	# body fails (a bare now_ns inside the negation would make it true).
-	every span in clear.windows[agent.type][name][tenant] {
+	every span in call.spans {
 		now := now_ns
 		not span_open(span, now)
 	}
 
 	# invalid_argument, replicas_out_of_bounds, fault_type_not_permitted
-	arguments_clear(action.arguments)
+	arguments_clear(call.arguments)
 
 	# task_target_mismatch, task_action_mismatch
-	task_clear(action.task_reads_exempt)
-
-	# action_not_granted (last: it iterates)
-	some detail in input.passport.authorization_details
-	detail.type == "agent_action"
-	name in detail.actions
-	object.get(detail, "identifier", resource) == resource
+	task_clear(call.task_reads_exempt)
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.

@@ -19,10 +19,8 @@ import data.passport.config
 # reason rules; a combination they would object to has no entry, and a call
 # without an entry takes the full evaluation.
 clearances := {
-	"revision": object.get(config, "revision", ""),
-	"actions": clear_actions,
-	"resources": clear_resources,
-	"windows": clear_windows,
+	"allowed": allowed_decision,
+	"calls": clear_calls,
 } if {
 	# The freeze windows are well formed, so that no freeze rule can fail
 	# on them: each is an object whose lists are lists.
@@ -36,16 +34,53 @@ clearances := {
 	}
 }
 
-# clear_actions[agent type][trust level][action] exists when the type's
-# capabilities include the action (unknown_agent_type,
+# allowed_decision is full_decision's value for an allowed call (1 is
+# supported_input_version; fast_test.rego checks that they agree). Stored
+# whole, the fast path hands it out as it is, without building an object
+# per call.
+allowed_decision := {
+	"allow": true,
+	"reasons": [],
+	"input_version": 1,
+	"data_revision": object.get(config, "revision", ""),
+}
+
+# clear_calls[agent type][trust level][action][tenant] exists when the
+# type's capabilities include the action (unknown_agent_type,
 # agent_type_not_permitted), the level is high enough (unknown_action,
-# trust_level_too_low), and the action is not limited to non-production
-# routes (chaos_on_production_route: those take the full evaluation).
-clear_actions[agent_type][level][name] := {
+# trust_level_too_low), the action is not limited to non-production routes
+# (chaos_on_production_route: those take the full evaluation), and the
+# tenant is named (tenant_mismatch for an empty tenant). A combination the
+# rules would object to whatever the input has no entry.
+#
+# Each entry holds what the input is then checked against:
+#   min_reputation     reputation_too_low
+#   resources          the resources the call may name (as keys: data
+#                      has no sets): the tenant's
+#                      services, and "*" (a collection) when the action
+#                      allows any resource (resource_not_in_tenant)
+#   route_tenants      the route tenants (keys) that agree with the call's
+#                      tenant: none ("") or the same (tenant_mismatch)
+#   spans              the [start, end) spans, in Unix nanoseconds, of the
+#                      freeze windows that concern the call (change_freeze,
+#                      invalid_time); a combination with a concerning
+#                      window whose times do not parse has no entry: that
+#                      window freezes it at any time
+#   arguments          whether the action has argument constraints
+#                      (invalid_argument, replicas_out_of_bounds,
+#                      fault_type_not_permitted)
+#   task_reads_exempt  whether a task-bound passport may still take the
+#                      action anywhere in its tenant
+#   simple             no spans and no arguments: nothing to check but the
+#                      lookups above (and the task, which is the input's)
+clear_calls[agent_type][level][name][tenant] := {
 	"min_reputation": object.get(action, "min_reputation", 0),
-	"targets": targets(action),
+	"resources": resources,
+	"route_tenants": {"": true, tenant: true},
+	"spans": spans,
+	"arguments": arguments,
 	"task_reads_exempt": task_reads_exempt(action),
-	"arguments": name in {"service.scale", "deployment.deploy", "chaos.inject"},
+	"simple": simple(spans, arguments),
 } if {
 	some agent_type, type_config in config.agent_types
 	some name, action in config.actions
@@ -54,14 +89,24 @@ clear_actions[agent_type][level][name] := {
 	object.get(action, "non_production_only", false) != true
 	some level, rank in config.trust_levels
 	rank >= config.trust_levels[action.trust]
+	some tenant, tenant_config in config.tenants
+	is_string(tenant)
+	tenant != ""
+	resources := object.union({resource: true | some resource in tenant_config.services}, any_resource(action))
+	spans := window_spans(agent_type, name, action, tenant)
+	arguments := name in {"service.scale", "deployment.deploy", "chaos.inject"}
 }
 
-# targets are the kinds of resource an action may name (see
-# clear_resources): a tenant's service, or "*" when the action allows any
-# resource (resource_not_in_tenant).
-targets(action) := {"service": true, "any": true} if action.any_resource == true
+simple(spans, arguments) if {
+	count(spans) == 0
+	arguments == false
+}
 
-else := {"service": true}
+else := false
+
+any_resource(action) := {"*": true} if action.any_resource == true
+
+else := {}
 
 task_reads_exempt(action) if {
 	config.task.reads_exempt == true
@@ -70,33 +115,10 @@ task_reads_exempt(action) if {
 
 else := false
 
-# clear_resources[tenant][resource] is "service" for each service the
-# tenant owns, and "any" for "*" (a collection), which only actions with
-# any_resource may name. A call with another tenant or resource has no
-# entry (resource_not_in_tenant, tenant_mismatch for an empty tenant).
-clear_resources[tenant][resource] := "service" if {
-	some tenant, tenant_config in config.tenants
-	is_string(tenant)
-	tenant != ""
-	some resource in tenant_config.services
-}
-
-clear_resources[tenant]["*"] := "any" if {
-	some tenant, tenant_config in config.tenants
-	is_string(tenant)
-	tenant != ""
-	not "*" in tenant_config.services
-}
-
-# clear_windows[agent type][action][tenant] are the [start, end) spans, in
-# Unix nanoseconds, of the freeze windows that concern such a call
-# (window_concerns, freeze.rego). A combination with a concerning window
-# whose times do not parse has no entry: that window freezes it at any time
-# (change_freeze).
-clear_windows[agent_type][name][tenant] := spans if {
-	some agent_type, _ in config.agent_types
-	some name, action in config.actions
-	some tenant, _ in config.tenants
+# window_spans are the spans of the freeze windows that concern such a
+# call (window_concerns, freeze.rego); undefined when one of them has a
+# time that does not parse.
+window_spans(agent_type, name, action, tenant) := spans if {
 	concerning := [window |
 		some window in object.get(config, "freeze_windows", [])
 		window_concerns(window, agent_type, name, action, tenant)
@@ -107,6 +129,45 @@ clear_windows[agent_type][name][tenant] := spans if {
 		end := rfc3339_ns(window.end)
 	]
 	count(spans) == count(concerning)
+}
+
+# cleared_call is the clearances entry of the call (clear_calls) when the
+# input passes every check that does not branch; decision (authz.rego)
+# checks the rest. Input fields used more than once are bound once: each
+# reference to input costs a step. A missing field fails the fast path,
+# never a check.
+cleared_call := call if {
+	# input_version_unsupported (1 is supported_input_version; a rule
+	# reference would cost another evaluation), agent_blocked
+	input.version == 1
+	agent := input.agent
+	agent.blocked == false
+	name := input.action
+	tenant := input.tenant
+
+	# unknown_action, unknown_agent_type, agent_type_not_permitted,
+	# trust_level_too_low, chaos_on_production_route, tenant_mismatch
+	# (an empty tenant)
+	call := data.passport.loaded.clearances.calls[agent.type][agent.trust_level][name][tenant]
+
+	# reputation_too_low
+	reputation := agent.reputation
+	is_number(reputation)
+	reputation >= call.min_reputation
+
+	# resource_not_in_tenant
+	resource := input.resource
+	call.resources[resource]
+
+	# tenant_mismatch
+	input.passport.tenant == tenant
+	call.route_tenants[input.route.tenant]
+
+	# action_not_granted (last: it iterates)
+	some detail in input.passport.authorization_details
+	detail.type == "agent_action"
+	name in detail.actions
+	object.get(detail, "identifier", resource) == resource
 }
 
 # span_open holds when now is within a window's span.

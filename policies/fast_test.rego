@@ -42,37 +42,77 @@ test_fast_path_chaos_only_when_not_limited_to_non_production if {
 	fast_or_slow(bad) == "slow" with data.passport.config.actions["chaos.inject"].non_production_only as false
 }
 
-test_clearances_actions if {
-	c := authz.clearances
-	c.actions.healer.HIGH["service.restart"] == {"min_reputation": 50, "targets": {"service": true}, "task_reads_exempt": false, "arguments": false}
-	c.actions.deployer.MEDIUM["deployment.deploy"].arguments == true
-	c.actions.healer.HIGH["service.list"].targets == {"service": true, "any": true}
-	c.actions.healer.HIGH["service.get"].task_reads_exempt == true
-	not c.actions.healer.MEDIUM["service.restart"]
-	not c.actions.observer.HIGH["service.restart"]
-	not c.actions.chaos.HIGH["chaos.inject"]
+test_fast_path_clears_task_bound_calls_within_the_task if {
+	fast_or_slow(with_task(incident, {})).allow == true
+	fast_or_slow(with_task(incident, {"action": "service.get", "resource": "payments"})).allow == true
+	fast_or_slow(with_task(incident, {"resource": "payments"})) == "slow"
+	fast_or_slow(with_task(incident, {"action": "cache.warm"})) == "slow"
 }
 
-test_clearances_resources if {
-	c := authz.clearances
-	c.resources.acme == {"checkout": "service", "payments": "service", "*": "any"}
-	r := authz.clearances.resources.acme with data.passport.config.tenants.acme.services as ["checkout", "*"]
-	r == {"checkout": "service", "*": "service"}
+test_fast_path_checks_arguments if {
+	x := as_agent("scaler", "MEDIUM", ["service.scale"], {
+		"action": "service.scale",
+		"time": "2026-11-25T10:00:00Z",
+		"request": {"body": {"replicas": 3}},
+	})
+	fast_or_slow(x).allow == true
+	fast_or_slow(object.union(x, {"request": {"body": {"replicas": 30}}})) == "slow"
+	fast_or_slow(object.union(x, {"request": {"body": {"replicas": 2.5}}})) == "slow"
+}
+
+test_clearances_allowed_is_the_allowed_full_decision if {
+	authz.clearances.allowed == {"allow": true, "reasons": [], "input_version": 1, "data_revision": data.passport.config.revision}
+	authz.clearances.allowed == authz.full_decision with input as healer_restart
+}
+
+test_clearances_calls if {
+	c := authz.clearances.calls
+	c.healer.HIGH["service.restart"].acme == {
+		"min_reputation": 50,
+		"resources": {"checkout": true, "payments": true},
+		"route_tenants": {"": true, "acme": true},
+		"spans": [],
+		"arguments": false,
+		"task_reads_exempt": false,
+		"simple": true,
+	}
+	c.healer.HIGH["service.restart"].globex.resources == {"search": true, "inventory": true}
+	c.healer.HIGH["service.list"].acme.resources == {"checkout": true, "payments": true, "*": true}
+	c.healer.HIGH["service.get"].acme.task_reads_exempt == true
+	c.deployer.MEDIUM["deployment.deploy"].acme.arguments == true
+	c.deployer.MEDIUM["deployment.deploy"].acme.simple == false
+	not c.healer.MEDIUM["service.restart"]
+	not c.observer.HIGH["service.restart"]
+	not c.chaos.HIGH["chaos.inject"]
+}
+
+test_clearances_resources_star_as_a_service if {
+	c := authz.clearances.calls with data.passport.config.tenants.acme.services as ["checkout", "*"]
+	c.healer.HIGH["service.get"].acme.resources == {"checkout": true, "*": true}
+	c.healer.HIGH["service.list"].acme.resources == {"checkout": true, "*": true}
+}
+
+test_clearances_no_empty_tenant if {
+	c := authz.clearances.calls with data.passport.config.tenants as {"": {"services": ["checkout"]}, "acme": {"services": []}}
+	not c.healer.HIGH["service.restart"][""]
+	c.healer.HIGH["service.restart"].acme.resources == {}
 }
 
 test_clearances_windows if {
-	c := authz.clearances
+	c := authz.clearances.calls
 	span := [time.parse_rfc3339_ns("2026-12-24T00:00:00Z"), time.parse_rfc3339_ns("2027-01-02T00:00:00Z")]
-	c.windows.deployer["deployment.deploy"].acme == [span]
-	c.windows.healer["deployment.deploy"].acme == []
-	c.windows.deployer["service.get"].acme == []
+	c.deployer.MEDIUM["deployment.deploy"].acme.spans == [span]
+	c.scaler.MEDIUM["service.scale"].globex.spans == [span]
+	c.deployer.MEDIUM["service.get"].acme.spans == []
+	exempt := authz.clearances.calls with data.passport.config.agent_types.healer.capabilities as ["deployment.deploy"]
+	exempt.healer.HIGH["deployment.deploy"].acme.spans == []
 }
 
 test_clearances_window_time_unparseable if {
 	windows := [{"start": "soon", "end": "2027-01-02T00:00:00Z", "actions": ["deployment.deploy"]}]
-	c := authz.clearances with data.passport.config.freeze_windows as windows
-	not c.windows.deployer["deployment.deploy"].acme
-	c.windows.deployer["service.scale"].acme == []
+	c := authz.clearances.calls with data.passport.config.freeze_windows as windows
+	not c.deployer.MEDIUM["deployment.deploy"].acme
+	c.scaler.MEDIUM["service.scale"].acme.spans == []
 }
 
 test_clearances_undefined_for_malformed_windows if {

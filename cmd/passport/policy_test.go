@@ -150,7 +150,7 @@ func TestPolicyCheck(t *testing.T) {
 			edits: map[string]string{"extra.rego": "package passport.config\n\nrevision := \"x\"\n"},
 			code:  1, stderr: "conflict"},
 		{name: "clearances fail", args: []string{"policy", "check", "DIR"},
-			edits: map[string]string{"extra.rego": "package passport.authz\n\nclear_resources[\"zz\"][\"r\"] := to_number(\"not a number\")\n"},
+			edits: map[string]string{"extra.rego": "package passport.authz\n\nclear_calls[\"zz\"][\"a\"][\"b\"][\"c\"] := to_number(\"not a number\")\n"},
 			code:  1, stderr: "evaluate data.passport.authz.clearances"},
 		{name: "no decision", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"authz.rego": "package passport.authz\n\nimport data.passport.config\n\naction_config := config.actions[input.action]\n"},
