@@ -2,6 +2,8 @@ package audit_test
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,6 +74,65 @@ func BenchmarkAppendParallel(b *testing.B) {
 	})
 	b.Run("no-batching", func(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{MaxBatch: 1, CheckpointEvery: 10000})
+		run(b, func(ctx context.Context) error {
+			r := *rec
+			_, err := s.Append(ctx, &r)
+			return err
+		})
+	})
+	b.Run("plain-xadd", func(b *testing.B) {
+		raw, _ := audit.Seal(&audit.Record{Kind: audit.KindDecision, Tenant: "bench", Writer: "w", Seq: 1})
+		run(b, func(ctx context.Context) error {
+			return rdb.XAdd(ctx, &redis.XAddArgs{Stream: "passport:{t:bench}:audit", Values: []any{audit.FieldRecord, raw}}).Err()
+		})
+	})
+}
+
+// BenchmarkAppendAtRate measures what one caller waits at a steady 1,000
+// appends a second (one every millisecond, each from its own goroutine, as
+// calls arrive at a proxy), against a bare XADD at the same rate: the p99
+// is what the proxy's fixed-rate latency target feels. The batch linger
+// once slept on a timer, which an idle runtime rounds up to a millisecond:
+// p99 1.2 ms against 0.4 ms with the yielding linger.
+//
+// Run: go test -run XXX -bench AppendAtRate -benchtime 3s ./proxy/audit/
+func BenchmarkAppendAtRate(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{AOF: true, Fsync: "everysec"})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	b.Cleanup(func() { _ = rdb.Close() })
+	rec := decision("acme", 1)
+	run := func(b *testing.B, appendOne func(ctx context.Context) error) {
+		ctx := context.Background()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		var (
+			mu   sync.Mutex
+			lats []time.Duration
+			wg   sync.WaitGroup
+		)
+		for b.Loop() {
+			<-tick.C
+			wg.Go(func() {
+				t0 := time.Now()
+				if err := appendOne(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+				d := time.Since(t0)
+				mu.Lock()
+				lats = append(lats, d)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		slices.Sort(lats)
+		if n := len(lats); n > 0 {
+			b.ReportMetric(float64(lats[n/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lats[n*99/100].Microseconds()), "p99-µs")
+		}
+	}
+	b.Run("stream", func(b *testing.B) {
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
 		run(b, func(ctx context.Context) error {
 			r := *rec
 			_, err := s.Append(ctx, &r)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,8 +55,9 @@ type StreamConfig struct {
 	MaxBatch int
 	// MaxWait is how long a batch that already holds two or more records
 	// someone waits for (Append, Checkpoint) lingers for more before it is
-	// sent. A lone such record never waits. Default 200µs; negative: never
-	// linger (batches form only while one is in flight).
+	// sent, yielding the processor to the goroutines about to append. A
+	// lone such record never waits. Default 200µs; negative: never linger
+	// (batches form only while one is in flight).
 	MaxWait time.Duration
 	// OutcomeDelay is how long Enqueued (outcome) records wait in the
 	// committer for a record someone waits for, to go in its batch rather
@@ -527,17 +529,16 @@ func (s *Stream) commitLoop() {
 			// Outcomes alone wait for a record someone waits for, and go
 			// with it. A lone such record goes at once; two or more linger
 			// up to MaxWait, since more are likely on the way.
-			var wait time.Duration
-			switch {
-			case waited == 0:
-				wait = s.cfg.OutcomeDelay
-			case waited >= 2:
-				wait = s.cfg.MaxWait
-			}
-			if wait <= 0 {
+			if waited >= 2 {
+				if s.cfg.MaxWait > 0 {
+					batch = s.linger(batch, time.Now().Add(s.cfg.MaxWait))
+				}
 				break fill
 			}
-			timer.Reset(wait)
+			if waited != 0 || s.cfg.OutcomeDelay <= 0 {
+				break fill
+			}
+			timer.Reset(s.cfg.OutcomeDelay)
 			for len(batch) < s.cfg.MaxBatch {
 				select {
 				case it := <-s.reqs:
@@ -562,6 +563,30 @@ func (s *Stream) commitLoop() {
 		}
 		s.commit(batch)
 	}
+}
+
+// linger lets a batch that holds two or more records someone waits for
+// collect more until deadline. It yields the processor instead of sleeping:
+// the goroutines that are about to append run first, and their records join
+// the batch. A timer this short would sleep for a whole millisecond on an
+// idle machine (the runtime's network poller waits in milliseconds): that
+// millisecond was the p99 of an Append at 1,000 calls a second.
+func (s *Stream) linger(batch []*item, deadline time.Time) []*item {
+	for len(batch) < s.cfg.MaxBatch {
+		select {
+		case it := <-s.reqs:
+			batch = append(batch, it)
+			continue
+		case <-s.stop:
+			return batch
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			return batch
+		}
+		runtime.Gosched()
+	}
+	return batch
 }
 
 func (s *Stream) failQueued() {
