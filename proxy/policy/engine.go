@@ -646,6 +646,10 @@ func (c *deadline) check() bool {
 	return c.ended != nil
 }
 
+// The decision's keys, built once: OPA does not intern them, and a lookup
+// with a fresh term costs an allocation.
+var keyAllow, keyReasons = ast.StringTerm("allow"), ast.StringTerm("reasons")
+
 // readDecision reads allow and reasons from the decision value (an
 // *ast.Term, see astResult). allow must be a boolean; reasons, when
 // present, a list (or set) of strings, returned sorted: sets come back
@@ -660,7 +664,7 @@ func readDecision(v any) (bool, []string, error) {
 		return false, nil, fmt.Errorf("%w: decision is not an object", ErrBadDecision)
 	}
 	var allow bool
-	if a := obj.Get(ast.InternedTerm("allow")); a != nil {
+	if a := obj.Get(keyAllow); a != nil {
 		b, ok := a.Value.(ast.Boolean)
 		if !ok {
 			return false, nil, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
@@ -669,9 +673,15 @@ func readDecision(v any) (bool, []string, error) {
 	} else {
 		return false, nil, fmt.Errorf("%w: allow is not a boolean", ErrBadDecision)
 	}
-	rt := obj.Get(ast.InternedTerm("reasons"))
+	rt := obj.Get(keyReasons)
 	if rt == nil {
 		return allow, nil, nil
+	}
+	if c, ok := rt.Value.(interface{ Len() int }); ok && c.Len() == 0 {
+		switch rt.Value.(type) {
+		case *ast.Array, ast.Set:
+			return allow, []string{}, nil // the allowed call's answer, without allocating
+		}
 	}
 	var reasons []string
 	add := func(r *ast.Term) error {

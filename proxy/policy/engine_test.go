@@ -452,3 +452,37 @@ decision := {"allow": input.action in data.passport.config.items, "reasons": [
 		}
 	}
 }
+
+// TestReadDecision: the decision object's shape, read without conversion.
+func TestReadDecision(t *testing.T) {
+	cases := []struct {
+		decision string
+		allow    bool
+		reasons  []string // nil: absent
+		err      bool
+	}{
+		{`{"allow": true, "reasons": []}`, true, []string{}, false},
+		{`{"allow": true, "reasons": set()}`, true, []string{}, false},
+		{`{"allow": true}`, true, nil, false},
+		{`{"allow": false, "reasons": ["b", "a"]}`, false, []string{"a", "b"}, false},
+		{`{"allow": false, "reasons": {"b", "a"}}`, false, []string{"a", "b"}, false},
+		{`{"allow": false, "reasons": ["a", 1]}`, false, nil, true},
+		{`{"allow": false, "reasons": "a"}`, false, nil, true},
+		{`{"allow": false, "reasons": {}}`, false, nil, true},
+		{`{"allow": "true", "reasons": []}`, false, nil, true},
+		{`{"reasons": []}`, false, nil, true},
+		{`[true]`, false, nil, true},
+	}
+	for _, tc := range cases {
+		allow, reasons, err := readDecision(ast.MustParseTerm(tc.decision))
+		if tc.err {
+			if !errors.Is(err, ErrBadDecision) || allow {
+				t.Errorf("%s: allow %v, err %v; want ErrBadDecision and no allow", tc.decision, allow, err)
+			}
+			continue
+		}
+		if err != nil || allow != tc.allow || (reasons == nil) != (tc.reasons == nil) || !slices.Equal(reasons, tc.reasons) {
+			t.Errorf("%s: %v %#v %v; want %v %#v", tc.decision, allow, reasons, err, tc.allow, tc.reasons)
+		}
+	}
+}
