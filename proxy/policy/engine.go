@@ -650,8 +650,8 @@ func (c *deadline) check() bool {
 // with a fresh term costs an allocation.
 var keyAllow, keyReasons = ast.StringTerm("allow"), ast.StringTerm("reasons")
 
-// readDecision reads allow and reasons from the decision value (an
-// *ast.Term, see astResult). allow must be a boolean; reasons, when
+// readDecision reads allow and reasons from the decision value (the
+// *ast.Term bound to resultVar). allow must be a boolean; reasons, when
 // present, a list (or set) of strings, returned sorted: sets come back
 // unordered, and answers must be stable.
 func readDecision(v any) (bool, []string, error) {
@@ -677,10 +677,14 @@ func readDecision(v any) (bool, []string, error) {
 	if rt == nil {
 		return allow, nil, nil
 	}
-	if c, ok := rt.Value.(interface{ Len() int }); ok && c.Len() == 0 {
-		switch rt.Value.(type) {
-		case *ast.Array, ast.Set:
-			return allow, []string{}, nil // the allowed call's answer, without allocating
+	switch list := rt.Value.(type) {
+	case *ast.Array:
+		if list.Len() == 0 {
+			return allow, []string{}, nil // an allowed call's answer, without allocating
+		}
+	case ast.Set:
+		if list.Len() == 0 {
+			return allow, []string{}, nil
 		}
 	}
 	var reasons []string
