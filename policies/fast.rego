@@ -6,8 +6,8 @@ import data.passport.config
 #
 # clearances is everything the fast path needs to know from data alone,
 # worked out once: which agent types at which trust levels may take which
-# actions, which resources each tenant owns, and which freeze windows
-# concern which calls. It reads no input, so the proxy evaluates it once
+# actions in which tenant, on which resources, which freeze windows concern
+# such calls, and the allowed decision itself. It reads no input, so the proxy evaluates it once
 # per policy load and stores the value at data.passport.loaded.clearances
 # (proxy/policy), where the fast path looks it up. Where that document is
 # absent (opa eval, or opa test without `with`), the fast path clears
@@ -55,10 +55,10 @@ allowed_decision := {
 #
 # Each entry holds what the input is then checked against:
 #   min_reputation     reputation_too_low
-#   resources          the resources the call may name (as keys: data
-#                      has no sets): the tenant's
-#                      services, and "*" (a collection) when the action
-#                      allows any resource (resource_not_in_tenant)
+#   resources          the resources the call may name, as keys (data has
+#                      no sets): the tenant's services, and "*" (a
+#                      collection) when the action allows any resource
+#                      (resource_not_in_tenant)
 #   route_tenants      the route tenants (keys) that agree with the call's
 #                      tenant: none ("") or the same (tenant_mismatch)
 #   spans              the [start, end) spans, in Unix nanoseconds, of the
