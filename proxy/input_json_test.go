@@ -108,34 +108,32 @@ func (w *bodyWriter) value(depth int) {
 	case 3, 4:
 		w.str()
 	case 5, 6:
-		w.sb.WriteByte('{')
-		for i := range w.r.IntN(5) {
-			if i > 0 {
-				w.sb.WriteByte(',')
-			}
-			w.ws()
+		w.list('{', '}', func() {
 			w.str()
 			w.ws()
 			w.sb.WriteByte(':')
 			w.ws()
 			w.value(depth + 1)
-			w.ws()
-		}
-		w.ws()
-		w.sb.WriteByte('}')
+		})
 	case 7:
-		w.sb.WriteByte('[')
-		for i := range w.r.IntN(5) {
-			if i > 0 {
-				w.sb.WriteByte(',')
-			}
-			w.ws()
-			w.value(depth + 1)
-			w.ws()
+		w.list('[', ']', func() { w.value(depth + 1) })
+	}
+}
+
+// list writes up to four elements between open and close, separated by
+// commas, with whitespace around each.
+func (w *bodyWriter) list(open, close byte, elem func()) {
+	w.sb.WriteByte(open)
+	for i := range w.r.IntN(5) {
+		if i > 0 {
+			w.sb.WriteByte(',')
 		}
 		w.ws()
-		w.sb.WriteByte(']')
+		elem()
+		w.ws()
 	}
+	w.ws()
+	w.sb.WriteByte(close)
 }
 
 func (w *bodyWriter) str() {
