@@ -141,7 +141,6 @@ type prepared struct {
 	txn      storage.Transaction
 	data     dataCache
 	revision string
-	loadedAt time.Time
 }
 
 // dataCache hands the evaluator the policy's data, which never changes
@@ -395,7 +394,7 @@ func compile(ctx context.Context, fsys fs.FS, query string, caps *ast.Capabiliti
 		return k, v, nil
 	})
 	return &prepared{compiler: compiler, qc: qc, query: body, store: store, txn: txn, data: dataCache{root: data},
-		revision: rev, loadedAt: time.Now()}, nil
+		revision: rev}, nil
 }
 
 // compileQuery compiles "resultVar = query" on c, as the rego package
