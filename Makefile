@@ -47,12 +47,12 @@ fmt:
 ## to an OPA server as the comparison point; 100 keep-alive connections; req/s, p50, p99, ratios; fixed rates
 ## 1000 and 3000 req/s; three interleaved rounds, medians shown), then the Go micro-benchmarks of the hot path.
 ## Without nginx the comparison is skipped.
-## BENCHFLAGS="-duration 10s -fsync everysec" tunes the load run (go run ./proxy/bench -h lists the flags).
+## BENCHFLAGS="-duration 10s -fsync everysec" tunes the load run (go run ./internal/bench -h lists the flags).
 BENCHFLAGS ?=
 bench: deps build
 	scripts/deps.sh nginx || true
-	$(GO) run ./proxy/bench $(BENCHFLAGS)
-	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 ./proxy/ ./proxy/policy/ ./policies/ ./proxy/audit/
+	$(GO) run ./internal/bench $(BENCHFLAGS)
+	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 ./proxy/ ./proxy/policy/ ./policies/ ./audit/
 	$(GO) test -run '^$$' -bench ChaosToResolved -benchtime=10x ./healer/
 
 ## fuzz: each fuzz target for FUZZTIME (default 20s). One target: go test -fuzz FuzzVerify ./proxy/

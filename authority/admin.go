@@ -11,9 +11,9 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 	"github.com/redis/go-redis/v9"
 )
 

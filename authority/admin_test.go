@@ -13,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

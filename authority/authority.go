@@ -27,8 +27,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"

@@ -11,8 +11,8 @@ import (
 	"sort"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 	"golang.org/x/crypto/bcrypt"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/golang-jwt/jwt/v5"
 )
 

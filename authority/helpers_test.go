@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"

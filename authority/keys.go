@@ -21,7 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/redis/go-redis/v9"
 )
 

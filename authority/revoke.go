@@ -12,8 +12,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/passport"
 	"github.com/redis/go-redis/v9"
 )
 

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/golang-jwt/jwt/v5"
 )
 

@@ -32,10 +32,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Fault types chaos knows (the fleet's fault API vocabulary).

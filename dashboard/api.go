@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/agentpassport/passport/proxy/feed"
+	"github.com/agentpassport/passport/feed"
 )
 
 // The API takes the operator token only from the Authorization header and

@@ -9,8 +9,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/browsertest"
-	"github.com/agentpassport/passport/proxy/feed"
 )
 
 // TestBrowserChaosToResolved loads the dashboard in headless Chromium, signs

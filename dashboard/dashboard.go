@@ -1,6 +1,6 @@
 // Package dashboard serves the Agent Passport dashboard: one embedded web
 // page (plain HTML, CSS and JavaScript; no CDN, no build step) that watches
-// one tenant live through the feed (proxy/feed) and lets an operator block
+// one tenant live through the feed (feed) and lets an operator block
 // and unblock agents and fire chaos events, plus the small JSON API the
 // page calls. Every API call carries the operator token in an
 // Authorization header; the page never puts it in a URL.
@@ -26,7 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/proxy/feed"
+	"github.com/agentpassport/passport/feed"
 )
 
 // Defaults.
@@ -61,7 +61,7 @@ type Config struct {
 	PublicAuthorityURL string `yaml:"public_authority_url"`
 	// ShutdownTimeout bounds the graceful shutdown. Default 10s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	// Feed tunes the live feed (see proxy/feed.Config).
+	// Feed tunes the live feed (see feed.Config).
 	Feed feed.Config `yaml:"feed"`
 }
 

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
 )
 
 // fakeActions stands in for the authority and the chaos simulator and

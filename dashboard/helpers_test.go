@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
-	"github.com/agentpassport/passport/proxy/feed"
 )
 
 const (

@@ -33,10 +33,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Passports hands out the healer agent's passports (see agentcall).

@@ -22,11 +22,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Problem is the RFC 9457 body of every answer the proxy writes itself.

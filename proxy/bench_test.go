@@ -15,10 +15,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
-	"github.com/agentpassport/passport/proxy/audit"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
 

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Default values of Config. They are also documented on each field.

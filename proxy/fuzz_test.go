@@ -11,7 +11,7 @@ import (
 
 	"github.com/MicahParks/jwkset"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
 

@@ -14,7 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 // ErrStateUnavailable means revocation or agent state could not be read;

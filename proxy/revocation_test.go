@@ -10,8 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
 

@@ -18,8 +18,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
-	"github.com/agentpassport/passport/authority/passport"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Identity headers the proxy sets upstream from the verified passport.

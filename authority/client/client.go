@@ -37,7 +37,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/golang-jwt/jwt/v5"
 )
 

@@ -3,7 +3,7 @@ package client
 import (
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Outcomes an agent's reported calls can have (POST .../outcomes).

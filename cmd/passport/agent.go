@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/spf13/cobra"
 )
 

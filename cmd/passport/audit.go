@@ -21,8 +21,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redisx"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 // auditOpts are the flags shared by the audit subcommands.

@@ -15,8 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 func auditRun(t *testing.T, env map[string]string, args ...string) (int, string, string) {

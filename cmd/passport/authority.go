@@ -9,9 +9,9 @@ import (
 
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"

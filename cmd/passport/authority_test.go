@@ -16,8 +16,8 @@ import (
 
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 	"golang.org/x/crypto/bcrypt"
 )
 

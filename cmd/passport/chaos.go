@@ -13,11 +13,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/config"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 func (a *app) chaosCmd() *cobra.Command {

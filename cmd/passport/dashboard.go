@@ -18,12 +18,12 @@ import (
 
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/dashboard"
+	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
-	"github.com/agentpassport/passport/proxy/feed"
+	"github.com/agentpassport/passport/passport"
 )
 
 func (a *app) dashboardCmd() *cobra.Command { return a.dashboardCmdWith(nil) }

@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 )
 
 // startDashboard runs `passport dashboard args...` in-process on a loopback

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 )
 
 func TestIncidentsCommandReadsDemoRedis(t *testing.T) {

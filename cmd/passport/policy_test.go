@@ -14,9 +14,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/policies"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 // policyRun runs the binary's root command with args and an environment.

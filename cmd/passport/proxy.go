@@ -11,12 +11,12 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 // defaultFleetURL is the demo fleet's control API, what a bare `passport

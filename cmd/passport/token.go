@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 	"github.com/spf13/cobra"
 )
 

@@ -16,9 +16,9 @@ import (
 
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 )
 
 const adminToken = "rogue-test-admin-token-0123456789"

@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 // Passports hands out passports. task binds the passport to one piece of

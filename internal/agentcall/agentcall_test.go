@@ -9,7 +9,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 func TestDoMapsProxyAnswers(t *testing.T) {

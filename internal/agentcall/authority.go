@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/passport"
 )
 
 // AuthorityPassports gets passports from the authority with the agent's

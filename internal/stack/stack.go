@@ -31,20 +31,20 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/dashboard"
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/examples/rogue"
+	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
-	"github.com/agentpassport/passport/proxy/audit"
-	"github.com/agentpassport/passport/proxy/feed"
 )
 
 // Default ports of the demo (ARCHITECTURE.md, "Interface details").

@@ -15,11 +15,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/authority/passport"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/stack"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 // running is a stack started for one test.

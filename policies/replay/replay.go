@@ -22,7 +22,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 

@@ -16,10 +16,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/policies/replay"
-	"github.com/agentpassport/passport/proxy/audit"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 
@@ -58,7 +58,7 @@ func record(in map[string]any, decision string, reasons ...string) *audit.Record
 }
 
 // add appends rec to the tenant's audit stream at time at, in the stream
-// entry format of proxy/audit (one field holding the record's JSON).
+// entry format of audit (one field holding the record's JSON).
 func add(t *testing.T, c redis.Cmdable, tenant string, at time.Time, rec *audit.Record) string {
 	t.Helper()
 	rec.Tenant = tenant

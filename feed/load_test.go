@@ -18,16 +18,16 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/agentpassport/passport/authority/passport"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 // The load run: -feed.duration (or PASSPORT_FEED_LOAD_DURATION) sets how
 // long; the default is short in `go test` and the full 10 s in the
 // benchmark:
 //
-//	go test -run TestFeedLoad -feed.duration=10s ./proxy/feed/
-//	go test -run '^$' -bench FeedLoad -benchtime=1x ./proxy/feed/
+//	go test -run TestFeedLoad -feed.duration=10s ./feed/
+//	go test -run '^$' -bench FeedLoad -benchtime=1x ./feed/
 var (
 	loadDuration = flag.Duration("feed.duration", 0, "duration of the feed load run (default 1s in tests, 10s in the benchmark)")
 	loadClients  = flag.Int("feed.clients", 100, "feed clients in the load run")
@@ -227,7 +227,7 @@ func TestFeedLoad(t *testing.T) {
 // BenchmarkFeedLoad runs the full load (10 s unless -feed.duration says
 // otherwise) once and reports the figures:
 //
-//	go test -run '^$' -bench FeedLoad -benchtime=1x ./proxy/feed/
+//	go test -run '^$' -bench FeedLoad -benchtime=1x ./feed/
 func BenchmarkFeedLoad(b *testing.B) {
 	for b.Loop() {
 		e := newTBEnv(b, Config{LagTimeout: time.Minute}) // as in TestFeedLoad

@@ -6,8 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 func TestMetricsExported(t *testing.T) {

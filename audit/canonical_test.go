@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata golden files")

@@ -22,9 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/passport"
 )
 
 const (
@@ -93,7 +93,7 @@ func waitFor(t testing.TB, cond func() bool) {
 }
 
 // add writes a record into tenant's audit stream in the layout of
-// proxy/audit and returns its stream id.
+// audit and returns its stream id.
 func add(t testing.TB, rdb redis.UniversalClient, rec audit.Record) string {
 	t.Helper()
 	rec.V = audit.Version

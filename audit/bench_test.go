@@ -10,8 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 // BenchmarkAppendParallel measures the write-ahead path under concurrency:
@@ -21,7 +21,7 @@ import (
 //	plain-xadd     one bare XADD per record from every goroutine: no chain,
 //	               no ordering, the floor any audited design pays
 //
-// Run: go test -run XXX -bench AppendParallel -cpu 1,4 ./proxy/audit/
+// Run: go test -run XXX -bench AppendParallel -cpu 1,4 ./audit/
 func BenchmarkAppendParallel(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{AOF: true, Fsync: "everysec"})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
@@ -80,7 +80,7 @@ func BenchmarkAppendParallel(b *testing.B) {
 // once slept on a timer, which an idle runtime rounds up to a millisecond:
 // p99 1.2 ms against 0.4 ms with the yielding linger.
 //
-// Run: go test -run XXX -bench AppendAtRate -benchtime 3s ./proxy/audit/
+// Run: go test -run XXX -bench AppendAtRate -benchtime 3s ./audit/
 func BenchmarkAppendAtRate(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{AOF: true, Fsync: "everysec"})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})

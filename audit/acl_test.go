@@ -7,8 +7,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 func TestProxyACLCanAppendButNotDeleteTrimOrReconfigure(t *testing.T) {

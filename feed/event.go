@@ -10,7 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
 )
 
 // SchemaVersion is the version of the event schema, written in every
@@ -90,7 +90,7 @@ type Event struct {
 }
 
 // RecordField is the stream entry field that holds the JSON of the
-// audit.Record (proxy/audit's layout).
+// audit.Record (audit's layout).
 const RecordField = audit.FieldRecord
 
 // errSkip marks a stream entry that is valid but not for the feed

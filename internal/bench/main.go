@@ -17,7 +17,7 @@
 // audit wants) unless -redis-url names one, and uses the policy library
 // built into the binary.
 //
-//	go run ./proxy/bench -duration 3s -conns 100 -rates 1000,3000
+//	go run ./internal/bench -duration 3s -conns 100 -rates 1000,3000
 package main
 
 import (
@@ -53,10 +53,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/agentpassport/passport/authority/passport"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
-	"github.com/agentpassport/passport/proxy/audit"
 )
 
 func main() {

@@ -16,7 +16,7 @@ const (
 
 // StreamKey is the tenant's audit stream, "passport:{t:<tenant>}:audit".
 //
-// It must match passport.AuditStreamKey in authority/passport; audit is a
+// It must match passport.AuditStreamKey; audit is a
 // leaf package and cannot import it, so the format is repeated here and a
 // test in the external test package asserts both agree.
 func StreamKey(tenant string) string { return "passport:{t:" + tenant + "}:audit" }

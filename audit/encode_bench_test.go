@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentpassport/passport/proxy/audit"
+	"github.com/agentpassport/passport/audit"
 )
 
 // benchInput is a policy input document shaped like the one the proxy
@@ -118,7 +118,7 @@ func benchSeal(b *testing.B, rec *audit.Record, ref bool) {
 // as the proxy builds it (struct order, so its objects must be sorted),
 // sealed (canonical encoding, SHA-256, stored bytes).
 //
-// Run: go test -run '^$' -bench EncodeRecord -benchmem ./proxy/audit/
+// Run: go test -run '^$' -bench EncodeRecord -benchmem ./audit/
 func BenchmarkEncodeRecord(b *testing.B) {
 	benchSeal(b, benchRecord(b), false)
 }
