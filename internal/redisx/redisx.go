@@ -91,12 +91,65 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 }
 
 // New opens a universal client. It does not contact Redis; use Ping.
+//
+// A Cluster client also reloads the slot map whenever a command fails
+// without a Redis reply (refused, reset, timed out): go-redis otherwise
+// reloads only on MOVED or once a minute, so after a failover it would keep
+// sending a dead primary's slots to the dead primary for up to a minute.
 func New(c Config) (redis.UniversalClient, error) {
 	o, err := c.Options()
 	if err != nil {
 		return nil, err
 	}
-	return redis.NewUniversalClient(o), nil
+	u := redis.NewUniversalClient(o)
+	if cc, ok := u.(*redis.ClusterClient); ok {
+		cc.AddHook(reloadOnNodeError{cc})
+	}
+	return u, nil
+}
+
+// reloadOnNodeError asks a Cluster client for a fresh slot map when a node
+// did not answer. The reload is asynchronous and coalesced by go-redis (at
+// most one every 200 ms), so a burst of failures costs one CLUSTER SLOTS.
+type reloadOnNodeError struct{ c *redis.ClusterClient }
+
+func (h reloadOnNodeError) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h reloadOnNodeError) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+func (h reloadOnNodeError) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+func (h reloadOnNodeError) check(ctx context.Context, err error) {
+	if nodeUnreachable(err) {
+		h.c.ReloadState(ctx)
+	}
+}
+
+// nodeUnreachable reports whether err means a node gave no answer (network
+// error, closed connection, or the caller's deadline, which is how a
+// black-holed node shows) or the cluster refused for a failed node
+// (CLUSTERDOWN), as opposed to a reply such as redis.Nil or WRONGTYPE.
+func nodeUnreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		return strings.HasPrefix(rerr.Error(), "CLUSTERDOWN")
+	}
+	return true
 }
 
 // Ping checks that Redis answers within the context's deadline.

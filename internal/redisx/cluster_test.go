@@ -1,0 +1,62 @@
+package redisx_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/redisx"
+)
+
+// TestClusterClientFollowsFailover: after a primary is killed and its
+// replica promoted, a client built by redisx.New must write the dead
+// primary's slots to the new primary without waiting for go-redis's
+// one-minute periodic slot-map reload (which is all it does by default:
+// it reloads on MOVED, and a dead node sends none).
+func TestClusterClientFollowsFailover(t *testing.T) {
+	c := redistest.StartCluster(t)
+	u, err := redisx.New(c.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	cc, ok := u.(*redis.ClusterClient)
+	if !ok {
+		t.Fatalf("redisx.New gave %T for a cluster config", u)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const key = "passport:{t:acme}:audit"
+	if err := cc.Set(ctx, key, "before", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	old := c.KillPrimaryOf(key)
+	promoted := c.WaitFailover(old)
+	// Well under the one-minute reload, well over a retry and a reload.
+	deadline := time.Now().Add(10 * time.Second)
+	var tries int
+	for {
+		tries++
+		err := cc.Set(ctx, key, "after", 0).Err()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("write still failing 10s after the failover (%d tries): %v", tries, err)
+		}
+	}
+	if got := promoted.Client().Get(ctx, key).Val(); got != "after" {
+		t.Fatalf("new primary %s has %q", promoted.Addr, got)
+	}
+	// Pipelines and transactions follow the same way (the hook covers both).
+	if _, err := cc.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Incr(ctx, "passport:{t:acme}:n")
+		p.Expire(ctx, "passport:{t:acme}:n", time.Minute)
+		return nil
+	}); err != nil {
+		t.Fatalf("transaction after failover: %v", err)
+	}
+}
