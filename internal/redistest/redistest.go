@@ -91,34 +91,45 @@ func requireBinary(t testing.TB) {
 	}
 }
 
-// launch starts a server on a fresh free port. setup, when given, is called
-// with the port chosen and may set conf, sentinel and extra. A port taken
-// between choosing and binding it is retried with another one.
+// launch starts a server on a fresh free port, or fails t.
 func launch(t testing.TB, o Options, setup func(*Server) error) *Server {
 	t.Helper()
+	s, err := tryLaunch(t, o, setup)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return s
+}
+
+// tryLaunch starts a server on a fresh free port and registers its Stop
+// with t.Cleanup. setup, when given, is called with the port chosen and may
+// set conf, sentinel and extra. A port taken between choosing and binding
+// it is retried with another one. Safe to call from several goroutines.
+func tryLaunch(t testing.TB, o Options, setup func(*Server) error) (*Server, error) {
 	if o.Fsync == "" {
 		o.Fsync = "always"
 	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		s := &Server{t: t, opts: o, dir: t.TempDir()}
-		s.Port = freePort(t)
+		if s.Port, err = pickPort(); err != nil {
+			return nil, err
+		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 		if setup != nil {
 			if err = setup(s); err != nil {
-				t.Fatalf("redistest: %v", err)
+				return nil, err
 			}
 		}
 		if err = s.start(); err == nil {
 			t.Cleanup(s.Stop)
-			return s
+			return s, nil
 		}
 		if !strings.Contains(err.Error(), "in use") {
 			break
 		}
 	}
-	t.Fatalf("redistest: %v", err)
-	return nil
+	return nil, err
 }
 
 // URL is the redis:// URL of the server.
@@ -274,12 +285,12 @@ func (s *Server) Stop() {
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// pickPort returns a loopback port that was free a moment ago.
+func pickPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("redistest: find free port: %v", err)
+		return 0, fmt.Errorf("find free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
