@@ -60,3 +60,59 @@ func TestClusterClientFollowsFailover(t *testing.T) {
 		t.Fatalf("transaction after failover: %v", err)
 	}
 }
+
+// TestClusterSubscriptionFollowsFailover: a subscription that go-redis
+// keeps open (PubSub.Channel, as the feed, the alerter and the authority's
+// key watch use it) and one made afresh after the failover (as the proxy's
+// revocation follower does) both reach the node that took over the
+// channel's slot. Pub/sub connections are dialled outside the command
+// path, so only a dial failure says the slot map is stale.
+func TestClusterSubscriptionFollowsFailover(t *testing.T) {
+	c := redistest.StartCluster(t)
+	u, err := redisx.New(c.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const channel = "passport:revocations"
+	kept := u.Subscribe(ctx, channel)
+	defer kept.Close()
+	if _, err := kept.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs := kept.Channel()
+	old := c.KillPrimaryOf(channel) // the node the subscription is on
+	c.WaitFailover(old)
+
+	// Publish until the kept subscription hears one (it reconnects on its
+	// own health check), within well under go-redis' one-minute reload.
+	deadline := time.After(15 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for heard := false; !heard; {
+		select {
+		case m := <-msgs:
+			heard = m.Payload == "after"
+		case <-tick.C:
+			_ = u.Publish(ctx, channel, "after").Err()
+		case <-deadline:
+			t.Fatal("kept subscription heard nothing 15s after the failover")
+		}
+	}
+
+	fresh := u.Subscribe(ctx, channel)
+	defer fresh.Close()
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	for {
+		_, err := fresh.Receive(rctx)
+		if err == nil {
+			break
+		}
+		if rctx.Err() != nil {
+			t.Fatalf("fresh subscription not confirmed 10s after the failover: %v", err)
+		}
+	}
+}

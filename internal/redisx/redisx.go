@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -93,9 +94,11 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 // New opens a universal client. It does not contact Redis; use Ping.
 //
 // A Cluster client also reloads the slot map whenever a command fails
-// without a Redis reply (refused, reset, timed out): go-redis otherwise
-// reloads only on MOVED or once a minute, so after a failover it would keep
-// sending a dead primary's slots to the dead primary for up to a minute.
+// without a Redis reply (refused, reset, timed out) or a connection to a
+// node cannot be dialled: go-redis otherwise reloads only on MOVED or once a
+// minute, so after a failover it would keep sending a dead primary's slots,
+// and subscriptions to channels in them, to the dead primary for up to a
+// minute.
 func New(c Config) (redis.UniversalClient, error) {
 	o, err := c.Options()
 	if err != nil {
@@ -103,7 +106,11 @@ func New(c Config) (redis.UniversalClient, error) {
 	}
 	u := redis.NewUniversalClient(o)
 	if cc, ok := u.(*redis.ClusterClient); ok {
-		cc.AddHook(reloadOnNodeError{cc})
+		h := reloadOnNodeError{cc}
+		cc.AddHook(h)
+		// Pub/sub connections are dialled by the node clients, outside
+		// the cluster client's command hooks.
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(h) })
 	}
 	return u, nil
 }
@@ -113,7 +120,15 @@ func New(c Config) (redis.UniversalClient, error) {
 // most one every 200 ms), so a burst of failures costs one CLUSTER SLOTS.
 type reloadOnNodeError struct{ c *redis.ClusterClient }
 
-func (h reloadOnNodeError) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h reloadOnNodeError) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil {
+			h.c.ReloadState(ctx)
+		}
+		return conn, err
+	}
+}
 
 func (h reloadOnNodeError) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
