@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -258,6 +259,23 @@ func (s *Server) Kill() {
 	<-done
 }
 
+// Freeze stops the server with SIGSTOP: it keeps its sockets open but
+// answers nothing, as a hung process or a silent network would. Thaw
+// resumes it.
+func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server (SIGCONT).
+func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig os.Signal) {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
 // Restart starts the server again on the same port and directory, so with
 // AOF on it reloads what it had acknowledged.
 func (s *Server) Restart() {
@@ -276,6 +294,7 @@ func (s *Server) Stop() {
 	if cmd == nil {
 		return
 	}
+	_ = cmd.Process.Signal(syscall.SIGCONT) // a frozen server could not act on SIGINT
 	_ = cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-done:
