@@ -2,6 +2,8 @@ package redisx_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,5 +116,44 @@ func TestClusterSubscriptionFollowsFailover(t *testing.T) {
 		if rctx.Err() != nil {
 			t.Fatalf("fresh subscription not confirmed 10s after the failover: %v", err)
 		}
+	}
+}
+
+// TestClusterFromOneSeed: one seed address (a service name in front of the
+// nodes) is taken for a single node unless Cluster is set; with it, keys
+// on every primary are reached.
+func TestClusterFromOneSeed(t *testing.T) {
+	c := redistest.StartCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	seed := c.Primaries()[0]
+	// A key that seed does not serve.
+	var key string
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("passport:{t:t%d}:audit", i); c.PrimaryOf(k) != seed {
+			key = k
+		}
+	}
+	single, err := redisx.New(redisx.Config{Addrs: []string{seed.Addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer single.Close()
+	if err := single.Set(ctx, key, "v", 0).Err(); err == nil || !strings.Contains(err.Error(), "MOVED") {
+		t.Fatalf("one seed without Cluster: %v, want MOVED (a single-node client)", err)
+	}
+	cl, err := redisx.New(redisx.Config{Addrs: []string{seed.Addr}, Cluster: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, ok := cl.(*redis.ClusterClient); !ok {
+		t.Fatalf("Cluster: true gave %T", cl)
+	}
+	if err := cl.Set(ctx, key, "v", 0).Err(); err != nil {
+		t.Fatalf("one seed with Cluster: %v", err)
+	}
+	if err := (redisx.Config{Addrs: []string{seed.Addr}, Cluster: true, MasterName: "m"}).Validate(); err == nil {
+		t.Fatal("Validate accepted cluster with master_name")
 	}
 }

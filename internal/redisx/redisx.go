@@ -20,7 +20,8 @@ import (
 const DefaultURL = "redis://127.0.0.1:6379/0"
 
 // Config says how to reach Redis. Either URL, or Addrs (with MasterName for
-// Sentinel; more than one address without MasterName means Cluster).
+// Sentinel; more than one address without MasterName, or Cluster, means
+// Cluster).
 type Config struct {
 	// URL is a redis:// or rediss:// URL. Default DefaultURL, or the value
 	// of PASSPORT_REDIS_URL.
@@ -29,6 +30,10 @@ type Config struct {
 	Addrs []string `yaml:"addrs"`
 	// MasterName selects Sentinel mode.
 	MasterName string `yaml:"master_name"`
+	// Cluster selects Cluster mode even with a single seed address (one
+	// service name in front of the nodes); with one address and without
+	// it, the address is taken for a single node. Default false.
+	Cluster bool `yaml:"cluster"`
 	// Username and Password authenticate (Redis ACL). Default none.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -53,21 +58,25 @@ func (c Config) Validate() error {
 	if c.PoolSize < 0 {
 		errs = append(errs, errors.New("redis.pool_size: must not be negative"))
 	}
+	if c.Cluster && c.MasterName != "" {
+		errs = append(errs, errors.New("redis.cluster: a Sentinel primary (redis.master_name) is not a Cluster"))
+	}
 	return errors.Join(errs...)
 }
 
 // Options turns the configuration into go-redis universal options.
 func (c Config) Options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
-		Addrs:        c.Addrs,
-		MasterName:   c.MasterName,
-		Username:     c.Username,
-		Password:     c.Password,
-		DB:           c.DB,
-		PoolSize:     c.PoolSize,
-		DialTimeout:  orDefault(c.DialTimeout, 2*time.Second),
-		ReadTimeout:  orDefault(c.ReadTimeout, 2*time.Second),
-		WriteTimeout: orDefault(c.WriteTimeout, 2*time.Second),
+		Addrs:         c.Addrs,
+		MasterName:    c.MasterName,
+		IsClusterMode: c.Cluster,
+		Username:      c.Username,
+		Password:      c.Password,
+		DB:            c.DB,
+		PoolSize:      c.PoolSize,
+		DialTimeout:   orDefault(c.DialTimeout, 2*time.Second),
+		ReadTimeout:   orDefault(c.ReadTimeout, 2*time.Second),
+		WriteTimeout:  orDefault(c.WriteTimeout, 2*time.Second),
 	}
 	if len(c.Addrs) == 0 {
 		u := c.URL
