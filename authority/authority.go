@@ -66,6 +66,8 @@ type Authority struct {
 	secrets secretCache
 	admins  adminTokens
 	handler http.Handler
+	// verifier is the shared strict passport verifier (package passport).
+	verifier *passport.Verifier
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -103,6 +105,14 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if a.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, err
+	}
+	// Passports are checked against every configured audience and the
+	// global lifetime cap, as a proxy with default settings does.
+	if a.verifier, err = passport.NewVerifier(passport.VerifierConfig{
+		Issuer: cfg.Issuer, Audiences: cfg.Audiences, Leeway: cfg.Passport.Leeway,
+		MaxLifetime: passport.MaxLifetime, Clock: deps.Clock, Keys: a.passportKey,
+	}); err != nil {
+		return nil, fmt.Errorf("authority verifier: %w", err)
 	}
 	if cfg.Keys.EncryptionKey == "" {
 		a.log.Warn("signing keys are stored in Redis unencrypted; set PASSPORT_KEY_ENCRYPTION_KEY to encrypt them at rest")

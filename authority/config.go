@@ -229,12 +229,9 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
 }
 
-var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
-// ValidTenant reports whether s is a valid tenant name: lowercase letters,
-// digits, '-' and '_', at most 63 characters. Tenants appear inside Redis
-// hash tags, so '{', '}' and ':' must never reach a key.
-func ValidTenant(s string) bool { return tenantRE.MatchString(s) }
+// ValidTenant reports whether s is a valid tenant name (passport.ValidTenant:
+// lowercase letters, digits, '-' and '_', at most 63 characters).
+func ValidTenant(s string) bool { return passport.ValidTenant(s) }
 
 var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`)
 

@@ -257,7 +257,7 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		a.oauthFail(w, r, err)
 		return
 	}
-	c, err := a.verify(raw, "")
+	c, err := a.verify(r.Context(), raw)
 	if err != nil || !who.mayAccess(c) {
 		writeJSON(w, http.StatusOK, inactive)
 		return
@@ -281,8 +281,11 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	out := map[string]any{
 		"active": true, "token_type": "Bearer", "scope": c.Scope, "client_id": c.ClientID,
 		"sub": c.Subject, "aud": c.Audience, "iss": c.Issuer, "jti": c.ID,
-		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(), "nbf": c.NotBefore.Unix(),
+		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(),
 		"tenant": c.Tenant, "agent": c.Agent, "authorization_details": c.AuthorizationDetails,
+	}
+	if c.NotBefore != nil { // optional: the verifier requires exp and iat only
+		out["nbf"] = c.NotBefore.Unix()
 	}
 	if c.Task != nil {
 		out["task"] = c.Task
@@ -319,7 +322,7 @@ func (a *Authority) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		a.oauthFail(w, r, err)
 		return
 	}
-	c, err := a.verify(raw, "")
+	c, err := a.verify(r.Context(), raw)
 	if err != nil {
 		w.WriteHeader(http.StatusOK)
 		return

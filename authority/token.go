@@ -587,7 +587,7 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 	if agent.Owner != "" {
 		claims.Oversight = &passport.Oversight{Owner: agent.Owner}
 	}
-	raw, err := a.sign(claims)
+	raw, err := a.sign(ctx, claims)
 	if err != nil {
 		return nil, err
 	}
@@ -617,7 +617,7 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 // sign signs claims with the current key and verifies the result with the
 // published key before handing it out (as SPIRE does): a passport that
 // its own verifiers would refuse is never issued.
-func (a *Authority) sign(claims *passport.Claims) (string, error) {
+func (a *Authority) sign(ctx context.Context, claims *passport.Claims) (string, error) {
 	k, err := a.keys.signer()
 	if err != nil {
 		return "", err
@@ -633,52 +633,30 @@ func (a *Authority) sign(claims *passport.Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sign passport for %s: %w", claims.Subject, err)
 	}
-	if _, err := a.verify(raw, claims.Audience[0]); err != nil {
+	if _, err := a.verify(ctx, raw); err != nil {
 		return "", fmt.Errorf("verify fresh passport for %s: %w", claims.Subject, err)
 	}
 	return raw, nil
 }
 
-// verify checks a passport signed by this authority: pinned algorithms,
-// typ, a published kid whose algorithm matches, iss, exp, iat, nbf; aud
-// must be audience, or any configured audience when audience is "".
-func (a *Authority) verify(raw, audience string) (*passport.Claims, error) {
-	var c passport.Claims
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(passport.Algorithms), jwt.WithIssuer(a.cfg.Issuer),
-		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(a.cfg.Passport.Leeway), jwt.WithTimeFunc(a.now),
+// passportKey is the shared verifier's key source: a key this authority
+// publishes (current, next or retired), pinned to its algorithm.
+func (a *Authority) passportKey(_ context.Context, kid string) (passport.VerifyKey, error) {
+	k, ok := a.keys.lookup(kid)
+	if !ok {
+		return passport.VerifyKey{}, passport.ErrUnknownKey
 	}
-	if audience != "" {
-		opts = append(opts, jwt.WithAudience(audience))
-	}
-	_, err := jwt.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
-		if typ, _ := t.Header["typ"].(string); !strings.EqualFold(typ, passport.TokenType) {
-			return nil, errors.New("typ is not at+jwt")
-		}
-		kid, _ := t.Header["kid"].(string)
-		k, ok := a.keys.lookup(kid)
-		if !ok {
-			return nil, errors.New("unknown kid")
-		}
-		if t.Method.Alg() != k.stored.Alg {
-			return nil, errors.New("algorithm does not match the key")
-		}
-		return k.pub, nil
-	}, opts...)
+	return passport.VerifyKey{Key: k.pub, Alg: k.stored.Alg}, nil
+}
+
+// verify checks a passport with the shared strict verifier
+// (passport.Verifier), the same code the proxy runs: introspection,
+// revocation and the check after signing can never call a passport valid
+// that a proxy refuses, or the other way round.
+func (a *Authority) verify(ctx context.Context, raw string) (*passport.Claims, error) {
+	vp, err := a.verifier.Verify(ctx, raw)
 	if err != nil {
 		return nil, err
 	}
-	if audience == "" {
-		ok := false
-		for _, aud := range c.Audience {
-			ok = ok || slices.Contains(a.cfg.Audiences, aud)
-		}
-		if !ok {
-			return nil, errors.New("audience is not one of ours")
-		}
-	}
-	if c.Tenant == "" || c.Subject == "" || c.ID == "" {
-		return nil, errors.New("passport lacks tenant, sub or jti")
-	}
-	return &c, nil
+	return vp.Claims, nil
 }
