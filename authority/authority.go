@@ -22,6 +22,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -68,6 +70,10 @@ type Authority struct {
 	handler http.Handler
 	// verifier is the shared strict passport verifier (package passport).
 	verifier *passport.Verifier
+	// trusted are the proxies whose X-Forwarded-For names the source.
+	trusted []netip.Prefix
+	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
+	hashSlots chan struct{}
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -98,6 +104,12 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.actions = knownActions(a.types)
 	a.secrets = secretCache{ttl: cfg.Clients.SecretCacheTTL, now: deps.Clock}
+	a.trusted, _ = parseTrustedProxies(cfg.Clients.TrustedProxies) // checked by Validate
+	slots := cfg.Clients.MaxConcurrentHashes
+	if slots == 0 {
+		slots = runtime.GOMAXPROCS(0)
+	}
+	a.hashSlots = make(chan struct{}, slots)
 	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
 	var err error
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {

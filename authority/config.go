@@ -115,12 +115,33 @@ type ClientsConfig struct {
 	// disables the cache.
 	SecretCacheTTL time.Duration `yaml:"secret_cache_ttl"`
 	// AuthFailureLimit is how many failed authentications one client id
-	// may have per AuthFailureWindow before the token endpoint refuses it
-	// with 429. Counted in Redis so every replica shares the count.
-	// Default 10.
+	// may have from one source address per AuthFailureWindow before the
+	// token endpoint refuses that client id from that address with 429
+	// (before checking its credentials). Never per client id alone: the
+	// id is public, and failures from elsewhere must not lock its owner
+	// out. Counted in Redis so every replica shares the count. Default 10.
 	AuthFailureLimit int `yaml:"auth_failure_limit"`
+	// SourceFailureLimit is how many failed authentications one source
+	// address (an IPv6 source counts as its /64) may have per
+	// AuthFailureWindow, whatever client ids it names, before it is
+	// refused with 429. Default 100.
+	SourceFailureLimit int `yaml:"source_failure_limit"`
 	// AuthFailureWindow. Default 1m.
 	AuthFailureWindow time.Duration `yaml:"auth_failure_window"`
+	// TrustedProxies lists the addresses or CIDRs of reverse proxies in
+	// front of the authority. Only when the connection comes from one is
+	// X-Forwarded-For read (right to left, skipping trusted hops) to find
+	// the source address the limits count. Default none: the source is
+	// the connection's remote address.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// MaxConcurrentHashes bounds the bcrypt comparisons running at once,
+	// so a flood of guesses costs at most this many cores. Default 0: the
+	// number of CPUs Go may use (GOMAXPROCS).
+	MaxConcurrentHashes int `yaml:"max_concurrent_hashes"`
+	// HashWait is how long a request waits for a free bcrypt slot before
+	// it is answered 503 temporarily_unavailable with Retry-After.
+	// Default 2s.
+	HashWait time.Duration `yaml:"hash_wait"`
 	// AssertionMaxLifetime caps exp-iat of a private_key_jwt assertion;
 	// its jti is remembered until exp so it is single-use. Default 5m.
 	AssertionMaxLifetime time.Duration `yaml:"assertion_max_lifetime"`
@@ -187,7 +208,9 @@ func DefaultConfig() Config {
 			BcryptCost:           bcrypt.DefaultCost,
 			SecretCacheTTL:       time.Minute,
 			AuthFailureLimit:     10,
+			SourceFailureLimit:   100,
 			AuthFailureWindow:    time.Minute,
+			HashWait:             2 * time.Second,
 			AssertionMaxLifetime: 5 * time.Minute,
 		},
 		Reputation: ReputationConfig{
@@ -302,6 +325,18 @@ func (c Config) Validate() error {
 	}
 	if c.Clients.AuthFailureLimit < 1 {
 		bad("clients.auth_failure_limit %d: want at least 1", c.Clients.AuthFailureLimit)
+	}
+	if c.Clients.SourceFailureLimit < 1 {
+		bad("clients.source_failure_limit %d: want at least 1", c.Clients.SourceFailureLimit)
+	}
+	if _, err := parseTrustedProxies(c.Clients.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Clients.MaxConcurrentHashes < 0 {
+		bad("clients.max_concurrent_hashes %d: want 0 (the number of CPUs) or more", c.Clients.MaxConcurrentHashes)
+	}
+	if c.Clients.HashWait <= 0 {
+		bad("clients.hash_wait %v: want more than 0", c.Clients.HashWait)
 	}
 	if c.Clients.AuthFailureWindow < time.Second {
 		bad("clients.auth_failure_window %v: want at least 1s", c.Clients.AuthFailureWindow)

@@ -34,6 +34,14 @@ func writeProblem(w http.ResponseWriter, status int, code, detail string) {
 	})
 }
 
+// writeOAuthErr answers oe, with Retry-After when it has one.
+func writeOAuthErr(w http.ResponseWriter, oe *oauthError) {
+	if oe.retryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfterSeconds(oe.retryAfter))
+	}
+	writeOAuthError(w, oe.status, oe.code, oe.desc)
+}
+
 // writeOAuthError answers an RFC 6749 §5.2 error.
 func writeOAuthError(w http.ResponseWriter, status int, code, desc string) {
 	w.Header().Set("Content-Type", "application/json")
@@ -237,6 +245,8 @@ type metrics struct {
 	rotations    *prometheus.CounterVec
 	reputation   *prometheus.CounterVec
 	auditErrors  prometheus.Counter
+	hashes       prometheus.Counter
+	hashBusy     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -269,7 +279,13 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "passport_authority_audit_errors_total", Help: "Audit records the authority failed to write.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors} {
+	m.hashes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "passport_authority_secret_hashes_total", Help: "bcrypt comparisons of client secrets (real and for unknown clients).",
+	})
+	m.hashBusy = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "passport_authority_secret_hash_busy_total", Help: "Authentications answered 503 because every bcrypt slot stayed taken.",
+	})
+	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors, m.hashes, m.hashBusy} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -189,7 +189,7 @@ type caller struct {
 func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return nil, nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large"}
+		return nil, nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large", 0}
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != "application/x-www-form-urlencoded" {
@@ -221,7 +221,7 @@ func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 	if err := a.Init(r.Context()); err != nil {
 		return nil, nil, err
 	}
-	agent, err := a.authenticate(r.Context(), f)
+	agent, err := a.authenticate(r.Context(), f, sourceOf(r, a.trusted))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -232,9 +232,9 @@ func (a *Authority) oauthFail(w http.ResponseWriter, r *http.Request, err error)
 	var oe *oauthError
 	if !errors.As(err, &oe) {
 		a.logFailure(r.Context(), "request failed", "path", r.URL.Path, "err", err)
-		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later"}
+		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later", 0}
 	}
-	writeOAuthError(w, oe.status, oe.code, oe.desc)
+	writeOAuthErr(w, oe)
 }
 
 // handleIntrospect answers RFC 7662. Only the passport's own tenant may
