@@ -261,8 +261,9 @@ func (a *Authority) tick(ctx context.Context) {
 		a.log.WarnContext(ctx, "reload signing keys", "err", err)
 	}
 	// Revoked jtis are kept until the passport would have expired anyway.
-	cutoff := a.now().Add(-a.cfg.Passport.Leeway).Unix()
-	if err := a.rdb.ZRemRangeByScore(ctx, passport.RevokedKey, "-inf", fmt.Sprint(cutoff)).Err(); err != nil && ctx.Err() == nil {
+	pipe := a.rdb.Pipeline()
+	a.pruneRevoked(ctx, pipe)
+	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		a.log.WarnContext(ctx, "prune revocations", "err", err)
 	}
 }

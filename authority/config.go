@@ -81,6 +81,14 @@ type PassportConfig struct {
 	// passports (introspection, revocation) and client assertions.
 	// Default 30s, at most 30s.
 	Leeway time.Duration `yaml:"leeway"`
+	// IssueInterval and IssueBurst limit how many passports one agent
+	// gets: a token bucket of IssueBurst passports that refills one per
+	// IssueInterval, shared by every replica in Redis. Over it the token
+	// endpoint answers 429 with Retry-After. It bounds what one agent can
+	// hold at once (about IssueBurst + Lifetime/IssueInterval live
+	// passports) and so what unblocking it costs. Defaults 1s and 30.
+	IssueInterval time.Duration `yaml:"issue_interval"`
+	IssueBurst    int           `yaml:"issue_burst"`
 }
 
 // KeysConfig configures signing keys.
@@ -109,10 +117,14 @@ type ClientsConfig struct {
 	// tests may use 4 (bcrypt.MinCost).
 	BcryptCost int `yaml:"bcrypt_cost"`
 	// SecretCacheTTL caches a successful secret verification in memory,
-	// keyed by SHA-256 of client id, secret and stored hash, so that an
-	// agent fetching passports often does not pay bcrypt each time. A
-	// changed or deleted secret never matches the cache. Default 1m; 0
-	// disables the cache.
+	// keyed by SHA-256 of client id and secret and checked against a
+	// digest of the stored hash, so that an agent fetching passports often
+	// does not pay bcrypt each time. A changed or deleted secret never
+	// matches the cache. A cached success needs no bcrypt and so takes no
+	// place in the failure limits: an agent's own concurrency never runs
+	// into them (with the cache off, more than auth_failure_limit
+	// simultaneous authentications of one client from one address may be
+	// refused). Default 1m; 0 disables the cache.
 	SecretCacheTTL time.Duration `yaml:"secret_cache_ttl"`
 	// AuthFailureLimit is how many failed authentications one client id
 	// may have from one source address per AuthFailureWindow before the
@@ -198,7 +210,10 @@ func DefaultConfig() Config {
 		Listen:    DefaultListen,
 		Issuer:    DefaultIssuer,
 		Audiences: []string{DefaultAudience},
-		Passport:  PassportConfig{Lifetime: passport.DefaultLifetime, Leeway: passport.MaxLeeway},
+		Passport: PassportConfig{
+			Lifetime: passport.DefaultLifetime, Leeway: passport.MaxLeeway,
+			IssueInterval: time.Second, IssueBurst: 30,
+		},
 		Keys: KeysConfig{
 			Algorithm:        passport.AlgEdDSA,
 			RotationInterval: 24 * time.Hour,
@@ -307,6 +322,12 @@ func (c Config) Validate() error {
 	}
 	if c.Passport.Leeway < 0 || c.Passport.Leeway > passport.MaxLeeway {
 		bad("passport.leeway %v: want 0 to %v", c.Passport.Leeway, passport.MaxLeeway)
+	}
+	if c.Passport.IssueInterval < time.Millisecond {
+		bad("passport.issue_interval %v: want at least 1ms", c.Passport.IssueInterval)
+	}
+	if c.Passport.IssueBurst < 1 {
+		bad("passport.issue_burst %d: want at least 1", c.Passport.IssueBurst)
 	}
 	if c.Keys.Algorithm != passport.AlgEdDSA && c.Keys.Algorithm != passport.AlgES256 {
 		bad("keys.algorithm %q: want EdDSA or ES256", c.Keys.Algorithm)

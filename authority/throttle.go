@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/agentpassport/passport/passport"
 )
 
 // Client authentication is throttled per source address, and per client
@@ -198,4 +200,44 @@ func (a *Authority) compareSecret(ctx context.Context, hash []byte, secret strin
 func retryAfterSeconds(d time.Duration) string {
 	s := int64((d + time.Second - 1) / time.Second)
 	return strconv.FormatInt(max(s, 1), 10)
+}
+
+// issueScript is a GCRA token bucket: KEYS[1] holds the theoretical
+// arrival time (unix ms) of the next passport. It refuses with the
+// milliseconds to wait, or records the passport and answers 0. One key per
+// agent in the tenant's slot, so it is Cluster-safe; the key expires once
+// the bucket is full again.
+var issueScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local nxt = tat + interval
+local wait = nxt - now - burst * interval
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', nxt - now))
+return 0
+`)
+
+func issueRateKey(tenant, agentID string) string {
+	return passport.TenantKey(tenant, "agent", agentID, "issue-rate")
+}
+
+// takeIssuance takes one passport from the agent's bucket (shared by
+// every replica), or refuses with 429 and Retry-After. The time is the
+// authority's clock: replicas' clocks differ by far less than an interval.
+func (a *Authority) takeIssuance(ctx context.Context, agent *agentRecord) error {
+	p := a.cfg.Passport
+	wait, err := issueScript.Run(ctx, a.rdb, []string{issueRateKey(agent.Tenant, agent.ID)},
+		a.now().UnixMilli(), p.IssueInterval.Milliseconds(), p.IssueBurst).Int64()
+	if err != nil {
+		return fmt.Errorf("issuance limit of %s: %w", agent.ID, err)
+	}
+	if wait > 0 {
+		after := time.Duration(wait) * time.Millisecond
+		return &oauthError{status: http.StatusTooManyRequests, code: "slow_down",
+			desc: "too many passports for this agent; retry after " + retryAfterSeconds(after) + "s", retryAfter: after}
+	}
+	return nil
 }

@@ -185,6 +185,32 @@ func TestSuccessesDoNotUseTheBudget(t *testing.T) {
 	}
 }
 
+// A secret verified moments ago costs no bcrypt, so it passes even from
+// an address whose budget a guesser used up (an agent behind the same NAT
+// as an attacker keeps working); a new, wrong or changed secret does not.
+func TestVerifiedSecretPassesTheLimits(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Clients.AuthFailureLimit = 2 }, nil, nil)
+	healer := e.register("acme", "healer-1", "healer", passport.TrustHigh)
+	observer := e.register("acme", "observer-1", "observer", passport.TrustLow)
+	nat := clientFrom(t, "127.0.0.9")
+	if st, _ := e.tokenFrom(nat, healer.ClientID, healer.ClientSecret); st != http.StatusOK {
+		t.Fatalf("first passport: %d", st)
+	}
+	for range 2 {
+		e.tokenFrom(nat, healer.ClientID, "cs_guess")
+		e.tokenFrom(nat, observer.ClientID, "cs_guess")
+	}
+	if st, ra := e.tokenFrom(nat, healer.ClientID, "cs_guess"); st != http.StatusTooManyRequests || ra == "" {
+		t.Fatalf("guesser over the limit: %d", st)
+	}
+	if st, _ := e.tokenFrom(nat, healer.ClientID, healer.ClientSecret); st != http.StatusOK {
+		t.Fatalf("the healer's verified secret from the same address: %d", st)
+	}
+	if st, _ := e.tokenFrom(nat, observer.ClientID, observer.ClientSecret); st != http.StatusTooManyRequests {
+		t.Fatalf("a secret not verified recently from the limited address: %d, want 429", st)
+	}
+}
+
 // bcrypt runs in a bounded number of slots; a request that cannot get one
 // within hash_wait is answered 503 with Retry-After, and costs no hash.
 func TestBcryptSlotsAreBounded(t *testing.T) {
@@ -268,6 +294,7 @@ func TestTrustedProxyForwardedFor(t *testing.T) {
 	e := newEnv(t, func(c *Config) {
 		c.Clients.AuthFailureLimit = 2
 		c.Clients.TrustedProxies = []string{"127.0.0.1"}
+		c.Clients.SecretCacheTTL = 0 // a cached success would pass any limit (TestVerifiedSecretPassesTheLimits)
 	}, nil, nil)
 	healer := e.register("acme", "healer-1", "healer", passport.TrustHigh)
 	try := func(c *http.Client, xff, secret string) int {
@@ -308,7 +335,7 @@ func TestTrustedProxyForwardedFor(t *testing.T) {
 
 // Introspection and revocation authenticate agents with the same limits.
 func TestIntrospectionSharesTheLimits(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.Clients.AuthFailureLimit = 2 }, nil, nil)
+	e := newEnv(t, func(c *Config) { c.Clients.AuthFailureLimit, c.Clients.SecretCacheTTL = 2, 0 }, nil, nil)
 	healer := e.register("acme", "healer-1", "healer", passport.TrustHigh)
 	raw := e.token(healer, nil)
 	for range 2 {

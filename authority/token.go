@@ -233,6 +233,9 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 	if err != nil {
 		return nil, f.method, err
 	}
+	if err := a.takeIssuance(ctx, agent); err != nil {
+		return nil, f.method, err
+	}
 	tok, err := a.issue(ctx, agent, grant)
 	if err != nil {
 		return nil, f.method, err
@@ -293,6 +296,19 @@ func (a *Authority) authenticate(ctx context.Context, f *tokenForm, src netip.Ad
 		a.m.authFailures.WithLabelValues(f.method, "unknown_client").Inc()
 		return nil, errInvalidClient
 	}
+	// A secret verified moments ago needs no hash, so no place in the
+	// limits either: an agent asking often, or many times at once, is
+	// never refused for its own concurrency. Only the right secret hits.
+	if (f.method == authBasic || f.method == authPost) && a.secrets.known(clientID, f.ClientSecret) {
+		agent, err := a.lookupClient(ctx, clientID)
+		switch {
+		case err == nil && a.secrets.hit(clientID, f.ClientSecret, agent.SecretHash):
+			return agent, nil
+		case err != nil && !errors.Is(err, ErrAgentNotFound):
+			return nil, err
+		}
+		// Secret changed or agent deleted since: the full check below.
+	}
 	at, err := a.reserve(ctx, src, clientID, f.method)
 	if err != nil {
 		return nil, err
@@ -327,10 +343,6 @@ func (a *Authority) checkCredentials(ctx context.Context, f *tokenForm, clientID
 	}
 	switch f.method {
 	case authBasic, authPost:
-		k := secretCacheKey(agent.ID, f.ClientSecret, agent.SecretHash)
-		if a.secrets.hit(k) {
-			return agent, "", nil
-		}
 		ok, err := a.compareSecret(ctx, agent.SecretHash, f.ClientSecret)
 		if err != nil {
 			return nil, "", err
@@ -338,7 +350,7 @@ func (a *Authority) checkCredentials(ctx context.Context, f *tokenForm, clientID
 		if !ok {
 			return nil, "wrong_secret", nil
 		}
-		a.secrets.put(k)
+		a.secrets.put(agent.ID, f.ClientSecret, agent.SecretHash)
 		return agent, "", nil
 	case authPrivateKeyJWT:
 		if agent.PublicKey == nil {
@@ -590,22 +602,24 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 	if err != nil {
 		return nil, err
 	}
-	// Record the jti so that blocking the agent revokes it, then re-check
-	// the block flag: a block that landed between the check above and
-	// this point would otherwise miss this passport.
+	// Record the jti, so that an unblock or a delete can revoke the
+	// passports still alive, and re-check the block flag in the same
+	// transaction: either the block came first and this passport is never
+	// handed out, or the jti is recorded before the block and an unblock
+	// will find it.
 	key := issuedKey(agent.Tenant, agent.ID)
 	pipe := a.rdb.TxPipeline()
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(exp.Unix()), Member: claims.ID})
-	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10))
+	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-passport.MaxLeeway).Unix(), 10))
 	// A relative TTL, not EXPIREAT: Redis's clock and ours may differ.
-	pipe.Expire(ctx, key, a.cfg.Passport.Lifetime+a.cfg.Passport.Leeway+time.Minute)
+	pipe.Expire(ctx, key, a.cfg.Passport.Lifetime+passport.MaxLeeway+time.Minute)
 	blocked := pipe.HGet(ctx, passport.AgentKey(agent.Tenant, agent.ID), passport.FieldBlocked)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("record passport %s: %w", claims.ID, err)
 	}
 	if v, _ := blocked.Result(); v != "0" {
-		// Blocked (or deleted) meanwhile: revoke what was just signed.
-		_ = a.revokeJTI(ctx, agent.Tenant, agent.ID, claims.ID, exp, "block")
+		// Blocked (or deleted) meanwhile: this passport never leaves.
+		_ = a.rdb.ZRem(ctx, key, claims.ID).Err()
 		return nil, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked", 0}
 	}
 	a.log.InfoContext(ctx, "passport issued", "tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID,
