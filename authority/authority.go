@@ -22,6 +22,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -66,6 +68,12 @@ type Authority struct {
 	secrets secretCache
 	admins  adminTokens
 	handler http.Handler
+	// verifier is the shared strict passport verifier (package passport).
+	verifier *passport.Verifier
+	// trusted are the proxies whose X-Forwarded-For names the source.
+	trusted []netip.Prefix
+	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
+	hashSlots chan struct{}
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -96,6 +104,12 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.actions = knownActions(a.types)
 	a.secrets = secretCache{ttl: cfg.Clients.SecretCacheTTL, now: deps.Clock}
+	a.trusted, _ = parseTrustedProxies(cfg.Clients.TrustedProxies) // checked by Validate
+	slots := cfg.Clients.MaxConcurrentHashes
+	if slots == 0 {
+		slots = runtime.GOMAXPROCS(0)
+	}
+	a.hashSlots = make(chan struct{}, slots)
 	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
 	var err error
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {
@@ -103,6 +117,14 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if a.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, err
+	}
+	// Passports are checked against every configured audience and the
+	// global lifetime cap, as a proxy with default settings does.
+	if a.verifier, err = passport.NewVerifier(passport.VerifierConfig{
+		Issuer: cfg.Issuer, Audiences: cfg.Audiences, Leeway: cfg.Passport.Leeway,
+		MaxLifetime: passport.MaxLifetime, Clock: deps.Clock, Keys: a.passportKey,
+	}); err != nil {
+		return nil, fmt.Errorf("authority verifier: %w", err)
 	}
 	if cfg.Keys.EncryptionKey == "" {
 		a.log.Warn("signing keys are stored in Redis unencrypted; set PASSPORT_KEY_ENCRYPTION_KEY to encrypt them at rest")
@@ -239,8 +261,9 @@ func (a *Authority) tick(ctx context.Context) {
 		a.log.WarnContext(ctx, "reload signing keys", "err", err)
 	}
 	// Revoked jtis are kept until the passport would have expired anyway.
-	cutoff := a.now().Add(-a.cfg.Passport.Leeway).Unix()
-	if err := a.rdb.ZRemRangeByScore(ctx, passport.RevokedKey, "-inf", fmt.Sprint(cutoff)).Err(); err != nil && ctx.Err() == nil {
+	pipe := a.rdb.Pipeline()
+	a.pruneRevoked(ctx, pipe)
+	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		a.log.WarnContext(ctx, "prune revocations", "err", err)
 	}
 }

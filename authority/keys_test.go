@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -216,6 +217,52 @@ func TestKeysPersistAndAreEncryptedAtRest(t *testing.T) {
 	_, body := e.get("/.well-known/jwks.json", "")
 	if strings.Contains(string(body), `"d"`) {
 		t.Fatalf("private key in JWKS: %s", body)
+	}
+}
+
+// Keys stored unencrypted (before an encryption key was configured) are
+// sealed when an authority with an encryption key starts, keeping their
+// kids, so passports signed before stay valid and no private key stays
+// readable in Redis until the next rotation.
+func TestUnencryptedKeysSealedAtStart(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	ag := e.register("acme", "healer-1", "healer", passport.TrustHigh)
+	raw := e.token(ag, nil)
+	ctx := context.Background()
+	before, _ := e.a.keys.read(ctx)
+	for _, k := range before {
+		if k.Enc != "none" {
+			t.Fatalf("setup: key %s enc %q", k.KID, k.Enc)
+		}
+	}
+	var logs strings.Builder
+	cfg := testConfig()
+	cfg.Issuer = e.a.cfg.Issuer
+	cfg.Keys.EncryptionKey = "a-key-encryption-key-configured-later"
+	a, err := New(cfg, Deps{Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Clock: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := a.keys.read(ctx)
+	if len(after) != len(before) {
+		t.Fatalf("%d keys before, %d after", len(before), len(after))
+	}
+	for _, k := range after {
+		if k.Enc != "A256GCM" {
+			t.Fatalf("key %s still stored with enc %q", k.KID, k.Enc)
+		}
+		if _, err := x509.ParsePKCS8PrivateKey(k.Private); err == nil {
+			t.Fatalf("key %s: PKCS#8 readable in Redis", k.KID)
+		}
+	}
+	if _, err := a.verify(ctx, raw); err != nil {
+		t.Fatalf("passport signed before the sealing: %v", err)
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("warnings at start:\n%s", logs.String())
 	}
 }
 

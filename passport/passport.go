@@ -1,6 +1,8 @@
 // Package passport is the shared vocabulary of Agent Passport: the claims a
 // passport carries, trust levels, the Redis key and channel names that the
-// authority and the proxy agree on, and the reputation model.
+// authority and the proxy agree on, the reputation model, and the one
+// strict passport verifier (Verifier) that the proxy, the authority's
+// introspection and its check after signing all run.
 //
 // It is a leaf package: it imports nothing else from this module, so that the
 // proxy (a sidecar that must never carry the issuer) can import it without

@@ -74,8 +74,13 @@ type Config struct {
 	DashboardPort  int `yaml:"dashboard_port"`
 	HealerPort     int `yaml:"healer_port"`
 	// RedisURL uses an existing Redis instead of starting one (env
-	// PASSPORT_REDIS_URL).
+	// PASSPORT_REDIS_URL). Default: a private redis-server under DataDir,
+	// requiring the password kept in DataDir/redis-password.
 	RedisURL string `yaml:"redis_url"`
+	// KeyEncryptionKey encrypts the authority's signing keys at rest in
+	// Redis (env PASSPORT_KEY_ENCRYPTION_KEY). Default: the one kept in
+	// DataDir/key-encryption-key, generated on first start (mode 0600).
+	KeyEncryptionKey string `yaml:"-"`
 	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN).
 	// Default: the one in DataDir/demo.json, else a new random one.
 	AdminToken string `yaml:"-"`
@@ -233,16 +238,32 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	}
 	prev := readDemo(cfg.DataDir)
 
+	// Secure by default: the signing keys are encrypted at rest, and the
+	// private Redis requires a password, so that no other local process
+	// can read the keys or mint state. Both secrets live in the data
+	// directory (mode 0600) so a restart reuses them.
+	kek := cfg.KeyEncryptionKey
+	if kek == "" {
+		var err error
+		if kek, err = localSecret(filepath.Join(cfg.DataDir, KeyEncryptionKeyFile)); err != nil {
+			return fmt.Errorf("key encryption key: %w", err)
+		}
+	}
+
 	// Redis first: everything else keeps its state there.
 	redisURL := cfg.RedisURL
 	if redisURL == "" {
-		r, err := startRedis(ctx, cfg.Host, filepath.Join(cfg.DataDir, "redis"))
+		password, err := localSecret(filepath.Join(cfg.DataDir, RedisPasswordFile))
+		if err != nil {
+			return fmt.Errorf("redis password: %w", err)
+		}
+		r, err := startRedis(ctx, cfg.Host, filepath.Join(cfg.DataDir, "redis"), password)
 		if err != nil {
 			return err
 		}
 		s.addCloser(r.stop)
 		redisURL = r.url
-		s.log.Info("redis started", "url", redisURL, "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
+		s.log.Info("redis started", "url", redisx.Redact(redisURL), "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
 	}
 	rdb, err := redisx.New(redisx.Config{URL: redisURL})
 	if err != nil {
@@ -320,6 +341,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	reporterToken := rand.Text()
 	acfg.ReporterTokens = []string{reporterToken}
 	acfg.Redis = redisx.Config{URL: redisURL}
+	acfg.Keys.EncryptionKey = kek
 	if cfg.BcryptCost > 0 {
 		acfg.Clients.BcryptCost = cfg.BcryptCost
 	}
@@ -630,6 +652,14 @@ func randomToken() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// Files `passport up` keeps in its data directory besides demo.json, each
+// mode 0600: the private Redis's password and the key that encrypts the
+// signing keys at rest.
+const (
+	RedisPasswordFile    = "redis-password"
+	KeyEncryptionKeyFile = "key-encryption-key"
+)
 
 // DemoFile is the path of demo.json in dir.
 func DemoFile(dir string) string { return filepath.Join(dir, "demo.json") }
