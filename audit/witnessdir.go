@@ -64,6 +64,8 @@ type DirWitnessOptions struct {
 type writerLog struct {
 	mu     sync.Mutex
 	dir    string
+	isNew  bool // no folder on disk when opened: counts against MaxWriters once stored
+	dead   bool // dropped from DirWitness.logs: look it up again
 	loaded bool
 	file   int   // number of the current file (0: none yet)
 	size   int64 // its size
@@ -146,12 +148,31 @@ func (d *DirWitness) Witness(_ context.Context, raw []byte) error {
 	if err != nil {
 		return &WitnessRefusal{Code: RefusedInvalid, Detail: err.Error()}
 	}
-	wl, err := d.writerLog(st.Writer)
-	if err != nil {
+	for {
+		wl, err := d.writerLog(st.Writer)
+		if err != nil {
+			return err
+		}
+		wl.mu.Lock()
+		if wl.dead {
+			wl.mu.Unlock()
+			continue
+		}
+		err = d.witnessLocked(wl, st, pub, compact)
+		if wl.n == 0 {
+			// Nothing stored for this writer: forget it, so that refused
+			// strangers cost no memory.
+			d.mu.Lock()
+			delete(d.logs, st.Writer)
+			wl.dead = true
+			d.mu.Unlock()
+		}
+		wl.mu.Unlock()
 		return err
 	}
-	wl.mu.Lock()
-	defer wl.mu.Unlock()
+}
+
+func (d *DirWitness) witnessLocked(wl *writerLog, st *Statement, pub ed25519.PublicKey, compact []byte) error {
 	if err := wl.load(); err != nil {
 		return err
 	}
@@ -167,6 +188,12 @@ func (d *DirWitness) Witness(_ context.Context, raw []byte) error {
 	}
 	wl.state.apply(st, pub, now)
 	wl.raw = compact
+	if wl.isNew {
+		wl.isNew = false
+		d.mu.Lock()
+		d.writers++
+		d.mu.Unlock()
+	}
 	return nil
 }
 
@@ -206,7 +233,9 @@ func (d *DirWitness) writerLog(writer string) (*writerLog, error) {
 		if d.writers >= d.opts.MaxWriters {
 			return nil, &WitnessRefusal{Code: RefusedFull, Detail: fmt.Sprintf("the witness holds %d writers already", d.writers)}
 		}
-		d.writers++
+		wl := &writerLog{dir: dir, isNew: true, state: newWitnessedWriter(writer, false)}
+		d.logs[writer] = wl
+		return wl, nil
 	}
 	wl := &writerLog{dir: dir, state: newWitnessedWriter(writer, false)}
 	d.logs[writer] = wl

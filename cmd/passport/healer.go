@@ -92,7 +92,11 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 	}
 	defer rdb.Close()
 	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+	witnesses, err := a.writerWitnesses()
+	if err != nil {
+		return err
+	}
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses}, log, reg)
 	if err != nil {
 		return fmt.Errorf("healer: audit stream: %w", err)
 	}

@@ -114,7 +114,11 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+			witnesses, err := a.writerWitnesses()
+			if err != nil {
+				return err
+			}
+			stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses}, log, reg)
 			if err != nil {
 				return fmt.Errorf("audit stream: %w", err)
 			}

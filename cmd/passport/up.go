@@ -60,6 +60,8 @@ Ctrl-C stops everything cleanly.`,
 			}
 			config.Env(a.getenv).String("PASSPORT_REDIS_URL", &cfg.RedisURL)
 			config.Env(a.getenv).String("PASSPORT_ADMIN_TOKEN", &cfg.AdminToken)
+			config.Env(a.getenv).String("PASSPORT_WITNESS", &cfg.Witness)
+			config.Env(a.getenv).String("PASSPORT_WITNESS_TOKEN", &cfg.WitnessToken)
 			if noChaos {
 				cfg.ChaosInterval = -1
 			}
