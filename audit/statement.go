@@ -116,6 +116,12 @@ func ParseStatement(raw []byte) (*Statement, ed25519.PublicKey, []byte, error) {
 		return nil, nil, nil, fmt.Errorf("%w: %v", ErrStatementInvalid, err)
 	}
 	compact := buf.Bytes()
+	// Decoders disagree on repeated member names (most keep the last, some
+	// the first): a statement with one could say one writer to the witness
+	// and another to whoever reads its files later.
+	if err := noDuplicateMembers(compact); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %v", ErrStatementInvalid, err)
+	}
 	var st Statement
 	if err := json.Unmarshal(compact, &st); err != nil {
 		return nil, nil, nil, fmt.Errorf("%w: %v", ErrStatementInvalid, err)
@@ -204,4 +210,49 @@ func isHexHash(s string) bool {
 // sortHeads orders heads by tenant, as statements require.
 func sortHeads(hs []StreamHead) {
 	sort.Slice(hs, func(i, j int) bool { return hs[i].Tenant < hs[j].Tenant })
+}
+
+// noDuplicateMembers refuses JSON in which an object names a member twice.
+func noDuplicateMembers(raw []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	var walk func(depth int) error
+	walk = func(depth int) error {
+		if depth > 32 {
+			return errors.New("nested too deep")
+		}
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				name, _ := k.(string)
+				if seen[name] {
+					return fmt.Errorf("member %q appears twice", name)
+				}
+				seen[name] = true
+				if err := walk(depth + 1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		case json.Delim('['):
+			for dec.More() {
+				if err := walk(depth + 1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
+		return nil
+	}
+	return walk(0)
 }

@@ -442,7 +442,13 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 	}
 	var witnessedBy string
 	for _, view := range opts.Witnessed {
-		for w, ww := range view.Writers {
+		names := make([]string, 0, len(view.Writers))
+		for w := range view.Writers {
+			names = append(names, w)
+		}
+		sort.Strings(names)
+		for _, w := range names {
+			ww := view.Writers[w]
 			if sealed := ww.Sealed[tenant]; len(sealed) > 0 {
 				v.Witnessed(view.Name, w, sealed, ww.Closed, ww.Streams[tenant].Seq)
 				if witnessedBy == "" {

@@ -591,3 +591,149 @@ func TestWitnessChildWriter(t *testing.T) {
 		time.Sleep(time.Millisecond) // a steady trickle, so a tail stays unsealed at the kill
 	}
 }
+
+// With the default settings a record is sealed by a checkpoint within
+// about a second while the writer runs (the interval was 30 s: a deadline
+// of 5 s failed).
+func TestCheckpointsAreTimeBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	s := newStream(t, rdb, audit.StreamConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for round := range 3 {
+		rec := decision("acme", round)
+		if _, err := s.Append(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "a checkpoint sealing the record", func() bool {
+			head, err := rdb.HGet(context.Background(), audit.HeadsKey("acme"), s.WriterID()).Result()
+			if err != nil {
+				return false
+			}
+			msgs, _ := rdb.XRevRangeN(context.Background(), audit.StreamKey("acme"), "+", "-", 1).Result()
+			last, _, _ := audit.ParseMessage(msgs[0])
+			return last.Kind == audit.KindCheckpoint && last.Seq == rec.Seq+1 && strings.HasPrefix(head, fmt.Sprint(last.Seq)+":")
+		})
+	}
+}
+
+// Fifty concurrent deliveries of the same statements (retries through a
+// proxy, say) store each once and leave a log that checks out.
+func TestDirWitnessConcurrentRetries(t *testing.T) {
+	ctx := context.Background()
+	_, key, _ := edKey()
+	w, _ := audit.NewDirWitness(t.TempDir(), audit.DirWitnessOptions{})
+	t0 := time.Now()
+	var stmts [][]byte
+	for i := range 10 {
+		stmts = append(stmts, stmt(t, key, "w", "checkpoint", t0.Add(time.Duration(i)*time.Second), head("acme", uint64(10+i), fmt.Sprint(i))))
+	}
+	errs := make(chan error, 50*len(stmts))
+	done := make(chan struct{})
+	for g := range 50 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i, raw := range stmts {
+				if (g+i)%3 == 0 {
+					continue // some retries skip ahead
+				}
+				err := w.Witness(ctx, raw)
+				if err != nil && refusal(err) != audit.RefusedStale {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for range 50 {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent delivery: %v", err)
+	}
+	view, err := audit.LoadWitness(ctx, w)
+	if err != nil || len(view.Problems) > 0 {
+		t.Fatalf("log after concurrent retries: %v %v", err, view.Problems)
+	}
+	if st := view.Writers["w"]; st.Statements > uint64(len(stmts)) || st.Streams["acme"].Seq != 19 {
+		t.Fatalf("stored %d statements (of %d), head %d", st.Statements, len(stmts), st.Streams["acme"].Seq)
+	}
+}
+
+// Retention trims witnessed checkpoints under a signed retention
+// checkpoint: that is not a deletion.
+func TestWitnessAcceptsRetentionTrim(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	wit, _ := audit.NewDirWitness(t.TempDir(), audit.DirWitnessOptions{})
+	s := newStream(t, rdb, audit.StreamConfig{WriterID: "proxy-a", CheckpointEvery: 5, CheckpointInterval: 10 * time.Millisecond,
+		Witnesses: []audit.Witness{wit}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var cut string
+	for i := range 40 {
+		id, err := s.Append(context.Background(), decision("acme", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 25 {
+			cut = id
+		}
+	}
+	eventually(t, 10*time.Second, "checkpoints before the cut witnessed", func() bool {
+		st, _ := wit.State("proxy-a")
+		return st != nil && st.Streams["acme"].Seq > 40
+	})
+	if err := s.Trim(context.Background(), "acme", cut); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	res, err := audit.VerifyAll(context.Background(), rdb, audit.VerifyAllOptions{Witnesses: []audit.Witness{wit}})
+	if err != nil || !res.OK() {
+		t.Fatalf("after a retention trim: %v %v", err, res.Problems())
+	}
+}
+
+// A stop whose final checkpoint cannot be written (Redis down) leaves its
+// tail unsealed: the witness must not get a close, so verify reports the
+// writer as unclosed rather than passing.
+func TestUnsealedShutdownIsNotAClose(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = rdb.Close() })
+	wit, _ := audit.NewDirWitness(t.TempDir(), audit.DirWitnessOptions{})
+	s := newStream(t, rdb, audit.StreamConfig{WriterID: "proxy-a", CheckpointInterval: time.Hour, CheckpointEvery: 5,
+		WriteTimeout: 300 * time.Millisecond, ShutdownTimeout: time.Second, Witnesses: []audit.Witness{wit}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	for i := range 7 { // a checkpoint at 5, two records after it
+		if _, err := s.Append(context.Background(), decision("acme", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Kill()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart()
+	st, err := wit.State("proxy-a")
+	if err != nil || st == nil || st.Closed {
+		t.Fatalf("witness state: %+v %v", st, err)
+	}
+	res, err := audit.VerifyAll(context.Background(), rdb, audit.VerifyAllOptions{Witnesses: []audit.Witness{wit}, Now: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(res); !slices.Equal(got, []string{audit.ProblemWriterUnclosed}) {
+		t.Fatalf("verdicts %v, want writer_unclosed: %v", got, res.Problems())
+	}
+}

@@ -89,6 +89,12 @@ func TestDirWitnessRefusesRollbackForkReplayAndOtherKeys(t *testing.T) {
 			raw := stmt(t, key, "w", "checkpoint", t0.Add(2*time.Second), head("acme", 20, "b"))
 			return []byte(strings.Replace(string(raw), `"seq":20`, `"seq":21`, 1))
 		}, audit.RefusedInvalid},
+		{"a member named twice", nil, func([]byte) []byte {
+			// Signed as writer "w" (decoders keeping the last member);
+			// one keeping the first would read "victim".
+			raw := stmt(t, key, "w", "checkpoint", t0.Add(2*time.Second), head("acme", 20, "b"))
+			return []byte(strings.Replace(string(raw), `{"v":1,`, `{"v":1,"writer":"victim",`, 1))
+		}, audit.RefusedInvalid},
 		{"unsorted streams", nil, func([]byte) []byte {
 			return stmt(t, key, "w", "checkpoint", t0.Add(2*time.Second), head("globex", 1, "g"), head("acme", 20, "b"))
 		}, audit.RefusedInvalid},

@@ -570,6 +570,10 @@ func auditPrintProblems(w io.Writer, ps []audit.Problem) {
 			fmt.Fprintf(w, "  %s writer=%s: %s\n", p.Kind, auditSafe(p.Writer), auditSafe(p.Detail))
 			continue
 		}
+		if p.Writer == "" {
+			fmt.Fprintf(w, "  %s %s: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Detail))
+			continue
+		}
 		fmt.Fprintf(w, "  %s %s writer=%s seq=%d: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Writer), p.Seq, auditSafe(p.Detail))
 	}
 }
