@@ -737,3 +737,88 @@ func TestUnsealedShutdownIsNotAClose(t *testing.T) {
 		t.Fatalf("verdicts %v, want writer_unclosed: %v", got, res.Problems())
 	}
 }
+
+// Redis restarts from an older AOF under a running writer: the writer goes
+// on from the older head, the witness refuses its statements while they
+// take the chain back, verify says rolled_back, and once the new chain
+// passes the old head (accepted: the witness keeps only the last head),
+// verify still finds the fork against every head the witness sealed.
+func TestWitnessRollbackUnderARunningWriter(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	rdb := srv.Client()
+	wit, _ := audit.NewDirWitness(t.TempDir(), audit.DirWitnessOptions{})
+	s := newStream(t, rdb, audit.StreamConfig{WriterID: "proxy-a", CheckpointInterval: 10 * time.Millisecond,
+		WriteTimeout: 500 * time.Millisecond, Witnesses: []audit.Witness{wit}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	n := 0
+	appendN := func(k int) {
+		for range k {
+			n++
+			// Right after a restore the first write finds the head moved
+			// and fails; the writer re-reads it and the next one succeeds.
+			eventually(t, 10*time.Second, "an append", func() bool {
+				_, err := s.Append(context.Background(), decision("acme", n))
+				return err == nil
+			})
+		}
+	}
+	sealed := func() uint64 {
+		st, _ := wit.State("proxy-a")
+		if st == nil {
+			return 0
+		}
+		return st.Streams["acme"].Seq
+	}
+	headSeq := func() uint64 {
+		v, _ := rdb.HGet(context.Background(), audit.HeadsKey("acme"), "proxy-a").Result()
+		var seq uint64
+		fmt.Sscanf(v, "%d:", &seq)
+		return seq
+	}
+	waitSealed := func() {
+		eventually(t, 10*time.Second, "the head sealed", func() bool { return sealed() == headSeq() })
+	}
+	appendN(20)
+	waitSealed()
+	srv.Kill()
+	snap := filepath.Join(t.TempDir(), "aof")
+	copyDir(t, filepath.Join(srv.Dir(), "appendonlydir"), snap)
+	srv.Restart()
+	appendN(30)
+	waitSealed()
+	old := sealed()
+
+	srv.Kill()
+	aof := filepath.Join(srv.Dir(), "appendonlydir")
+	os.RemoveAll(aof)
+	copyDir(t, snap, aof)
+	srv.Restart()
+	appendN(5)
+	eventually(t, 10*time.Second, "the new chain checkpointed in Redis", func() bool {
+		msgs, _ := rdb.XRevRangeN(context.Background(), audit.StreamKey("acme"), "+", "-", 1).Result()
+		last, _, _ := audit.ParseMessage(msgs[0])
+		return last.Kind == audit.KindCheckpoint
+	})
+	if headSeq() >= old {
+		t.Fatalf("the restore did not take the head back: %d >= %d", headSeq(), old)
+	}
+	res := verifyWith(t, rdb, wit, time.Now())
+	// rolled_back, and checkpoint_mismatch where the new chain already
+	// reuses a seq the witness sealed with another hash.
+	if got := kinds(res); !slices.Contains(got, audit.ProblemRolledBack) {
+		t.Fatalf("after the restore: %v %v", got, res.Problems())
+	}
+	if sealed() != old {
+		t.Fatalf("the witness took a rolled back head: %d, had %d", sealed(), old)
+	}
+
+	appendN(int(old)) // well past the old head
+	eventually(t, 10*time.Second, "the witness past the old head", func() bool { return sealed() > old })
+	res = verifyWith(t, rdb, wit, time.Now())
+	if got := kinds(res); !slices.Contains(got, audit.ProblemCheckpointMismatch) {
+		t.Fatalf("the fork past the old head: %v %v", got, res.Problems())
+	}
+}

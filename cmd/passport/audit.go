@@ -402,8 +402,8 @@ records), the chain head stored in Redis (records deleted at the tail; a missing
 corrupt head is itself a finding), duplicate request ids, and each checkpoint's Ed25519
 signature.
 
-With a witness (--witness DIR|URL, repeatable; default PASSPORT_WITNESS, else the witness
-of "passport up --data DIR"), Redis is compared with the checkpoints the writers handed
+With a witness (--witness DIR|URL, repeatable; default the witness of "passport up --data
+DIR", else PASSPORT_WITNESS), Redis is compared with the checkpoints the writers handed
 to it outside Redis, and every tenant the witness knows is checked, not only the streams
 that still exist. Verdicts, by code: stream_missing, heads_missing, head_missing,
 head_corrupt, head_rewritten, tail_cut, rolled_back, checkpoint_mismatch,
@@ -487,38 +487,38 @@ stream and id), 1 on usage or connection errors.`,
 	f := cmd.Flags()
 	f.StringVar(&trusted, "trusted-keys", "", "file of pinned writer keys; when set, only these writers are trusted")
 	f.BoolVar(&asJSON, "json", false, "print each stream's report, then each witness's, as JSON lines (\"kind\" is the verdict code)")
-	f.StringArrayVar(&witnesses, "witness", nil, "witness to compare with: a directory or an http(s):// URL of passport witness (repeatable; default $PASSPORT_WITNESS)")
+	f.StringArrayVar(&witnesses, "witness", nil, "witness to compare with: a directory or an http(s):// URL of passport witness (repeatable; default: demo.json's with --data, else $PASSPORT_WITNESS)")
 	f.DurationVar(&staleAfter, "stale-after", time.Minute, "a writer unheard of this long without a closing statement is reported writer_unclosed")
 	f.StringArrayVar(&accept, "accept-unclosed", nil, "writer id whose unclean stop was looked into: listed, not failed (repeatable)")
 	return cmd
 }
 
 // witnessSpecs are the witnesses verify compares with: --witness, else
-// PASSPORT_WITNESS, else the witness of the stack in --data DIR.
+// the witness of the stack in --data DIR, else PASSPORT_WITNESS (the same
+// order as for Redis).
 func (o *auditOpts) witnessSpecs(a *app, flags []string) ([]string, error) {
 	if len(flags) > 0 {
 		return flags, nil
 	}
+	if o.dataDir != "" {
+		b, err := os.ReadFile(filepath.Join(o.dataDir, "demo.json"))
+		if err != nil {
+			return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
+		}
+		var demo struct {
+			Witness string `json:"witness"`
+		}
+		if err := json.Unmarshal(b, &demo); err != nil {
+			return nil, fmt.Errorf("--data %s: demo.json: %w", o.dataDir, err)
+		}
+		if demo.Witness != "" {
+			return []string{demo.Witness}, nil
+		}
+	}
 	if env := strings.TrimSpace(a.getenv("PASSPORT_WITNESS")); env != "" {
 		return []string{env}, nil
 	}
-	if o.dataDir == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(filepath.Join(o.dataDir, "demo.json"))
-	if err != nil {
-		return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
-	}
-	var demo struct {
-		Witness string `json:"witness"`
-	}
-	if err := json.Unmarshal(b, &demo); err != nil {
-		return nil, fmt.Errorf("--data %s: demo.json: %w", o.dataDir, err)
-	}
-	if demo.Witness == "" {
-		return nil, nil
-	}
-	return []string{demo.Witness}, nil
+	return nil, nil
 }
 
 func auditPrintReport(w io.Writer, rep *audit.Report) {

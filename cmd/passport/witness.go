@@ -70,16 +70,19 @@ See docs/audit.md.`,
 }
 
 // writerWitnesses are the witnesses of this process's audit writers:
-// PASSPORT_WITNESS (a directory or an http(s):// URL, comma-separated for
-// several), with PASSPORT_WITNESS_TOKEN for HTTP witnesses.
-func (a *app) writerWitnesses() ([]audit.Witness, error) {
-	spec := strings.TrimSpace(a.getenv("PASSPORT_WITNESS"))
-	if spec == "" {
-		return nil, nil
+// --witness, else the witness of the stack in --data DIR, else
+// PASSPORT_WITNESS (each a directory or an http(s):// URL, comma-separated
+// for several), with PASSPORT_WITNESS_TOKEN for HTTP witnesses.
+func (a *app) writerWitnesses(flags []string, demo string) ([]audit.Witness, error) {
+	specs := flags
+	if len(specs) == 0 {
+		if s := strings.TrimSpace(firstNonEmpty(demo, a.getenv("PASSPORT_WITNESS"))); s != "" {
+			specs = []string{s}
+		}
 	}
-	ws, err := audit.OpenWitnesses([]string{spec}, a.getenv("PASSPORT_WITNESS_TOKEN"))
+	ws, err := audit.OpenWitnesses(specs, a.getenv("PASSPORT_WITNESS_TOKEN"))
 	if err != nil {
-		return nil, fmt.Errorf("PASSPORT_WITNESS: %w", err)
+		return nil, fmt.Errorf("witness: %w", err)
 	}
 	return ws, nil
 }
