@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Witness keeps writers' signed statements outside Redis, where whoever
@@ -98,10 +99,11 @@ type witnessSink struct {
 	latest atomic.Pointer[signedStatement]
 	wake   chan struct{}
 
-	stored  prometheus.Counter
-	failed  prometheus.Counter
-	refused prometheus.Counter
-	lastOK  prometheus.Gauge
+	stored     prometheus.Counter
+	failed     prometheus.Counter
+	refused    prometheus.Counter
+	lastOK     prometheus.Gauge
+	refusalLog rate.Sometimes // one line per 10 s: a writer refused on every round must not flood the log
 }
 
 type witnessMetrics struct {
@@ -131,7 +133,7 @@ func newWitnessPub(cfg *StreamConfig, log *slog.Logger, reg prometheus.Registere
 	}
 	for _, w := range cfg.Witnesses {
 		p.sinks = append(p.sinks, &witnessSink{
-			w: w, wake: make(chan struct{}, 1),
+			w: w, wake: make(chan struct{}, 1), refusalLog: rate.Sometimes{Interval: 10 * time.Second},
 			stored:  m.statements.WithLabelValues(w.Name(), "stored"),
 			failed:  m.statements.WithLabelValues(w.Name(), "failed"),
 			refused: m.statements.WithLabelValues(w.Name(), "refused"),
@@ -275,7 +277,9 @@ func (p *witnessPub) send(ctx context.Context, k *witnessSink, st *signedStateme
 		k.refused.Inc()
 		// A refusal is news: the witness holds a later or other chain than
 		// this writer (Redis lost or rewrote sealed records), or another key.
-		p.log.Error("audit witness refused a statement", "witness", k.w.Name(), "type", st.typ, "err", err)
+		k.refusalLog.Do(func() {
+			p.log.Error("audit witness refused a statement", "witness", k.w.Name(), "type", st.typ, "err", err)
+		})
 	default:
 		k.failed.Inc()
 	}
