@@ -6,7 +6,7 @@ import (
 )
 
 // tenantRegistry remembers which tenants this writer has added to
-// TenantsKey. Owned by Run's goroutine.
+// TenantsKey (Run's ticks and its shutdown).
 type tenantRegistry struct {
 	mu     sync.Mutex
 	done   map[string]bool
