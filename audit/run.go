@@ -10,8 +10,12 @@ import (
 // periodic signed checkpoints, trims when retention is configured and
 // re-checks the durability settings. When ctx is done it flushes what is
 // buffered (bounded by ShutdownTimeout; what cannot be written is counted as
-// dropped), writes a final checkpoint for every chain and returns nil.
+// dropped), writes a final checkpoint for every chain, hands the witnesses
+// a closing statement and returns nil. With witnesses configured it also
+// sends them a signed statement after each checkpoint round (or a
+// heartbeat while nothing is new).
 func (s *Stream) Run(ctx context.Context) error {
+	s.wit.start(ctx)
 	ckpt := time.NewTicker(s.cfg.CheckpointInterval)
 	defer ckpt.Stop()
 	dur := time.NewTicker(s.cfg.DurabilityInterval)
@@ -43,6 +47,8 @@ func (s *Stream) Run(ctx context.Context) error {
 			if err := s.Checkpoint(ctx, CheckpointPeriodic); err != nil && ctx.Err() == nil {
 				s.log.Warn("audit checkpoint failed", "err", err)
 			}
+			s.wit.publish("")
+			s.registerTenants(ctx)
 		case <-dur.C:
 			cctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 			s.checkDurability(cctx)
@@ -149,8 +155,11 @@ func (s *Stream) shutdown(retry []*item) error {
 	}
 	s.inflight.Store(0)
 	s.m.bufferDepth.Set(0)
-	if err := s.Checkpoint(ctx, CheckpointShutdown); err != nil && !errors.Is(err, ErrClosed) {
+	err := s.Checkpoint(ctx, CheckpointShutdown)
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Warn("audit final checkpoint failed", "err", err)
 	}
+	s.registerTenants(ctx)
+	s.wit.close(ctx, err == nil)
 	return nil
 }

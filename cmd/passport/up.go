@@ -20,6 +20,7 @@ func (a *app) upCmd() *cobra.Command {
 		cfgPath, data, listen string
 		cfg                   stack.Config
 		noChaos               bool
+		witness               string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -64,6 +65,11 @@ Ctrl-C stops everything cleanly.`,
 			config.Env(a.getenv).String("PASSPORT_REDIS_URL", &cfg.RedisURL)
 			config.Env(a.getenv).String("PASSPORT_ADMIN_TOKEN", &cfg.AdminToken)
 			config.Env(a.getenv).String("PASSPORT_KEY_ENCRYPTION_KEY", &cfg.KeyEncryptionKey)
+			config.Env(a.getenv).String("PASSPORT_WITNESS", &cfg.Witness)
+			if witness != "" {
+				cfg.Witness = witness
+			}
+			config.Env(a.getenv).String("PASSPORT_WITNESS_TOKEN", &cfg.WitnessToken)
 			if noChaos {
 				cfg.ChaosInterval = -1
 			}
@@ -79,6 +85,7 @@ Ctrl-C stops everything cleanly.`,
 	f.Uint64Var(&cfg.ChaosSeed, "seed", 0, "seed for random chaos (0: from the clock)")
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
+	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }
 

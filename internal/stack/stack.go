@@ -99,6 +99,13 @@ type Config struct {
 	PolicyDir string `yaml:"policy_dir"`
 	// BcryptCost for client secrets. Default bcrypt's default (10).
 	BcryptCost int `yaml:"bcrypt_cost"`
+	// Witness is where every audit writer's signed checkpoints also go: a
+	// directory or an http(s):// URL of `passport witness`, comma-separated
+	// for several (env PASSPORT_WITNESS). Default DataDir/witness; "none"
+	// for none.
+	Witness string `yaml:"witness"`
+	// WitnessToken is sent to HTTP witnesses (env PASSPORT_WITNESS_TOKEN).
+	WitnessToken string `yaml:"-"`
 }
 
 // Demo is what DataDir/demo.json holds: where everything is and the demo
@@ -115,6 +122,9 @@ type Demo struct {
 	// URL fragment, which browsers never send to a server).
 	DashboardLogin string    `json:"dashboard_login"`
 	StartedAt      time.Time `json:"started_at"`
+	// Witness is the audit witnesses' spec ("" for none), which
+	// `passport audit verify --data DIR` checks against.
+	Witness string `json:"witness,omitempty"`
 }
 
 // URLs are the base URLs of the stack's services.
@@ -178,6 +188,15 @@ func (c *Config) fill() {
 	if c.ChaosInterval == 0 {
 		c.ChaosInterval = 20 * time.Second
 	}
+	switch c.Witness {
+	case "":
+		c.Witness = filepath.Join(c.DataDir, "witness")
+		if abs, err := filepath.Abs(c.Witness); err == nil {
+			c.Witness = abs // demo.json is read from other directories too
+		}
+	case "none":
+		c.Witness = ""
+	}
 }
 
 // Stack is a running demo.
@@ -190,7 +209,9 @@ type Stack struct {
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
 	admin *client.Admin
-	// streams run the audit writers (see run).
+	// streams run the audit writers (see run), each handing its signed
+	// checkpoints to the witnesses too.
+	witnesses []audit.Witness
 	streams   errgroup.Group
 	streamCtx context.Context
 	mu        sync.Mutex
@@ -237,6 +258,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	prev := readDemo(cfg.DataDir)
+	if cfg.Witness != "" {
+		ws, err := audit.OpenWitnesses([]string{cfg.Witness}, cfg.WitnessToken)
+		if err != nil {
+			return err
+		}
+		s.witnesses = ws
+	}
 
 	// Secure by default: the signing keys are encrypted at rest, and the
 	// private Redis requires a password, so that no other local process
@@ -313,6 +341,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		Tenants:    cfg.Tenants,
 		HealerAPIs: map[string]string{},
 		StartedAt:  time.Now().UTC(),
+		Witness:    cfg.Witness,
 	}
 
 	// Audit writers outlive the components: they stop only after every
@@ -448,7 +477,7 @@ func (s *Stack) failed(g *errgroup.Group, err error) error {
 }
 
 func (s *Stack) newStream(writer string) (*audit.Stream, error) {
-	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8]}, s.log.With("component", writer, "sub", "audit"), nil)
+	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses}, s.log.With("component", writer, "sub", "audit"), nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
 	}
