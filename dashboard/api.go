@@ -149,13 +149,23 @@ func (s *Server) done(ctx context.Context, action string, p feed.Principal, tena
 	s.log.InfoContext(ctx, "dashboard action", append([]any{"action", action, "principal", p.ID, "tenant", tenant}, kv...)...)
 }
 
-// fail logs the real error and answers a safe one.
+// fail logs the real error and answers a safe one. A refusal (the policy
+// denied the agent's call, the authority would not give it a passport,
+// the target was busy) is passed through with its code and reasons, so
+// the operator sees why instead of a bare failure.
 func (s *Server) fail(ctx context.Context, w http.ResponseWriter, action string, err error) {
-	s.actionsTotal.WithLabelValues(action, "error").Inc()
 	if errors.Is(err, ErrNotFound) {
+		s.actionsTotal.WithLabelValues(action, "error").Inc()
 		feed.Problem(w, http.StatusNotFound, "not found")
 		return
 	}
+	if r := refusalOf(action, err); r != nil {
+		s.actionsTotal.WithLabelValues(action, "refused").Inc()
+		s.log.WarnContext(ctx, "dashboard action refused", "action", action, "code", r.Code, "reasons", r.Reasons, "err", err)
+		writeRefusal(w, r)
+		return
+	}
+	s.actionsTotal.WithLabelValues(action, "error").Inc()
 	s.log.ErrorContext(ctx, "dashboard action failed", "action", action, "err", err)
 	feed.Problem(w, http.StatusBadGateway, action+" failed")
 }

@@ -23,6 +23,9 @@ type fakeActions struct {
 	agents map[string][]Agent
 	fired  []string
 	n      int
+	// refuse, when set, is what FireChaos fails with (as the chaos agent
+	// would: wrapped).
+	refuse error
 }
 
 func newFakeActions(sink audit.Sink) *fakeActions {
@@ -81,6 +84,11 @@ func (f *fakeActions) Targets(_ context.Context, tenant string) ([]string, error
 
 func (f *fakeActions) FireChaos(ctx context.Context, tenant, faultType, target string) error {
 	f.mu.Lock()
+	if f.refuse != nil {
+		err := f.refuse
+		f.mu.Unlock()
+		return fmt.Errorf("inject %s into %s: %w", faultType, target, err)
+	}
 	f.n++
 	n := f.n
 	f.fired = append(f.fired, tenant+"/"+faultType+"/"+target)
