@@ -212,3 +212,41 @@ func TestChaosRefusalPassesReasons(t *testing.T) {
 		})
 	}
 }
+
+// The session tells the page the server's time and whether approvals are
+// offered; the agents answer says as of when its values are; approvals
+// are listed only when the host offers them.
+func TestSessionClockAgentsAsOfAndApprovals(t *testing.T) {
+	st := startStack(t, Config{})
+	before := time.Now().Add(-time.Second)
+	_, sess, _ := call(t, "GET", st.url+"/api/session", acmeToken, "")
+	now, err := time.Parse(time.RFC3339Nano, fmt.Sprint(sess["now"]))
+	if err != nil || now.Before(before) || sess["approvals"] != false {
+		t.Fatalf("session now %v approvals %v (%v)", sess["now"], sess["approvals"], err)
+	}
+	_, agents, _ := call(t, "GET", st.url+"/api/tenants/acme/agents", acmeToken, "")
+	if asOf, err := time.Parse(time.RFC3339Nano, fmt.Sprint(agents["as_of"])); err != nil || asOf.Before(before) {
+		t.Fatalf("agents as_of %v (%v)", agents["as_of"], err)
+	}
+	if code, _, _ := call(t, "GET", st.url+"/api/tenants/acme/approvals", acmeToken, ""); code != http.StatusNotFound {
+		t.Fatalf("approvals without a host that offers them: %d, want 404", code)
+	}
+
+	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	st2 := startStackWith(t, Config{}, func(f *fakeActions) Actions {
+		return withApprovals{f, []Approval{{ID: "apr-1", Agent: "deployer", Method: "POST", Path: "/deployments/payments", Reasons: []string{"approval_required"}, ExpiresAt: exp}}}
+	})
+	_, sess, _ = call(t, "GET", st2.url+"/api/session", acmeToken, "")
+	if sess["approvals"] != true {
+		t.Fatalf("session approvals %v, want true", sess["approvals"])
+	}
+	code, body, _ := call(t, "GET", st2.url+"/api/tenants/acme/approvals", acmeToken, "")
+	list, _ := json.Marshal(body["approvals"])
+	want := `[{"agent":"deployer","expires_at":"` + exp.Format(time.RFC3339) + `","id":"apr-1","method":"POST","path":"/deployments/payments","reasons":["approval_required"]}]`
+	if code != 200 || string(list) != want {
+		t.Fatalf("approvals %d %s, want %s", code, list, want)
+	}
+	if code, _, _ := call(t, "GET", st2.url+"/api/tenants/globex/approvals", acmeToken, ""); code != http.StatusForbidden {
+		t.Fatalf("approvals of another tenant: %d, want 403", code)
+	}
+}
