@@ -253,6 +253,15 @@ func TestBrowserFreshValuesWinOverReplayedHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.poll("a newer reputation event applies", rep+` === "50.0"`)
+	// And an API answer older than an event the page already has does not
+	// undo it (an event written while the answer was on its way).
+	future := time.Now().Add(time.Minute).UTC().Format(time.RFC3339Nano)
+	p.eval(fmt.Sprintf(`handle({v: 1, type: "reputation", time: %q, agent_id: "ag-observer", details: {agent_id: "ag-observer", score: 45}});
+		window.loaded = false; loadAgents().then(() => { window.loaded = true; }); "ok"`, future))
+	p.poll("agents reloaded", `window.loaded === true`)
+	if got := p.eval(rep); got != "45.0" {
+		t.Fatalf("reputation %s after an older API answer, want the newer event's 45.0", got)
+	}
 }
 
 // A chaos button the policy refuses shows the refusal's code and reasons.

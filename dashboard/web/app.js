@@ -568,7 +568,7 @@ async function loadAgents() {
     const asOf = timeOf(data.as_of) ?? serverNow();
     for (const a of data.agents || []) {
       const cur = state.agents.get(a.id);
-      const agent = Object.assign(cur || {}, a);
+      const agent = Object.assign({}, cur || {}, a);
       // A feed event newer than this answer wins over it.
       if (cur && cur.repAt > asOf) agent.reputation = cur.reputation; else agent.repAt = asOf;
       if (cur && cur.blockedAt > asOf) agent.blocked = cur.blocked; else agent.blockedAt = asOf;
