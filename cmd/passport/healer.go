@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -70,6 +71,12 @@ agent with PASSPORT_ADMIN_TOKEN.`,
 				return err
 			}
 			cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
+			if cfg.Announcements.URL == "" && ao.data != "" {
+				// The demo fleet announces its changes (see docs/demo.md).
+				if d, err := loadAgentDemoFile(ao.data); err == nil && d.URLs.Fleet != "" {
+					cfg.Announcements.URL = d.URLs.Fleet + "/events?tenant=" + url.QueryEscape(env.tenant)
+				}
+			}
 			if len(cfg.Checks) == 0 {
 				if cfg.Checks, err = discoverChecks(ctx, env); err != nil {
 					return err

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -517,6 +518,8 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 			targets = append(targets, st.Name)
 		}
 	}
+	// The fleet announces its changes: faults are confirmed as they happen.
+	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
 	stream, err := s.newStream("healer-" + tenant)
 	if err != nil {
 		return err
