@@ -119,7 +119,9 @@ func TestDelegationClaimsStrict(t *testing.T) {
 		{"cnf with a jwk", func(m map[string]any) { m["cnf"].(map[string]any)["jwk"] = map[string]any{"kty": "OKP"} }, ErrConfirmation},
 		{"cnf by x5t#S256 only", func(m map[string]any) { m["cnf"] = map[string]any{"x5t#S256": "abc"} }, nil},
 		{"jkt too short", func(m map[string]any) { m["cnf"].(map[string]any)["jkt"] = "abc" }, ErrConfirmation},
-		{"jkt padded", func(m map[string]any) { m["cnf"].(map[string]any)["jkt"] = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4=" }, ErrConfirmation},
+		{"jkt padded", func(m map[string]any) {
+			m["cnf"].(map[string]any)["jkt"] = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4="
+		}, ErrConfirmation},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
