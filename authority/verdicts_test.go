@@ -111,6 +111,18 @@ func TestOneVerdictForEveryPassport(t *testing.T) {
 		{"tampered signature", tamperSig(sign(hdr, payload(nil))), false},
 		{"HS256 with the public key", signHS256(t, k.pub, `{"alg":"HS256","kid":"`+kid+`","typ":"at+jwt"}`, payload(nil)), false},
 		{"alg none", b64url(`{"alg":"none","kid":"`+kid+`","typ":"at+jwt"}`) + "." + b64url(payload(nil)) + ".", false},
+		// The delegation and confirmation claims, as strictly as the rest.
+		{"act without delegation", sign(hdr, payload(func(m map[string]any) { m["act"] = map[string]any{"sub": other.ID} })), false},
+		{"delegation null", sign(hdr, payload(func(m map[string]any) { m["delegation"] = nil })), false},
+		{"act null", sign(hdr, payload(func(m map[string]any) { m["act"] = nil })), false},
+		{"cnf null", sign(hdr, payload(func(m map[string]any) { m["cnf"] = nil })), false},
+		{"cnf with a jwk", sign(hdr, payload(func(m map[string]any) { m["cnf"] = map[string]any{"jwk": map[string]any{"kty": "OKP"}} })), false},
+		{"cnf jkt not a thumbprint", sign(hdr, payload(func(m map[string]any) { m["cnf"] = map[string]any{"jkt": "abc"} })), false},
+		{"chain not ending with sub", sign(hdr, payload(func(m map[string]any) {
+			m["act"] = map[string]any{"sub": other.ID}
+			m["delegation"] = map[string]any{"depth": 1, "root": other.ID, "chain": []string{other.ID, other.ID},
+				"links": []map[string]any{{"sub": other.ID, "name": "o", "type": "observer", "trust_level": "HIGH", "jti": "j"}}}
+		})), false},
 	}
 	ctx := context.Background()
 	for _, tc := range cases {
