@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -267,3 +268,30 @@ func plusInSig(tok string) string {
 }
 
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestProxyRefusesWhatItDoesNotCheck: genuine delegated and DPoP-bound
+// passports, which the authority issues and introspection calls active,
+// are refused by a proxy whose verifier does not declare that it checks
+// every link of a chain (AcceptDelegated) and DPoP proofs (AcceptBound):
+// 401 and nothing forwarded, never accepted as plain bearer passports.
+// When the proxy learns both checks this test is where its verdicts move.
+func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	f := newDelegationFleet(e)
+	px := startProxy(t, e)
+	root := e.token(f.commander, nil)
+	if !px.call(t, root) {
+		t.Fatal("the proxy refused a plain passport")
+	}
+	delegated, _ := e.mustExchange(f.healer, root, nil, nil)
+	k := newDPoPKey(t, jose.EdDSA)
+	_, tr, _, _ := e.tokenDPoP(f.commander, k.proof("POST", e.a.tokenURL(), e.clock.Now(), nil))
+	for name, tok := range map[string]string{"delegated": delegated, "bound": tr.AccessToken} {
+		if e.introspect(tok, adminAuth(testAdminToken))["active"] != true {
+			t.Fatalf("%s passport inactive at the authority", name)
+		}
+		if px.call(t, tok) {
+			t.Fatalf("a proxy that does not check them forwarded a %s passport", name)
+		}
+	}
+}
