@@ -45,7 +45,7 @@ func (m *memReplay) check(_ context.Context, key string, ttl time.Duration) (boo
 // proofMaker signs DPoP proofs with go-jose, a JOSE implementation
 // independent of the verifier.
 type proofMaker struct {
-	t    *testing.T
+	t    testing.TB
 	key  crypto.Signer
 	alg  jose.SignatureAlgorithm
 	now  time.Time
@@ -53,7 +53,7 @@ type proofMaker struct {
 	jose jose.JSONWebKey
 }
 
-func newProofMaker(t *testing.T, alg jose.SignatureAlgorithm, now time.Time) *proofMaker {
+func newProofMaker(t testing.TB, alg jose.SignatureAlgorithm, now time.Time) *proofMaker {
 	t.Helper()
 	var key crypto.Signer
 	switch alg {
@@ -361,4 +361,32 @@ func TestDPoPVerifierConfig(t *testing.T) {
 			t.Errorf("%+v accepted", cfg)
 		}
 	}
+}
+
+// FuzzDPoPVerify: the proof verifier never panics, refuses with an
+// *AuthError, and accepts only a proof its key signed for this request.
+func FuzzDPoPVerify(f *testing.F) {
+	now := time.Unix(1_900_000_000, 0)
+	pm := newProofMaker(f, jose.ES256, now)
+	good := pm.sign(pm.claims("POST", tokenURL), nil)
+	f.Add(good)
+	f.Add(good + "x")
+	f.Add(strings.Replace(good, ".", "..", 1))
+	f.Add("e30.e30.e30")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, proof string) {
+		rp := &memReplay{}
+		v := newDPoPVerifier(t, &now, rp)
+		p, err := v.Verify(context.Background(), proof, DPoPRequest{Method: "POST", URL: tokenURL})
+		if err != nil {
+			var ae *AuthError
+			if !errors.As(err, &ae) || ae.Reason == "" || ae.Code == "" {
+				t.Fatalf("refusal %v is not an *AuthError", err)
+			}
+			return
+		}
+		if p.JKT == "" || p.JTI == "" || !ValidThumbprint(p.JKT) {
+			t.Fatalf("accepted an incomplete proof %+v", p)
+		}
+	})
 }
