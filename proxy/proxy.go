@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 
@@ -178,6 +179,10 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		r := &route{Route: rc, tpl: tpl, production: *rc.Production, upstream: ups[rc.Upstream]}
 		r.m = &routeMetrics{upstream: p.m.upstreamSeconds.WithLabelValues(rc.Name)}
 		r.inputTerm, r.actionTerm = routeTerm(r), ast.StringTerm(rc.Action)
+		r.bodyOpts = strictjson.Options{MaxDepth: p.cfg.Limits.MaxBodyDepth, Object: true}
+		if rc.BodyNames == BodyNamesFolded {
+			r.bodyOpts.Names = strictjson.NamesFolded
+		}
 		routes = append(routes, r)
 	}
 	p.router = newRouter(routes)
@@ -423,8 +428,9 @@ func newUpstream(name string, u Upstream, p *Proxy) (*upstream, error) {
 		ForceAttemptHTTP2:     false,
 	}
 	up := &upstream{name: name, url: target, timeout: u.Timeout}
+	strip := newHeaderStrip(p.cfg.StripHeaders)
 	up.rp = &httputil.ReverseProxy{
-		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
+		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target, strip) },
 		Transport:      tr,
 		BufferPool:     newBufferPool(),
 		ModifyResponse: modifyResponse,
