@@ -30,7 +30,8 @@ const (
 
 // call is the state of one request as it goes through the chain.
 type call struct {
-	id       string
+	id       string // the proxy's own, unique: the key of the call's records
+	clientID string // the client's X-Request-Id, sanitised: a label only
 	start    time.Time
 	path     string
 	query    string
@@ -85,7 +86,7 @@ func headerSize(h http.Header) int {
 
 // serve is the whole chain for one call.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	c := &call{id: requestID(r), start: time.Now()}
+	c := &call{id: newRequestID(), clientID: clientRequestID(r), start: time.Now()}
 	w.Header().Set(HeaderXRequest, c.id)
 
 	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
@@ -272,7 +273,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 // the answer the agent got (the upstream's, or the proxy's own when the
 // call was not forwarded).
 func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
-	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
+	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
 		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
@@ -307,8 +309,8 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 
 func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
 	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: p.clock(), RequestID: c.id,
-		Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path, Decision: audit.DecisionDeny,
-		Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
+		ClientRequestID: c.clientID, Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path,
+		Decision: audit.DecisionDeny, Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
 	if c.path == "" {
 		rec.Path = "" // an unparseable path is not stored; the reason says why
 	}
@@ -373,7 +375,8 @@ func (p *Proxy) stateError(w http.ResponseWriter, r *http.Request, c *call, err 
 // decisionRecord is the write-ahead record of a policy decision.
 func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time) *audit.Record {
 	cl := vp.Claims
-	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id, Tenant: cl.Tenant,
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: cl.Tenant,
 		AgentID: cl.Agent.ID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, TrustLevel: string(cl.Agent.TrustLevel),
 		Reputation: reputation, JTI: cl.ID, Method: in.doc.Request.Method, Path: c.path, Route: rt.Name,
 		Action: rt.Action, Resource: in.doc.Resource}
