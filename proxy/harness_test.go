@@ -243,6 +243,9 @@ func (h *harness) do(method, path, token string, hdr map[string]string, body str
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json") // unless hdr says otherwise
+	}
 	for k, v := range hdr {
 		req.Header[k] = []string{v} // as given: no canonicalisation
 	}

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 
@@ -178,6 +179,10 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		r := &route{Route: rc, tpl: tpl, production: *rc.Production, upstream: ups[rc.Upstream]}
 		r.m = &routeMetrics{upstream: p.m.upstreamSeconds.WithLabelValues(rc.Name)}
 		r.inputTerm, r.actionTerm = routeTerm(r), ast.StringTerm(rc.Action)
+		r.bodyOpts = strictjson.Options{MaxDepth: p.cfg.Limits.MaxBodyDepth, Object: true}
+		if rc.BodyNames == BodyNamesFolded {
+			r.bodyOpts.Names = strictjson.NamesFolded
+		}
 		routes = append(routes, r)
 	}
 	p.router = newRouter(routes)
@@ -335,25 +340,41 @@ func (p *Proxy) keyRetry(ctx context.Context) {
 // Revision is the enforced policy revision.
 func (p *Proxy) Revision() string { return p.enforced.Revision() }
 
-// requestID accepts a sane incoming X-Request-Id (so a caller can follow
-// its call through the logs) or makes a new one.
-func requestID(r *http.Request) string {
-	if v := r.Header.Get("X-Request-Id"); len(v) >= 8 && len(v) <= 64 {
-		ok := true
-		for i := 0; i < len(v); i++ {
-			c := v[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return v
-		}
-	}
+// newRequestID is the proxy's own id for a call: 128 random bits, the key
+// of its audit records. A client's X-Request-Id is never used for it: two
+// calls with the same client id would share records, and a verifier that
+// (rightly) requires one decision per request would call the trail
+// tampered for good.
+func newRequestID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// maxClientRequestID bounds the client's X-Request-Id as kept.
+const maxClientRequestID = 128
+
+// clientRequestID is the client's X-Request-Id, kept beside the proxy's
+// own id so that a caller can still find its call: the first value only,
+// at most maxClientRequestID bytes, every byte outside a conservative set
+// (letters, digits and -_.:/+=@) replaced by "_", so that it is safe in
+// logs and records. It is a label, never a key.
+func clientRequestID(r *http.Request) string {
+	vs := r.Header.Values(HeaderXRequest)
+	if len(vs) == 0 || vs[0] == "" {
+		return ""
+	}
+	v := vs[0]
+	if len(v) > maxClientRequestID {
+		v = v[:maxClientRequestID]
+	}
+	b := []byte(v)
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.:/+=@", c) >= 0) {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }
 
 func protectedResourceMetadata(cfg *Config, routes []*route) []byte {
@@ -423,8 +444,9 @@ func newUpstream(name string, u Upstream, p *Proxy) (*upstream, error) {
 		ForceAttemptHTTP2:     false,
 	}
 	up := &upstream{name: name, url: target, timeout: u.Timeout}
+	strip := newHeaderStrip(p.cfg.StripHeaders)
 	up.rp = &httputil.ReverseProxy{
-		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
+		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target, strip) },
 		Transport:      tr,
 		BufferPool:     newBufferPool(),
 		ModifyResponse: modifyResponse,

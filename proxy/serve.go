@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -32,7 +30,8 @@ const (
 
 // call is the state of one request as it goes through the chain.
 type call struct {
-	id       string
+	id       string // the proxy's own, unique: the key of the call's records
+	clientID string // the client's X-Request-Id, sanitised: a label only
 	start    time.Time
 	path     string
 	query    string
@@ -42,6 +41,7 @@ type call struct {
 	status   int
 	upStart  time.Time
 	upStatus int
+	body     *clientBody // a streamed body (route stream_body), else nil
 }
 
 type ctxKey struct{}
@@ -86,7 +86,7 @@ func headerSize(h http.Header) int {
 
 // serve is the whole chain for one call.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	c := &call{id: requestID(r), start: time.Now()}
+	c := &call{id: newRequestID(), clientID: clientRequestID(r), start: time.Now()}
 	w.Header().Set(HeaderXRequest, c.id)
 
 	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
@@ -111,7 +111,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	var query url.Values
 	if r.URL.RawQuery != "" {
 		query, err = url.ParseQuery(r.URL.RawQuery)
-		if err != nil || query.Has("_method") {
+		if err != nil || hasMethodField(query) {
 			p.refuse(w, r, c, http.StatusBadRequest, "bad_query", "the query string is malformed", nil)
 			return
 		}
@@ -123,11 +123,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.route = rt
-	if r.ContentLength > p.cfg.Limits.MaxBodyBytes {
+	if r.ContentLength > p.bodyLimit(rt) {
 		p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", nil)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, p.cfg.Limits.MaxBodyBytes)
+	r.Body = http.MaxBytesReader(w, r.Body, p.bodyLimit(rt))
 
 	// Passport.
 	decStart := time.Now()
@@ -170,29 +170,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		reputation = st.reputation.At(now)
 	}
 
-	// Body, for routes that show it to the policy.
-	var body any
-	var bodyRaw json.RawMessage
-	if rt.PolicyBody {
-		raw, err := io.ReadAll(io.LimitReader(r.Body, rt.BodyLimit+1))
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe) || int64(len(raw)) > rt.BodyLimit:
-			p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", vp)
-			return
-		case err != nil:
-			p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body could not be read", vp)
-			return
-		}
-		if len(bytes.TrimSpace(raw)) > 0 {
-			if body, err = decodeBody(raw); err != nil {
-				p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body is not valid JSON", vp)
-				return
-			}
-			bodyRaw = raw // valid JSON from here on: the audit input copies it unchecked
-		}
-		r.Body = io.NopCloser(bytes.NewReader(raw))
-		r.ContentLength = int64(len(raw))
+	// Body: read whole before anything is forwarded (body.go), and shown
+	// to the policy on routes that ask for it. bodyRaw is valid JSON: the
+	// audit input copies it unchecked.
+	body, bodyRaw, refusal := p.takeBody(r, c, rt)
+	if refusal != nil {
+		p.refuse(w, r, c, refusal.status, refusal.code, refusal.detail, vp)
+		return
 	}
 
 	// Policy.
@@ -289,7 +273,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 // the answer the agent got (the upstream's, or the proxy's own when the
 // call was not forwarded).
 func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
-	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
+	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
 		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
@@ -300,19 +285,6 @@ func decisionLabel(allow bool) string {
 		return audit.DecisionAllow
 	}
 	return audit.DecisionDeny
-}
-
-func decodeBody(raw []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data")
-	}
-	return v, nil
 }
 
 // count records the request metric once the answer is known.
@@ -337,8 +309,8 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 
 func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
 	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: p.clock(), RequestID: c.id,
-		Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path, Decision: audit.DecisionDeny,
-		Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
+		ClientRequestID: c.clientID, Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path,
+		Decision: audit.DecisionDeny, Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
 	if c.path == "" {
 		rec.Path = "" // an unparseable path is not stored; the reason says why
 	}
@@ -403,7 +375,8 @@ func (p *Proxy) stateError(w http.ResponseWriter, r *http.Request, c *call, err 
 // decisionRecord is the write-ahead record of a policy decision.
 func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time) *audit.Record {
 	cl := vp.Claims
-	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id, Tenant: cl.Tenant,
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: cl.Tenant,
 		AgentID: cl.Agent.ID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, TrustLevel: string(cl.Agent.TrustLevel),
 		Reputation: reputation, JTI: cl.ID, Method: in.doc.Request.Method, Path: c.path, Route: rt.Name,
 		Action: rt.Action, Resource: in.doc.Resource}
@@ -418,24 +391,24 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 
 // rewrite shapes the outbound request. ReverseProxy has already removed
 // hop-by-hop headers (including any named in Connection) and Forwarded /
-// X-Forwarded-* from pr.Out before calling it.
-func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
+// X-Forwarded-* in their canonical spelling from pr.Out before calling it;
+// other spellings are removed here.
+func rewrite(pr *httputil.ProxyRequest, target *url.URL, strip *headerStrip) {
 	c := callOf(pr.In)
 	pr.SetURL(target)
 	// The upstream receives exactly the path and query the policy judged.
 	pr.Out.URL.Path = singleJoin(target.Path, c.path)
 	pr.Out.URL.RawPath = ""
 	pr.Out.URL.RawQuery = c.query
-	pr.SetXForwarded()
+	// Identity, method, target and client address headers go, in every
+	// spelling (headers.go); then the proxy sets its own.
 	h := pr.Out.Header
 	for k := range h {
-		if isIdentityHeader(k) {
+		if isIdentityHeader(k) || strip.match(k) {
 			delete(h, k)
 		}
 	}
-	for _, k := range methodOverrideHeaders {
-		delete(h, k)
-	}
+	pr.SetXForwarded()
 	h.Set(HeaderAgent, c.agentID)
 	h.Set(HeaderTenant, c.tenant)
 	h.Set(HeaderRequestID, c.id)
@@ -499,7 +472,14 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	var mbe *http.MaxBytesError
 	status, code, detail := http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached"
 	var ne net.Error
+	var bad *bodyRefusal
+	if c != nil {
+		bad = c.body.refusal()
+	}
 	switch {
+	case bad != nil:
+		// A streamed body broke off or grew too large: the client's error.
+		status, code, detail = bad.status, bad.code, bad.detail
 	case errors.As(err, &mbe):
 		status, code, detail = http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
@@ -531,6 +511,16 @@ func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
 
 func slogErrorLog(l *slog.Logger) *log.Logger {
 	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
+}
+
+// hasMethodField reports a query that carries a method override.
+func hasMethodField(q url.Values) bool {
+	for k := range q {
+		if isMethodField(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // input is the policy input document, as Go (for the audit record) and as
