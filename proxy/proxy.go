@@ -224,7 +224,9 @@ func (p *Proxy) notReady(ctx context.Context) []string {
 	if !p.keys.ready(ctx) {
 		out = append(out, "signing keys not fetched")
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Half the probe budget: a hung Redis must not make /readyz itself
+	// hang past the orchestrator's 1s probe timeout.
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	if err := p.rdb.Ping(ctx).Err(); err != nil {
 		out = append(out, "redis unreachable")

@@ -35,7 +35,9 @@ type Config struct {
 	DB int `yaml:"db"`
 	// PoolSize is connections per node. Default 10 per CPU (go-redis).
 	PoolSize int `yaml:"pool_size"`
-	// DialTimeout, ReadTimeout, WriteTimeout. Defaults 2s, 2s, 2s.
+	// DialTimeout, ReadTimeout, WriteTimeout. Defaults 2s, 2s, 2s. They
+	// bound commands whose context has no deadline; a context deadline
+	// always wins (ContextTimeoutEnabled).
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
@@ -67,6 +69,11 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 		DialTimeout:  orDefault(c.DialTimeout, 2*time.Second),
 		ReadTimeout:  orDefault(c.ReadTimeout, 2*time.Second),
 		WriteTimeout: orDefault(c.WriteTimeout, 2*time.Second),
+		// The caller's deadline bounds every command: without this, go-redis
+		// replaces it with ReadTimeout, so a hung Redis would cost a call
+		// 2s whatever deadline the code set (a 500ms revocation check, a
+		// 1s /readyz ping).
+		ContextTimeoutEnabled: true,
 	}
 	if len(c.Addrs) == 0 {
 		u := c.URL

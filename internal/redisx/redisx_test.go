@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/internal/netfault"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/redisx"
 )
@@ -72,5 +75,50 @@ func TestNewAgainstRealServer(t *testing.T) {
 	srv.Kill()
 	if err := redisx.Ping(ctx, c); err == nil {
 		t.Fatal("ping after kill: want error")
+	}
+}
+
+// TestDeadlineIsTheCallers: against a Redis that stops answering (a relay
+// that black-holes both directions, as SIGSTOP would), a command costs its
+// own context deadline, not the client's 2s read timeout.
+func TestDeadlineIsTheCallers(t *testing.T) {
+	srv := redistest.Start(t)
+	relay := netfault.Start(t, srv.Addr)
+	rdb, err := redisx.New(redisx.Config{URL: "redis://" + relay.Addr() + "/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if err := redisx.Ping(context.Background(), rdb); err != nil {
+		t.Fatal(err)
+	}
+	relay.BlackHole(netfault.Both)
+	for _, cmd := range []struct {
+		name string
+		run  func(ctx context.Context) error
+	}{
+		{"ping", func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+		{"pipeline", func(ctx context.Context) error {
+			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Get(ctx, "a")
+				p.Get(ctx, "b")
+				return nil
+			})
+			return err
+		}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		start := time.Now()
+		err := cmd.run(ctx)
+		took := time.Since(start)
+		cancel()
+		if err == nil {
+			t.Fatalf("%s: answered through a black hole", cmd.name)
+		}
+		// The client's read timeout is 2s; the deadline is 300ms.
+		if took > time.Second {
+			t.Fatalf("%s: took %s with a 300ms deadline (the client's read timeout won)", cmd.name, took)
+		}
+		t.Logf("%s: failed after %s: %v", cmd.name, took, err)
 	}
 }
