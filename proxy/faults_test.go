@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +70,31 @@ func TestHungRedisDeadlines(t *testing.T) {
 		t.Logf("call refused 503 after %s", took)
 		return true
 	})
+}
+
+// TestKeysUnavailable: a proxy that has never fetched the authority's keys
+// cannot judge a passport, so a valid-looking one gets 503
+// keys_unavailable (retry later), never a 401 verdict, and nothing is
+// forwarded. A passport that is malformed on its face is still a 401.
+func TestKeysUnavailable(t *testing.T) {
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "authority starting", http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+	h := newHarness(t, func(c *Config) { c.JWKSURL = down.URL + "/.well-known/jwks.json" })
+	_, tok := h.healer()
+	r := h.do("GET", "/services/checkout", tok, nil, "")
+	if r.status != 503 || !strings.Contains(r.body, `"code":"keys_unavailable"`) || r.header.Get("Retry-After") == "" {
+		t.Fatalf("valid-looking passport, no keys: %d %s (Retry-After %q), want 503 keys_unavailable", r.status, r.body, r.header.Get("Retry-After"))
+	}
+	if r := h.do("GET", "/services/checkout", "not.a-passport.x", nil, ""); r.status != 401 {
+		t.Fatalf("malformed passport, no keys: %d, want 401", r.status)
+	}
+	if n := h.up.hits.Load(); n != 0 {
+		t.Fatalf("upstream hits: %d, want 0", n)
+	}
+	recs := h.sink.byRequest(r.header.Get("X-Request-Id"))
+	if len(recs) != 1 || recs[0].Reasons[0] != "keys_unavailable" || recs[0].Status != 503 {
+		t.Fatalf("refusal record: %+v", recs)
+	}
 }

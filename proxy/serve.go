@@ -136,6 +136,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		vp, err = p.verifier.verify(r.Context(), tok)
 	}
+	if errors.Is(err, ErrKeysUnavailable) {
+		w.Header().Set("Retry-After", "2")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "keys_unavailable",
+			"the authority's signing keys are not loaded yet, so no passport can be checked", nil)
+		return
+	}
 	if err != nil {
 		p.unauthorized(w, r, c, err, nil)
 		return

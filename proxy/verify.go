@@ -62,6 +62,12 @@ var (
 	ErrTenantMismatch = authErr("tenant_mismatch", "the passport belongs to another tenant")
 )
 
+// ErrKeysUnavailable means no signing key has been fetched from the
+// authority yet: a passport cannot be judged either way, so the call is
+// refused with 503 keys_unavailable (retry), not 401 (a verdict on the
+// passport that the agent would act on, e.g. by fetching a new one).
+var ErrKeysUnavailable = errors.New("the authority's signing keys are not loaded yet")
+
 // Verified is a passport that passed every static check. Dynamic checks
 // (expiry, revocation, blocks, tenant) are repeated on every use.
 type Verified struct {
@@ -319,6 +325,9 @@ func (v *verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
 	kid, _ := t.Header["kid"].(string)
 	k, err := v.keys.key(ctx, kid)
 	if err != nil {
+		if !v.keys.ready(ctx) {
+			return nil, ErrKeysUnavailable
+		}
 		return nil, ErrUnknownKey
 	}
 	alg := t.Method.Alg()
@@ -343,6 +352,9 @@ func (v *verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
 }
 
 func mapJWTError(err error) error {
+	if errors.Is(err, ErrKeysUnavailable) {
+		return ErrKeysUnavailable
+	}
 	var ae *AuthError
 	if errors.As(err, &ae) {
 		return ae
