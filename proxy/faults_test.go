@@ -1,15 +1,19 @@
 package proxy
 
 import (
+	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/agentpassport/passport/internal/netfault"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/passport"
 )
 
 // newRelayHarness is a harness whose proxy reaches Redis through a relay
@@ -96,5 +100,128 @@ func TestKeysUnavailable(t *testing.T) {
 	recs := h.sink.byRequest(r.header.Get("X-Request-Id"))
 	if len(recs) != 1 || recs[0].Reasons[0] != "keys_unavailable" || recs[0].Status != 503 {
 		t.Fatalf("refusal record: %+v", recs)
+	}
+}
+
+// TestRevocationSilentNetwork measures, call by call, how long a revoked
+// passport keeps being forwarded when the proxy's subscription connection
+// fails in each way a network fails: reset, silent drop (both directions
+// black-holed), half-open (Redis's answers never arrive) and a link that
+// delivers two seconds late. The promise: no call is forwarded later than
+// one second after the revocation's answer. The revocation is written
+// straight to Redis, as the authority does (ZADD, then PUBLISH), and the
+// proxy's other Redis connections stay healthy, so a proxy that notices
+// it cannot trust its subscription can still ask Redis.
+func TestRevocationSilentNetwork(t *testing.T) {
+	faults := []struct {
+		name  string
+		apply func(c *netfault.Conn)
+	}{
+		{"reset", func(c *netfault.Conn) { c.Reset() }},
+		{"silent drop", func(c *netfault.Conn) { c.BlackHole(netfault.Both) }},
+		{"half-open", func(c *netfault.Conn) { c.BlackHole(netfault.Down) }},
+		{"delayed 2s", func(c *netfault.Conn) { c.Delay(2 * time.Second) }},
+	}
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			h, relay := newRelayHarness(t)
+			ctx := context.Background()
+			cl, tok := h.healer()
+			if r := h.do("GET", "/services/checkout", tok, nil, ""); r.status != 200 {
+				t.Fatalf("before: %d", r.status)
+			}
+			var sub *netfault.Conn
+			for _, c := range relay.Open() {
+				if c.Saw("subscribe") {
+					sub = c
+				}
+			}
+			if sub == nil {
+				t.Fatal("no subscription connection through the relay")
+			}
+
+			// Calls, one after another from two agents' worth of
+			// goroutines, each with the time its answer arrived.
+			type result struct {
+				status int
+				at     time.Time
+			}
+			var mu sync.Mutex
+			var results []result
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range 2 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						req, _ := http.NewRequest("GET", h.url+"/services/checkout", nil)
+						req.Header.Set("Authorization", "Bearer "+tok)
+						res, err := http.DefaultClient.Do(req)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						_, _ = io.Copy(io.Discard, res.Body)
+						res.Body.Close()
+						mu.Lock()
+						results = append(results, result{res.StatusCode, time.Now()})
+						mu.Unlock()
+					}
+				}()
+			}
+			waitFor(t, "calls flowing", func() bool { mu.Lock(); defer mu.Unlock(); return len(results) > 20 })
+
+			f.apply(sub)
+			// Let the fault sit a moment, as a real one would before the
+			// revocation comes: the proxy must not be lucky with timing.
+			time.Sleep(100 * time.Millisecond)
+			if err := h.rdb.ZAdd(ctx, passport.RevokedKey, redisZ(cl.ExpiresAt.Unix(), cl.ID)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			ev := passport.RevocationEvent{Type: passport.EventRevoke, JTI: cl.ID, Exp: cl.ExpiresAt.Unix()}
+			if err := h.rdb.Publish(ctx, passport.RevocationChannel, ev.Marshal()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			answered := time.Now()
+			waitFor(t, "1.5s of calls after the revocation", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(results) > 0 && results[len(results)-1].at.After(answered.Add(1500*time.Millisecond))
+			})
+			close(stop)
+			wg.Wait()
+
+			var lastForward time.Time
+			forwardedAfter, refusedAfter := 0, 0
+			for _, r := range results {
+				if r.at.Before(answered) {
+					continue
+				}
+				if r.status == 200 {
+					forwardedAfter++
+					lastForward = r.at
+				} else {
+					refusedAfter++
+				}
+			}
+			lag := time.Duration(0)
+			if !lastForward.IsZero() {
+				lag = lastForward.Sub(answered)
+			}
+			t.Logf("%s: %d calls forwarded after the revocation's answer, the last one answered %s after it; %d refused",
+				f.name, forwardedAfter, lag, refusedAfter)
+			if lag > time.Second {
+				t.Fatalf("a revoked passport was forwarded %s after the revocation's answer, want <= 1s", lag)
+			}
+			if refusedAfter == 0 {
+				t.Fatal("no call was refused after the revocation")
+			}
+		})
 	}
 }

@@ -172,7 +172,7 @@ func Test401(t *testing.T) {
 	waitFor(t, "revocation and block events", func() bool {
 		h.p.revoked.mu.RLock()
 		defer h.p.revoked.mu.RUnlock()
-		_, a := h.p.revoked.revoked["jti-revoked"]
+		a := h.p.revoked.revoked.has("jti-revoked")
 		_, b := h.p.revoked.blocked["acme/blocked-1"]
 		return a && b
 	})
