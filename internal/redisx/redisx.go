@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
@@ -134,4 +135,22 @@ func orDefault(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// SetLogger sends go-redis's own log lines (failed dials, reconnects,
+// pool trouble) to log at warn level, instead of the library's default of
+// the standard logger on stderr. The library's logger is global, so this
+// applies to every client of the process.
+func SetLogger(log *slog.Logger) { redis.SetLogger(slogLogger{log}) }
+
+type slogLogger struct{ log *slog.Logger }
+
+// Printf logs one go-redis line. The message is the format string (a
+// constant of the library), so a rate-limiting handler groups repeats of
+// one event however their values differ; the values go in "detail".
+func (l slogLogger) Printf(ctx context.Context, format string, v ...any) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	l.log.WarnContext(ctx, "redis client: "+strings.TrimPrefix(format, "redis: "), "detail", fmt.Sprintf(format, v...))
 }

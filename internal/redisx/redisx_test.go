@@ -2,7 +2,11 @@ package redisx_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,4 +125,49 @@ func TestDeadlineIsTheCallers(t *testing.T) {
 		}
 		t.Logf("%s: failed after %s: %v", cmd.name, took, err)
 	}
+}
+
+// TestSetLogger: go-redis's own lines (here: a pool that cannot dial) go
+// through the slog logger, not to stderr.
+func TestSetLogger(t *testing.T) {
+	var buf syncBuffer
+	redisx.SetLogger(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer redisx.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	rdb, err := redisx.New(redisx.Config{URL: "redis://" + addr + "/0", DialTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for !strings.Contains(buf.String(), "level=WARN msg=\"redis client:") {
+		if ctx.Err() != nil {
+			t.Fatalf("no go-redis line through slog; got %q", buf.String())
+		}
+		_ = rdb.Ping(ctx).Err()
+	}
+	t.Log(strings.TrimSpace(buf.String()))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
