@@ -3,6 +3,8 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,12 +19,14 @@ import (
 // the audit store is degraded (so that refusals never crowd out the
 // outcome records of forwarded calls). Nothing is lost but the per-call
 // detail: the count, the first and last time and request id remain.
-// Its Details is a RefusalSummary; Decision, Reasons (the one reason),
-// Status, Route and Action are set as on the records it stands for.
+// Its Details is a RefusalSummary; Decision, Reasons, Status, Route and
+// Action are set as on the records it stands for.
 const KindRefusals Kind = "refusals"
 
 // RefusalSummary is the Details of a KindRefusals record.
 type RefusalSummary struct {
+	// Reason is the refusal's reason; the reasons of a policy denial with
+	// several are joined with ",".
 	Reason string `json:"reason"`
 	Count  int    `json:"count"`
 	// First and Last are the times of the first and the last refusal.
@@ -93,10 +97,7 @@ func NewAggregator(sink Sink, cfg AggregatorConfig, reg prometheus.Registerer) *
 // used); source is the client's address; outage says the audit store is
 // degraded.
 func (a *Aggregator) Add(rec *Record, source string, outage bool) {
-	reason := ""
-	if len(rec.Reasons) > 0 {
-		reason = rec.Reasons[0]
-	}
+	reason := strings.Join(rec.Reasons, ",")
 	t := rec.Time
 	if t.IsZero() {
 		t = a.cfg.Clock()
@@ -113,7 +114,7 @@ func (a *Aggregator) Add(rec *Record, source string, outage bool) {
 	}
 	if e == nil {
 		tmpl := &Record{V: Version, Kind: KindRefusals, Tenant: rec.Tenant, AgentID: k.agent, Route: rec.Route,
-			Action: rec.Action, Decision: rec.Decision, Reasons: []string{reason}, Status: rec.Status,
+			Action: rec.Action, Decision: rec.Decision, Reasons: slices.Clone(rec.Reasons), Status: rec.Status,
 			PolicyRevision: rec.PolicyRevision}
 		if k.agent != "" {
 			tmpl.AgentName, tmpl.AgentType, tmpl.TrustLevel = rec.AgentName, rec.AgentType, rec.TrustLevel

@@ -481,8 +481,7 @@ func newSpoolMetrics(reg prometheus.Registerer, s *Stream) *spoolMetrics {
 type backlog struct {
 	mu      sync.Mutex // opening the spool
 	spool   atomic.Pointer[spool]
-	temp    string // the spool's directory when it is a private temporary one
-	m       *spoolMetrics
+	temp    string                 // the spool's directory when it is a private temporary one
 	blocked atomic.Bool            // the flusher has records waiting for Redis
 	fail    atomic.Int64           // unix ns of the last failed write-ahead Append
 	err     atomic.Pointer[string] // the spool's last error, nil when it works

@@ -75,6 +75,8 @@ type Proxy struct {
 	enforced *policy.Engine
 	shadow   *policy.Engine
 	denials  *denialReporter
+	refusals *audit.Aggregator // refusal summaries (KindRefusals)
+	backlog  audit.Backlog     // the audit sink's backlog, when it has one
 	handler  http.Handler
 	metaJSON []byte
 	metaURL  string
@@ -160,6 +162,8 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.revoked = newRevocations(d.Redis, d.Logger, d.Clock, p.m)
 	p.reps = newReputations(d.Redis, cfg.ReputationCache, d.Clock)
 	p.denials = newDenialReporter(&p.cfg, d.HTTPClient, p.m, d.Logger)
+	p.refusals = audit.NewAggregator(d.Audit, audit.AggregatorConfig{Clock: d.Clock}, d.Registry)
+	p.backlog, _ = d.Audit.(audit.Backlog)
 
 	// Routes and their upstreams.
 	ups := map[string]*upstream{}
@@ -269,6 +273,7 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	g.Go(func() error { return p.revoked.Run(bg) })
 	g.Go(func() error { return p.denials.Run(bg) })
+	g.Go(func() error { return p.refusals.Run(bg) }) // its last summaries go out after the drain
 	g.Go(func() error { p.keyRetry(bg); return nil })
 	g.Go(func() error {
 		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "policy_revision", p.enforced.Revision())

@@ -222,7 +222,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	if derr != nil {
 		p.log.ErrorContext(r.Context(), "policy evaluation failed; denying", "request_id", c.id, "error", derr)
 		rec.Decision, rec.Reasons = audit.DecisionError, []string{"policy_error"}
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
 			Detail: "the policy could not decide, so the call is denied", Action: rt.Action,
@@ -232,7 +232,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if !dec.Allow {
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		p.denials.report(cl.Tenant, cl.Agent.ID)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
@@ -240,6 +240,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			Resource: in.doc.Resource, Reasons: dec.Reasons, Revision: dec.Revision})
 		p.count(c, audit.DecisionDeny)
 		return
+	}
+
+	// A forwarded call must get its outcome record: while the audit
+	// backlog has no room for one, nothing new is forwarded.
+	if p.backlog != nil {
+		if err := p.backlog.OutcomeRoom(); err != nil {
+			p.log.ErrorContext(r.Context(), "audit backlog full; refusing", "request_id", c.id, "error", err)
+			w.Header().Set("Retry-After", "1")
+			p.refuse(w, r, c, http.StatusServiceUnavailable, "audit_backlog_full",
+				"the audit store is behind, so nothing is forwarded", vp)
+			return
+		}
 	}
 
 	// Write-ahead audit: no acknowledged record, no forwarding.
@@ -336,9 +348,45 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 	c.status = status
 	p.m.refusals.WithLabelValues(code).Inc()
 	rec := p.refusalRecord(r, c, vp, code)
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: c.id})
 	p.count(c, audit.DecisionDeny)
+}
+
+// outageReasons are refusals that only happen while a dependency is down:
+// always summarised, as a flood of them is the outage itself.
+var outageReasons = map[string]bool{
+	"state_unavailable": true, "audit_unavailable": true, "audit_backlog_full": true,
+	"keys_unavailable": true, "draining": true,
+}
+
+// recordRefusal writes a refusal's decision record, or counts it in a
+// refusals summary (one record per source, reason and second): always
+// when no valid passport came with the call (so that a flood of
+// passport-less calls cannot grow Redis one record per call), for outage
+// reasons, and for every refusal while the audit store is degraded (so
+// that refusals never crowd out the outcome records of forwarded calls).
+func (p *Proxy) recordRefusal(r *http.Request, rec *audit.Record, authenticated bool) {
+	reason := ""
+	if len(rec.Reasons) > 0 {
+		reason = rec.Reasons[0]
+	}
+	degraded := p.backlog != nil && p.backlog.Degraded()
+	if authenticated && !degraded && !outageReasons[reason] {
+		p.audit.Enqueue(rec)
+		return
+	}
+	p.refusals.Add(rec, clientAddr(r), degraded)
+}
+
+// clientAddr is the caller's IP address as the proxy's socket saw it
+// (never a forwarding header, which the caller writes).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
@@ -388,7 +436,7 @@ func (p *Proxy) unauthorized(w http.ResponseWriter, r *http.Request, c *call, er
 	p.m.refusals.WithLabelValues(ae.Reason).Inc()
 	rec := p.refusalRecord(r, c, vp, ae.Reason)
 	rec.Decision = audit.DecisionError
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeUnauthorized(w, ae, c.id, p.metaURL)
 	p.count(c, audit.DecisionError)
 }
