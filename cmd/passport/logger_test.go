@@ -2,8 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/audit"
 )
 
 // TestLoggerRateLimited: the process logger writes one line per warning or
@@ -24,5 +30,24 @@ func TestLoggerRateLimited(t *testing.T) {
 	}
 	if n := strings.Count(buf.String(), "proxy listening"); n != 500 {
 		t.Fatalf("%d info lines, want 500", n)
+	}
+}
+
+// TestAuditLineRefusals: `audit tail` shows a refusals summary with its
+// count, reason and source.
+func TestAuditLineRefusals(t *testing.T) {
+	first := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	sum, _ := json.Marshal(audit.RefusalSummary{Reason: "no_passport", Count: 37, First: first, Last: first.Add(time.Second),
+		FirstRequestID: "r1", LastRequestID: "r37", Source: "10.0.0.9"})
+	rec := audit.Record{V: 1, Kind: audit.KindRefusals, Time: first.Add(time.Second), Tenant: "unattributed",
+		Decision: audit.DecisionError, Reasons: []string{"no_passport"}, Status: 401, Route: "restart", Details: sum,
+		Writer: "w1", Seq: 9}
+	raw, _ := json.Marshal(rec)
+	line := auditLine(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(raw)}})
+	for _, want := range []string{"refusals error status=401 count=37", "reasons=no_passport", "route=restart",
+		"source=10.0.0.9", "first=2026-01-02T03:04:05.000Z", "first_req=r1", "last_req=r37", "writer=w1 seq=9"} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("%q lacks %q", line, want)
+		}
 	}
 }
