@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -308,5 +309,81 @@ func TestUnauthenticatedFloodIsSummarised(t *testing.T) {
 	}
 	if !rep.OK() {
 		t.Fatalf("verify: %v", rep.Problems[0])
+	}
+}
+
+// TestDrainRecordsWhatItCuts (issue 14, item 4): at shutdown the agent
+// port answers new calls 503 draining instead of refusing connections,
+// and a call still running at the drain deadline (a slow upstream) is cut
+// and gets an outcome record marked aborted, in Redis once the audit
+// writer has flushed, as the process does before it exits.
+func TestDrainRecordsWhatItCuts(t *testing.T) {
+	srv := redistest.Start(t)
+	up := newHitLog(t, time.Minute)
+	h, _, stopStream := newStreamHarness(t, srv, up, audit.StreamConfig{}, func(c *Config) {
+		c.Timeouts.Drain = 500 * time.Millisecond
+	})
+	_, tok := h.healer()
+
+	type answer struct {
+		status int
+		body   string
+		err    error
+	}
+	slow := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", h.url+"/services/checkout", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			slow <- answer{err: err}
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		slow <- answer{status: res.StatusCode, body: string(b)}
+	}()
+	waitFor(t, "the slow call at the upstream", func() bool { return len(up.hits()) == 1 })
+	cutID := up.hits()[0]
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	waitFor(t, "draining", func() bool { return h.p.draining.Load() })
+	// A new call during the drain: an answer, on a new connection.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	req, _ := http.NewRequest("GET", h.url+"/services/checkout", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("a call during the drain: %v (connection refused?), want 503", err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 503 || !strings.Contains(string(b), `"code":"draining"`) {
+		t.Fatalf("a call during the drain: %d %s, want 503 draining", res.StatusCode, b)
+	}
+
+	if err := <-stopped; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	stopStream() // what the process does once the proxy has returned, then it exits
+	a := <-slow
+	if a.err == nil && (a.status != 503 || !strings.Contains(a.body, `"code":"aborted"`)) {
+		t.Fatalf("the cut call answered %d %s, want 503 aborted", a.status, a.body)
+	}
+
+	by, all := recordsByRequest(t, h.rdb, "acme")
+	if k := by[cutID]; k[audit.KindDecision] != 1 || k[audit.KindOutcome] != 1 {
+		t.Fatalf("the cut call has %d decision and %d outcome records, want 1 and 1", k[audit.KindDecision], k[audit.KindOutcome])
+	}
+	for _, r := range all {
+		if r.RequestID == cutID && r.Kind == audit.KindOutcome {
+			if len(r.Reasons) != 1 || r.Reasons[0] != "aborted" || r.Status != 503 {
+				t.Fatalf("outcome of the cut call: reasons %v status %d, want [aborted] 503", r.Reasons, r.Status)
+			}
+		}
+	}
+	if n := len(up.hits()); n != 1 {
+		t.Fatalf("%d upstream hits, want 1 (nothing forwarded during the drain)", n)
 	}
 }

@@ -84,6 +84,7 @@ type Proxy struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	draining atomic.Bool
+	flight   *inflight
 }
 
 // New validates cfg, loads the policy and prepares the key source. It does
@@ -110,6 +111,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, log: d.Logger, clock: d.Clock, audit: d.Audit, rdb: d.Redis, reg: d.Registry}
 	p.m = newMetrics(d.Registry)
+	p.flight = newInflight()
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 
 	ok := false
@@ -243,8 +245,10 @@ func (p *Proxy) Ready(ctx context.Context) bool { return len(p.notReady(ctx)) ==
 
 // Run serves the agent and admin listeners and runs the background work
 // (policy reload, revocation subscription, key retries, denial reports)
-// until ctx ends. On ctx end it stops taking new connections, lets
-// in-flight calls finish (up to timeouts.drain) and returns nil.
+// until ctx ends. On ctx end it drains: new calls are answered 503
+// draining (the port stays open), calls in flight may finish for up to
+// timeouts.drain, and those still running then are cut, each with an
+// aborted outcome record; then it closes the listeners and returns nil.
 func (p *Proxy) Run(ctx context.Context) error {
 	defer p.bgCancel()
 	ln, err := net.Listen("tcp", p.cfg.Listen)
@@ -292,14 +296,30 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		<-gctx.Done()
 		p.draining.Store(true)
 		p.log.Info("proxy draining", "timeout", p.cfg.Timeouts.Drain)
-		sctx, cancel := context.WithTimeout(context.Background(), p.cfg.Timeouts.Drain)
+		srv.SetKeepAlivesEnabled(false)
+		idle := p.flight.drain()
+		deadline := time.NewTimer(p.cfg.Timeouts.Drain)
+		defer deadline.Stop()
+		select {
+		case <-idle:
+		case <-deadline.C:
+			n := p.cut()
+			p.log.Warn("drain deadline reached; calls still running were cut and recorded as aborted", "calls", n)
+			// Cancelled calls answer at once; give them a moment to.
+			grace := time.NewTimer(time.Second)
+			select {
+			case <-idle:
+			case <-grace.C:
+			}
+			grace.Stop()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		err := srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
 		_ = admin.Shutdown(sctx)
 		bgCancel() // background work stops after the last call is answered
-		if err != nil {
-			return fmt.Errorf("proxy drain: %w", err)
-		}
 		return nil
 	})
 	return g.Wait()

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -42,6 +43,9 @@ type call struct {
 	status   int
 	upStart  time.Time
 	upStatus int
+
+	cancel context.CancelCauseFunc    // the drain cuts the call with it
+	fw     atomic.Pointer[forwarding] // set once the call is forwarded
 }
 
 type ctxKey struct{}
@@ -88,6 +92,19 @@ func headerSize(h http.Header) int {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	c := &call{id: requestID(r), start: time.Now()}
 	w.Header().Set(HeaderXRequest, c.id)
+	callCtx, cut := context.WithCancelCause(r.Context())
+	defer cut(nil)
+	c.cancel = cut
+	r = r.WithContext(callCtx)
+	if !p.flight.enter(c) {
+		// Shutting down: an answer, not a refused connection, so the agent
+		// knows to retry elsewhere.
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", "1")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "draining", "the proxy is shutting down; retry", nil)
+		return
+	}
+	defer p.flight.leave(c)
 
 	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
 		w.Header().Set("Content-Type", "application/json")
@@ -268,7 +285,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		// hold an allow for a call that never reached the upstream. The
 		// outcome record says so; it waits in the outcome buffer until
 		// Redis is back.
-		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision)
+		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision, c.status)
 		out.Decision, out.Reasons = audit.DecisionError, []string{"audit_unavailable"}
 		p.audit.Enqueue(out)
 		return
@@ -284,6 +301,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	resource, revision := rec.Resource, dec.Revision
+	c.fw.Store(&forwarding{outcome: func(status int) *audit.Record {
+		return p.outcomeRecord(r, c, rt, cl, resource, revision, status)
+	}})
 	c.upStart = time.Now()
 	if fw := rt.ForwardPassport; !fw {
 		r.Header.Del("Authorization")
@@ -300,16 +321,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
-	p.audit.Enqueue(p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision))
+	p.recordOutcome(c, c.status, nil) // unless the drain recorded it already
 }
 
-// outcomeRecord is the record of how an allowed call ended: c.status is
-// the answer the agent got (the upstream's, or the proxy's own when the
-// call was not forwarded).
-func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
+// outcomeRecord is the record of how an allowed call ended: status is the
+// answer the agent got (the upstream's, or the proxy's own when the call
+// was not forwarded). It reads only what is fixed before forwarding, so
+// the drain may call it while the call runs.
+func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string, status int) *audit.Record {
 	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
-		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
+		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
 }
 
@@ -558,6 +580,8 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		status, code, detail = http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		status, code, detail = http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time"
+	case aborted(r.Context()):
+		status, code, detail = http.StatusServiceUnavailable, "aborted", "the proxy shut down before the upstream answered"
 	case errors.Is(err, context.Canceled):
 		status = 499 // the client went away; nothing is written
 	}
