@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/netfault"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -246,4 +248,30 @@ func (h *harness) summaryOf(id string) (*audit.Record, *audit.RefusalSummary) {
 		}
 	}
 	return nil, nil
+}
+
+// TestSlowLoadDoesNotLoop: on a slow link (400ms each way) the reload
+// after a reconnect takes longer than the resubscribe bound; the proxy
+// must still settle on the new subscription (and check Redis per call
+// meanwhile), not tear it down and reload again and again.
+func TestSlowLoadDoesNotLoop(t *testing.T) {
+	h, relay := newRelayHarness(t)
+	loads := func() float64 { return testutil.ToFloat64(h.p.m.revocationLoads) }
+	relay.Delay(400 * time.Millisecond)
+	before := loads()
+	for _, c := range relay.Open() {
+		if c.Saw("subscribe") {
+			c.Reset()
+		}
+	}
+	waitFor(t, "the reload after the reset", func() bool { return loads() > before })
+	settled := loads()
+	// Several resubscribe bounds: a looping proxy would reload each time.
+	time.Sleep(2 * resubscribeAfter)
+	if n := loads() - settled; n > 0 {
+		t.Fatalf("%v more full loads on a slow but working link: the subscription is torn down after each load", n)
+	}
+	if !h.p.revoked.live.Load() {
+		t.Fatal("subscription not live on a slow but working link")
+	}
 }

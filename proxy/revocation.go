@@ -182,7 +182,7 @@ func (rv *revocations) follow(ctx context.Context) error {
 
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go rv.heartbeat(wctx, ps)
+	go rv.heartbeat(wctx, ps, rv.mono())
 	for {
 		msg, err := ps.Receive(wctx)
 		if err != nil {
@@ -203,11 +203,18 @@ func (rv *revocations) follow(ctx context.Context) error {
 
 // heartbeat pings the subscription, prunes expired revocations, and closes
 // the subscription (which ends follow's receive) when ctx ends or no pong
-// came back for resubscribeAfter.
-func (rv *revocations) heartbeat(ctx context.Context, ps *redis.PubSub) {
+// came back for resubscribeAfter since it went live at liveAt (a load of a
+// large set may itself take longer than that: it must not loop).
+func (rv *revocations) heartbeat(ctx context.Context, ps *redis.PubSub, liveAt int64) {
 	defer ps.Close()
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
+	ping := func() {
+		pctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
+		_ = ps.Ping(pctx, heartbeatPrefix+strconv.FormatInt(rv.mono(), 10))
+		cancel()
+	}
+	ping() // at once: the load may have taken a while
 	for {
 		select {
 		case <-ctx.Done():
@@ -228,12 +235,10 @@ func (rv *revocations) heartbeat(ctx context.Context, ps *redis.PubSub) {
 		} else {
 			rv.m.subscriptionUp.Set(1)
 		}
-		if age >= resubscribeAfter {
+		if rv.mono()-max(rv.confirmed.Load(), liveAt) >= int64(resubscribeAfter) {
 			return
 		}
-		pctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
-		_ = ps.Ping(pctx, heartbeatPrefix+strconv.FormatInt(rv.mono(), 10))
-		cancel()
+		ping()
 		rv.prune()
 	}
 }
