@@ -5,7 +5,8 @@ package audit
 // and read what the proxy reads, but it cannot delete, trim or reconfigure:
 // no XDEL, XTRIM, DEL, UNLINK, RENAME, FLUSH*, CONFIG SET, no writes to any
 // key but the audit stream (XADD), its chain heads (HSET) and the writers
-// hash (HSETNX: register once, never replace), and the live feed's
+// hash (HSETNX: register once, never replace), the tenant registry (SADD:
+// add, never remove), and the live feed's
 // single-use connection tickets (SET, GETDEL). Scripts run with the
 // caller's permissions, so EVAL grants nothing beyond these rules.
 //
@@ -23,4 +24,5 @@ const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"(~passport:{t:*}:audit +xadd) " +
 	"(~passport:{t:*}:audit:heads +hset) " +
 	"(~passport:audit:writers +hsetnx) " +
+	"(~passport:audit:tenants +sadd) " +
 	"(~passport:feed:ticket:* +set +getdel)"

@@ -34,6 +34,17 @@ func TestProxyACLCanAppendButNotDeleteTrimOrReconfigure(t *testing.T) {
 	if d := s.Durability(); d.Level != audit.DurabilityAlways {
 		t.Errorf("durability as proxy user = %s, want always (CONFIG GET allowed)", d)
 	}
+	// Run's shutdown seals the chain and lists the tenant in the registry.
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := admin.SIsMember(ctx, audit.TenantsKey, "acme").Result(); err != nil || !ok {
+		t.Errorf("tenant registry as proxy user: member %v, %v", ok, err)
+	}
 	mustOK(t, verify(t, admin, "acme", audit.VerifyOptions{}))
 
 	key := audit.StreamKey("acme")
@@ -53,6 +64,7 @@ func TestProxyACLCanAppendButNotDeleteTrimOrReconfigure(t *testing.T) {
 		{"overwrite head outside the script", []any{"HDEL", audit.HeadsKey("acme"), s.WriterID()}},
 		{"xadd to a non-audit key", []any{"XADD", "passport:{t:acme}:agent:a1", "*", "x", "1"}},
 		{"write an agent hash", []any{"HSET", "passport:{t:acme}:agent:a1", "blocked", "0"}},
+		{"remove a tenant from the registry", []any{"SREM", audit.TenantsKey, "acme"}},
 	}
 	for _, d := range denied {
 		err := proxy.Do(ctx, d.cmd...).Err()

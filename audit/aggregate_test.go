@@ -19,7 +19,7 @@ func (m *memSink) Append(_ context.Context, r *audit.Record) (string, error) {
 }
 func (m *memSink) Enqueue(r *audit.Record) { m.recs = append(m.recs, r) }
 
-func refusal(i int, tenant, reason string) *audit.Record {
+func refusalRec(i int, tenant, reason string) *audit.Record {
 	return &audit.Record{Kind: audit.KindDecision, Time: time.Unix(1700000000, int64(i)*int64(time.Millisecond)).UTC(),
 		RequestID: fmt.Sprintf("r%d", i), Tenant: tenant, Route: "restart", Action: "service.restart",
 		Decision: audit.DecisionError, Reasons: []string{reason}, Status: 401}
@@ -34,7 +34,7 @@ func TestAggregatorSummarises(t *testing.T) {
 		if i%2 == 1 {
 			reason = "bad_signature"
 		}
-		a.Add(refusal(i, "unattributed", reason), sources[i%3], false)
+		a.Add(refusalRec(i, "unattributed", reason), sources[i%3], false)
 	}
 	a.Flush()
 	total := 0
@@ -79,7 +79,7 @@ func TestRefusalsRecordVerifies(t *testing.T) {
 	stop := runStream(t, s)
 	a := audit.NewAggregator(s, audit.AggregatorConfig{}, nil)
 	for i := range 100 {
-		a.Add(refusal(i, "acme", "no_passport"), fmt.Sprintf("10.0.0.%d", i%4), i%2 == 0)
+		a.Add(refusalRec(i, "acme", "no_passport"), fmt.Sprintf("10.0.0.%d", i%4), i%2 == 0)
 	}
 	a.Flush()
 	stop()

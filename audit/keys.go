@@ -10,6 +10,11 @@ const (
 	// A writer registers with HSETNX, so the first key registered for an id
 	// wins and a later process cannot silently replace it.
 	WritersKey = "passport:audit:writers"
+	// TenantsKey is a set of the tenants that have an audit stream. Writers
+	// add to it; verify checks every tenant it lists, so a stream deleted
+	// with its heads is still missed. Only a hint (Redis can be rewritten):
+	// the witness is the proof.
+	TenantsKey = "passport:audit:tenants"
 	// FieldRecord is the one field of a stream entry: the record as JSON.
 	FieldRecord = "r"
 )

@@ -8,7 +8,10 @@
 // its own hash chain per stream: Seq counts its records, Prev is the hash of
 // its previous record, Hash is the SHA-256 of the canonical encoding (see
 // Canonical). Checkpoint records carry an Ed25519 signature over the chain
-// head. VerifyStream and `passport audit verify` check all of it.
+// head. Writers also hand signed statements of their checkpoints' heads to
+// witnesses outside Redis (Witness, DirWitness, HTTPWitness), which Redis
+// cannot rewrite. VerifyStream, VerifyAll and `passport audit verify`
+// check all of it.
 //
 // It is a leaf package: it imports nothing else from this module, so the
 // proxy, the authority, the healer and the tools can all write and read it.

@@ -8,7 +8,9 @@ import (
 
 // Run writes the Enqueued (outcome) records with retry and backoff, writes
 // periodic signed checkpoints, trims when retention is configured and
-// re-checks the durability settings.
+// re-checks the durability settings. With witnesses configured it also
+// sends them a signed statement after each checkpoint round (or a
+// heartbeat while nothing is new).
 //
 // Writes to Redis run one attempt at a time beside the loop, so the
 // buffer keeps draining however long Redis takes. While Redis does not
@@ -20,8 +22,10 @@ import (
 //
 // When ctx is done it flushes what it can within ShutdownTimeout, spools
 // the rest (counted as dropped only if the spool cannot take it either),
-// writes a final checkpoint for every chain and returns nil.
+// writes a final checkpoint for every chain, hands the witnesses a closing
+// statement and returns nil.
 func (s *Stream) Run(ctx context.Context) error {
+	s.wit.start(ctx)
 	ckpt := time.NewTicker(s.cfg.CheckpointInterval)
 	defer ckpt.Stop()
 	dur := time.NewTicker(s.cfg.DurabilityInterval)
@@ -85,6 +89,8 @@ func (s *Stream) Run(ctx context.Context) error {
 			if err := s.Checkpoint(ctx, CheckpointPeriodic); err != nil && ctx.Err() == nil {
 				s.log.Warn("audit checkpoint failed", "err", err)
 			}
+			s.wit.publish("")
+			s.registerTenants(ctx)
 		case <-dur.C:
 			cctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 			s.checkDurability(cctx)
@@ -288,8 +294,11 @@ func (s *Stream) shutdown(fl *flusher) error {
 	}
 	s.inflight.Store(0)
 	s.m.bufferDepth.Set(0)
-	if err := s.Checkpoint(ctx, CheckpointShutdown); err != nil && !errors.Is(err, ErrClosed) {
+	err := s.Checkpoint(ctx, CheckpointShutdown)
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Warn("audit final checkpoint failed", "err", err)
 	}
+	s.registerTenants(ctx)
+	s.wit.close(ctx, err == nil)
 	return nil
 }

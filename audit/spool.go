@@ -270,7 +270,7 @@ func (sp *spool) rotate() error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrSpoolUnavailable, err)
 	}
-	if err := syncDir(sp.dir); err != nil {
+	if err := spoolSyncDir(sp.dir); err != nil {
 		f.Close()
 		return fmt.Errorf("%w: %w", ErrSpoolUnavailable, err)
 	}
@@ -373,7 +373,7 @@ func (sp *spool) reset() error {
 	sp.bytes.Store(0)
 	sp.records.Store(0)
 	_ = os.Remove(filepath.Join(sp.dir, "head"))
-	return syncDir(sp.dir)
+	return spoolSyncDir(sp.dir)
 }
 
 func (sp *spool) len() int64 { return sp.records.Load() }
@@ -410,10 +410,10 @@ func writeFileSync(path string, b []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("audit spool: %w", err)
 	}
-	return syncDir(filepath.Dir(path))
+	return spoolSyncDir(filepath.Dir(path))
 }
 
-func syncDir(dir string) error {
+func spoolSyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

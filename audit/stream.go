@@ -98,8 +98,19 @@ type StreamConfig struct {
 	// of one chain. Default 1000.
 	CheckpointEvery int
 	// CheckpointInterval writes a checkpoint for every chain with unsealed
-	// records this often. Default 30s.
+	// records this often, and hands the new heads to the witnesses: while
+	// records flow, none stays unsealed longer than this. Default 1s.
 	CheckpointInterval time.Duration
+	// Witnesses receive the writer's signed statements (the heads of its
+	// checkpoints) outside Redis; see Witness. Default none.
+	Witnesses []Witness
+	// WitnessHeartbeat is how often a writer with sealed streams tells its
+	// witnesses it is still running when nothing new was sealed, so that a
+	// writer that stopped without a closing statement can be told from a
+	// quiet one. Default 10s.
+	WitnessHeartbeat time.Duration
+	// WitnessTimeout bounds one delivery to a witness. Default 2s.
+	WitnessTimeout time.Duration
 	// Retention trims entries older than this from the streams this writer
 	// writes. Default 0: never trimmed. The Redis user needs XTRIM.
 	Retention time.Duration
@@ -163,7 +174,12 @@ func (c *StreamConfig) defaults() error {
 	if c.CheckpointEvery <= 0 {
 		c.CheckpointEvery = 1000
 	}
-	def(&c.CheckpointInterval, 30*time.Second)
+	def(&c.CheckpointInterval, time.Second)
+	def(&c.WitnessHeartbeat, 10*time.Second)
+	def(&c.WitnessTimeout, 2*time.Second)
+	if err := witnessConfig(c); err != nil {
+		return err
+	}
 	def(&c.RetentionInterval, time.Hour)
 	def(&c.DurabilityInterval, time.Minute)
 	if c.Clock == nil {
@@ -198,6 +214,7 @@ type Stream struct {
 	closeOnce sync.Once
 
 	durability atomic.Pointer[Durability]
+	wit        *witnessPub
 
 	bl backlog // outcome records Redis has not taken yet (spool.go)
 	sm *spoolMetrics
@@ -207,8 +224,9 @@ type Stream struct {
 	dropped  atomic.Uint64
 	inflight atomic.Int64 // outcome records in retry
 
-	fresh bool     // the writer id was generated: no earlier chain exists
-	seen  sync.Map // tenants written to (string -> struct{})
+	fresh  bool     // the writer id was generated: no earlier chain exists
+	seen   sync.Map // tenants written to (string -> struct{})
+	listed tenantRegistry
 
 	// Owned by the committer goroutine.
 	chains     map[string]*chain
@@ -302,6 +320,7 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		done:   make(chan struct{}),
 		chains: map[string]*chain{},
 	}
+	s.wit = newWitnessPub(&s.cfg, s.log, reg)
 	s.sm = newSpoolMetrics(reg, s)
 	if cfg.SpoolDir != "" {
 		if _, err := s.openSpool(); err != nil {
@@ -846,6 +865,7 @@ func (s *Stream) commit(batch []*item) {
 				s.m.written.WithLabelValues(string(rec.Kind)).Inc()
 				if rec.Kind == KindCheckpoint {
 					s.m.checkpoints.Inc()
+					s.wit.noteCheckpoint(rec, it.checkpoint)
 				}
 				s.finish(it, result{id: ids[i], rec: *rec})
 			}

@@ -24,6 +24,23 @@ const (
 	ProblemBadCheckpoint = "bad_checkpoint" // checkpoint inconsistent or signature invalid
 	ProblemUnknownWriter = "unknown_writer" // no trusted public key for the writer
 	ProblemWrongTenant   = "wrong_tenant"   // record of another tenant in this stream
+
+	// Missing or damaged chain heads (found with or without a witness).
+	ProblemStreamMissing = "stream_missing" // the stream is gone, though its heads, the tenant registry or a witness know it
+	ProblemHeadsMissing  = "heads_missing"  // the stream has records but its heads hash is gone
+	ProblemHeadMissing   = "head_missing"   // a writer with records (or witnessed checkpoints) has no head
+	ProblemHeadCorrupt   = "head_corrupt"   // a head that is not "<seq>:<hash>"
+
+	// Found by comparing Redis with a witness.
+	ProblemHeadRewritten      = "head_rewritten"      // a head below, or other than, a witnessed checkpoint
+	ProblemTailCut            = "tail_cut"            // records through a witnessed checkpoint deleted at the tail
+	ProblemRolledBack         = "rolled_back"         // stream and head consistently older than the witness (restored snapshot)
+	ProblemCheckpointMismatch = "checkpoint_mismatch" // the record at a witnessed checkpoint's seq is another one
+	ProblemCheckpointMissing  = "checkpoint_missing"  // a witnessed checkpoint is gone while later records remain
+	ProblemAfterClose         = "records_after_close" // records of a writer after its closing statement
+	ProblemWriterUnclosed     = "writer_unclosed"     // a writer stopped without a closing statement (crashed or killed)
+	ProblemWriterKeyChanged   = "writer_key_changed"  // the key in Redis (or pinned) differs from the witness's
+	ProblemWitnessCorrupt     = "witness_corrupt"     // the witness's own log does not check out
 )
 
 // Problem is one place where a stream does not verify.
@@ -41,6 +58,13 @@ func (p Problem) String() string {
 	at := p.ID
 	if at == "" {
 		at = "end of stream"
+	}
+	if p.Stream == "" {
+		w := ""
+		if p.Writer != "" {
+			w = " writer " + p.Writer + ":"
+		}
+		return fmt.Sprintf("%s at witness%s %s", p.Kind, w, p.Detail)
 	}
 	w := ""
 	if p.Writer != "" {
@@ -121,6 +145,7 @@ type Verifier struct {
 	unknown map[string]bool
 	rep     Report
 	pos     int
+	wit     witnessChecks
 	// Lookup, when set, is asked for a writer missing from the keys (a
 	// writer that registered after the keys were read); its answer is kept.
 	Lookup func(writer string) (ed25519.PublicKey, bool)
@@ -236,6 +261,7 @@ func (v *Verifier) Add(id string, raw []byte) {
 		p.Kind, p.Detail = ProblemChanged, "hash differs from the writer's chain head in Redis"
 		v.problem(p)
 	}
+	v.addWitnessed(id, rec, p)
 
 	if rec.RequestID != "" && (rec.Kind == KindDecision || rec.Kind == KindOutcome) {
 		k := string(rec.Kind) + "\x00" + rec.RequestID
@@ -308,8 +334,13 @@ func (v *Verifier) Finish() *Report {
 		}
 		ws.rep.Unsealed = ws.lastSeq - min(ws.rep.SealedSeq, ws.lastSeq)
 	}
+	v.finishHeads()
+	v.finishWitnessed()
 	ws := make([]string, 0, len(v.heads))
 	for w := range v.heads {
+		if v.wit.streamMissing {
+			break // one problem says it all
+		}
 		ws = append(ws, w)
 	}
 	sort.Strings(ws)
@@ -348,9 +379,16 @@ type VerifyOptions struct {
 	TrustedKeys map[string]ed25519.PublicKey
 	// PageSize is the XRANGE page. Default 1000.
 	PageSize int64
+	// Witnessed are what witnesses hold (LoadWitness), read before Redis.
+	// Their pinned keys are trusted over the writers hash (not over
+	// TrustedKeys), and the stream is compared with the heads they sealed.
+	Witnessed []*WitnessView
 }
 
-// VerifyStream walks the tenant's stream and checks every chain.
+// VerifyStream walks the tenant's stream and checks every chain: against
+// the heads hash, and against the witnesses in opts. A missing stream, a
+// missing or corrupt head, or a mismatch with a witness is a problem of the
+// report, never an error: errors are for Redis that cannot be read.
 func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string, opts VerifyOptions) (*Report, error) {
 	keys := map[string]ed25519.PublicKey{}
 	for w, k := range opts.TrustedKeys {
@@ -366,22 +404,86 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 				keys[w] = pk
 			}
 		}
+		// A witness pinned the key the writer signed with before anyone
+		// could touch Redis: it wins over the writers hash.
+		for _, view := range opts.Witnessed {
+			for w, ww := range view.Writers {
+				if len(ww.Key) == ed25519.PublicKeySize {
+					keys[w] = ww.Key
+				}
+			}
+		}
 	}
+	key := StreamKey(tenant)
 	// Heads before entries: a concurrent append only makes the stream
-	// longer than the heads, never shorter.
+	// longer than the heads, never shorter. And before EXISTS: a head
+	// read means its stream existed then, so it must exist now.
 	hv, err := rdb.HGetAll(ctx, HeadsKey(tenant)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read audit chain heads: %w", err)
 	}
+	exists, err := rdb.Exists(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
 	heads := map[string]Anchor{}
+	var corrupt []string
 	for w, s := range hv {
 		seq, hash, err := parseHead(s)
-		if err != nil {
-			return nil, err
+		if err != nil || (seq > 0 && !isHexHash(hash)) {
+			corrupt = append(corrupt, w)
+			continue
 		}
 		heads[w] = Anchor{Seq: seq, Hash: hash}
 	}
 	v := NewVerifier(tenant, keys, heads)
+	for _, w := range corrupt {
+		v.CorruptHead(w, hv[w])
+	}
+	var witnessedBy string
+	for _, view := range opts.Witnessed {
+		names := make([]string, 0, len(view.Writers))
+		for w := range view.Writers {
+			names = append(names, w)
+		}
+		sort.Strings(names)
+		for _, w := range names {
+			ww := view.Writers[w]
+			if sealed := ww.Sealed[tenant]; len(sealed) > 0 {
+				v.Witnessed(view.Name, w, sealed, ww.Closed, ww.Streams[tenant].Seq)
+				if witnessedBy == "" {
+					witnessedBy = fmt.Sprintf("witness %s holds checkpoints of writer %s up to seq %d", view.Name, w, ww.Streams[tenant].Seq)
+				}
+			}
+		}
+	}
+	if exists == 0 {
+		var why []string
+		if witnessedBy != "" {
+			why = append(why, witnessedBy)
+		}
+		if len(hv) > 0 {
+			why = append(why, fmt.Sprintf("%s names %d writers", HeadsKey(tenant), len(hv)))
+		}
+		listed, err := rdb.SIsMember(ctx, TenantsKey, tenant).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", TenantsKey, err)
+		}
+		if listed {
+			why = append(why, "the tenant registry "+TenantsKey+" lists it")
+		}
+		if len(why) > 0 {
+			v.StreamMissing(strings.Join(why, "; "))
+		}
+		return v.Finish(), nil
+	}
+	if len(opts.Witnessed) > 0 {
+		// Unknown (an ACL without XINFO) only makes a cut tail and a
+		// restored snapshot look alike; both are reported.
+		if info, err := rdb.XInfoStream(ctx, key).Result(); err == nil {
+			v.DeletionMark(info.MaxDeletedEntryID)
+		}
+	}
 	var lookupErr error
 	if opts.TrustedKeys == nil {
 		// A writer that started while we read registered its key first.
@@ -398,7 +500,7 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 	if page <= 0 {
 		page = 1000
 	}
-	err = ScanStream(ctx, rdb, StreamKey(tenant), "-", page, func(m redis.XMessage) error {
+	err = ScanStream(ctx, rdb, key, "-", page, func(m redis.XMessage) error {
 		raw, _ := m.Values[FieldRecord].(string)
 		v.Add(m.ID, []byte(raw))
 		return nil
@@ -408,6 +510,18 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 	}
 	if lookupErr != nil {
 		return nil, fmt.Errorf("read audit writers: %w", lookupErr)
+	}
+	// A writer that started after the heads were read has a head now.
+	if miss := v.MissingHeads(); len(miss) > 0 {
+		vals, err := rdb.HMGet(ctx, HeadsKey(tenant), miss...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read audit chain heads: %w", err)
+		}
+		for i, val := range vals {
+			if val != nil {
+				v.LateHead(miss[i])
+			}
+		}
 	}
 	return v.Finish(), nil
 }
@@ -436,29 +550,11 @@ func ScanStream(ctx context.Context, rdb redis.UniversalClient, key, start strin
 // primary in Cluster).
 func ListTenants(ctx context.Context, rdb redis.UniversalClient) ([]string, error) {
 	found := map[string]bool{}
-	scan := func(ctx context.Context, c *redis.Client) error {
-		it := c.ScanType(ctx, 0, "passport:{t:*}:audit", 500, "stream").Iterator()
-		for it.Next(ctx) {
-			if t, ok := TenantFromStreamKey(it.Val()); ok {
-				found[t] = true
-			}
+	err := scanKeys(ctx, rdb, "passport:{t:*}:audit", "stream", func(k string) {
+		if t, ok := TenantFromStreamKey(k); ok {
+			found[t] = true
 		}
-		return it.Err()
-	}
-	var err error
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		var mu = make(chan struct{}, 1)
-		err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-			mu <- struct{}{}
-			defer func() { <-mu }()
-			return scan(ctx, n)
-		})
-	case *redis.Client:
-		err = scan(ctx, c)
-	default:
-		return nil, errors.New("list audit tenants: unsupported redis client")
-	}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list audit tenants: %w", err)
 	}
@@ -468,6 +564,30 @@ func ListTenants(ctx context.Context, rdb redis.UniversalClient) ([]string, erro
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// scanKeys calls fn for each key matching pattern of type typ (SCAN, on
+// every primary in Cluster; fn is never called concurrently).
+func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern, typ string, fn func(string)) error {
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.ScanType(ctx, 0, pattern, 500, typ).Iterator()
+		for it.Next(ctx) {
+			fn(it.Val())
+		}
+		return it.Err()
+	}
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		var mu = make(chan struct{}, 1)
+		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			mu <- struct{}{}
+			defer func() { <-mu }()
+			return scan(ctx, n)
+		})
+	case *redis.Client:
+		return scan(ctx, c)
+	}
+	return errors.New("unsupported redis client")
 }
 
 // ParseTrustedKeys reads a trusted-keys file: one "<writer-id> <base64

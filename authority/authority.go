@@ -22,9 +22,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentpassport/passport/audit"
@@ -66,6 +69,16 @@ type Authority struct {
 	secrets secretCache
 	admins  adminTokens
 	handler http.Handler
+	// verifier is the shared strict passport verifier (package passport).
+	verifier *passport.Verifier
+	// dpop checks DPoP proofs at the token endpoint; nonces makes and
+	// checks its server nonces once their secret is loaded.
+	dpop   *passport.DPoPVerifier
+	nonces atomic.Pointer[passport.DPoPNonces]
+	// trusted are the proxies whose X-Forwarded-For names the source.
+	trusted []netip.Prefix
+	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
+	hashSlots chan struct{}
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -96,6 +109,12 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.actions = knownActions(a.types)
 	a.secrets = secretCache{ttl: cfg.Clients.SecretCacheTTL, now: deps.Clock}
+	a.trusted, _ = parseTrustedProxies(cfg.Clients.TrustedProxies) // checked by Validate
+	slots := cfg.Clients.MaxConcurrentHashes
+	if slots == 0 {
+		slots = runtime.GOMAXPROCS(0)
+	}
+	a.hashSlots = make(chan struct{}, slots)
 	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
 	var err error
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {
@@ -103,6 +122,24 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if a.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, err
+	}
+	// Passports are checked against every configured audience and the
+	// global lifetime cap, as a proxy with default settings does. The
+	// authority accepts delegated passports because it checks every link
+	// itself (introspection, token exchange), and bound ones because
+	// introspection hands cnf on to the resource server (RFC 9449 §6.2)
+	// and an exchange binds the result to the actor's own key.
+	if a.verifier, err = passport.NewVerifier(passport.VerifierConfig{
+		Issuer: cfg.Issuer, Audiences: cfg.Audiences, Leeway: cfg.Passport.Leeway,
+		MaxLifetime: passport.MaxLifetime, Clock: deps.Clock, Keys: a.passportKey,
+		AcceptDelegated: true, AcceptBound: true,
+	}); err != nil {
+		return nil, fmt.Errorf("authority verifier: %w", err)
+	}
+	if a.dpop, err = passport.NewDPoPVerifier(passport.DPoPConfig{
+		MaxAge: cfg.DPoP.ProofMaxAge, Leeway: cfg.Passport.Leeway, Clock: deps.Clock, Replay: a.dpopReplay,
+	}); err != nil {
+		return nil, fmt.Errorf("authority dpop verifier: %w", err)
 	}
 	if cfg.Keys.EncryptionKey == "" {
 		a.log.Warn("signing keys are stored in Redis unencrypted; set PASSPORT_KEY_ENCRYPTION_KEY to encrypt them at rest")
@@ -239,9 +276,15 @@ func (a *Authority) tick(ctx context.Context) {
 		a.log.WarnContext(ctx, "reload signing keys", "err", err)
 	}
 	// Revoked jtis are kept until the passport would have expired anyway.
-	cutoff := a.now().Add(-a.cfg.Passport.Leeway).Unix()
-	if err := a.rdb.ZRemRangeByScore(ctx, passport.RevokedKey, "-inf", fmt.Sprint(cutoff)).Err(); err != nil && ctx.Err() == nil {
+	pipe := a.rdb.Pipeline()
+	a.pruneRevoked(ctx, pipe)
+	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		a.log.WarnContext(ctx, "prune revocations", "err", err)
+	}
+	if a.cfg.DPoP.RequireNonce {
+		if _, err := a.loadNonces(ctx); err != nil && ctx.Err() == nil {
+			a.log.WarnContext(ctx, "reload dpop nonce secret", "err", err)
+		}
 	}
 }
 
@@ -369,6 +412,7 @@ type Metadata struct {
 	ScopesSupported                   []string `json:"scopes_supported"`
 	AuthorizationDetailsTypes         []string `json:"authorization_details_types_supported"`
 	AccessTokenSigningAlgs            []string `json:"access_token_signing_alg_values_supported"`
+	DPoPSigningAlgs                   []string `json:"dpop_signing_alg_values_supported"`
 	ServiceDocumentation              string   `json:"service_documentation,omitempty"`
 	TLSClientCertificateBoundAccess   bool     `json:"tls_client_certificate_bound_access_tokens"`
 	AuthorizationResponseIssParameter bool     `json:"authorization_response_iss_parameter_supported"`
@@ -377,13 +421,17 @@ type Metadata struct {
 func (a *Authority) metadata() Metadata {
 	base := strings.TrimRight(a.cfg.Issuer, "/")
 	methods := []string{"client_secret_basic", "client_secret_post", "private_key_jwt"}
+	grants := []string{"client_credentials"}
+	if a.cfg.Delegation.MaxDepth > 0 {
+		grants = append(grants, passport.GrantTypeTokenExchange)
+	}
 	return Metadata{
 		Issuer:                           a.cfg.Issuer,
 		TokenEndpoint:                    base + "/oauth2/token",
 		JWKSURI:                          base + "/.well-known/jwks.json",
 		IntrospectionEndpoint:            base + "/oauth2/introspect",
 		RevocationEndpoint:               base + "/oauth2/revoke",
-		GrantTypesSupported:              []string{"client_credentials"},
+		GrantTypesSupported:              grants,
 		ResponseTypesSupported:           []string{},
 		TokenEndpointAuthMethods:         methods,
 		TokenEndpointAuthSigningAlgs:     passport.Algorithms,
@@ -392,6 +440,7 @@ func (a *Authority) metadata() Metadata {
 		ScopesSupported:                  a.actions,
 		AuthorizationDetailsTypes:        []string{passport.AuthorizationDetailType},
 		AccessTokenSigningAlgs:           passport.Algorithms,
+		DPoPSigningAlgs:                  passport.DPoPAlgorithms,
 	}
 }
 

@@ -69,8 +69,40 @@ type Config struct {
 	// add to the built-in types (healer, deployer, scaler, observer,
 	// chaos). A registration may list any action known to some type.
 	AgentTypes map[string][]string `yaml:"agent_types"`
+	// Delegation configures token exchange (RFC 8693).
+	Delegation DelegationConfig `yaml:"delegation"`
+	// DPoP configures proof of possession at the token endpoint (RFC 9449).
+	DPoP DPoPConfig `yaml:"dpop"`
 	// HTTP tunes the server.
 	HTTP HTTPConfig `yaml:"http"`
+}
+
+// DelegationConfig configures token exchange (RFC 8693): an agent trades
+// another agent's passport for a narrower one that names the chain.
+type DelegationConfig struct {
+	// MaxDepth is how many exchanges one chain may hold: 1 lets an agent
+	// exchange another agent's own passport, 2 lets the result be
+	// exchanged once more, and so on. 0 turns token exchange off. Default
+	// 2, at most 8 (passport.MaxDelegationDepth).
+	MaxDepth int `yaml:"max_depth"`
+}
+
+// DPoPConfig configures DPoP (RFC 9449) at the token endpoint.
+type DPoPConfig struct {
+	// ProofMaxAge is how old a proof's iat may be (it may also be up to
+	// passport.leeway in the future). Each proof's jti is remembered in
+	// Redis for that long, shared by every replica, so a proof is used
+	// once. Default 1m, 1s to 5m.
+	ProofMaxAge time.Duration `yaml:"proof_max_age"`
+	// RequireNonce makes every proof at the token endpoint carry a server
+	// nonce (RFC 9449 §8), handed out in the DPoP-Nonce header of every
+	// token endpoint answer: proofs made ahead of time become useless.
+	// Default false.
+	RequireNonce bool `yaml:"require_nonce"`
+	// NonceLifetime: a nonce is accepted for one to two lifetimes. Nonces
+	// are an HMAC of the time, keyed by a secret every replica shares in
+	// Redis, so no state is kept per nonce. Default 5m, 1s to 1h.
+	NonceLifetime time.Duration `yaml:"nonce_lifetime"`
 }
 
 // PassportConfig shapes issued passports.
@@ -81,6 +113,14 @@ type PassportConfig struct {
 	// passports (introspection, revocation) and client assertions.
 	// Default 30s, at most 30s.
 	Leeway time.Duration `yaml:"leeway"`
+	// IssueInterval and IssueBurst limit how many passports one agent
+	// gets: a token bucket of IssueBurst passports that refills one per
+	// IssueInterval, shared by every replica in Redis. Over it the token
+	// endpoint answers 429 with Retry-After. It bounds what one agent can
+	// hold at once (about IssueBurst + Lifetime/IssueInterval live
+	// passports) and so what unblocking it costs. Defaults 1s and 30.
+	IssueInterval time.Duration `yaml:"issue_interval"`
+	IssueBurst    int           `yaml:"issue_burst"`
 }
 
 // KeysConfig configures signing keys.
@@ -109,18 +149,43 @@ type ClientsConfig struct {
 	// tests may use 4 (bcrypt.MinCost).
 	BcryptCost int `yaml:"bcrypt_cost"`
 	// SecretCacheTTL caches a successful secret verification in memory,
-	// keyed by SHA-256 of client id, secret and stored hash, so that an
-	// agent fetching passports often does not pay bcrypt each time. A
-	// changed or deleted secret never matches the cache. Default 1m; 0
-	// disables the cache.
+	// keyed by SHA-256 of client id and secret and checked against a
+	// digest of the stored hash, so that an agent fetching passports often
+	// does not pay bcrypt each time. A changed or deleted secret never
+	// matches the cache. A cached success needs no bcrypt and so takes no
+	// place in the failure limits: an agent's own concurrency never runs
+	// into them (with the cache off, more than auth_failure_limit
+	// simultaneous authentications of one client from one address may be
+	// refused). Default 1m; 0 disables the cache.
 	SecretCacheTTL time.Duration `yaml:"secret_cache_ttl"`
 	// AuthFailureLimit is how many failed authentications one client id
-	// may have per AuthFailureWindow before the token endpoint refuses it
-	// with 429. Counted in Redis so every replica shares the count.
-	// Default 10.
+	// may have from one source address per AuthFailureWindow before the
+	// token endpoint refuses that client id from that address with 429
+	// (before checking its credentials). Never per client id alone: the
+	// id is public, and failures from elsewhere must not lock its owner
+	// out. Counted in Redis so every replica shares the count. Default 10.
 	AuthFailureLimit int `yaml:"auth_failure_limit"`
+	// SourceFailureLimit is how many failed authentications one source
+	// address (an IPv6 source counts as its /64) may have per
+	// AuthFailureWindow, whatever client ids it names, before it is
+	// refused with 429. Default 100.
+	SourceFailureLimit int `yaml:"source_failure_limit"`
 	// AuthFailureWindow. Default 1m.
 	AuthFailureWindow time.Duration `yaml:"auth_failure_window"`
+	// TrustedProxies lists the addresses or CIDRs of reverse proxies in
+	// front of the authority. Only when the connection comes from one is
+	// X-Forwarded-For read (right to left, skipping trusted hops) to find
+	// the source address the limits count. Default none: the source is
+	// the connection's remote address.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// MaxConcurrentHashes bounds the bcrypt comparisons running at once,
+	// so a flood of guesses costs at most this many cores. Default 0: the
+	// number of CPUs Go may use (GOMAXPROCS).
+	MaxConcurrentHashes int `yaml:"max_concurrent_hashes"`
+	// HashWait is how long a request waits for a free bcrypt slot before
+	// it is answered 503 temporarily_unavailable with Retry-After.
+	// Default 2s.
+	HashWait time.Duration `yaml:"hash_wait"`
 	// AssertionMaxLifetime caps exp-iat of a private_key_jwt assertion;
 	// its jti is remembered until exp so it is single-use. Default 5m.
 	AssertionMaxLifetime time.Duration `yaml:"assertion_max_lifetime"`
@@ -177,7 +242,10 @@ func DefaultConfig() Config {
 		Listen:    DefaultListen,
 		Issuer:    DefaultIssuer,
 		Audiences: []string{DefaultAudience},
-		Passport:  PassportConfig{Lifetime: passport.DefaultLifetime, Leeway: passport.MaxLeeway},
+		Passport: PassportConfig{
+			Lifetime: passport.DefaultLifetime, Leeway: passport.MaxLeeway,
+			IssueInterval: time.Second, IssueBurst: 30,
+		},
 		Keys: KeysConfig{
 			Algorithm:        passport.AlgEdDSA,
 			RotationInterval: 24 * time.Hour,
@@ -187,7 +255,9 @@ func DefaultConfig() Config {
 			BcryptCost:           bcrypt.DefaultCost,
 			SecretCacheTTL:       time.Minute,
 			AuthFailureLimit:     10,
+			SourceFailureLimit:   100,
 			AuthFailureWindow:    time.Minute,
+			HashWait:             2 * time.Second,
 			AssertionMaxLifetime: 5 * time.Minute,
 		},
 		Reputation: ReputationConfig{
@@ -199,6 +269,11 @@ func DefaultConfig() Config {
 			HighMin:        80,
 			MediumMin:      50,
 			BlockBelow:     25,
+		},
+		Delegation: DelegationConfig{MaxDepth: 2},
+		DPoP: DPoPConfig{
+			ProofMaxAge:   passport.DefaultDPoPMaxAge,
+			NonceLifetime: 5 * time.Minute,
 		},
 		HTTP: HTTPConfig{
 			MaxBodyBytes:      DefaultMaxBodyBytes,
@@ -229,12 +304,9 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
 }
 
-var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
-// ValidTenant reports whether s is a valid tenant name: lowercase letters,
-// digits, '-' and '_', at most 63 characters. Tenants appear inside Redis
-// hash tags, so '{', '}' and ':' must never reach a key.
-func ValidTenant(s string) bool { return tenantRE.MatchString(s) }
+// ValidTenant reports whether s is a valid tenant name (passport.ValidTenant:
+// lowercase letters, digits, '-' and '_', at most 63 characters).
+func ValidTenant(s string) bool { return passport.ValidTenant(s) }
 
 var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`)
 
@@ -288,6 +360,12 @@ func (c Config) Validate() error {
 	if c.Passport.Leeway < 0 || c.Passport.Leeway > passport.MaxLeeway {
 		bad("passport.leeway %v: want 0 to %v", c.Passport.Leeway, passport.MaxLeeway)
 	}
+	if c.Passport.IssueInterval < time.Millisecond {
+		bad("passport.issue_interval %v: want at least 1ms", c.Passport.IssueInterval)
+	}
+	if c.Passport.IssueBurst < 1 {
+		bad("passport.issue_burst %d: want at least 1", c.Passport.IssueBurst)
+	}
 	if c.Keys.Algorithm != passport.AlgEdDSA && c.Keys.Algorithm != passport.AlgES256 {
 		bad("keys.algorithm %q: want EdDSA or ES256", c.Keys.Algorithm)
 	}
@@ -305,6 +383,18 @@ func (c Config) Validate() error {
 	}
 	if c.Clients.AuthFailureLimit < 1 {
 		bad("clients.auth_failure_limit %d: want at least 1", c.Clients.AuthFailureLimit)
+	}
+	if c.Clients.SourceFailureLimit < 1 {
+		bad("clients.source_failure_limit %d: want at least 1", c.Clients.SourceFailureLimit)
+	}
+	if _, err := parseTrustedProxies(c.Clients.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Clients.MaxConcurrentHashes < 0 {
+		bad("clients.max_concurrent_hashes %d: want 0 (the number of CPUs) or more", c.Clients.MaxConcurrentHashes)
+	}
+	if c.Clients.HashWait <= 0 {
+		bad("clients.hash_wait %v: want more than 0", c.Clients.HashWait)
 	}
 	if c.Clients.AuthFailureWindow < time.Second {
 		bad("clients.auth_failure_window %v: want at least 1s", c.Clients.AuthFailureWindow)
@@ -340,6 +430,15 @@ func (c Config) Validate() error {
 				bad("agent_types.%s: action %q: want dotted lowercase like service.restart", name, a)
 			}
 		}
+	}
+	if c.Delegation.MaxDepth < 0 || c.Delegation.MaxDepth > passport.MaxDelegationDepth {
+		bad("delegation.max_depth %d: want 0 (token exchange off) to %d", c.Delegation.MaxDepth, passport.MaxDelegationDepth)
+	}
+	if c.DPoP.ProofMaxAge < time.Second || c.DPoP.ProofMaxAge > passport.MaxDPoPMaxAge {
+		bad("dpop.proof_max_age %v: want 1s to %v", c.DPoP.ProofMaxAge, passport.MaxDPoPMaxAge)
+	}
+	if c.DPoP.NonceLifetime < time.Second || c.DPoP.NonceLifetime > time.Hour {
+		bad("dpop.nonce_lifetime %v: want 1s to 1h", c.DPoP.NonceLifetime)
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		bad("http.max_body_bytes %d: want at least 1024", c.HTTP.MaxBodyBytes)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -36,7 +37,8 @@ func TestExampleConfigMatchesDefaults(t *testing.T) {
 	def := DefaultConfig()
 	def.AgentTypes = DefaultAgentTypes()
 	if cfg.Listen != def.Listen || cfg.Issuer != def.Issuer || cfg.Passport != def.Passport || cfg.Keys != def.Keys ||
-		cfg.Clients != def.Clients || cfg.Reputation != def.Reputation || cfg.HTTP != def.HTTP ||
+		!reflect.DeepEqual(cfg.Clients, def.Clients) || cfg.Reputation != def.Reputation || cfg.HTTP != def.HTTP ||
+		cfg.Delegation != def.Delegation || cfg.DPoP != def.DPoP ||
 		strings.Join(cfg.Audiences, ",") != strings.Join(def.Audiences, ",") || len(cfg.AgentTypes) != len(def.AgentTypes) {
 		t.Fatalf("example config differs from the defaults:\n got %+v\nwant %+v", cfg, def)
 	}
@@ -90,6 +92,12 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.Keys.RotationInterval = time.Second
 	cfg.Clients.BcryptCost = 2
 	cfg.Clients.AuthFailureLimit = 0
+	cfg.Clients.SourceFailureLimit = 0
+	cfg.Clients.TrustedProxies = []string{"10.0.0.0/8", "not-an-address"}
+	cfg.Clients.MaxConcurrentHashes = -1
+	cfg.Clients.HashWait = 0
+	cfg.Passport.IssueInterval = 0
+	cfg.Passport.IssueBurst = 0
 	cfg.Reputation.BlockBelow = 90
 	cfg.AgentTypes = map[string][]string{"wizard": {"Cast Spell"}}
 	cfg.HTTP.MaxBodyBytes = 10
@@ -99,7 +107,8 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 	for _, w := range []string{"issuer", "admin_token", "tenant_admin_tokens: tenant", "tenant_admin_tokens.acme[0]", "reporter_tokens[0]", "audiences",
 		"passport.lifetime", "passport.leeway", "keys.algorithm", "keys.rotation_interval", "clients.bcrypt_cost",
-		"clients.auth_failure_limit", "block_below", "agent_types.wizard", "http.max_body_bytes"} {
+		"clients.auth_failure_limit", "clients.source_failure_limit", "clients.trusted_proxies[1]", "clients.max_concurrent_hashes",
+		"clients.hash_wait", "passport.issue_interval", "passport.issue_burst", "block_below", "agent_types.wizard", "http.max_body_bytes"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)
 		}

@@ -34,6 +34,14 @@ func writeProblem(w http.ResponseWriter, status int, code, detail string) {
 	})
 }
 
+// writeOAuthErr answers oe, with Retry-After when it has one.
+func writeOAuthErr(w http.ResponseWriter, oe *oauthError) {
+	if oe.retryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfterSeconds(oe.retryAfter))
+	}
+	writeOAuthError(w, oe.status, oe.code, oe.desc)
+}
+
 // writeOAuthError answers an RFC 6749 §5.2 error.
 func writeOAuthError(w http.ResponseWriter, status int, code, desc string) {
 	w.Header().Set("Content-Type", "application/json")
@@ -180,50 +188,68 @@ func (a *Authority) authorize(h adminHandler, reporters bool) http.HandlerFunc {
 }
 
 // secretCache remembers successful client secret verifications for a short
-// time. The key is SHA-256 over client id, secret and the stored bcrypt
-// hash, so the secret itself is never kept and a rotated or deleted secret
-// can never hit.
+// time. The key is SHA-256 over client id and secret, so the secret itself
+// is never kept; each entry holds a digest of the bcrypt hash it was
+// checked against, so a rotated or deleted secret can never hit.
 type secretCache struct {
 	ttl time.Duration
 	now func() time.Time
 	mu  sync.Mutex
-	m   map[[32]byte]time.Time
+	m   map[[32]byte]secretEntry
+}
+
+type secretEntry struct {
+	exp  time.Time
+	hash [32]byte // SHA-256 of the stored bcrypt hash
 }
 
 const secretCacheMax = 10000
 
-func secretCacheKey(clientID, secret string, hash []byte) [32]byte {
+func secretCacheKey(clientID, secret string) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(clientID))
 	h.Write([]byte{0})
 	h.Write([]byte(secret))
-	h.Write([]byte{0})
-	h.Write(hash)
 	var k [32]byte
 	h.Sum(k[:0])
 	return k
 }
 
-func (c *secretCache) hit(k [32]byte) bool {
+// hit reports whether secret was verified for clientID against the bcrypt
+// hash stored (still) as hash.
+func (c *secretCache) hit(clientID, secret string, hash []byte) bool {
+	if c.ttl <= 0 {
+		return false
+	}
+	sum := sha256.Sum256(hash)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[secretCacheKey(clientID, secret)]
+	return ok && c.now().Before(e.exp) && subtle.ConstantTimeCompare(e.hash[:], sum[:]) == 1
+}
+
+// known reports whether secret was verified for clientID recently,
+// whatever the hash: a hint that hit will likely succeed after a lookup.
+func (c *secretCache) known(clientID, secret string) bool {
 	if c.ttl <= 0 {
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	exp, ok := c.m[k]
-	return ok && c.now().Before(exp)
+	e, ok := c.m[secretCacheKey(clientID, secret)]
+	return ok && c.now().Before(e.exp)
 }
 
-func (c *secretCache) put(k [32]byte) {
+func (c *secretCache) put(clientID, secret string, hash []byte) {
 	if c.ttl <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= secretCacheMax {
-		c.m = map[[32]byte]time.Time{} // bounded: start over rather than grow
+		c.m = map[[32]byte]secretEntry{} // bounded: start over rather than grow
 	}
-	c.m[k] = c.now().Add(c.ttl)
+	c.m[secretCacheKey(clientID, secret)] = secretEntry{exp: c.now().Add(c.ttl), hash: sha256.Sum256(hash)}
 }
 
 // metrics of the authority. Labels are bounded enums, never ids.
@@ -237,6 +263,10 @@ type metrics struct {
 	rotations    *prometheus.CounterVec
 	reputation   *prometheus.CounterVec
 	auditErrors  prometheus.Counter
+	hashes       prometheus.Counter
+	hashBusy     prometheus.Counter
+	dpop         *prometheus.CounterVec
+	exchanges    *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -269,7 +299,19 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "passport_authority_audit_errors_total", Help: "Audit records the authority failed to write.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors} {
+	m.hashes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "passport_authority_secret_hashes_total", Help: "bcrypt comparisons of client secrets (real and for unknown clients).",
+	})
+	m.hashBusy = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "passport_authority_secret_hash_busy_total", Help: "Authentications answered 503 because every bcrypt slot stayed taken.",
+	})
+	m.dpop = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passport_authority_dpop_proofs_total", Help: "DPoP proofs at the token endpoint: accepted, or the reason of the refusal.",
+	}, []string{"result"})
+	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passport_authority_token_exchanges_total", Help: "Delegated passports issued by token exchange, by chain depth.",
+	}, []string{"depth"})
+	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors, m.hashes, m.hashBusy, m.dpop, m.exchanges} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -155,11 +155,14 @@ func (km *keyManager) Ensure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if hasState(keys, stateCurrent) && hasState(keys, stateNext) {
+	if hasState(keys, stateCurrent) && hasState(keys, stateNext) && len(km.unsealed(keys)) == 0 {
 		return km.install(keys)
 	}
 	// First start (or a damaged set): create what is missing under the
 	// rotation lock so that replicas starting together agree on one set.
+	// Keys stored unencrypted before an encryption key was configured are
+	// sealed now, not at their rotation: their private halves must not
+	// stay readable in Redis for another day.
 	err = km.withLock(ctx, func() error {
 		keys, err := km.read(ctx)
 		if err != nil {
@@ -192,10 +195,18 @@ func (km *keyManager) Ensure(ctx context.Context) error {
 			}
 			add = append(add, k)
 		}
+		created := len(add)
+		for _, k := range km.unsealed(keys) {
+			sealed, err := km.seal(k)
+			if err != nil {
+				return err
+			}
+			add = append(add, sealed)
+		}
 		if err := km.write(ctx, add, nil); err != nil {
 			return err
 		}
-		km.log.InfoContext(ctx, "signing keys created", "count", len(add))
+		km.log.InfoContext(ctx, "signing keys created", "count", created, "sealed", len(add)-created)
 		return nil
 	})
 	if errors.Is(err, ErrRotationInProgress) {
@@ -397,14 +408,39 @@ func (km *keyManager) generate(state string, now time.Time) (storedKey, error) {
 		k.ActivatedAt = now
 	}
 	if km.aead != nil {
-		nonce := make([]byte, km.aead.NonceSize())
-		if _, err := rand.Read(nonce); err != nil {
-			return storedKey{}, fmt.Errorf("seal signing key: %w", err)
-		}
-		k.Enc = "A256GCM"
-		k.Private = km.aead.Seal(nonce, nonce, der, []byte(k.KID+"."+k.Alg))
+		return km.seal(k)
 	}
 	return k, nil
+}
+
+// seal encrypts an unencrypted stored key with the encryption key, bound
+// to its kid and algorithm.
+func (km *keyManager) seal(k storedKey) (storedKey, error) {
+	if km.aead == nil || k.Enc != "none" {
+		return k, nil
+	}
+	nonce := make([]byte, km.aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return storedKey{}, fmt.Errorf("seal signing key: %w", err)
+	}
+	k.Enc = "A256GCM"
+	k.Private = km.aead.Seal(nonce, nonce, k.Private, []byte(k.KID+"."+k.Alg))
+	return k, nil
+}
+
+// unsealed lists stored keys that an encryption key is configured for
+// but that are stored unencrypted.
+func (km *keyManager) unsealed(keys []storedKey) []storedKey {
+	if km.aead == nil {
+		return nil
+	}
+	var out []storedKey
+	for _, k := range keys {
+		if k.Enc == "none" {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func (km *keyManager) open(st storedKey) (*signingKey, error) {

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -219,6 +221,52 @@ func TestKeysPersistAndAreEncryptedAtRest(t *testing.T) {
 	}
 }
 
+// Keys stored unencrypted (before an encryption key was configured) are
+// sealed when an authority with an encryption key starts, keeping their
+// kids, so passports signed before stay valid and no private key stays
+// readable in Redis until the next rotation.
+func TestUnencryptedKeysSealedAtStart(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	ag := e.register("acme", "healer-1", "healer", passport.TrustHigh)
+	raw := e.token(ag, nil)
+	ctx := context.Background()
+	before, _ := e.a.keys.read(ctx)
+	for _, k := range before {
+		if k.Enc != "none" {
+			t.Fatalf("setup: key %s enc %q", k.KID, k.Enc)
+		}
+	}
+	var logs strings.Builder
+	cfg := testConfig()
+	cfg.Issuer = e.a.cfg.Issuer
+	cfg.Keys.EncryptionKey = "a-key-encryption-key-configured-later"
+	a, err := New(cfg, Deps{Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Clock: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := a.keys.read(ctx)
+	if len(after) != len(before) {
+		t.Fatalf("%d keys before, %d after", len(before), len(after))
+	}
+	for _, k := range after {
+		if k.Enc != "A256GCM" {
+			t.Fatalf("key %s still stored with enc %q", k.KID, k.Enc)
+		}
+		if _, err := x509.ParsePKCS8PrivateKey(k.Private); err == nil {
+			t.Fatalf("key %s: PKCS#8 readable in Redis", k.KID)
+		}
+	}
+	if _, err := a.verify(ctx, raw); err != nil {
+		t.Fatalf("passport signed before the sealing: %v", err)
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("warnings at start:\n%s", logs.String())
+	}
+}
+
 func TestMetadataAndHealth(t *testing.T) {
 	e := newEnv(t, nil, nil, nil)
 	resp, body := e.get("/.well-known/oauth-authorization-server", "")
@@ -232,9 +280,22 @@ func TestMetadataAndHealth(t *testing.T) {
 	base := e.a.cfg.Issuer
 	if md.Issuer != base || md.TokenEndpoint != base+"/oauth2/token" || md.JWKSURI != base+"/.well-known/jwks.json" ||
 		md.IntrospectionEndpoint != base+"/oauth2/introspect" || md.RevocationEndpoint != base+"/oauth2/revoke" ||
-		len(md.GrantTypesSupported) != 1 || md.GrantTypesSupported[0] != "client_credentials" ||
+		!slices.Equal(md.GrantTypesSupported, []string{"client_credentials", passport.GrantTypeTokenExchange}) ||
+		!slices.Equal(md.DPoPSigningAlgs, []string{"ES256", "EdDSA"}) ||
 		len(md.TokenEndpointAuthMethods) != 3 || len(md.AccessTokenSigningAlgs) != 2 {
 		t.Fatalf("metadata: %+v", md)
+	}
+	// The metadata as JSON names the RFC 9449 and RFC 8693 members.
+	var raw map[string]any
+	_ = json.Unmarshal(body, &raw)
+	if _, ok := raw["dpop_signing_alg_values_supported"]; !ok {
+		t.Fatalf("metadata lacks dpop_signing_alg_values_supported: %s", body)
+	}
+	// With token exchange off, the grant is not advertised.
+	off := newEnv(t, func(c *Config) { c.Delegation.MaxDepth = 0 }, e.rs, nil)
+	_, body = off.get("/.well-known/oauth-authorization-server", "")
+	if strings.Contains(string(body), "token-exchange") {
+		t.Fatalf("token exchange advertised while off: %s", body)
 	}
 	if resp, _ := e.get("/healthz", ""); resp.StatusCode != 200 {
 		t.Fatalf("healthz %d", resp.StatusCode)

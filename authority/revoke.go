@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -24,6 +25,7 @@ func (a *Authority) revokeJTI(ctx context.Context, tenant, agentID, jti string, 
 	ev := passport.RevocationEvent{Type: passport.EventRevoke, JTI: jti, Exp: exp.Unix(), Tenant: tenant, AgentID: agentID, Reason: cause}
 	pipe := a.rdb.Pipeline()
 	pipe.ZAdd(ctx, passport.RevokedKey, redis.Z{Score: float64(exp.Unix()), Member: jti})
+	a.pruneRevoked(ctx, pipe)
 	pipe.Publish(ctx, passport.RevocationChannel, ev.Marshal())
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("revoke %s: %w", jti, err)
@@ -34,32 +36,71 @@ func (a *Authority) revokeJTI(ctx context.Context, tenant, agentID, jti string, 
 	return nil
 }
 
-// revokeOutstanding revokes every passport of an agent that has not
-// expired yet.
+// pruneRevoked queues the removal of revocations whose passports have
+// expired anyway. The cutoff allows the largest leeway any verifier may
+// use (passport.MaxLeeway), not this authority's own: a proxy configured
+// with more skew still accepts a passport that long after its exp, so its
+// revocation must outlive that.
+func (a *Authority) pruneRevoked(ctx context.Context, p redis.Pipeliner) {
+	cutoff := a.now().Add(-passport.MaxLeeway).Unix()
+	p.ZRemRangeByScore(ctx, passport.RevokedKey, "-inf", "("+strconv.FormatInt(cutoff, 10))
+}
+
+// revokeBatch is the largest number of jtis revoked in one round trip.
+const revokeBatch = 1000
+
+// revokeOutstanding revokes every passport of an agent that may still be
+// accepted somewhere, in batches of one round trip each (one ZADD, one
+// event per passport so proxies apply them as single revocations). It is
+// for unblock and delete, never for block: the number of live passports is
+// bounded by the issuance limit (about issue_burst + lifetime /
+// issue_interval). The audit record names the count and the first jtis.
 func (a *Authority) revokeOutstanding(ctx context.Context, tenant, agentID, cause string) (int, error) {
 	now := a.now()
 	zs, err := a.rdb.ZRangeByScoreWithScores(ctx, issuedKey(tenant, agentID), &redis.ZRangeBy{
-		Min: strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10), Max: "+inf",
+		Min: strconv.FormatInt(now.Add(-passport.MaxLeeway).Unix(), 10), Max: "+inf",
 	}).Result()
 	if err != nil {
 		return 0, fmt.Errorf("list passports of %s: %w", agentID, err)
 	}
-	n := 0
-	var errs []error
-	for _, z := range zs {
-		jti, _ := z.Member.(string)
-		if err := a.revokeJTI(ctx, tenant, agentID, jti, time.Unix(int64(z.Score), 0), cause); err != nil {
-			errs = append(errs, err)
-			continue
+	for start := 0; start < len(zs); start += revokeBatch {
+		batch := zs[start:min(start+revokeBatch, len(zs))]
+		pipe := a.rdb.Pipeline()
+		pipe.ZAdd(ctx, passport.RevokedKey, batch...)
+		if start == 0 {
+			a.pruneRevoked(ctx, pipe)
 		}
-		n++
+		for _, z := range batch {
+			jti, _ := z.Member.(string)
+			ev := passport.RevocationEvent{Type: passport.EventRevoke, JTI: jti, Exp: int64(z.Score), Tenant: tenant, AgentID: agentID, Reason: cause}
+			pipe.Publish(ctx, passport.RevocationChannel, ev.Marshal())
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return start, fmt.Errorf("revoke passports of %s: %w", agentID, err)
+		}
+		a.m.revocations.WithLabelValues(cause).Add(float64(len(batch)))
 	}
-	return n, errors.Join(errs...)
+	if len(zs) > 0 {
+		jtis := make([]string, 0, min(len(zs), 100))
+		for _, z := range zs[:min(len(zs), 100)] {
+			jti, _ := z.Member.(string)
+			jtis = append(jtis, jti)
+		}
+		a.log.InfoContext(ctx, "passports revoked", "tenant", tenant, "agent_id", agentID, "count", len(zs), "cause", cause)
+		a.auditEnqueue(tenant, agentID, audit.KindRevocation, map[string]any{
+			"agent_id": agentID, "count": len(zs), "jtis": jtis, "jtis_truncated": len(zs) > len(jtis), "cause": cause,
+		})
+	}
+	return len(zs), nil
 }
 
 // blockAgent blocks an agent: the flag in its hash and the blocked set
-// (both read by proxies), every outstanding passport revoked, an event on
-// the revocation channel, and an agent_blocked audit record with the cause.
+// (both read by proxies), an event on the revocation channel, and an
+// agent_blocked audit record with the cause. It takes constant time
+// whatever the agent holds: the block itself refuses every passport of the
+// agent at every proxy (and at introspection), so none is enumerated or
+// revoked here. Passports still alive are revoked when the block is lifted
+// (unblockAgent), so an unblock never brings them back.
 // trigger is "admin" or "reputation" (a metrics label); cause is the
 // human-readable story kept in the audit record. A block must happen even
 // if the audit store is down, so an audit failure is logged and counted,
@@ -81,22 +122,29 @@ func (a *Authority) blockAgent(ctx context.Context, rec *agentRecord, reason, tr
 	if err := a.rdb.Publish(ctx, passport.RevocationChannel, ev.Marshal()).Err(); err != nil {
 		a.log.WarnContext(ctx, "publish block", "agent_id", rec.ID, "err", err)
 	}
-	n, err := a.revokeOutstanding(ctx, rec.Tenant, rec.ID, "block")
 	a.m.blocks.WithLabelValues(trigger).Inc()
-	a.log.WarnContext(ctx, "agent blocked", "tenant", rec.Tenant, "agent_id", rec.ID, "reason", reason, "trigger", trigger, "cause", cause, "revoked", n)
+	a.log.WarnContext(ctx, "agent blocked", "tenant", rec.Tenant, "agent_id", rec.ID, "reason", reason, "trigger", trigger, "cause", cause)
 	a.auditAppend(ctx, rec.Tenant, rec, audit.KindAgentBlocked, map[string]any{
-		"agent_id": rec.ID, "reason": reason, "cause": cause, "trigger": trigger, "revoked": n,
+		"agent_id": rec.ID, "reason": reason, "cause": cause, "trigger": trigger,
 	})
 	rec.Blocked, rec.BlockedReason, rec.BlockedAt = true, reason, now
-	return err
+	return nil
 }
 
-// unblockAgent lifts a block. The reputation is reset to the agent's
+// unblockAgent lifts a block. Every passport the agent got before the
+// block and that is still alive is revoked first (and announced before the
+// unblock event, so every proxy applies the revocations first): lifting
+// the block must not bring them back, the agent asks for new ones. If that
+// fails, the agent stays blocked. The reputation is reset to the agent's
 // baseline: the admin has decided the agent may act again, and leaving the
 // score below the block threshold would block it again on its next denied
-// call. Passports revoked by the block stay revoked; the agent asks for a
-// new one.
+// call.
 func (a *Authority) unblockAgent(ctx context.Context, rec *agentRecord, by string) error {
+	if rec.Blocked {
+		if _, err := a.revokeOutstanding(ctx, rec.Tenant, rec.ID, "block"); err != nil {
+			return fmt.Errorf("unblock agent %s: %w", rec.ID, err)
+		}
+	}
 	now := a.now()
 	rep := passport.Reputation{Score: rec.Reputation.Baseline, Baseline: rec.Reputation.Baseline, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife}
 	fields := reputationFields(rep)
@@ -123,10 +171,9 @@ func (a *Authority) unblockAgent(ctx context.Context, rec *agentRecord, by strin
 	return nil
 }
 
-// deleteAgent removes an agent and revokes its passports. The agent is
-// kept in the blocked set until its last passport expired (the set
-// member is removed by a later unblock or stays harmlessly: no new
-// passport can be issued for a deleted id).
+// deleteAgent removes an agent and revokes its passports still alive
+// (bounded by the issuance limit). Proxies refuse a deleted agent's
+// passports anyway (no agent record), the revocations make it immediate.
 func (a *Authority) deleteAgent(ctx context.Context, rec *agentRecord) error {
 	if _, err := a.revokeOutstanding(ctx, rec.Tenant, rec.ID, "delete"); err != nil {
 		return err
@@ -189,7 +236,7 @@ type caller struct {
 func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return nil, nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large"}
+		return nil, nil, &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large", 0}
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != "application/x-www-form-urlencoded" {
@@ -221,7 +268,7 @@ func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 	if err := a.Init(r.Context()); err != nil {
 		return nil, nil, err
 	}
-	agent, err := a.authenticate(r.Context(), f)
+	agent, err := a.authenticate(r.Context(), f, sourceOf(r, a.trusted))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -232,9 +279,9 @@ func (a *Authority) oauthFail(w http.ResponseWriter, r *http.Request, err error)
 	var oe *oauthError
 	if !errors.As(err, &oe) {
 		a.logFailure(r.Context(), "request failed", "path", r.URL.Path, "err", err)
-		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later"}
+		oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "try again later", 0}
 	}
-	writeOAuthError(w, oe.status, oe.code, oe.desc)
+	writeOAuthErr(w, oe)
 }
 
 // handleIntrospect answers RFC 7662. Only the passport's own tenant may
@@ -257,37 +304,78 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		a.oauthFail(w, r, err)
 		return
 	}
-	c, err := a.verify(raw, "")
+	c, err := a.verify(r.Context(), raw)
 	if err != nil || !who.mayAccess(c) {
 		writeJSON(w, http.StatusOK, inactive)
 		return
 	}
-	ctx := r.Context()
-	pipe := a.rdb.Pipeline()
-	revoked := pipe.ZScore(ctx, passport.RevokedKey, c.ID)
-	blocked := pipe.HGet(ctx, passport.AgentKey(c.Tenant, c.Subject), passport.FieldBlocked)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	active, err := a.live(r.Context(), c)
+	if err != nil {
 		a.oauthFail(w, r, fmt.Errorf("introspect: %w", err))
 		return
 	}
-	if revoked.Err() == nil {
+	if !active {
 		writeJSON(w, http.StatusOK, inactive)
 		return
 	}
-	if v, _ := blocked.Result(); v != "0" { // blocked, or the agent was deleted
-		writeJSON(w, http.StatusOK, inactive)
-		return
+	tokenType := "Bearer"
+	if c.Cnf != nil {
+		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2
 	}
 	out := map[string]any{
-		"active": true, "token_type": "Bearer", "scope": c.Scope, "client_id": c.ClientID,
+		"active": true, "token_type": tokenType, "scope": c.Scope, "client_id": c.ClientID,
 		"sub": c.Subject, "aud": c.Audience, "iss": c.Issuer, "jti": c.ID,
-		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(), "nbf": c.NotBefore.Unix(),
+		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(),
 		"tenant": c.Tenant, "agent": c.Agent, "authorization_details": c.AuthorizationDetails,
+	}
+	if c.NotBefore != nil { // optional: the verifier requires exp and iat only
+		out["nbf"] = c.NotBefore.Unix()
 	}
 	if c.Task != nil {
 		out["task"] = c.Task
 	}
+	if c.Delegation != nil {
+		out["act"], out["delegation"] = c.Act, c.Delegation
+	}
+	if c.Cnf != nil {
+		out["cnf"] = c.Cnf
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// live reports whether a verified passport is still good: neither it nor
+// any passport before it in its chain revoked, and neither its agent nor
+// any agent before it in its chain blocked or deleted. One round trip.
+func (a *Authority) live(ctx context.Context, c *passport.Claims) (bool, error) {
+	jtis, agents := []string{c.ID}, []string{c.Subject}
+	if c.Delegation != nil {
+		for _, l := range c.Delegation.Links {
+			jtis, agents = append(jtis, l.JTI), append(agents, l.Sub)
+		}
+	}
+	pipe := a.rdb.Pipeline()
+	revoked := make([]*redis.FloatCmd, len(jtis))
+	for i, jti := range jtis {
+		revoked[i] = pipe.ZScore(ctx, passport.RevokedKey, jti)
+	}
+	blocked := make([]*redis.StringCmd, len(agents))
+	for i, id := range agents {
+		blocked[i] = pipe.HGet(ctx, passport.AgentKey(c.Tenant, id), passport.FieldBlocked)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return false, err
+	}
+	for _, rc := range revoked {
+		if rc.Err() == nil {
+			return false, nil
+		}
+	}
+	for _, bc := range blocked {
+		if v, _ := bc.Result(); v != "0" { // blocked, or the agent was deleted
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (c *caller) mayAccess(cl *passport.Claims) bool {
@@ -319,13 +407,15 @@ func (a *Authority) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		a.oauthFail(w, r, err)
 		return
 	}
-	c, err := a.verify(raw, "")
+	c, err := a.verify(r.Context(), raw)
 	if err != nil {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if who.agent != nil && who.agent.ID != c.Subject {
-		writeOAuthError(w, http.StatusBadRequest, "unauthorized_client", "a client may revoke only its own passports")
+	// An agent may revoke its own passports, and the delegated passports
+	// that act on its behalf (it appears in their chain).
+	if who.agent != nil && who.agent.ID != c.Subject && (c.Delegation == nil || !slices.Contains(c.Delegation.Chain, who.agent.ID)) {
+		writeOAuthError(w, http.StatusBadRequest, "unauthorized_client", "a client may revoke only its own passports and those acting on its behalf")
 		return
 	}
 	if who.admin != nil && !who.admin.may(c.Tenant) {

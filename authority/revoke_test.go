@@ -264,21 +264,14 @@ func TestReputationBlocksAndUnblockRestores(t *testing.T) {
 	if !last.Blocked || !last.AutoBlocked || last.Reputation != 20 || last.Previous != 30 {
 		t.Fatalf("after 4 denials: %+v", last)
 	}
-	// Both outstanding passports revoked and published; block published.
-	seen := map[string]bool{}
-	for len(seen) < 3 {
-		ev := awaitEvent(t, events, time.Second, func(passport.RevocationEvent) bool { return true })
-		switch {
-		case ev.Type == passport.EventRevoke && (ev.JTI == c1.ID || ev.JTI == c2.ID):
-			seen[ev.JTI] = true
-		case ev.Type == passport.EventBlock && ev.AgentID == rogue.ID && ev.Tenant == "acme":
-			seen["block"] = true
-		}
+	// The block is published; the block alone refuses the outstanding
+	// passports, none is enumerated or revoked (constant time).
+	ev := awaitEvent(t, events, time.Second, func(passport.RevocationEvent) bool { return true })
+	if ev.Type != passport.EventBlock || ev.AgentID != rogue.ID || ev.Tenant != "acme" {
+		t.Fatalf("first event after the block: %+v", ev)
 	}
-	for _, jti := range []string{c1.ID, c2.ID} {
-		if _, err := e.rdb.ZScore(ctx, passport.RevokedKey, jti).Result(); err != nil {
-			t.Fatalf("jti %s not in the revoked set: %v", jti, err)
-		}
+	if n, _ := e.rdb.ZCard(ctx, passport.RevokedKey).Result(); n != 0 {
+		t.Fatalf("%d revocations written by a block", n)
 	}
 	if ok, _ := e.rdb.SIsMember(ctx, passport.BlockedKey, passport.BlockedMember("acme", rogue.ID)).Result(); !ok {
 		t.Fatal("not in the blocked set")
@@ -310,7 +303,7 @@ func TestReputationBlocksAndUnblockRestores(t *testing.T) {
 		t.Fatalf("%d reputation records, want 4", n)
 	}
 	if counter(t, e.reg, "passport_authority_agent_blocks_total", "cause", "reputation") != 1 ||
-		counter(t, e.reg, "passport_authority_revocations_total", "cause", "block") != 2 ||
+		counter(t, e.reg, "passport_authority_revocations_total", "cause", "block") != 0 ||
 		counter(t, e.reg, "passport_authority_reputation_updates_total", "outcome", "denied") != 4 {
 		t.Fatal("metrics do not show the block")
 	}
@@ -319,7 +312,9 @@ func TestReputationBlocksAndUnblockRestores(t *testing.T) {
 		t.Fatalf("denial while blocked: %+v %v", r, err)
 	}
 
-	// Unblock restores: baseline reputation, passports again.
+	// Unblock restores: baseline reputation, passports again. The
+	// passports from before the block stay dead: they are revoked, and
+	// announced before the unblock.
 	ag, err := e.admin.Unblock(ctx, "acme", rogue.ID)
 	if err != nil || ag.Blocked || ag.Reputation != 60 {
 		t.Fatalf("unblock: %+v %v", ag, err)
@@ -327,9 +322,32 @@ func TestReputationBlocksAndUnblockRestores(t *testing.T) {
 	if ok, _ := e.rdb.SIsMember(ctx, passport.BlockedKey, passport.BlockedMember("acme", rogue.ID)).Result(); ok {
 		t.Fatal("still in the blocked set")
 	}
-	awaitEvent(t, events, time.Second, func(ev passport.RevocationEvent) bool {
-		return ev.Type == passport.EventUnblock && ev.AgentID == rogue.ID
-	})
+	seen := map[string]bool{}
+	for !seen["unblock"] {
+		ev := awaitEvent(t, events, time.Second, func(passport.RevocationEvent) bool { return true })
+		switch {
+		case ev.Type == passport.EventRevoke && (ev.JTI == c1.ID || ev.JTI == c2.ID):
+			seen[ev.JTI] = true
+		case ev.Type == passport.EventUnblock && ev.AgentID == rogue.ID:
+			if !seen[c1.ID] || !seen[c2.ID] {
+				t.Fatalf("unblock announced before the revocations: %v", seen)
+			}
+			seen["unblock"] = true
+		}
+	}
+	for _, jti := range []string{c1.ID, c2.ID} {
+		if _, err := e.rdb.ZScore(ctx, passport.RevokedKey, jti).Result(); err != nil {
+			t.Fatalf("jti %s not in the revoked set: %v", jti, err)
+		}
+	}
+	for _, p := range []string{p1, p2} {
+		if m := e.introspect(p, basicAuthOf(healer)); m["active"] != false {
+			t.Fatal("unblock resurrected a passport from before the block")
+		}
+	}
+	if counter(t, e.reg, "passport_authority_revocations_total", "cause", "block") != 2 {
+		t.Fatal("revocations on unblock not counted")
+	}
 	if p := e.token(rogue, nil); p == "" {
 		t.Fatal("no passport after unblock")
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -28,6 +29,9 @@ const (
 	authBasic         = "client_secret_basic"
 	authPost          = "client_secret_post"
 	authPrivateKeyJWT = "private_key_jwt"
+	// authActorToken: a token exchange whose actor shows its own passport
+	// (actor_token) instead of client credentials.
+	authActorToken = "actor_token"
 
 	assertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
@@ -37,18 +41,20 @@ type oauthError struct {
 	status int
 	code   string
 	desc   string
+	// retryAfter, when set, is sent as Retry-After (429 and 503).
+	retryAfter time.Duration
 }
 
 func (e *oauthError) Error() string { return e.code + ": " + e.desc }
 
 func errInvalidRequest(desc string) *oauthError {
-	return &oauthError{http.StatusBadRequest, "invalid_request", desc}
+	return &oauthError{http.StatusBadRequest, "invalid_request", desc, 0}
 }
 
 // errInvalidClient is deliberately the same for an unknown client, a wrong
 // secret and a bad assertion, so that the answer does not tell an attacker
 // which client ids exist.
-var errInvalidClient = &oauthError{http.StatusUnauthorized, "invalid_client", "client authentication failed"}
+var errInvalidClient = &oauthError{http.StatusUnauthorized, "invalid_client", "client authentication failed", 0}
 
 // tokenForm is the parsed token request.
 type tokenForm struct {
@@ -63,7 +69,13 @@ type tokenForm struct {
 	Audience      string
 	Task          string
 	Tenant        string
-	method        string
+	// Token exchange (RFC 8693 §2.1).
+	SubjectToken       string
+	SubjectTokenType   string
+	ActorToken         string
+	ActorTokenType     string
+	RequestedTokenType string
+	method             string
 }
 
 // maxParam bounds each form value; the body limit bounds the total.
@@ -100,6 +112,11 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	f.AuthzDetails = get("authorization_details")
 	f.Task = get("task")
 	f.Tenant = get("tenant")
+	f.SubjectToken = get("subject_token")
+	f.SubjectTokenType = get("subject_token_type")
+	f.ActorToken = get("actor_token")
+	f.ActorTokenType = get("actor_token_type")
+	f.RequestedTokenType = get("requested_token_type")
 	res, aud := get("resource"), get("audience")
 	if res != "" && aud != "" && res != aud {
 		return nil, errInvalidRequest("resource and audience disagree")
@@ -141,6 +158,11 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	if methods > 1 {
 		return nil, errInvalidRequest("use exactly one client authentication method")
 	}
+	if methods == 0 && f.GrantType == passport.GrantTypeTokenExchange && f.ActorToken != "" {
+		// RFC 8693: the actor may show its own passport instead.
+		f.method = authActorToken
+		return f, nil
+	}
 	if methods == 0 {
 		return nil, errInvalidClient
 	}
@@ -166,25 +188,23 @@ func safeParam(k string) string {
 
 func (a *Authority) handleToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	a.setNonce(ctx, w)
 	tok, method, err := a.token(ctx, r)
 	if err != nil {
 		var oe *oauthError
 		if !errors.As(err, &oe) {
 			a.logFailure(ctx, "token request failed", "err", err)
-			oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "the authority cannot issue passports right now"}
+			oe = &oauthError{http.StatusServiceUnavailable, "temporarily_unavailable", "the authority cannot issue passports right now", 0}
 		}
 		a.m.refused.WithLabelValues(oe.code).Inc()
-		if oe.status == http.StatusTooManyRequests {
-			w.Header().Set("Retry-After", strconv.Itoa(int(a.cfg.Clients.AuthFailureWindow.Seconds())))
-		}
-		writeOAuthError(w, oe.status, oe.code, oe.desc)
+		writeOAuthErr(w, oe)
 		return
 	}
 	a.m.issued.WithLabelValues(string(tok.trust), method).Inc()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
 	writeJSON(w, http.StatusOK, client.TokenResponse{
-		AccessToken: tok.raw, TokenType: "Bearer", ExpiresIn: int64(a.cfg.Passport.Lifetime.Seconds()), Scope: tok.scope,
+		AccessToken: tok.raw, TokenType: tok.tokenType, ExpiresIn: tok.expiresIn, Scope: tok.scope, IssuedTokenType: tok.issuedType,
 	})
 }
 
@@ -192,6 +212,11 @@ type issued struct {
 	raw   string
 	scope string
 	trust passport.TrustLevel
+	// tokenType is "Bearer" or "DPoP"; expiresIn the seconds left, which
+	// an exchange may cut short; issuedType is set by an exchange.
+	tokenType  string
+	expiresIn  int64
+	issuedType string
 }
 
 func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string, error) {
@@ -199,7 +224,7 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, "", &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large"}
+			return nil, "", &oauthError{http.StatusRequestEntityTooLarge, "invalid_request", "request body too large", 0}
 		}
 		return nil, "", errInvalidRequest("cannot read request body")
 	}
@@ -211,26 +236,40 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 		}
 		return nil, "", err
 	}
-	if f.GrantType != "client_credentials" {
-		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported"}
+	switch f.GrantType {
+	case "client_credentials":
+	case passport.GrantTypeTokenExchange:
+		if a.cfg.Delegation.MaxDepth == 0 {
+			return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "token exchange is turned off on this authority", 0}
+		}
+		tok, err := a.exchange(ctx, r, f)
+		return tok, f.method, err
+	default:
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "supported grant types: client_credentials, " + passport.GrantTypeTokenExchange, 0}
 	}
 	if err := a.Init(ctx); err != nil {
 		return nil, f.method, err
 	}
-	agent, err := a.authenticate(ctx, f)
+	agent, err := a.authenticate(ctx, f, sourceOf(r, a.trusted))
 	if err != nil {
 		return nil, f.method, err
 	}
 	if f.Tenant != "" && f.Tenant != agent.Tenant {
 		// An agent belongs to exactly one tenant; asking for another is
 		// refused rather than silently ignored.
-		return nil, f.method, &oauthError{http.StatusBadRequest, "invalid_target", "this client may not obtain passports for tenant " + safeTenant(f.Tenant)}
+		return nil, f.method, &oauthError{http.StatusBadRequest, "invalid_target", "this client may not obtain passports for tenant " + safeTenant(f.Tenant), 0}
 	}
 	if agent.Blocked {
-		return nil, f.method, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked: " + blockedDesc(agent)}
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked: " + blockedDesc(agent), 0}
 	}
 	grant, err := a.narrow(agent, f)
 	if err != nil {
+		return nil, f.method, err
+	}
+	if grant.jkt, err = a.checkDPoP(ctx, r, dpopNeed{required: agent.RequireDPoP, why: "this agent is registered with require_dpop"}); err != nil {
+		return nil, f.method, err
+	}
+	if err := a.takeIssuance(ctx, agent); err != nil {
 		return nil, f.method, err
 	}
 	tok, err := a.issue(ctx, agent, grant)
@@ -270,12 +309,13 @@ func basicAuth(r *http.Request) (user, pass string, ok bool) {
 	return u, p, true
 }
 
-// authenticate checks the client's credentials. Failures are counted per
-// client id in Redis (shared by every replica, and expiring with the
-// window, so unknown ids cost nothing lasting); over the limit the client
-// is refused with 429 before its credentials are even checked, so
-// guessing a secret is slow whichever replica is asked.
-func (a *Authority) authenticate(ctx context.Context, f *tokenForm) (*agentRecord, error) {
+// authenticate checks the client's credentials, presented from src.
+// Attempts are counted per source address and per client id at that
+// address (throttle.go), in Redis so every replica shares the counts, and
+// over either limit the client is refused with 429 before its credentials
+// are even checked. Nothing is counted per client id alone: the id is
+// public, and a stranger's failures must never lock its owner out.
+func (a *Authority) authenticate(ctx context.Context, f *tokenForm, src netip.Addr) (*agentRecord, error) {
 	clientID := f.ClientID
 	var claims *jwt.RegisteredClaims
 	if f.method == authPrivateKeyJWT {
@@ -292,50 +332,73 @@ func (a *Authority) authenticate(ctx context.Context, f *tokenForm) (*agentRecor
 		a.m.authFailures.WithLabelValues(f.method, "unknown_client").Inc()
 		return nil, errInvalidClient
 	}
-	limited, err := a.rateLimited(ctx, clientID)
+	// A secret verified moments ago needs no hash, so no place in the
+	// limits either: an agent asking often, or many times at once, is
+	// never refused for its own concurrency. Only the right secret hits.
+	if (f.method == authBasic || f.method == authPost) && a.secrets.known(clientID, f.ClientSecret) {
+		agent, err := a.lookupClient(ctx, clientID)
+		switch {
+		case err == nil && a.secrets.hit(clientID, f.ClientSecret, agent.SecretHash):
+			return agent, nil
+		case err != nil && !errors.Is(err, ErrAgentNotFound):
+			return nil, err
+		}
+		// Secret changed or agent deleted since: the full check below.
+	}
+	at, err := a.reserve(ctx, src, clientID, f.method)
 	if err != nil {
 		return nil, err
 	}
-	if limited {
-		a.m.authFailures.WithLabelValues(f.method, "rate_limited").Inc()
-		return nil, &oauthError{http.StatusTooManyRequests, "invalid_client", "too many failed authentication attempts for this client; retry later"}
+	agent, reason, err := a.checkCredentials(ctx, f, clientID, claims)
+	switch {
+	case reason != "":
+		// A failure keeps its reservation: it is what the limits count.
+		return nil, a.authFailed(ctx, clientID, src, f.method, reason)
+	case err != nil:
+		a.release(ctx, at) // not the client's failure (Redis, busy)
+		return nil, err
 	}
+	a.release(ctx, at)
+	return agent, nil
+}
+
+// checkCredentials returns the agent, or the reason its credentials
+// failed, or an error that is nobody's failure.
+func (a *Authority) checkCredentials(ctx context.Context, f *tokenForm, clientID string, claims *jwt.RegisteredClaims) (*agentRecord, string, error) {
 	agent, err := a.lookupClient(ctx, clientID)
 	if errors.Is(err, ErrAgentNotFound) {
-		a.dummyCompare()
-		return nil, a.authFailed(ctx, clientID, f.method, "unknown_client")
+		// As long as a real comparison, so an unknown id is not told apart
+		// from a wrong secret by timing.
+		if _, err := a.compareSecret(ctx, a.dummyHash(), "x"); err != nil {
+			return nil, "", err
+		}
+		return nil, "unknown_client", nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	switch f.method {
 	case authBasic, authPost:
-		k := secretCacheKey(agent.ID, f.ClientSecret, agent.SecretHash)
-		if a.secrets.hit(k) {
-			return agent, nil
+		ok, err := a.compareSecret(ctx, agent.SecretHash, f.ClientSecret)
+		if err != nil {
+			return nil, "", err
 		}
-		if bcrypt.CompareHashAndPassword(agent.SecretHash, []byte(f.ClientSecret)) != nil {
-			return nil, a.authFailed(ctx, clientID, f.method, "wrong_secret")
+		if !ok {
+			return nil, "wrong_secret", nil
 		}
-		a.secrets.put(k)
-		return agent, nil
+		a.secrets.put(agent.ID, f.ClientSecret, agent.SecretHash)
+		return agent, "", nil
 	case authPrivateKeyJWT:
 		if agent.PublicKey == nil {
-			return nil, a.authFailed(ctx, clientID, f.method, "no_public_key")
+			return nil, "no_public_key", nil
 		}
 		if err := a.verifyAssertion(ctx, agent, f.Assertion, claims); err != nil {
 			a.log.InfoContext(ctx, "client assertion refused", "client_id", agent.ID, "err", err)
-			return nil, a.authFailed(ctx, clientID, f.method, "bad_assertion")
+			return nil, "bad_assertion", nil
 		}
-		return agent, nil
+		return agent, "", nil
 	}
-	return nil, errInvalidClient
-}
-
-// dummyCompare spends about the time of a real bcrypt comparison, so an
-// unknown client id is not told apart from a wrong secret by timing.
-func (a *Authority) dummyCompare() {
-	_ = bcrypt.CompareHashAndPassword(a.dummyHash(), []byte("x"))
+	return nil, "unknown_method", nil
 }
 
 func (a *Authority) dummyHash() []byte {
@@ -345,28 +408,12 @@ func (a *Authority) dummyHash() []byte {
 	return a.dummy
 }
 
-func failKey(clientID string) string { return "passport:authority:authfail:" + clientID }
-
-func (a *Authority) rateLimited(ctx context.Context, clientID string) (bool, error) {
-	n, err := a.rdb.Get(ctx, failKey(clientID)).Int()
-	if errors.Is(err, redis.Nil) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read auth failures: %w", err)
-	}
-	return n >= a.cfg.Clients.AuthFailureLimit, nil
-}
-
-func (a *Authority) authFailed(ctx context.Context, clientID, method, reason string) error {
+// authFailed counts and logs a failed authentication. The log is bounded
+// by the limits: a source gets at most SourceFailureLimit failures per
+// window.
+func (a *Authority) authFailed(ctx context.Context, clientID string, src netip.Addr, method, reason string) error {
 	a.m.authFailures.WithLabelValues(method, reason).Inc()
-	a.log.InfoContext(ctx, "client authentication failed", "client_id", clientID, "method", method, "reason", reason)
-	pipe := a.rdb.TxPipeline()
-	pipe.Incr(ctx, failKey(clientID))
-	pipe.ExpireNX(ctx, failKey(clientID), a.cfg.Clients.AuthFailureWindow)
-	if _, err := pipe.Exec(ctx); err != nil {
-		a.log.WarnContext(ctx, "count auth failure", "err", err)
-	}
+	a.log.InfoContext(ctx, "client authentication failed", "client_id", clientID, "source", sourceKey(src), "method", method, "reason", reason)
 	return errInvalidClient
 }
 
@@ -452,6 +499,14 @@ type grant struct {
 	actions  []string
 	details  []passport.AuthorizationDetail
 	task     *passport.Task
+	// jkt binds the passport to a DPoP key (cnf.jkt) when set.
+	jkt string
+	// A token exchange sets the rest: the chain, and the caps the subject
+	// passport puts on exp and on the trust level.
+	act        *passport.Actor
+	delegation *passport.Delegation
+	maxExp     time.Time
+	maxTrust   passport.TrustLevel
 }
 
 // narrow turns the request into a grant that never exceeds the agent's
@@ -461,7 +516,7 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 	g := &grant{audience: a.cfg.Audiences[0]}
 	if f.Audience != "" {
 		if !slices.Contains(a.cfg.Audiences, f.Audience) {
-			return nil, &oauthError{http.StatusBadRequest, "invalid_target", "unknown resource/audience"}
+			return nil, &oauthError{http.StatusBadRequest, "invalid_target", "unknown resource/audience", 0}
 		}
 		g.audience = f.Audience
 	}
@@ -469,29 +524,24 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 	if f.HasScope {
 		req := strings.Fields(f.Scope)
 		if len(req) == 0 {
-			return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope is empty"}
+			return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope is empty", 0}
 		}
 		for _, s := range req {
 			if !slices.Contains(agent.Capabilities, s) {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope " + safeAction(s) + " is not registered for this agent"}
+				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "scope " + safeAction(s) + " is not registered for this agent", 0}
 			}
 		}
 		slices.Sort(req)
 		allowed = slices.Compact(req)
 	}
 	if f.Task != "" {
-		var t passport.Task
-		dec := json.NewDecoder(strings.NewReader(f.Task))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&t); err != nil || dec.More() {
-			return nil, errInvalidRequest("task must be a JSON object {id, purpose, target, actions}")
-		}
-		if t.ID == "" || len(t.ID) > 128 || len(t.Purpose) > 512 || len(t.Target) > 128 {
-			return nil, errInvalidRequest("task needs an id (at most 128 characters); purpose at most 512, target at most 128")
+		t, err := parseTask(f.Task)
+		if err != nil {
+			return nil, err
 		}
 		for _, act := range t.Actions {
 			if !slices.Contains(allowed, act) {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "task action " + safeAction(act) + " is not granted to this agent"}
+				return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "task action " + safeAction(act) + " is not granted to this agent", 0}
 			}
 		}
 		if len(t.Actions) > 0 {
@@ -500,39 +550,31 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 			allowed = slices.Compact(acts)
 			t.Actions = allowed
 		}
-		g.task = &t
+		g.task = t
 	}
 	if f.AuthzDetails != "" {
-		var ds []passport.AuthorizationDetail
-		dec := json.NewDecoder(strings.NewReader(f.AuthzDetails))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&ds); err != nil || dec.More() || len(ds) == 0 || len(ds) > 32 {
-			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "authorization_details must be a JSON array of 1-32 agent_action entries"}
+		ds, err := parseDetails(f.AuthzDetails)
+		if err != nil {
+			return nil, err
 		}
 		var union []string
 		for i := range ds {
 			d := &ds[i]
-			if d.Type != passport.AuthorizationDetailType {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "unsupported authorization_details type; want " + passport.AuthorizationDetailType}
-			}
-			if len(d.Actions) == 0 {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "each entry needs actions"}
-			}
 			for _, act := range d.Actions {
 				if !slices.Contains(allowed, act) {
-					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "action " + safeAction(act) + " is not granted to this agent"}
+					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "action " + safeAction(act) + " is not granted to this agent", 0}
 				}
 			}
 			for _, loc := range d.Locations {
 				if loc != g.audience {
-					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "locations must name the passport's audience"}
+					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "locations must name the passport's audience", 0}
 				}
 			}
 			if len(d.Locations) == 0 {
 				d.Locations = []string{g.audience}
 			}
 			if g.task != nil && g.task.Target != "" && d.Identifier != "" && d.Identifier != g.task.Target {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "identifier differs from the task target"}
+				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "identifier differs from the task target", 0}
 			}
 			if g.task != nil && g.task.Target != "" && d.Identifier == "" {
 				d.Identifier = g.task.Target
@@ -550,10 +592,45 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 		g.details = []passport.AuthorizationDetail{d}
 	}
 	if len(allowed) == 0 {
-		return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "this agent has no capabilities to grant"}
+		return nil, &oauthError{http.StatusBadRequest, "invalid_scope", "this agent has no capabilities to grant", 0}
 	}
 	g.actions = allowed
 	return g, nil
+}
+
+// parseTask reads the task parameter: a JSON object {id, purpose,
+// target, actions}, strictly.
+func parseTask(s string) (*passport.Task, error) {
+	var t passport.Task
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil || dec.More() {
+		return nil, errInvalidRequest("task must be a JSON object {id, purpose, target, actions}")
+	}
+	if t.ID == "" || len(t.ID) > 128 || len(t.Purpose) > 512 || len(t.Target) > 128 {
+		return nil, errInvalidRequest("task needs an id (at most 128 characters); purpose at most 512, target at most 128")
+	}
+	return &t, nil
+}
+
+// parseDetails reads the authorization_details parameter (RFC 9396): a
+// JSON array of 1-32 agent_action entries, each with actions.
+func parseDetails(s string) ([]passport.AuthorizationDetail, error) {
+	var ds []passport.AuthorizationDetail
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ds); err != nil || dec.More() || len(ds) == 0 || len(ds) > 32 {
+		return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "authorization_details must be a JSON array of 1-32 agent_action entries", 0}
+	}
+	for _, d := range ds {
+		if d.Type != passport.AuthorizationDetailType {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "unsupported authorization_details type; want " + passport.AuthorizationDetailType, 0}
+		}
+		if len(d.Actions) == 0 {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "each entry needs actions", 0}
+		}
+	}
+	return ds, nil
 }
 
 func safeAction(s string) string {
@@ -568,7 +645,16 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 	now := a.now().Truncate(time.Second)
 	score := agent.Reputation.At(now)
 	trust := agent.Trust.Min(a.cfg.Reputation.allowed(score))
+	if g.maxTrust.Valid() {
+		trust = trust.Min(g.maxTrust)
+	}
 	exp := now.Add(a.cfg.Passport.Lifetime)
+	if !g.maxExp.IsZero() && g.maxExp.Before(exp) {
+		exp = g.maxExp // never outlive the passport it was exchanged for
+	}
+	if !exp.After(now) {
+		return nil, errInvalidRequest("subject_token expires too soon to be exchanged")
+	}
 	claims := &passport.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer: a.cfg.Issuer, Subject: agent.ID, Audience: jwt.ClaimStrings{g.audience},
@@ -583,41 +669,54 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 		},
 		AuthorizationDetails: g.details,
 		Task:                 g.task,
+		Act:                  g.act,
+		Delegation:           g.delegation,
 	}
 	if agent.Owner != "" {
 		claims.Oversight = &passport.Oversight{Owner: agent.Owner}
 	}
-	raw, err := a.sign(claims)
+	tokenType := "Bearer"
+	if g.jkt != "" {
+		claims.Cnf = &passport.Confirmation{JKT: g.jkt}
+		tokenType = passport.TokenTypeDPoP
+	}
+	raw, err := a.sign(ctx, claims)
 	if err != nil {
 		return nil, err
 	}
-	// Record the jti so that blocking the agent revokes it, then re-check
-	// the block flag: a block that landed between the check above and
-	// this point would otherwise miss this passport.
+	// Record the jti, so that an unblock or a delete can revoke the
+	// passports still alive, and re-check the block flag in the same
+	// transaction: either the block came first and this passport is never
+	// handed out, or the jti is recorded before the block and an unblock
+	// will find it.
 	key := issuedKey(agent.Tenant, agent.ID)
 	pipe := a.rdb.TxPipeline()
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(exp.Unix()), Member: claims.ID})
-	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-a.cfg.Passport.Leeway).Unix(), 10))
+	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-passport.MaxLeeway).Unix(), 10))
 	// A relative TTL, not EXPIREAT: Redis's clock and ours may differ.
-	pipe.Expire(ctx, key, a.cfg.Passport.Lifetime+a.cfg.Passport.Leeway+time.Minute)
+	pipe.Expire(ctx, key, a.cfg.Passport.Lifetime+passport.MaxLeeway+time.Minute)
 	blocked := pipe.HGet(ctx, passport.AgentKey(agent.Tenant, agent.ID), passport.FieldBlocked)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("record passport %s: %w", claims.ID, err)
 	}
 	if v, _ := blocked.Result(); v != "0" {
-		// Blocked (or deleted) meanwhile: revoke what was just signed.
-		_ = a.revokeJTI(ctx, agent.Tenant, agent.ID, claims.ID, exp, "block")
-		return nil, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked"}
+		// Blocked (or deleted) meanwhile: this passport never leaves.
+		_ = a.rdb.ZRem(ctx, key, claims.ID).Err()
+		return nil, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked", 0}
 	}
-	a.log.InfoContext(ctx, "passport issued", "tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID,
-		"trust_level", trust, "scope", claims.Scope, "exp", exp)
-	return &issued{raw: raw, scope: claims.Scope, trust: trust}, nil
+	args := []any{"tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID, "trust_level", trust, "scope", claims.Scope,
+		"exp", exp, "token_type", tokenType}
+	if g.delegation != nil {
+		args = append(args, "on_behalf_of", g.act.Sub, "root", g.delegation.Root, "depth", g.delegation.Depth)
+	}
+	a.log.InfoContext(ctx, "passport issued", args...)
+	return &issued{raw: raw, scope: claims.Scope, trust: trust, tokenType: tokenType, expiresIn: int64(exp.Sub(now) / time.Second)}, nil
 }
 
 // sign signs claims with the current key and verifies the result with the
 // published key before handing it out (as SPIRE does): a passport that
 // its own verifiers would refuse is never issued.
-func (a *Authority) sign(claims *passport.Claims) (string, error) {
+func (a *Authority) sign(ctx context.Context, claims *passport.Claims) (string, error) {
 	k, err := a.keys.signer()
 	if err != nil {
 		return "", err
@@ -633,52 +732,30 @@ func (a *Authority) sign(claims *passport.Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sign passport for %s: %w", claims.Subject, err)
 	}
-	if _, err := a.verify(raw, claims.Audience[0]); err != nil {
+	if _, err := a.verify(ctx, raw); err != nil {
 		return "", fmt.Errorf("verify fresh passport for %s: %w", claims.Subject, err)
 	}
 	return raw, nil
 }
 
-// verify checks a passport signed by this authority: pinned algorithms,
-// typ, a published kid whose algorithm matches, iss, exp, iat, nbf; aud
-// must be audience, or any configured audience when audience is "".
-func (a *Authority) verify(raw, audience string) (*passport.Claims, error) {
-	var c passport.Claims
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(passport.Algorithms), jwt.WithIssuer(a.cfg.Issuer),
-		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(a.cfg.Passport.Leeway), jwt.WithTimeFunc(a.now),
+// passportKey is the shared verifier's key source: a key this authority
+// publishes (current, next or retired), pinned to its algorithm.
+func (a *Authority) passportKey(_ context.Context, kid string) (passport.VerifyKey, error) {
+	k, ok := a.keys.lookup(kid)
+	if !ok {
+		return passport.VerifyKey{}, passport.ErrUnknownKey
 	}
-	if audience != "" {
-		opts = append(opts, jwt.WithAudience(audience))
-	}
-	_, err := jwt.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
-		if typ, _ := t.Header["typ"].(string); !strings.EqualFold(typ, passport.TokenType) {
-			return nil, errors.New("typ is not at+jwt")
-		}
-		kid, _ := t.Header["kid"].(string)
-		k, ok := a.keys.lookup(kid)
-		if !ok {
-			return nil, errors.New("unknown kid")
-		}
-		if t.Method.Alg() != k.stored.Alg {
-			return nil, errors.New("algorithm does not match the key")
-		}
-		return k.pub, nil
-	}, opts...)
+	return passport.VerifyKey{Key: k.pub, Alg: k.stored.Alg}, nil
+}
+
+// verify checks a passport with the shared strict verifier
+// (passport.Verifier), the same code the proxy runs: introspection,
+// revocation and the check after signing can never call a passport valid
+// that a proxy refuses, or the other way round.
+func (a *Authority) verify(ctx context.Context, raw string) (*passport.Claims, error) {
+	vp, err := a.verifier.Verify(ctx, raw)
 	if err != nil {
 		return nil, err
 	}
-	if audience == "" {
-		ok := false
-		for _, aud := range c.Audience {
-			ok = ok || slices.Contains(a.cfg.Audiences, aud)
-		}
-		if !ok {
-			return nil, errors.New("audience is not one of ours")
-		}
-	}
-	if c.Tenant == "" || c.Subject == "" || c.ID == "" {
-		return nil, errors.New("passport lacks tenant, sub or jti")
-	}
-	return &c, nil
+	return vp.Claims, nil
 }

@@ -315,22 +315,25 @@ func TestFailedAuthRateLimited(t *testing.T) {
 			t.Fatalf("guess %d: %d", i, resp.StatusCode)
 		}
 	}
+	// From the address that guessed, even the right secret waits: the
+	// limit is checked before any credential.
 	resp, body := e.postForm("/oauth2/token", form, ag.ClientID, ag.ClientSecret)
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("after the limit, even the right secret: %d %s (Retry-After %q)", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
 	// The window lives in Redis; once it expires the agent gets through.
-	if err := e.rdb.Del(context.Background(), failKey(ag.ClientID)).Err(); err != nil {
+	if err := e.rdb.Del(context.Background(), clientFailKey("127.0.0.1", ag.ClientID)).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if raw := e.token(ag, nil); raw == "" {
 		t.Fatal("no passport after the window")
 	}
-	if ttl, _ := e.rdb.TTL(context.Background(), failKey("agt_nobody")).Result(); ttl > 0 {
+	key := clientFailKey("127.0.0.1", "agt_nobody")
+	if ttl, _ := e.rdb.TTL(context.Background(), key).Result(); ttl > 0 {
 		t.Fatal("unexpected counter")
 	}
 	e.postForm("/oauth2/token", form, "agt_nobody", "x")
-	if ttl, _ := e.rdb.TTL(context.Background(), failKey("agt_nobody")).Result(); ttl <= 0 || ttl > time.Minute {
+	if ttl, _ := e.rdb.TTL(context.Background(), key).Result(); ttl <= 0 || ttl > time.Minute {
 		t.Fatalf("failure counter for unknown client has TTL %v, want within the window", ttl)
 	}
 }

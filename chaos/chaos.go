@@ -159,6 +159,9 @@ type Event struct {
 	Target string    `json:"target"`
 	Action string    `json:"action"` // "inject" or "clear"
 	Time   time.Time `json:"time"`
+	// InjectedAt is when the fault hit, as the target's answer says (the
+	// demo fleet's injected_at); nil when the answer does not say.
+	InjectedAt *time.Time `json:"injected_at,omitempty"`
 }
 
 // Chaos is the simulator.
@@ -249,11 +252,21 @@ func (c *Chaos) Fire(ctx context.Context, typ, target string) (Event, error) {
 		c.errs.WithLabelValues("no_passport").Inc()
 		return ev, fmt.Errorf("get chaos passport: %w", err)
 	}
-	if _, err := c.client.Do(ctx, tok, http.MethodPost, "/faults/"+target, map[string]string{"type": typ}); err != nil {
+	resp, err := c.client.Do(ctx, tok, http.MethodPost, "/faults/"+target, map[string]string{"type": typ})
+	if err != nil {
 		c.countErr(err)
 		return ev, fmt.Errorf("inject %s into %s: %w", typ, target, err)
 	}
 	ev.Time = c.now().UTC()
+	// The target knows when the fault hit; time to resolve is measured
+	// from there, not from when this answer arrived.
+	var st struct {
+		InjectedAt *time.Time `json:"injected_at"`
+	}
+	if json.Unmarshal(resp.Body, &st) == nil && st.InjectedAt != nil {
+		at := st.InjectedAt.UTC()
+		ev.InjectedAt = &at
+	}
 	c.events.WithLabelValues(typ).Inc()
 	c.log.InfoContext(ctx, "chaos injected", "id", ev.ID, "type", typ, "target", target)
 	c.record(ctx, tok, ev)
@@ -303,11 +316,12 @@ func (c *Chaos) record(ctx context.Context, tok string, ev Event) {
 		return
 	}
 	details, _ := json.Marshal(struct {
-		ID     string `json:"id"`
-		Type   string `json:"type"`
-		Target string `json:"target"`
-		Action string `json:"action"`
-	}{ev.ID, ev.Type, ev.Target, ev.Action})
+		ID         string     `json:"id"`
+		Type       string     `json:"type"`
+		Target     string     `json:"target"`
+		Action     string     `json:"action"`
+		InjectedAt *time.Time `json:"injected_at,omitempty"`
+	}{ev.ID, ev.Type, ev.Target, ev.Action, ev.InjectedAt})
 	rec := &audit.Record{
 		V: audit.Version, Kind: audit.KindChaos, Time: ev.Time, Tenant: c.cfg.Tenant,
 		TaskID: ev.ID, Resource: ev.Target, Details: details,

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -114,8 +115,12 @@ func TestFireInjectsThroughProxyRecordsAndAlerts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := f.Service("checkout"); st.Up || st.Fault != ServiceDown {
-		t.Errorf("fleet after fire: %+v", st)
+	st, _ := f.Service("checkout")
+	if st.Up || st.Fault != ServiceDown || st.InjectedAt == nil {
+		t.Fatalf("fleet after fire: %+v", st)
+	}
+	if ev.InjectedAt == nil || !ev.InjectedAt.Equal(*st.InjectedAt) {
+		t.Errorf("event injected_at %v, the fleet says %v", ev.InjectedAt, st.InjectedAt)
 	}
 	if len(*seen) != 1 || (*seen)[0] != "POST /faults/checkout" {
 		t.Errorf("proxy saw %v", *seen)
@@ -130,7 +135,8 @@ func TestFireInjectsThroughProxyRecordsAndAlerts(t *testing.T) {
 	var d map[string]string
 	_ = json.Unmarshal(r.Details, &d)
 	if r.Kind != audit.KindChaos || r.Tenant != "acme" || r.AgentID != "chaos-agent-1" || r.TaskID != ev.ID ||
-		d["id"] != ev.ID || d["type"] != ServiceDown || d["target"] != "checkout" || d["action"] != "inject" {
+		d["id"] != ev.ID || d["type"] != ServiceDown || d["target"] != "checkout" || d["action"] != "inject" ||
+		d["injected_at"] != st.InjectedAt.Format(time.RFC3339Nano) {
 		t.Errorf("record = %+v details %v", r, d)
 	}
 	if got := testutil.ToFloat64(c.events.WithLabelValues(ServiceDown)); got != 1 {

@@ -16,7 +16,10 @@ import (
 // the operator's authority (no CSRF surface).
 
 // session answers who the token is and what the page may show:
-// {"principal","tenants","all_tenants","chaos_types","authority_url","schema":1}.
+// {"principal","tenants","all_tenants","chaos_types","authority_url","schema":1,
+// "now","approvals"}. "now" is the server's clock: the page dates the feed's
+// events (written with server time) against it, never against its own
+// clock. "approvals" says whether GET .../approvals is offered.
 func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	p, ok := s.hub.Authenticate(w, r)
@@ -32,6 +35,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"principal": p.ID, "tenants": nonNil(tenants), "all_tenants": p.AllTenants,
 		"chaos_types": ChaosTypes, "authority_url": s.publicAuthority(), "schema": feed.SchemaVersion,
+		"now": s.now().UTC(), "approvals": s.approvals != nil,
 	})
 }
 
@@ -58,13 +62,34 @@ func (s *Server) tenantAPI(h tenantHandler) http.HandlerFunc {
 	}
 }
 
+// listAgents answers {"agents": [...], "as_of": time}. as_of is taken
+// before the authority is asked, so any feed event written before it is
+// already reflected in the answer: the page lets only later events
+// replace these values (a replayed, older reputation must never
+// overwrite a fresh one).
 func (s *Server) listAgents(ctx context.Context, w http.ResponseWriter, _ *http.Request, _ feed.Principal, tenant string) {
+	asOf := s.now().UTC()
 	agents, err := s.actions.ListAgents(ctx, tenant)
 	if err != nil {
 		s.fail(ctx, w, "list_agents", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"agents": nonNil(agents)})
+	writeJSON(w, http.StatusOK, map[string]any{"agents": nonNil(agents), "as_of": asOf})
+}
+
+// listApprovals answers {"approvals": [...]} when the host offers
+// approvals, 404 otherwise.
+func (s *Server) listApprovals(ctx context.Context, w http.ResponseWriter, _ *http.Request, _ feed.Principal, tenant string) {
+	if s.approvals == nil {
+		feed.Problem(w, http.StatusNotFound, "approvals are not offered")
+		return
+	}
+	list, err := s.approvals.PendingApprovals(ctx, tenant)
+	if err != nil {
+		s.fail(ctx, w, "list_approvals", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"approvals": nonNil(list)})
 }
 
 func (s *Server) block(ctx context.Context, w http.ResponseWriter, r *http.Request, p feed.Principal, tenant string) {
@@ -149,13 +174,23 @@ func (s *Server) done(ctx context.Context, action string, p feed.Principal, tena
 	s.log.InfoContext(ctx, "dashboard action", append([]any{"action", action, "principal", p.ID, "tenant", tenant}, kv...)...)
 }
 
-// fail logs the real error and answers a safe one.
+// fail logs the real error and answers a safe one. A refusal (the policy
+// denied the agent's call, the authority would not give it a passport,
+// the target was busy) is passed through with its code and reasons, so
+// the operator sees why instead of a bare failure.
 func (s *Server) fail(ctx context.Context, w http.ResponseWriter, action string, err error) {
-	s.actionsTotal.WithLabelValues(action, "error").Inc()
 	if errors.Is(err, ErrNotFound) {
+		s.actionsTotal.WithLabelValues(action, "error").Inc()
 		feed.Problem(w, http.StatusNotFound, "not found")
 		return
 	}
+	if r := refusalOf(action, err); r != nil {
+		s.actionsTotal.WithLabelValues(action, "refused").Inc()
+		s.log.WarnContext(ctx, "dashboard action refused", "action", action, "code", r.Code, "reasons", r.Reasons, "err", err)
+		writeRefusal(w, r)
+		return
+	}
+	s.actionsTotal.WithLabelValues(action, "error").Inc()
 	s.log.ErrorContext(ctx, "dashboard action failed", "action", action, "err", err)
 	feed.Problem(w, http.StatusBadGateway, action+" failed")
 }

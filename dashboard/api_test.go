@@ -1,12 +1,19 @@
 package dashboard
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/agentcall"
 )
 
 func call(t *testing.T, method, url, token, body string) (int, map[string]any, http.Header) {
@@ -138,5 +145,108 @@ func TestSessionAuthorityLink(t *testing.T) {
 		if sess["authority_url"] != tc.want {
 			t.Errorf("%+v: authority_url %v, want %s", tc.cfg, sess["authority_url"], tc.want)
 		}
+	}
+}
+
+// proxyAnswer returns the error the chaos agent's call gets when the proxy
+// answers status with body (a real agentcall round trip).
+func proxyAnswer(t *testing.T, status int, body string) error {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	_, err := (&agentcall.Client{BaseURL: srv.URL}).Do(context.Background(), "tok", http.MethodPost, "/faults/checkout", nil)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	return err
+}
+
+// A refused chaos button answers the refusal's code and reasons, not a
+// bare 502, so the page can say why.
+func TestChaosRefusalPassesReasons(t *testing.T) {
+	st := startStack(t, Config{})
+	tests := []struct {
+		name    string
+		err     error
+		status  int
+		code    string
+		reasons string
+	}{
+		{"policy deny", proxyAnswer(t, 403, `{"code":"policy_denied","reasons":["reputation_too_low","action_not_in_capabilities"]}`),
+			403, "policy_denied", "reputation_too_low,action_not_in_capabilities"},
+		{"passport refused by the proxy", proxyAnswer(t, 401, `{"code":"agent_blocked","reasons":["agent_blocked"]}`),
+			403, "agent_blocked", "agent_blocked"},
+		{"busy target", proxyAnswer(t, 409, `{"error":"service already has an active fault"}`), 409, "target_busy", ""},
+		{"hostile reasons are dropped", proxyAnswer(t, 403, `{"code":"<b>x</b>","reasons":["ok_reason","<script>alert(1)</script>","Has Spaces"]}`),
+			403, "policy_denied", "ok_reason"},
+		{"blocked at the authority", fmt.Errorf("get chaos passport: %w", &client.Error{Status: 400, Code: "unauthorized_client", Description: "agent is blocked"}),
+			403, "agent_blocked", "agent_blocked"},
+		{"authority down", fmt.Errorf("get chaos passport: %w", &client.Error{Status: 503, Code: "temporarily_unavailable"}), 502, "", ""},
+		{"anything else", errors.New("boom"), 502, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st.actions.mu.Lock()
+			st.actions.refuse = tc.err
+			st.actions.mu.Unlock()
+			code, body, h := call(t, "POST", st.url+"/api/tenants/acme/chaos", acmeToken, `{"type":"service_down","target":"checkout"}`)
+			if code != tc.status || h.Get("Content-Type") != "application/problem+json" {
+				t.Fatalf("answer %d %s %v, want %d", code, h.Get("Content-Type"), body, tc.status)
+			}
+			var reasons []string
+			if rs, ok := body["reasons"].([]any); ok {
+				for _, r := range rs {
+					reasons = append(reasons, r.(string))
+				}
+			}
+			if got, _ := body["code"].(string); got != tc.code || strings.Join(reasons, ",") != tc.reasons {
+				t.Fatalf("code %q reasons %v, want %q %q (body %v)", got, reasons, tc.code, tc.reasons, body)
+			}
+			if tc.status == 502 && body["detail"] != "chaos failed" {
+				t.Fatalf("detail %v: an unknown failure must not leak its error", body["detail"])
+			}
+		})
+	}
+}
+
+// The session tells the page the server's time and whether approvals are
+// offered; the agents answer says as of when its values are; approvals
+// are listed only when the host offers them.
+func TestSessionClockAgentsAsOfAndApprovals(t *testing.T) {
+	st := startStack(t, Config{})
+	before := time.Now().Add(-time.Second)
+	_, sess, _ := call(t, "GET", st.url+"/api/session", acmeToken, "")
+	now, err := time.Parse(time.RFC3339Nano, fmt.Sprint(sess["now"]))
+	if err != nil || now.Before(before) || sess["approvals"] != false {
+		t.Fatalf("session now %v approvals %v (%v)", sess["now"], sess["approvals"], err)
+	}
+	_, agents, _ := call(t, "GET", st.url+"/api/tenants/acme/agents", acmeToken, "")
+	if asOf, err := time.Parse(time.RFC3339Nano, fmt.Sprint(agents["as_of"])); err != nil || asOf.Before(before) {
+		t.Fatalf("agents as_of %v (%v)", agents["as_of"], err)
+	}
+	if code, _, _ := call(t, "GET", st.url+"/api/tenants/acme/approvals", acmeToken, ""); code != http.StatusNotFound {
+		t.Fatalf("approvals without a host that offers them: %d, want 404", code)
+	}
+
+	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	st2 := startStackWith(t, Config{}, func(f *fakeActions) Actions {
+		return withApprovals{f, []Approval{{ID: "apr-1", Agent: "deployer", Method: "POST", Path: "/deployments/payments", Reasons: []string{"approval_required"}, ExpiresAt: exp}}}
+	})
+	_, sess, _ = call(t, "GET", st2.url+"/api/session", acmeToken, "")
+	if sess["approvals"] != true {
+		t.Fatalf("session approvals %v, want true", sess["approvals"])
+	}
+	code, body, _ := call(t, "GET", st2.url+"/api/tenants/acme/approvals", acmeToken, "")
+	list, _ := json.Marshal(body["approvals"])
+	want := `[{"agent":"deployer","expires_at":"` + exp.Format(time.RFC3339) + `","id":"apr-1","method":"POST","path":"/deployments/payments","reasons":["approval_required"]}]`
+	if code != 200 || string(list) != want {
+		t.Fatalf("approvals %d %s, want %s", code, list, want)
+	}
+	if code, _, _ := call(t, "GET", st2.url+"/api/tenants/globex/approvals", acmeToken, ""); code != http.StatusForbidden {
+		t.Fatalf("approvals of another tenant: %d, want 403", code)
 	}
 }

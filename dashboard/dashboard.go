@@ -136,6 +136,23 @@ type Actions interface {
 	Targets(ctx context.Context, tenant string) ([]string, error)
 }
 
+// Approval is one pending approval as the page shows it.
+type Approval struct {
+	ID        string    `json:"id"`
+	Agent     string    `json:"agent"` // the agent's name (or id)
+	Method    string    `json:"method"`
+	Path      string    `json:"path"`
+	Reasons   []string  `json:"reasons"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Approvals is implemented by Actions that can list pending approvals.
+// When the host's Actions implement it, the page shows a panel of them;
+// otherwise the panel stays hidden.
+type Approvals interface {
+	PendingApprovals(ctx context.Context, tenant string) ([]Approval, error)
+}
+
 // Deps are what the dashboard needs from its host.
 type Deps struct {
 	Redis  redis.UniversalClient
@@ -146,6 +163,8 @@ type Deps struct {
 	// the tenants they may see and act on.
 	Auth    feed.Auth
 	Actions Actions
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // Server is the dashboard: the page, its API and the feed.
@@ -153,6 +172,8 @@ type Server struct {
 	cfg          Config
 	log          *slog.Logger
 	actions      Actions
+	approvals    Approvals // nil: not offered
+	now          func() time.Time
 	hub          *feed.Hub
 	handler      http.Handler
 	actionsTotal *prometheus.CounterVec
@@ -180,8 +201,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard feed: %w", err)
 	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	approvals, _ := deps.Actions.(Approvals)
 	s := &Server{
-		cfg: cfg, log: deps.Logger, actions: deps.Actions, hub: hub,
+		cfg: cfg, log: deps.Logger, actions: deps.Actions, approvals: approvals, now: now, hub: hub,
 		actionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_dashboard_actions_total", Help: "Operator actions from the dashboard, by action and result.",
 		}, []string{"action", "result"}),
@@ -256,6 +282,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /api/tenants/{tenant}/agents/{id}/block", s.tenantAPI(s.block))
 	mux.HandleFunc("POST /api/tenants/{tenant}/agents/{id}/unblock", s.tenantAPI(s.unblock))
 	mux.HandleFunc("GET /api/tenants/{tenant}/targets", s.tenantAPI(s.targets))
+	mux.HandleFunc("GET /api/tenants/{tenant}/approvals", s.tenantAPI(s.listApprovals))
 	mux.HandleFunc("POST /api/tenants/{tenant}/chaos", s.tenantAPI(s.fireChaos))
 	return securityHeaders(mux)
 }

@@ -23,6 +23,9 @@ type fakeActions struct {
 	agents map[string][]Agent
 	fired  []string
 	n      int
+	// refuse, when set, is what FireChaos fails with (as the chaos agent
+	// would: wrapped).
+	refuse error
 }
 
 func newFakeActions(sink audit.Sink) *fakeActions {
@@ -32,6 +35,7 @@ func newFakeActions(sink audit.Sink) *fakeActions {
 			{ID: "ag-chaos", Name: "chaos", Type: "chaos", TrustLevel: "HIGH", Reputation: 90},
 			{ID: "ag-observer", Name: "observer", Type: "observer", TrustLevel: "LOW", Reputation: 60},
 			{ID: "ag-rogue", Name: "rogue", Type: "observer", TrustLevel: "LOW", Reputation: 41.5},
+			{ID: "ag-long", Name: longAgentName, Type: "observer", TrustLevel: "MEDIUM", Reputation: 75},
 		},
 		"globex": {{ID: "gx-healer", Name: "healer", Type: "healer", TrustLevel: "HIGH", Reputation: 90}},
 	}}
@@ -81,12 +85,19 @@ func (f *fakeActions) Targets(_ context.Context, tenant string) ([]string, error
 
 func (f *fakeActions) FireChaos(ctx context.Context, tenant, faultType, target string) error {
 	f.mu.Lock()
+	if f.refuse != nil {
+		err := f.refuse
+		f.mu.Unlock()
+		return fmt.Errorf("inject %s into %s: %w", faultType, target, err)
+	}
 	f.n++
 	n := f.n
 	f.fired = append(f.fired, tenant+"/"+faultType+"/"+target)
 	f.mu.Unlock()
 	chaosID := fmt.Sprintf("chaos-%d", n)
 	incID := fmt.Sprintf("inc-%d", n)
+	// The fault hits at t0 (the fleet announces it); the healer detects
+	// it 40 ms later, dispatches at 90 ms and resolves at 850 ms.
 	t0 := time.Now().UTC()
 	detected, dispatched, resolved := t0.Add(40*time.Millisecond), t0.Add(90*time.Millisecond), t0.Add(850*time.Millisecond)
 	type step struct {
@@ -96,24 +107,26 @@ func (f *fakeActions) FireChaos(ctx context.Context, tenant, faultType, target s
 	}
 	incident := func(state string, steps ...step) *audit.Record {
 		d := map[string]any{"id": incID, "type": faultType, "target": target, "state": state,
-			"detected_at": detected, "attempts": 1, "timeline": steps}
+			"injected_at": t0, "detected_at": detected, "attempts": 1, "timeline": steps}
 		if state != "DETECTED" {
 			d["dispatched_at"] = dispatched
 		}
 		if state == "RESOLVED" {
 			d["resolved_at"] = resolved
 			d["resolution_ms"] = resolved.Sub(detected).Milliseconds()
+			d["time_to_resolve_ms"] = resolved.Sub(t0).Milliseconds()
 		}
 		return &audit.Record{Kind: audit.KindIncident, Tenant: tenant, AgentID: "ag-healer", AgentName: "healer", Details: mustJSON(d)}
 	}
+	s0 := step{"INJECTED", t0, "announced: " + faultType}
 	s1 := step{"DETECTED", detected, "health check failed 3 times"}
 	s2 := step{"DISPATCHED", dispatched, "playbook restart"}
 	s3 := step{"RESOLVED", resolved, "healthy again"}
 	recs := []*audit.Record{
 		{Kind: audit.KindChaos, Tenant: tenant, AgentID: "ag-chaos", AgentName: "chaos", Details: mustJSON(map[string]any{
-			"id": chaosID, "type": faultType, "target": target, "action": "inject"})},
-		incident("DETECTED", s1),
-		incident("DISPATCHED", s1, s2),
+			"id": chaosID, "type": faultType, "target": target, "action": "inject", "injected_at": t0})},
+		incident("DETECTED", s0, s1),
+		incident("DISPATCHED", s0, s1, s2),
 		{Kind: audit.KindDecision, Tenant: tenant, AgentID: "ag-healer", AgentName: "healer", AgentType: "healer",
 			TrustLevel: "HIGH", Reputation: 90, Method: "POST", Path: "/services/" + target + "/restart",
 			Action: "service.restart", Resource: target, Decision: audit.DecisionAllow, TaskID: incID},
@@ -122,7 +135,7 @@ func (f *fakeActions) FireChaos(ctx context.Context, tenant, faultType, target s
 			Action: "service.restart", Resource: target, Decision: audit.DecisionDeny, Reasons: []string{"trust_level_too_low", "action_not_in_capabilities"}},
 		{Kind: audit.KindReputation, Tenant: tenant, Details: mustJSON(map[string]any{
 			"agent_id": "ag-rogue", "score": 35.0, "previous": 41.5, "outcome": "denied", "trust_level": "LOW"})},
-		incident("RESOLVED", s1, s2, s3),
+		incident("RESOLVED", s0, s1, s2, s3),
 	}
 	for _, r := range recs {
 		if err := f.add(ctx, r); err != nil {
@@ -131,6 +144,39 @@ func (f *fakeActions) FireChaos(ctx context.Context, tenant, faultType, target s
 	}
 	return nil
 }
+
+// longAgentName is longer than the agents panel is wide.
+const longAgentName = "observer-with-a-remarkably-long-name-for-one-line-acme-3f9a2c"
+
+// openIncident records an incident that the healer has only detected
+// (no injection time known: it was not announced).
+func (f *fakeActions) openIncident(ctx context.Context, tenant, id, typ, target string) error {
+	now := time.Now().UTC()
+	return f.add(ctx, &audit.Record{Kind: audit.KindIncident, Tenant: tenant, AgentID: "ag-healer", AgentName: "healer", Details: mustJSON(map[string]any{
+		"id": id, "type": typ, "target": target, "state": "DETECTED", "detected_at": now,
+		"timeline": []map[string]any{{"state": "DETECTED", "at": now, "note": "connection refused"}}})})
+}
+
+// reputation records a reputation change of agent written at time at.
+func (f *fakeActions) reputation(ctx context.Context, tenant, agent string, score float64, at time.Time) error {
+	return f.add(ctx, &audit.Record{Kind: audit.KindReputation, Tenant: tenant, Time: at, Details: mustJSON(map[string]any{
+		"agent_id": agent, "score": score, "previous": score + 10, "outcome": "denied", "trust_level": "LOW"})})
+}
+
+// withApprovals is a host that also lists pending approvals.
+type withApprovals struct {
+	*fakeActions
+	list []Approval
+}
+
+func (w withApprovals) PendingApprovals(_ context.Context, tenant string) ([]Approval, error) {
+	if tenant != "acme" {
+		return nil, nil
+	}
+	return w.list, nil
+}
+
+var _ Approvals = withApprovals{}
 
 func (f *fakeActions) add(ctx context.Context, r *audit.Record) error {
 	if _, err := f.sink.Append(ctx, r); err != nil {

@@ -31,6 +31,12 @@ type stack struct {
 // dashboard on a loopback port and a fake Actions.
 func startStack(t *testing.T, cfg Config) *stack {
 	t.Helper()
+	return startStackWith(t, cfg, nil)
+}
+
+// startStackWith lets host wrap the fake Actions (e.g. to add approvals).
+func startStackWith(t *testing.T, cfg Config, host func(*fakeActions) Actions) *stack {
+	t.Helper()
 	rs := redistest.Start(t)
 	rdb := rs.Client()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -49,7 +55,11 @@ func startStack(t *testing.T, cfg Config) *stack {
 	if cfg.Feed.Block == 0 {
 		cfg.Feed.Block = 200 * time.Millisecond
 	}
-	srv, err := New(cfg, Deps{Redis: rdb, Logger: log, Auth: auth, Actions: actions})
+	var acts Actions = actions
+	if host != nil {
+		acts = host(actions)
+	}
+	srv, err := New(cfg, Deps{Redis: rdb, Logger: log, Auth: auth, Actions: acts})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,9 +54,10 @@
 //	  "status", "latency_ms",                                  (outcome)
 //	  "details": {..},              payload of non-request kinds, as written:
 //	      incident: {"id","type","target","state":"DETECTED|DISPATCHED|RESOLVED|ESCALATED",
-//	                 "detected_at","dispatched_at","resolved_at","resolution_ms",
-//	                 "attempts","timeline":[{"state","at","note"}]}
-//	      chaos: {"id","type","target","action":"inject|clear"}
+//	                 "injected_at" (when announced),"detected_at","dispatched_at","resolved_at",
+//	                 "resolution_ms" (from detection),"time_to_resolve_ms" (from injection,
+//	                 else detection),"attempts","timeline":[{"state","at","note"}]}
+//	      chaos: {"id","type","target","action":"inject|clear","injected_at"}
 //	      reputation: {"agent_id","score","previous","outcome","trust_level"}
 //	      agent_blocked: {"agent_id","reason","cause"}
 //	      refusals: {"reason","count","first","last","first_request_id",

@@ -2,6 +2,11 @@
 // pass/fail hysteresis, an incident lifecycle, and YAML playbooks that it
 // carries out as an agent through the proxy.
 //
+// Besides its periodic checks, the healer may follow the monitored
+// system's change announcements (see Announcements): an announced fault
+// is probed at once, so it is confirmed within milliseconds of its
+// injection, and the incident carries the injection time.
+//
 // For each failing target the healer opens an incident (DETECTED), picks
 // the playbook for the incident type, obtains a passport bound to that
 // incident (task {id, target, actions}) — DISPATCHED — and calls the
@@ -105,6 +110,10 @@ type Config struct {
 	Defaults CheckConfig `yaml:"defaults"`
 	// Checks are the monitored URLs.
 	Checks []CheckConfig `yaml:"checks"`
+	// Announcements subscribes to the monitored system's own change
+	// announcements, so a fault is confirmed in milliseconds rather than at
+	// the next check. Default: none (health checks only).
+	Announcements Announcements `yaml:"announcements"`
 	// Thresholds judge health answers' vital signs.
 	Thresholds Thresholds `yaml:"thresholds"`
 	// Playbooks map incident type to action. Default: service_down and
@@ -247,6 +256,7 @@ func (c Config) withDefaults() Config {
 	if c.CallTimeout == 0 {
 		c.CallTimeout = 5 * time.Second
 	}
+	c.Announcements = c.Announcements.withDefaults()
 	return c
 }
 
@@ -284,6 +294,9 @@ func (c Config) Validate() error {
 	if err := c.Alerts.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("alerts: %w", err))
 	}
+	if err := c.Announcements.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("announcements: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -319,6 +332,7 @@ type Healer struct {
 	now    func() time.Time
 	client *agentcall.Client
 	probeC *http.Client
+	annC   *http.Client // the announcement stream: no overall timeout
 
 	targets map[string]*target
 	ln      net.Listener // incidents API, bound by New when Listen is set
@@ -328,9 +342,12 @@ type Healer struct {
 
 	incidentsTotal *prometheus.CounterVec
 	resolution     *prometheus.HistogramVec
+	timeToResolve  *prometheus.HistogramVec
 	remediations   *prometheus.CounterVec
 	checks         *prometheus.CounterVec
 	recordErrs     prometheus.Counter
+	announced      *prometheus.CounterVec
+	annConnected   prometheus.Gauge
 }
 
 // target is one check's live state.
@@ -347,6 +364,14 @@ type target struct {
 	// so a target nobody can fix does not open one incident per probe.
 	escalated bool
 	healthyC  chan struct{} // closed when the target turns healthy
+	// After an announcement the target is probed every
+	// Announcements.ProbeInterval until fastUntil, or until the checks
+	// agree with what was announced (expectHealthy).
+	fastUntil     time.Time
+	expectHealthy bool
+	// hint is the last announced fault, kept until fastUntil: the
+	// incident it leads to carries its injection time.
+	hint *announcement
 }
 
 func (t *target) healthyChan() <-chan struct{} {
@@ -379,6 +404,7 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 		log:       deps.Logger.With("component", "healer", "tenant", cfg.Tenant),
 		client:    &agentcall.Client{BaseURL: cfg.ProxyURL, HTTP: hc, UserAgent: "passport-healer"},
 		probeC:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		annC:      &http.Client{Transport: &http.Transport{Proxy: nil, ResponseHeaderTimeout: 10 * time.Second}},
 		targets:   map[string]*target{},
 		incidents: map[string]*Incident{},
 		incidentsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -388,6 +414,16 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 			Name: "passport_healer_resolution_seconds", Help: "Time from DETECTED to RESOLVED, by incident type.",
 			Buckets: []float64{0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60},
 		}, []string{"type"}),
+		timeToResolve: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "passport_healer_time_to_resolve_seconds", Help: "Time from the fault (its announced injection, else its detection) to RESOLVED, by incident type.",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60},
+		}, []string{"type"}),
+		announced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_healer_announcements_total", Help: "Announcements read from the announcement stream, by result (applied, ignored, malformed).",
+		}, []string{"result"}),
+		annConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "passport_healer_announcements_connected", Help: "1 while the announcement stream is connected.",
+		}),
 		remediations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_healer_remediations_total", Help: "Remediation attempts, by action and outcome (success, failure, denied, no_passport).",
 		}, []string{"action", "outcome"}),
@@ -402,7 +438,7 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 	if deps.Registry != nil {
 		reg = deps.Registry
 	}
-	for _, c := range []prometheus.Collector{h.incidentsTotal, h.resolution, h.remediations, h.checks, h.recordErrs} {
+	for _, c := range []prometheus.Collector{h.incidentsTotal, h.resolution, h.timeToResolve, h.remediations, h.checks, h.recordErrs, h.announced, h.annConnected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register healer metrics: %w", err)
 		}
@@ -447,6 +483,9 @@ func (h *Healer) Run(ctx context.Context) error {
 		g.Go(func() error { h.monitor(ctx, g, t); return nil })
 	}
 	g.Go(func() error { <-ctx.Done(); return nil }) // run until cancelled, even with no checks
+	if h.cfg.Announcements.URL != "" {
+		g.Go(func() error { h.followAnnouncements(ctx); return nil })
+	}
 	if h.ln != nil {
 		if h.deps.AdminToken == "" {
 			h.log.Warn("incidents api has no admin token: it will refuse every request")
@@ -471,11 +510,12 @@ func (h *Healer) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// monitor probes one target at its interval (or at once when kicked) and
-// opens an incident when the hysteresis turns it unhealthy.
+// monitor probes one target at its interval (or at once when kicked, and
+// every Announcements.ProbeInterval after an announcement) and opens an
+// incident when the hysteresis turns it unhealthy.
 func (h *Healer) monitor(ctx context.Context, g *errgroup.Group, t *target) {
-	tick := time.NewTicker(t.cfg.Interval)
-	defer tick.Stop()
+	timer := time.NewTimer(t.cfg.Interval)
+	defer timer.Stop()
 	for {
 		res := probe(ctx, h.probeC, t.cfg.URL, t.cfg.Timeout, h.cfg.Thresholds)
 		if ctx.Err() != nil {
@@ -497,11 +537,31 @@ func (h *Healer) monitor(ctx context.Context, g *errgroup.Group, t *target) {
 		if changed && !t.h.healthy {
 			t.healthyC = make(chan struct{})
 		}
+		now := h.now()
 		if !res.OK && !t.h.healthy && t.open == nil && !t.escalated {
 			opened = &Incident{ID: newIncidentID(), Tenant: h.cfg.Tenant, Type: res.Type, Target: t.cfg.Target,
-				State: StateDetected, DetectedAt: h.now().UTC()}
+				State: StateDetected, DetectedAt: now.UTC()}
+			// The incident is dated from the announced fault when one was
+			// announced for this target shortly before: that is when
+			// the fault hit, not when the checks confirmed it.
+			if a := t.hint; a != nil && a.InjectedAt != nil && !a.InjectedAt.After(now) {
+				at := a.InjectedAt.UTC()
+				opened.InjectedAt = &at
+				opened.Timeline = append(opened.Timeline, Event{State: StepInjected, At: at, Note: "announced: " + a.Fault})
+				t.hint = nil
+			}
 			opened.note(opened.DetectedAt, res.Detail)
 			t.open = opened
+		}
+		wait := t.cfg.Interval
+		if now.Before(t.fastUntil) {
+			if t.h.healthy == t.expectHealthy && res.OK == t.expectHealthy {
+				t.fastUntil = time.Time{} // the checks agree with the announcement
+			} else {
+				wait = h.cfg.Announcements.ProbeInterval
+			}
+		} else {
+			t.hint = nil
 		}
 		t.mu.Unlock()
 		if opened != nil {
@@ -509,10 +569,17 @@ func (h *Healer) monitor(ctx context.Context, g *errgroup.Group, t *target) {
 			h.record(ctx, opened)
 			g.Go(func() error { h.remediate(ctx, t, opened); return nil })
 		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		case <-t.kick:
 		}
 	}
@@ -659,7 +726,9 @@ func (h *Healer) resolve(ctx context.Context, in *Incident, note string) {
 	in.transition(StateResolved, h.now(), note)
 	d := time.Duration(in.ResolutionMS) * time.Millisecond
 	h.resolution.WithLabelValues(in.Type).Observe(d.Seconds())
-	h.log.Info("incident resolved", "id", in.ID, "type", in.Type, "target", in.Target, "resolution_ms", in.ResolutionMS)
+	h.timeToResolve.WithLabelValues(in.Type).Observe((time.Duration(in.TimeToResolveMS) * time.Millisecond).Seconds())
+	h.log.Info("incident resolved", "id", in.ID, "type", in.Type, "target", in.Target, "resolution_ms", in.ResolutionMS,
+		"time_to_resolve_ms", in.TimeToResolveMS)
 	h.record(ctx, in)
 	if d > h.cfg.SlowResolution {
 		h.deps.Alerts.Notify(alert.Alert{Kind: alert.KindSlowResolution, Severity: "warning", Tenant: in.Tenant,

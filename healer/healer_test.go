@@ -265,7 +265,8 @@ func startStack(t testing.TB, deny bool, mutate func(*Config)) *stack {
 	srv := redistest.Start(t)
 	s := &stack{fleet: f, store: NewStore(srv.Client(), 0), sink: &memSink{}, pp: &fakePassports{}, rep: &fakeReputation{}, al: &alerts{}, reg: prometheus.NewRegistry()}
 	s.calls = func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(calls) }
-	cfg := Config{Tenant: "acme", ProxyURL: proxy.URL, Thresholds: Thresholds{MemoryBytes: (32 << 20) + (4 << 20)}}
+	cfg := Config{Tenant: "acme", ProxyURL: proxy.URL, Thresholds: Thresholds{MemoryBytes: (32 << 20) + (4 << 20)},
+		Announcements: Announcements{URL: f.URL() + "/events?tenant=acme"}}
 	for _, name := range []string{"checkout", "payments"} {
 		cfg.Checks = append(cfg.Checks, CheckConfig{Target: name, URL: f.HealthURL(name)})
 	}

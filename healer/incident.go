@@ -15,6 +15,10 @@ const (
 	StateEscalated  = "ESCALATED"
 )
 
+// StepInjected marks the timeline entry of an announced fault's injection.
+// It is a step of the timeline, never an incident state.
+const StepInjected = "INJECTED"
+
 // Incident is one detected failure and what the healer did about it. Its
 // JSON is the incident details of the audit record and of the API.
 type Incident struct {
@@ -24,15 +28,21 @@ type Incident struct {
 	Target string `json:"target"`
 	State  string `json:"state"`
 	// Action is the playbook's action, once one is chosen.
-	Action       string     `json:"action,omitempty"`
+	Action string `json:"action,omitempty"`
+	// InjectedAt is when the fault hit, when the monitored system
+	// announced it (see Announcements); nil when only the checks saw it.
+	InjectedAt   *time.Time `json:"injected_at,omitempty"`
 	DetectedAt   time.Time  `json:"detected_at"`
 	DispatchedAt *time.Time `json:"dispatched_at"`
 	ResolvedAt   *time.Time `json:"resolved_at"`
 	EscalatedAt  *time.Time `json:"escalated_at,omitempty"`
 	// ResolutionMS is ResolvedAt minus DetectedAt, in milliseconds.
-	ResolutionMS int64   `json:"resolution_ms"`
-	Attempts     int     `json:"attempts"`
-	Timeline     []Event `json:"timeline"`
+	ResolutionMS int64 `json:"resolution_ms"`
+	// TimeToResolveMS is ResolvedAt minus InjectedAt when the injection
+	// time is known, else minus DetectedAt: how long the fault lasted.
+	TimeToResolveMS int64   `json:"time_to_resolve_ms"`
+	Attempts        int     `json:"attempts"`
+	Timeline        []Event `json:"timeline"`
 }
 
 // Event is one entry of an incident's timeline.
@@ -67,6 +77,11 @@ func (in *Incident) transition(state string, at time.Time, note string) {
 	case StateResolved:
 		in.ResolvedAt = &at
 		in.ResolutionMS = at.Sub(in.DetectedAt).Milliseconds()
+		from := in.DetectedAt
+		if in.InjectedAt != nil {
+			from = *in.InjectedAt
+		}
+		in.TimeToResolveMS = at.Sub(from).Milliseconds()
 	case StateEscalated:
 		in.EscalatedAt = &at
 	}

@@ -38,7 +38,11 @@ func fuzzVerifier(f *testing.F) (*verifier, *testkeys.Keys, time.Time) {
 	cfg := testConfig("http://127.0.0.1:1", "http://127.0.0.1:1/jwks")
 	cfg.fill()
 	cfg.VerifyCacheSize = 0 // every input takes the strict path
-	return newVerifier(&cfg, staticKeys{keys.EdKID: jwk}, func() time.Time { return now }), keys, now
+	v, err := newVerifier(&cfg, staticKeys{keys.EdKID: jwk}, func() time.Time { return now })
+	if err != nil {
+		f.Fatal(err)
+	}
+	return v, keys, now
 }
 
 // FuzzVerify: the verifier never panics, refuses with an *AuthError, and

@@ -152,7 +152,9 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.verifier = newVerifier(&p.cfg, p.keys, d.Clock)
+	if p.verifier, err = newVerifier(&p.cfg, p.keys, d.Clock); err != nil {
+		return nil, fmt.Errorf("proxy verifier: %w", err)
+	}
 	hit, miss := p.m.verifyCache.WithLabelValues("hit"), p.m.verifyCache.WithLabelValues("miss")
 	p.verifier.hits = func(h bool) {
 		if h {

@@ -1,61 +1,46 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/MicahParks/jwkset"
-	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/time/rate"
 
 	"github.com/agentpassport/passport/passport"
 )
 
-// AuthError is a refused passport. Code is the RFC 6750 error code and
-// Description a safe, fixed sentence for error_description: it never holds
-// input or an internal error string.
-type AuthError struct {
-	Code        string // "invalid_token", or "" when no passport was sent
-	Description string
-	Reason      string // snake_case, for the audit record and metrics
-}
+// AuthError is a refused passport (the shared verifier's type): Code is
+// the RFC 6750 error code, Description a safe fixed sentence, Reason the
+// snake_case name for audit records and metrics.
+type AuthError = passport.AuthError
 
-func (e *AuthError) Error() string { return e.Description }
+func authErr(reason, desc string) *AuthError { return passport.NewAuthError(reason, desc) }
 
-func authErr(reason, desc string) *AuthError {
-	return &AuthError{Code: "invalid_token", Description: desc, Reason: reason}
-}
-
-// Refusals of the verifier. They are values so tests and callers can use
+// Refusals. The verifier's own come from the shared verifier in package
+// passport (the same values introspection answers from); the rest are the
+// proxy's checks around it. They are values so tests and callers can use
 // errors.Is; the descriptions are what the agent reads.
 var (
 	ErrNoPassport     = &AuthError{Description: "a passport is required", Reason: "no_passport"}
-	ErrTooLarge       = authErr("token_too_large", "the passport is too large")
-	ErrMalformed      = authErr("malformed", "the passport is malformed")
-	ErrHeader         = authErr("bad_header", "the passport header is not acceptable")
-	ErrAlgorithm      = authErr("bad_algorithm", "the passport algorithm is not accepted")
-	ErrUnknownKey     = authErr("unknown_key", "the passport signing key is unknown")
-	ErrSignature      = authErr("bad_signature", "the passport signature is invalid")
-	ErrExpired        = authErr("expired", "the passport has expired")
-	ErrNotYetValid    = authErr("not_yet_valid", "the passport is not valid yet")
-	ErrIssuer         = authErr("bad_issuer", "the passport was not issued by the trusted authority")
-	ErrAudience       = authErr("bad_audience", "the passport is not meant for this resource")
-	ErrClaims         = authErr("bad_claims", "the passport claims are not acceptable")
-	ErrLifetime       = authErr("lifetime_too_long", "the passport lives longer than allowed")
+	ErrTooLarge       = passport.ErrTooLarge
+	ErrMalformed      = passport.ErrMalformed
+	ErrHeader         = passport.ErrHeader
+	ErrAlgorithm      = passport.ErrAlgorithm
+	ErrUnknownKey     = passport.ErrUnknownKey
+	ErrSignature      = passport.ErrSignature
+	ErrExpired        = passport.ErrExpired
+	ErrNotYetValid    = passport.ErrNotYetValid
+	ErrIssuer         = passport.ErrIssuer
+	ErrAudience       = passport.ErrAudience
+	ErrClaims         = passport.ErrClaims
+	ErrLifetime       = passport.ErrLifetime
 	ErrRevoked        = authErr("revoked", "the passport has been revoked")
 	ErrBlocked        = authErr("agent_blocked", "the agent is blocked")
 	ErrUnknownAgent   = authErr("agent_unknown", "the agent is not registered")
@@ -68,17 +53,14 @@ var (
 // passport that the agent would act on, e.g. by fetching a new one).
 var ErrKeysUnavailable = errors.New("the authority's signing keys are not loaded yet")
 
-// Verified is a passport that passed every static check. Dynamic checks
+// Verified is a passport that passed the shared verifier. Dynamic checks
 // (expiry, revocation, blocks, tenant) are repeated on every use.
 type Verified struct {
-	token   string
-	Claims  *passport.Claims
-	Payload map[string]any // the claims as JSON values, for the policy input
-	Exp     time.Time
-	NotBef  time.Time
-	inputMu sync.Once       // computes the two below once per passport
-	pjson   json.RawMessage // Payload as JSON, for the audit record
-	pterms  passportTerms   // Payload and agent fields as OPA terms, for the policy
+	passport.Verified                 // Claims, Payload (for the policy input), Exp, NotBefore
+	token             string          // the raw passport, compared on every cache hit
+	inputMu           sync.Once       // computes the two below once per passport
+	pjson             json.RawMessage // Payload as JSON, for the audit record
+	pterms            passportTerms   // Payload and agent fields as OPA terms, for the policy
 }
 
 // keySource returns the verification key for a kid.
@@ -87,34 +69,40 @@ type keySource interface {
 	ready(ctx context.Context) bool
 }
 
-// verifier checks passports strictly and caches the ones it accepted.
+// verifier runs the shared strict verifier (passport.Verifier, the same
+// code as the authority's introspection) with the proxy's key source, and
+// caches the passports it accepted.
 type verifier struct {
-	cfg    *Config
-	keys   keySource
-	clock  func() time.Time
-	parser *jwt.Parser
-	cache  *tokenCache
-	hits   func(hit bool)
+	cfg   *Config
+	keys  keySource
+	clock func() time.Time
+	pv    *passport.Verifier
+	cache *tokenCache
+	hits  func(hit bool)
 }
 
-func newVerifier(cfg *Config, keys keySource, clock func() time.Time) *verifier {
-	return &verifier{
+func newVerifier(cfg *Config, keys keySource, clock func() time.Time) (*verifier, error) {
+	v := &verifier{
 		cfg:   cfg,
 		keys:  keys,
 		clock: clock,
-		parser: jwt.NewParser(
-			jwt.WithValidMethods(passport.Algorithms),
-			jwt.WithIssuer(cfg.Issuer),
-			jwt.WithAudience(cfg.Audience),
-			jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(),
-			jwt.WithLeeway(cfg.Leeway),
-			jwt.WithTimeFunc(clock),
-			jwt.WithStrictDecoding(),
-		),
 		cache: newTokenCache(cfg.VerifyCacheSize),
 		hits:  func(bool) {},
 	}
+	pv, err := passport.NewVerifier(passport.VerifierConfig{
+		Issuer:        cfg.Issuer,
+		Audiences:     []string{cfg.Audience},
+		Leeway:        cfg.Leeway,
+		MaxLifetime:   cfg.MaxLifetime,
+		MaxTokenBytes: cfg.MaxTokenBytes,
+		Clock:         clock,
+		Keys:          v.keyFor,
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.pv = pv
+	return v, nil
 }
 
 // bearer extracts the token from an Authorization header value. The size
@@ -169,304 +157,37 @@ func (v *verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 	now := v.clock()
 	if vp := v.cache.get(tok); vp != nil {
 		v.hits(true)
-		if err := v.checkTimes(vp, now); err != nil {
+		if err := v.pv.CheckTimes(&vp.Verified, now); err != nil {
 			return nil, err
 		}
 		return vp, nil
 	}
 	v.hits(false)
-	vp, err := v.verifySlow(ctx, tok)
+	pv, err := v.pv.Verify(ctx, tok)
 	if err != nil {
+		if errors.Is(err, ErrUnknownKey) && !v.keys.ready(ctx) {
+			return nil, ErrKeysUnavailable
+		}
 		return nil, err
 	}
-	if err := v.checkTimes(vp, now); err != nil {
-		return nil, err
-	}
+	vp := &Verified{Verified: *pv, token: tok}
 	v.cache.put(tok, vp, now)
 	return vp, nil
 }
 
-func (v *verifier) checkTimes(vp *Verified, now time.Time) error {
-	if !now.Before(vp.Exp.Add(v.cfg.Leeway)) {
-		return ErrExpired
-	}
-	if !vp.NotBef.IsZero() && now.Add(v.cfg.Leeway).Before(vp.NotBef) {
-		return ErrNotYetValid
-	}
-	return nil
-}
-
-// forbiddenHeaders are JOSE headers that point at keys. A verifier that
-// followed them would let the token choose its own key; the proxy only
-// trusts keys from its configured JWKS, so a token carrying them is
-// refused outright.
-var forbiddenHeaders = []string{"jku", "x5u", "x5c", "jwk", "x5t", "x5t#S256"}
-
-func (v *verifier) verifySlow(ctx context.Context, tok string) (*Verified, error) {
-	// Shape: three base64url parts, no padding, nothing else.
-	var parts [3]string
-	n := 0
-	start := 0
-	for i := 0; i < len(tok); i++ {
-		c := tok[i]
-		if c == '.' {
-			if n == 2 {
-				return nil, ErrMalformed
-			}
-			parts[n] = tok[start:i]
-			n++
-			start = i + 1
-			continue
-		}
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-			return nil, ErrMalformed
-		}
-	}
-	if n != 2 {
-		return nil, ErrMalformed
-	}
-	parts[2] = tok[start:]
-	if parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return nil, ErrMalformed
-	}
-	hdrJSON, err := base64.RawURLEncoding.Strict().DecodeString(parts[0])
-	if err != nil {
-		return nil, ErrMalformed
-	}
-	payJSON, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
-	if err != nil {
-		return nil, ErrMalformed
-	}
-
-	// Header: strict JSON, exact names, no key pointers, no crit.
-	hdr, err := strictObject(hdrJSON, false)
-	if err != nil {
-		return nil, ErrHeader
-	}
-	for _, k := range forbiddenHeaders {
-		if _, ok := hdr[k]; ok {
-			return nil, ErrHeader
-		}
-	}
-	if _, ok := hdr["crit"]; ok {
-		// We implement no JOSE extension, so every critical one is unknown
-		// (RFC 7515 §4.1.11: the recipient must then reject the JWS).
-		return nil, ErrHeader
-	}
-	if typ, _ := hdr["typ"].(string); typ != passport.TokenType {
-		return nil, ErrHeader // RFC 9068 §4: refuse anything but an access token
-	}
-	alg, _ := hdr["alg"].(string)
-	if !slices.Contains(passport.Algorithms, alg) {
-		return nil, ErrAlgorithm
-	}
-	if kid, _ := hdr["kid"].(string); kid == "" {
-		return nil, ErrHeader
-	}
-
-	// Payload: strict JSON, lower-case ASCII claim names only (Go's JSON
-	// decoding matches names case-insensitively, so "ISS" or "iſs" would
-	// otherwise land in the issuer), numeric times.
-	payload, err := strictObject(payJSON, true)
-	if err != nil {
-		return nil, ErrClaims
-	}
-	for _, k := range []string{"exp", "iat", "nbf"} {
-		val, ok := payload[k]
-		if !ok {
-			continue
-		}
-		if _, isNum := val.(json.Number); !isNum {
-			return nil, ErrClaims // golang-jwt would accept "exp":"123"
-		}
-	}
-	if _, ok := payload["exp"]; !ok {
-		return nil, ErrClaims
-	}
-	if _, ok := payload["iat"]; !ok {
-		return nil, ErrClaims
-	}
-
-	var claims passport.Claims
-	parsed, err := v.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
-		return v.keyFor(ctx, t)
-	})
-	if err != nil {
-		return nil, mapJWTError(err)
-	}
-	if parsed == nil || !parsed.Valid {
-		return nil, ErrSignature // never accept on "no error" alone
-	}
-	// A token is accepted only when ParseWithClaims returned no error; the
-	// claims below are checked on top of what the library checked.
-	if claims.ExpiresAt == nil || claims.IssuedAt == nil {
-		return nil, ErrClaims
-	}
-	if claims.ExpiresAt.Sub(claims.IssuedAt.Time) > v.cfg.MaxLifetime {
-		return nil, ErrLifetime
-	}
-	if claims.ID == "" || claims.Subject == "" || claims.Tenant == "" || claims.Agent.ID == "" ||
-		!tenantRE.MatchString(claims.Tenant) || !claims.Agent.TrustLevel.Valid() ||
-		(claims.ClientID != "" && claims.ClientID != claims.Subject) {
-		return nil, ErrClaims
-	}
-	vp := &Verified{token: tok, Claims: &claims, Payload: payload, Exp: claims.ExpiresAt.Time}
-	if claims.NotBefore != nil {
-		vp.NotBef = claims.NotBefore.Time
-	}
-	return vp, nil
-}
-
-// keyFor looks the kid up exactly and pins the algorithm to the key: an
-// Ed25519 key verifies only EdDSA, a P-256 key only ES256, and a JWK that
-// names its "alg" only that one. So a token cannot pick HMAC with the
-// public key as secret, or another curve.
-func (v *verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
-	kid, _ := t.Header["kid"].(string)
+// keyFor is the shared verifier's key source: the JWKS key under kid,
+// refused when the JWK says it is not for signatures. The shared verifier
+// pins the algorithm to the key's type and to the JWK's "alg".
+func (v *verifier) keyFor(ctx context.Context, kid string) (passport.VerifyKey, error) {
 	k, err := v.keys.key(ctx, kid)
 	if err != nil {
-		if !v.keys.ready(ctx) {
-			return nil, ErrKeysUnavailable
-		}
-		return nil, ErrUnknownKey
+		return passport.VerifyKey{}, ErrUnknownKey
 	}
-	alg := t.Method.Alg()
 	m := k.Marshal()
 	if m.USE != "" && m.USE != jwkset.UseSig {
-		return nil, ErrAlgorithm
+		return passport.VerifyKey{}, ErrAlgorithm
 	}
-	if m.ALG != "" && string(m.ALG) != alg {
-		return nil, ErrAlgorithm
-	}
-	switch pk := k.Key().(type) {
-	case ed25519.PublicKey:
-		if alg == passport.AlgEdDSA {
-			return pk, nil
-		}
-	case *ecdsa.PublicKey:
-		if alg == passport.AlgES256 && pk.Curve == elliptic.P256() {
-			return pk, nil
-		}
-	}
-	return nil, ErrAlgorithm
-}
-
-func mapJWTError(err error) error {
-	if errors.Is(err, ErrKeysUnavailable) {
-		return ErrKeysUnavailable
-	}
-	var ae *AuthError
-	if errors.As(err, &ae) {
-		return ae
-	}
-	switch {
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return ErrExpired
-	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return ErrNotYetValid
-	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-		return ErrIssuer
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return ErrAudience
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return ErrSignature
-	case errors.Is(err, jwt.ErrTokenUnverifiable):
-		return ErrAlgorithm
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing), errors.Is(err, jwt.ErrTokenInvalidClaims):
-		return ErrClaims
-	}
-	return ErrMalformed
-}
-
-// maxJSONDepth bounds nesting in a passport's header and payload.
-const maxJSONDepth = 16
-
-// strictObject decodes one JSON object, refusing what encoding/json would
-// let through silently: invalid UTF-8 (replaced by U+FFFD), duplicate
-// keys at any depth (last one wins), trailing data, deep nesting, and, when
-// lowerKeys is set, any key that is not lower-case ASCII.
-func strictObject(b []byte, lowerKeys bool) (map[string]any, error) {
-	if !utf8.Valid(b) {
-		return nil, errors.New("invalid utf-8")
-	}
-	if err := scanKeys(b, lowerKeys); err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, err
-	}
-	if m == nil {
-		return nil, errors.New("not an object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data")
-	}
-	return m, nil
-}
-
-func scanKeys(b []byte, lowerKeys bool) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	type frame struct {
-		obj     bool
-		keys    map[string]struct{}
-		wantKey bool
-	}
-	var stack []frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if d, ok := tok.(json.Delim); ok {
-			switch d {
-			case '{', '[':
-				if len(stack) > 0 && stack[len(stack)-1].obj {
-					stack[len(stack)-1].wantKey = true
-				}
-				if len(stack) >= maxJSONDepth {
-					return errors.New("too deep")
-				}
-				stack = append(stack, frame{obj: d == '{', keys: map[string]struct{}{}, wantKey: d == '{'})
-			case '}', ']':
-				stack = stack[:len(stack)-1]
-				if len(stack) > 0 && stack[len(stack)-1].obj {
-					stack[len(stack)-1].wantKey = true
-				}
-			}
-			continue
-		}
-		if len(stack) == 0 {
-			return errors.New("not an object")
-		}
-		top := &stack[len(stack)-1]
-		if top.obj && top.wantKey {
-			k, _ := tok.(string)
-			if _, dup := top.keys[k]; dup {
-				return fmt.Errorf("duplicate key")
-			}
-			if lowerKeys {
-				for i := 0; i < len(k); i++ {
-					if c := k[i]; c >= 0x80 || 'A' <= c && c <= 'Z' {
-						return fmt.Errorf("claim name not lower-case ascii")
-					}
-				}
-			}
-			top.keys[k] = struct{}{}
-			top.wantKey = false
-			continue
-		}
-		if top.obj {
-			top.wantKey = true
-		}
-	}
-	return nil
+	return passport.VerifyKey{Key: k.Key(), Alg: string(m.ALG)}, nil
 }
 
 // tokenCache maps a verified token to its result. The key is a seeded

@@ -406,27 +406,40 @@ The record is byte-for-byte what is stored, so its hash can be re-checked offlin
 
 func (a *app) auditVerifyCmd(o *auditOpts) *cobra.Command {
 	var (
-		trusted string
-		asJSON  bool
+		trusted    string
+		asJSON     bool
+		witnesses  []string
+		staleAfter time.Duration
+		accept     []string
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Check every writer's hash chain and signed checkpoints; exit 2 at the first broken place",
+		Short: "Check every writer's hash chain, signed checkpoints and the witnesses; exit 2 at the first broken place",
 		Long: `Walk each tenant's audit stream and check, for every writer: each record's hash, the
 links between consecutive records, the sequence numbers (deleted, inserted, reordered
-records), the chain head stored in Redis (records deleted at the tail), duplicate request
-ids, and each checkpoint's Ed25519 signature.
+records), the chain head stored in Redis (records deleted at the tail; a missing or
+corrupt head is itself a finding), duplicate request ids, and each checkpoint's Ed25519
+signature.
 
-Writer keys come from the writers hash in Redis, or only from --trusted-keys FILE
-(lines "<writer-id> <base64 public key>"; see "passport audit writers"), which stops
-anyone who can write Redis from registering a key of their own.
+With a witness (--witness DIR|URL, repeatable; default the witness of "passport up --data
+DIR", else PASSPORT_WITNESS), Redis is compared with the checkpoints the writers handed
+to it outside Redis, and every tenant the witness knows is checked, not only the streams
+that still exist. Verdicts, by code: stream_missing, heads_missing, head_missing,
+head_corrupt, head_rewritten, tail_cut, rolled_back, checkpoint_mismatch,
+checkpoint_missing, records_after_close, writer_unclosed (stopped without a closing
+statement: crashed or killed), writer_key_changed, witness_corrupt; and from the chain
+itself malformed, changed, deleted, reordered, duplicate, bad_checkpoint, unknown_writer,
+wrong_tenant. See docs/audit.md.
 
-Exit status: 0 when every stream verifies, 2 when one does not (the first broken place is
-named by stream and id), 1 on other errors.`,
+Writer keys come from the witness, else the writers hash in Redis, or only from
+--trusted-keys FILE (lines "<writer-id> <base64 public key>"; see "passport audit writers").
+
+Exit status: 0 when everything verifies, 2 on any verdict (the first one is named by
+stream and id), 1 on usage or connection errors.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			var opts audit.VerifyOptions
+			opts := audit.VerifyAllOptions{Tenant: o.tenant, StaleAfter: staleAfter}
 			if trusted != "" {
 				f, err := os.Open(trusted)
 				if err != nil {
@@ -439,44 +452,92 @@ named by stream and id), 1 on other errors.`,
 				}
 				opts.TrustedKeys = keys
 			}
+			if len(accept) > 0 {
+				opts.AcceptUnclosed = map[string]bool{}
+				for _, w := range accept {
+					opts.AcceptUnclosed[w] = true
+				}
+			}
+			specs, err := o.witnessSpecs(a, witnesses)
+			if err != nil {
+				return err
+			}
+			if opts.Witnesses, err = audit.OpenWitnesses(specs, a.getenv("PASSPORT_WITNESS_TOKEN")); err != nil {
+				return err
+			}
 			rdb, err := o.client(a)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			tenants, err := o.tenants(ctx, rdb)
+			res, err := audit.VerifyAll(ctx, rdb, opts)
 			if err != nil {
 				return err
 			}
-			if len(tenants) == 0 {
+			if len(res.Streams) == 0 && len(res.Witnesses) == 0 {
 				fmt.Fprintln(a.stdout, "no audit streams found")
 				return nil
 			}
-			var first *audit.Problem
-			for _, t := range tenants {
-				rep, err := audit.VerifyStream(ctx, rdb, t, opts)
-				if err != nil {
-					return err
-				}
+			for _, rep := range res.Streams {
 				if asJSON {
 					b, _ := json.Marshal(rep)
 					fmt.Fprintln(a.stdout, string(b))
 				} else {
 					auditPrintReport(a.stdout, rep)
 				}
-				if p := rep.First(); p != nil && first == nil {
-					first = p
+			}
+			for _, wr := range res.Witnesses {
+				if asJSON {
+					b, _ := json.Marshal(wr)
+					fmt.Fprintln(a.stdout, string(b))
+				} else {
+					auditPrintWitness(a.stdout, wr)
 				}
 			}
-			if first != nil {
+			if len(opts.Witnesses) == 0 && !asJSON {
+				fmt.Fprintln(a.stdout, "no witness: a stream deleted with its heads, or a tail cut with its head rewritten, cannot be seen from Redis alone (see --witness)")
+			}
+			if first := res.First(); first != nil {
 				return &exitError{code: 2, err: fmt.Errorf("audit verify failed: %s", first)}
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&trusted, "trusted-keys", "", "file of pinned writer keys; when set, only these writers are trusted")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print each stream's report as JSON")
+	f := cmd.Flags()
+	f.StringVar(&trusted, "trusted-keys", "", "file of pinned writer keys; when set, only these writers are trusted")
+	f.BoolVar(&asJSON, "json", false, "print each stream's report, then each witness's, as JSON lines (\"kind\" is the verdict code)")
+	f.StringArrayVar(&witnesses, "witness", nil, "witness to compare with: a directory or an http(s):// URL of passport witness (repeatable; default: demo.json's with --data, else $PASSPORT_WITNESS)")
+	f.DurationVar(&staleAfter, "stale-after", time.Minute, "a writer unheard of this long without a closing statement is reported writer_unclosed")
+	f.StringArrayVar(&accept, "accept-unclosed", nil, "writer id whose unclean stop was looked into: listed, not failed (repeatable)")
 	return cmd
+}
+
+// witnessSpecs are the witnesses verify compares with: --witness, else
+// the witness of the stack in --data DIR, else PASSPORT_WITNESS (the same
+// order as for Redis).
+func (o *auditOpts) witnessSpecs(a *app, flags []string) ([]string, error) {
+	if len(flags) > 0 {
+		return flags, nil
+	}
+	if o.dataDir != "" {
+		b, err := os.ReadFile(filepath.Join(o.dataDir, "demo.json"))
+		if err != nil {
+			return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
+		}
+		var demo struct {
+			Witness string `json:"witness"`
+		}
+		if err := json.Unmarshal(b, &demo); err != nil {
+			return nil, fmt.Errorf("--data %s: demo.json: %w", o.dataDir, err)
+		}
+		if demo.Witness != "" {
+			return []string{demo.Witness}, nil
+		}
+	}
+	if env := strings.TrimSpace(a.getenv("PASSPORT_WITNESS")); env != "" {
+		return []string{env}, nil
+	}
+	return nil, nil
 }
 
 func auditPrintReport(w io.Writer, rep *audit.Report) {
@@ -503,10 +564,34 @@ func auditPrintReport(w io.Writer, rep *audit.Report) {
 		fmt.Fprintf(w, "  %d allowed calls have no outcome record (first: %s): in flight, or their outcome was dropped or lost\n",
 			rep.OpenAllows, auditSafe(rep.FirstOpenAllow))
 	}
-	for i, p := range rep.Problems {
+	auditPrintProblems(w, rep.Problems)
+}
+
+func auditPrintWitness(w io.Writer, wr *audit.WitnessReport) {
+	status := "OK"
+	if len(wr.Problems) > 0 {
+		status = "FAILED"
+	}
+	fmt.Fprintf(w, "%s witness %s: %d writers (%d closed cleanly, %d running)\n", status, auditSafe(wr.Witness), wr.Writers, wr.Closed, wr.Running)
+	for _, a := range wr.Accepted {
+		fmt.Fprintf(w, "  writer %s stopped without a closing statement (accepted with --accept-unclosed)\n", auditSafe(a))
+	}
+	auditPrintProblems(w, wr.Problems)
+}
+
+func auditPrintProblems(w io.Writer, ps []audit.Problem) {
+	for i, p := range ps {
 		if i == 20 {
-			fmt.Fprintf(w, "  ... %d more problems\n", len(rep.Problems)-20)
+			fmt.Fprintf(w, "  ... %d more problems\n", len(ps)-20)
 			break
+		}
+		if p.Stream == "" {
+			fmt.Fprintf(w, "  %s writer=%s: %s\n", p.Kind, auditSafe(p.Writer), auditSafe(p.Detail))
+			continue
+		}
+		if p.Writer == "" {
+			fmt.Fprintf(w, "  %s %s: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Detail))
+			continue
 		}
 		fmt.Fprintf(w, "  %s %s writer=%s seq=%d: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Writer), p.Seq, auditSafe(p.Detail))
 	}

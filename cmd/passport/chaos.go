@@ -70,7 +70,7 @@ func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.
 		return nil, nil, nil, nil, fmt.Errorf("chaos: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: env.witnesses}, log, reg)
 	if err != nil {
 		_ = rdb.Close()
 		return nil, nil, nil, nil, fmt.Errorf("chaos: audit stream: %w", err)

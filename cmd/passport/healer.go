@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -70,6 +71,12 @@ agent with PASSPORT_ADMIN_TOKEN.`,
 				return err
 			}
 			cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
+			if cfg.Announcements.URL == "" && ao.data != "" {
+				// The demo fleet announces its changes (see docs/demo.md).
+				if d, err := loadAgentDemoFile(ao.data); err == nil && d.URLs.Fleet != "" {
+					cfg.Announcements.URL = d.URLs.Fleet + "/events?tenant=" + url.QueryEscape(env.tenant)
+				}
+			}
 			if len(cfg.Checks) == 0 {
 				if cfg.Checks, err = discoverChecks(ctx, env); err != nil {
 					return err
@@ -92,7 +99,7 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 	}
 	defer rdb.Close()
 	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{}, log, reg)
+	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: env.witnesses}, log, reg)
 	if err != nil {
 		return fmt.Errorf("healer: audit stream: %w", err)
 	}
@@ -159,6 +166,7 @@ func discoverChecks(ctx context.Context, env *agentSetup) ([]healer.CheckConfig,
 // agentOpts are the flags every agent subcommand takes.
 type agentOpts struct {
 	data, tenant, proxy, authority, credentials string
+	witness                                     []string
 }
 
 func (o *agentOpts) register(f *pflag.FlagSet) {
@@ -168,6 +176,7 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.StringVar(&o.authority, "authority", "", "authority URL (default: demo.json, PASSPORT_AUTHORITY_URL, http://127.0.0.1:8081)")
 	f.StringVar(&o.credentials, "credentials", "", "keep the agent's identity across restarts in this file (0600): read it, or register\n"+
 		"an agent with PASSPORT_ADMIN_TOKEN and write it (default: PASSPORT_CREDENTIALS_FILE)")
+	f.StringArrayVar(&o.witness, "witness", nil, "audit witness: a directory or an http(s):// URL of passport witness (repeatable; default: demo.json, PASSPORT_WITNESS)")
 }
 
 // agentDemoFile is the part of `passport up`'s DIR/demo.json agents read.
@@ -179,6 +188,7 @@ type agentDemoFile struct {
 	} `json:"urls"`
 	RedisURL   string `json:"redis_url"`
 	AdminToken string `json:"admin_token"`
+	Witness    string `json:"witness"`
 	Agents     []struct {
 		Name         string `json:"name"`
 		Type         string `json:"type"`
@@ -205,6 +215,7 @@ func loadAgentDemoFile(dir string) (*agentDemoFile, error) {
 type agentSetup struct {
 	tenant, proxyURL, authorityURL, redisURL, adminToken string
 	clientID                                             string
+	witnesses                                            []audit.Witness
 	passports                                            agentcall.Passports
 	admin                                                *client.Admin
 }
@@ -221,9 +232,13 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 			return nil, err
 		}
 	}
-	var dProxy, dAuth, dRedis, dAdmin string
+	var dProxy, dAuth, dRedis, dAdmin, dWitness string
 	if demo != nil {
-		dProxy, dAuth, dRedis, dAdmin = demo.URLs.Proxy, demo.URLs.Authority, demo.RedisURL, demo.AdminToken
+		dProxy, dAuth, dRedis, dAdmin, dWitness = demo.URLs.Proxy, demo.URLs.Authority, demo.RedisURL, demo.AdminToken, demo.Witness
+	}
+	witnesses, err := a.writerWitnesses(o.witness, dWitness)
+	if err != nil {
+		return nil, err
 	}
 	s := &agentSetup{
 		tenant:       firstNonEmpty(o.tenant, cfgTenant, "acme"),
@@ -231,6 +246,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		authorityURL: firstNonEmpty(o.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), "http://127.0.0.1:8081"),
 		redisURL:     firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL")),
 		adminToken:   firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
+		witnesses:    witnesses,
 	}
 	if s.adminToken != "" {
 		adm, err := client.NewAdmin(s.authorityURL, passport.Secret(s.adminToken), client.Options{})

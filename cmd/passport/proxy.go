@@ -51,6 +51,7 @@ func (a *app) loadProxyConfigFor(path string) (proxy.Config, error) {
 
 func (a *app) proxyCmd() *cobra.Command {
 	var cfgPath, listen, adminListen, policyDir, shadowDir, issuer, upstream string
+	var witness []string
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the enforcing sidecar proxy in front of a control API",
@@ -115,7 +116,11 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			stream, err := audit.NewStream(rdb, audit.StreamConfig{SpoolDir: cfg.Audit.SpoolDir,
+			witnesses, err := a.writerWitnesses(witness, "")
+			if err != nil {
+				return err
+			}
+			stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses, SpoolDir: cfg.Audit.SpoolDir,
 				SpoolMaxBytes: cfg.Audit.SpoolMaxBytes}, log, reg)
 			if err != nil {
 				return fmt.Errorf("audit stream: %w", err)
@@ -147,5 +152,6 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 	f.StringVar(&shadowDir, "shadow-policy-dir", "", "candidate policy evaluated beside the enforced one (shadow mode)")
 	f.StringVar(&issuer, "issuer", "", "trusted passport issuer (default "+proxy.DefaultIssuer+")")
 	f.StringVar(&upstream, "upstream", "", "URL of the single upstream (overrides the config's)")
+	f.StringArrayVar(&witness, "witness", nil, "audit witness: a directory or an http(s):// URL of passport witness (repeatable; default PASSPORT_WITNESS)")
 	return cmd
 }

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/stack"
 )
 
@@ -18,14 +20,16 @@ func (a *app) upCmd() *cobra.Command {
 		cfgPath, data, listen string
 		cfg                   stack.Config
 		noChaos               bool
+		witness               string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run the whole demo stack in one process: Redis, authority, proxy, fleet, healers, chaos, rogue agents, dashboard",
 		Long: `Run the whole Agent Passport demo on loopback, in one process.
 
-It starts a private redis-server with AOF under --data (unless PASSPORT_REDIS_URL is
-set), the authority (:8081), the demo fleet's control API (:9000), the proxy in front of
+It starts a private redis-server with AOF under --data, requiring a generated password
+(unless PASSPORT_REDIS_URL is set), the authority (:8081) with its signing keys encrypted
+at rest by a generated key (--data/key-encryption-key, or PASSPORT_KEY_ENCRYPTION_KEY), the demo fleet's control API (:9000), the proxy in front of
 it (:8080, admin :9080), and for each demo tenant (acme, globex) a healer, a chaos
 simulator firing random faults and a rogue agent; then the dashboard (:8090).
 It registers the demo agents and writes DIR/demo.json with the URLs, the Redis URL,
@@ -60,6 +64,12 @@ Ctrl-C stops everything cleanly.`,
 			}
 			config.Env(a.getenv).String("PASSPORT_REDIS_URL", &cfg.RedisURL)
 			config.Env(a.getenv).String("PASSPORT_ADMIN_TOKEN", &cfg.AdminToken)
+			config.Env(a.getenv).String("PASSPORT_KEY_ENCRYPTION_KEY", &cfg.KeyEncryptionKey)
+			config.Env(a.getenv).String("PASSPORT_WITNESS", &cfg.Witness)
+			if witness != "" {
+				cfg.Witness = witness
+			}
+			config.Env(a.getenv).String("PASSPORT_WITNESS_TOKEN", &cfg.WitnessToken)
 			if noChaos {
 				cfg.ChaosInterval = -1
 			}
@@ -75,6 +85,7 @@ Ctrl-C stops everything cleanly.`,
 	f.Uint64Var(&cfg.ChaosSeed, "seed", 0, "seed for random chaos (0: from the clock)")
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
+	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }
 
@@ -86,8 +97,9 @@ func printTour(w io.Writer, dir string, d stack.Demo) {
 	fmt.Fprintf(&b, "  proxy       %s      (agents call the fleet here; admin and /metrics on %s)\n", d.URLs.Proxy, d.URLs.ProxyAdmin)
 	fmt.Fprintf(&b, "  authority   %s      (/.well-known/jwks.json, /oauth2/token, /v1/tenants/...)\n", d.URLs.Authority)
 	fmt.Fprintf(&b, "  fleet       %s      (the control API the proxy protects; agents never call it directly)\n", d.URLs.Fleet)
-	fmt.Fprintf(&b, "  redis       %s\n", d.RedisURL)
-	fmt.Fprintf(&b, "  credentials %s (admin token and every demo agent's client secret)\n\n", stack.DemoFile(dir))
+	fmt.Fprintf(&b, "  redis       %s      (password-protected; the full URL is in demo.json)\n", redisx.Redact(d.RedisURL))
+	fmt.Fprintf(&b, "  credentials %s (Redis URL, admin token and every demo agent's client secret; mode 0600)\n", stack.DemoFile(dir))
+	fmt.Fprintf(&b, "  keys        signing keys encrypted at rest (key in %s unless PASSPORT_KEY_ENCRYPTION_KEY is set)\n\n", filepath.Join(dir, stack.KeyEncryptionKeyFile))
 	fmt.Fprintf(&b, "A short tour (in another terminal):\n")
 	fmt.Fprintf(&b, "  passport chaos fire service_down --target checkout --data %s   # break a service; watch the healer fix it\n", dir)
 	fmt.Fprintf(&b, "  passport incidents --data %s                                   # DETECTED -> DISPATCHED -> RESOLVED\n", dir)

@@ -9,6 +9,10 @@
 // cache_miss empties the cache so the hit ratio falls and requests slow
 // down. The matching repairs (restart, rollback, cache warm) undo them.
 //
+// The fleet announces every change on GET /events (server-sent events,
+// see Change), with the time a fault hit, so a watcher such as the healer
+// learns of a fault when it happens rather than at its next health check.
+//
 // The control API has no authentication of its own on purpose: it stands
 // for an existing API that the proxy fronts, and it listens on loopback.
 package fleet
@@ -55,6 +59,13 @@ type Config struct {
 	LeakMaxBytes int64 `yaml:"leak_max_bytes"`
 	// MaxReplicas bounds POST /services/{name}/scale. Default 20.
 	MaxReplicas int `yaml:"max_replicas"`
+	// MaxWatchers bounds the open GET /events streams; more are refused
+	// with 503. Default 64.
+	MaxWatchers int `yaml:"max_watchers"`
+	// EventsHeartbeat is how often an idle GET /events stream carries a
+	// comment line, so a watcher can tell a quiet fleet from a dead
+	// connection. Default 15s.
+	EventsHeartbeat time.Duration `yaml:"events_heartbeat"`
 }
 
 // ServiceConfig describes one service.
@@ -128,6 +139,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxReplicas == 0 {
 		c.MaxReplicas = 20
 	}
+	if c.MaxWatchers == 0 {
+		c.MaxWatchers = 64
+	}
+	if c.EventsHeartbeat == 0 {
+		c.EventsHeartbeat = 15 * time.Second
+	}
 	return c
 }
 
@@ -160,6 +177,9 @@ func (c Config) Validate() error {
 	if c.LeakMaxBytes > 1<<30 {
 		errs = append(errs, errors.New("leak_max_bytes above 1 GiB: refused to protect the host"))
 	}
+	if c.MaxWatchers < 1 || c.EventsHeartbeat < 10*time.Millisecond {
+		errs = append(errs, errors.New("max_watchers must be positive and events_heartbeat at least 10ms"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -182,6 +202,8 @@ type Fleet struct {
 	reg     *prometheus.Registry
 	faults  *prometheus.CounterVec
 	actions *prometheus.CounterVec
+
+	watch watchers // GET /events subscribers
 
 	runOnce  sync.Once
 	closeMu  sync.Mutex
@@ -311,6 +333,7 @@ func (f *Fleet) Inject(typ, name string) error {
 	if err := s.inject(f.leakCtx, typ); err != nil {
 		return err
 	}
+	f.announce(s, CauseInject)
 	f.faults.WithLabelValues(typ).Inc()
 	f.log.Info("fault injected", "service", name, "type", typ)
 	return nil
@@ -321,22 +344,18 @@ var ErrBusy = errors.New("service already has an active fault")
 
 // ClearFault undoes a service's active fault, if any.
 func (f *Fleet) ClearFault(name string) error {
-	s, ok := f.services[name]
-	if !ok {
-		return fmt.Errorf("%w %q", ErrUnknownService, name)
-	}
-	return s.clearFault()
+	return f.do(name, CauseClear, (*service).clearFault)
 }
 
 // Restart restarts a service: listener back, memory freed.
-func (f *Fleet) Restart(name string) error { return f.do(name, (*service).restart) }
+func (f *Fleet) Restart(name string) error { return f.do(name, CauseRestart, (*service).restart) }
 
 // Rollback restores a service's previous version.
-func (f *Fleet) Rollback(name string) error { return f.do(name, (*service).rollback) }
+func (f *Fleet) Rollback(name string) error { return f.do(name, CauseRollback, (*service).rollback) }
 
 // Warm fills a service's cache.
 func (f *Fleet) Warm(name string) error {
-	return f.do(name, func(s *service) error { s.warm(); return nil })
+	return f.do(name, CauseWarm, func(s *service) error { s.warm(); return nil })
 }
 
 // Deploy rolls out a (working) version.
@@ -344,20 +363,25 @@ func (f *Fleet) Deploy(name, version string) error {
 	if version == "" || len(version) > 64 {
 		return ErrBadVersion
 	}
-	return f.do(name, func(s *service) error { s.deploy(version, false); return nil })
+	return f.do(name, CauseDeploy, func(s *service) error { s.deploy(version, false); return nil })
 }
 
 // Scale sets a service's replica count.
 func (f *Fleet) Scale(name string, n int) error {
-	return f.do(name, func(s *service) error { return s.scale(n) })
+	return f.do(name, CauseScale, func(s *service) error { return s.scale(n) })
 }
 
-func (f *Fleet) do(name string, fn func(*service) error) error {
+// do runs one operation on a service and announces its new state.
+func (f *Fleet) do(name, cause string, fn func(*service) error) error {
 	s, ok := f.services[name]
 	if !ok {
 		return fmt.Errorf("%w %q", ErrUnknownService, name)
 	}
-	return fn(s)
+	if err := fn(s); err != nil {
+		return err
+	}
+	f.announce(s, cause)
+	return nil
 }
 
 // Run serves the control API until ctx is done, then shuts everything
@@ -433,6 +457,10 @@ func (f *Fleet) Handler() http.Handler {
 		// scrapes the fleet directly.
 		mux.Handle("GET /metrics", promhttp.HandlerFor(f.reg, promhttp.HandlerOpts{}))
 	}
+	// Not a control route either: watchers (the healer) read the fleet's
+	// announcements directly, the way they probe health URLs; every
+	// change they lead to still goes through the proxy.
+	mux.HandleFunc("GET /events", f.serveEvents)
 	mux.HandleFunc("GET /services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"services": f.servicesFor(r.Header.Get(TenantHeader))})
 	})

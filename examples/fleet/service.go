@@ -56,7 +56,10 @@ type Status struct {
 	URL       string `json:"url"`             // base URL of the service itself
 	HealthURL string `json:"health_url"`      // URL of its GET /healthz
 	Fault     string `json:"fault,omitempty"` // the active injected fault, if any
-	Previous  string `json:"previous_version,omitempty"`
+	// InjectedAt is when the active fault hit the service (set with Fault):
+	// what time to resolve is measured from.
+	InjectedAt *time.Time `json:"injected_at,omitempty"`
+	Previous   string     `json:"previous_version,omitempty"`
 }
 
 // errWindow is how many recent requests the error rate is computed over.
@@ -79,6 +82,7 @@ type service struct {
 	history   []string // previous versions, most recent last
 	replicas  int
 	fault     string
+	faultAt   time.Time // when fault was injected
 	leak      [][]byte
 	leakStop  context.CancelFunc
 	cache     map[int]struct{}
@@ -266,6 +270,10 @@ func (s *service) status() Status {
 	defer s.mu.Unlock()
 	h := s.healthLocked()
 	st := Status{Health: h, Up: s.ln != nil, URL: "http://" + s.addr, HealthURL: "http://" + s.addr + "/healthz", Fault: s.fault}
+	if s.fault != "" {
+		at := s.faultAt
+		st.InjectedAt = &at
+	}
 	if !st.Up {
 		st.Status = "down"
 	}
@@ -355,6 +363,7 @@ func (s *service) warm() {
 func (s *service) inject(ctx context.Context, typ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	at := time.Now().UTC() // the moment the fault hits: taken before it is applied
 	switch typ {
 	case FaultServiceDown:
 		s.stopLocked()
@@ -368,7 +377,7 @@ func (s *service) inject(ctx context.Context, typ string) error {
 	default:
 		return fmt.Errorf("%w %q", ErrUnknownFault, typ)
 	}
-	s.fault = typ
+	s.fault, s.faultAt = typ, at
 	return nil
 }
 

@@ -53,7 +53,9 @@ type Response struct {
 	Status    int
 	Body      []byte
 	RequestID string
-	// Reasons are the policy's reasons on a 403, when the body carries them.
+	// Code and Reasons are the proxy's problem code (e.g. policy_denied)
+	// and the policy's reasons on a 401 or 403, when the body has them.
+	Code    string
 	Reasons []string
 }
 
@@ -132,15 +134,17 @@ func (c *Client) Do(ctx context.Context, token, method, path string, body any) (
 	}
 	var kind error
 	switch resp.StatusCode {
-	case http.StatusUnauthorized:
-		kind = ErrUnauthorized
-	case http.StatusForbidden:
+	case http.StatusUnauthorized, http.StatusForbidden:
 		kind = ErrDenied
+		if resp.StatusCode == http.StatusUnauthorized {
+			kind = ErrUnauthorized
+		}
 		var p struct {
+			Code    string   `json:"code"`
 			Reasons []string `json:"reasons"`
 		}
 		if json.Unmarshal(data, &p) == nil {
-			r.Reasons = p.Reasons
+			r.Code, r.Reasons = p.Code, p.Reasons
 		}
 	case http.StatusConflict:
 		kind = ErrConflict

@@ -30,7 +30,7 @@ func TestDoMapsProxyAnswers(t *testing.T) {
 			_, _ = w.Write([]byte(`{}`))
 		case "/deny":
 			w.WriteHeader(http.StatusForbidden)
-			_, _ = w.Write([]byte(`{"reasons":["task_target_mismatch"]}`))
+			_, _ = w.Write([]byte(`{"code":"policy_denied","reasons":["task_target_mismatch"]}`))
 		case "/busy":
 			w.WriteHeader(http.StatusConflict)
 		default:
@@ -57,7 +57,8 @@ func TestDoMapsProxyAnswers(t *testing.T) {
 			}
 			if tc.name == "denied" {
 				var ae *Error
-				if !errors.As(err, &ae) || len(ae.Resp.Reasons) != 1 || ae.Resp.Reasons[0] != "task_target_mismatch" || ae.Resp.RequestID != "req-1" {
+				if !errors.As(err, &ae) || len(ae.Resp.Reasons) != 1 || ae.Resp.Reasons[0] != "task_target_mismatch" || ae.Resp.RequestID != "req-1" ||
+					ae.Resp.Code != "policy_denied" {
 					t.Errorf("deny answer = %+v", ae)
 				}
 			}

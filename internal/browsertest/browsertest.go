@@ -8,10 +8,12 @@ package browsertest
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -82,16 +84,78 @@ func ScreenshotOnFailure(t testing.TB, ctx context.Context) {
 			t.Logf("screenshot failed: %v", err)
 			return
 		}
-		dir := filepath.Join(os.TempDir(), "passport-browser-tests")
-		if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
-			dir = t.ArtifactDir()
-		}
-		_ = os.MkdirAll(dir, 0o755)
-		name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".png")
+		name := filepath.Join(artifactDir(t), strings.ReplaceAll(t.Name(), "/", "_")+".png")
 		if err := os.WriteFile(name, png, 0o644); err != nil {
 			t.Logf("write screenshot: %v", err)
 			return
 		}
 		t.Logf("screenshot of the failed page: %s", name)
 	})
+}
+
+// Layout is a browser viewport size.
+type Layout struct{ Width, Height int64 }
+
+// Layouts are the screen sizes the dashboard must fit: a laptop and a
+// full-HD wall screen.
+var Layouts = []Layout{{1280, 800}, {1920, 1080}}
+
+func (l Layout) String() string {
+	return strconv.FormatInt(l.Width, 10) + "x" + strconv.FormatInt(l.Height, 10)
+}
+
+// Screenshot saves the viewport as <test>[_<name>].png: under the test's
+// artifact directory with -artifacts, else in $TMPDIR/passport-browser-tests.
+// It returns the file's path.
+func Screenshot(t testing.TB, ctx context.Context, name string) string {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(sctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	dir := artifactDir(t)
+	base := strings.ReplaceAll(t.Name(), "/", "_")
+	if name != "" {
+		base += "_" + name
+	}
+	file := filepath.Join(dir, base+".png")
+	if err := os.WriteFile(file, png, 0o644); err != nil {
+		t.Fatalf("write screenshot: %v", err)
+	}
+	return file
+}
+
+func artifactDir(t testing.TB) string {
+	dir := filepath.Join(os.TempDir(), "passport-browser-tests")
+	if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
+		dir = t.ArtifactDir()
+	}
+	_ = os.MkdirAll(dir, 0o755)
+	return dir
+}
+
+// OffScreen scrolls the page to the top and returns, for each selector
+// whose element is missing, empty or not entirely inside the viewport, a
+// line saying where it is: what a person sees without scrolling.
+func OffScreen(ctx context.Context, selectors ...string) ([]string, error) {
+	b, err := json.Marshal(selectors)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return chromedp.Run(sctx, chromedp.Evaluate[[]string](`(() => {
+		window.scrollTo(0, 0);
+		const W = document.documentElement.clientWidth, H = window.innerHeight, out = [];
+		for (const s of `+string(b)+`) {
+			const e = document.querySelector(s);
+			if (!e) { out.push(s + ": missing"); continue; }
+			const r = e.getBoundingClientRect();
+			if (r.width < 1 || r.height < 1 || r.top < 0 || r.left < 0 || r.bottom > H + 0.5 || r.right > W + 0.5)
+				out.push(s + ": box " + [r.left, r.top, r.right, r.bottom].map(Math.round).join(",") + " outside " + W + "x" + H);
+		}
+		return out;
+	})()`))
 }

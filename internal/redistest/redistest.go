@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,14 @@ type Server struct {
 	// Addr is 127.0.0.1:port.
 	Addr string
 
+	// conf is a config file given first on the command line (Sentinel
+	// needs one it can rewrite); sentinel starts the server as a Sentinel.
+	conf     string
+	sentinel bool
+	// extra are arguments added at each start after opts.Args (cluster
+	// settings, the current replicaof of a Sentinel-managed node).
+	extra []string
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -68,23 +77,60 @@ func Start(t testing.TB, opts ...Options) *Server {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	if o.Fsync == "" {
-		o.Fsync = "always"
-	}
+	requireBinary(t)
+	return launch(t, o, nil)
+}
+
+// requireBinary skips t when redis-server is missing, or fails it under CI.
+func requireBinary(t testing.TB) {
+	t.Helper()
 	if _, err := Binary(); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("redistest: %v (CI is set, so this is a failure, not a skip)", err)
 		}
 		t.Skipf("redistest: %v", err)
 	}
-	s := &Server{t: t, opts: o, dir: t.TempDir()}
-	s.Port = freePort(t)
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
-	if err := s.start(); err != nil {
+}
+
+// launch starts a server on a fresh free port, or fails t.
+func launch(t testing.TB, o Options, setup func(*Server) error) *Server {
+	t.Helper()
+	s, err := tryLaunch(t, o, setup)
+	if err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
-	t.Cleanup(s.Stop)
 	return s
+}
+
+// tryLaunch starts a server on a fresh free port and registers its Stop
+// with t.Cleanup. setup, when given, is called with the port chosen and may
+// set conf, sentinel and extra. A port taken between choosing and binding
+// it is retried with another one. Safe to call from several goroutines.
+func tryLaunch(t testing.TB, o Options, setup func(*Server) error) (*Server, error) {
+	if o.Fsync == "" {
+		o.Fsync = "always"
+	}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		s := &Server{t: t, opts: o, dir: t.TempDir()}
+		if s.Port, err = pickPort(); err != nil {
+			return nil, err
+		}
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
+		if setup != nil {
+			if err = setup(s); err != nil {
+				return nil, err
+			}
+		}
+		if err = s.start(); err == nil {
+			t.Cleanup(s.Stop)
+			return s, nil
+		}
+		if !strings.Contains(err.Error(), "in use") {
+			break
+		}
+	}
+	return nil, err
 }
 
 // URL is the redis:// URL of the server.
@@ -107,22 +153,31 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	args := []string{
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	if s.sentinel {
+		args = append(args, "--sentinel")
+	}
+	args = append(args,
 		"--port", strconv.Itoa(s.Port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
-		"--save", "",
 		"--daemonize", "no",
 		"--protected-mode", "yes",
 		"--loglevel", "warning",
 		"--logfile", filepath.Join(s.dir, "redis.log"),
-	}
-	if s.opts.AOF {
-		args = append(args, "--appendonly", "yes", "--appendfsync", s.opts.Fsync)
-	} else {
-		args = append(args, "--appendonly", "no")
+	)
+	switch {
+	case s.sentinel:
+	case s.opts.AOF:
+		args = append(args, "--save", "", "--appendonly", "yes", "--appendfsync", s.opts.Fsync)
+	default:
+		args = append(args, "--save", "", "--appendonly", "no")
 	}
 	args = append(args, s.opts.Args...)
+	args = append(args, s.extra...)
 	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
@@ -177,6 +232,23 @@ func (s *Server) logTail() string {
 	return strings.Join(lines, " | ")
 }
 
+// running reports whether the server process is alive (not killed or
+// stopped).
+func (s *Server) running() bool {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	if cmd == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Kill stops the server with SIGKILL, as a crash would, and waits for it.
 func (s *Server) Kill() {
 	s.mu.Lock()
@@ -187,6 +259,23 @@ func (s *Server) Kill() {
 	}
 	_ = cmd.Process.Kill()
 	<-done
+}
+
+// Freeze stops the server with SIGSTOP: it keeps its sockets open but
+// answers nothing, as a hung process or a silent network would. Thaw
+// resumes it.
+func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server (SIGCONT).
+func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig os.Signal) {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
 }
 
 // Restart starts the server again on the same port and directory, so with
@@ -207,6 +296,7 @@ func (s *Server) Stop() {
 	if cmd == nil {
 		return
 	}
+	_ = cmd.Process.Signal(syscall.SIGCONT) // a frozen server could not act on SIGINT
 	_ = cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-done:
@@ -216,12 +306,12 @@ func (s *Server) Stop() {
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// pickPort returns a loopback port that was free a moment ago.
+func pickPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("redistest: find free port: %v", err)
+		return 0, fmt.Errorf("find free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestStartKillRestartKeepsAOFData(t *testing.T) {
@@ -38,4 +40,20 @@ func TestServersArePrivate(t *testing.T) {
 	if n := b.Client().Exists(ctx, "only-a").Val(); n != 0 {
 		t.Fatal("key leaked between servers")
 	}
+}
+
+func TestFreezeThaw(t *testing.T) {
+	srv := Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 300 * time.Millisecond, MaxRetries: -1})
+	defer c.Close()
+	ctx := context.Background()
+	srv.Freeze()
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Fatal("ping answered while frozen")
+	}
+	srv.Thaw()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("ping after thaw: %v", err)
+	}
+	srv.Freeze() // Stop at cleanup must not hang on a frozen server
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -20,7 +21,8 @@ import (
 const DefaultURL = "redis://127.0.0.1:6379/0"
 
 // Config says how to reach Redis. Either URL, or Addrs (with MasterName for
-// Sentinel; more than one address without MasterName means Cluster).
+// Sentinel; more than one address without MasterName, or Cluster, means
+// Cluster).
 type Config struct {
 	// URL is a redis:// or rediss:// URL. Default DefaultURL, or the value
 	// of PASSPORT_REDIS_URL.
@@ -29,6 +31,10 @@ type Config struct {
 	Addrs []string `yaml:"addrs"`
 	// MasterName selects Sentinel mode.
 	MasterName string `yaml:"master_name"`
+	// Cluster selects Cluster mode even with a single seed address (one
+	// service name in front of the nodes); with one address and without
+	// it, the address is taken for a single node. Default false.
+	Cluster bool `yaml:"cluster"`
 	// Username and Password authenticate (Redis ACL). Default none.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -55,21 +61,25 @@ func (c Config) Validate() error {
 	if c.PoolSize < 0 {
 		errs = append(errs, errors.New("redis.pool_size: must not be negative"))
 	}
+	if c.Cluster && c.MasterName != "" {
+		errs = append(errs, errors.New("redis.cluster: a Sentinel primary (redis.master_name) is not a Cluster"))
+	}
 	return errors.Join(errs...)
 }
 
 // Options turns the configuration into go-redis universal options.
 func (c Config) Options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
-		Addrs:        c.Addrs,
-		MasterName:   c.MasterName,
-		Username:     c.Username,
-		Password:     c.Password,
-		DB:           c.DB,
-		PoolSize:     c.PoolSize,
-		DialTimeout:  orDefault(c.DialTimeout, 2*time.Second),
-		ReadTimeout:  orDefault(c.ReadTimeout, 2*time.Second),
-		WriteTimeout: orDefault(c.WriteTimeout, 2*time.Second),
+		Addrs:         c.Addrs,
+		MasterName:    c.MasterName,
+		IsClusterMode: c.Cluster,
+		Username:      c.Username,
+		Password:      c.Password,
+		DB:            c.DB,
+		PoolSize:      c.PoolSize,
+		DialTimeout:   orDefault(c.DialTimeout, 2*time.Second),
+		ReadTimeout:   orDefault(c.ReadTimeout, 2*time.Second),
+		WriteTimeout:  orDefault(c.WriteTimeout, 2*time.Second),
 		// The caller's deadline bounds every command: without this, go-redis
 		// replaces it with ReadTimeout, so a hung Redis would cost a call
 		// 2s whatever deadline the code set (a 500ms revocation check, a
@@ -99,12 +109,79 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 }
 
 // New opens a universal client. It does not contact Redis; use Ping.
+//
+// A Cluster client also reloads the slot map whenever a command fails
+// without a Redis reply (refused, reset, timed out) or a connection to a
+// node cannot be dialled: go-redis otherwise reloads only on MOVED or once a
+// minute, so after a failover it would keep sending a dead primary's slots,
+// and subscriptions to channels in them, to the dead primary for up to a
+// minute.
 func New(c Config) (redis.UniversalClient, error) {
 	o, err := c.Options()
 	if err != nil {
 		return nil, err
 	}
-	return redis.NewUniversalClient(o), nil
+	u := redis.NewUniversalClient(o)
+	if cc, ok := u.(*redis.ClusterClient); ok {
+		h := reloadOnNodeError{cc}
+		cc.AddHook(h)
+		// Pub/sub connections are dialled by the node clients, outside
+		// the cluster client's command hooks.
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(h) })
+	}
+	return u, nil
+}
+
+// reloadOnNodeError asks a Cluster client for a fresh slot map when a node
+// did not answer. The reload is asynchronous and coalesced by go-redis (at
+// most one every 200 ms), so a burst of failures costs one CLUSTER SLOTS.
+type reloadOnNodeError struct{ c *redis.ClusterClient }
+
+func (h reloadOnNodeError) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil {
+			h.c.ReloadState(ctx)
+		}
+		return conn, err
+	}
+}
+
+func (h reloadOnNodeError) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+func (h reloadOnNodeError) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+func (h reloadOnNodeError) check(ctx context.Context, err error) {
+	if nodeUnreachable(err) {
+		h.c.ReloadState(ctx)
+	}
+}
+
+// nodeUnreachable reports whether err means a node gave no answer (network
+// error, closed connection, or the caller's deadline, which is how a
+// black-holed node shows) or the cluster refused for a failed node
+// (CLUSTERDOWN), as opposed to a reply such as redis.Nil or WRONGTYPE.
+func nodeUnreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		return strings.HasPrefix(rerr.Error(), "CLUSTERDOWN")
+	}
+	return true
 }
 
 // Ping checks that Redis answers within the context's deadline.

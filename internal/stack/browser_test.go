@@ -2,6 +2,8 @@ package stack_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +30,16 @@ func TestBrowserFullStack(t *testing.T) {
 		}
 	}
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	eval := func(expr string) string {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(c, chromedp.Evaluate[string](expr))
+		if err != nil {
+			t.Fatalf("evaluate %s: %v", expr, err)
+		}
+		return v
+	}
 
 	do("load the sign-in link", 30*time.Second,
 		chromedp.Navigate(dashboard.SignInURL(r.demo.URLs.Dashboard, r.demo.AdminToken, "acme")),
@@ -57,4 +69,47 @@ func TestBrowserFullStack(t *testing.T) {
 	do("the rogue's denials appear", 30*time.Second,
 		chromedp.WaitVisible(css(`tr[data-testid="decision"][data-decision="deny"]`)),
 	)
+	// The incident is dated from the fault: the fleet announced it.
+	if got := eval(`document.querySelector('tr[data-testid="incident"][data-state="RESOLVED"] .step.done').dataset.step`); got != "INJECTED" {
+		t.Errorf("the resolved incident's timeline starts at %s, want INJECTED", got)
+	}
+
+	// The story fits the first screen at both sizes, in normal and large
+	// type: the decision chart, the incidents and the agents are visible
+	// without scrolling. Screenshots of each are saved.
+	for _, large := range []bool{false, true} {
+		for _, l := range browsertest.Layouts {
+			name := l.String()
+			if large {
+				name += "-large"
+			}
+			do("resize to "+name, 10*time.Second,
+				chromedp.EmulateViewport(l.Width, l.Height),
+				chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`setLarge(%t)`, large)),
+			)
+			t.Logf("screenshot: %s", browsertest.Screenshot(t, ctx, name))
+			off, err := browsertest.OffScreen(ctx, "#rate", "#decision-chart", "#incidents", `tr[data-testid="incident"]`, "#agents", `tr[data-testid="agent"]`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(off) > 0 {
+				t.Errorf("not visible without scrolling at %s: %v", name, off)
+			}
+		}
+	}
+
+	// A chaos button the demo refuses says why: with the chaos agent
+	// blocked, the page shows agent_blocked instead of a bare failure.
+	ch := r.agent(t, "acme", "chaos")
+	if _, err := r.admin.Block(context.Background(), "acme", ch.ID, "test: refuse the chaos button"); err != nil {
+		t.Fatal(err)
+	}
+	do("a refused chaos button shows the reason", 20*time.Second,
+		chromedp.SetValue(css(`#chaos-target`), "payments"),
+		chromedp.Click(css(`#chaos-cache_miss`)),
+		chromedp.WaitVisible(css(`[data-testid="chaos-reasons"]`)),
+	)
+	if got := eval(`document.getElementById("chaos-result").textContent`); !strings.Contains(got, "agent_blocked") {
+		t.Errorf("refused chaos button shows %q, want agent_blocked", got)
+	}
 }

@@ -2,13 +2,17 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,10 +26,12 @@ type localRedis struct {
 	url  string
 }
 
-// startRedis starts redis-server on host with a free port, its data in dir.
-// appendfsync always: the demo's audit promise is that an acknowledged
-// record survives a crash of Redis, and the demo's load is small.
-func startRedis(ctx context.Context, host, dir string) (*localRedis, error) {
+// startRedis starts redis-server on host with a free port, its data in dir,
+// requiring password. appendfsync always: the demo's audit promise is that
+// an acknowledged record survives a crash of Redis, and the demo's load is
+// small. The password goes into a 0600 config file, never onto the command
+// line, where any local user could read it (ps, /proc/PID/cmdline).
+func startRedis(ctx context.Context, host, dir, password string) (*localRedis, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, errors.New("redis-server not found: run `make deps` (installs it with apt-get) or `sudo apt-get install -y redis-server`, or set PASSPORT_REDIS_URL to a Redis 7 server")
@@ -43,7 +49,12 @@ func startRedis(ctx context.Context, host, dir string) (*localRedis, error) {
 	if err != nil {
 		return nil, err
 	}
+	conf := filepath.Join(dir, "redis.conf")
+	if err := writeFile0600(conf, []byte("# written by passport up at every start\nrequirepass "+password+"\n")); err != nil {
+		return nil, fmt.Errorf("redis config: %w", err)
+	}
 	args := []string{
+		conf,
 		"--bind", host,
 		"--port", strconv.Itoa(port),
 		"--dir", dir,
@@ -60,10 +71,12 @@ func startRedis(ctx context.Context, host, dir string) (*localRedis, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
-	r := &localRedis{cmd: cmd, done: make(chan struct{}), url: fmt.Sprintf("redis://%s/0", net.JoinHostPort(host, strconv.Itoa(port)))}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	u := url.URL{Scheme: "redis", User: url.UserPassword("", password), Host: addr, Path: "/0"}
+	r := &localRedis{cmd: cmd, done: make(chan struct{}), url: u.String()}
 	go func() { _ = cmd.Wait(); close(r.done) }()
 
-	c := redis.NewClient(&redis.Options{Addr: net.JoinHostPort(host, strconv.Itoa(port)), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	c := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -112,4 +125,64 @@ func freePort(host string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// writeFile0600 writes b to path readable by its owner only, also when the
+// file existed with a wider mode.
+func writeFile0600(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// localSecret returns the secret kept in path, creating it (32 random
+// bytes, base64url, mode 0600) on first use, so a restart reuses it. A
+// secret file readable by others is narrowed to 0600.
+func localSecret(path string) (string, error) {
+	for range 2 {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			s := strings.TrimSpace(string(b))
+			if len(s) < 32 {
+				return "", fmt.Errorf("%s: too short to be a secret written by passport up; remove it to make a new one", path)
+			}
+			if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+				if err := os.Chmod(path, 0o600); err != nil {
+					return "", fmt.Errorf("%s: %w", path, err)
+				}
+			}
+			return s, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue // another `passport up` made it first: read theirs
+		}
+		if err != nil {
+			return "", err
+		}
+		secret := rand.Text() + rand.Text()
+		_, werr := f.WriteString(secret + "\n")
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			_ = os.Remove(path)
+			return "", fmt.Errorf("%s: %w", path, werr)
+		}
+		return secret, nil
+	}
+	return "", fmt.Errorf("%s: cannot read or create", path)
 }

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,8 +75,13 @@ type Config struct {
 	DashboardPort  int `yaml:"dashboard_port"`
 	HealerPort     int `yaml:"healer_port"`
 	// RedisURL uses an existing Redis instead of starting one (env
-	// PASSPORT_REDIS_URL).
+	// PASSPORT_REDIS_URL). Default: a private redis-server under DataDir,
+	// requiring the password kept in DataDir/redis-password.
 	RedisURL string `yaml:"redis_url"`
+	// KeyEncryptionKey encrypts the authority's signing keys at rest in
+	// Redis (env PASSPORT_KEY_ENCRYPTION_KEY). Default: the one kept in
+	// DataDir/key-encryption-key, generated on first start (mode 0600).
+	KeyEncryptionKey string `yaml:"-"`
 	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN).
 	// Default: the one in DataDir/demo.json, else a new random one.
 	AdminToken string `yaml:"-"`
@@ -94,6 +100,13 @@ type Config struct {
 	PolicyDir string `yaml:"policy_dir"`
 	// BcryptCost for client secrets. Default bcrypt's default (10).
 	BcryptCost int `yaml:"bcrypt_cost"`
+	// Witness is where every audit writer's signed checkpoints also go: a
+	// directory or an http(s):// URL of `passport witness`, comma-separated
+	// for several (env PASSPORT_WITNESS). Default DataDir/witness; "none"
+	// for none.
+	Witness string `yaml:"witness"`
+	// WitnessToken is sent to HTTP witnesses (env PASSPORT_WITNESS_TOKEN).
+	WitnessToken string `yaml:"-"`
 }
 
 // Demo is what DataDir/demo.json holds: where everything is and the demo
@@ -110,6 +123,9 @@ type Demo struct {
 	// URL fragment, which browsers never send to a server).
 	DashboardLogin string    `json:"dashboard_login"`
 	StartedAt      time.Time `json:"started_at"`
+	// Witness is the audit witnesses' spec ("" for none), which
+	// `passport audit verify --data DIR` checks against.
+	Witness string `json:"witness,omitempty"`
 }
 
 // URLs are the base URLs of the stack's services.
@@ -173,6 +189,15 @@ func (c *Config) fill() {
 	if c.ChaosInterval == 0 {
 		c.ChaosInterval = 20 * time.Second
 	}
+	switch c.Witness {
+	case "":
+		c.Witness = filepath.Join(c.DataDir, "witness")
+		if abs, err := filepath.Abs(c.Witness); err == nil {
+			c.Witness = abs // demo.json is read from other directories too
+		}
+	case "none":
+		c.Witness = ""
+	}
 }
 
 // Stack is a running demo.
@@ -185,7 +210,9 @@ type Stack struct {
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
 	admin *client.Admin
-	// streams run the audit writers (see run).
+	// streams run the audit writers (see run), each handing its signed
+	// checkpoints to the witnesses too.
+	witnesses []audit.Witness
 	streams   errgroup.Group
 	streamCtx context.Context
 	mu        sync.Mutex
@@ -232,17 +259,40 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	prev := readDemo(cfg.DataDir)
+	if cfg.Witness != "" {
+		ws, err := audit.OpenWitnesses([]string{cfg.Witness}, cfg.WitnessToken)
+		if err != nil {
+			return err
+		}
+		s.witnesses = ws
+	}
+
+	// Secure by default: the signing keys are encrypted at rest, and the
+	// private Redis requires a password, so that no other local process
+	// can read the keys or mint state. Both secrets live in the data
+	// directory (mode 0600) so a restart reuses them.
+	kek := cfg.KeyEncryptionKey
+	if kek == "" {
+		var err error
+		if kek, err = localSecret(filepath.Join(cfg.DataDir, KeyEncryptionKeyFile)); err != nil {
+			return fmt.Errorf("key encryption key: %w", err)
+		}
+	}
 
 	// Redis first: everything else keeps its state there.
 	redisURL := cfg.RedisURL
 	if redisURL == "" {
-		r, err := startRedis(ctx, cfg.Host, filepath.Join(cfg.DataDir, "redis"))
+		password, err := localSecret(filepath.Join(cfg.DataDir, RedisPasswordFile))
+		if err != nil {
+			return fmt.Errorf("redis password: %w", err)
+		}
+		r, err := startRedis(ctx, cfg.Host, filepath.Join(cfg.DataDir, "redis"), password)
 		if err != nil {
 			return err
 		}
 		s.addCloser(r.stop)
 		redisURL = r.url
-		s.log.Info("redis started", "url", redisURL, "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
+		s.log.Info("redis started", "url", redisx.Redact(redisURL), "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
 	}
 	rdb, err := redisx.New(redisx.Config{URL: redisURL})
 	if err != nil {
@@ -292,6 +342,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		Tenants:    cfg.Tenants,
 		HealerAPIs: map[string]string{},
 		StartedAt:  time.Now().UTC(),
+		Witness:    cfg.Witness,
 	}
 
 	// Audit writers outlive the components: they stop only after every
@@ -320,6 +371,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	reporterToken := rand.Text()
 	acfg.ReporterTokens = []string{reporterToken}
 	acfg.Redis = redisx.Config{URL: redisURL}
+	acfg.Keys.EncryptionKey = kek
 	if cfg.BcryptCost > 0 {
 		acfg.Clients.BcryptCost = cfg.BcryptCost
 	}
@@ -428,7 +480,7 @@ func (s *Stack) failed(g *errgroup.Group, err error) error {
 func (s *Stack) newStream(writer string) (*audit.Stream, error) {
 	// Outcome records Redis cannot take wait in the data directory, and a
 	// restart of the stack replays them.
-	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8],
+	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses,
 		SpoolDir: filepath.Join(s.cfg.DataDir, "spool", writer)}, s.log.With("component", writer, "sub", "audit"), nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
@@ -469,6 +521,8 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 			targets = append(targets, st.Name)
 		}
 	}
+	// The fleet announces its changes: faults are confirmed as they happen.
+	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
 	stream, err := s.newStream("healer-" + tenant)
 	if err != nil {
 		return err
@@ -633,6 +687,14 @@ func randomToken() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// Files `passport up` keeps in its data directory besides demo.json, each
+// mode 0600: the private Redis's password and the key that encrypts the
+// signing keys at rest.
+const (
+	RedisPasswordFile    = "redis-password"
+	KeyEncryptionKeyFile = "key-encryption-key"
+)
 
 // DemoFile is the path of demo.json in dir.
 func DemoFile(dir string) string { return filepath.Join(dir, "demo.json") }

@@ -129,6 +129,9 @@ type incidentDetails struct {
 	State        string `json:"state"`
 	ResolutionMS int64  `json:"resolution_ms"`
 	Action       string `json:"action"`
+	// InjectedAt comes from the fleet's announcement of the fault.
+	InjectedAt      *time.Time `json:"injected_at"`
+	TimeToResolveMS int64      `json:"time_to_resolve_ms"`
 }
 
 func (r *running) incidents(t *testing.T, tenant string) map[string]incidentDetails {
@@ -262,7 +265,14 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 			})
 			elapsed := time.Since(fired)
 			resolutions = append(resolutions, elapsed)
-			t.Logf("%s on %s: chaos to RESOLVED %v (healer's resolution %dms)", tc.typ, tc.target, elapsed.Round(time.Millisecond), inc.ResolutionMS)
+			t.Logf("%s on %s: chaos to RESOLVED %v (healer's resolution %dms, %dms from injection)", tc.typ, tc.target,
+				elapsed.Round(time.Millisecond), inc.ResolutionMS, inc.TimeToResolveMS)
+			// The fleet announced the fault, so the incident is dated from
+			// its injection, not from its detection.
+			if inc.InjectedAt == nil || inc.InjectedAt.Before(fired) || inc.TimeToResolveMS < inc.ResolutionMS {
+				t.Errorf("incident injected_at %v (fired at %v), time_to_resolve_ms %d, resolution_ms %d",
+					inc.InjectedAt, fired, inc.TimeToResolveMS, inc.ResolutionMS)
+			}
 
 			// The repair went through the proxy: its allow record names
 			// the incident, and the upstream answered.

@@ -1,0 +1,228 @@
+package scaleout
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/policies/replay"
+)
+
+// TestAuditTwoTenantsOnTwoPrimaries: one writer appends for two tenants
+// whose streams live on different primaries; each stream lands on its
+// own primary (the Lua append names the stream and its heads, one slot),
+// verifies, and the tenant listings of `audit verify` and `policy replay`
+// find both (they scan every primary).
+func TestAuditTwoTenantsOnTwoPrimaries(t *testing.T) {
+	c := redistest.StartCluster(t)
+	cc := c.Client()
+	tenants := tenantsOnDistinctPrimaries(t, c, 2)
+	s := newStream(t, cc, audit.StreamConfig{CheckpointEvery: 16})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 60
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for _, tenant := range tenants {
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(tenant string, i int) {
+				defer wg.Done()
+				if _, err := s.Append(ctx, decision(tenant, i)); err != nil {
+					errs <- fmt.Errorf("%s #%d: %w", tenant, i, err)
+				}
+			}(tenant, i)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, tenant := range tenants {
+		rep := mustVerify(t, cc, tenant)
+		w := rep.Writers[s.WriterID()]
+		if w == nil || w.LastSeq < n {
+			t.Fatalf("%s: writer report %+v, want at least %d records", tenant, w, n)
+		}
+		if got := len(requestIDs(t, cc, tenant)); got != n {
+			t.Fatalf("%s: %d decisions stored, want %d", tenant, got, n)
+		}
+		// The stream is on the primary PrimaryOf names, and only there.
+		p := c.PrimaryOf(audit.StreamKey(tenant))
+		if l, err := p.Client().XLen(ctx, audit.StreamKey(tenant)).Result(); err != nil || l < n {
+			t.Fatalf("%s on %s: XLEN %d, %v", tenant, p.Addr, l, err)
+		}
+	}
+	got, err := audit.ListTenants(ctx, cc)
+	if err != nil || !slices.Equal(got, tenants) {
+		t.Fatalf("audit.ListTenants = %v, %v; want %v", got, err, tenants)
+	}
+	got, err = replay.Tenants(ctx, cc)
+	if err != nil || !slices.Equal(got, tenants) {
+		t.Fatalf("replay.Tenants = %v, %v; want %v", got, err, tenants)
+	}
+}
+
+// TestAuditWriterFollowsClusterFailover: the primary holding a tenant's
+// stream is killed. Appends fail (never a false success) until its
+// replica takes over, then succeed again on the same writer; the chain
+// verifies across the failover and every acknowledged record is there.
+// Replication is awaited by hand (WAIT) before the kill, since the writer
+// refuses wait_replicas on a Cluster: this test is about following the
+// failover, not about the loss window (see docs/scale-out.md).
+func TestAuditWriterFollowsClusterFailover(t *testing.T) {
+	c := redistest.StartCluster(t)
+	cc := c.Client()
+	tenant := tenantsOnDistinctPrimaries(t, c, 1)[0]
+	key := audit.StreamKey(tenant)
+	s := newStream(t, cc, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	acked := map[string]bool{}
+	appendOne := func(i int) error {
+		r := decision(tenant, i)
+		_, err := s.Append(ctx, r)
+		if err == nil {
+			acked[r.RequestID] = true
+		}
+		return err
+	}
+	i := 0
+	for ; i < 20; i++ {
+		if err := appendOne(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := c.PrimaryOf(key)
+	if n, err := old.Client().Wait(ctx, 1, 5000).Result(); err != nil || n != 1 {
+		t.Fatalf("WAIT = %d, %v", n, err)
+	}
+	old.Kill()
+	// While the slot has no live primary, every append fails.
+	failed := 0
+	for ; failed < 3; i++ {
+		if err := appendOne(i); err == nil {
+			if c.PrimaryOf(key) == old {
+				t.Fatalf("append #%d acknowledged while its primary is dead", i)
+			}
+			break
+		}
+		failed++
+	}
+	promoted := c.WaitFailover(old)
+	start := time.Now()
+	if err := retry(15*time.Second, func() error { i++; return appendOne(i) }); err != nil {
+		t.Fatalf("appends still failing after the failover: %v", err)
+	}
+	t.Logf("first acknowledged append %v after the failover completed (%d failed during it)",
+		time.Since(start).Round(time.Millisecond), failed)
+	for j := 0; j < 20; j++ {
+		i++
+		if err := appendOne(i); err != nil {
+			t.Fatalf("append after failover: %v", err)
+		}
+	}
+	if got := c.PrimaryOf(key); got != promoted {
+		t.Fatalf("stream now on %s, want the promoted %s", got.Addr, promoted.Addr)
+	}
+	mustVerify(t, cc, tenant)
+	stored := requestIDs(t, cc, tenant)
+	for id := range acked {
+		if !stored[id] {
+			t.Errorf("acknowledged record %s missing after the failover", id)
+		}
+	}
+}
+
+// TestAuditWaitReplicasThroughSentinelFailover: with wait_replicas 1 on a
+// Sentinel set, the primary is killed under a steady stream of appends;
+// after the failover every acknowledged record is on the new primary and
+// the chain verifies.
+func TestAuditWaitReplicasThroughSentinelFailover(t *testing.T) {
+	ss := redistest.StartSentinel(t)
+	rdb := ss.Client()
+	const tenant = "acme"
+	s := newStream(t, rdb, audit.StreamConfig{WaitReplicas: 1, WaitTimeout: 500 * time.Millisecond, WriteTimeout: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var sent, failed int
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r := decision(tenant, i)
+			_, err := s.Append(ctx, r)
+			mu.Lock()
+			sent++
+			if err == nil {
+				acked[r.RequestID] = true
+			} else {
+				failed++
+			}
+			mu.Unlock()
+		}
+	}()
+	ackedNow := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	if err := retry(10*time.Second, func() error {
+		if ackedNow() < 50 {
+			return fmt.Errorf("%d acknowledged", ackedNow())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old := ss.KillPrimary()
+	ss.WaitFailover(old)
+	before := ackedNow()
+	if err := retry(15*time.Second, func() error {
+		if ackedNow() < before+50 {
+			return fmt.Errorf("%d acknowledged since the failover", ackedNow()-before)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("appends not resuming after the failover: %v", err)
+	}
+	close(stop)
+	<-done
+	mu.Lock()
+	t.Logf("appends sent %d, acknowledged %d, failed %d", sent, len(acked), failed)
+	mu.Unlock()
+	mustVerify(t, rdb, tenant)
+	stored := requestIDs(t, rdb, tenant)
+	lost := 0
+	for id := range acked {
+		if !stored[id] {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d acknowledged records lost in the failover despite wait_replicas 1", lost)
+	}
+}
+
+// TestAuditWaitReplicasRefusedOnCluster documents the writer's current
+// stance: WAIT cannot ride in a pipeline that go-redis splits across
+// nodes, so wait_replicas is refused on a Cluster rather than ignored.
+func TestAuditWaitReplicasRefusedOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t)
+	_, err := audit.NewStream(c.Client(), audit.StreamConfig{WaitReplicas: 1}, testLogger(t), nil)
+	if err == nil || !strings.Contains(err.Error(), "wait_replicas") {
+		t.Fatalf("NewStream with wait_replicas on a Cluster: %v, want a refusal", err)
+	}
+}
