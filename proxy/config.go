@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
@@ -92,6 +93,8 @@ type Config struct {
 
 	// Redis is used by `passport proxy` to build the client (Deps.Redis).
 	Redis redisx.Config `yaml:"redis"`
+	// Audit tunes the audit writer `passport proxy` builds (Deps.Audit).
+	Audit AuditConfig `yaml:"audit"`
 
 	// Policy says which Rego to load.
 	Policy PolicyConfig `yaml:"policy"`
@@ -121,6 +124,20 @@ type Config struct {
 	// Routes in the order they are documented; matching prefers literal
 	// segments over parameters, whatever the order.
 	Routes []Route `yaml:"routes"`
+}
+
+// AuditConfig is the part of the audit writer's settings (audit.StreamConfig)
+// an operator sets for a proxy.
+type AuditConfig struct {
+	// SpoolDir keeps outcome records on disk, fsynced, while Redis cannot
+	// take them, and replays them in order once it can; also across a
+	// restart (one proxy per directory). Default: a private temporary
+	// directory made on first need (records left there at exit are named
+	// in the log). PASSPORT_AUDIT_SPOOL_DIR overrides it.
+	SpoolDir string `yaml:"spool_dir"`
+	// SpoolMaxBytes bounds the spool: at the bound the proxy forwards
+	// nothing new (503 audit_backlog_full) until it drains. Default 256 MiB.
+	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
 }
 
 // PolicyConfig selects the enforced and the shadow policy.
@@ -241,6 +258,7 @@ func Default() Config {
 		RequireAgentRecord:     &t,
 		OutcomeQueue:           1024,
 		UnattributedTenant:     DefaultUnattributed,
+		Audit:                  AuditConfig{SpoolMaxBytes: audit.DefaultSpoolMaxBytes},
 		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second},
 		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes, MaxBodyDepth: DefaultMaxBodyDepth},
 		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
@@ -312,6 +330,9 @@ func (c *Config) fill() {
 	}
 	if c.UnattributedTenant == "" {
 		c.UnattributedTenant = d.UnattributedTenant
+	}
+	if c.Audit.SpoolMaxBytes == 0 {
+		c.Audit.SpoolMaxBytes = d.Audit.SpoolMaxBytes
 	}
 	if c.Policy.Timeout == 0 {
 		c.Policy.Timeout = d.Policy.Timeout
@@ -440,6 +461,9 @@ func (c *Config) Validate() error {
 		if name := strings.TrimSuffix(h, "*"); name == "" || !validHeaderName(name) {
 			bad("strip_headers: %q is not a header name (or a prefix ending in *)", h)
 		}
+	}
+	if c.Audit.SpoolMaxBytes < 0 {
+		bad("audit.spool_max_bytes: must not be negative")
 	}
 	if err := c.Redis.Validate(); err != nil {
 		errs = append(errs, err)

@@ -119,8 +119,8 @@ func TestFormMethodOverrideRefused(t *testing.T) {
 			if n := h.up.hits.Load() - before; n != 0 {
 				t.Fatalf("reached the upstream %d times", n)
 			}
-			if recs := h.sink.byRequest(res.header.Get(HeaderXRequest)); len(recs) != 1 || recs[0].Reasons[0] != tc.code {
-				t.Fatalf("want one refusal record: %+v", recs)
+			if reason, _, ok := h.refusalFor(res.header.Get(HeaderXRequest)); !ok || reason != tc.code {
+				t.Fatalf("want one refusal %s: %v %q", tc.code, ok, reason)
 			}
 		})
 	}

@@ -76,6 +76,8 @@ type Proxy struct {
 	enforced *policy.Engine
 	shadow   *policy.Engine
 	denials  *denialReporter
+	refusals *audit.Aggregator // refusal summaries (KindRefusals)
+	backlog  audit.Backlog     // the audit sink's backlog, when it has one
 	handler  http.Handler
 	metaJSON []byte
 	metaURL  string
@@ -83,6 +85,7 @@ type Proxy struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	draining atomic.Bool
+	flight   *inflight
 }
 
 // New validates cfg, loads the policy and prepares the key source. It does
@@ -109,6 +112,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, log: d.Logger, clock: d.Clock, audit: d.Audit, rdb: d.Redis, reg: d.Registry}
 	p.m = newMetrics(d.Registry)
+	p.flight = newInflight()
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 
 	ok := false
@@ -163,6 +167,8 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.revoked = newRevocations(d.Redis, d.Logger, d.Clock, p.m)
 	p.reps = newReputations(d.Redis, cfg.ReputationCache, d.Clock)
 	p.denials = newDenialReporter(&p.cfg, d.HTTPClient, p.m, d.Logger)
+	p.refusals = audit.NewAggregator(d.Audit, audit.AggregatorConfig{Clock: d.Clock}, d.Registry)
+	p.backlog, _ = d.Audit.(audit.Backlog)
 
 	// Routes and their upstreams.
 	ups := map[string]*upstream{}
@@ -231,7 +237,9 @@ func (p *Proxy) notReady(ctx context.Context) []string {
 	if !p.keys.ready(ctx) {
 		out = append(out, "signing keys not fetched")
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Half the probe budget: a hung Redis must not make /readyz itself
+	// hang past the orchestrator's 1s probe timeout.
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	if err := p.rdb.Ping(ctx).Err(); err != nil {
 		out = append(out, "redis unreachable")
@@ -244,8 +252,10 @@ func (p *Proxy) Ready(ctx context.Context) bool { return len(p.notReady(ctx)) ==
 
 // Run serves the agent and admin listeners and runs the background work
 // (policy reload, revocation subscription, key retries, denial reports)
-// until ctx ends. On ctx end it stops taking new connections, lets
-// in-flight calls finish (up to timeouts.drain) and returns nil.
+// until ctx ends. On ctx end it drains: new calls are answered 503
+// draining (the port stays open), calls in flight may finish for up to
+// timeouts.drain, and those still running then are cut, each with an
+// aborted outcome record; then it closes the listeners and returns nil.
 func (p *Proxy) Run(ctx context.Context) error {
 	defer p.bgCancel()
 	ln, err := net.Listen("tcp", p.cfg.Listen)
@@ -274,6 +284,7 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	g.Go(func() error { return p.revoked.Run(bg) })
 	g.Go(func() error { return p.denials.Run(bg) })
+	g.Go(func() error { return p.refusals.Run(bg) }) // its last summaries go out after the drain
 	g.Go(func() error { p.keyRetry(bg); return nil })
 	g.Go(func() error {
 		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "policy_revision", p.enforced.Revision())
@@ -292,14 +303,30 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		<-gctx.Done()
 		p.draining.Store(true)
 		p.log.Info("proxy draining", "timeout", p.cfg.Timeouts.Drain)
-		sctx, cancel := context.WithTimeout(context.Background(), p.cfg.Timeouts.Drain)
+		srv.SetKeepAlivesEnabled(false)
+		idle := p.flight.drain()
+		deadline := time.NewTimer(p.cfg.Timeouts.Drain)
+		defer deadline.Stop()
+		select {
+		case <-idle:
+		case <-deadline.C:
+			n := p.cut()
+			p.log.Warn("drain deadline reached; calls still running were cut and recorded as aborted", "calls", n)
+			// Cancelled calls answer at once; give them a moment to.
+			grace := time.NewTimer(time.Second)
+			select {
+			case <-idle:
+			case <-grace.C:
+			}
+			grace.Stop()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		err := srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
 		_ = admin.Shutdown(sctx)
 		bgCancel() // background work stops after the last call is answered
-		if err != nil {
-			return fmt.Errorf("proxy drain: %w", err)
-		}
 		return nil
 	})
 	return g.Wait()

@@ -177,7 +177,7 @@ func Test401(t *testing.T) {
 	waitFor(t, "revocation and block events", func() bool {
 		h.p.revoked.mu.RLock()
 		defer h.p.revoked.mu.RUnlock()
-		_, a := h.p.revoked.revoked["jti-revoked"]
+		a := h.p.revoked.revoked.has("jti-revoked")
 		_, b := h.p.revoked.blocked["acme/blocked-1"]
 		return a && b
 	})
@@ -413,10 +413,10 @@ func TestNoRouteIsAudited(t *testing.T) {
 	if len(recs) != 1 || recs[0].Reasons[0] != "no_route" || recs[0].Tenant != "acme" {
 		t.Fatalf("records %+v", recs)
 	}
+	// Without a passport: counted in a refusals summary (issue 13, item 9).
 	r = h.do("GET", "/nowhere", "", nil, "")
-	recs = h.sink.byRequest(r.header.Get("X-Request-Id"))
-	if r.status != 404 || len(recs) != 1 || recs[0].Tenant != DefaultUnattributed {
-		t.Fatalf("anonymous 404: %d %+v", r.status, recs)
+	if rec, sum := h.summaryOf(r.header.Get("X-Request-Id")); r.status != 404 || rec == nil || rec.Tenant != DefaultUnattributed || sum.Reason != "no_route" {
+		t.Fatalf("anonymous 404: %d %+v", r.status, rec)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -42,6 +43,9 @@ type call struct {
 	upStart  time.Time
 	upStatus int
 	body     *clientBody // a streamed body (route stream_body), else nil
+
+	cancel context.CancelCauseFunc    // the drain cuts the call with it
+	fw     atomic.Pointer[forwarding] // set once the call is forwarded
 }
 
 type ctxKey struct{}
@@ -88,6 +92,19 @@ func headerSize(h http.Header) int {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	c := &call{id: newRequestID(), clientID: clientRequestID(r), start: time.Now()}
 	w.Header().Set(HeaderXRequest, c.id)
+	callCtx, cut := context.WithCancelCause(r.Context())
+	defer cut(nil)
+	c.cancel = cut
+	r = r.WithContext(callCtx)
+	if !p.flight.enter(c) {
+		// Shutting down: an answer, not a refused connection, so the agent
+		// knows to retry elsewhere.
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", "1")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "draining", "the proxy is shutting down; retry", nil)
+		return
+	}
+	defer p.flight.leave(c)
 
 	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
 		w.Header().Set("Content-Type", "application/json")
@@ -135,6 +152,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	var vp *Verified
 	if err == nil {
 		vp, err = p.verifier.verify(r.Context(), tok)
+	}
+	if errors.Is(err, ErrKeysUnavailable) {
+		w.Header().Set("Retry-After", "2")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "keys_unavailable",
+			"the authority's signing keys are not loaded yet, so no passport can be checked", nil)
+		return
 	}
 	if err != nil {
 		p.unauthorized(w, r, c, err, nil)
@@ -200,7 +223,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	if derr != nil {
 		p.log.ErrorContext(r.Context(), "policy evaluation failed; denying", "request_id", c.id, "error", derr)
 		rec.Decision, rec.Reasons = audit.DecisionError, []string{"policy_error"}
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
 			Detail: "the policy could not decide, so the call is denied", Action: rt.Action,
@@ -210,7 +233,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if !dec.Allow {
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		p.denials.report(cl.Tenant, cl.Agent.ID)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
@@ -218,6 +241,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			Resource: in.doc.Resource, Reasons: dec.Reasons, Revision: dec.Revision})
 		p.count(c, audit.DecisionDeny)
 		return
+	}
+
+	// A forwarded call must get its outcome record: while the audit
+	// backlog has no room for one, nothing new is forwarded.
+	if p.backlog != nil {
+		if err := p.backlog.OutcomeRoom(); err != nil {
+			p.log.ErrorContext(r.Context(), "audit backlog full; refusing", "request_id", c.id, "error", err)
+			w.Header().Set("Retry-After", "1")
+			p.refuse(w, r, c, http.StatusServiceUnavailable, "audit_backlog_full",
+				"the audit store is behind, so nothing is forwarded", vp)
+			return
+		}
 	}
 
 	// Write-ahead audit: no acknowledged record, no forwarding.
@@ -234,7 +269,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		// hold an allow for a call that never reached the upstream. The
 		// outcome record says so; it waits in the outcome buffer until
 		// Redis is back.
-		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision)
+		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision, c.status)
 		out.Decision, out.Reasons = audit.DecisionError, []string{"audit_unavailable"}
 		p.audit.Enqueue(out)
 		return
@@ -250,6 +285,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	resource, revision := rec.Resource, dec.Revision
+	c.fw.Store(&forwarding{outcome: func(status int) *audit.Record {
+		return p.outcomeRecord(r, c, rt, cl, resource, revision, status)
+	}})
 	c.upStart = time.Now()
 	if fw := rt.ForwardPassport; !fw {
 		r.Header.Del("Authorization")
@@ -266,17 +305,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
-	p.audit.Enqueue(p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision))
+	p.recordOutcome(c, c.status, nil) // unless the drain recorded it already
 }
 
-// outcomeRecord is the record of how an allowed call ended: c.status is
-// the answer the agent got (the upstream's, or the proxy's own when the
-// call was not forwarded).
-func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
+// outcomeRecord is the record of how an allowed call ended: status is the
+// answer the agent got (the upstream's, or the proxy's own when the call
+// was not forwarded). It reads only what is fixed before forwarding, so
+// the drain may call it while the call runs.
+func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string, status int) *audit.Record {
 	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
 		ClientRequestID: c.clientID, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
-		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
+		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
 }
 
@@ -302,9 +342,45 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 	c.status = status
 	p.m.refusals.WithLabelValues(code).Inc()
 	rec := p.refusalRecord(r, c, vp, code)
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: c.id})
 	p.count(c, audit.DecisionDeny)
+}
+
+// outageReasons are refusals that only happen while a dependency is down:
+// always summarised, as a flood of them is the outage itself.
+var outageReasons = map[string]bool{
+	"state_unavailable": true, "audit_unavailable": true, "audit_backlog_full": true,
+	"keys_unavailable": true, "draining": true,
+}
+
+// recordRefusal writes a refusal's decision record, or counts it in a
+// refusals summary (one record per source, reason and second): always
+// when no valid passport came with the call (so that a flood of
+// passport-less calls cannot grow Redis one record per call), for outage
+// reasons, and for every refusal while the audit store is degraded (so
+// that refusals never crowd out the outcome records of forwarded calls).
+func (p *Proxy) recordRefusal(r *http.Request, rec *audit.Record, authenticated bool) {
+	reason := ""
+	if len(rec.Reasons) > 0 {
+		reason = rec.Reasons[0]
+	}
+	degraded := p.backlog != nil && p.backlog.Degraded()
+	if authenticated && !degraded && !outageReasons[reason] {
+		p.audit.Enqueue(rec)
+		return
+	}
+	p.refusals.Add(rec, clientAddr(r), degraded)
+}
+
+// clientAddr is the caller's IP address as the proxy's socket saw it
+// (never a forwarding header, which the caller writes).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
@@ -354,7 +430,7 @@ func (p *Proxy) unauthorized(w http.ResponseWriter, r *http.Request, c *call, er
 	p.m.refusals.WithLabelValues(ae.Reason).Inc()
 	rec := p.refusalRecord(r, c, vp, ae.Reason)
 	rec.Decision = audit.DecisionError
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeUnauthorized(w, ae, c.id, p.metaURL)
 	p.count(c, audit.DecisionError)
 }
@@ -484,6 +560,8 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		status, code, detail = http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		status, code, detail = http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time"
+	case aborted(r.Context()):
+		status, code, detail = http.StatusServiceUnavailable, "aborted", "the proxy shut down before the upstream answered"
 	case errors.Is(err, context.Canceled):
 		status = 499 // the client went away; nothing is written
 	}
