@@ -40,12 +40,14 @@ func (s *Stream) Run(ctx context.Context) error {
 	var (
 		fl       flusher
 		inFlight chan attempt     // the attempt under way, if any
+		flying   int              // its records
 		retryAt  <-chan time.Time // set after a failed attempt: wait before the next
 		backoff  = s.cfg.RetryMin
 	)
 	for {
 		if inFlight == nil && retryAt == nil {
 			if next := s.nextAttempt(&fl); next != nil {
+				flying = len(next.items)
 				inFlight = make(chan attempt, 1)
 				go func(a attempt, done chan<- attempt) {
 					a.failed = s.flushOutcomes(ctx, a.items)
@@ -55,6 +57,9 @@ func (s *Stream) Run(ctx context.Context) error {
 		}
 		behind := fl.behind(s)
 		s.bl.blocked.Store(behind)
+		// Records taken from the buffer but not yet in Redis or the spool.
+		s.inflight.Store(int64(flying + len(fl.retry) + len(fl.pending) + len(s.bl.held)))
+		s.m.bufferDepth.Set(float64(len(s.outq)) + float64(s.inflight.Load()))
 		select {
 		case <-ctx.Done():
 			if inFlight != nil {
@@ -76,7 +81,7 @@ func (s *Stream) Run(ctx context.Context) error {
 				}
 			}
 		case a := <-inFlight:
-			inFlight = nil
+			inFlight, flying = nil, 0
 			if fl.settle(s, a) {
 				backoff = s.cfg.RetryMin
 			} else {
@@ -207,8 +212,6 @@ func (s *Stream) drain(first *Record) []*Record {
 // flushOutcomes writes items in batches and returns the items that failed
 // (to retry).
 func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
-	s.inflight.Store(int64(len(items)))
-	s.m.bufferDepth.Set(float64(len(s.outq) + len(items)))
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.WriteTimeout)
 	defer cancel()
 	chans := make([]chan result, len(items))
@@ -242,8 +245,6 @@ func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
 	if len(failed) > 0 && ctx.Err() == nil {
 		s.log.Warn("audit outcome records not written; will retry", "count", len(failed))
 	}
-	s.inflight.Store(int64(len(failed)))
-	s.m.bufferDepth.Set(float64(len(s.outq) + len(failed)))
 	return failed
 }
 

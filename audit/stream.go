@@ -222,7 +222,7 @@ type Stream struct {
 	batches  atomic.Uint64
 	written  atomic.Uint64
 	dropped  atomic.Uint64
-	inflight atomic.Int64 // outcome records in retry
+	inflight atomic.Int64 // outcome records Run has taken and not yet written or spooled
 
 	fresh  bool     // the writer id was generated: no earlier chain exists
 	seen   sync.Map // tenants written to (string -> struct{})
