@@ -467,8 +467,12 @@ func TestWitnessVerifyWhileWriting(t *testing.T) {
 		}()
 	}
 	eventually(t, 10*time.Second, "statements at the witness", func() bool {
-		st, err := wit.State(writers[0].WriterID())
-		return err == nil && st != nil && len(st.Streams) == 2
+		for _, w := range writers {
+			if st, err := wit.State(w.WriterID()); err != nil || st == nil || len(st.Streams) != 2 {
+				return false
+			}
+		}
+		return true
 	})
 	for range 5 {
 		res, err := audit.VerifyAll(context.Background(), rdb, audit.VerifyAllOptions{Witnesses: []audit.Witness{wit}})
