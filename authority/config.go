@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net"
 	"net/url"
-	"regexp"
 	"slices"
 	"sort"
 	"time"
@@ -308,8 +307,6 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 // lowercase letters, digits, '-' and '_', at most 63 characters).
 func ValidTenant(s string) bool { return passport.ValidTenant(s) }
 
-var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`)
-
 // Validate reports every problem in the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
@@ -422,11 +419,11 @@ func (c Config) Validate() error {
 	}
 	types := c.agentTypes()
 	for _, name := range slices.Sorted(maps.Keys(types)) {
-		if !actionRE.MatchString(name + ".x") {
+		if !passport.ValidAgentType(name) {
 			bad("agent_types: type %q: want lowercase letters, digits, '-' or '_'", name)
 		}
 		for _, a := range types[name] {
-			if !actionRE.MatchString(a) {
+			if !passport.ValidAction(a) {
 				bad("agent_types.%s: action %q: want dotted lowercase like service.restart", name, a)
 			}
 		}

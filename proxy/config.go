@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 
@@ -414,10 +413,7 @@ const (
 	BodyNamesDistinct = "distinct"
 )
 
-var (
-	actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
-	tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-)
+var ()
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
@@ -446,7 +442,7 @@ func (c *Config) Validate() error {
 	if c.MaxTokenBytes < 256 || c.MaxTokenBytes > 64<<10 {
 		bad("max_token_bytes: %d is outside 256..65536", c.MaxTokenBytes)
 	}
-	if !tenantRE.MatchString(c.UnattributedTenant) {
+	if !passport.ValidTenant(c.UnattributedTenant) {
 		bad("unattributed_tenant: %q is not a tenant name", c.UnattributedTenant)
 	}
 	for _, h := range c.PolicyHeaders {
@@ -491,7 +487,7 @@ func (c *Config) Validate() error {
 			bad("%s: match %q overlaps route %q", where, r.Match, prev)
 		}
 		seen[t.shape()] = r.Name
-		if !actionRE.MatchString(r.Action) {
+		if !passport.ValidAction(r.Action) {
 			bad("%s: action %q: want dotted lower case, e.g. service.restart", where, r.Action)
 		}
 		if r.Resource == "" {
@@ -502,7 +498,7 @@ func (c *Config) Validate() error {
 		if _, ok := c.Upstreams[r.Upstream]; !ok {
 			bad("%s: upstream %q is not defined", where, r.Upstream)
 		}
-		if r.Tenant != "" && !tenantRE.MatchString(r.Tenant) {
+		if r.Tenant != "" && !passport.ValidTenant(r.Tenant) {
 			bad("%s: tenant %q is not a tenant name", where, r.Tenant)
 		}
 		if r.BodyLimit < 0 || r.BodyLimit > c.Limits.MaxBodyBytes {
