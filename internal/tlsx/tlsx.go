@@ -230,7 +230,9 @@ func Serve(srv *http.Server, ln net.Listener, cfg *tls.Config) error {
 	if cfg == nil {
 		return srv.Serve(ln)
 	}
-	srv.TLSConfig = cfg
+	// A clone: net/http adds its ALPN protocols to the server's own
+	// config, and one config may serve several listeners.
+	srv.TLSConfig = cfg.Clone()
 	srv.ErrorLog = quietHandshakes(srv.ErrorLog)
 	return srv.ServeTLS(ln, "", "")
 }
