@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -73,6 +74,15 @@ func (a *app) caFile() string { return firstNonEmpty(a.caFileFlag, a.getenv("PAS
 // httpClient is a client with timeout that trusts caFile.
 func (a *app) httpClient(timeout time.Duration) (*http.Client, error) {
 	return tlsx.HTTPClient(a.caFile(), timeout)
+}
+
+// clientTLS verifies the TLS services this process calls with caFile; nil
+// (the system's roots) when none is set.
+func (a *app) clientTLS() (*tls.Config, error) {
+	if a.caFile() == "" {
+		return nil, nil
+	}
+	return tlsx.Client{CAFile: a.caFile()}.Config(tlsx.Options{})
 }
 
 // clientOptions are the authority client's options: its HTTP client

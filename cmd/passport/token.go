@@ -56,7 +56,10 @@ header and claims (decoded, not verified) as JSON after it.`,
 				}
 				secret = strings.TrimSpace(string(b))
 			}
-			opts := client.Options{}
+			opts, err := a.clientOptions()
+			if err != nil {
+				return err
+			}
 			if keyFile != "" {
 				k, err := readPrivateKey(keyFile)
 				if err != nil {

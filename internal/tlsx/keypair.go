@@ -249,7 +249,9 @@ type Metrics struct {
 }
 
 // NewMetrics registers the TLS metrics on reg (nil: not registered). A
-// registry that has them already shares them.
+// registry that has them already shares them. Until a certificate is
+// loaded they have no series, so a plain-HTTP component's /metrics does
+// not change.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -270,7 +272,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 				return old
 			}
 		}
-		panic(fmt.Sprintf("tlsx metrics: %v", err))
+		// Another collector holds the names (a wrapping registerer):
+		// count privately rather than fail the component.
 	}
 	return m
 }
