@@ -17,8 +17,8 @@ package witness
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/tls"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
