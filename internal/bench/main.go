@@ -6,6 +6,8 @@
 //   - the full path: valid passport, Rego allow, decision record
 //     acknowledged by Redis before forwarding, outcome record after,
 //   - the deny path: valid passport, Rego deny, 403,
+//   - the full path over TLS (-tls, on by default): the same proxy
+//     configuration serving TLS, keep-alive connections (tls.go),
 //   - nginx + auth_request + OPA: what a user would otherwise assemble,
 //     nginx asking an OPA server that checks the passport in Rego
 //     (nginx.go; skipped when nginx or opa cannot be had),
@@ -77,6 +79,7 @@ type options struct {
 	only     string
 	noAudit  bool
 	rounds   int
+	tls      bool
 }
 
 func run() error {
@@ -92,6 +95,7 @@ func run() error {
 	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput cases, interleaved; each row is the round with the median req/s")
 	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
+	flag.BoolVar(&o.tls, "tls", true, "also measure the full path over TLS (keep-alive HTTP/1.1 connections, as the plain cases)")
 	flag.Parse()
 	if o.rounds < 1 {
 		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
@@ -210,6 +214,16 @@ func run() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	var tlsURL string
+	if o.tls && selected(o.only, tlsCaseName) {
+		url, stop, err := startTLSProxy(ctx, cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Policies: policies.FS})
+		if err != nil {
+			return err
+		}
+		defer stop()
+		tlsURL = url
+	}
+
 	// Agents: a HIGH healer (allowed to restart checkout) and a LOW
 	// observer (denied), both registered as the authority would.
 	now := time.Now()
@@ -243,6 +257,9 @@ func run() error {
 		{"bare reverse proxy", bareURL + "/services/checkout/restart", "POST", "", 200},
 		{"full path (allow)", proxyURL + "/services/checkout/restart", "POST", healer, 200},
 		{"deny path (403)", proxyURL + "/services/checkout/restart", "POST", observer, 403},
+	}
+	if tlsURL != "" {
+		cases = append(cases, benchCase{tlsCaseName, tlsURL + "/services/checkout/restart", "POST", healer, 200})
 	}
 	// Each case must answer as expected before it is measured.
 	for _, c := range cases {
@@ -386,7 +403,8 @@ type result struct {
 // worker sends back to back (closed loop); with a rate, requests are
 // started on a fixed schedule shared by the workers (open loop).
 func load(ctx context.Context, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
-	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute,
+		TLSClientConfig: benchTLS}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	var ticks chan struct{}
@@ -484,7 +502,9 @@ func once(method, url, token string) (int, error) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	tr := &http.Transport{TLSClientConfig: benchTLS}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return 0, err
 	}
