@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -553,5 +554,48 @@ func TestTLSConfigValidation(t *testing.T) {
 		Registry: prometheus.NewRegistry(), Policies: os.DirFS("testdata/policy")})
 	if err == nil || !strings.Contains(err.Error(), "missing.pem") {
 		t.Fatalf("New = %v, want an error naming the CA file", err)
+	}
+}
+
+func TestSilentClientsOnTheTLSPortAreDropped(t *testing.T) {
+	// A connection that never sends a ClientHello, or completes the
+	// handshake and then sends nothing, holds a socket only until
+	// timeouts.read_header (HTTP/1.1) or timeouts.idle (HTTP/2, once its
+	// preface is in; net/http waits 10 s for the preface itself).
+	h, ca := newTLSHarness(t, func(c *Config) {
+		c.Timeouts.ReadHeader, c.Timeouts.Idle = 200*time.Millisecond, 300*time.Millisecond
+	})
+	addr := strings.TrimPrefix(h.url, "https://")
+	// dropped reads whatever the server sends (an HTTP/2 server's
+	// SETTINGS) until the server closes, or 5 s pass.
+	dropped := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.Copy(io.Discard, c)
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if !dropped(raw) {
+		t.Fatal("a connection without a handshake was kept open")
+	}
+	for _, proto := range []string{"http/1.1", "h2"} {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool(), NextProtos: []string{proto}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if proto == "h2" {
+			pre := appendFrame([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0x4, 0, 0, nil)
+			if _, err := c.Write(pre); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !dropped(c) {
+			t.Fatalf("%s: a silent connection after the handshake was kept open", proto)
+		}
+		c.Close()
 	}
 }
