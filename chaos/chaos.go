@@ -206,12 +206,7 @@ func New(cfg Config, deps Deps) (*Chaos, error) {
 	}
 	hc := deps.HTTP
 	if hc == nil {
-		hc = &http.Client{Timeout: cfg.Timeout}
-		if deps.TLS != nil {
-			tr := http.DefaultTransport.(*http.Transport).Clone()
-			tr.TLSClientConfig = deps.TLS
-			hc.Transport = tr
-		}
+		hc = agentcall.HTTPClient(cfg.Timeout, deps.TLS)
 	}
 	seed := cfg.Seed
 	if seed == 0 {

@@ -411,12 +411,7 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 	}
 	hc := deps.HTTP
 	if hc == nil {
-		hc = &http.Client{Timeout: cfg.CallTimeout}
-		if deps.TLS != nil {
-			tr := http.DefaultTransport.(*http.Transport).Clone()
-			tr.TLSClientConfig = deps.TLS
-			hc.Transport = tr
-		}
+		hc = agentcall.HTTPClient(cfg.CallTimeout, deps.TLS)
 	}
 	h := &Healer{
 		cfg: cfg, deps: deps, now: deps.Now,
