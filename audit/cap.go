@@ -65,7 +65,7 @@ func (r *Record) Cap(maxField, maxJSON int) {
 		maxJSON = DefaultMaxJSON
 	}
 	for _, p := range []*string{
-		&r.RequestID, &r.Tenant, &r.AgentID, &r.AgentName, &r.AgentType, &r.TrustLevel,
+		&r.RequestID, &r.ClientRequestID, &r.Tenant, &r.AgentID, &r.AgentName, &r.AgentType, &r.TrustLevel,
 		&r.JTI, &r.TaskID, &r.Subject, &r.Method, &r.Path, &r.Route, &r.Action, &r.Resource,
 		&r.Decision, &r.PolicyRevision, &r.Writer,
 	} {

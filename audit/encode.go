@@ -56,6 +56,7 @@ const (
 	kAgentID        = `"agent_id":`
 	kAgentName      = `"agent_name":`
 	kAgentType      = `"agent_type":`
+	kClientReqID    = `"client_request_id":`
 	kDecision       = `"decision":`
 	kDetails        = `"details":`
 	kHash           = `"hash":`
@@ -94,6 +95,7 @@ func encodeBody(rec *Record) (*body, error) {
 	buf = appendStrMember(buf, kAgentID, rec.AgentID)
 	buf = appendStrMember(buf, kAgentName, rec.AgentName)
 	buf = appendStrMember(buf, kAgentType, rec.AgentType)
+	buf = appendStrMember(buf, kClientReqID, rec.ClientRequestID)
 	buf = appendStrMember(buf, kDecision, rec.Decision)
 	if len(rec.Details) > 0 {
 		buf = append(buf, kDetails...)

@@ -237,7 +237,7 @@ func randRecord(r *rand.Rand) *Record {
 	}
 	rec := &Record{
 		V: []int{0, 1, 2, -1}[r.IntN(4)], Kind: Kind(s()), Time: randTime(r),
-		RequestID: s(), Tenant: s(), AgentID: s(), AgentName: s(), AgentType: s(), TrustLevel: s(),
+		RequestID: s(), ClientRequestID: s(), Tenant: s(), AgentID: s(), AgentName: s(), AgentType: s(), TrustLevel: s(),
 		Reputation: randFloat(r), JTI: s(), TaskID: s(), Subject: s(),
 		Method: s(), Path: s(), Route: s(), Action: s(), Resource: s(),
 		Decision: s(), Reasons: randList(r), PolicyRevision: s(), Input: randRaw(r),
@@ -346,7 +346,7 @@ func TestRecordKeysSorted(t *testing.T) {
 		names = append(names, `"`+name+`":`)
 	}
 	slices.Sort(names)
-	consts := []string{kAction, kAgentID, kAgentName, kAgentType, kDecision, kDetails, kHash, kInput, kJTI, kKind,
+	consts := []string{kAction, kAgentID, kAgentName, kAgentType, kClientReqID, kDecision, kDetails, kHash, kInput, kJTI, kKind,
 		kLatencyMS, kMethod, kPath, kPolicyRevision, kPrev, kReasons, kReputation, kRequestID, kResource, kRoute,
 		kSeq, kShadow, kStatus, kSubject, kTaskID, kTenant, kTime, kTrustLevel, kV, kWriter}
 	if !slices.Equal(names, consts) {

@@ -68,7 +68,10 @@ type Record struct {
 	Kind      Kind      `json:"kind"`
 	Time      time.Time `json:"time"`
 	RequestID string    `json:"request_id,omitempty"`
-	Tenant    string    `json:"tenant"`
+	// ClientRequestID is the X-Request-Id the client sent, sanitised and
+	// bounded: kept for correlation, never a key or assumed unique.
+	ClientRequestID string `json:"client_request_id,omitempty"`
+	Tenant          string `json:"tenant"`
 
 	// Who acted.
 	AgentID    string  `json:"agent_id,omitempty"`

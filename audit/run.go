@@ -8,12 +8,22 @@ import (
 
 // Run writes the Enqueued (outcome) records with retry and backoff, writes
 // periodic signed checkpoints, trims when retention is configured and
-// re-checks the durability settings. When ctx is done it flushes what is
-// buffered (bounded by ShutdownTimeout; what cannot be written is counted as
-// dropped), writes a final checkpoint for every chain, hands the witnesses
-// a closing statement and returns nil. With witnesses configured it also
+// re-checks the durability settings. With witnesses configured it also
 // sends them a signed statement after each checkpoint round (or a
 // heartbeat while nothing is new).
+//
+// Writes to Redis run one attempt at a time beside the loop, so the
+// buffer keeps draining however long Redis takes. While Redis does not
+// take outcome records, the batch that failed is retried as it is (the
+// same items, so a write that did land is found by the chain-head check
+// and not written twice) and everything enqueued behind it goes to the
+// spool on disk; once Redis takes the batch, the spool is written back in
+// order, and new records join its tail until it is empty.
+//
+// When ctx is done it flushes what it can within ShutdownTimeout, spools
+// the rest (counted as dropped only if the spool cannot take it either),
+// writes a final checkpoint for every chain, hands the witnesses a closing
+// statement and returns nil.
 func (s *Stream) Run(ctx context.Context) error {
 	s.wit.start(ctx)
 	ckpt := time.NewTicker(s.cfg.CheckpointInterval)
@@ -27,22 +37,54 @@ func (s *Stream) Run(ctx context.Context) error {
 		retention = t.C
 	}
 
-	var retry []*item
-	backoff := s.cfg.RetryMin
-	var retryAt <-chan time.Time
+	var (
+		fl       flusher
+		inFlight chan attempt     // the attempt under way, if any
+		retryAt  <-chan time.Time // set after a failed attempt: wait before the next
+		backoff  = s.cfg.RetryMin
+	)
 	for {
-		var pull chan *Record
-		if retry == nil {
-			pull = s.outq // new records only when nothing waits for a retry
+		if inFlight == nil && retryAt == nil {
+			if next := s.nextAttempt(&fl); next != nil {
+				inFlight = make(chan attempt, 1)
+				go func(a attempt, done chan<- attempt) {
+					a.failed = s.flushOutcomes(ctx, a.items)
+					done <- a
+				}(*next, inFlight)
+			}
 		}
+		behind := fl.behind(s)
+		s.bl.blocked.Store(behind)
 		select {
 		case <-ctx.Done():
-			return s.shutdown(retry)
-		case rec := <-pull:
-			retry = s.flushOutcomes(ctx, []*item{{rec: rec}})
+			if inFlight != nil {
+				fl.settle(s, <-inFlight) // bounded by WriteTimeout
+			}
+			return s.shutdown(&fl)
+		case rec := <-s.outq:
+			recs := s.drain(rec)
+			switch {
+			case behind:
+				s.spill(recs)
+			default:
+				fl.pending = append(fl.pending, recs...)
+				if len(fl.pending) >= s.cfg.OutcomeBuffer/2 {
+					// Redis is slow to take even one batch: do not hold
+					// more than half a buffer in memory.
+					s.spill(fl.pending)
+					fl.pending = nil
+				}
+			}
+		case a := <-inFlight:
+			inFlight = nil
+			if fl.settle(s, a) {
+				backoff = s.cfg.RetryMin
+			} else {
+				retryAt = time.After(backoff)
+				backoff = min(backoff*2, s.cfg.RetryMax)
+			}
 		case <-retryAt:
 			retryAt = nil
-			retry = s.flushOutcomes(ctx, retry)
 		case <-ckpt.C:
 			if err := s.Checkpoint(ctx, CheckpointPeriodic); err != nil && ctx.Err() == nil {
 				s.log.Warn("audit checkpoint failed", "err", err)
@@ -58,27 +100,113 @@ func (s *Stream) Run(ctx context.Context) error {
 				s.log.Warn("audit retention failed", "err", err)
 			}
 		}
-		if retry == nil {
-			backoff = s.cfg.RetryMin
-		} else if retryAt == nil {
-			retryAt = time.After(backoff)
-			backoff = min(backoff*2, s.cfg.RetryMax)
-		}
 	}
 }
 
-// flushOutcomes writes items plus whatever else is buffered, in batches,
-// and returns the items that failed (to retry).
-func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
-	for len(items) < s.cfg.MaxBatch {
+// flusher is Run's state of the records Redis has not taken yet, oldest
+// first: a failed batch (retry), records the spool could not take
+// (s.bl.held), the spool, then records read from the buffer (pending).
+type flusher struct {
+	retry   []*item
+	from    *spoolBatch // retry's place in the spool, when read from there
+	pending []*Record
+}
+
+// attempt is one write of a batch to Redis.
+type attempt struct {
+	items  []*item
+	from   *spoolBatch
+	failed []*item
+}
+
+func (fl *flusher) behind(s *Stream) bool {
+	return fl.retry != nil || len(s.bl.held) > 0 || s.spooled() > 0
+}
+
+// settle takes an attempt's result; it reports whether it went through.
+func (fl *flusher) settle(s *Stream, a attempt) bool {
+	if a.failed == nil {
+		s.ackSpool(a.from)
+		return true
+	}
+	fl.retry, fl.from = a.failed, a.from
+	if len(fl.pending) > 0 {
+		// Read while the attempt was under way, so newer than it: they
+		// wait in the spool, where everything after a failure goes.
+		s.spill(fl.pending)
+		fl.pending = nil
+	}
+	return false
+}
+
+// nextAttempt picks the oldest records waiting: the failed batch, then
+// records held in memory (into the spool if it works again, else straight
+// to Redis), then the spool, then the buffer.
+func (s *Stream) nextAttempt(fl *flusher) *attempt {
+	if fl.retry != nil {
+		a := &attempt{items: fl.retry, from: fl.from}
+		fl.retry, fl.from = nil, nil
+		return a
+	}
+	if len(s.bl.held) > 0 {
+		held := s.bl.held
+		s.bl.held = nil
+		if !s.spoolAppend(held) {
+			held, s.bl.held = s.bl.held, nil
+			n := min(len(held), 4*s.cfg.MaxBatch)
+			s.bl.held = held[n:]
+			return &attempt{items: items(held[:n])}
+		}
+	}
+	if sp := s.bl.spool.Load(); sp != nil && sp.len() > 0 {
+		recs, pos, size, err := sp.read(4 * s.cfg.MaxBatch)
+		if err != nil {
+			s.sm.errors.Inc()
+			s.log.Error("audit spool read failed", "err", err)
+			return nil
+		}
+		if len(recs) > 0 {
+			return &attempt{items: items(recs), from: &spoolBatch{pos: pos, n: len(recs), size: size}}
+		}
+	}
+	if len(fl.pending) > 0 {
+		n := min(len(fl.pending), s.cfg.MaxBatch)
+		a := &attempt{items: items(fl.pending[:n])}
+		fl.pending = fl.pending[n:]
+		if len(fl.pending) == 0 {
+			fl.pending = nil
+		}
+		return a
+	}
+	return nil
+}
+
+func items(recs []*Record) []*item {
+	out := make([]*item, len(recs))
+	for i, r := range recs {
+		out[i] = &item{rec: r}
+	}
+	return out
+}
+
+// drain returns first and whatever else is queued.
+func (s *Stream) drain(first *Record) []*Record {
+	recs := []*Record{first}
+	for len(recs) < s.cfg.OutcomeBuffer {
 		select {
-		case rec := <-s.outq:
-			items = append(items, &item{rec: rec})
+		case r := <-s.outq:
+			recs = append(recs, r)
 			continue
 		default:
 		}
 		break
 	}
+	return recs
+}
+
+// flushOutcomes writes items in batches and returns the items that failed
+// (to retry).
+func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
 	s.inflight.Store(int64(len(items)))
 	s.m.bufferDepth.Set(float64(len(s.outq) + len(items)))
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.WriteTimeout)
@@ -119,24 +247,25 @@ func (s *Stream) flushOutcomes(ctx context.Context, items []*item) []*item {
 	return failed
 }
 
-// shutdown flushes the buffer and writes the final checkpoints.
-func (s *Stream) shutdown(retry []*item) error {
+// shutdown flushes what it can within ShutdownTimeout, spools the rest and
+// writes the final checkpoints.
+func (s *Stream) shutdown(fl *flusher) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
-	items := retry
-	for ctx.Err() == nil {
-		if len(items) == 0 {
-			select {
-			case rec := <-s.outq:
-				items = []*item{{rec: rec}}
-			default:
-			}
+	for len(s.outq) > 0 {
+		if fl.behind(s) {
+			s.spill(s.drain(<-s.outq))
+		} else {
+			fl.pending = append(fl.pending, s.drain(<-s.outq)...)
 		}
-		if len(items) == 0 {
+	}
+	for ctx.Err() == nil {
+		a := s.nextAttempt(fl)
+		if a == nil {
 			break
 		}
-		failed := s.flushOutcomes(ctx, items)
-		if len(failed) > 0 {
+		a.failed = s.flushOutcomes(ctx, a.items)
+		if !fl.settle(s, *a) {
 			// Redis is refusing: wait a little before the next attempt, but
 			// never past the shutdown deadline.
 			select {
@@ -144,14 +273,24 @@ func (s *Stream) shutdown(retry []*item) error {
 			case <-time.After(s.cfg.RetryMin):
 			}
 		}
-		items = failed
 	}
-	lost := len(items) + len(s.outq)
+	// What Redis did not take waits in the spool for the next start. A
+	// batch read from the spool is still there (not acknowledged).
+	var rest []*Record
+	if fl.from == nil {
+		for _, it := range fl.retry {
+			rest = append(rest, it.rec)
+		}
+	}
+	rest = append(rest, s.bl.held...)
+	rest = append(rest, fl.pending...)
+	s.bl.held = nil
 	for len(s.outq) > 0 {
-		<-s.outq
+		rest = append(rest, <-s.outq)
 	}
-	if lost > 0 {
-		s.drop(lost)
+	if len(rest) > 0 && !s.spoolAppend(rest) {
+		s.bl.held = nil
+		s.drop(len(rest))
 	}
 	s.inflight.Store(0)
 	s.m.bufferDepth.Set(0)

@@ -73,9 +73,22 @@ type StreamConfig struct {
 	// but a failover could still lose them. Not supported with Cluster.
 	WaitReplicas int
 	WaitTimeout  time.Duration
-	// OutcomeBuffer is how many Enqueued records may wait; beyond it they are
-	// dropped and counted. Default 10000.
+	// OutcomeBuffer is how many Enqueued records may wait in memory. While
+	// Redis cannot take them they move to the spool; a refusal record that
+	// finds the buffer full is dropped and counted, any other record waits
+	// for room (up to WriteTimeout). Default 10000.
 	OutcomeBuffer int
+	// SpoolDir is where outcome records wait, fsynced, while Redis cannot
+	// take them; they are written to Redis in order once it can. Default
+	// "": a private directory under the system's temporary directory,
+	// made when first needed and removed when empty at Close. Set it to
+	// keep them across a restart: a writer replays what it finds there.
+	// One process per directory (it is locked).
+	SpoolDir string
+	// SpoolMaxBytes bounds the spool: at this size OutcomeRoom fails, so
+	// the proxy forwards nothing new (503) while the records of calls
+	// already forwarded still go in. Default 256 MiB.
+	SpoolMaxBytes int64
 	// RetryMin and RetryMax bound the backoff of outcome retries.
 	// Defaults 50ms and 5s.
 	RetryMin, RetryMax time.Duration
@@ -148,6 +161,9 @@ func (c *StreamConfig) defaults() error {
 	if c.OutcomeBuffer <= 0 {
 		c.OutcomeBuffer = 10000
 	}
+	if c.SpoolMaxBytes <= 0 {
+		c.SpoolMaxBytes = DefaultSpoolMaxBytes
+	}
 	def(&c.WaitTimeout, 500*time.Millisecond)
 	if c.WaitReplicas < 0 || (c.WaitReplicas > 0 && c.WaitTimeout >= c.WriteTimeout) {
 		return errors.New("audit wait_replicas: must not be negative, and wait_timeout must be below write_timeout")
@@ -199,6 +215,9 @@ type Stream struct {
 
 	durability atomic.Pointer[Durability]
 	wit        *witnessPub
+
+	bl backlog // outcome records Redis has not taken yet (spool.go)
+	sm *spoolMetrics
 
 	batches  atomic.Uint64
 	written  atomic.Uint64
@@ -302,6 +321,12 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		chains: map[string]*chain{},
 	}
 	s.wit = newWitnessPub(&s.cfg, s.log, reg)
+	s.sm = newSpoolMetrics(reg, s)
+	if cfg.SpoolDir != "" {
+		if _, err := s.openSpool(); err != nil {
+			return nil, fmt.Errorf("new audit stream: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.WriteTimeout)
 	defer cancel()
 	s.checkDurability(ctx)
@@ -397,7 +422,12 @@ func (s *Stream) prepare(r *Record) {
 // together with the other records that arrived meanwhile (group commit).
 // It fills rec's Writer, Seq, Prev and Hash (and V and Time when unset).
 // Any error means the caller must treat the record as not stored.
-func (s *Stream) Append(ctx context.Context, rec *Record) (string, error) {
+func (s *Stream) Append(ctx context.Context, rec *Record) (id string, err error) {
+	defer func() {
+		if err != nil {
+			s.noteAppendFailure()
+		}
+	}()
 	if rec == nil {
 		return "", errors.New("append audit record: nil record")
 	}
@@ -471,8 +501,11 @@ func validTenant(t string) error {
 	return nil
 }
 
-// Enqueue hands rec to the background flusher (Run) and returns at once.
-// When the buffer is full the record is dropped and counted.
+// Enqueue hands rec to the background flusher (Run). It returns at once
+// unless the buffer is full: then a refusal (decision) record is dropped
+// and counted, and any other record, an outcome above all, is written to
+// the spool (or, if the spool fails too, waits up to WriteTimeout for
+// room before it is dropped and counted).
 func (s *Stream) Enqueue(rec *Record) {
 	if rec == nil || validTenant(rec.Tenant) != nil {
 		s.drop(1) // counted, never silent
@@ -489,8 +522,27 @@ func (s *Stream) Enqueue(rec *Record) {
 	select {
 	case s.outq <- &r:
 		s.m.bufferDepth.Set(float64(len(s.outq)) + float64(s.inflight.Load()))
+		return
 	default:
+	}
+	if r.Kind == KindDecision {
 		s.drop(1)
+		return
+	}
+	// The flusher is behind (a burst, a checkpoint waiting on a hung
+	// Redis): put the record in the spool ourselves rather than wait or
+	// drop it. It may then be written before older records still queued.
+	if s.spoolWrite([]*Record{&r}) == nil {
+		return
+	}
+	t := time.NewTimer(s.cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case s.outq <- &r:
+	case <-s.stop:
+		s.drop(1)
+	case <-t.C:
+		s.drop(1) // no flusher running, or a disk that does not answer
 	}
 }
 
@@ -510,7 +562,11 @@ func (s *Stream) drop(n int) {
 // Close stops the committer. Appends waiting in the queue fail with
 // ErrClosed. Call it after Run has returned so outcomes are flushed.
 func (s *Stream) Close() error {
-	s.closeOnce.Do(func() { close(s.stop) })
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.closeSpool()
+	})
 	<-s.done
 	return nil
 }
@@ -978,5 +1034,8 @@ func (s *Stream) tenants() []string {
 	return out
 }
 
-// Interface guard.
-var _ Sink = (*Stream)(nil)
+// Interface guards.
+var (
+	_ Sink    = (*Stream)(nil)
+	_ Backlog = (*Stream)(nil)
+)

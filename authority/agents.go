@@ -54,7 +54,15 @@ const (
 	fieldCreatedAt     = "created_at"
 	fieldBlockedReason = "blocked_reason"
 	fieldBlockedAt     = "blocked_at"
+	fieldRequireDPoP   = "require_dpop"
+	fieldMayDelegateTo = "may_delegate_to"
 )
+
+// delegateTypePrefix marks a may_delegate_to entry naming an agent type.
+const delegateTypePrefix = "type:"
+
+// maxDelegates bounds an agent's may_delegate_to list.
+const maxDelegates = 32
 
 // agentRecord is an agent as stored in its hash (passport.AgentKey).
 type agentRecord struct {
@@ -73,6 +81,20 @@ type agentRecord struct {
 	BlockedReason string
 	BlockedAt     time.Time
 	Reputation    passport.Reputation
+	// RequireDPoP: only DPoP-bound passports for this agent.
+	RequireDPoP bool
+	// MayDelegateTo: agent ids and "type:<type>" entries that may act on
+	// this agent's behalf (token exchange).
+	MayDelegateTo []string
+}
+
+// allowsDelegationTo reports whether actor may act on r's behalf.
+func (r *agentRecord) allowsDelegationTo(actor *agentRecord) bool {
+	return mayDelegateTo(r.MayDelegateTo, actor)
+}
+
+func mayDelegateTo(list []string, actor *agentRecord) bool {
+	return slices.Contains(list, actor.ID) || slices.Contains(list, delegateTypePrefix+actor.Type)
 }
 
 func tenantAgentsKey(tenant string) string { return passport.TenantKey(tenant, "agents") }
@@ -93,9 +115,13 @@ func decodeAgent(m map[string]string) (*agentRecord, error) {
 		Owner:         m[fieldOwner],
 		Blocked:       m[passport.FieldBlocked] == "1",
 		BlockedReason: m[fieldBlockedReason],
+		RequireDPoP:   m[fieldRequireDPoP] == "1",
 	}
 	if err := json.Unmarshal([]byte(m[fieldCapabilities]), &r.Capabilities); err != nil && m[fieldCapabilities] != "" {
 		return nil, fmt.Errorf("decode agent %s capabilities: %w", r.ID, err)
+	}
+	if err := json.Unmarshal([]byte(m[fieldMayDelegateTo]), &r.MayDelegateTo); err != nil && m[fieldMayDelegateTo] != "" {
+		return nil, fmt.Errorf("decode agent %s may_delegate_to: %w", r.ID, err)
 	}
 	r.CreatedAt, _ = time.Parse(time.RFC3339Nano, m[fieldCreatedAt])
 	r.BlockedAt, _ = time.Parse(time.RFC3339Nano, m[fieldBlockedAt])
@@ -235,6 +261,23 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 	if spec.Owner != "" && !ownerOK(spec.Owner) {
 		errs = append(errs, errors.New("owner: want at most 128 printable characters"))
 	}
+	delegates := slices.Clone(spec.MayDelegateTo)
+	if len(delegates) > maxDelegates {
+		errs = append(errs, fmt.Errorf("may_delegate_to: at most %d entries", maxDelegates))
+		delegates = nil
+	}
+	for _, d := range delegates {
+		typ, isType := strings.CutPrefix(d, delegateTypePrefix)
+		switch {
+		case isType && a.types[typ] != nil:
+		case !isType && validAgentID(d):
+		default:
+			errs = append(errs, fmt.Errorf("may_delegate_to: %q: want an agent id (agt_...) or type:<agent type> (%s)",
+				safeEntry(d), strings.Join(sortedKeys(a.types), ", ")))
+		}
+	}
+	slices.Sort(delegates)
+	delegates = slices.Compact(delegates)
 	if err := errors.Join(errs...); err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrInvalidAgent, err)
 	}
@@ -248,7 +291,8 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 	rec := &agentRecord{
 		ID: agentIDPrefix + randomID(20), Tenant: tenant, Name: spec.Name, Type: spec.Type, Trust: trust,
 		Capabilities: caps, SecretHash: hash, PublicKeyText: spec.PublicKey, PublicKey: pub, Owner: spec.Owner, CreatedAt: now,
-		Reputation: passport.Reputation{Score: base, Baseline: base, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife},
+		Reputation:  passport.Reputation{Score: base, Baseline: base, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife},
+		RequireDPoP: spec.RequireDPoP, MayDelegateTo: delegates,
 	}
 	capsJSON, _ := json.Marshal(caps)
 	fields := map[string]any{
@@ -258,6 +302,13 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 	}
 	if rec.Owner != "" {
 		fields[fieldOwner] = rec.Owner
+	}
+	if rec.RequireDPoP {
+		fields[fieldRequireDPoP] = "1"
+	}
+	if len(delegates) > 0 {
+		b, _ := json.Marshal(delegates)
+		fields[fieldMayDelegateTo] = string(b)
 	}
 	for k, v := range reputationFields(rec.Reputation) {
 		fields[k] = v
@@ -321,16 +372,29 @@ func (a *Authority) toAPI(r *agentRecord) client.Agent {
 		Capabilities: r.Capabilities, Reputation: round2(score), ReputationBaseline: r.Reputation.Baseline,
 		EffectiveTrustLevel: r.Trust.Min(a.cfg.Reputation.allowed(score)),
 		Blocked:             r.Blocked, BlockedReason: r.BlockedReason, HasPublicKey: r.PublicKey != nil,
+		RequireDPoP: r.RequireDPoP, MayDelegateTo: r.MayDelegateTo,
 		CreatedAt: r.CreatedAt.UTC(),
 	}
 	if out.Capabilities == nil {
 		out.Capabilities = []string{}
+	}
+	if out.MayDelegateTo == nil {
+		out.MayDelegateTo = []string{}
 	}
 	if r.Blocked && !r.BlockedAt.IsZero() {
 		t := r.BlockedAt.UTC()
 		out.BlockedAt = &t
 	}
 	return out
+}
+
+// safeEntry keeps a refused may_delegate_to entry out of an answer unless
+// it is short and plain.
+func safeEntry(s string) string {
+	if len(s) > 80 || !nameOK(strings.ReplaceAll(s, ":", "")) {
+		return "(malformed)"
+	}
+	return s
 }
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }

@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentpassport/passport/audit"
@@ -74,6 +75,10 @@ type Authority struct {
 	tls *tls.Config
 	// verifier is the shared strict passport verifier (package passport).
 	verifier *passport.Verifier
+	// dpop checks DPoP proofs at the token endpoint; nonces makes and
+	// checks its server nonces once their secret is loaded.
+	dpop   *passport.DPoPVerifier
+	nonces atomic.Pointer[passport.DPoPNonces]
 	// trusted are the proxies whose X-Forwarded-For names the source.
 	trusted []netip.Prefix
 	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
@@ -127,12 +132,22 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 		return nil, fmt.Errorf("authority: %w", err)
 	}
 	// Passports are checked against every configured audience and the
-	// global lifetime cap, as a proxy with default settings does.
+	// global lifetime cap, as a proxy with default settings does. The
+	// authority accepts delegated passports because it checks every link
+	// itself (introspection, token exchange), and bound ones because
+	// introspection hands cnf on to the resource server (RFC 9449 §6.2)
+	// and an exchange binds the result to the actor's own key.
 	if a.verifier, err = passport.NewVerifier(passport.VerifierConfig{
 		Issuer: cfg.Issuer, Audiences: cfg.Audiences, Leeway: cfg.Passport.Leeway,
 		MaxLifetime: passport.MaxLifetime, Clock: deps.Clock, Keys: a.passportKey,
+		AcceptDelegated: true, AcceptBound: true,
 	}); err != nil {
 		return nil, fmt.Errorf("authority verifier: %w", err)
+	}
+	if a.dpop, err = passport.NewDPoPVerifier(passport.DPoPConfig{
+		MaxAge: cfg.DPoP.ProofMaxAge, Leeway: cfg.Passport.Leeway, Clock: deps.Clock, Replay: a.dpopReplay,
+	}); err != nil {
+		return nil, fmt.Errorf("authority dpop verifier: %w", err)
 	}
 	if cfg.Keys.EncryptionKey == "" {
 		a.log.Warn("signing keys are stored in Redis unencrypted; set PASSPORT_KEY_ENCRYPTION_KEY to encrypt them at rest")
@@ -274,6 +289,11 @@ func (a *Authority) tick(ctx context.Context) {
 	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		a.log.WarnContext(ctx, "prune revocations", "err", err)
 	}
+	if a.cfg.DPoP.RequireNonce {
+		if _, err := a.loadNonces(ctx); err != nil && ctx.Err() == nil {
+			a.log.WarnContext(ctx, "reload dpop nonce secret", "err", err)
+		}
+	}
 }
 
 // keyWatch reloads the keys as soon as another replica announces a rotation.
@@ -400,6 +420,7 @@ type Metadata struct {
 	ScopesSupported                   []string `json:"scopes_supported"`
 	AuthorizationDetailsTypes         []string `json:"authorization_details_types_supported"`
 	AccessTokenSigningAlgs            []string `json:"access_token_signing_alg_values_supported"`
+	DPoPSigningAlgs                   []string `json:"dpop_signing_alg_values_supported"`
 	ServiceDocumentation              string   `json:"service_documentation,omitempty"`
 	TLSClientCertificateBoundAccess   bool     `json:"tls_client_certificate_bound_access_tokens"`
 	AuthorizationResponseIssParameter bool     `json:"authorization_response_iss_parameter_supported"`
@@ -408,13 +429,17 @@ type Metadata struct {
 func (a *Authority) metadata() Metadata {
 	base := strings.TrimRight(a.cfg.Issuer, "/")
 	methods := []string{"client_secret_basic", "client_secret_post", "private_key_jwt"}
+	grants := []string{"client_credentials"}
+	if a.cfg.Delegation.MaxDepth > 0 {
+		grants = append(grants, passport.GrantTypeTokenExchange)
+	}
 	return Metadata{
 		Issuer:                           a.cfg.Issuer,
 		TokenEndpoint:                    base + "/oauth2/token",
 		JWKSURI:                          base + "/.well-known/jwks.json",
 		IntrospectionEndpoint:            base + "/oauth2/introspect",
 		RevocationEndpoint:               base + "/oauth2/revoke",
-		GrantTypesSupported:              []string{"client_credentials"},
+		GrantTypesSupported:              grants,
 		ResponseTypesSupported:           []string{},
 		TokenEndpointAuthMethods:         methods,
 		TokenEndpointAuthSigningAlgs:     passport.Algorithms,
@@ -423,6 +448,7 @@ func (a *Authority) metadata() Metadata {
 		ScopesSupported:                  a.actions,
 		AuthorizationDetailsTypes:        []string{passport.AuthorizationDetailType},
 		AccessTokenSigningAlgs:           passport.Algorithms,
+		DPoPSigningAlgs:                  passport.DPoPAlgorithms,
 	}
 }
 

@@ -77,8 +77,40 @@ type Config struct {
 	// add to the built-in types (healer, deployer, scaler, observer,
 	// chaos). A registration may list any action known to some type.
 	AgentTypes map[string][]string `yaml:"agent_types"`
+	// Delegation configures token exchange (RFC 8693).
+	Delegation DelegationConfig `yaml:"delegation"`
+	// DPoP configures proof of possession at the token endpoint (RFC 9449).
+	DPoP DPoPConfig `yaml:"dpop"`
 	// HTTP tunes the server.
 	HTTP HTTPConfig `yaml:"http"`
+}
+
+// DelegationConfig configures token exchange (RFC 8693): an agent trades
+// another agent's passport for a narrower one that names the chain.
+type DelegationConfig struct {
+	// MaxDepth is how many exchanges one chain may hold: 1 lets an agent
+	// exchange another agent's own passport, 2 lets the result be
+	// exchanged once more, and so on. 0 turns token exchange off. Default
+	// 2, at most 8 (passport.MaxDelegationDepth).
+	MaxDepth int `yaml:"max_depth"`
+}
+
+// DPoPConfig configures DPoP (RFC 9449) at the token endpoint.
+type DPoPConfig struct {
+	// ProofMaxAge is how old a proof's iat may be (it may also be up to
+	// passport.leeway in the future). Each proof's jti is remembered in
+	// Redis for that long, shared by every replica, so a proof is used
+	// once. Default 1m, 1s to 5m.
+	ProofMaxAge time.Duration `yaml:"proof_max_age"`
+	// RequireNonce makes every proof at the token endpoint carry a server
+	// nonce (RFC 9449 §8), handed out in the DPoP-Nonce header of every
+	// token endpoint answer: proofs made ahead of time become useless.
+	// Default false.
+	RequireNonce bool `yaml:"require_nonce"`
+	// NonceLifetime: a nonce is accepted for one to two lifetimes. Nonces
+	// are an HMAC of the time, keyed by a secret every replica shares in
+	// Redis, so no state is kept per nonce. Default 5m, 1s to 1h.
+	NonceLifetime time.Duration `yaml:"nonce_lifetime"`
 }
 
 // PassportConfig shapes issued passports.
@@ -245,6 +277,11 @@ func DefaultConfig() Config {
 			HighMin:        80,
 			MediumMin:      50,
 			BlockBelow:     25,
+		},
+		Delegation: DelegationConfig{MaxDepth: 2},
+		DPoP: DPoPConfig{
+			ProofMaxAge:   passport.DefaultDPoPMaxAge,
+			NonceLifetime: 5 * time.Minute,
 		},
 		HTTP: HTTPConfig{
 			MaxBodyBytes:      DefaultMaxBodyBytes,
@@ -419,6 +456,15 @@ func (c Config) Validate() error {
 				bad("agent_types.%s: action %q: want dotted lowercase like service.restart", name, a)
 			}
 		}
+	}
+	if c.Delegation.MaxDepth < 0 || c.Delegation.MaxDepth > passport.MaxDelegationDepth {
+		bad("delegation.max_depth %d: want 0 (token exchange off) to %d", c.Delegation.MaxDepth, passport.MaxDelegationDepth)
+	}
+	if c.DPoP.ProofMaxAge < time.Second || c.DPoP.ProofMaxAge > passport.MaxDPoPMaxAge {
+		bad("dpop.proof_max_age %v: want 1s to %v", c.DPoP.ProofMaxAge, passport.MaxDPoPMaxAge)
+	}
+	if c.DPoP.NonceLifetime < time.Second || c.DPoP.NonceLifetime > time.Hour {
+		bad("dpop.nonce_lifetime %v: want 1s to 1h", c.DPoP.NonceLifetime)
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		bad("http.max_body_bytes %d: want at least 1024", c.HTTP.MaxBodyBytes)

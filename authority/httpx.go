@@ -265,6 +265,8 @@ type metrics struct {
 	auditErrors  prometheus.Counter
 	hashes       prometheus.Counter
 	hashBusy     prometheus.Counter
+	dpop         *prometheus.CounterVec
+	exchanges    *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -303,7 +305,13 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	m.hashBusy = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "passport_authority_secret_hash_busy_total", Help: "Authentications answered 503 because every bcrypt slot stayed taken.",
 	})
-	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors, m.hashes, m.hashBusy} {
+	m.dpop = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passport_authority_dpop_proofs_total", Help: "DPoP proofs at the token endpoint: accepted, or the reason of the refusal.",
+	}, []string{"result"})
+	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passport_authority_token_exchanges_total", Help: "Delegated passports issued by token exchange, by chain depth.",
+	}, []string{"depth"})
+	for _, c := range []prometheus.Collector{m.issued, m.refused, m.authFailures, m.revocations, m.blocks, m.unblocks, m.rotations, m.reputation, m.auditErrors, m.hashes, m.hashBusy, m.dpop, m.exchanges} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -279,9 +280,22 @@ func TestMetadataAndHealth(t *testing.T) {
 	base := e.a.cfg.Issuer
 	if md.Issuer != base || md.TokenEndpoint != base+"/oauth2/token" || md.JWKSURI != base+"/.well-known/jwks.json" ||
 		md.IntrospectionEndpoint != base+"/oauth2/introspect" || md.RevocationEndpoint != base+"/oauth2/revoke" ||
-		len(md.GrantTypesSupported) != 1 || md.GrantTypesSupported[0] != "client_credentials" ||
+		!slices.Equal(md.GrantTypesSupported, []string{"client_credentials", passport.GrantTypeTokenExchange}) ||
+		!slices.Equal(md.DPoPSigningAlgs, []string{"ES256", "EdDSA"}) ||
 		len(md.TokenEndpointAuthMethods) != 3 || len(md.AccessTokenSigningAlgs) != 2 {
 		t.Fatalf("metadata: %+v", md)
+	}
+	// The metadata as JSON names the RFC 9449 and RFC 8693 members.
+	var raw map[string]any
+	_ = json.Unmarshal(body, &raw)
+	if _, ok := raw["dpop_signing_alg_values_supported"]; !ok {
+		t.Fatalf("metadata lacks dpop_signing_alg_values_supported: %s", body)
+	}
+	// With token exchange off, the grant is not advertised.
+	off := newEnv(t, func(c *Config) { c.Delegation.MaxDepth = 0 }, e.rs, nil)
+	_, body = off.get("/.well-known/oauth-authorization-server", "")
+	if strings.Contains(string(body), "token-exchange") {
+		t.Fatalf("token exchange advertised while off: %s", body)
 	}
 	if resp, _ := e.get("/healthz", ""); resp.StatusCode != 200 {
 		t.Fatalf("healthz %d", resp.StatusCode)

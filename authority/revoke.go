@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -308,24 +309,21 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, inactive)
 		return
 	}
-	ctx := r.Context()
-	pipe := a.rdb.Pipeline()
-	revoked := pipe.ZScore(ctx, passport.RevokedKey, c.ID)
-	blocked := pipe.HGet(ctx, passport.AgentKey(c.Tenant, c.Subject), passport.FieldBlocked)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	active, err := a.live(r.Context(), c)
+	if err != nil {
 		a.oauthFail(w, r, fmt.Errorf("introspect: %w", err))
 		return
 	}
-	if revoked.Err() == nil {
+	if !active {
 		writeJSON(w, http.StatusOK, inactive)
 		return
 	}
-	if v, _ := blocked.Result(); v != "0" { // blocked, or the agent was deleted
-		writeJSON(w, http.StatusOK, inactive)
-		return
+	tokenType := "Bearer"
+	if c.Cnf != nil {
+		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2
 	}
 	out := map[string]any{
-		"active": true, "token_type": "Bearer", "scope": c.Scope, "client_id": c.ClientID,
+		"active": true, "token_type": tokenType, "scope": c.Scope, "client_id": c.ClientID,
 		"sub": c.Subject, "aud": c.Audience, "iss": c.Issuer, "jti": c.ID,
 		"exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(),
 		"tenant": c.Tenant, "agent": c.Agent, "authorization_details": c.AuthorizationDetails,
@@ -336,7 +334,48 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	if c.Task != nil {
 		out["task"] = c.Task
 	}
+	if c.Delegation != nil {
+		out["act"], out["delegation"] = c.Act, c.Delegation
+	}
+	if c.Cnf != nil {
+		out["cnf"] = c.Cnf
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// live reports whether a verified passport is still good: neither it nor
+// any passport before it in its chain revoked, and neither its agent nor
+// any agent before it in its chain blocked or deleted. One round trip.
+func (a *Authority) live(ctx context.Context, c *passport.Claims) (bool, error) {
+	jtis, agents := []string{c.ID}, []string{c.Subject}
+	if c.Delegation != nil {
+		for _, l := range c.Delegation.Links {
+			jtis, agents = append(jtis, l.JTI), append(agents, l.Sub)
+		}
+	}
+	pipe := a.rdb.Pipeline()
+	revoked := make([]*redis.FloatCmd, len(jtis))
+	for i, jti := range jtis {
+		revoked[i] = pipe.ZScore(ctx, passport.RevokedKey, jti)
+	}
+	blocked := make([]*redis.StringCmd, len(agents))
+	for i, id := range agents {
+		blocked[i] = pipe.HGet(ctx, passport.AgentKey(c.Tenant, id), passport.FieldBlocked)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return false, err
+	}
+	for _, rc := range revoked {
+		if rc.Err() == nil {
+			return false, nil
+		}
+	}
+	for _, bc := range blocked {
+		if v, _ := bc.Result(); v != "0" { // blocked, or the agent was deleted
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (c *caller) mayAccess(cl *passport.Claims) bool {
@@ -373,8 +412,10 @@ func (a *Authority) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if who.agent != nil && who.agent.ID != c.Subject {
-		writeOAuthError(w, http.StatusBadRequest, "unauthorized_client", "a client may revoke only its own passports")
+	// An agent may revoke its own passports, and the delegated passports
+	// that act on its behalf (it appears in their chain).
+	if who.agent != nil && who.agent.ID != c.Subject && (c.Delegation == nil || !slices.Contains(c.Delegation.Chain, who.agent.ID)) {
+		writeOAuthError(w, http.StatusBadRequest, "unauthorized_client", "a client may revoke only its own passports and those acting on its behalf")
 		return
 	}
 	if who.admin != nil && !who.admin.may(c.Tenant) {

@@ -29,6 +29,9 @@ const (
 	authBasic         = "client_secret_basic"
 	authPost          = "client_secret_post"
 	authPrivateKeyJWT = "private_key_jwt"
+	// authActorToken: a token exchange whose actor shows its own passport
+	// (actor_token) instead of client credentials.
+	authActorToken = "actor_token"
 
 	assertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
@@ -66,7 +69,13 @@ type tokenForm struct {
 	Audience      string
 	Task          string
 	Tenant        string
-	method        string
+	// Token exchange (RFC 8693 §2.1).
+	SubjectToken       string
+	SubjectTokenType   string
+	ActorToken         string
+	ActorTokenType     string
+	RequestedTokenType string
+	method             string
 }
 
 // maxParam bounds each form value; the body limit bounds the total.
@@ -103,6 +112,11 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	f.AuthzDetails = get("authorization_details")
 	f.Task = get("task")
 	f.Tenant = get("tenant")
+	f.SubjectToken = get("subject_token")
+	f.SubjectTokenType = get("subject_token_type")
+	f.ActorToken = get("actor_token")
+	f.ActorTokenType = get("actor_token_type")
+	f.RequestedTokenType = get("requested_token_type")
 	res, aud := get("resource"), get("audience")
 	if res != "" && aud != "" && res != aud {
 		return nil, errInvalidRequest("resource and audience disagree")
@@ -144,6 +158,11 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	if methods > 1 {
 		return nil, errInvalidRequest("use exactly one client authentication method")
 	}
+	if methods == 0 && f.GrantType == passport.GrantTypeTokenExchange && f.ActorToken != "" {
+		// RFC 8693: the actor may show its own passport instead.
+		f.method = authActorToken
+		return f, nil
+	}
 	if methods == 0 {
 		return nil, errInvalidClient
 	}
@@ -169,6 +188,7 @@ func safeParam(k string) string {
 
 func (a *Authority) handleToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	a.setNonce(ctx, w)
 	tok, method, err := a.token(ctx, r)
 	if err != nil {
 		var oe *oauthError
@@ -184,7 +204,7 @@ func (a *Authority) handleToken(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
 	writeJSON(w, http.StatusOK, client.TokenResponse{
-		AccessToken: tok.raw, TokenType: "Bearer", ExpiresIn: int64(a.cfg.Passport.Lifetime.Seconds()), Scope: tok.scope,
+		AccessToken: tok.raw, TokenType: tok.tokenType, ExpiresIn: tok.expiresIn, Scope: tok.scope, IssuedTokenType: tok.issuedType,
 	})
 }
 
@@ -192,6 +212,11 @@ type issued struct {
 	raw   string
 	scope string
 	trust passport.TrustLevel
+	// tokenType is "Bearer" or "DPoP"; expiresIn the seconds left, which
+	// an exchange may cut short; issuedType is set by an exchange.
+	tokenType  string
+	expiresIn  int64
+	issuedType string
 }
 
 func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string, error) {
@@ -211,8 +236,16 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 		}
 		return nil, "", err
 	}
-	if f.GrantType != "client_credentials" {
-		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported", 0}
+	switch f.GrantType {
+	case "client_credentials":
+	case passport.GrantTypeTokenExchange:
+		if a.cfg.Delegation.MaxDepth == 0 {
+			return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "token exchange is turned off on this authority", 0}
+		}
+		tok, err := a.exchange(ctx, r, f)
+		return tok, f.method, err
+	default:
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "supported grant types: client_credentials, " + passport.GrantTypeTokenExchange, 0}
 	}
 	if err := a.Init(ctx); err != nil {
 		return nil, f.method, err
@@ -231,6 +264,9 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 	}
 	grant, err := a.narrow(agent, f)
 	if err != nil {
+		return nil, f.method, err
+	}
+	if grant.jkt, err = a.checkDPoP(ctx, r, dpopNeed{required: agent.RequireDPoP, why: "this agent is registered with require_dpop"}); err != nil {
 		return nil, f.method, err
 	}
 	if err := a.takeIssuance(ctx, agent); err != nil {
@@ -463,6 +499,14 @@ type grant struct {
 	actions  []string
 	details  []passport.AuthorizationDetail
 	task     *passport.Task
+	// jkt binds the passport to a DPoP key (cnf.jkt) when set.
+	jkt string
+	// A token exchange sets the rest: the chain, and the caps the subject
+	// passport puts on exp and on the trust level.
+	act        *passport.Actor
+	delegation *passport.Delegation
+	maxExp     time.Time
+	maxTrust   passport.TrustLevel
 }
 
 // narrow turns the request into a grant that never exceeds the agent's
@@ -491,14 +535,9 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 		allowed = slices.Compact(req)
 	}
 	if f.Task != "" {
-		var t passport.Task
-		dec := json.NewDecoder(strings.NewReader(f.Task))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&t); err != nil || dec.More() {
-			return nil, errInvalidRequest("task must be a JSON object {id, purpose, target, actions}")
-		}
-		if t.ID == "" || len(t.ID) > 128 || len(t.Purpose) > 512 || len(t.Target) > 128 {
-			return nil, errInvalidRequest("task needs an id (at most 128 characters); purpose at most 512, target at most 128")
+		t, err := parseTask(f.Task)
+		if err != nil {
+			return nil, err
 		}
 		for _, act := range t.Actions {
 			if !slices.Contains(allowed, act) {
@@ -511,24 +550,16 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 			allowed = slices.Compact(acts)
 			t.Actions = allowed
 		}
-		g.task = &t
+		g.task = t
 	}
 	if f.AuthzDetails != "" {
-		var ds []passport.AuthorizationDetail
-		dec := json.NewDecoder(strings.NewReader(f.AuthzDetails))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&ds); err != nil || dec.More() || len(ds) == 0 || len(ds) > 32 {
-			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "authorization_details must be a JSON array of 1-32 agent_action entries", 0}
+		ds, err := parseDetails(f.AuthzDetails)
+		if err != nil {
+			return nil, err
 		}
 		var union []string
 		for i := range ds {
 			d := &ds[i]
-			if d.Type != passport.AuthorizationDetailType {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "unsupported authorization_details type; want " + passport.AuthorizationDetailType, 0}
-			}
-			if len(d.Actions) == 0 {
-				return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "each entry needs actions", 0}
-			}
 			for _, act := range d.Actions {
 				if !slices.Contains(allowed, act) {
 					return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "action " + safeAction(act) + " is not granted to this agent", 0}
@@ -567,6 +598,41 @@ func (a *Authority) narrow(agent *agentRecord, f *tokenForm) (*grant, error) {
 	return g, nil
 }
 
+// parseTask reads the task parameter: a JSON object {id, purpose,
+// target, actions}, strictly.
+func parseTask(s string) (*passport.Task, error) {
+	var t passport.Task
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil || dec.More() {
+		return nil, errInvalidRequest("task must be a JSON object {id, purpose, target, actions}")
+	}
+	if t.ID == "" || len(t.ID) > 128 || len(t.Purpose) > 512 || len(t.Target) > 128 {
+		return nil, errInvalidRequest("task needs an id (at most 128 characters); purpose at most 512, target at most 128")
+	}
+	return &t, nil
+}
+
+// parseDetails reads the authorization_details parameter (RFC 9396): a
+// JSON array of 1-32 agent_action entries, each with actions.
+func parseDetails(s string) ([]passport.AuthorizationDetail, error) {
+	var ds []passport.AuthorizationDetail
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ds); err != nil || dec.More() || len(ds) == 0 || len(ds) > 32 {
+		return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "authorization_details must be a JSON array of 1-32 agent_action entries", 0}
+	}
+	for _, d := range ds {
+		if d.Type != passport.AuthorizationDetailType {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "unsupported authorization_details type; want " + passport.AuthorizationDetailType, 0}
+		}
+		if len(d.Actions) == 0 {
+			return nil, &oauthError{http.StatusBadRequest, "invalid_authorization_details", "each entry needs actions", 0}
+		}
+	}
+	return ds, nil
+}
+
 func safeAction(s string) string {
 	if actionRE.MatchString(s) && len(s) <= 64 {
 		return strconv.Quote(s)
@@ -579,7 +645,16 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 	now := a.now().Truncate(time.Second)
 	score := agent.Reputation.At(now)
 	trust := agent.Trust.Min(a.cfg.Reputation.allowed(score))
+	if g.maxTrust.Valid() {
+		trust = trust.Min(g.maxTrust)
+	}
 	exp := now.Add(a.cfg.Passport.Lifetime)
+	if !g.maxExp.IsZero() && g.maxExp.Before(exp) {
+		exp = g.maxExp // never outlive the passport it was exchanged for
+	}
+	if !exp.After(now) {
+		return nil, errInvalidRequest("subject_token expires too soon to be exchanged")
+	}
 	claims := &passport.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer: a.cfg.Issuer, Subject: agent.ID, Audience: jwt.ClaimStrings{g.audience},
@@ -594,9 +669,16 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 		},
 		AuthorizationDetails: g.details,
 		Task:                 g.task,
+		Act:                  g.act,
+		Delegation:           g.delegation,
 	}
 	if agent.Owner != "" {
 		claims.Oversight = &passport.Oversight{Owner: agent.Owner}
+	}
+	tokenType := "Bearer"
+	if g.jkt != "" {
+		claims.Cnf = &passport.Confirmation{JKT: g.jkt}
+		tokenType = passport.TokenTypeDPoP
 	}
 	raw, err := a.sign(ctx, claims)
 	if err != nil {
@@ -622,9 +704,13 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 		_ = a.rdb.ZRem(ctx, key, claims.ID).Err()
 		return nil, &oauthError{http.StatusBadRequest, "unauthorized_client", "agent is blocked", 0}
 	}
-	a.log.InfoContext(ctx, "passport issued", "tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID,
-		"trust_level", trust, "scope", claims.Scope, "exp", exp)
-	return &issued{raw: raw, scope: claims.Scope, trust: trust}, nil
+	args := []any{"tenant", agent.Tenant, "agent_id", agent.ID, "jti", claims.ID, "trust_level", trust, "scope", claims.Scope,
+		"exp", exp, "token_type", tokenType}
+	if g.delegation != nil {
+		args = append(args, "on_behalf_of", g.act.Sub, "root", g.delegation.Root, "depth", g.delegation.Depth)
+	}
+	a.log.InfoContext(ctx, "passport issued", args...)
+	return &issued{raw: raw, scope: claims.Scope, trust: trust, tokenType: tokenType, expiresIn: int64(exp.Sub(now) / time.Second)}, nil
 }
 
 // sign signs claims with the current key and verifies the result with the

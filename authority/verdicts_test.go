@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -111,6 +112,18 @@ func TestOneVerdictForEveryPassport(t *testing.T) {
 		{"tampered signature", tamperSig(sign(hdr, payload(nil))), false},
 		{"HS256 with the public key", signHS256(t, k.pub, `{"alg":"HS256","kid":"`+kid+`","typ":"at+jwt"}`, payload(nil)), false},
 		{"alg none", b64url(`{"alg":"none","kid":"`+kid+`","typ":"at+jwt"}`) + "." + b64url(payload(nil)) + ".", false},
+		// The delegation and confirmation claims, as strictly as the rest.
+		{"act without delegation", sign(hdr, payload(func(m map[string]any) { m["act"] = map[string]any{"sub": other.ID} })), false},
+		{"delegation null", sign(hdr, payload(func(m map[string]any) { m["delegation"] = nil })), false},
+		{"act null", sign(hdr, payload(func(m map[string]any) { m["act"] = nil })), false},
+		{"cnf null", sign(hdr, payload(func(m map[string]any) { m["cnf"] = nil })), false},
+		{"cnf with a jwk", sign(hdr, payload(func(m map[string]any) { m["cnf"] = map[string]any{"jwk": map[string]any{"kty": "OKP"}} })), false},
+		{"cnf jkt not a thumbprint", sign(hdr, payload(func(m map[string]any) { m["cnf"] = map[string]any{"jkt": "abc"} })), false},
+		{"chain not ending with sub", sign(hdr, payload(func(m map[string]any) {
+			m["act"] = map[string]any{"sub": other.ID}
+			m["delegation"] = map[string]any{"depth": 1, "root": other.ID, "chain": []string{other.ID, other.ID},
+				"links": []map[string]any{{"sub": other.ID, "name": "o", "type": "observer", "trust_level": "HIGH", "jti": "j"}}}
+		})), false},
 	}
 	ctx := context.Background()
 	for _, tc := range cases {
@@ -255,3 +268,30 @@ func plusInSig(tok string) string {
 }
 
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestProxyRefusesWhatItDoesNotCheck: genuine delegated and DPoP-bound
+// passports, which the authority issues and introspection calls active,
+// are refused by a proxy whose verifier does not declare that it checks
+// every link of a chain (AcceptDelegated) and DPoP proofs (AcceptBound):
+// 401 and nothing forwarded, never accepted as plain bearer passports.
+// When the proxy learns both checks this test is where its verdicts move.
+func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	f := newDelegationFleet(e)
+	px := startProxy(t, e)
+	root := e.token(f.commander, nil)
+	if !px.call(t, root) {
+		t.Fatal("the proxy refused a plain passport")
+	}
+	delegated, _ := e.mustExchange(f.healer, root, nil, nil)
+	k := newDPoPKey(t, jose.EdDSA)
+	_, tr, _, _ := e.tokenDPoP(f.commander, k.proof("POST", e.a.tokenURL(), e.clock.Now(), nil))
+	for name, tok := range map[string]string{"delegated": delegated, "bound": tr.AccessToken} {
+		if e.introspect(tok, adminAuth(testAdminToken))["active"] != true {
+			t.Fatalf("%s passport inactive at the authority", name)
+		}
+		if px.call(t, tok) {
+			t.Fatalf("a proxy that does not check them forwarded a %s passport", name)
+		}
+	}
+}

@@ -21,11 +21,11 @@
 //	                    ("0" replays the whole stream)
 //	tail=<n>            replay the last n entries (n ≤ max_tail), then go live
 //	                    (neither: live only)
-//	types=a,b           event types (default: decision, incident, reputation,
-//	                    agent_blocked, agent_unblocked, chaos; also outcome,
-//	                    revocation on request)
+//	types=a,b           event types (default: decision, refusals, incident,
+//	                    reputation, agent_blocked, agent_unblocked, chaos; also
+//	                    outcome, revocation on request)
 //	agent=<id>[,<id>]   only events about these agents
-//	decision=deny[,…]   only decision/outcome events with these decisions
+//	decision=deny[,…]   only decision/outcome/refusals events with these decisions
 //	                    (other types are not affected)
 //
 // Refusals are plain HTTP problem documents before the upgrade: 400 bad
@@ -42,9 +42,9 @@
 //	{
 //	  "v": 1,                       schema version
 //	  "id": "1732567000000-0",      stream id: resume with since=<id>
-//	  "type": "decision",           decision | outcome | incident | reputation |
-//	                                agent_blocked | agent_unblocked | revocation |
-//	                                chaos | live
+//	  "type": "decision",           decision | outcome | refusals | incident |
+//	                                reputation | agent_blocked | agent_unblocked |
+//	                                revocation | chaos | live
 //	  "tenant": "acme",
 //	  "time": "2026-11-25T20:00:00.123Z",  when the record was written
 //	  "agent_id", "agent_name", "agent_type", "trust_level", "reputation",
@@ -60,6 +60,11 @@
 //	      chaos: {"id","type","target","action":"inject|clear","injected_at"}
 //	      reputation: {"agent_id","score","previous","outcome","trust_level"}
 //	      agent_blocked: {"agent_id","reason","cause"}
+//	      refusals: {"reason","count","first","last","first_request_id",
+//	                 "last_request_id","source","outage"}: refused calls of
+//	                 one source, reason and second, counted in one event
+//	                 (calls without a valid passport, and every refusal
+//	                 while the audit store is degraded)
 //	  "writer", "seq"               the audit chain position, to cross-check
 //	                                with passport audit verify
 //	}

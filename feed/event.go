@@ -28,6 +28,9 @@ const (
 	TypeAgentUnblocked = string(audit.KindAgentUnblocked)
 	TypeRevocation     = string(audit.KindRevocation)
 	TypeChaos          = string(audit.KindChaos)
+	// TypeRefusals summarises refused calls of one source, reason and
+	// second (details: audit.RefusalSummary, with "count").
+	TypeRefusals = string(audit.KindRefusals)
 	// TypeLive is a control message, not a stream entry: it is sent once
 	// the replay asked for with since= or tail= is complete and the
 	// connection is following the stream live. It carries no "id".
@@ -38,6 +41,7 @@ const (
 var knownTypes = map[string]bool{
 	TypeDecision: true, TypeOutcome: true, TypeIncident: true, TypeReputation: true,
 	TypeAgentBlocked: true, TypeAgentUnblocked: true, TypeRevocation: true, TypeChaos: true,
+	TypeRefusals: true,
 }
 
 // defaultTypes are sent when the client does not say types=. Outcome
@@ -45,7 +49,7 @@ var knownTypes = map[string]bool{
 // ids, so both are opt-in.
 var defaultTypes = map[string]bool{
 	TypeDecision: true, TypeIncident: true, TypeReputation: true,
-	TypeAgentBlocked: true, TypeAgentUnblocked: true, TypeChaos: true,
+	TypeAgentBlocked: true, TypeAgentUnblocked: true, TypeChaos: true, TypeRefusals: true,
 }
 
 // Event is one message of the feed (schema v1, documented in doc.go).
@@ -134,7 +138,7 @@ func decodeEntry(msg redis.XMessage) (*Event, error) {
 type Filter struct {
 	Types     map[string]bool // nil: defaultTypes
 	Agents    map[string]bool // nil: every agent
-	Decisions map[string]bool // nil: every decision; applies to decision and outcome events
+	Decisions map[string]bool // nil: every decision; applies to decision, outcome and refusals events
 }
 
 // Match reports whether ev passes the filter.
@@ -149,7 +153,7 @@ func (f *Filter) Match(ev *Event) bool {
 	if f.Agents != nil && !f.Agents[ev.AgentID] {
 		return false
 	}
-	if f.Decisions != nil && (ev.Type == TypeDecision || ev.Type == TypeOutcome) && !f.Decisions[ev.Decision] {
+	if f.Decisions != nil && (ev.Type == TypeDecision || ev.Type == TypeOutcome || ev.Type == TypeRefusals) && !f.Decisions[ev.Decision] {
 		return false
 	}
 	return true

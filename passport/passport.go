@@ -40,6 +40,18 @@ const (
 	// AuthorizationDetailType is the RFC 9396 "type" of the authorization
 	// details entries a passport carries.
 	AuthorizationDetailType = "agent_action"
+
+	// GrantTypeTokenExchange is the RFC 8693 grant type with which an
+	// agent exchanges another agent's passport for a delegated one.
+	GrantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+	// TokenTypeAccessToken is the RFC 8693 token type of a passport, as a
+	// subject_token, an actor_token and the issued token.
+	TokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
+
+	// MaxDelegationDepth caps any delegation chain, whatever an authority
+	// is configured to issue: a verifier refuses a passport whose chain is
+	// longer, so the work a chain costs every proxy stays bounded.
+	MaxDelegationDepth = 8
 )
 
 // Algorithms lists the signing algorithms a verifier may accept.
@@ -79,8 +91,17 @@ type Claims struct {
 	Task *Task `json:"task,omitempty"`
 	// Oversight names who is accountable for the agent, when known.
 	Oversight *Oversight `json:"oversight,omitempty"`
-	// Delegation records on whose behalf the agent acts, when it does.
+	// Act names, in a delegated passport, on whose behalf the holder acts
+	// (RFC 8693 §4.1): act.sub is the agent whose passport was exchanged
+	// for this one, its own act the agent before that, down to the root.
+	Act *Actor `json:"act,omitempty"`
+	// Delegation is the same chain as Act, in the order policies read it.
+	// Act and Delegation are both present or both absent.
 	Delegation *Delegation `json:"delegation,omitempty"`
+	// Cnf binds the passport to a key (RFC 7800, RFC 9449 §6): it may only
+	// be used with a DPoP proof signed by the key whose RFC 7638
+	// thumbprint is cnf.jkt.
+	Cnf *Confirmation `json:"cnf,omitempty"`
 }
 
 // Agent is the "agent" claim: who the agent is and how far it is trusted.
@@ -122,9 +143,65 @@ type Oversight struct {
 	Owner string `json:"owner,omitempty"`
 }
 
-// Delegation records the principal on whose behalf the agent acts.
+// Actor is an "act" claim (RFC 8693 §4.1). Unlike RFC 8693's own example,
+// where sub is the principal and act.sub the actor, a passport's sub is
+// always its holder (every proxy check — blocks, reputation, revocation
+// by agent — is about the holder), so act.sub here is the agent the
+// holder acts for, and a nested Act the agent that one acted for.
+type Actor struct {
+	// Sub is an agent id.
+	Sub string `json:"sub"`
+	// Act is the previous link, when the chain is longer.
+	Act *Actor `json:"act,omitempty"`
+}
+
+// Delegation describes a delegated passport's chain.
 type Delegation struct {
-	Principal string `json:"principal,omitempty"`
+	// Depth is how many exchanges made this passport: 1 when an agent
+	// exchanged the root's own passport.
+	Depth int `json:"depth"`
+	// Root is the agent at the start of the chain: Chain[0].
+	Root string `json:"root"`
+	// Chain is every agent id in order, the root first and the holder
+	// (sub) last: Depth+1 entries.
+	Chain []string `json:"chain"`
+	// Links describe the passports exchanged on the way, root first
+	// (Depth entries; Links[i] was held by Chain[i]). A verifier refuses
+	// the passport when any link's jti is revoked or its agent blocked.
+	Links []DelegationLink `json:"links"`
+}
+
+// DelegationLink is one passport exchanged on the way to a delegated one.
+type DelegationLink struct {
+	// Sub is the agent that held it.
+	Sub string `json:"sub"`
+	// Name and Type are that agent's, for audit trails and policies.
+	Name string `json:"name"`
+	Type string `json:"type"`
+	// TrustLevel is the trust level that passport carried. A delegated
+	// passport's own trust level is never higher than any link's.
+	TrustLevel TrustLevel `json:"trust_level"`
+	// JTI is that passport's id.
+	JTI string `json:"jti"`
+}
+
+// Confirmation is the "cnf" claim (RFC 7800). Only the RFC 9449 key
+// thumbprint method is used; a verifier refuses any other member.
+type Confirmation struct {
+	// JKT is the base64url SHA-256 JWK thumbprint (RFC 7638) of the key
+	// that must sign every DPoP proof presented with the passport.
+	JKT string `json:"jkt"`
+}
+
+// Delegated reports whether the passport was obtained by token exchange.
+func (c *Claims) Delegated() bool { return c.Delegation != nil }
+
+// BoundKey returns cnf.jkt, or "" for a bearer passport.
+func (c *Claims) BoundKey() string {
+	if c.Cnf == nil {
+		return ""
+	}
+	return c.Cnf.JKT
 }
 
 // Actions returns every action the passport grants, without duplicates.

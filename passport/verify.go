@@ -94,6 +94,19 @@ type VerifierConfig struct {
 	Clock func() time.Time
 	// Keys finds verification keys. Required.
 	Keys KeyFunc
+	// AcceptDelegated admits delegated passports (act and delegation
+	// claims, RFC 8693). Set it only when the caller refuses a passport
+	// any of whose links (delegation.links) is revoked or whose agent is
+	// blocked, as it does for the holder: otherwise revoking an ancestor
+	// would not reach its descendants. Default false: such passports are
+	// refused with ErrDelegatedUnsupported.
+	AcceptDelegated bool
+	// AcceptBound admits DPoP-bound passports (cnf.jkt, RFC 9449). Set it
+	// only when the caller checks a DPoP proof by the bound key on every
+	// use (VerifyDPoP with DPoPRequest.JKT), or, like introspection,
+	// hands cnf on to one that does. Default false: such passports are
+	// refused with ErrBoundUnsupported, never taken as bearer tokens.
+	AcceptBound bool
 }
 
 // Verifier is the one strict passport verifier: the proxy, the authority's
@@ -198,30 +211,8 @@ func (v *Verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 	if len(tok) > v.cfg.MaxTokenBytes {
 		return nil, ErrTooLarge
 	}
-	// Shape: three base64url parts, no padding, nothing else.
-	var parts [3]string
-	n := 0
-	start := 0
-	for i := 0; i < len(tok); i++ {
-		c := tok[i]
-		if c == '.' {
-			if n == 2 {
-				return nil, ErrMalformed
-			}
-			parts[n] = tok[start:i]
-			n++
-			start = i + 1
-			continue
-		}
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-			return nil, ErrMalformed
-		}
-	}
-	if n != 2 {
-		return nil, ErrMalformed
-	}
-	parts[2] = tok[start:]
-	if parts[0] == "" || parts[1] == "" || parts[2] == "" {
+	parts, ok := splitCompact(tok)
+	if !ok {
 		return nil, ErrMalformed
 	}
 	hdrJSON, err := base64.RawURLEncoding.Strict().DecodeString(parts[0])
@@ -304,11 +295,51 @@ func (v *Verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 		(claims.ClientID != "" && claims.ClientID != claims.Subject) {
 		return nil, ErrClaims
 	}
+	if err := checkDelegation(payload, &claims); err != nil {
+		return nil, err
+	}
+	if err := checkConfirmation(payload, &claims); err != nil {
+		return nil, err
+	}
+	if claims.Delegation != nil && !v.cfg.AcceptDelegated {
+		return nil, ErrDelegatedUnsupported
+	}
+	if claims.Cnf != nil && !v.cfg.AcceptBound {
+		return nil, ErrBoundUnsupported
+	}
 	vp := &Verified{Claims: &claims, Payload: payload, Exp: claims.ExpiresAt.Time}
 	if claims.NotBefore != nil {
 		vp.NotBefore = claims.NotBefore.Time
 	}
 	return vp, nil
+}
+
+// splitCompact splits a compact JWS into its three parts: base64url
+// characters only, no padding, no empty part, exactly two dots.
+func splitCompact(tok string) ([3]string, bool) {
+	var parts [3]string
+	n := 0
+	start := 0
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if c == '.' {
+			if n == 2 {
+				return parts, false
+			}
+			parts[n] = tok[start:i]
+			n++
+			start = i + 1
+			continue
+		}
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return parts, false
+		}
+	}
+	if n != 2 {
+		return parts, false
+	}
+	parts[2] = tok[start:]
+	return parts, parts[0] != "" && parts[1] != "" && parts[2] != ""
 }
 
 // keyFor looks the kid up exactly and pins the algorithm to the key: an

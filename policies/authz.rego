@@ -27,10 +27,14 @@ allow if count(reasons) == 0
 # without evaluating the reason rules and their negations, and the first
 # body below hands out the allowed decision when nothing is left to check;
 # the second checks the rest (freeze windows, arguments, the passport's
-# task). What data alone decides was worked out once per load
-# (clearances, fast.rego). The fast path may be stricter than the rules (a
-# call it does not clear gets full_decision, and the same answer), never
-# looser. Every rule that adds a reason must have its counterpart here or
+# task). The third, the table path, decides most calls the fast path
+# leaves, denials above all, from tables and three checks (table_decision),
+# so that refusing costs about what allowing does: a flood of denials must
+# not cost more CPU than allowed calls. What data alone decides was worked
+# out once per load (clearances, fast.rego). A fast path may be stricter
+# than the rules (a call it does not settle gets full_decision, and the
+# same answer), never looser, and the table path gives exactly the rules'
+# answer. Every rule that adds a reason must have its counterpart here or
 # in clearances, or the check would not be applied to calls that pass all
 # the others: fastpath_test.go fails when the reason rules change, as a
 # reminder, and compares decision with full_decision over many inputs.
@@ -57,6 +61,9 @@ decision := data.passport.loaded.clearances.allowed if {
 
 	# task_target_mismatch, task_action_mismatch
 	task_clear(call.task_reads_exempt)
+} else := d if {
+	# The table path (fast.rego): most denied calls, decided from tables.
+	d := table_decision
 } else := full_decision
 
 # full_decision evaluates every rule: the allow flag and all the reasons.

@@ -21,6 +21,13 @@ import data.passport.config
 clearances := {
 	"allowed": allowed_decision,
 	"calls": clear_calls,
+	"denials": denials,
+	"min_reputations": min_reputations,
+	"resources": tenant_resources,
+	"plain_actions": plain_actions,
+	"route_tenants": route_tenants,
+	"spans": call_spans,
+	"static_index": static_index,
 } if {
 	# The freeze windows are well formed, so that no freeze rule can fail
 	# on them: each is an object whose lists are lists.
@@ -94,8 +101,12 @@ clear_calls[agent_type][level][name][tenant] := {
 	tenant != ""
 	resources := object.union({resource: true | some resource in tenant_config.services}, any_resource(action))
 	spans := window_spans(agent_type, name, action, tenant)
-	arguments := name in {"service.scale", "deployment.deploy", "chaos.inject"}
+	arguments := name in argument_actions
 }
+
+# argument_actions have argument constraints on the request body
+# (arguments.rego).
+argument_actions := {"service.scale", "deployment.deploy", "chaos.inject"}
 
 simple(spans, arguments) if {
 	count(spans) == 0
@@ -210,3 +221,275 @@ task_clear(_) if {
 	object.get(input.passport.task, "target", "") in {"", input.resource}
 	input.action in object.get(input.passport.task, "actions", [])
 }
+
+# The table path: denied calls.
+#
+# A denied call must cost about what an allowed one does, or a flood of
+# denials costs the proxy more than the calls it serves: each reason rule
+# costs a few microseconds, and evaluating them all made a denial cost
+# about seven allowed calls. table_decision decides the calls that the
+# fast path does not clear (denials, and allowed calls on non-production
+# routes) from tables worked out once per load and a few checks, with the
+# rules' answer (TestFastDecisionMatchesFullDecision compares them); it
+# leaves task-bound passports and malformed or unknown fields to
+# full_decision.
+#
+# The reasons that the agent type, the trust level, the action and the
+# route's production decide alone, whatever else the call holds, are the
+# checks of unknown_agent_type, agent_type_not_permitted (agents.rego),
+# trust_level_too_low (trust.rego) and chaos_on_production_route
+# (arguments.rego), restated for data keys as three indexes of denials.
+# Only actions whose data entry is an object are in these tables (such an
+# action is never unknown_action); the calls of the others take the full
+# evaluation.
+#
+# type_index[agent type][action] is 2 when the type is false in data
+# (unknown_agent_type), 1 when its capabilities lack the action
+# (agent_type_not_permitted), else 0.
+type_index := {agent_type: {name: type_check(agent_type, name) |
+	some name, action in config.actions
+	is_object(action)
+} |
+	some agent_type, _ in config.agent_types
+}
+
+type_check(agent_type, name) := 2 if {
+	config.agent_types[agent_type] == false
+} else := 0 if {
+	name in type_capabilities_of(agent_type)
+} else := 1
+
+type_capabilities_of(agent_type) := capabilities if {
+	capabilities := config.agent_types[agent_type].capabilities
+} else := []
+
+# level_index[trust level][action] is 1 when the level is below the
+# action's (trust_level_too_low), else 0.
+level_index := {level: {name: level_check(level, action) |
+	some name, action in config.actions
+	is_object(action)
+} |
+	some level, _ in config.trust_levels
+}
+
+level_check(level, action) := 0 if {
+	config.trust_levels[level] >= config.trust_levels[action.trust]
+} else := 1
+
+# chaos_index[action][route kind] is 1 when the action is limited to
+# non-production routes and the route is not one
+# (chaos_on_production_route), else 0. The route kind is 0 for a route
+# whose production is not false, 1 for one whose production is false.
+chaos_index := {name: [to_number(object.get(action, "non_production_only", false) == true), 0] |
+	some name, action in config.actions
+	is_object(action)
+}
+
+# static_index[agent type][trust level][action][route kind] is the three
+# indexes above as one number, 4 * type + 2 * level + chaos: the first
+# index of denials. One lookup per call instead of three.
+static_index := {agent_type: {level: {name: [i |
+	some c in chaos_index[name]
+	i := ((4 * t) + (2 * level_index[level][name])) + c
+] |
+	some name, t in by_name
+} |
+	some level, _ in config.trust_levels
+} |
+	some agent_type, by_name in type_index
+}
+
+# denials[static index][granted][reputation ok][resource in tenant] is the
+# decision for a call with these indexes (the last three are
+# table_decision's checks, 0 when one fails, 1 when it passes), as far as
+# they decide it: stored whole, handed out as it is when the call has no
+# argument or freeze reasons. It does not depend on data beyond the
+# revision: 96 decisions, whatever the data's size.
+denials := [[[[decision_for(array.concat(static, checks)) |
+	some checks in by_reputation
+] |
+	some by_reputation in by_granted
+] |
+	some by_granted in check_reasons
+] |
+	some i in numbers.range(0, 11)
+	static := array.concat(array.concat(type_reasons[floor(i / 4)], level_reasons[floor((i % 4) / 2)]), chaos_reasons[i % 2])
+]
+
+type_reasons := [[], ["agent_type_not_permitted"], ["unknown_agent_type"]]
+
+level_reasons := [[], ["trust_level_too_low"]]
+
+chaos_reasons := [[], ["chaos_on_production_route"]]
+
+# check_reasons[granted][reputation ok][resource in tenant] are the
+# reasons of table_decision's three checks: action_not_granted,
+# reputation_too_low, resource_not_in_tenant.
+check_reasons := [[[array.concat(
+	array.concat(
+		[code | code := "action_not_granted"; granted == false],
+		[code | code := "reputation_too_low"; reputation_ok == false],
+	),
+	[code | code := "resource_not_in_tenant"; in_tenant == false],
+) |
+	some in_tenant in [false, true]
+] |
+	some reputation_ok in [false, true]
+] |
+	some granted in [false, true]
+]
+
+# decision_for is full_decision's value for a call with these reasons (1
+# is supported_input_version).
+decision_for(reasons) := {
+	"allow": false,
+	"reasons": sort(reasons),
+	"input_version": 1,
+	"data_revision": object.get(config, "revision", ""),
+} if {
+	count(reasons) > 0
+} else := allowed_decision
+
+# min_reputations[action] is the reputation an action needs (reputation_too_low),
+# 0 for none; actions whose threshold is not a number have none here.
+min_reputations := {name: max([threshold, 0]) |
+	some name, action in config.actions
+	is_object(action)
+	threshold := object.get(action, "min_reputation", 0)
+	is_number(threshold)
+}
+
+# tenant_resources[action][tenant] are the resources, as keys, that such a
+# call may name (resource_in_tenant): the tenant's services that are
+# strings, and "*" when the action allows any resource. A tenant whose
+# services are not a list has none.
+tenant_resources := {name: {tenant: object.union(
+	{resource: true | some resource in tenant_config.services; is_string(resource)},
+	any_resource(action),
+) |
+	some tenant, tenant_config in config.tenants
+	is_array(tenant_config.services)
+} |
+	some name, action in config.actions
+	is_object(action)
+}
+
+# route_tenants[tenant] are the route tenants, as keys, that agree with a
+# call's tenant (tenant_mismatch): none ("") or the same. An empty tenant
+# has none.
+route_tenants := {tenant: {"": true, tenant: true} |
+	some tenant, _ in config.tenants
+	is_string(tenant)
+	tenant != ""
+}
+
+# call_spans[agent type][action][tenant] are the spans of the freeze
+# windows that concern such a call (window_spans); a combination with a
+# concerning window whose times do not parse has none.
+call_spans := {agent_type: {name: {tenant: spans |
+	some tenant, _ in config.tenants
+	spans := window_spans(agent_type, name, action, tenant)
+} |
+	some name, action in config.actions
+} |
+	some agent_type, _ in config.agent_types
+}
+
+# table_decision is the decision for a call that the tables settle
+# (table_call): the stored decision when the call's action has no
+# arguments and no freeze window concerns it, else that decision with the
+# reasons of its arguments and windows added.
+table_decision := d if {
+	[d, spans] := table_call
+	spans == []
+	data.passport.loaded.clearances.plain_actions[input.action]
+} else := with_reasons(d, array.concat(argument_reasons, freeze_reasons(spans))) if {
+	[d, spans] := table_call
+}
+
+# plain_actions are the actions without arguments, as keys.
+plain_actions := {name: true |
+	some name, _ in config.actions
+	not name in argument_actions
+}
+
+# table_call is, for a call that the tables settle, its decision as far as
+# denials decides it and the spans of the freeze windows that concern it:
+# a well-formed call (input_version_unsupported, agent_blocked) with no
+# task (task_target_mismatch, task_action_mismatch), within its tenant
+# (tenant_mismatch), whose type, trust level, action and tenant are in
+# data, whose freeze windows' times parse, with a numeric reputation of at
+# least 0 and a string resource. Any other call takes the full
+# evaluation. Input fields used more than once are bound once: each
+# reference to input costs a step, and so does each rule or negation.
+table_call := [d, spans] if {
+	input.version == 1
+	agent := input.agent
+	agent.blocked == false
+	not input.passport.task
+	tenant := input.tenant
+	input.passport.tenant == tenant
+	route := input.route
+	reputation := agent.reputation
+	is_number(reputation)
+	reputation >= 0
+	resource := input.resource
+	is_string(resource)
+	name := input.action
+	data.passport.loaded.clearances.route_tenants[tenant][route.tenant]
+	spans := data.passport.loaded.clearances.spans[agent.type][name][tenant]
+
+	# The indexes of denials, each bound before it is used: a call inside
+	# a reference would run after it, and the reference would iterate.
+	kind := to_number(route.production == false)
+	static := data.passport.loaded.clearances.static_index[agent.type][agent.trust_level][name][kind]
+
+	# action_not_granted: the test of action_granted (agents.rego).
+	granted := to_number(count([detail |
+		some detail in input.passport.authorization_details
+		detail.type == "agent_action"
+		name in detail.actions
+		object.get(detail, "identifier", "") in {"", resource}
+	]) > 0)
+
+	# reputation_too_low, resource_not_in_tenant
+	reputation_ok := to_number(reputation >= data.passport.loaded.clearances.min_reputations[name])
+	in_tenant := to_number(object.get(data.passport.loaded.clearances.resources[name][tenant], resource, false))
+	d := data.passport.loaded.clearances.denials[static][granted][reputation_ok][in_tenant]
+}
+
+# with_reasons is decision d with extra reasons added.
+with_reasons(d, []) := d
+
+with_reasons(d, extra) := decision_for(array.concat(d.reasons, extra)) if count(extra) > 0
+
+# argument_reasons are the reasons of the call's arguments: at most one
+# per action, by the rules' own helpers (arguments.rego).
+argument_reasons := ["invalid_argument"] if {
+	input.action == "service.scale"
+	not replicas_integer
+} else := ["replicas_out_of_bounds"] if {
+	input.action == "service.scale"
+	not replicas_within_bounds
+} else := ["invalid_argument"] if {
+	input.action == "deployment.deploy"
+	not deploy_version_valid
+} else := ["fault_type_not_permitted"] if {
+	input.action == "chaos.inject"
+	not input.request.body.type in config.chaos.fault_types
+} else := []
+
+# freeze_reasons are change_freeze and invalid_time (freeze.rego) for a
+# call whose concerning windows have these spans: without a valid time,
+# invalid_time (and no window can be open); with one, change_freeze when a
+# span holds it.
+freeze_reasons([]) := []
+
+freeze_reasons(spans) := ["invalid_time"] if {
+	count(spans) > 0
+	not now_ns
+} else := ["change_freeze"] if {
+	count(spans) > 0
+	some span in spans
+	span_open(span, now_ns)
+} else := []

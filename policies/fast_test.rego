@@ -7,6 +7,15 @@ import data.passport.authz
 fast_or_slow(x) := d if {
 	d := authz.decision with input as x
 		with data.passport.loaded.clearances as authz.clearances
+		with authz.table_decision as "slow"
+		with authz.full_decision as "slow"
+}
+
+# table_or_slow is the decision for x, or "slow" when neither fast path
+# (the allowed calls' nor the table path) decides it.
+table_or_slow(x) := d if {
+	d := authz.decision with input as x
+		with data.passport.loaded.clearances as authz.clearances
 		with authz.full_decision as "slow"
 }
 
@@ -27,6 +36,101 @@ test_fast_path_leaves_denials_to_the_rules if {
 	fast_or_slow(call({"resource": "search"})) == "slow"
 	fast_or_slow(call({"agent": {"reputation": 10}})) == "slow"
 	fast_or_slow(call({"agent": {"type": "observer"}})) == "slow"
+}
+
+# The table path decides denials with the rules' answer.
+test_table_path_decides_denials if {
+	observer := call({"agent": {"type": "observer", "trust_level": "LOW"}})
+	d := table_or_slow(observer)
+	d == {
+		"allow": false,
+		"reasons": ["agent_type_not_permitted", "trust_level_too_low"],
+		"input_version": 1,
+		"data_revision": data.passport.config.revision,
+	}
+	d == authz.full_decision with input as observer
+	table_or_slow(call({"resource": "search"})).reasons == ["resource_not_in_tenant"]
+	table_or_slow(call({"agent": {"reputation": 10}})).reasons == ["reputation_too_low"]
+	table_or_slow(call({"passport": {"authorization_details": []}})).reasons == ["action_not_granted"]
+	table_or_slow(as_agent("deployer", "MEDIUM", [], {"action": "deployment.rollback", "agent": {"reputation": 10}})).reasons == [
+		"action_not_granted", "reputation_too_low",
+		"trust_level_too_low",
+	]
+	chaos := as_agent("chaos", "HIGH", ["chaos.clear"], {"action": "chaos.clear"})
+	table_or_slow(chaos).reasons == ["chaos_on_production_route"]
+
+	# An allowed call the fast path leaves (a non-production route) is
+	# allowed by the table path.
+	table_or_slow(object.union(chaos, {"route": {"production": false}})) == authz.clearances.allowed
+}
+
+# Arguments and freeze windows add their reasons.
+test_table_path_arguments_and_freezes if {
+	scale := as_agent("scaler", "MEDIUM", ["service.scale"], {
+		"action": "service.scale",
+		"time": "2026-11-25T10:00:00Z",
+		"request": {"body": {"replicas": 30}},
+	})
+	table_or_slow(scale).reasons == ["replicas_out_of_bounds"]
+	table_or_slow(object.union(scale, {"request": {"body": {"replicas": "3"}}})).reasons == ["invalid_argument"]
+	frozen := object.union(scale, {"time": "2026-12-25T10:00:00Z", "resource": "search"})
+	table_or_slow(frozen).reasons == ["change_freeze", "replicas_out_of_bounds", "resource_not_in_tenant"]
+	table_or_slow(object.union(scale, {"time": "yesterday"})).reasons == ["invalid_time", "replicas_out_of_bounds"]
+	table_or_slow(object.union(scale, {"request": {"body": {"replicas": 3}}})) == authz.clearances.allowed
+	inject := as_agent("chaos", "HIGH", ["chaos.inject"], {
+		"action": "chaos.inject",
+		"route": {"production": false},
+		"request": {"body": {"type": "meteor"}},
+	})
+	table_or_slow(inject).reasons == ["fault_type_not_permitted"]
+	deploy := as_agent("deployer", "MEDIUM", ["deployment.deploy"], {
+		"action": "deployment.deploy",
+		"time": "2026-11-25T10:00:00Z",
+		"request": {"body": {"version": "latest"}},
+	})
+	table_or_slow(deploy).reasons == ["invalid_argument"]
+}
+
+# It leaves to the rules what it does not settle: a task, another tenant,
+# a malformed field, an unknown type, a window whose time does not parse.
+test_table_path_leaves_the_rest_to_the_rules if {
+	table_or_slow(with_task(incident, {"resource": "payments"})) == "slow"
+	table_or_slow(call({"resource": "search", "route": {"tenant": "globex"}})) == "slow"
+	table_or_slow(call({"resource": "search", "agent": {"reputation": "90"}})) == "slow"
+	table_or_slow(call({"resource": 7})) == "slow"
+	table_or_slow(call({"resource": "search", "agent": {"type": "robot"}})) == "slow"
+	windows := [{"start": "soon", "end": "2027-01-02T00:00:00Z", "actions": ["service.restart"]}]
+	table_or_slow(call({"resource": "search"})) == "slow" with data.passport.config.freeze_windows as windows
+}
+
+test_clearances_denials if {
+	authz.type_index.observer["service.restart"] == 1
+	authz.type_index.healer["service.restart"] == 0
+	authz.type_index.scaler["service.restart"] == 2 with data.passport.config.agent_types.scaler as false
+	authz.level_index.LOW["service.restart"] == 1
+	authz.level_index.HIGH["service.restart"] == 0
+	authz.chaos_index["chaos.clear"] == [1, 0]
+	authz.chaos_index["service.get"] == [0, 0]
+	c := authz.clearances
+	c.static_index.observer.LOW["service.restart"] == [6, 6]
+	c.static_index.chaos.HIGH["chaos.clear"] == [1, 0]
+
+	# not permitted, too low, not chaos (6); not granted; reputation ok;
+	# resource in tenant
+	c.denials[6][0][1][1].reasons == ["action_not_granted", "agent_type_not_permitted", "trust_level_too_low"]
+	c.denials[9][1][0][0].reasons == [
+		"chaos_on_production_route", "reputation_too_low",
+		"resource_not_in_tenant", "unknown_agent_type",
+	]
+	c.denials[0][1][1][1] == c.allowed
+	c.min_reputations["service.restart"] == 50
+	c.min_reputations["service.get"] == 0
+	c.resources["service.list"].acme == {"checkout": true, "payments": true, "*": true}
+	c.route_tenants.acme == {"": true, "acme": true}
+	count(c.spans.deployer["deployment.deploy"].acme) == 1
+	c.spans.healer["deployment.deploy"].acme == []
+	c.plain_actions["service.restart"]
+	not c.plain_actions["service.scale"]
 }
 
 test_fast_path_chaos_only_when_not_limited_to_non_production if {

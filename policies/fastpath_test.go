@@ -154,7 +154,7 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 				return rs[0].Expressions[0].Value, ""
 			}
 			rng := rand.New(rand.NewPCG(1, uint64(len(name))))
-			allowed, fastHits := 0, 0
+			allowed, fastHits, denied, tableHits := 0, 0, 0, 0
 			for i := range n {
 				in := randomCall(rng)
 				v, err := ast.InterfaceToValue(in)
@@ -173,14 +173,24 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 				if !reflect.DeepEqual(got, want) {
 					t.Fatalf("input %d %s:\ndecision:      %v\nfull_decision: %v", i, mustJSON(in), got, want)
 				}
+				quick := false
+				if d, _ := eval(slow, v); d != "slow" {
+					quick = true
+				}
 				if want.(map[string]any)["allow"] == true {
 					allowed++
-					if d, _ := eval(slow, v); d != "slow" {
+					if quick {
 						fastHits++
+					}
+				} else {
+					denied++
+					if quick {
+						tableHits++
 					}
 				}
 			}
-			t.Logf("%d inputs, %d allowed, %d of them through the fast path", n, allowed, fastHits)
+			t.Logf("%d inputs, %d allowed, %d of them through a fast path; %d denied, %d of them through the table path",
+				n, allowed, fastHits, denied, tableHits)
 			if allowed < n/10 {
 				t.Fatalf("only %d of %d inputs allowed: the generator no longer exercises the fast path", allowed, n)
 			}
@@ -188,11 +198,16 @@ func TestFastDecisionMatchesFullDecision(t *testing.T) {
 			// window with an unparseable time take the full evaluation;
 			// most allowed calls must not.
 			if name == "malformed" {
-				if fastHits != 0 {
-					t.Fatalf("%d calls took the fast path with malformed windows", fastHits)
+				if fastHits+tableHits != 0 {
+					t.Fatalf("%d calls took a fast path with malformed windows", fastHits+tableHits)
 				}
 			} else if fastHits < allowed/2 {
 				t.Fatalf("only %d of %d allowed calls took the fast path", fastHits, allowed)
+			} else if tableHits < denied/10 {
+				// Most generated denials change a field to another type or
+				// remove it, which the proxy never does, and those take the
+				// full evaluation; the well-formed ones must not.
+				t.Fatalf("only %d of %d denied calls took the table path", tableHits, denied)
 			}
 		})
 	}

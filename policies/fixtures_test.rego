@@ -74,9 +74,13 @@ as_agent(type, trust, actions, patch) := object.union(
 
 # decide is the decision for input x as the proxy evaluates it: with the
 # load-time document clearances in data (proxy/policy stores it once per
-# load), so that allowed calls take the fast path.
+# load), so that calls take the fast path or the table path. It is
+# undefined, and the test fails, unless the reason rules (full_decision)
+# give the same answer, so that every test checks the rules and the fast
+# paths alike.
 decide(x) := d if {
 	d := authz.decision with input as x with data.passport.loaded.clearances as authz.clearances
+	d == authz.full_decision with input as x
 }
 
 # reasons_of is the decision's reasons for input x.

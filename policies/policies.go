@@ -79,20 +79,23 @@ func Load(fsys fs.FS, tests bool) (*Library, error) {
 	return load(fsys, ".", tests)
 }
 
-// LoadDir is Load of a directory on disk; module names and error
-// positions then carry the directory, as with opa.
+// LoadDir is Load of a directory on disk, read as the proxy reads it
+// (policy.ReadDir): regular files inside the directory only, bounded in
+// size; a symbolic link that leaves it, a FIFO or a device is refused with
+// the file and the reason.
 func LoadDir(dir string, tests bool) (*Library, error) {
-	return load(nil, dir, tests)
+	fsys, err := policy.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	return load(fsys, ".", tests)
 }
 
 func load(fsys fs.FS, root string, tests bool) (*Library, error) {
 	filter := func(_ string, info fs.FileInfo, _ int) bool {
 		return !tests && !info.IsDir() && IsTestFile(info.Name())
 	}
-	l := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true)
-	if fsys != nil {
-		l = l.WithFS(fsys)
-	}
+	l := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true).WithFS(fsys)
 	res, err := l.Filtered([]string{root}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
@@ -159,6 +162,19 @@ func Check(fsys fs.FS, caps *ast.Capabilities) error {
 	ref := ast.MustParseRef(DecisionQuery)
 	if len(c.GetRulesExact(ref)) == 0 {
 		return ErrNoDecision
+	}
+	// Reasons go back to agents, and the proxy refuses a decision whose
+	// reasons are not codes: catch a constant one here, before a deploy.
+	for _, m := range lib.Modules {
+		for _, r := range m.Rules {
+			if r.Head.Name != "reasons" && r.Head.Ref().String() != "reasons" || r.Head.Key == nil {
+				continue
+			}
+			if s, ok := r.Head.Key.Value.(ast.String); ok && !policy.IsReasonCode(string(s)) {
+				return fmt.Errorf("%s: reason %q is not a reason code ([a-z][a-z0-9_]*, at most %d bytes): the proxy would deny every call it is given for",
+					r.Location, s, policy.MaxReasonLen)
+			}
+		}
 	}
 	// The proxy evaluates the load-time documents when it loads the
 	// policy; one that fails would fail the load.

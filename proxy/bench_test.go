@@ -168,7 +168,7 @@ func BenchmarkInputJSON(b *testing.B) {
 	rt, params := p.router.match("POST", []string{"services", "checkout", "restart"})
 	restart := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
 	body := []byte(`{"replicas": 3, "reason": "p99 latency above the SLO for 10 minutes"}`)
-	bv, err := decodeBody(body)
+	bv, err := decodeBody(body, anyBody)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/tlsx"
@@ -27,6 +28,7 @@ const (
 	DefaultBodyLimit     = 64 << 10
 	DefaultMaxHeaderByte = 32 << 10
 	DefaultMaxHeaders    = 100
+	DefaultMaxBodyDepth  = 32
 	DefaultUnattributed  = "unattributed"
 )
 
@@ -102,6 +104,8 @@ type Config struct {
 
 	// Redis is used by `passport proxy` to build the client (Deps.Redis).
 	Redis redisx.Config `yaml:"redis"`
+	// Audit tunes the audit writer `passport proxy` builds (Deps.Audit).
+	Audit AuditConfig `yaml:"audit"`
 
 	// Policy says which Rego to load.
 	Policy PolicyConfig `yaml:"policy"`
@@ -116,11 +120,35 @@ type Config struct {
 	// Default user-agent, content-type.
 	PolicyHeaders []string `yaml:"policy_headers"`
 
+	// StripHeaders are headers, besides the built-in list (method
+	// overrides, original URL, client address, Forwarded and
+	// X-Forwarded-*: see docs/security.md), that are removed from every
+	// request before it goes upstream, in every spelling (case, "_" and
+	// "." read as "-"). A name ending in "*" strips every header with that
+	// prefix. Add the headers your upstream's framework lets a client use
+	// to change the method, the target or who it believes the client is.
+	// Default none.
+	StripHeaders []string `yaml:"strip_headers"`
+
 	// Upstreams by name.
 	Upstreams map[string]Upstream `yaml:"upstreams"`
 	// Routes in the order they are documented; matching prefers literal
 	// segments over parameters, whatever the order.
 	Routes []Route `yaml:"routes"`
+}
+
+// AuditConfig is the part of the audit writer's settings (audit.StreamConfig)
+// an operator sets for a proxy.
+type AuditConfig struct {
+	// SpoolDir keeps outcome records on disk, fsynced, while Redis cannot
+	// take them, and replays them in order once it can; also across a
+	// restart (one proxy per directory). Default: a private temporary
+	// directory made on first need (records left there at exit are named
+	// in the log). PASSPORT_AUDIT_SPOOL_DIR overrides it.
+	SpoolDir string `yaml:"spool_dir"`
+	// SpoolMaxBytes bounds the spool: at the bound the proxy forwards
+	// nothing new (503 audit_backlog_full) until it drains. Default 256 MiB.
+	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
 }
 
 // PolicyConfig selects the enforced and the shadow policy.
@@ -144,8 +172,12 @@ type Limits struct {
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 	// MaxHeaders bounds the number of header fields (431 beyond). Default 100.
 	MaxHeaders int `yaml:"max_headers"`
-	// MaxBodyBytes bounds any request body (413 beyond). Default 1 MiB.
+	// MaxBodyBytes bounds any request body (413 beyond), and routes'
+	// body_limit. Default 1 MiB.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxBodyDepth bounds the nesting of a JSON body shown to the policy
+	// (400 bad_body beyond). Default 32.
+	MaxBodyDepth int `yaml:"max_body_depth"`
 }
 
 // Timeouts of the agent-facing server.
@@ -193,11 +225,29 @@ type Route struct {
 	Tenant string `yaml:"tenant"`
 	// Production marks routes on production systems. Default true.
 	Production *bool `yaml:"production"`
-	// PolicyBody sends the JSON request body to the policy. Default false.
+	// PolicyBody sends the JSON request body to the policy. The body must
+	// then be application/json (415 otherwise) holding one object that
+	// every mainstream decoder reads the same way (400 bad_body
+	// otherwise: internal/strictjson). Default false.
 	PolicyBody bool `yaml:"policy_body"`
-	// BodyLimit bounds the body read for the policy (413 beyond). Default
-	// 64 KiB.
+	// BodyNames is the rule for member names of a policy body: "folded"
+	// (every name in lower-case folded form, so that "Replicas" cannot
+	// reach an upstream that matches names case-insensitively while the
+	// policy reads "replicas") or "distinct" (any case, for upstreams
+	// with mixed-case names; two names of one object that fold to the
+	// same are still refused). Default folded.
+	BodyNames string `yaml:"body_names"`
+	// BodyLimit bounds the request body (413 beyond). The body is read
+	// whole, up to this limit, before anything is forwarded, so a framing
+	// error or an oversized body is refused (400 or 413) and never
+	// reaches the upstream. Default 64 KiB, at most limits.max_body_bytes.
 	BodyLimit int64 `yaml:"body_limit"`
+	// StreamBody streams the body to the upstream as it arrives instead
+	// (for large uploads), bounded by limits.max_body_bytes: the upstream
+	// may then see a request whose body breaks off. Not with policy_body;
+	// form bodies are refused on such routes (415), since the proxy
+	// cannot look for a method override in them. Default false.
+	StreamBody bool `yaml:"stream_body"`
 	// Timeout overrides the upstream's timeout.
 	Timeout time.Duration `yaml:"timeout"`
 	// ForwardPassport forwards the Authorization header upstream. Default
@@ -223,8 +273,9 @@ func Default() Config {
 		RequireAgentRecord:     &t,
 		OutcomeQueue:           1024,
 		UnattributedTenant:     DefaultUnattributed,
+		Audit:                  AuditConfig{SpoolMaxBytes: audit.DefaultSpoolMaxBytes},
 		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second},
-		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes},
+		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes, MaxBodyDepth: DefaultMaxBodyDepth},
 		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
 		PolicyHeaders:          []string{"user-agent", "content-type"},
 	}
@@ -295,6 +346,9 @@ func (c *Config) fill() {
 	if c.UnattributedTenant == "" {
 		c.UnattributedTenant = d.UnattributedTenant
 	}
+	if c.Audit.SpoolMaxBytes == 0 {
+		c.Audit.SpoolMaxBytes = d.Audit.SpoolMaxBytes
+	}
 	if c.Policy.Timeout == 0 {
 		c.Policy.Timeout = d.Policy.Timeout
 	}
@@ -310,6 +364,9 @@ func (c *Config) fill() {
 	if c.Limits.MaxBodyBytes == 0 {
 		c.Limits.MaxBodyBytes = d.Limits.MaxBodyBytes
 	}
+	if c.Limits.MaxBodyDepth == 0 {
+		c.Limits.MaxBodyDepth = d.Limits.MaxBodyDepth
+	}
 	if c.Timeouts.ReadHeader == 0 {
 		c.Timeouts.ReadHeader = d.Timeouts.ReadHeader
 	}
@@ -324,6 +381,9 @@ func (c *Config) fill() {
 	}
 	if c.PolicyHeaders == nil {
 		c.PolicyHeaders = d.PolicyHeaders
+	}
+	if len(c.StripHeaders) == 0 {
+		c.StripHeaders = nil // "strip_headers: []" is the default
 	}
 	for i := range c.PolicyHeaders {
 		c.PolicyHeaders[i] = strings.ToLower(c.PolicyHeaders[i])
@@ -352,13 +412,22 @@ func (c *Config) fill() {
 			r.Production = &t
 		}
 		if r.BodyLimit == 0 {
-			r.BodyLimit = DefaultBodyLimit
+			r.BodyLimit = min(DefaultBodyLimit, c.Limits.MaxBodyBytes)
+		}
+		if r.BodyNames == "" {
+			r.BodyNames = BodyNamesFolded
 		}
 		if r.Timeout == 0 {
 			r.Timeout = c.Upstreams[r.Upstream].Timeout
 		}
 	}
 }
+
+// Values of Route.BodyNames.
+const (
+	BodyNamesFolded   = "folded"
+	BodyNamesDistinct = "distinct"
+)
 
 var (
 	actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
@@ -408,6 +477,17 @@ func (c *Config) Validate() error {
 		if h == "authorization" || h == "cookie" || h == "proxy-authorization" {
 			bad("policy_headers: %q carries credentials and is never copied", h)
 		}
+	}
+	if c.Limits.MaxBodyDepth < 1 || c.Limits.MaxBodyDepth > 1000 {
+		bad("limits.max_body_depth: %d is outside 1..1000", c.Limits.MaxBodyDepth)
+	}
+	for _, h := range c.StripHeaders {
+		if name := strings.TrimSuffix(h, "*"); name == "" || !validHeaderName(name) {
+			bad("strip_headers: %q is not a header name (or a prefix ending in *)", h)
+		}
+	}
+	if c.Audit.SpoolMaxBytes < 0 {
+		bad("audit.spool_max_bytes: must not be negative")
 	}
 	if err := c.Redis.Validate(); err != nil {
 		errs = append(errs, err)
@@ -460,6 +540,12 @@ func (c *Config) Validate() error {
 		if r.BodyLimit < 0 || r.BodyLimit > c.Limits.MaxBodyBytes {
 			bad("%s: body_limit %d is outside 0..limits.max_body_bytes", where, r.BodyLimit)
 		}
+		if r.StreamBody && r.PolicyBody {
+			bad("%s: stream_body and policy_body exclude each other: the policy needs the whole body", where)
+		}
+		if r.BodyNames != BodyNamesFolded && r.BodyNames != BodyNamesDistinct {
+			bad("%s: body_names %q: want %s or %s", where, r.BodyNames, BodyNamesFolded, BodyNamesDistinct)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -488,4 +574,15 @@ func FleetConfig(fleetURL string) Config {
 	c.Upstreams = map[string]Upstream{"fleet": {URL: fleetURL}}
 	c.Routes = FleetRoutes()
 	return c
+}
+
+// validHeaderName reports whether s is an RFC 9110 field name (a token).
+func validHeaderName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return s != ""
 }

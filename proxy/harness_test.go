@@ -161,18 +161,28 @@ func newHarnessWith(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *
 // newHarnessWithSink uses sink (nil: a fakeSink kept in h.sink).
 func newHarnessWithSink(t *testing.T, srv *redistest.Server, sink audit.Sink, mod ...func(*Config)) *harness {
 	t.Helper()
+	return newHarnessFull(t, srv, sink, nil, mod...)
+}
+
+// newHarnessFull also takes the proxy's own Redis client (nil: a direct
+// one, shared with the test), e.g. one that goes through a faulty relay.
+func newHarnessFull(t *testing.T, srv *redistest.Server, sink audit.Sink, proxyRedis redis.UniversalClient, mod ...func(*Config)) *harness {
+	t.Helper()
 	h := &harness{t: t, keys: testkeys.New(t), redis: srv, sink: &fakeSink{}, up: newRecorder(t)}
 	if sink == nil {
 		sink = h.sink
 	}
 	h.rdb = h.redis.Client()
+	if proxyRedis == nil {
+		proxyRedis = h.rdb
+	}
 	cfg := testConfig(h.up.srv.URL, h.keys.URL())
 	cfg.Redis.URL = h.redis.URL()
 	for _, m := range mod {
 		m(&cfg)
 	}
 	h.reg = prometheus.NewRegistry()
-	p, err := New(cfg, Deps{Redis: h.rdb, Audit: sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	p, err := New(cfg, Deps{Redis: proxyRedis, Audit: sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registry: h.reg, Clock: h.now})
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +253,9 @@ func (h *harness) do(method, path, token string, hdr map[string]string, body str
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json") // unless hdr says otherwise
 	}
 	for k, v := range hdr {
 		req.Header[k] = []string{v} // as given: no canonicalisation

@@ -31,7 +31,7 @@ func TestInputJSONIsWhatThePolicySaw(t *testing.T) {
 	r := httptest.NewRequest("POST", "/services/checkout/scale?x=1&x=2", nil)
 	r.Header.Set("User-Agent", "healer/1.0")
 	body := []byte(`{"replicas": 3, "note": "a\u00e9"}`)
-	bv, err := decodeBody(body)
+	bv, err := decodeBody(body, anyBody)
 	if err != nil {
 		t.Fatal(err)
 	}

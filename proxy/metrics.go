@@ -67,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		subscriptionUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "passport_proxy_revocation_subscription_up",
-			Help: "1 while the revocation subscription is live and the local sets are loaded.",
+			Help: "1 while the revocation subscription is live, its sets loaded, and a heartbeat proved it current within 500ms.",
 		}),
 		revocationLoads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passport_proxy_revocation_loads_total",
@@ -75,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		revocationFallback: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passport_proxy_revocation_direct_checks_total",
-			Help: "Revocation checks that asked Redis directly because the subscription was down.",
+			Help: "Revocation checks that asked Redis directly because the subscription was down or not proven current.",
 		}),
 	}
 	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.keyRefreshes, m.auditFailures,

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/proxy/policy"
 )
@@ -77,6 +78,8 @@ type Proxy struct {
 	enforced *policy.Engine
 	shadow   *policy.Engine
 	denials  *denialReporter
+	refusals *audit.Aggregator // refusal summaries (KindRefusals)
+	backlog  audit.Backlog     // the audit sink's backlog, when it has one
 	handler  http.Handler
 	metaJSON []byte
 	metaURL  string
@@ -86,6 +89,7 @@ type Proxy struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	draining atomic.Bool
+	flight   *inflight
 }
 
 // New validates cfg, loads the policy and prepares the key source. It does
@@ -109,6 +113,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, log: d.Logger, clock: d.Clock, audit: d.Audit, rdb: d.Redis, reg: d.Registry}
 	p.m = newMetrics(d.Registry)
+	p.flight = newInflight()
 	tm := tlsx.NewMetrics(d.Registry)
 	var err error
 	if p.tls, err = cfg.TLS.Config(tlsx.Options{Name: "proxy", Logger: d.Logger, Metrics: tm}); err != nil {
@@ -178,6 +183,8 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.revoked = newRevocations(d.Redis, d.Logger, d.Clock, p.m)
 	p.reps = newReputations(d.Redis, cfg.ReputationCache, d.Clock)
 	p.denials = newDenialReporter(&p.cfg, d.HTTPClient, p.m, d.Logger)
+	p.refusals = audit.NewAggregator(d.Audit, audit.AggregatorConfig{Clock: d.Clock}, d.Registry)
+	p.backlog, _ = d.Audit.(audit.Backlog)
 
 	// Routes and their upstreams.
 	ups := map[string]*upstream{}
@@ -194,6 +201,10 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		r := &route{Route: rc, tpl: tpl, production: *rc.Production, upstream: ups[rc.Upstream]}
 		r.m = &routeMetrics{upstream: p.m.upstreamSeconds.WithLabelValues(rc.Name)}
 		r.inputTerm, r.actionTerm = routeTerm(r), ast.StringTerm(rc.Action)
+		r.bodyOpts = strictjson.Options{MaxDepth: p.cfg.Limits.MaxBodyDepth, Object: true}
+		if rc.BodyNames == BodyNamesFolded {
+			r.bodyOpts.Names = strictjson.NamesFolded
+		}
 		routes = append(routes, r)
 	}
 	p.router = newRouter(routes)
@@ -242,7 +253,9 @@ func (p *Proxy) notReady(ctx context.Context) []string {
 	if !p.keys.ready(ctx) {
 		out = append(out, "signing keys not fetched")
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Half the probe budget: a hung Redis must not make /readyz itself
+	// hang past the orchestrator's 1s probe timeout.
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	if err := p.rdb.Ping(ctx).Err(); err != nil {
 		out = append(out, "redis unreachable")
@@ -255,8 +268,10 @@ func (p *Proxy) Ready(ctx context.Context) bool { return len(p.notReady(ctx)) ==
 
 // Run serves the agent and admin listeners and runs the background work
 // (policy reload, revocation subscription, key retries, denial reports)
-// until ctx ends. On ctx end it stops taking new connections, lets
-// in-flight calls finish (up to timeouts.drain) and returns nil.
+// until ctx ends. On ctx end it drains: new calls are answered 503
+// draining (the port stays open), calls in flight may finish for up to
+// timeouts.drain, and those still running then are cut, each with an
+// aborted outcome record; then it closes the listeners and returns nil.
 func (p *Proxy) Run(ctx context.Context) error {
 	defer p.bgCancel()
 	ln, err := net.Listen("tcp", p.cfg.Listen)
@@ -285,6 +300,7 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	g.Go(func() error { return p.revoked.Run(bg) })
 	g.Go(func() error { return p.denials.Run(bg) })
+	g.Go(func() error { return p.refusals.Run(bg) }) // its last summaries go out after the drain
 	g.Go(func() error { p.keyRetry(bg); return nil })
 	g.Go(func() error {
 		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "tls", p.tls != nil, "policy_revision", p.enforced.Revision())
@@ -303,14 +319,30 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		<-gctx.Done()
 		p.draining.Store(true)
 		p.log.Info("proxy draining", "timeout", p.cfg.Timeouts.Drain)
-		sctx, cancel := context.WithTimeout(context.Background(), p.cfg.Timeouts.Drain)
+		srv.SetKeepAlivesEnabled(false)
+		idle := p.flight.drain()
+		deadline := time.NewTimer(p.cfg.Timeouts.Drain)
+		defer deadline.Stop()
+		select {
+		case <-idle:
+		case <-deadline.C:
+			n := p.cut()
+			p.log.Warn("drain deadline reached; calls still running were cut and recorded as aborted", "calls", n)
+			// Cancelled calls answer at once; give them a moment to.
+			grace := time.NewTimer(time.Second)
+			select {
+			case <-idle:
+			case <-grace.C:
+			}
+			grace.Stop()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		err := srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
 		_ = admin.Shutdown(sctx)
 		bgCancel() // background work stops after the last call is answered
-		if err != nil {
-			return fmt.Errorf("proxy drain: %w", err)
-		}
 		return nil
 	})
 	return g.Wait()
@@ -351,25 +383,41 @@ func (p *Proxy) keyRetry(ctx context.Context) {
 // Revision is the enforced policy revision.
 func (p *Proxy) Revision() string { return p.enforced.Revision() }
 
-// requestID accepts a sane incoming X-Request-Id (so a caller can follow
-// its call through the logs) or makes a new one.
-func requestID(r *http.Request) string {
-	if v := r.Header.Get("X-Request-Id"); len(v) >= 8 && len(v) <= 64 {
-		ok := true
-		for i := 0; i < len(v); i++ {
-			c := v[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return v
-		}
-	}
+// newRequestID is the proxy's own id for a call: 128 random bits, the key
+// of its audit records. A client's X-Request-Id is never used for it: two
+// calls with the same client id would share records, and a verifier that
+// (rightly) requires one decision per request would call the trail
+// tampered for good.
+func newRequestID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// maxClientRequestID bounds the client's X-Request-Id as kept.
+const maxClientRequestID = 128
+
+// clientRequestID is the client's X-Request-Id, kept beside the proxy's
+// own id so that a caller can still find its call: the first value only,
+// at most maxClientRequestID bytes, every byte outside a conservative set
+// (letters, digits and -_.:/+=@) replaced by "_", so that it is safe in
+// logs and records. It is a label, never a key.
+func clientRequestID(r *http.Request) string {
+	vs := r.Header.Values(HeaderXRequest)
+	if len(vs) == 0 || vs[0] == "" {
+		return ""
+	}
+	v := vs[0]
+	if len(v) > maxClientRequestID {
+		v = v[:maxClientRequestID]
+	}
+	b := []byte(v)
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.:/+=@", c) >= 0) {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }
 
 func protectedResourceMetadata(cfg *Config, routes []*route) []byte {
@@ -446,8 +494,9 @@ func newUpstream(name string, u Upstream, p *Proxy, tm *tlsx.Metrics) (*upstream
 		ForceAttemptHTTP2:     false,
 	}
 	up := &upstream{name: name, url: target, timeout: u.Timeout}
+	strip := newHeaderStrip(p.cfg.StripHeaders)
 	up.rp = &httputil.ReverseProxy{
-		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
+		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, target, strip) },
 		Transport:      tr,
 		BufferPool:     newBufferPool(),
 		ModifyResponse: modifyResponse,

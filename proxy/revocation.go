@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,40 +24,83 @@ import (
 // the call is refused (503), never allowed on stale data.
 var ErrStateUnavailable = errors.New("revocation state unavailable")
 
+// How the revocation subscription proves it is current. Every
+// heartbeatEvery the proxy sends PING on its subscription connection,
+// carrying the send time. Redis answers a subscribed connection's PING in
+// the same output stream as the channel's messages, in the order it ran
+// the commands; so a pong for a PING sent at S proves that every
+// revocation Redis took before S has been delivered and applied. The
+// local sets are trusted only while such a proof is younger than
+// staleAfter; past it, every call asks Redis itself (and is refused when
+// Redis does not answer), and past resubscribeAfter the subscription is
+// torn down and rebuilt.
+//
+// The proxies send their own heartbeats rather than the authority: a
+// proxy then does not depend on the authority running to trust its sets,
+// needs no PUBLISH permission (with which it could forge unblock events to
+// every other proxy), and N proxies cost N pings, not N² messages.
+const (
+	heartbeatEvery   = 150 * time.Millisecond
+	staleAfter       = 500 * time.Millisecond
+	resubscribeAfter = 1500 * time.Millisecond
+	// loadChunk is how many revocations one load command reads, so a
+	// million live ones never sit in one reply.
+	loadChunk = 10000
+)
+
 // revocations mirrors the revoked-passport and blocked-agent sets of Redis.
 //
 // It subscribes to the revocation channel first and only then loads both
 // sets in full, so no event can fall between the load and the
 // subscription. The same happens after every reconnect. While the
-// subscription is not live, check asks Redis directly on every call, and
-// when Redis does not answer either, the call is refused: a proxy never
-// allows on a state it cannot vouch for.
+// subscription is not live or not fresh (see heartbeatEvery), check asks
+// Redis directly on every call, and when Redis does not answer either,
+// the call is refused: a proxy never allows on a state it cannot vouch for.
 type revocations struct {
 	rdb   redis.UniversalClient
 	log   *slog.Logger
 	clock func() time.Time
 	m     *metrics
 
-	live    atomic.Bool
+	base      time.Time    // origin of the monotonic times below
+	live      atomic.Bool  // subscribed and loaded
+	confirmed atomic.Int64 // ns since base: the newest moment the sets are proven current
+	stale     atomic.Bool  // last seen state, for logging transitions
+
 	mu      sync.RWMutex
-	revoked map[string]int64 // jti -> exp (unix s)
+	revoked *revokedSet
 	blocked map[string]struct{}
 }
 
 func newRevocations(rdb redis.UniversalClient, log *slog.Logger, clock func() time.Time, m *metrics) *revocations {
-	return &revocations{rdb: rdb, log: log, clock: clock, m: m, revoked: map[string]int64{}, blocked: map[string]struct{}{}}
+	return &revocations{rdb: rdb, log: log, clock: clock, m: m, base: time.Now(),
+		revoked: newRevokedSet(0), blocked: map[string]struct{}{}}
+}
+
+// mono is the monotonic time since rv.base, in ns. Freshness is measured
+// on the real clock, never the injected one: it is about the network.
+func (rv *revocations) mono() int64 { return int64(time.Since(rv.base)) }
+
+// fresh reports whether the local sets may be trusted now.
+func (rv *revocations) fresh() bool {
+	return rv.live.Load() && rv.mono()-rv.confirmed.Load() < int64(staleAfter)
+}
+
+// staleness is how old the newest proof of currency is.
+func (rv *revocations) staleness() time.Duration {
+	return time.Duration(rv.mono() - rv.confirmed.Load())
 }
 
 // check returns nil, ErrRevoked, ErrBlocked or ErrStateUnavailable.
 func (rv *revocations) check(ctx context.Context, jti, tenant, agentID string) error {
 	member := passport.BlockedMember(tenant, agentID)
-	if rv.live.Load() {
+	if rv.fresh() {
 		rv.mu.RLock()
-		_, revoked := rv.revoked[jti]
+		revoked := rv.revoked.has(jti)
 		_, blocked := rv.blocked[member]
 		rv.mu.RUnlock()
-		// The subscription may have died while we looked; then ask Redis.
-		if rv.live.Load() {
+		// The subscription may have gone quiet while we looked; then ask Redis.
+		if rv.fresh() {
 			switch {
 			case revoked:
 				return ErrRevoked
@@ -113,75 +159,133 @@ func (rv *revocations) Run(ctx context.Context) error {
 	return nil
 }
 
+const heartbeatPrefix = "passport-heartbeat:"
+
 func (rv *revocations) follow(ctx context.Context) error {
 	ps := rv.rdb.Subscribe(ctx, passport.RevocationChannel)
 	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
+	// The confirmation is bounded: on a silent network it never comes.
+	if _, err := ps.ReceiveTimeout(ctx, resubscribeAfter); err != nil {
 		return fmt.Errorf("subscribe %s: %w", passport.RevocationChannel, err)
 	}
+	// Every revocation answered before the load starts is in what it reads;
+	// every later one comes on the subscription.
+	loadStart := rv.mono()
 	if err := rv.load(ctx); err != nil {
 		return err
 	}
+	rv.confirmed.Store(loadStart)
 	rv.live.Store(true)
 	rv.m.subscriptionUp.Set(1)
 	rv.m.revocationLoads.Inc()
 	rv.log.InfoContext(ctx, "revocation subscription live", "revoked", rv.size())
 
-	// A watchdog pings the subscription every second and closes it when
-	// nothing (not even a pong) arrived for three: a dead connection is
-	// noticed within seconds even without a TCP reset, and closing also
-	// unblocks the receive below when ctx ends.
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				_ = ps.Close()
-				return
-			case <-t.C:
-			}
-			if time.Since(time.Unix(0, last.Load())) > 3*time.Second {
-				_ = ps.Close()
-				return
-			}
-			_ = ps.Ping(wctx)
-			rv.prune()
-		}
-	}()
+	go rv.heartbeat(wctx, ps, rv.mono())
 	for {
 		msg, err := ps.Receive(wctx)
 		if err != nil {
 			return fmt.Errorf("receive revocations: %w", err)
 		}
-		last.Store(time.Now().UnixNano())
-		if m, ok := msg.(*redis.Message); ok {
+		switch m := msg.(type) {
+		case *redis.Message:
 			rv.apply(ctx, m.Payload)
+		case *redis.Pong:
+			if v, ok := strings.CutPrefix(m.Payload, heartbeatPrefix); ok {
+				if sent, err := strconv.ParseInt(v, 10, 64); err == nil && sent > rv.confirmed.Load() {
+					rv.confirmed.Store(sent) // only this goroutine stores after the load
+				}
+			}
 		}
 	}
 }
 
+// heartbeat pings the subscription, prunes expired revocations, and closes
+// the subscription (which ends follow's receive) when ctx ends or no pong
+// came back for resubscribeAfter since it went live at liveAt (a load of a
+// large set may itself take longer than that: it must not loop).
+func (rv *revocations) heartbeat(ctx context.Context, ps *redis.PubSub, liveAt int64) {
+	defer ps.Close()
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	ping := func() {
+		pctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
+		_ = ps.Ping(pctx, heartbeatPrefix+strconv.FormatInt(rv.mono(), 10))
+		cancel()
+	}
+	ping() // at once: the load may have taken a while
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		age := rv.staleness()
+		stale := age >= staleAfter
+		if stale != rv.stale.Swap(stale) {
+			if stale {
+				rv.log.WarnContext(ctx, "revocation subscription silent; checking Redis per call", "silent_for", age)
+			} else {
+				rv.log.InfoContext(ctx, "revocation subscription current again")
+			}
+		}
+		if stale {
+			rv.m.subscriptionUp.Set(0)
+		} else {
+			rv.m.subscriptionUp.Set(1)
+		}
+		if rv.mono()-max(rv.confirmed.Load(), liveAt) >= int64(resubscribeAfter) {
+			return
+		}
+		ping()
+		rv.prune()
+	}
+}
+
+// load reads both sets in full, the revocations in chunks by score (the
+// passport's expiry), and swaps them in.
 func (rv *revocations) load(ctx context.Context) error {
 	now := rv.clock().Unix()
-	zs, err := rv.rdb.ZRangeByScoreWithScores(ctx, passport.RevokedKey, &redis.ZRangeBy{
-		Min: strconv.FormatInt(now-int64(passport.MaxLeeway/time.Second), 10), Max: "+inf",
-	}).Result()
-	if err != nil {
-		return fmt.Errorf("load revoked passports: %w", err)
+	from := strconv.FormatInt(now-int64(passport.MaxLeeway/time.Second), 10)
+	revoked := newRevokedSet(0)
+	var skip int64 // members already read at score from
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		zs, err := rv.rdb.ZRangeByScoreWithScores(cctx, passport.RevokedKey, &redis.ZRangeBy{
+			Min: from, Max: "+inf", Offset: skip, Count: loadChunk,
+		}).Result()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("load revoked passports: %w", err)
+		}
+		for _, z := range zs {
+			if s, ok := z.Member.(string); ok {
+				revoked.add(s, int64(z.Score))
+			}
+		}
+		if len(zs) < loadChunk {
+			break
+		}
+		// Continue from the last score read, skipping the members at that
+		// score already read: one short seek per chunk, however large the
+		// set, and nothing missed or read twice.
+		last := zs[len(zs)-1].Score
+		lastS := strconv.FormatFloat(last, 'f', -1, 64)
+		if lastS == from {
+			skip += int64(len(zs))
+		} else {
+			from, skip = lastS, 0
+			for i := len(zs) - 1; i >= 0 && zs[i].Score == last; i-- {
+				skip++
+			}
+		}
 	}
-	members, err := rv.rdb.SMembers(ctx, passport.BlockedKey).Result()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	members, err := rv.rdb.SMembers(cctx, passport.BlockedKey).Result()
+	cancel()
 	if err != nil {
 		return fmt.Errorf("load blocked agents: %w", err)
-	}
-	revoked := make(map[string]int64, len(zs))
-	for _, z := range zs {
-		if s, ok := z.Member.(string); ok {
-			revoked[s] = int64(z.Score)
-		}
 	}
 	blocked := make(map[string]struct{}, len(members))
 	for _, m := range members {
@@ -211,7 +315,7 @@ func (rv *revocations) apply(ctx context.Context, payload string) {
 		if exp == 0 {
 			exp = rv.clock().Add(passport.MaxLifetime).Unix()
 		}
-		rv.revoked[ev.JTI] = exp
+		rv.revoked.add(ev.JTI, exp)
 	case passport.EventBlock:
 		rv.blocked[passport.BlockedMember(ev.Tenant, ev.AgentID)] = struct{}{}
 	case passport.EventUnblock:
@@ -219,22 +323,82 @@ func (rv *revocations) apply(ctx context.Context, payload string) {
 	}
 }
 
-// prune forgets revocations of passports that have expired anyway.
+// prune forgets revocations of passports that have expired anyway. It
+// visits only the expired ones, so the lock is held for them alone.
 func (rv *revocations) prune() {
 	cut := rv.clock().Add(-passport.MaxLeeway).Unix()
 	rv.mu.Lock()
-	for j, exp := range rv.revoked {
-		if exp < cut {
-			delete(rv.revoked, j)
-		}
-	}
+	rv.revoked.prune(cut)
 	rv.mu.Unlock()
 }
 
 func (rv *revocations) size() int {
 	rv.mu.RLock()
 	defer rv.mu.RUnlock()
-	return len(rv.revoked)
+	return rv.revoked.len()
+}
+
+// revokedSet holds revoked passport ids with their expiry. Ids are kept as
+// seeded 64-bit hashes (16 bytes an entry instead of a string and its
+// header): a collision could only refuse a passport, never admit one, and
+// with a million entries its chance is about 1 in 10^13. Entries are also
+// filed by expiry second, so pruning visits the expired ones only.
+type revokedSet struct {
+	seed  maphash.Seed
+	m     map[uint64]int64   // id hash -> exp (unix s)
+	byExp map[int64][]uint64 // exp -> id hashes
+	secs  expHeap            // the keys of byExp, soonest first
+}
+
+func newRevokedSet(n int) *revokedSet {
+	return &revokedSet{seed: maphash.MakeSeed(), m: make(map[uint64]int64, n), byExp: map[int64][]uint64{}}
+}
+
+func (s *revokedSet) has(jti string) bool {
+	_, ok := s.m[maphash.String(s.seed, jti)]
+	return ok
+}
+
+func (s *revokedSet) add(jti string, exp int64) {
+	h := maphash.String(s.seed, jti)
+	if old, ok := s.m[h]; ok && old >= exp {
+		return
+	}
+	s.m[h] = exp
+	b, ok := s.byExp[exp]
+	if !ok {
+		heap.Push(&s.secs, exp)
+	}
+	s.byExp[exp] = append(b, h)
+}
+
+// prune removes the entries that expired before cut.
+func (s *revokedSet) prune(cut int64) {
+	for len(s.secs) > 0 && s.secs[0] < cut {
+		exp := heap.Pop(&s.secs).(int64)
+		for _, h := range s.byExp[exp] {
+			if s.m[h] == exp { // not re-filed under a later expiry
+				delete(s.m, h)
+			}
+		}
+		delete(s.byExp, exp)
+	}
+}
+
+func (s *revokedSet) len() int { return len(s.m) }
+
+// expHeap is a min-heap of expiry seconds.
+type expHeap []int64
+
+func (h expHeap) Len() int           { return len(h) }
+func (h expHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h expHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expHeap) Push(x any)        { *h = append(*h, x.(int64)) }
+func (h *expHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // agentState is the live part of an agent read from its Redis hash.

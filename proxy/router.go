@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/agentpassport/passport/internal/strictjson"
 )
 
 // Errors of path normalisation; each is answered 400.
@@ -109,6 +111,7 @@ type route struct {
 	m          *routeMetrics
 	inputTerm  *ast.Term // the input's "route" object, built once
 	actionTerm *ast.Term
+	bodyOpts   strictjson.Options // how a policy body is decoded
 }
 
 // router finds the route of a method and normalised path. Routes with a
@@ -255,10 +258,6 @@ func unhex(c byte) byte {
 	}
 	return c - 'A' + 10
 }
-
-// methodOverrideHeaders let some frameworks treat a POST as another
-// method; the policy judged the real method, so they never go upstream.
-var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 // isUpgrade reports a request for a protocol switch (WebSocket, h2c): a
 // tunnel would carry calls that skip policy and audit.

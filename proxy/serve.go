@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -14,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -32,7 +31,8 @@ const (
 
 // call is the state of one request as it goes through the chain.
 type call struct {
-	id       string
+	id       string // the proxy's own, unique: the key of the call's records
+	clientID string // the client's X-Request-Id, sanitised: a label only
 	start    time.Time
 	path     string
 	query    string
@@ -42,6 +42,10 @@ type call struct {
 	status   int
 	upStart  time.Time
 	upStatus int
+	body     *clientBody // a streamed body (route stream_body), else nil
+
+	cancel context.CancelCauseFunc    // the drain cuts the call with it
+	fw     atomic.Pointer[forwarding] // set once the call is forwarded
 }
 
 type ctxKey struct{}
@@ -86,8 +90,21 @@ func headerSize(h http.Header) int {
 
 // serve is the whole chain for one call.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	c := &call{id: requestID(r), start: time.Now()}
+	c := &call{id: newRequestID(), clientID: clientRequestID(r), start: time.Now()}
 	w.Header().Set(HeaderXRequest, c.id)
+	callCtx, cut := context.WithCancelCause(r.Context())
+	defer cut(nil)
+	c.cancel = cut
+	r = r.WithContext(callCtx)
+	if !p.flight.enter(c) {
+		// Shutting down: an answer, not a refused connection, so the agent
+		// knows to retry elsewhere.
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", "1")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "draining", "the proxy is shutting down; retry", nil)
+		return
+	}
+	defer p.flight.leave(c)
 
 	if r.URL.Path == "/.well-known/oauth-protected-resource" && r.Method == http.MethodGet {
 		w.Header().Set("Content-Type", "application/json")
@@ -111,7 +128,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	var query url.Values
 	if r.URL.RawQuery != "" {
 		query, err = url.ParseQuery(r.URL.RawQuery)
-		if err != nil || query.Has("_method") {
+		if err != nil || hasMethodField(query) {
 			p.refuse(w, r, c, http.StatusBadRequest, "bad_query", "the query string is malformed", nil)
 			return
 		}
@@ -123,11 +140,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.route = rt
-	if r.ContentLength > p.cfg.Limits.MaxBodyBytes {
+	if r.ContentLength > p.bodyLimit(rt) {
 		p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", nil)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, p.cfg.Limits.MaxBodyBytes)
+	r.Body = http.MaxBytesReader(w, r.Body, p.bodyLimit(rt))
 
 	// Passport.
 	decStart := time.Now()
@@ -135,6 +152,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	var vp *Verified
 	if err == nil {
 		vp, err = p.verifier.verify(r.Context(), tok)
+	}
+	if errors.Is(err, ErrKeysUnavailable) {
+		w.Header().Set("Retry-After", "2")
+		p.refuse(w, r, c, http.StatusServiceUnavailable, "keys_unavailable",
+			"the authority's signing keys are not loaded yet, so no passport can be checked", nil)
+		return
 	}
 	if err != nil {
 		p.unauthorized(w, r, c, err, nil)
@@ -170,29 +193,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		reputation = st.reputation.At(now)
 	}
 
-	// Body, for routes that show it to the policy.
-	var body any
-	var bodyRaw json.RawMessage
-	if rt.PolicyBody {
-		raw, err := io.ReadAll(io.LimitReader(r.Body, rt.BodyLimit+1))
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe) || int64(len(raw)) > rt.BodyLimit:
-			p.refuse(w, r, c, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large", vp)
-			return
-		case err != nil:
-			p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body could not be read", vp)
-			return
-		}
-		if len(bytes.TrimSpace(raw)) > 0 {
-			if body, err = decodeBody(raw); err != nil {
-				p.refuse(w, r, c, http.StatusBadRequest, "bad_body", "the request body is not valid JSON", vp)
-				return
-			}
-			bodyRaw = raw // valid JSON from here on: the audit input copies it unchecked
-		}
-		r.Body = io.NopCloser(bytes.NewReader(raw))
-		r.ContentLength = int64(len(raw))
+	// Body: read whole before anything is forwarded (body.go), and shown
+	// to the policy on routes that ask for it. bodyRaw is valid JSON: the
+	// audit input copies it unchecked.
+	body, bodyRaw, refusal := p.takeBody(r, c, rt)
+	if refusal != nil {
+		p.refuse(w, r, c, refusal.status, refusal.code, refusal.detail, vp)
+		return
 	}
 
 	// Policy.
@@ -216,7 +223,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	if derr != nil {
 		p.log.ErrorContext(r.Context(), "policy evaluation failed; denying", "request_id", c.id, "error", derr)
 		rec.Decision, rec.Reasons = audit.DecisionError, []string{"policy_error"}
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
 			Detail: "the policy could not decide, so the call is denied", Action: rt.Action,
@@ -226,7 +233,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if !dec.Allow {
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		p.audit.Enqueue(rec)
+		p.recordRefusal(r, rec, true)
 		p.denials.report(cl.Tenant, cl.Agent.ID)
 		c.status = http.StatusForbidden
 		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
@@ -234,6 +241,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			Resource: in.doc.Resource, Reasons: dec.Reasons, Revision: dec.Revision})
 		p.count(c, audit.DecisionDeny)
 		return
+	}
+
+	// A forwarded call must get its outcome record: while the audit
+	// backlog has no room for one, nothing new is forwarded.
+	if p.backlog != nil {
+		if err := p.backlog.OutcomeRoom(); err != nil {
+			p.log.ErrorContext(r.Context(), "audit backlog full; refusing", "request_id", c.id, "error", err)
+			w.Header().Set("Retry-After", "1")
+			p.refuse(w, r, c, http.StatusServiceUnavailable, "audit_backlog_full",
+				"the audit store is behind, so nothing is forwarded", vp)
+			return
+		}
 	}
 
 	// Write-ahead audit: no acknowledged record, no forwarding.
@@ -250,7 +269,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		// hold an allow for a call that never reached the upstream. The
 		// outcome record says so; it waits in the outcome buffer until
 		// Redis is back.
-		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision)
+		out := p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision, c.status)
 		out.Decision, out.Reasons = audit.DecisionError, []string{"audit_unavailable"}
 		p.audit.Enqueue(out)
 		return
@@ -266,6 +285,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	resource, revision := rec.Resource, dec.Revision
+	c.fw.Store(&forwarding{outcome: func(status int) *audit.Record {
+		return p.outcomeRecord(r, c, rt, cl, resource, revision, status)
+	}})
 	c.upStart = time.Now()
 	if fw := rt.ForwardPassport; !fw {
 		r.Header.Del("Authorization")
@@ -282,16 +305,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
-	p.audit.Enqueue(p.outcomeRecord(r, c, rt, cl, rec.Resource, dec.Revision))
+	p.recordOutcome(c, c.status, nil) // unless the drain recorded it already
 }
 
-// outcomeRecord is the record of how an allowed call ended: c.status is
-// the answer the agent got (the upstream's, or the proxy's own when the
-// call was not forwarded).
-func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string) *audit.Record {
-	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id, Tenant: c.tenant,
+// outcomeRecord is the record of how an allowed call ended: status is the
+// answer the agent got (the upstream's, or the proxy's own when the call
+// was not forwarded). It reads only what is fixed before forwarding, so
+// the drain may call it while the call runs.
+func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string, status int) *audit.Record {
+	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
-		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: c.status,
+		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
 }
 
@@ -300,19 +325,6 @@ func decisionLabel(allow bool) string {
 		return audit.DecisionAllow
 	}
 	return audit.DecisionDeny
-}
-
-func decodeBody(raw []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data")
-	}
-	return v, nil
 }
 
 // count records the request metric once the answer is known.
@@ -330,15 +342,51 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 	c.status = status
 	p.m.refusals.WithLabelValues(code).Inc()
 	rec := p.refusalRecord(r, c, vp, code)
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: c.id})
 	p.count(c, audit.DecisionDeny)
 }
 
+// outageReasons are refusals that only happen while a dependency is down:
+// always summarised, as a flood of them is the outage itself.
+var outageReasons = map[string]bool{
+	"state_unavailable": true, "audit_unavailable": true, "audit_backlog_full": true,
+	"keys_unavailable": true, "draining": true,
+}
+
+// recordRefusal writes a refusal's decision record, or counts it in a
+// refusals summary (one record per source, reason and second): always
+// when no valid passport came with the call (so that a flood of
+// passport-less calls cannot grow Redis one record per call), for outage
+// reasons, and for every refusal while the audit store is degraded (so
+// that refusals never crowd out the outcome records of forwarded calls).
+func (p *Proxy) recordRefusal(r *http.Request, rec *audit.Record, authenticated bool) {
+	reason := ""
+	if len(rec.Reasons) > 0 {
+		reason = rec.Reasons[0]
+	}
+	degraded := p.backlog != nil && p.backlog.Degraded()
+	if authenticated && !degraded && !outageReasons[reason] {
+		p.audit.Enqueue(rec)
+		return
+	}
+	p.refusals.Add(rec, clientAddr(r), degraded)
+}
+
+// clientAddr is the caller's IP address as the proxy's socket saw it
+// (never a forwarding header, which the caller writes).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
 func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason string) *audit.Record {
 	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: p.clock(), RequestID: c.id,
-		Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path, Decision: audit.DecisionDeny,
-		Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
+		ClientRequestID: c.clientID, Tenant: p.cfg.UnattributedTenant, Method: r.Method, Path: c.path,
+		Decision: audit.DecisionDeny, Reasons: []string{reason}, PolicyRevision: p.enforced.Revision(), Status: c.status}
 	if c.path == "" {
 		rec.Path = "" // an unparseable path is not stored; the reason says why
 	}
@@ -382,7 +430,7 @@ func (p *Proxy) unauthorized(w http.ResponseWriter, r *http.Request, c *call, er
 	p.m.refusals.WithLabelValues(ae.Reason).Inc()
 	rec := p.refusalRecord(r, c, vp, ae.Reason)
 	rec.Decision = audit.DecisionError
-	p.audit.Enqueue(rec)
+	p.recordRefusal(r, rec, vp != nil)
 	writeUnauthorized(w, ae, c.id, p.metaURL)
 	p.count(c, audit.DecisionError)
 }
@@ -403,7 +451,8 @@ func (p *Proxy) stateError(w http.ResponseWriter, r *http.Request, c *call, err 
 // decisionRecord is the write-ahead record of a policy decision.
 func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time) *audit.Record {
 	cl := vp.Claims
-	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id, Tenant: cl.Tenant,
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id,
+		ClientRequestID: c.clientID, Tenant: cl.Tenant,
 		AgentID: cl.Agent.ID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, TrustLevel: string(cl.Agent.TrustLevel),
 		Reputation: reputation, JTI: cl.ID, Method: in.doc.Request.Method, Path: c.path, Route: rt.Name,
 		Action: rt.Action, Resource: in.doc.Resource}
@@ -418,24 +467,24 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 
 // rewrite shapes the outbound request. ReverseProxy has already removed
 // hop-by-hop headers (including any named in Connection) and Forwarded /
-// X-Forwarded-* from pr.Out before calling it.
-func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
+// X-Forwarded-* in their canonical spelling from pr.Out before calling it;
+// other spellings are removed here.
+func rewrite(pr *httputil.ProxyRequest, target *url.URL, strip *headerStrip) {
 	c := callOf(pr.In)
 	pr.SetURL(target)
 	// The upstream receives exactly the path and query the policy judged.
 	pr.Out.URL.Path = singleJoin(target.Path, c.path)
 	pr.Out.URL.RawPath = ""
 	pr.Out.URL.RawQuery = c.query
-	pr.SetXForwarded()
+	// Identity, method, target and client address headers go, in every
+	// spelling (headers.go); then the proxy sets its own.
 	h := pr.Out.Header
 	for k := range h {
-		if isIdentityHeader(k) {
+		if isIdentityHeader(k) || strip.match(k) {
 			delete(h, k)
 		}
 	}
-	for _, k := range methodOverrideHeaders {
-		delete(h, k)
-	}
+	pr.SetXForwarded()
 	h.Set(HeaderAgent, c.agentID)
 	h.Set(HeaderTenant, c.tenant)
 	h.Set(HeaderRequestID, c.id)
@@ -499,11 +548,20 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	var mbe *http.MaxBytesError
 	status, code, detail := http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached"
 	var ne net.Error
+	var bad *bodyRefusal
+	if c != nil {
+		bad = c.body.refusal()
+	}
 	switch {
+	case bad != nil:
+		// A streamed body broke off or grew too large: the client's error.
+		status, code, detail = bad.status, bad.code, bad.detail
 	case errors.As(err, &mbe):
 		status, code, detail = http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		status, code, detail = http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time"
+	case aborted(r.Context()):
+		status, code, detail = http.StatusServiceUnavailable, "aborted", "the proxy shut down before the upstream answered"
 	case errors.Is(err, context.Canceled):
 		status = 499 // the client went away; nothing is written
 	}
@@ -531,6 +589,16 @@ func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
 
 func slogErrorLog(l *slog.Logger) *log.Logger {
 	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
+}
+
+// hasMethodField reports a query that carries a method override.
+func hasMethodField(q url.Values) bool {
+	for k := range q {
+		if isMethodField(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // input is the policy input document, as Go (for the audit record) and as

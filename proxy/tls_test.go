@@ -68,6 +68,9 @@ func (h *harness) doWith(c *http.Client, method, path, token string, body io.Rea
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	res, err := c.Do(req)
 	if err != nil {
 		h.t.Fatal(err)
@@ -511,7 +514,7 @@ func TestJWKSOverTLS(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.JWKSURL = jwks })
 		h.agent("acme", "healer-1", 90)
 		tok := keys.Sign(t, testkeys.Claims(h.now(), "acme", "healer-1", "healer", passport.TrustHigh, "service.get"))
-		if r := h.do("GET", "/services/checkout", tok, nil, ""); r.status == 200 || h.up.hits.Load() != 0 {
+		if r := h.do("GET", "/services/checkout", tok, nil, ""); r.status != 503 || !strings.Contains(r.body, "keys_unavailable") || h.up.hits.Load() != 0 {
 			t.Fatalf("status %d, upstream hits %d: keys from an unverified server were used", r.status, h.up.hits.Load())
 		}
 		if h.p.Ready(context.Background()) || keys.Fetches.Load() != before {

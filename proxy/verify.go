@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"net/http"
@@ -45,6 +46,12 @@ var (
 	ErrUnknownAgent   = authErr("agent_unknown", "the agent is not registered")
 	ErrTenantMismatch = authErr("tenant_mismatch", "the passport belongs to another tenant")
 )
+
+// ErrKeysUnavailable means no signing key has been fetched from the
+// authority yet: a passport cannot be judged either way, so the call is
+// refused with 503 keys_unavailable (retry), not 401 (a verdict on the
+// passport that the agent would act on, e.g. by fetching a new one).
+var ErrKeysUnavailable = errors.New("the authority's signing keys are not loaded yet")
 
 // Verified is a passport that passed the shared verifier. Dynamic checks
 // (expiry, revocation, blocks, tenant) are repeated on every use.
@@ -158,6 +165,9 @@ func (v *verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 	v.hits(false)
 	pv, err := v.pv.Verify(ctx, tok)
 	if err != nil {
+		if errors.Is(err, ErrUnknownKey) && !v.keys.ready(ctx) {
+			return nil, ErrKeysUnavailable
+		}
 		return nil, err
 	}
 	vp := &Verified{Verified: *pv, token: tok}

@@ -14,6 +14,12 @@
 // fresh passport. Admin tools use Admin to register, inspect, block and
 // unblock agents and to report outcomes that move an agent's reputation.
 //
+// With Options.DPoPKey every passport is bound to that key (RFC 9449):
+// the client sends a DPoP proof with each token request, follows the
+// authority's DPoP-Nonce, and Transport sends "Authorization: DPoP" with a
+// fresh proof on every call. Exchange trades another agent's passport for
+// a delegated one (RFC 8693 token exchange).
+//
 // The package imports nothing from the authority itself, so an agent binary
 // does not carry the issuer.
 package client
@@ -116,6 +122,11 @@ type Options struct {
 	// instead of the client secret: an Ed25519 key (EdDSA) or an ECDSA
 	// P-256 key (ES256) whose public half was registered.
 	PrivateKey crypto.Signer
+	// DPoPKey, when set, binds every passport to this key (RFC 9449): an
+	// Ed25519 or P-256 private key, which may be PrivateKey itself or a
+	// key of its own. Token requests carry a proof, and the passports
+	// must then be presented with one (Transport, DPoPProof).
+	DPoPKey crypto.Signer
 }
 
 // withCA builds HTTPClient from CAFile when only CAFile is set.
@@ -178,9 +189,16 @@ type Token struct {
 	ExpiresAt time.Time
 	// Scope is the granted scope.
 	Scope string
+	// Type is the token_type: "Bearer", or "DPoP" for a passport bound to
+	// the client's DPoP key, sent as "Authorization: DPoP <Raw>" with a
+	// proof (DPoPProof) on every call.
+	Type string
 
 	refreshAt time.Time
 }
+
+// Bound reports whether the passport is bound to a DPoP key.
+func (t Token) Bound() bool { return strings.EqualFold(t.Type, passport.TokenTypeDPoP) }
 
 // LogValue keeps the passport itself out of logs.
 func (t Token) LogValue() slog.Value {
@@ -194,8 +212,9 @@ type Client struct {
 	secret   passport.Secret
 	opts     Options
 
-	mu    sync.Mutex
-	cache map[string]Token
+	mu     sync.Mutex
+	cache  map[string]Token
+	nonces nonces
 }
 
 // New returns a client for the authority at authorityURL (such as
@@ -212,11 +231,17 @@ func New(authorityURL, clientID string, secret passport.Secret, opts Options) (*
 	if secret == "" && opts.PrivateKey == nil {
 		return nil, errors.New("a client secret or a private key is required")
 	}
-	if opts.PrivateKey != nil {
-		switch opts.PrivateKey.(type) {
+	for name, k := range map[string]crypto.Signer{"private key": opts.PrivateKey, "dpop key": opts.DPoPKey} {
+		if k == nil {
+			continue
+		}
+		switch k.(type) {
 		case ed25519.PrivateKey, *ecdsa.PrivateKey:
 		default:
-			return nil, fmt.Errorf("private key %T: want ed25519.PrivateKey or *ecdsa.PrivateKey (P-256)", opts.PrivateKey)
+			return nil, fmt.Errorf("%s %T: want ed25519.PrivateKey or *ecdsa.PrivateKey (P-256)", name, k)
+		}
+		if _, err := passport.PublicJWK(k.Public()); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	opts, err = opts.withCA()
@@ -262,38 +287,108 @@ func (c *Client) fresh(t Token) bool { return c.opts.now().Before(t.refreshAt) }
 
 func (c *Client) fetch(ctx context.Context, req TokenRequest) (Token, error) {
 	form := url.Values{"grant_type": {"client_credentials"}}
-	if len(req.Scope) > 0 {
-		form.Set("scope", strings.Join(req.Scope, " "))
+	if err := req.fill(form); err != nil {
+		return Token{}, err
 	}
-	if req.Task != nil {
-		b, err := json.Marshal(req.Task)
+	return c.request(ctx, form)
+}
+
+// ExchangeRequest asks for a delegated passport (RFC 8693 token exchange):
+// the client's agent acts on behalf of the agent whose passport
+// SubjectToken is. The embedded TokenRequest narrows further; empty, the
+// new passport keeps what the subject passport grants and this agent is
+// registered for.
+type ExchangeRequest struct {
+	// SubjectToken is the other agent's passport. Required.
+	SubjectToken string
+	// ActorToken, when set, is this agent's own passport, sent as
+	// actor_token next to the client's credentials.
+	ActorToken string
+	TokenRequest
+}
+
+// Exchange trades another agent's passport for a delegated one whose sub
+// is this client's agent and whose act and delegation claims name the
+// chain. The subject agent must list this agent in may_delegate_to. With
+// a DPoP key the new passport is bound to it (required when the subject
+// passport is bound). Exchanged passports are not cached.
+func (c *Client) Exchange(ctx context.Context, req ExchangeRequest) (Token, error) {
+	if req.SubjectToken == "" {
+		return Token{}, errors.New("exchange: a subject token is required")
+	}
+	form := url.Values{
+		"grant_type":         {passport.GrantTypeTokenExchange},
+		"subject_token":      {req.SubjectToken},
+		"subject_token_type": {passport.TokenTypeAccessToken},
+	}
+	if req.ActorToken != "" {
+		form.Set("actor_token", req.ActorToken)
+		form.Set("actor_token_type", passport.TokenTypeAccessToken)
+	}
+	if err := req.fill(form); err != nil {
+		return Token{}, err
+	}
+	return c.request(ctx, form)
+}
+
+// fill adds the narrowing parameters to a token request.
+func (r TokenRequest) fill(form url.Values) error {
+	if len(r.Scope) > 0 {
+		form.Set("scope", strings.Join(r.Scope, " "))
+	}
+	if r.Task != nil {
+		b, err := json.Marshal(r.Task)
 		if err != nil {
-			return Token{}, fmt.Errorf("encode task: %w", err)
+			return fmt.Errorf("encode task: %w", err)
 		}
 		form.Set("task", string(b))
 	}
-	if req.Audience != "" {
-		form.Set("audience", req.Audience)
+	if r.Audience != "" {
+		form.Set("audience", r.Audience)
 	}
-	if len(req.AuthorizationDetails) > 0 {
-		b, err := json.Marshal(req.AuthorizationDetails)
+	if len(r.AuthorizationDetails) > 0 {
+		b, err := json.Marshal(r.AuthorizationDetails)
 		if err != nil {
-			return Token{}, fmt.Errorf("encode authorization details: %w", err)
+			return fmt.Errorf("encode authorization details: %w", err)
 		}
 		form.Set("authorization_details", string(b))
 	}
+	return nil
+}
+
+// request posts a token request. With a DPoP key it carries a proof with
+// the authority's latest nonce, and a use_dpop_nonce answer (RFC 9449 §8)
+// is retried once with the nonce that came with it.
+func (c *Client) request(ctx context.Context, form url.Values) (Token, error) {
 	tokenURL := c.base + "/oauth2/token"
+	u, _ := url.Parse(tokenURL)
+	for attempt := 0; ; attempt++ {
+		tok, resp, err := c.post(ctx, tokenURL, origin(u), form)
+		if err == nil {
+			return tok, nil
+		}
+		var ae *Error
+		if attempt == 0 && c.opts.DPoPKey != nil && errors.As(err, &ae) && ae.Code == "use_dpop_nonce" &&
+			resp != nil && resp.Header.Get(passport.DPoPNonceHeader) != "" {
+			continue // post learnt the nonce
+		}
+		return Token{}, err
+	}
+}
+
+func (c *Client) post(ctx context.Context, tokenURL, orig string, form url.Values) (Token, *http.Response, error) {
 	if c.opts.PrivateKey != nil {
+		// A fresh assertion per attempt: the authority spends its jti.
 		a, err := c.assertion(tokenURL)
 		if err != nil {
-			return Token{}, err
+			return Token{}, nil, err
 		}
 		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
 		form.Set("client_assertion", a)
 	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return Token{}, fmt.Errorf("token request: %w", err)
+		return Token{}, nil, fmt.Errorf("token request: %w", err)
 	}
 	hr.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	hr.Header.Set("Accept", "application/json")
@@ -301,15 +396,23 @@ func (c *Client) fetch(ctx context.Context, req TokenRequest) (Token, error) {
 		// RFC 6749 §2.3.1: form-encode both before Basic.
 		hr.SetBasicAuth(url.QueryEscape(c.clientID), url.QueryEscape(c.secret.Reveal()))
 	}
+	if c.opts.DPoPKey != nil {
+		p, err := NewDPoPProof(c.opts.DPoPKey, http.MethodPost, tokenURL, "", c.nonces.get(orig), c.opts.now())
+		if err != nil {
+			return Token{}, nil, err
+		}
+		hr.Header.Set(passport.DPoPHeader, p)
+	}
 	start := c.opts.now()
 	resp, err := c.opts.httpClient().Do(hr)
 	if err != nil {
-		return Token{}, fmt.Errorf("token request: %w", err)
+		return Token{}, nil, fmt.Errorf("token request: %w", err)
 	}
 	defer resp.Body.Close()
+	c.nonces.learn(orig, resp.Header)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return Token{}, fmt.Errorf("read token response: %w", err)
+		return Token{}, resp, fmt.Errorf("read token response: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var oe OAuthError
@@ -317,11 +420,16 @@ func (c *Client) fetch(ctx context.Context, req TokenRequest) (Token, error) {
 		if oe.Code == "" {
 			oe.Code = "http_" + fmt.Sprint(resp.StatusCode)
 		}
-		return Token{}, &Error{Status: resp.StatusCode, Code: oe.Code, Description: oe.Description}
+		return Token{}, resp, &Error{Status: resp.StatusCode, Code: oe.Code, Description: oe.Description}
 	}
 	var tr TokenResponse
 	if err := json.Unmarshal(body, &tr); err != nil || tr.AccessToken == "" {
-		return Token{}, errors.New("token response: no access_token")
+		return Token{}, resp, errors.New("token response: no access_token")
+	}
+	if c.opts.DPoPKey != nil && !strings.EqualFold(tr.TokenType, passport.TokenTypeDPoP) {
+		// RFC 9449 §5: a client that asked for a bound token must not
+		// use an unbound one as if it were bound.
+		return Token{}, resp, fmt.Errorf("token response: token_type %q, want DPoP", tr.TokenType)
 	}
 	exp := start.Add(time.Duration(tr.ExpiresIn) * time.Second)
 	// Prefer the passport's own exp when readable; the signature is for
@@ -334,7 +442,7 @@ func (c *Client) fetch(ctx context.Context, req TokenRequest) (Token, error) {
 	if lifetime := exp.Sub(start); before == 0 {
 		before = min(30*time.Second, lifetime/5)
 	}
-	return Token{Raw: tr.AccessToken, ExpiresAt: exp, Scope: tr.Scope, refreshAt: exp.Add(-before)}, nil
+	return Token{Raw: tr.AccessToken, ExpiresAt: exp, Scope: tr.Scope, Type: tr.TokenType, refreshAt: exp.Add(-before)}, resp, nil
 }
 
 // assertion builds an RFC 7523 client assertion: iss = sub = client id,
@@ -359,8 +467,11 @@ func (c *Client) assertion(aud string) (string, error) {
 
 // Transport returns a RoundTripper that adds "Authorization: Bearer
 // <passport>" for req to every request (base nil means
-// http.DefaultTransport). On a 401 answer it drops the cached passport so
-// the next request fetches a new one.
+// http.DefaultTransport), or, for a DPoP-bound passport, "Authorization:
+// DPoP <passport>" and a fresh DPoP proof for the request's URL, retrying
+// once with the server's nonce when it answers use_dpop_nonce (if the
+// body can be sent again). On any other 401 it drops the cached passport
+// so the next request fetches a new one.
 func (c *Client) Transport(base http.RoundTripper, req TokenRequest) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
@@ -379,13 +490,47 @@ func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	r2 := r.Clone(r.Context())
-	r2.Header.Set("Authorization", "Bearer "+tok.Raw)
-	resp, err := t.base.RoundTrip(r2)
-	if err == nil && resp.StatusCode == http.StatusUnauthorized {
-		t.c.Invalidate()
+	if !tok.Bound() {
+		r2 := r.Clone(r.Context())
+		r2.Header.Set("Authorization", "Bearer "+tok.Raw)
+		resp, err := t.base.RoundTrip(r2)
+		if err == nil && resp.StatusCode == http.StatusUnauthorized {
+			t.c.Invalidate()
+		}
+		return resp, err
 	}
-	return resp, err
+	orig := origin(r.URL)
+	// A retry must send the body again: possible without one, or with
+	// GetBody (set by http.NewRequest for in-memory bodies).
+	replayable := r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
+	for attempt := 0; ; attempt++ {
+		r2 := r.Clone(r.Context())
+		if attempt > 0 && r.GetBody != nil {
+			if r2.Body, err = r.GetBody(); err != nil {
+				return nil, fmt.Errorf("dpop retry: %w", err)
+			}
+		}
+		proof, err := NewDPoPProof(t.c.opts.DPoPKey, r.Method, r.URL.String(), tok.Raw, t.c.nonces.get(orig), t.c.opts.now())
+		if err != nil {
+			return nil, err
+		}
+		r2.Header.Set("Authorization", passport.TokenTypeDPoP+" "+tok.Raw)
+		r2.Header.Set(passport.DPoPHeader, proof)
+		resp, err := t.base.RoundTrip(r2)
+		if err != nil {
+			return nil, err
+		}
+		learnt := t.c.nonces.learn(orig, resp.Header)
+		if attempt == 0 && learnt && replayable && useDPoPNonce(resp) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			continue
+		}
+		if resp.StatusCode == http.StatusUnauthorized && !useDPoPNonce(resp) {
+			t.c.Invalidate()
+		}
+		return resp, nil
+	}
 }
 
 // Admin calls the authority's admin API with an admin token (global or

@@ -45,7 +45,11 @@ type fixture struct {
 	tokenCalls atomic.Int64
 }
 
-func start(t *testing.T) *fixture {
+func start(t *testing.T) *fixture { t.Helper(); return startWith(t, nil) }
+
+// startWith serves an authority on a private Redis, its config changed by
+// mut.
+func startWith(t *testing.T, mut func(*authority.Config)) *fixture {
 	t.Helper()
 	rs := redistest.Start(t)
 	f := &fixture{clock: &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
@@ -54,6 +58,9 @@ func start(t *testing.T) *fixture {
 	cfg.AdminToken = adminToken
 	cfg.Clients.BcryptCost = bcrypt.MinCost
 	cfg.Issuer = "http://" + srv.Listener.Addr().String()
+	if mut != nil {
+		mut(&cfg)
+	}
 	a, err := authority.New(cfg, authority.Deps{
 		Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelError})),
 		Clock: f.clock.Now,

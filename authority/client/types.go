@@ -27,6 +27,14 @@ type AgentSpec struct {
 	// rotation, a person): its passports carry it as oversight.owner.
 	// Optional; at most 128 printable characters.
 	Owner string `json:"owner,omitempty"`
+	// RequireDPoP: the agent gets only DPoP-bound passports (RFC 9449);
+	// a token request without a proof is refused.
+	RequireDPoP bool `json:"require_dpop,omitempty"`
+	// MayDelegateTo lists who may exchange this agent's passports for
+	// delegated ones (RFC 8693 token exchange): agent ids, or
+	// "type:<agent type>" for every agent of a type in the same tenant.
+	// Default none: nobody may act on this agent's behalf. At most 32.
+	MayDelegateTo []string `json:"may_delegate_to,omitempty"`
 }
 
 // Agent is an agent as the admin API shows it. The secret never appears.
@@ -50,6 +58,8 @@ type Agent struct {
 	BlockedReason       string              `json:"blocked_reason,omitempty"`
 	BlockedAt           *time.Time          `json:"blocked_at,omitempty"`
 	HasPublicKey        bool                `json:"has_public_key"`
+	RequireDPoP         bool                `json:"require_dpop"`
+	MayDelegateTo       []string            `json:"may_delegate_to"`
 	CreatedAt           time.Time           `json:"created_at"`
 }
 
@@ -102,9 +112,14 @@ type Problem struct {
 // TokenResponse is the RFC 6749 §5.1 answer of POST /oauth2/token.
 type TokenResponse struct {
 	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	ExpiresIn   int64  `json:"expires_in"`
-	Scope       string `json:"scope,omitempty"`
+	// TokenType is "Bearer", or "DPoP" for a passport bound to the key
+	// of the request's DPoP proof (RFC 9449 §5).
+	TokenType string `json:"token_type"`
+	ExpiresIn int64  `json:"expires_in"`
+	Scope     string `json:"scope,omitempty"`
+	// IssuedTokenType is set by a token exchange (RFC 8693 §2.2.1):
+	// urn:ietf:params:oauth:token-type:access_token.
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
 }
 
 // OAuthError is the RFC 6749 §5.2 error body.

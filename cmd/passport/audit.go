@@ -308,6 +308,25 @@ func auditLine(m redis.XMessage) string {
 		kv("policy", rec.PolicyRevision)
 		kv("req", rec.RequestID)
 		kv("jti", rec.JTI)
+	case audit.KindRefusals:
+		var sum audit.RefusalSummary
+		_ = json.Unmarshal(rec.Details, &sum)
+		if rec.Decision != "" {
+			b.WriteString(" " + auditSafe(rec.Decision))
+		}
+		fmt.Fprintf(&b, " status=%d count=%d", rec.Status, sum.Count)
+		kv("reasons", strings.Join(rec.Reasons, ","))
+		kv("route", rec.Route)
+		kv("source", sum.Source)
+		kv("agent_id", rec.AgentID)
+		if !sum.First.IsZero() {
+			kv("first", sum.First.UTC().Format("2006-01-02T15:04:05.000Z"))
+		}
+		kv("first_req", sum.FirstRequestID)
+		kv("last_req", sum.LastRequestID)
+		if sum.Outage {
+			b.WriteString(" outage")
+		}
 	case audit.KindCheckpoint:
 		var cp audit.Checkpoint
 		_ = json.Unmarshal(rec.Details, &cp)

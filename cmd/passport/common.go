@@ -13,6 +13,7 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/slogx"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
 
@@ -24,13 +25,20 @@ func (a *app) logger() (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", a.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler
 	switch strings.ToLower(a.logFormat) {
 	case "text", "":
-		return slog.New(slog.NewTextHandler(a.stderr, opts)), nil
+		h = slog.NewTextHandler(a.stderr, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(a.stderr, opts)), nil
+		h = slog.NewJSONHandler(a.stderr, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", a.logFormat)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", a.logFormat)
+	// A storm (Redis down, a flood of refusals) writes one line per event
+	// per second, with the count of the lines left out.
+	log := slog.New(slogx.RateLimit(h, slog.LevelWarn, time.Second))
+	redisx.SetLogger(log.With("component", "redis"))
+	return log, nil
 }
 
 // firstNonEmpty returns the first value that is not "": settings resolved

@@ -34,8 +34,9 @@ See policies/README.md for the input document, the decision and the reason codes
 	return cmd
 }
 
-// policySource is a policy directory given on the command line, or the
-// embedded library.
+// policySource is a policy directory given on the command line, read as
+// the proxy reads it (policy.ReadDir: regular files inside the directory
+// only), or the embedded library.
 func policySource(args []string, embedded fs.FS) (fs.FS, string, error) {
 	if len(args) == 0 {
 		return embedded, "embedded library", nil
@@ -48,7 +49,11 @@ func policySource(args []string, embedded fs.FS) (fs.FS, string, error) {
 	if !st.IsDir() {
 		return nil, "", fmt.Errorf("policy directory %s: not a directory", dir)
 	}
-	return os.DirFS(dir), dir, nil
+	fsys, err := policy.ReadDir(dir)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", dir, err)
+	}
+	return fsys, dir, nil
 }
 
 func (a *app) policyTestCmd() *cobra.Command {

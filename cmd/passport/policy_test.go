@@ -161,6 +161,9 @@ func TestPolicyCheck(t *testing.T) {
 		{name: "unformatted with fmt", args: []string{"policy", "check", "--fmt", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nhelper   if input.a\n"},
 			code:  1, stderr: "extra.rego"},
+		{name: "reason not a code", args: []string{"policy", "check", "DIR"},
+			edits: map[string]string{"extra.rego": "package passport.authz\n\nreasons contains \"Token: abc\" if input.x\n"},
+			code:  1, stderr: "is not a reason code"},
 		{name: "unformatted without fmt", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nhelper   if input.a\n"}, code: 0},
 	}
@@ -296,4 +299,27 @@ func TestPolicyReplay(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
 	})
+}
+
+// TestPolicyCommandsRefuseLinksOutside: policy test and check read a
+// directory as the proxy does (issue 13, item 7): a data file linked from
+// outside is refused, naming the file, and never loaded.
+func TestPolicyCommandsRefuseLinksOutside(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret.json")
+	if err := os.WriteFile(secret, []byte(`{"leak": {"token": "s3cr3t"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"test", "check"} {
+		dir := policyDir(t, nil)
+		if err := os.Symlink(secret, filepath.Join(dir, "leak.json")); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errs := policyRun(t, nil, "policy", cmd, dir)
+		if code != 1 || !strings.Contains(errs, "leak.json") || !strings.Contains(errs, "outside the policy directory") {
+			t.Fatalf("policy %s: exit %d\nstdout:\n%s\nstderr:\n%s", cmd, code, out, errs)
+		}
+		if strings.Contains(out+errs, "s3cr3t") {
+			t.Fatalf("policy %s printed the linked file", cmd)
+		}
+	}
 }

@@ -38,6 +38,7 @@ func (a *app) loadProxyConfigFor(path string) (proxy.Config, error) {
 	}
 	env := config.Env(a.getenv)
 	env.String("PASSPORT_REDIS_URL", &cfg.Redis.URL)
+	env.String("PASSPORT_AUDIT_SPOOL_DIR", &cfg.Audit.SpoolDir)
 	// Denial reports need only a reporter token; the global admin token
 	// is the fallback.
 	var tok string
@@ -127,7 +128,8 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 			if err != nil {
 				return err
 			}
-			stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses}, log, reg)
+			stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses, SpoolDir: cfg.Audit.SpoolDir,
+				SpoolMaxBytes: cfg.Audit.SpoolMaxBytes}, log, reg)
 			if err != nil {
 				return fmt.Errorf("audit stream: %w", err)
 			}

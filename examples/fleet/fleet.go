@@ -492,18 +492,14 @@ func (f *Fleet) Handler() http.Handler {
 		return f.Restart(name)
 	}))
 	mux.HandleFunc("POST /services/{name}/scale", f.action("service.scale", func(name string, r *http.Request) error {
-		var body struct {
-			Replicas *int `json:"replicas"`
-		}
+		var body ScaleRequest
 		if err := decodeBody(r, &body); err != nil || body.Replicas == nil {
 			return fmt.Errorf("%w: body must be {\"replicas\": n}", errBadRequest)
 		}
 		return f.Scale(name, *body.Replicas)
 	}))
 	mux.HandleFunc("POST /deployments/{name}", f.action("deployment.deploy", func(name string, r *http.Request) error {
-		var body struct {
-			Version string `json:"version"`
-		}
+		var body DeployRequest
 		if err := decodeBody(r, &body); err != nil || body.Version == "" {
 			return fmt.Errorf("%w: body must be {\"version\": \"v2\"}", errBadRequest)
 		}
@@ -516,9 +512,7 @@ func (f *Fleet) Handler() http.Handler {
 		return f.Warm(name)
 	}))
 	mux.HandleFunc("POST /faults/{name}", f.action("chaos.inject", func(name string, r *http.Request) error {
-		var body struct {
-			Type string `json:"type"`
-		}
+		var body FaultRequest
 		if err := decodeBody(r, &body); err != nil || body.Type == "" {
 			return fmt.Errorf("%w: body must be {\"type\": \"service_down|bad_deploy|memory_leak|cache_miss\"}", errBadRequest)
 		}
@@ -532,8 +526,31 @@ func (f *Fleet) Handler() http.Handler {
 
 var errBadRequest = errors.New("bad request")
 
-func decodeBody(r *http.Request, dst any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+// The request bodies of the control API. They are decoded with
+// encoding/json, which matches member names case-insensitively: the
+// proxy's differential test (proxy/body_test.go) decodes bodies into these
+// types to check that the policy sees what the fleet would apply.
+type (
+	// ScaleRequest is the body of POST /services/{name}/scale.
+	ScaleRequest struct {
+		Replicas *int `json:"replicas"`
+	}
+	// DeployRequest is the body of POST /deployments/{name}.
+	DeployRequest struct {
+		Version string `json:"version"`
+	}
+	// FaultRequest is the body of POST /faults/{name}.
+	FaultRequest struct {
+		Type string `json:"type"`
+	}
+)
+
+func decodeBody(r *http.Request, dst any) error { return DecodeRequest(r.Body, dst) }
+
+// DecodeRequest decodes a request body into dst as the fleet does:
+// encoding/json, at most 64 KiB, unknown fields refused.
+func DecodeRequest(body io.Reader, dst any) error {
+	dec := json.NewDecoder(io.LimitReader(body, 64<<10))
 	dec.DisallowUnknownFields()
 	return dec.Decode(dst)
 }

@@ -14,7 +14,10 @@
 //
 // and prints requests/s, p50 and p99 for each and the ratios of the full
 // path to the bare proxy and to nginx + auth_request + OPA; then the bare
-// and full paths at fixed rates (p99 side by side, errors). It starts its
+// and full paths at fixed rates (p99 side by side, errors); then the cost
+// per call of the allow, deny and 401 paths (cpu.go): the proxy process's
+// CPU, redis-server's CPU and the audit streams' bytes per call, with the
+// deny and 401 paths' CPU as a ratio of the allowed call's. It starts its
 // own redis-server (from PATH, AOF with appendfsync always, as production
 // audit wants) unless -redis-url names one, and uses the policy library
 // built into the binary.
@@ -62,6 +65,13 @@ import (
 )
 
 func main() {
+	if os.Getenv(childEnv) != "" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -76,10 +86,12 @@ type options struct {
 	redisURL string
 	fsync    string
 	profile  string
-	only     string
-	noAudit  bool
-	rounds   int
-	tls      bool
+	// costProfile is a CPU profile of the proxy process of the cost cases.
+	costProfile string
+	only        string
+	noAudit     bool
+	rounds      int
+	tls         bool
 }
 
 func run() error {
@@ -92,7 +104,8 @@ func run() error {
 	flag.StringVar(&o.redisURL, "redis-url", "", "use this Redis instead of starting a private redis-server")
 	flag.StringVar(&o.fsync, "fsync", "always", "appendfsync of the private redis-server: always, everysec or no")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the full-path case to this file")
-	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text")
+	flag.StringVar(&o.costProfile, "cost-cpuprofile", "", "write a CPU profile of the proxy process of the cost-per-call cases to this file")
+	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text (\"cost\": only the cost per call)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput cases, interleaved; each row is the round with the median req/s")
 	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
 	flag.BoolVar(&o.tls, "tls", true, "also measure the full path over TLS (keep-alive HTTP/1.1 connections, as the plain cases)")
@@ -181,10 +194,7 @@ func run() error {
 	go func() { _ = stream.Run(actx); close(auditDone) }()
 	defer func() { stopAudit(); <-auditDone }()
 
-	cfg := proxy.FleetConfig(upURL)
-	cfg.Issuer = "http://bench.authority"
-	cfg.JWKSURL = jwksURL + "/.well-known/jwks.json"
-	cfg.Redis.URL = o.redisURL
+	cfg := benchConfig(upURL, jwksURL+"/.well-known/jwks.json", o.redisURL)
 	var sink audit.Sink = stream
 	if o.noAudit {
 		sink = nopSink{}
@@ -370,11 +380,25 @@ func run() error {
 			fmt.Printf("%-10s %-22s %10s %10s %10s\n", "", "p99 full - bare", "", "", fmtDur(p99s[1]-p99s[0]))
 		}
 	}
+	if selected(o.only, costName) {
+		restart := "/services/checkout/restart"
+		err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, []cpuCase{
+			{"allow (200)", restart, "POST", healer, 200},
+			{"deny (403)", restart, "POST", observer, 403},
+			{"no passport (401)", restart, "POST", "", 401},
+		})
+		if err != nil {
+			return err
+		}
+	}
 	if cmpErr != nil && !errors.As(cmpErr, &skip) {
 		return fmt.Errorf("%s: %w", authRequestName, cmpErr)
 	}
 	return nil
 }
+
+// costName selects the cost-per-call cases with -only.
+const costName = "cost per call"
 
 // selected reports whether -only lets the case named name run.
 func selected(only, name string) bool {

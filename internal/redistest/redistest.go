@@ -138,7 +138,9 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 
 // Client returns a new client for the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	// As internal/redisx does for every production client: the caller's
+	// deadline bounds each command.
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true})
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -43,7 +44,9 @@ type Config struct {
 	DB int `yaml:"db"`
 	// PoolSize is connections per node. Default 10 per CPU (go-redis).
 	PoolSize int `yaml:"pool_size"`
-	// DialTimeout, ReadTimeout, WriteTimeout. Defaults 2s, 2s, 2s.
+	// DialTimeout, ReadTimeout, WriteTimeout. Defaults 2s, 2s, 2s. They
+	// bound commands whose context has no deadline; a context deadline
+	// always wins (ContextTimeoutEnabled).
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
@@ -109,6 +112,11 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 		DialTimeout:   orDefault(c.DialTimeout, 2*time.Second),
 		ReadTimeout:   orDefault(c.ReadTimeout, 2*time.Second),
 		WriteTimeout:  orDefault(c.WriteTimeout, 2*time.Second),
+		// The caller's deadline bounds every command: without this, go-redis
+		// replaces it with ReadTimeout, so a hung Redis would cost a call
+		// 2s whatever deadline the code set (a 500ms revocation check, a
+		// 1s /readyz ping).
+		ContextTimeoutEnabled: true,
 	}
 	if len(c.Addrs) == 0 {
 		u := c.URL
@@ -248,4 +256,22 @@ func orDefault(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// SetLogger sends go-redis's own log lines (failed dials, reconnects,
+// pool trouble) to log at warn level, instead of the library's default of
+// the standard logger on stderr. The library's logger is global, so this
+// applies to every client of the process.
+func SetLogger(log *slog.Logger) { redis.SetLogger(slogLogger{log}) }
+
+type slogLogger struct{ log *slog.Logger }
+
+// Printf logs one go-redis line. The message is the format string (a
+// constant of the library), so a rate-limiting handler groups repeats of
+// one event however their values differ; the values go in "detail".
+func (l slogLogger) Printf(ctx context.Context, format string, v ...any) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	l.log.WarnContext(ctx, "redis client: "+strings.TrimPrefix(format, "redis: "), "detail", fmt.Sprintf(format, v...))
 }

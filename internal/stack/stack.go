@@ -478,7 +478,10 @@ func (s *Stack) failed(g *errgroup.Group, err error) error {
 }
 
 func (s *Stack) newStream(writer string) (*audit.Stream, error) {
-	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses}, s.log.With("component", writer, "sub", "audit"), nil)
+	// Outcome records Redis cannot take wait in the data directory, and a
+	// restart of the stack replays them.
+	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses,
+		SpoolDir: filepath.Join(s.cfg.DataDir, "spool", writer)}, s.log.With("component", writer, "sub", "audit"), nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
 	}

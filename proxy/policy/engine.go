@@ -19,7 +19,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
-	"os"
 	"path"
 	"slices"
 	"sort"
@@ -237,11 +236,15 @@ func (e *Engine) Name() string { return e.opts.Name }
 func (e *Engine) Reload(ctx context.Context) error {
 	fsys := e.opts.FS
 	src := "embedded"
+	var err error
 	if e.opts.Dir != "" {
-		fsys = os.DirFS(e.opts.Dir)
 		src = e.opts.Dir
+		fsys, err = ReadDir(e.opts.Dir) // regular files inside the directory only (dir.go)
 	}
-	p, err := compile(ctx, fsys, e.opts.Query, e.caps)
+	var p *prepared
+	if err == nil {
+		p, err = compile(ctx, fsys, e.opts.Query, e.caps)
+	}
 	if err != nil {
 		e.opts.Metrics.Reloads.WithLabelValues(e.opts.Name, "failure").Inc()
 		e.opts.Logger.ErrorContext(ctx, "policy load failed; keeping the last good policy",
@@ -645,6 +648,33 @@ func (c *deadline) check() bool {
 	return c.ended != nil
 }
 
+// Reasons go back to agents in 403 answers and into audit records, so a
+// policy may only return reason codes: a policy (or its data) could
+// otherwise hand an agent any string it can reach, such as a token in
+// data. A decision with a reason that is not a code, or with more than
+// MaxReasons, is malformed: the call is denied with policy_error.
+const (
+	// MaxReasons is the most reasons a decision may carry.
+	MaxReasons = 32
+	// MaxReasonLen is the longest reason code.
+	MaxReasonLen   = 64
+	reasonCodeRule = "lower-case snake_case, [a-z][a-z0-9_]*, at most 64 bytes"
+)
+
+// IsReasonCode reports whether s is a reason code: [a-z][a-z0-9_]*, at
+// most MaxReasonLen bytes.
+func IsReasonCode(s string) bool {
+	if s == "" || len(s) > MaxReasonLen || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // The decision's keys, built once: OPA does not intern them, and a lookup
 // with a fresh term costs an allocation.
 var keyAllow, keyReasons = ast.StringTerm("allow"), ast.StringTerm("reasons")
@@ -691,6 +721,13 @@ func readDecision(v any) (bool, []string, error) {
 		s, ok := r.Value.(ast.String)
 		if !ok {
 			return fmt.Errorf("%w: a reason is not a string", ErrBadDecision)
+		}
+		if !IsReasonCode(string(s)) {
+			// Never quoted: it may be what a policy must not hand out.
+			return fmt.Errorf("%w: reason %d is not a reason code (%s)", ErrBadDecision, len(reasons)+1, reasonCodeRule)
+		}
+		if len(reasons) == MaxReasons {
+			return fmt.Errorf("%w: more than %d reasons", ErrBadDecision, MaxReasons)
 		}
 		reasons = append(reasons, string(s))
 		return nil
@@ -745,21 +782,21 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
+// signature describes the policy files of dir as ReadDir would load them:
+// names, and the size and modification time of what each resolves to (a
+// Kubernetes ConfigMap update changes the files its links lead to, not the
+// links). A directory ReadDir refuses has the refusal as its signature, so
+// that Reload reports it once, and again when it changes.
 func signature(dir string) (string, error) {
+	files, err := scanDir(dir, false)
+	if err != nil {
+		return "refused: " + err.Error(), nil
+	}
 	var b strings.Builder
-	err := fs.WalkDir(os.DirFS(dir), ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	for _, f := range files {
+		if policyFile(f.name) {
+			fmt.Fprintf(&b, "%s|%d|%d\n", f.name, f.info.Size(), f.info.ModTime().UnixNano())
 		}
-		if d.IsDir() || !policyFile(p) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(&b, "%s|%d|%d\n", p, info.Size(), info.ModTime().UnixNano())
-		return nil
-	})
-	return b.String(), err
+	}
+	return b.String(), nil
 }

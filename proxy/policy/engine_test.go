@@ -405,14 +405,18 @@ override := n if {
 
 names contains name if some name, _ in data.passport.config.tenants
 
+# Reasons must be codes (the engine refuses anything else), so the values
+# read are spelt as codes.
+code(s) := regex.replace(s, "[^a-z0-9_]+", "_")
+
 decision := {"allow": input.action in data.passport.config.items, "reasons": [
-	sprintf("items=%d", [count(data.passport.config.items)]),
-	sprintf("config=%v", [sort(object.keys(data.passport.config))]),
-	sprintf("missing=%v", [missing]),
-	sprintf("override=%d", [override]),
-	sprintf("names=%v", [sort(names)]),
-	sprintf("tenant=%v", [object.get(data.passport.config.tenants, input.agent.type, "none")]),
-	sprintf("direct=%v", [data.passport.config.tenants.healer]),
+	code(sprintf("items=%d", [count(data.passport.config.items)])),
+	code(sprintf("config=%v", [sort(object.keys(data.passport.config))])),
+	code(sprintf("missing=%v", [missing])),
+	code(sprintf("override=%d", [override])),
+	code(sprintf("names=%v", [sort(names)])),
+	code(sprintf("tenant=%v", [object.get(data.passport.config.tenants, input.agent.type, "none")])),
+	code(sprintf("direct=%v", [data.passport.config.tenants.healer])),
 ]}
 `
 	const dataJSON = `{"passport": {"config": {"items": ["service.restart", "service.get"], "tenants": {"healer": "acme", "observer": "globex"}}}}`
@@ -472,6 +476,16 @@ func TestReadDecision(t *testing.T) {
 		{`{"allow": "true", "reasons": []}`, false, nil, true},
 		{`{"reasons": []}`, false, nil, true},
 		{`[true]`, false, nil, true},
+		// Reasons go back to agents: codes only, a bounded number
+		// (proxy/reasons_test.go).
+		{`{"allow": false, "reasons": ["admin token: s3cr3t"]}`, false, nil, true},
+		{`{"allow": false, "reasons": ["Trust_Level"]}`, false, nil, true},
+		{`{"allow": false, "reasons": ["1x"]}`, false, nil, true},
+		{`{"allow": false, "reasons": [""]}`, false, nil, true},
+		{`{"allow": false, "reasons": ["` + strings.Repeat("a", 65) + `"]}`, false, nil, true},
+		{`{"allow": true, "reasons": ["note: ok"]}`, false, nil, true},
+		{`{"allow": false, "reasons": [` + strings.TrimSuffix(strings.Repeat(`"r",`, 33), ",") + `]}`, false, nil, true},
+		{`{"allow": false, "reasons": ["` + strings.Repeat("a", 64) + `", "a_1"]}`, false, []string{"a_1", strings.Repeat("a", 64)}, false},
 	}
 	for _, tc := range cases {
 		allow, reasons, err := readDecision(ast.MustParseTerm(tc.decision))

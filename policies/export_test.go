@@ -1,0 +1,4 @@
+package policies
+
+// ProcessCPU is processCPU for the external benchmarks.
+var ProcessCPU = processCPU
