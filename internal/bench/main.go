@@ -15,9 +15,10 @@
 // and prints requests/s, p50 and p99 for each and the ratios of the full
 // path to the bare proxy and to nginx + auth_request + OPA; then the bare
 // and full paths at fixed rates (p99 side by side, errors); then the cost
-// per call of the allow, deny and 401 paths (cpu.go): the proxy process's
-// CPU, redis-server's CPU and the audit streams' bytes per call, with the
-// deny and 401 paths' CPU as a ratio of the allowed call's. It starts its
+// per call of the allow, deny and 401 paths, and of the allowed call over
+// TLS (cpu.go; tls.go): the proxy process's CPU, redis-server's CPU and
+// the audit streams' bytes per call on warm keep-alive connections, with
+// the other paths' CPU as a ratio of the allowed call's. It starts its
 // own redis-server (from PATH, AOF with appendfsync always, as production
 // audit wants) unless -redis-url names one, and uses the policy library
 // built into the binary.
@@ -224,9 +225,16 @@ func run() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	var tf *tlsFiles // the TLS cases' certificate, with -tls
 	var tlsURL string
-	if o.tls && selected(o.only, tlsCaseName) {
-		url, stop, err := startTLSProxy(ctx, cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Policies: policies.FS})
+	if o.tls {
+		if tf, err = setupTLS(); err != nil {
+			return err
+		}
+		defer tf.remove()
+	}
+	if tf != nil && selected(o.only, tlsCaseName) {
+		url, stop, err := startTLSProxy(ctx, cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Policies: policies.FS}, tf)
 		if err != nil {
 			return err
 		}
@@ -382,12 +390,16 @@ func run() error {
 	}
 	if selected(o.only, costName) {
 		restart := "/services/checkout/restart"
-		err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, []cpuCase{
-			{"allow (200)", restart, "POST", healer, 200},
-			{"deny (403)", restart, "POST", observer, 403},
-			{"no passport (401)", restart, "POST", "", 401},
-		})
-		if err != nil {
+		cases := []cpuCase{
+			{name: "allow (200)", url: restart, method: "POST", token: healer, want: 200},
+			{name: "deny (403)", url: restart, method: "POST", token: observer, want: 403, target: 1.2},
+			{name: "no passport (401)", url: restart, method: "POST", want: 401, target: 1.2},
+		}
+		if tf != nil {
+			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
+				tls: true, target: 1.15})
+		}
+		if err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, tf, cases); err != nil {
 			return err
 		}
 	}
@@ -427,9 +439,20 @@ type result struct {
 // worker sends back to back (closed loop); with a rate, requests are
 // started on a fixed schedule shared by the workers (open loop).
 func load(ctx context.Context, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
-	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute,
-		TLSClientConfig: benchTLS}
+	tr := loadTransport(conns)
 	defer tr.CloseIdleConnections()
+	return loadWith(ctx, tr, method, url, token, want, conns, warmup, d, rate)
+}
+
+// loadTransport keeps conns keep-alive connections (trusting benchTLS).
+func loadTransport(conns int) *http.Transport {
+	return &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute,
+		TLSClientConfig: benchTLS}
+}
+
+// loadWith is load on the connections of tr, which a caller may keep warm
+// from one load to the next.
+func loadWith(ctx context.Context, tr *http.Transport, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	var ticks chan struct{}
 	stop := make(chan struct{})

@@ -27,48 +27,55 @@ import (
 const tlsCaseName = "full path TLS (allow)"
 
 // benchTLS is what the load generator trusts: the private CA of the TLS
-// case. Its connections stay HTTP/1.1 with keep-alive, like the plain
-// cases, so the row differs from the full path by TLS alone.
+// cases. Its connections stay HTTP/1.1 with keep-alive, like the plain
+// cases, so the TLS rows differ from the plain ones by TLS alone.
 var benchTLS *tls.Config
 
-// startTLSProxy runs a second proxy with the configuration of the full
-// path, serving TLS with a certificate made for this run (ECDSA P-256, as
-// cert-manager issues by default), and sets benchTLS. It returns the
-// proxy's URL and a function that stops it.
-func startTLSProxy(ctx context.Context, cfg proxy.Config, deps proxy.Deps) (string, func(), error) {
+// tlsFiles are the run's certificate and key, used by the in-process TLS
+// proxy and by the TLS proxy process of the cost cases.
+type tlsFiles struct{ dir, cert, key string }
+
+// setupTLS makes a certificate for 127.0.0.1 signed by a private CA
+// (ECDSA P-256, as cert-manager issues by default) and sets benchTLS.
+func setupTLS() (*tlsFiles, error) {
 	dir, err := os.MkdirTemp("", "passport-bench-tls")
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	cleanup := func() { _ = os.RemoveAll(dir) }
-	pool, certFile, keyFile, err := makeCertificate(dir)
+	pool, cert, key, err := makeCertificate(dir)
 	if err != nil {
-		cleanup()
-		return "", nil, err
+		_ = os.RemoveAll(dir)
+		return nil, err
 	}
 	benchTLS = &tls.Config{RootCAs: pool}
-	cfg.TLS = tlsx.Server{CertFile: certFile, KeyFile: keyFile}
+	return &tlsFiles{dir: dir, cert: cert, key: key}, nil
+}
+
+func (f *tlsFiles) remove() { _ = os.RemoveAll(f.dir) }
+
+// startTLSProxy runs a second proxy with the configuration of the full
+// path, serving TLS with f. It returns the proxy's URL and a function that
+// stops it.
+func startTLSProxy(ctx context.Context, cfg proxy.Config, deps proxy.Deps, f *tlsFiles) (string, func(), error) {
+	cfg.TLS = tlsx.Server{CertFile: f.cert, KeyFile: f.key}
 	deps.Registry = prometheus.NewRegistry() // its own: the metric names are the plain proxy's
 	p, err := proxy.New(cfg, deps)
 	if err != nil {
-		cleanup()
 		return "", nil, fmt.Errorf("tls proxy: %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		cleanup()
 		return "", nil, err
 	}
 	aln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		ln.Close()
-		cleanup()
 		return "", nil, err
 	}
 	pctx, stopProxy := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(pctx, ln, aln) }()
-	stop := func() { stopProxy(); <-done; cleanup() }
+	stop := func() { stopProxy(); <-done }
 	deadline := time.Now().Add(10 * time.Second)
 	for !p.Ready(ctx) {
 		if time.Now().After(deadline) {
