@@ -154,7 +154,7 @@ func (c Client) Validate(prefix string) error {
 	if _, err := minVersion(c.MinVersion); err != nil {
 		errs = append(errs, fmt.Errorf("%s.min_version: %w", prefix, err))
 	}
-	if strings.ContainsAny(c.ServerName, " /:") {
+	if strings.ContainsAny(c.ServerName, " /:") && net.ParseIP(c.ServerName) == nil {
 		errs = append(errs, fmt.Errorf("%s.server_name %q: want a host name", prefix, c.ServerName))
 	}
 	return errors.Join(errs...)

@@ -422,6 +422,9 @@ func TestValidate(t *testing.T) {
 	if err := (Client{ServerName: "https://x"}).Validate("x"); err == nil {
 		t.Fatal("a URL as server_name accepted")
 	}
+	if err := (Client{ServerName: "::1"}).Validate("x"); err != nil {
+		t.Fatalf("an IPv6 address as server_name: %v", err)
+	}
 }
 
 func TestFilesThatDoNotLoad(t *testing.T) {
