@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,6 +70,11 @@ type Authority struct {
 	secrets secretCache
 	admins  adminTokens
 	handler http.Handler
+	// approvals is the shared approval store (package approval); approvers
+	// and admins decide through it.
+	approvals      *approval.Store
+	approvers      approverTokens
+	approvalMetric *prometheus.CounterVec
 	// verifier is the shared strict passport verifier (package passport).
 	verifier *passport.Verifier
 	// dpop checks DPoP proofs at the token endpoint; nonces makes and
@@ -116,7 +122,12 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.hashSlots = make(chan struct{}, slots)
 	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
+	a.approvers = newApproverTokens(cfg.ApproverTokens)
+	a.approvals = approval.NewStore(deps.Redis, approval.Options{Clock: deps.Clock})
 	var err error
+	if a.approvalMetric, err = newApprovalMetrics(deps.Registry); err != nil {
+		return nil, err
+	}
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {
 		return nil, err
 	}
@@ -330,6 +341,7 @@ func (a *Authority) routes() http.Handler {
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/unblock", a.admin(a.handleUnblock))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/outcomes", a.reporting(a.handleOutcome))
 	mux.HandleFunc("POST /v1/keys/rotate", a.admin(a.handleRotate))
+	a.approvalRoutes(mux)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
