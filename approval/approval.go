@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -244,6 +245,32 @@ func ValidComment(s string) bool {
 		}
 	}
 	return true
+}
+
+// Visible returns s as a person may safely be shown it in a terminal or a
+// page: control characters (but newline and tab), invisible formatting
+// characters (bidirectional overrides, zero-width spaces) and invalid
+// UTF-8 are written as escapes (\x1b, \u202e), so that an agent cannot
+// make the call it asks for look like another one.
+func Visible(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, size := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case r == '\n' || r == '\t':
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case (r >= 0x80 && r < 0xa0) || unicode.Is(unicode.Cf, r) || r == 0x2028 || r == 0x2029:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteRune(r)
+		}
+		s = s[size:]
+	}
+	return b.String()
 }
 
 // PageURL is the dashboard's page for an approval (the approval_url of

@@ -157,17 +157,10 @@ var (
 )
 
 // plain reports whether s is at most max bytes of UTF-8 without control
-// characters.
+// or invisible formatting characters: these fields are shown to the
+// people who approve, who must see what they approve.
 func plain(s string, max int) bool {
-	if len(s) > max || !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return false
-		}
-	}
-	return true
+	return len(s) <= max && utf8.ValidString(s) && Visible(s) == s && !strings.ContainsAny(s, "\n\t")
 }
 
 func (r *Request) validate() error {

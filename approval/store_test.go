@@ -625,3 +625,28 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+// What a person is shown cannot be disguised: control characters, bidi
+// overrides and zero-width characters are written as escapes.
+func TestVisible(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text\n\tindented":    "plain text\n\tindented",
+		"ok\x1b[2K\rrm -rf /":       `ok\x1b[2K\x0drm -rf /`,
+		"safe\u202e/ferh/":          `safe\u202e/ferh/`,
+		"zero\u200bwidth\ufeff":     `zero\u200bwidth\ufeff`,
+		"bad \xff byte":             `bad \xff byte`,
+		"c1 \u0085 next line":       `c1 \u0085 next line`,
+		"line\u2028separator":       `line\u2028separator`,
+		`{"version":"v2.4.1"} é 日本`: `{"version":"v2.4.1"} é 日本`,
+	} {
+		if got := approval.Visible(in); got != want {
+			t.Errorf("Visible(%q) = %q, want %q", in, got, want)
+		}
+	}
+	e := start(t)
+	r := deploy()
+	r.Path = "/deployments/pay\u202ements"
+	if _, _, err := e.store.Create(context.Background(), r); !errors.Is(err, approval.ErrInvalid) {
+		t.Fatalf("a path with a bidi override: %v, want invalid", err)
+	}
+}
