@@ -20,11 +20,11 @@ import (
 
 const cliApproverToken = "cli-test-approver-token-0123456789"
 
-// TestApprovalCommands drives passport approval list|show|approve|deny
-// against a real authority on a real Redis, with --data DIR (demo.json's
-// authority and admin token) and with an approver token from the
-// environment or a file.
-func TestApprovalCommands(t *testing.T) {
+// startApprovalAuthority serves an authority with an approver (alice, for
+// acme) on a private Redis, which it returns for the tests to create
+// approvals in as the proxy would.
+func startApprovalAuthority(t *testing.T) (*redistest.Server, string) {
+	t.Helper()
 	rs := redistest.Start(t)
 	srv := httptest.NewUnstartedServer(nil)
 	cfg := authority.DefaultConfig()
@@ -39,9 +39,17 @@ func TestApprovalCommands(t *testing.T) {
 	srv.Config.Handler = a.Handler()
 	srv.Start()
 	t.Cleanup(srv.Close)
+	return rs, srv.URL
+}
 
+// TestApprovalCommands drives passport approval list|show|approve|deny
+// against a real authority on a real Redis, with --data DIR (demo.json's
+// authority and admin token) and with an approver token from the
+// environment or a file.
+func TestApprovalCommands(t *testing.T) {
+	rs, authURL := startApprovalAuthority(t)
 	dir := t.TempDir()
-	demo := `{"urls":{"authority":"` + srv.URL + `"},"admin_token":"` + cliAdminToken + `","agents":[]}`
+	demo := `{"urls":{"authority":"` + authURL + `"},"admin_token":"` + cliAdminToken + `","agents":[]}`
 	if err := os.WriteFile(filepath.Join(dir, "demo.json"), []byte(demo), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +105,7 @@ func TestApprovalCommands(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(cliAdminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code = cli(t, env, "approval", "deny", second.ID, "--authority", srv.URL, "--token-file", tokFile, "--tenant", "acme")
+	out, errOut, code = cli(t, env, "approval", "deny", second.ID, "--authority", authURL, "--token-file", tokFile, "--tenant", "acme")
 	if code != 0 || !strings.Contains(out, second.ID+": denied") {
 		t.Fatalf("deny: %d %s %s", code, out, errOut)
 	}
@@ -123,7 +131,42 @@ func TestApprovalCommands(t *testing.T) {
 		t.Fatalf("bad state: %d %s", code, errOut)
 	}
 	// No token anywhere.
-	if _, errOut, code = cli(t, nil, "approval", "list", "--authority", srv.URL, "--tenant", "acme"); code != 1 || !strings.Contains(errOut, "no token") {
+	if _, errOut, code = cli(t, nil, "approval", "list", "--authority", authURL, "--tenant", "acme"); code != 1 || !strings.Contains(errOut, "no token") {
 		t.Fatalf("no token: %d %s", code, errOut)
+	}
+}
+
+// passport dashboard offers approvals (its actions embed
+// dashboard.AdminAgents) and decides them on the authority with its admin
+// token, naming the operator.
+func TestDashboardCommandApprovals(t *testing.T) {
+	rs, url := startApprovalAuthority(t)
+	st := approval.NewStore(rs.Client(), approval.Options{})
+	ap, _, err := st.Create(context.Background(), approval.Request{Tenant: "acme", AgentID: "agt_deployer", Method: "POST",
+		Path: "/deployments/payments", Body: []byte(`{}`), Action: "deployment.deploy", Resource: "payments"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := startDashboard(t, map[string]string{"PASSPORT_ADMIN_TOKEN": cliAdminToken, "PASSPORT_AUTHORITY_URL": url, "PASSPORT_REDIS_URL": rs.URL()})
+	var session struct {
+		Approvals bool `json:"approvals"`
+	}
+	if dashboardCall(t, "GET", base+"/api/session", cliAdminToken, "", &session); !session.Approvals {
+		t.Fatal("passport dashboard does not offer approvals")
+	}
+	var list struct {
+		Approvals []struct {
+			ID string `json:"id"`
+		} `json:"approvals"`
+	}
+	if dashboardCall(t, "GET", base+"/api/tenants/acme/approvals", cliAdminToken, "", &list); len(list.Approvals) != 1 || list.Approvals[0].ID != ap.ID {
+		t.Fatalf("listed %+v", list)
+	}
+	if resp := dashboardCall(t, "POST", base+"/api/tenants/acme/approvals/"+ap.ID+"/approve", cliAdminToken, `{"comment":"ok"}`, nil); resp.StatusCode != 200 {
+		t.Fatalf("approve: %d", resp.StatusCode)
+	}
+	if got, _ := st.Get(context.Background(), "acme", ap.ID); got.State != approval.StateGranted || got.Approvers[0].Approver != approval.AdminApprover ||
+		!strings.HasPrefix(got.Approvers[0].Via, "dashboard:") {
+		t.Fatalf("after the dashboard's approve: %+v", got)
 	}
 }
