@@ -81,7 +81,7 @@ func (a AdminAgents) DecideApproval(ctx context.Context, tenant, id string, appr
 		return Approval{}, ErrNotFound
 	case errors.As(err, &ce) && (ce.Status == http.StatusConflict || ce.Status == http.StatusForbidden) && codeRE.MatchString(ce.Code):
 		return Approval{}, &Refusal{Status: ce.Status, Code: ce.Code,
-			Detail: "the authority refused the decision: " + strings.ReplaceAll(strings.TrimPrefix(ce.Code, "approval_"), "_", " "),
+			Detail:  "the authority refused the decision: " + strings.ReplaceAll(strings.TrimPrefix(ce.Code, "approval_"), "_", " "),
 			Reasons: []string{ce.Code}}
 	}
 	return Approval{}, err
