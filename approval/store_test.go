@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -648,5 +649,55 @@ func TestVisible(t *testing.T) {
 	r.Path = "/deployments/pay\u202ements"
 	if _, _, err := e.store.Create(context.Background(), r); !errors.Is(err, approval.ErrInvalid) {
 		t.Fatalf("a path with a bidi override: %v, want invalid", err)
+	}
+}
+
+// An agent retrying the same call many times at once still makes one
+// approval: every caller gets its id.
+func TestCreateConcurrentSameCall(t *testing.T) {
+	e := start(t)
+	var created atomic.Int32
+	ids := make([]string, 30)
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			a, c, err := e.store.Create(context.Background(), deploy())
+			if err != nil {
+				t.Errorf("create: %v", err)
+				return
+			}
+			if c {
+				created.Add(1)
+			}
+			ids[i] = a.ID
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("ids differ: %v", ids)
+		}
+	}
+	if created.Load() != 1 {
+		t.Fatalf("%d created, want 1", created.Load())
+	}
+	if n, _ := e.rdb.ZCard(context.Background(), approval.IndexKey("acme")).Result(); n != 1 {
+		t.Fatalf("index holds %d approvals", n)
+	}
+}
+
+// The refusal codes are reason codes: the proxy answers agents with them.
+func TestCodesAreReasonCodes(t *testing.T) {
+	re := regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	for _, c := range []string{approval.CodeUnknown, approval.CodePending, approval.CodeGranted, approval.CodeDenied, approval.CodeUsed,
+		approval.CodeExpired, approval.CodeMismatch, approval.CodeAlreadyApproved, approval.CodeOwnerExcluded, approval.CodeLimit} {
+		if !re.MatchString(c) {
+			t.Errorf("%q is not a reason code", c)
+		}
 	}
 }

@@ -350,3 +350,25 @@ func TestApproverTokensConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// With Redis gone the approvals API answers 503 and says nothing else:
+// no decision is reported as made.
+func TestApprovalsAPIWithoutRedis(t *testing.T) {
+	e, st := approvalEnv(t)
+	a := pending(t, st, "acme", "agt_deployer")
+	e.rs.Kill()
+	for _, path := range []string{"/v1/tenants/acme/approvals?state=pending", "/v1/tenants/acme/approvals/" + a.ID} {
+		if resp, body := e.get(path, bobToken); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	resp, body := e.post("/v1/tenants/acme/approvals/"+a.ID+"/approve", "application/json", `{"comment":"x"}`, func(r *http.Request) {
+		r.Header.Set("Authorization", "Bearer "+bobToken)
+	})
+	if resp.StatusCode != http.StatusServiceUnavailable || strings.Contains(string(body), "granted") {
+		t.Fatalf("approve without Redis: %d %s", resp.StatusCode, body)
+	}
+	if n := len(e.sink.kinds(audit.KindApprovalApproved)); n != 0 {
+		t.Fatalf("%d approval records for a decision that was not made", n)
+	}
+}
