@@ -40,6 +40,12 @@ const (
 	KindIncident       Kind = "incident"        // healer: an incident changed state
 	KindChaos          Kind = "chaos"           // chaos: a fault was injected
 	KindCheckpoint     Kind = "checkpoint"      // any writer: signed chain checkpoint
+
+	// Approvals (package approval): details carry approval_id and, for a
+	// decision, the approver, its comment and the approval's state after it.
+	KindApprovalRequested Kind = "approval_requested" // proxy: the policy asked a person for this call
+	KindApprovalApproved  Kind = "approval_approved"  // authority: an approver approved (state "granted" once enough did)
+	KindApprovalDenied    Kind = "approval_denied"    // authority: an approver denied
 )
 
 // Decisions recorded in Record.Decision.

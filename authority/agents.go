@@ -50,7 +50,7 @@ const (
 	fieldCapabilities  = "capabilities"
 	fieldSecretHash    = "secret_hash"
 	fieldPublicKey     = "public_key"
-	fieldOwner         = "owner"
+	fieldOwner         = passport.FieldOwner
 	fieldCreatedAt     = "created_at"
 	fieldBlockedReason = "blocked_reason"
 	fieldBlockedAt     = "blocked_at"

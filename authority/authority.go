@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
@@ -73,6 +74,11 @@ type Authority struct {
 	handler http.Handler
 	// tls serves Run's listener when Config.TLS is set (nil: plain).
 	tls *tls.Config
+	// approvals is the shared approval store (package approval); approvers
+	// and admins decide through it.
+	approvals      *approval.Store
+	approvers      approverTokens
+	approvalMetric *prometheus.CounterVec
 	// verifier is the shared strict passport verifier (package passport).
 	verifier *passport.Verifier
 	// dpop checks DPoP proofs at the token endpoint; nonces makes and
@@ -121,7 +127,12 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	a.hashSlots = make(chan struct{}, slots)
 	a.admins = newAdminTokens(cfg.AdminToken, cfg.TenantAdminTokens, cfg.ReporterTokens)
+	a.approvers = newApproverTokens(cfg.ApproverTokens)
+	a.approvals = approval.NewStore(deps.Redis, approval.Options{Clock: deps.Clock})
 	var err error
+	if a.approvalMetric, err = newApprovalMetrics(deps.Registry); err != nil {
+		return nil, err
+	}
 	if a.keys, err = newKeyManager(deps.Redis, cfg, deps.Clock, deps.Logger); err != nil {
 		return nil, err
 	}
@@ -338,6 +349,7 @@ func (a *Authority) routes() http.Handler {
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/unblock", a.admin(a.handleUnblock))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/agents/{id}/outcomes", a.reporting(a.handleOutcome))
 	mux.HandleFunc("POST /v1/keys/rotate", a.admin(a.handleRotate))
+	a.approvalRoutes(mux)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

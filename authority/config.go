@@ -59,6 +59,13 @@ type Config struct {
 	// credential a proxy needs to report policy denials, instead of the
 	// global admin token. Env PASSPORT_REPORTER_TOKEN adds one. Default none.
 	ReporterTokens []string `yaml:"reporter_tokens"`
+	// ApproverTokens may list, read, approve and deny approvals (GET and
+	// POST /v1/tenants/{t}/approvals...), of their tenants or of every
+	// tenant, and nothing else; each names its approver. Env
+	// PASSPORT_APPROVER_TOKENS adds entries ([TENANT[+TENANT]:]APPROVER=TOKEN,
+	// comma-separated). Admin tokens may decide too, recorded as "admin".
+	// Default none.
+	ApproverTokens []ApproverToken `yaml:"approver_tokens"`
 	// Audiences lists the audiences a passport may be issued for (the
 	// token request's "resource" or "audience"); the first is the
 	// default. Default [passport-proxy].
@@ -82,6 +89,9 @@ type Config struct {
 	DPoP DPoPConfig `yaml:"dpop"`
 	// HTTP tunes the server.
 	HTTP HTTPConfig `yaml:"http"`
+
+	// envErrs are ApplyEnv's problems, reported by Validate.
+	envErrs []error
 }
 
 // DelegationConfig configures token exchange (RFC 8693): an agent trades
@@ -292,7 +302,9 @@ func DefaultConfig() Config {
 
 // ApplyEnv overrides addresses and secrets from the environment:
 // PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN, PASSPORT_KEY_ENCRYPTION_KEY,
-// PASSPORT_AUTHORITY_ISSUER.
+// PASSPORT_AUTHORITY_ISSUER; PASSPORT_REPORTER_TOKEN and
+// PASSPORT_APPROVER_TOKENS add tokens (a malformed entry is reported by
+// Validate).
 func (c *Config) ApplyEnv(getenv func(string) string) {
 	if getenv == nil {
 		return
@@ -306,6 +318,13 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set("PASSPORT_ADMIN_TOKEN", &c.AdminToken)
 	if v := getenv("PASSPORT_REPORTER_TOKEN"); v != "" && !slices.Contains(c.ReporterTokens, v) {
 		c.ReporterTokens = append(slices.Clone(c.ReporterTokens), v)
+	}
+	if v := getenv("PASSPORT_APPROVER_TOKENS"); v != "" {
+		toks, err := ParseApproverTokens(v)
+		c.ApproverTokens = append(slices.Clone(c.ApproverTokens), toks...)
+		if err != nil {
+			c.envErrs = append(c.envErrs, err)
+		}
 	}
 	set("PASSPORT_KEY_ENCRYPTION_KEY", &c.Keys.EncryptionKey)
 	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
@@ -369,6 +388,8 @@ func (c Config) Validate() error {
 			bad("reporter_tokens[%d]: the same as the admin token; a reporter token must be its own", i)
 		}
 	}
+	errs = append(errs, c.validateApproverTokens()...)
+	errs = append(errs, c.envErrs...)
 	if len(c.Audiences) == 0 {
 		bad("audiences: at least one audience is needed")
 	}

@@ -169,6 +169,10 @@ func (a *Authority) authorize(h adminHandler, reporters bool) http.HandlerFunc {
 			p, ok = principal{reporter: true}, true
 		}
 		if !ok {
+			if _, approver := a.approvers.check(tok); approver {
+				writeProblem(w, http.StatusForbidden, "forbidden", "an approver token may only list and decide approvals")
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="passport-admin"`)
 			writeProblem(w, http.StatusUnauthorized, "unauthenticated", "a valid admin token is required (Authorization: Bearer ...)")
 			return

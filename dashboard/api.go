@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/feed"
 )
 
@@ -90,6 +91,40 @@ func (s *Server) listApprovals(ctx context.Context, w http.ResponseWriter, _ *ht
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"approvals": nonNil(list)})
+}
+
+// decideApproval approves or denies one approval with the operator's
+// comment; the host decides with its own credential and names the
+// operator as via, so the audit trail says who pressed the button.
+func (s *Server) decideApproval(approve bool) tenantHandler {
+	action := "deny"
+	if approve {
+		action = "approve"
+	}
+	return func(ctx context.Context, w http.ResponseWriter, r *http.Request, p feed.Principal, tenant string) {
+		if s.approvals == nil {
+			feed.Problem(w, http.StatusNotFound, "approvals are not offered")
+			return
+		}
+		id := r.PathValue("id")
+		var body struct {
+			Comment string `json:"comment"`
+		}
+		if !readJSON(w, r, &body) {
+			return
+		}
+		if !namePattern.MatchString(id) || !approval.ValidComment(body.Comment) {
+			feed.Problem(w, http.StatusBadRequest, "bad approval id or comment")
+			return
+		}
+		ap, err := s.approvals.DecideApproval(ctx, tenant, id, approve, body.Comment, "dashboard:"+p.ID)
+		if err != nil {
+			s.fail(ctx, w, action, err)
+			return
+		}
+		s.done(ctx, action, p, tenant, "approval_id", id)
+		writeJSON(w, http.StatusOK, map[string]any{"approval": ap})
+	}
 }
 
 func (s *Server) block(ctx context.Context, w http.ResponseWriter, r *http.Request, p feed.Principal, tenant string) {

@@ -234,7 +234,7 @@ func TestSessionClockAgentsAsOfAndApprovals(t *testing.T) {
 
 	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
 	st2 := startStackWith(t, Config{}, func(f *fakeActions) Actions {
-		return withApprovals{f, []Approval{{ID: "apr-1", Agent: "deployer", Method: "POST", Path: "/deployments/payments", Reasons: []string{"approval_required"}, ExpiresAt: exp}}}
+		return withApprovals{fakeActions: f, list: []Approval{{ID: "apr-1", Agent: "deployer", Method: "POST", Path: "/deployments/payments", Reasons: []string{"approval_required"}, ExpiresAt: exp}}}
 	})
 	_, sess, _ = call(t, "GET", st2.url+"/api/session", acmeToken, "")
 	if sess["approvals"] != true {

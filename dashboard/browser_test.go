@@ -294,7 +294,7 @@ func TestBrowserApprovalsPanel(t *testing.T) {
 	}
 	list := []Approval{{ID: "apr-1", Agent: "deployer-acme", Method: "POST", Path: "/deployments/payments",
 		Reasons: []string{"approval_required"}, ExpiresAt: time.Now().Add(5 * time.Minute)}}
-	st2 := startStackWith(t, Config{}, func(f *fakeActions) Actions { return withApprovals{f, list} })
+	st2 := startStackWith(t, Config{}, func(f *fakeActions) Actions { return withApprovals{fakeActions: f, list: list} })
 	p.signIn(st2.url, adminToken, "acme")
 	p.do("approvals listed", 15*time.Second, chromedp.WaitVisible(css(`li[data-testid="approval"][data-approval-id="apr-1"]`)))
 	if got := p.eval(`document.querySelector('li[data-testid="approval"] .what').textContent`); got != "/deployments/payments · deployer-acme" {

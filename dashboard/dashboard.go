@@ -1,8 +1,8 @@
 // Package dashboard serves the Agent Passport dashboard: one embedded web
 // page (plain HTML, CSS and JavaScript; no CDN, no build step) that watches
 // one tenant live through the feed (feed) and lets an operator block
-// and unblock agents and fire chaos events, plus the small JSON API the
-// page calls. Every API call carries the operator token in an
+// and unblock agents, fire chaos events and approve or deny calls that
+// wait for a person, plus the small JSON API the page calls. Every API call carries the operator token in an
 // Authorization header; the page never puts it in a URL.
 package dashboard
 
@@ -145,21 +145,47 @@ type Actions interface {
 	Targets(ctx context.Context, tenant string) ([]string, error)
 }
 
-// Approval is one pending approval as the page shows it.
+// Approval is one pending approval as the page shows it: the exact call
+// a person is asked to let through.
 type Approval struct {
-	ID        string    `json:"id"`
-	Agent     string    `json:"agent"` // the agent's name (or id)
-	Method    string    `json:"method"`
-	Path      string    `json:"path"`
-	Reasons   []string  `json:"reasons"`
-	ExpiresAt time.Time `json:"expires_at"`
+	ID      string `json:"id"`
+	Agent   string `json:"agent"` // the agent's name (or id)
+	AgentID string `json:"agent_id,omitempty"`
+	Method  string `json:"method"`
+	Path    string `json:"path"`
+	Query   string `json:"query,omitempty"`
+	// Body is the start of the call's body as text, with control and
+	// invisible characters escaped (approval.Visible); base64 when
+	// BodyEncoding says so.
+	Body          string `json:"body,omitempty"`
+	BodyEncoding  string `json:"body_encoding,omitempty"`
+	BodyBytes     int    `json:"body_bytes,omitempty"`
+	BodyTruncated bool   `json:"body_truncated,omitempty"`
+	BodySHA256    string `json:"body_sha256,omitempty"`
+	Action        string `json:"action,omitempty"`
+	Resource      string `json:"resource,omitempty"`
+	// Reasons are the refusal's codes; Reason is the policy's words.
+	Reasons []string `json:"reasons"`
+	Reason  string   `json:"reason,omitempty"`
+	// Approvers who approved so far, of RequiredApprovers.
+	Approvers         []string  `json:"approvers,omitempty"`
+	RequiredApprovers int       `json:"required_approvers,omitempty"`
+	State             string    `json:"state,omitempty"`
+	ExpiresAt         time.Time `json:"expires_at"`
 }
 
-// Approvals is implemented by Actions that can list pending approvals.
-// When the host's Actions implement it, the page shows a panel of them;
-// otherwise the panel stays hidden.
+// Approvals is implemented by Actions that offer approvals. When the
+// host's Actions implement it, the page shows a panel of pending
+// approvals with Approve and Deny buttons; otherwise the panel stays
+// hidden.
 type Approvals interface {
 	PendingApprovals(ctx context.Context, tenant string) ([]Approval, error)
+	// DecideApproval approves (approve true) or denies approval id of
+	// tenant with the operator's comment; via names the operator
+	// ("dashboard:<principal id>"). It answers the approval after the
+	// decision, ErrNotFound for an unknown one, or a *Refusal with the
+	// authority's code (approval_denied, approval_used, ...).
+	DecideApproval(ctx context.Context, tenant, id string, approve bool, comment, via string) (Approval, error)
 }
 
 // Deps are what the dashboard needs from its host.
@@ -300,6 +326,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /api/tenants/{tenant}/agents/{id}/unblock", s.tenantAPI(s.unblock))
 	mux.HandleFunc("GET /api/tenants/{tenant}/targets", s.tenantAPI(s.targets))
 	mux.HandleFunc("GET /api/tenants/{tenant}/approvals", s.tenantAPI(s.listApprovals))
+	mux.HandleFunc("POST /api/tenants/{tenant}/approvals/{id}/approve", s.tenantAPI(s.decideApproval(true)))
+	mux.HandleFunc("POST /api/tenants/{tenant}/approvals/{id}/deny", s.tenantAPI(s.decideApproval(false)))
 	mux.HandleFunc("POST /api/tenants/{tenant}/chaos", s.tenantAPI(s.fireChaos))
 	return securityHeaders(mux)
 }

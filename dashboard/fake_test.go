@@ -163,10 +163,12 @@ func (f *fakeActions) reputation(ctx context.Context, tenant, agent string, scor
 		"agent_id": agent, "score": score, "previous": score + 10, "outcome": "denied", "trust_level": "LOW"})})
 }
 
-// withApprovals is a host that also lists pending approvals.
+// withApprovals is a host that also offers approvals: it lists list and
+// records decisions in decided ("approve <id> <comment> <via>").
 type withApprovals struct {
 	*fakeActions
-	list []Approval
+	list    []Approval
+	decided *[]string
 }
 
 func (w withApprovals) PendingApprovals(_ context.Context, tenant string) ([]Approval, error) {
@@ -174,6 +176,25 @@ func (w withApprovals) PendingApprovals(_ context.Context, tenant string) ([]App
 		return nil, nil
 	}
 	return w.list, nil
+}
+
+func (w withApprovals) DecideApproval(_ context.Context, tenant, id string, approve bool, comment, via string) (Approval, error) {
+	i := slices.IndexFunc(w.list, func(a Approval) bool { return a.ID == id })
+	if tenant != "acme" || i < 0 {
+		return Approval{}, ErrNotFound
+	}
+	verb, state := "deny", "denied"
+	if approve {
+		verb, state = "approve", "granted"
+	}
+	w.mu.Lock()
+	if w.decided != nil {
+		*w.decided = append(*w.decided, verb+" "+id+" "+comment+" "+via)
+	}
+	w.mu.Unlock()
+	a := w.list[i]
+	a.State = state
+	return a, nil
 }
 
 var _ Approvals = withApprovals{}

@@ -22,8 +22,9 @@
 //	tail=<n>            replay the last n entries (n ≤ max_tail), then go live
 //	                    (neither: live only)
 //	types=a,b           event types (default: decision, refusals, incident,
-//	                    reputation, agent_blocked, agent_unblocked, chaos; also
-//	                    outcome, revocation on request)
+//	                    reputation, agent_blocked, agent_unblocked, chaos,
+//	                    approval_requested, approval_approved, approval_denied;
+//	                    also outcome, revocation on request)
 //	agent=<id>[,<id>]   only events about these agents
 //	decision=deny[,…]   only decision/outcome/refusals events with these decisions
 //	                    (other types are not affected)
@@ -44,7 +45,8 @@
 //	  "id": "1732567000000-0",      stream id: resume with since=<id>
 //	  "type": "decision",           decision | outcome | refusals | incident |
 //	                                reputation | agent_blocked | agent_unblocked |
-//	                                revocation | chaos | live
+//	                                revocation | chaos | approval_requested |
+//	                                approval_approved | approval_denied | live
 //	  "tenant": "acme",
 //	  "time": "2026-11-25T20:00:00.123Z",  when the record was written
 //	  "agent_id", "agent_name", "agent_type", "trust_level", "reputation",
@@ -60,6 +62,8 @@
 //	      chaos: {"id","type","target","action":"inject|clear","injected_at"}
 //	      reputation: {"agent_id","score","previous","outcome","trust_level"}
 //	      agent_blocked: {"agent_id","reason","cause"}
+//	      approval_approved, approval_denied: {"approval_id","approver","comment",
+//	                 "via","state","approvals","required_approvers"} (docs/approvals.md)
 //	      refusals: {"reason","count","first","last","first_request_id",
 //	                 "last_request_id","source","outage"}: refused calls of
 //	                 one source, reason and second, counted in one event

@@ -31,6 +31,11 @@ const (
 	// TypeRefusals summarises refused calls of one source, reason and
 	// second (details: audit.RefusalSummary, with "count").
 	TypeRefusals = string(audit.KindRefusals)
+	// Approvals: a call waits for a person, an approver approved or
+	// denied it (details: approval_id, approver, comment, state).
+	TypeApprovalRequested = string(audit.KindApprovalRequested)
+	TypeApprovalApproved  = string(audit.KindApprovalApproved)
+	TypeApprovalDenied    = string(audit.KindApprovalDenied)
 	// TypeLive is a control message, not a stream entry: it is sent once
 	// the replay asked for with since= or tail= is complete and the
 	// connection is following the stream live. It carries no "id".
@@ -41,7 +46,7 @@ const (
 var knownTypes = map[string]bool{
 	TypeDecision: true, TypeOutcome: true, TypeIncident: true, TypeReputation: true,
 	TypeAgentBlocked: true, TypeAgentUnblocked: true, TypeRevocation: true, TypeChaos: true,
-	TypeRefusals: true,
+	TypeRefusals: true, TypeApprovalRequested: true, TypeApprovalApproved: true, TypeApprovalDenied: true,
 }
 
 // defaultTypes are sent when the client does not say types=. Outcome
@@ -50,6 +55,7 @@ var knownTypes = map[string]bool{
 var defaultTypes = map[string]bool{
 	TypeDecision: true, TypeIncident: true, TypeReputation: true,
 	TypeAgentBlocked: true, TypeAgentUnblocked: true, TypeChaos: true, TypeRefusals: true,
+	TypeApprovalRequested: true, TypeApprovalApproved: true, TypeApprovalDenied: true,
 }
 
 // Event is one message of the feed (schema v1, documented in doc.go).

@@ -47,13 +47,16 @@ func AuditStreamKey(tenant string) string { return TenantKey(tenant, "audit") }
 // BlockedMember is the member of BlockedKey for one agent.
 func BlockedMember(tenant, agentID string) string { return tenant + "/" + agentID }
 
-// Fields of the agent hash (AgentKey) that the proxy reads on the hot path.
+// Fields of the agent hash (AgentKey) that other components read.
 const (
 	FieldBlocked            = "blocked"              // "1" when blocked
 	FieldReputation         = "reputation"           // score at FieldReputationAt, float
 	FieldReputationBaseline = "reputation_baseline"  // score it drifts back to, float
 	FieldReputationAt       = "reputation_at"        // unix milliseconds of the last update
 	FieldReputationHalfLife = "reputation_half_life" // drift half-life in milliseconds
+	// FieldOwner names who is accountable for the agent; an approval may
+	// exclude that owner from its approvers (package approval).
+	FieldOwner = "owner"
 )
 
 // Revocation event types published on RevocationChannel.

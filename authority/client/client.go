@@ -44,6 +44,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/golang-jwt/jwt/v5"
@@ -534,7 +535,8 @@ func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // Admin calls the authority's admin API with an admin token (global or
-// tenant-scoped). It is safe for concurrent use.
+// tenant-scoped), or its approvals API with an admin or approver token. It
+// is safe for concurrent use.
 type Admin struct {
 	base  string
 	token passport.Secret
@@ -615,6 +617,45 @@ func (a *Admin) ReportOutcome(ctx context.Context, tenant, id, outcome string) (
 func (a *Admin) RotateKeys(ctx context.Context) (RotateResult, error) {
 	var out RotateResult
 	err := a.do(ctx, http.MethodPost, "/v1/keys/rotate", nil, &out)
+	return out, err
+}
+
+func approvalsPath(tenant string) string {
+	return "/v1/tenants/" + url.PathEscape(tenant) + "/approvals"
+}
+
+// ListApprovals lists a tenant's approvals in state (every state when
+// ""), newest first. An approver token may call the approval methods as
+// well as an admin token.
+func (a *Admin) ListApprovals(ctx context.Context, tenant string, state approval.State) ([]approval.Approval, error) {
+	p := approvalsPath(tenant)
+	if state != "" {
+		p += "?state=" + url.QueryEscape(string(state))
+	}
+	var out approval.List
+	err := a.do(ctx, http.MethodGet, p, nil, &out)
+	return out.Approvals, err
+}
+
+// GetApproval returns one approval.
+func (a *Admin) GetApproval(ctx context.Context, tenant, id string) (approval.Approval, error) {
+	var out approval.Approval
+	err := a.do(ctx, http.MethodGet, approvalsPath(tenant)+"/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Approve approves the call an approval holds; the answer is the approval
+// after the decision (granted once enough distinct approvers approved).
+func (a *Admin) Approve(ctx context.Context, tenant, id string, req approval.DecisionRequest) (approval.Approval, error) {
+	var out approval.Approval
+	err := a.do(ctx, http.MethodPost, approvalsPath(tenant)+"/"+url.PathEscape(id)+"/approve", req, &out)
+	return out, err
+}
+
+// Deny denies the call an approval holds.
+func (a *Admin) Deny(ctx context.Context, tenant, id string, req approval.DecisionRequest) (approval.Approval, error) {
+	var out approval.Approval
+	err := a.do(ctx, http.MethodPost, approvalsPath(tenant)+"/"+url.PathEscape(id)+"/deny", req, &out)
 	return out, err
 }
 

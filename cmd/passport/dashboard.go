@@ -270,4 +270,7 @@ func (d *dashboardActions) Targets(_ context.Context, tenant string) ([]string, 
 	return slices.Clone(d.targets), nil
 }
 
-var _ dashboard.Actions = (*dashboardActions)(nil)
+var (
+	_ dashboard.Actions   = (*dashboardActions)(nil)
+	_ dashboard.Approvals = (*dashboardActions)(nil) // through dashboard.AdminAgents
+)

@@ -13,6 +13,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/tester"
 	"github.com/spf13/cobra"
 
+	"github.com/agentpassport/passport/budget"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/policies/replay"
@@ -164,7 +165,10 @@ func (a *app) policyCheckCmd() *cobra.Command {
 "opa check --strict" (unused variables and imports, deprecated builtins, type errors,
 rule/data conflicts with the data files), against the proxy's capabilities (no
 http.send, net.lookup_ip_addr or opa.runtime), and check that the directory defines
-data.passport.authz.decision. With --fmt, also list the files "opa fmt" would change.`,
+data.passport.authz.decision. The budgets declared at data.passport.budgets are
+checked too (unique names, known action names, per agent|resource|tenant, limit at
+least 1, window a positive Go duration), each problem with its file. With --fmt,
+also list the files "opa fmt" would change.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			fsys, src, err := policySource(args, policies.TestFS)
@@ -173,6 +177,10 @@ data.passport.authz.decision. With --fmt, also list the files "opa fmt" would ch
 			}
 			if err := policies.Check(fsys, policy.Capabilities()); err != nil {
 				return fmt.Errorf("%s: %w", src, err)
+			}
+			budgets, err := budget.CheckFS(fsys)
+			if err != nil {
+				return fmt.Errorf("%s: budgets: %w", src, err)
 			}
 			if checkFmt {
 				bad, err := policies.NotFormatted(fsys)
@@ -189,6 +197,9 @@ data.passport.authz.decision. With --fmt, also list the files "opa fmt" would ch
 				}
 			}
 			fmt.Fprintf(a.stdout, "%s: ok\n", src)
+			for _, b := range budgets {
+				fmt.Fprintf(a.stdout, "budget %s: %s, %d per %v per %s\n", b.Name, strings.Join(b.Actions, " "), b.Limit, b.Window, b.Per)
+			}
 			return nil
 		},
 	}

@@ -164,6 +164,16 @@ func TestPolicyCheck(t *testing.T) {
 		{name: "reason not a code", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nreasons contains \"Token: abc\" if input.x\n"},
 			code:  1, stderr: "is not a reason code"},
+		{name: "budgets", args: []string{"policy", "check", "DIR"},
+			edits: map[string]string{"data.yaml": budgetData("      limit: 3\n")},
+			code:  0, stdout: "budget restarts-per-service: service.restart, 3 per 10m0s per resource"},
+		{name: "budget without a limit", args: []string{"policy", "check", "DIR"},
+			edits: map[string]string{"data.yaml": budgetData("      limit: 0\n")},
+			code:  1, stderr: "budgets: data.yaml: budgets[0] (restarts-per-service): limit: 0: want an integer of at least 1"},
+		{name: "budget with a bad window and action", args: []string{"policy", "check", "DIR"},
+			edits: map[string]string{"data.yaml": strings.NewReplacer("      window: 10m\n", "      window: \"10\"\n", "      actions: [service.restart]\n", "      actions: [Service.Restart]\n").Replace(budgetData("      limit: 3\n"))},
+			code:  1, stderr: `actions: "Service.Restart" is not an action (dotted lowercase, like service.restart)
+data.yaml: budgets[0] (restarts-per-service): window: "10": want a positive Go duration`},
 		{name: "unformatted without fmt", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nhelper   if input.a\n"}, code: 0},
 	}
@@ -322,4 +332,14 @@ func TestPolicyCommandsRefuseLinksOutside(t *testing.T) {
 			t.Fatalf("policy %s printed the linked file", cmd)
 		}
 	}
+}
+
+// budgetData is the embedded data.yaml declaring one budget with limit.
+func budgetData(limit string) string {
+	b, err := fs.ReadFile(policies.TestFS, "data.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return strings.Replace(string(b), "  budgets: []\n", "  budgets:\n    - name: restarts-per-service\n      actions: [service.restart]\n"+
+		"      per: resource\n"+limit+"      window: 10m\n", 1)
 }

@@ -56,6 +56,7 @@ const state = {
   agents: new Map(),     // id -> agent, with repAt/blockedAt: the server time its values are from
   rep: new Map(),        // id -> [{t, s}] reputation points, by time
   approvals: [],
+  focusApproval: null,   // approval id to show (from an approval_url)
 };
 
 const serverNow = () => Date.now() + state.skew;
@@ -72,6 +73,8 @@ function takeTokenFromFragment() {
   if (tok) sessionStorage.setItem(TOKEN_KEY, tok);
   const tenant = p.get("tenant");
   if (tenant) sessionStorage.setItem(TENANT_KEY, tenant);
+  // #approval=<id> (an approval_url): show that approval once listed.
+  state.focusApproval = p.get("approval") || null;
   if (p.get("large") === "1") localStorage.setItem("passport.large", "1");
   history.replaceState(null, "", location.pathname + location.search);
 }
@@ -266,6 +269,9 @@ function handle(ev) {
     case "agent_blocked": setBlocked(ev, true); break;
     case "agent_unblocked": setBlocked(ev, false); break;
     case "chaos": addChaos(ev); break;
+    case "approval_requested":
+    case "approval_approved":
+    case "approval_denied": addApprovalEvent(ev); break;
   }
 }
 
@@ -660,12 +666,16 @@ async function toggleBlock(a) {
 
 // ---------- approvals ----------
 
-// The panel stays hidden until the API offers approvals; it is filled
-// from a list of {id, agent, method, path, reasons, expires_at}.
+// The panel stays hidden until the API offers approvals. Each pending
+// approval shows the exact call (method, path, query, body), the agent,
+// the action, the reasons and who approved so far, with Approve and Deny.
+// The server escapes control and invisible characters in what the agent
+// sent, and everything is inserted as text.
 function setupApprovals() {
   clearInterval(state.approvalsTimer);
   const offered = !!(state.session && state.session.approvals);
   $("approvals").hidden = !offered;
+  $("approval-rows").replaceChildren();
   if (!offered) return;
   loadApprovals();
   state.approvalsTimer = setInterval(loadApprovals, APPROVALS_POLL_MS);
@@ -681,18 +691,84 @@ async function loadApprovals() {
   } catch (_) { /* keep the last list; the next poll retries */ }
 }
 
+// approvalKey changes when a row must be drawn anew (not for the clock).
+const approvalKey = (a) => [a.id, a.state, (a.approvers || []).join(",")].join("|");
+
 function renderApprovals() {
   const now = serverNow();
   const list = state.approvals.filter((a) => (timeOf(a.expires_at) ?? Infinity) > now);
-  $("approval-rows").replaceChildren(...list.map((a) => {
+  const box = $("approval-rows");
+  // Rows are kept while their approval is unchanged, so a comment being
+  // typed survives the poll.
+  const old = new Map([...box.children].map((li) => [li.dataset.key, li]));
+  const rows = list.map((a) => old.get(approvalKey(a)) || approvalRow(a));
+  for (const [i, a] of list.entries()) {
     const left = timeOf(a.expires_at);
-    return el("li", { "data-testid": "approval", "data-approval-id": a.id || "" },
-      el("span", { class: "pill DISPATCHED", text: a.method || "" }),
-      el("span", { class: "what", text: (a.path || "") + " · " + (a.agent || ""), title: (a.id || "") + ": " + (a.reasons || []).join(", ") }),
-      el("span", { class: "muted", text: left == null ? "" : "expires in " + fmtDur(left - now) }));
-  }));
+    rows[i].querySelector(".expires").textContent = left == null ? "" : "expires in " + fmtLeft(left - now);
+  }
+  if (rows.length !== box.children.length || rows.some((r, i) => box.children[i] !== r)) box.replaceChildren(...rows);
   $("approvals-empty").hidden = list.length > 0;
   $("approval-count").textContent = list.length ? String(list.length) : "";
+  if (state.focusApproval) {
+    const li = box.querySelector('li[data-approval-id="' + CSS.escape(state.focusApproval) + '"]');
+    if (li) {
+      li.classList.add("focus");
+      li.scrollIntoView({ block: "nearest" });
+      state.focusApproval = null;
+    }
+  }
+}
+
+function approvalRow(a) {
+  const call = (a.path || "") + (a.query ? "?" + a.query : "");
+  const approvers = a.approvers || [];
+  const need = a.required_approvers || 1;
+  const comment = el("input", { type: "text", "data-testid": "approval-comment", placeholder: "comment (kept in the audit trail)", maxLength: 1024 });
+  const approve = el("button", { type: "button", "data-testid": "approval-approve", text: "Approve" });
+  const deny = el("button", { type: "button", class: "danger", "data-testid": "approval-deny", text: "Deny" });
+  const err = el("p", { class: "error", "data-testid": "approval-error", role: "alert" });
+  const li = el("li", { "data-testid": "approval", "data-approval-id": a.id || "", "data-key": approvalKey(a) },
+    el("div", { class: "approval-head" },
+      el("span", { class: "pill DISPATCHED", text: a.method || "" }),
+      el("span", { class: "what", "data-testid": "approval-call", text: call + " · " + (a.agent || ""), title: (a.id || "") + ": " + call }),
+      el("span", { class: "muted expires" })),
+    el("div", { class: "approval-meta muted", "data-testid": "approval-meta" },
+      [a.action, a.resource ? "on " + a.resource : "", (a.reasons || []).join(", "),
+        approvers.length + " of " + need + " approver" + (need === 1 ? "" : "s") + (approvers.length ? " (" + approvers.join(", ") + ")" : "")]
+        .filter(Boolean).join(" · ")),
+    a.reason ? el("div", { class: "approval-why", text: a.reason }) : null,
+    a.body ? el("pre", { class: "approval-body", "data-testid": "approval-body",
+      title: (a.body_bytes || 0) + " bytes, sha256 " + (a.body_sha256 || ""),
+      text: (a.body_encoding ? "(" + a.body_encoding + ") " : "") + a.body + (a.body_truncated ? "\n… (" + a.body_bytes + " bytes in all)" : "") }) : null,
+    el("div", { class: "approval-actions" }, comment, approve, deny),
+    err);
+  const decide = async (ok) => {
+    approve.disabled = deny.disabled = true;
+    err.textContent = "";
+    try {
+      const path = "/api/tenants/" + encodeURIComponent(state.tenant) + "/approvals/" + encodeURIComponent(a.id) + (ok ? "/approve" : "/deny");
+      const data = await api("POST", path, { comment: comment.value.trim() });
+      li.dataset.state = (data.approval && data.approval.state) || "";
+      await loadApprovals();
+    } catch (e) {
+      err.textContent = (ok ? "Approve" : "Deny") + " refused" + (e.code ? " (" + e.code + ")" : "") + ": " + e.message;
+      approve.disabled = deny.disabled = false;
+    }
+  };
+  approve.addEventListener("click", () => decide(true));
+  deny.addEventListener("click", () => decide(false));
+  return li;
+}
+
+const fmtLeft = (ms) => ms < 60000 ? Math.max(0, Math.round(ms / 1000)) + " s" : Math.round(ms / 60000) + " min";
+
+// An approval was asked for or decided: the list changes now, not at the
+// next poll; the activity log says who decided.
+function addApprovalEvent(ev) {
+  const d = ev.details || {};
+  const what = ev.type === "approval_requested" ? "approval asked for " : ev.type === "approval_approved" ? "approved by " + (d.approver || "?") + ": " : "denied by " + (d.approver || "?") + ": ";
+  activity(ev, what + (ev.method || "") + " " + (ev.path || "") + (d.state ? " (" + d.state + ")" : ""));
+  if (state.session && state.session.approvals) loadApprovals();
 }
 
 // ---------- chaos ----------

@@ -655,7 +655,10 @@ func (a *actions) Targets(_ context.Context, tenant string) ([]string, error) {
 	return out, nil
 }
 
-var _ dashboard.Actions = (*actions)(nil)
+var (
+	_ dashboard.Actions   = (*actions)(nil)
+	_ dashboard.Approvals = (*actions)(nil) // through dashboard.AdminAgents
+)
 
 // waitReady polls url until it answers 200 or ctx ends.
 func waitReady(ctx context.Context, url string) error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -450,4 +451,40 @@ func TestEndToEndRandomChaos(t *testing.T) {
 	if !allowed {
 		t.Errorf("no allow record for chaos.inject on %s", fault.Target)
 	}
+}
+
+// passport up offers approvals on its dashboard: a call waiting for a
+// person is listed, approved from the dashboard's API with the stack's
+// admin credential, and the decision lands in the tenant's audit stream
+// with the approver (what the feed shows).
+func TestUpOffersApprovals(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
+	st := approval.NewStore(r.rdb, approval.Options{})
+	ap, _, err := st.Create(context.Background(), approval.Request{Tenant: "acme", AgentID: "agt_deployer", AgentName: "deployer-acme",
+		Method: "POST", Path: "/deployments/payments", Body: []byte(`{"version":"v2"}`), Action: "deployment.deploy", Resource: "payments",
+		Reasons: []string{"approval_required"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := call(t, http.MethodGet, r.demo.URLs.Dashboard+"/api/session", r.demo.AdminToken)
+	if code != http.StatusOK || !strings.Contains(body, `"approvals":true`) {
+		t.Fatalf("session: %d %s", code, body)
+	}
+	code, body = call(t, http.MethodGet, r.demo.URLs.Dashboard+"/api/tenants/acme/approvals", r.demo.AdminToken)
+	if code != http.StatusOK || !strings.Contains(body, ap.ID) {
+		t.Fatalf("dashboard approvals: %d %s", code, body)
+	}
+	code, body = call(t, http.MethodPost, r.demo.URLs.Dashboard+"/api/tenants/acme/approvals/"+ap.ID+"/approve", r.demo.AdminToken)
+	if code != http.StatusOK || !strings.Contains(body, `"state":"granted"`) {
+		t.Fatalf("approve from the dashboard: %d %s", code, body)
+	}
+	eventually(t, 10*time.Second, "approval_approved in the audit stream", func() (bool, string) {
+		for _, rec := range r.records(t, "acme") {
+			if rec.Kind == audit.KindApprovalApproved && strings.Contains(string(rec.Details), ap.ID) &&
+				strings.Contains(string(rec.Details), `"approver":"admin"`) && rec.AgentID == "agt_deployer" {
+				return true, ""
+			}
+		}
+		return false, "not yet"
+	})
 }
