@@ -79,6 +79,8 @@ type Authority struct {
 	trusted []netip.Prefix
 	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
 	hashSlots chan struct{}
+	// enroll holds the trusted issuers of workload enrollment (enroll.go).
+	enroll *enrollment
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -121,6 +123,9 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 		return nil, err
 	}
 	if a.m, err = newMetrics(deps.Registry); err != nil {
+		return nil, err
+	}
+	if err := a.initEnrollment(); err != nil {
 		return nil, err
 	}
 	// Passports are checked against every configured audience and the
@@ -424,6 +429,9 @@ func (a *Authority) metadata() Metadata {
 	grants := []string{"client_credentials"}
 	if a.cfg.Delegation.MaxDepth > 0 {
 		grants = append(grants, passport.GrantTypeTokenExchange)
+	}
+	if len(a.cfg.TrustedIssuers) > 0 {
+		grants = append(grants, GrantTypeJWTBearer)
 	}
 	return Metadata{
 		Issuer:                           a.cfg.Issuer,
