@@ -526,6 +526,8 @@ func (a *Authority) externalAgent(ctx context.Context, raw, clientID string) (*a
 	id, ti, err := a.verifyExternal(ctx, raw)
 	if err != nil {
 		a.countEnrollment(ti, err, "")
+		// Debug only: anyone can send tokens, and the metric counts them.
+		a.log.DebugContext(ctx, "external token refused", "err", err)
 		return nil, nil, err
 	}
 	rule := ti.matchRule(id)

@@ -971,3 +971,49 @@ func TestParseJWKSLeavesOutBadKeys(t *testing.T) {
 		t.Fatal("duplicate keys member accepted")
 	}
 }
+
+// The Go client enrolls from a token file (a projected volume) with the
+// grant, and authenticates a token exchange with the same token as its
+// client assertion.
+func TestWorkloadClient(t *testing.T) {
+	p := newIdP(t, "https://kubernetes.test")
+	e := newEnv(t, func(c *Config) {
+		c.TrustedIssuers = []TrustedIssuer{k8sIssuer(p, registerRule("system:serviceaccount:acme:*", "acme", passport.TrustMedium))}
+	}, nil, nil)
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(p.token(p.claims(e.clock.Now(), "system:serviceaccount:acme:inventory"))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.NewWorkload(e.srv.URL, client.TokenFile(path), client.Options{Clock: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(context.Background(), client.TokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := verifyGoJose(t, tok.Raw, e.fetchJWKS())
+	if err != nil || claims.Tenant != "acme" || claims.Agent.TrustLevel != passport.TrustMedium {
+		t.Fatalf("workload passport: %+v %v", claims, err)
+	}
+
+	// A token exchange: the subject agent lets the workload's agent act.
+	subj := e.register("acme", "subject", passport.TypeObserver, passport.TrustHigh, func(s *client.AgentSpec) {
+		s.MayDelegateTo = []string{claims.Subject}
+	})
+	delegated, err := c.Exchange(context.Background(), client.ExchangeRequest{SubjectToken: e.token(subj, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := verifyGoJose(t, delegated.Raw, e.fetchJWKS())
+	if err != nil || dc.Subject != claims.Subject || dc.Act == nil || dc.Act.Sub != subj.ID || dc.Agent.TrustLevel != passport.TrustMedium {
+		t.Fatalf("delegated passport: %+v %v", dc, err)
+	}
+
+	if _, err := client.NewWorkload(e.srv.URL, nil, client.Options{}); err == nil {
+		t.Fatal("workload client without a source")
+	}
+	if _, err := client.NewWorkload(e.srv.URL, client.TokenFile(filepath.Join(t.TempDir(), "missing")), client.Options{}); err != nil {
+		t.Fatal(err) // the file is read per request, not at construction
+	}
+}
