@@ -26,6 +26,7 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -1015,5 +1016,31 @@ func TestWorkloadClient(t *testing.T) {
 	}
 	if _, err := client.NewWorkload(e.srv.URL, client.TokenFile(filepath.Join(t.TempDir(), "missing")), client.Options{}); err != nil {
 		t.Fatal(err) // the file is read per request, not at construction
+	}
+}
+
+// The authority configurations in docs/enrollment.md (the yaml blocks
+// after an "<!-- authority.yaml -->" line) load strictly and validate.
+func TestEnrollmentDocsConfigsValidate(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "docs", "enrollment.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(b), "<!-- authority.yaml -->\n```yaml\n")[1:]
+	if len(blocks) < 4 {
+		t.Fatalf("found %d authority configurations in docs/enrollment.md", len(blocks))
+	}
+	for i, blk := range blocks {
+		yml, _, _ := strings.Cut(blk, "```")
+		cfg := DefaultConfig()
+		if err := config.Decode(fmt.Sprintf("docs/enrollment.md block %d", i), []byte(yml), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.TrustedIssuers) == 0 {
+			t.Fatalf("block %d has no trusted_issuers", i)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
 	}
 }
