@@ -113,6 +113,7 @@ type extGrant struct {
 	id      *extIdentity
 	rule    *enrollRule
 	ceiling passport.TrustLevel // "" for an agent rule
+	created bool                // the agent was registered by this request
 }
 
 // capGrant lowers g to what the external identity allows: a trust level no
@@ -537,13 +538,10 @@ func (a *Authority) externalAgent(ctx context.Context, raw, clientID string) (*a
 		return nil, nil, errExtNoRule
 	}
 	x := &extGrant{id: id, rule: rule}
-	var (
-		agent   *agentRecord
-		created bool
-	)
+	var agent *agentRecord
 	if rule.Register != nil {
 		x.ceiling = rule.Register.TrustCeiling
-		agent, created, err = a.registerOnFirstUse(ctx, ti, rule, id)
+		agent, x.created, err = a.registerOnFirstUse(ctx, ti, rule, id)
 	} else {
 		agent, err = a.getAgent(ctx, rule.Tenant, rule.Agent)
 		if errors.Is(err, ErrAgentNotFound) {
@@ -559,14 +557,20 @@ func (a *Authority) externalAgent(ctx context.Context, raw, clientID string) (*a
 		a.countEnrollment(ti, err, "")
 		return nil, nil, err
 	}
+	return agent, x, nil
+}
+
+// accepted counts and logs an external token that got its agent through:
+// "registered" when this request registered the agent, else "enrolled".
+// Refusals are counted where they happen, so each token counts once.
+func (a *Authority) accepted(ctx context.Context, agent *agentRecord, x *extGrant) {
 	result := "enrolled"
-	if created {
+	if x.created {
 		result = "registered"
 	}
-	a.countEnrollment(ti, nil, result)
-	a.log.InfoContext(ctx, "external identity verified", "issuer", ti.cfg.Name, "subject", id.subject, "rule", rule.index,
-		"tenant", agent.Tenant, "agent_id", agent.ID, "registered", created)
-	return agent, x, nil
+	a.countEnrollment(x.id.iss, nil, result)
+	a.log.InfoContext(ctx, "external identity verified", "issuer", x.id.iss.cfg.Name, "subject", x.id.subject, "rule", x.rule.index,
+		"tenant", agent.Tenant, "agent_id", agent.ID, "registered", x.created)
 }
 
 // spend records the token's use when its issuer accepts each token once:
@@ -792,6 +796,7 @@ func (a *Authority) enrollGrant(ctx context.Context, r *http.Request, f *tokenFo
 	if err := a.spend(ctx, x); err != nil {
 		return nil, grantError(err)
 	}
+	a.accepted(ctx, agent, x)
 	if err := a.takeIssuance(ctx, agent); err != nil {
 		return nil, err
 	}
@@ -829,6 +834,7 @@ func (a *Authority) authenticateExternal(ctx context.Context, f *tokenForm) (*ag
 	case err != nil:
 		return nil, err
 	}
+	a.accepted(ctx, agent, x)
 	f.external = x
 	return agent, nil
 }

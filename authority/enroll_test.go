@@ -525,8 +525,13 @@ func TestEnrollReplay(t *testing.T) {
 	if ans := e.enroll(tok, nil); ans.status != http.StatusOK {
 		t.Fatalf("first: %d %+v", ans.status, ans.err)
 	}
+	total := func() float64 { return counter(t, e.reg, "passport_authority_enrollments_total") }
+	before := total()
 	if ans := e.enroll(tok, nil); ans.status != http.StatusBadRequest || ans.err.Code != "invalid_grant" || !strings.Contains(ans.err.Description, "used before") {
 		t.Fatalf("replay: %d %+v", ans.status, ans.err)
+	}
+	if total() != before+1 || counter(t, e.reg, "passport_authority_enrollments_total", "result", "replayed") != 1 {
+		t.Fatalf("a replay is counted %v times", total()-before)
 	}
 
 	// Without a jti, the signed part is what is remembered.
