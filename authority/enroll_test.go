@@ -1049,3 +1049,67 @@ func TestEnrollmentDocsConfigsValidate(t *testing.T) {
 		}
 	}
 }
+
+// One token accepted once, presented at once to two replicas many times:
+// exactly one passport.
+func TestEnrollConcurrentReplayAcrossReplicas(t *testing.T) {
+	p := newIdP(t, "https://idp.test")
+	mut := func(c *Config) {
+		c.TrustedIssuers = []TrustedIssuer{{Issuer: p.issuer, JWKSFile: p.jwks, Audiences: []string{testEnrollAud},
+			Rules: []EnrollRule{registerRule("ci:*", "acme", passport.TrustLow)}}}
+		c.Passport.IssueBurst = 100
+	}
+	a := newEnv(t, mut, nil, nil)
+	b := newEnv(t, func(c *Config) { mut(c); c.Issuer = a.a.cfg.Issuer }, a.rs, a.clock)
+	tok := p.token(p.claims(a.clock.Now(), "ci:job"))
+	var (
+		mu sync.Mutex
+		ok int
+		wg sync.WaitGroup
+	)
+	for i := range 20 {
+		e := a
+		if i%2 == 1 {
+			e = b
+		}
+		wg.Go(func() {
+			resp, _ := e.postForm("/oauth2/token", url.Values{"grant_type": {GrantTypeJWTBearer}, "assertion": {tok}}, "", "")
+			if resp.StatusCode == http.StatusOK {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if ok != 1 {
+		t.Fatalf("%d passports for one single-use token", ok)
+	}
+}
+
+// Each issuer's tokens verify with its own keys only, even when two
+// issuers publish the same kid.
+func TestEnrollKeysAreScopedToTheirIssuer(t *testing.T) {
+	pa := newIdP(t, "https://a.test")
+	pb := newIdP(t, "https://b.test")
+	pb.ec, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pb.publish(pb.jwksDoc())
+	rule := []EnrollRule{registerRule("x:*", "acme", passport.TrustLow)}
+	e := newEnv(t, func(c *Config) {
+		c.TrustedIssuers = []TrustedIssuer{
+			{Name: "a", Issuer: pa.issuer, JWKSFile: pa.jwks, Audiences: []string{testEnrollAud}, Rules: rule},
+			{Name: "b", Issuer: pb.issuer, JWKSFile: pb.jwks, Audiences: []string{testEnrollAud}, Rules: rule},
+		}
+	}, nil, nil)
+	c := pa.claims(e.clock.Now(), "x:y") // iss a ...
+	forged := pb.ecToken(c)              // ... signed by b's ec-1
+	if ans := e.enroll(forged, nil); ans.status != http.StatusBadRequest || ans.err.Code != "invalid_grant" {
+		t.Fatalf("cross-issuer key: %d %+v", ans.status, ans.err)
+	}
+	if got := counter(t, e.reg, "passport_authority_enrollments_total", "issuer", "a", "result", "bad_signature"); got != 1 {
+		t.Fatalf("bad_signature for a = %v", got)
+	}
+	if ans := e.enroll(pa.ecToken(c), nil); ans.status != http.StatusOK {
+		t.Fatalf("a's own key: %d %+v", ans.status, ans.err)
+	}
+}
