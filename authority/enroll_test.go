@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
@@ -41,7 +43,7 @@ var (
 )
 
 // testRSAKey is generated once per test binary (RSA generation is slow).
-func testRSAKey(t *testing.T) *rsa.PrivateKey {
+func testRSAKey() *rsa.PrivateKey {
 	rsaOnce.Do(func() {
 		var err error
 		if rsaKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
@@ -54,20 +56,20 @@ func testRSAKey(t *testing.T) *rsa.PrivateKey {
 // testIdP is an external issuer: an RSA key (RS256, kid "rsa-1") and a
 // P-256 key (ES256, kid "ec-1"), published in a JWKS file.
 type testIdP struct {
-	t      *testing.T
+	t      testing.TB
 	issuer string
 	rsa    *rsa.PrivateKey
 	ec     *ecdsa.PrivateKey
 	jwks   string // path of the JWKS file
 }
 
-func newIdP(t *testing.T, issuer string) *testIdP {
+func newIdP(t testing.TB, issuer string) *testIdP {
 	t.Helper()
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &testIdP{t: t, issuer: issuer, rsa: testRSAKey(t), ec: ec, jwks: filepath.Join(t.TempDir(), "jwks.json")}
+	p := &testIdP{t: t, issuer: issuer, rsa: testRSAKey(), ec: ec, jwks: filepath.Join(t.TempDir(), "jwks.json")}
 	p.publish(p.jwksDoc())
 	return p
 }
@@ -1112,4 +1114,48 @@ func TestEnrollKeysAreScopedToTheirIssuer(t *testing.T) {
 	if ans := e.enroll(pa.ecToken(c), nil); ans.status != http.StatusOK {
 		t.Fatalf("a's own key: %d %+v", ans.status, ans.err)
 	}
+}
+
+// FuzzVerifyExternal: whatever the token, the verifier never panics, and
+// what it accepts verifies with go-jose against the issuer's published key
+// and names the configured issuer and an audience.
+func FuzzVerifyExternal(f *testing.F) {
+	p := newIdP(f, "https://kubernetes.test")
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	f.Add(p.token(p.claims(now, "system:serviceaccount:acme:a")))
+	f.Add(p.ecToken(p.claims(now, "system:serviceaccount:acme:b")))
+	f.Add("eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2t1YmVybmV0ZXMudGVzdCJ9.")
+	f.Add("a.b.c")
+	cfg := testConfig()
+	cfg.TrustedIssuers = []TrustedIssuer{k8sIssuer(p, registerRule("system:serviceaccount:acme:*", "acme", passport.TrustLow))}
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached: verifying needs no Redis
+	defer rdb.Close()
+	a, err := New(cfg, Deps{Redis: rdb, Logger: slog.New(slog.DiscardHandler), Clock: func() time.Time { return now }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	set := jose.JSONWebKeySet{}
+	if err := json.Unmarshal(p.jwksDoc(), &set); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		id, _, err := a.verifyExternal(context.Background(), raw)
+		if err != nil {
+			return
+		}
+		jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+		if err != nil {
+			t.Fatalf("accepted, but go-jose cannot parse it: %v", err)
+		}
+		keys := set.Key(jws.Signatures[0].Header.KeyID)
+		if len(keys) != 1 {
+			t.Fatal("accepted with a kid not in the JWKS")
+		}
+		if _, err := jws.Verify(keys[0]); err != nil {
+			t.Fatalf("accepted, but go-jose says the signature is bad: %v", err)
+		}
+		if id.iss.cfg.Issuer != p.issuer || id.claims["iss"] != p.issuer {
+			t.Fatal("accepted for another issuer")
+		}
+	})
 }
