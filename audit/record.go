@@ -37,6 +37,7 @@ const (
 	KindAgentUnblocked Kind = "agent_unblocked" // authority: an admin unblocked an agent
 	KindReputation     Kind = "reputation"      // authority: a reputation change
 	KindRevocation     Kind = "revocation"      // authority: a passport was revoked
+	KindAgentEnrolled  Kind = "agent_enrolled"  // authority: an agent was registered on first use of an external identity
 	KindIncident       Kind = "incident"        // healer: an incident changed state
 	KindChaos          Kind = "chaos"           // chaos: a fault was injected
 	KindCheckpoint     Kind = "checkpoint"      // any writer: signed chain checkpoint

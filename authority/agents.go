@@ -56,6 +56,10 @@ const (
 	fieldBlockedAt     = "blocked_at"
 	fieldRequireDPoP   = "require_dpop"
 	fieldMayDelegateTo = "may_delegate_to"
+	// An agent registered on first use of an external identity
+	// (enroll.go) keeps the issuer's name and the subject.
+	fieldEnrollIssuer  = "enroll_issuer"
+	fieldEnrollSubject = "enroll_subject"
 )
 
 // delegateTypePrefix marks a may_delegate_to entry naming an agent type.
@@ -86,6 +90,10 @@ type agentRecord struct {
 	// MayDelegateTo: agent ids and "type:<type>" entries that may act on
 	// this agent's behalf (token exchange).
 	MayDelegateTo []string
+	// EnrollIssuer and EnrollSubject: the trusted issuer (its configured
+	// name) and the subject this agent was registered for on first use.
+	EnrollIssuer  string
+	EnrollSubject string
 }
 
 // allowsDelegationTo reports whether actor may act on r's behalf.
@@ -116,6 +124,8 @@ func decodeAgent(m map[string]string) (*agentRecord, error) {
 		Blocked:       m[passport.FieldBlocked] == "1",
 		BlockedReason: m[fieldBlockedReason],
 		RequireDPoP:   m[fieldRequireDPoP] == "1",
+		EnrollIssuer:  m[fieldEnrollIssuer],
+		EnrollSubject: m[fieldEnrollSubject],
 	}
 	if err := json.Unmarshal([]byte(m[fieldCapabilities]), &r.Capabilities); err != nil && m[fieldCapabilities] != "" {
 		return nil, fmt.Errorf("decode agent %s capabilities: %w", r.ID, err)
@@ -294,25 +304,7 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 		Reputation:  passport.Reputation{Score: base, Baseline: base, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife},
 		RequireDPoP: spec.RequireDPoP, MayDelegateTo: delegates,
 	}
-	capsJSON, _ := json.Marshal(caps)
-	fields := map[string]any{
-		fieldID: rec.ID, fieldTenant: tenant, fieldName: rec.Name, fieldType: rec.Type, fieldTrust: string(trust),
-		fieldCapabilities: string(capsJSON), fieldSecretHash: string(hash), fieldPublicKey: rec.PublicKeyText,
-		fieldCreatedAt: now.UTC().Format(time.RFC3339Nano), passport.FieldBlocked: "0",
-	}
-	if rec.Owner != "" {
-		fields[fieldOwner] = rec.Owner
-	}
-	if rec.RequireDPoP {
-		fields[fieldRequireDPoP] = "1"
-	}
-	if len(delegates) > 0 {
-		b, _ := json.Marshal(delegates)
-		fields[fieldMayDelegateTo] = string(b)
-	}
-	for k, v := range reputationFields(rec.Reputation) {
-		fields[k] = v
-	}
+	fields := agentFields(rec)
 	// The agent hash and the tenant index share the tenant's hash slot;
 	// the global client index is written first so that a client id never
 	// points at nothing for long if the second step fails.
@@ -326,6 +318,34 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 		return nil, "", fmt.Errorf("store agent: %w", err)
 	}
 	return rec, secret, nil
+}
+
+// agentFields is rec as the fields of its hash (passport.AgentKey).
+func agentFields(rec *agentRecord) map[string]any {
+	capsJSON, _ := json.Marshal(rec.Capabilities)
+	fields := map[string]any{
+		fieldID: rec.ID, fieldTenant: rec.Tenant, fieldName: rec.Name, fieldType: rec.Type, fieldTrust: string(rec.Trust),
+		fieldCapabilities: string(capsJSON), fieldSecretHash: string(rec.SecretHash), fieldPublicKey: rec.PublicKeyText,
+		fieldCreatedAt: rec.CreatedAt.UTC().Format(time.RFC3339Nano), passport.FieldBlocked: "0",
+	}
+	if rec.Owner != "" {
+		fields[fieldOwner] = rec.Owner
+	}
+	if rec.RequireDPoP {
+		fields[fieldRequireDPoP] = "1"
+	}
+	if len(rec.MayDelegateTo) > 0 {
+		b, _ := json.Marshal(rec.MayDelegateTo)
+		fields[fieldMayDelegateTo] = string(b)
+	}
+	if rec.EnrollIssuer != "" {
+		fields[fieldEnrollIssuer] = rec.EnrollIssuer
+		fields[fieldEnrollSubject] = rec.EnrollSubject
+	}
+	for k, v := range reputationFields(rec.Reputation) {
+		fields[k] = v
+	}
+	return fields
 }
 
 // listAgents returns a tenant's agents sorted by name then id.
@@ -384,6 +404,9 @@ func (a *Authority) toAPI(r *agentRecord) client.Agent {
 	if r.Blocked && !r.BlockedAt.IsZero() {
 		t := r.BlockedAt.UTC()
 		out.BlockedAt = &t
+	}
+	if r.EnrollIssuer != "" {
+		out.Enrollment = &client.Enrollment{Issuer: r.EnrollIssuer, Subject: r.EnrollSubject}
 	}
 	return out
 }

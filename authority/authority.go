@@ -89,6 +89,8 @@ type Authority struct {
 	trusted []netip.Prefix
 	// hashSlots bounds concurrent bcrypt comparisons (compareSecret).
 	hashSlots chan struct{}
+	// enroll holds the trusted issuers of workload enrollment (enroll.go).
+	enroll *enrollment
 
 	initMu    sync.Mutex
 	dummyOnce sync.Once
@@ -141,6 +143,9 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if a.tls, err = cfg.TLS.Config(tlsx.Options{Name: "authority", Logger: deps.Logger, Metrics: tlsx.NewMetrics(deps.Registry)}); err != nil {
 		return nil, fmt.Errorf("authority: %w", err)
+	}
+	if err := a.initEnrollment(); err != nil {
+		return nil, err
 	}
 	// Passports are checked against every configured audience and the
 	// global lifetime cap, as a proxy with default settings does. The
@@ -444,6 +449,9 @@ func (a *Authority) metadata() Metadata {
 	grants := []string{"client_credentials"}
 	if a.cfg.Delegation.MaxDepth > 0 {
 		grants = append(grants, passport.GrantTypeTokenExchange)
+	}
+	if len(a.cfg.TrustedIssuers) > 0 {
+		grants = append(grants, GrantTypeJWTBearer)
 	}
 	return Metadata{
 		Issuer:                           a.cfg.Issuer,

@@ -89,6 +89,10 @@ type Config struct {
 	DPoP DPoPConfig `yaml:"dpop"`
 	// HTTP tunes the server.
 	HTTP HTTPConfig `yaml:"http"`
+	// TrustedIssuers are external identity providers (Kubernetes, GitHub
+	// Actions, SPIFFE, any OIDC issuer) whose tokens workloads exchange
+	// for passports (RFC 7523; docs/enrollment.md). Default none.
+	TrustedIssuers []TrustedIssuer `yaml:"trusted_issuers"`
 
 	// envErrs are ApplyEnv's problems, reported by Validate.
 	envErrs []error
@@ -475,6 +479,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateTrustedIssuers(types)...)
 	if c.Delegation.MaxDepth < 0 || c.Delegation.MaxDepth > passport.MaxDelegationDepth {
 		bad("delegation.max_depth %d: want 0 (token exchange off) to %d", c.Delegation.MaxDepth, passport.MaxDelegationDepth)
 	}

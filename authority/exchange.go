@@ -96,6 +96,9 @@ func (a *Authority) exchange(ctx context.Context, r *http.Request, f *tokenForm)
 		g.maxTrust = g.maxTrust.Min(l.TrustLevel)
 	}
 	g.delegation = d
+	if f.external != nil {
+		f.external.capGrant(g)
+	}
 
 	need := dpopNeed{required: actor.RequireDPoP, why: "this agent is registered with require_dpop"}
 	switch {

@@ -21,6 +21,8 @@ func FuzzParseTokenForm(f *testing.F) {
 		url.QueryEscape(assertionTypeJWT)+"&client_assertion=a.b.c", "", "", false)
 	f.Add("application/x-www-form-urlencoded", "grant_type=x&grant_type=y", "", "", false)
 	f.Add("text/plain", "%zz", "u", "p", true)
+	f.Add("application/x-www-form-urlencoded", "grant_type="+url.QueryEscape(GrantTypeJWTBearer)+"&assertion=a.b.c", "", "", false)
+	f.Add("application/x-www-form-urlencoded", "grant_type="+url.QueryEscape(GrantTypeJWTBearer)+"&assertion=a.b.c&client_secret=s&client_id=agt_a", "", "", false)
 	f.Add("application/x-www-form-urlencoded", "grant_type=client_credentials&task=%7B%22id%22%3A1%7D&client_secret=x&client_id=agt_b", "", "", false)
 	f.Fuzz(func(t *testing.T, ctype, body, user, pass string, hasBasic bool) {
 		tf, err := parseTokenForm(ctype, []byte(body), user, pass, hasBasic)
@@ -46,6 +48,10 @@ func FuzzParseTokenForm(f *testing.F) {
 		case authPrivateKeyJWT:
 			if tf.Assertion == "" || tf.AssertionType != assertionTypeJWT {
 				t.Fatal("assertion method without an assertion")
+			}
+		case authJWTBearer:
+			if tf.GrantType != GrantTypeJWTBearer || hasBasic || tf.ClientSecret != "" || tf.Assertion != "" || tf.AssertionType != "" {
+				t.Fatal("the jwt-bearer grant with another credential")
 			}
 		default:
 			t.Fatalf("accepted with method %q", tf.method)

@@ -75,7 +75,12 @@ type tokenForm struct {
 	ActorToken         string
 	ActorTokenType     string
 	RequestedTokenType string
-	method             string
+	// GrantAssertion is the JWT-bearer grant's assertion (RFC 7523 §2.1).
+	GrantAssertion string
+	method         string
+	// external is set when a trusted issuer's token authenticated the
+	// client: its caps apply to the passport (enroll.go).
+	external *extGrant
 }
 
 // maxParam bounds each form value; the body limit bounds the total.
@@ -117,6 +122,7 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	f.ActorToken = get("actor_token")
 	f.ActorTokenType = get("actor_token_type")
 	f.RequestedTokenType = get("requested_token_type")
+	f.GrantAssertion = get("assertion")
 	res, aud := get("resource"), get("audience")
 	if res != "" && aud != "" && res != aud {
 		return nil, errInvalidRequest("resource and audience disagree")
@@ -157,6 +163,16 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 	}
 	if methods > 1 {
 		return nil, errInvalidRequest("use exactly one client authentication method")
+	}
+	if f.GrantType == GrantTypeJWTBearer {
+		// RFC 7523 §3.1 makes client authentication optional; here the
+		// assertion is the whole credential, and a second one could only
+		// name another agent.
+		if methods > 0 {
+			return nil, errInvalidRequest("the jwt-bearer grant takes its assertion as the only credential")
+		}
+		f.method = authJWTBearer
+		return f, nil
 	}
 	if methods == 0 && f.GrantType == passport.GrantTypeTokenExchange && f.ActorToken != "" {
 		// RFC 8693: the actor may show its own passport instead.
@@ -244,8 +260,12 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 		}
 		tok, err := a.exchange(ctx, r, f)
 		return tok, f.method, err
+	case GrantTypeJWTBearer:
+		tok, err := a.enrollGrant(ctx, r, f)
+		return tok, f.method, err
 	default:
-		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type", "supported grant types: client_credentials, " + passport.GrantTypeTokenExchange, 0}
+		return nil, f.method, &oauthError{http.StatusBadRequest, "unsupported_grant_type",
+			"supported grant types: client_credentials, " + passport.GrantTypeTokenExchange + ", " + GrantTypeJWTBearer, 0}
 	}
 	if err := a.Init(ctx); err != nil {
 		return nil, f.method, err
@@ -265,6 +285,9 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 	grant, err := a.narrow(agent, f)
 	if err != nil {
 		return nil, f.method, err
+	}
+	if f.external != nil {
+		f.external.capGrant(grant)
 	}
 	if grant.jkt, err = a.checkDPoP(ctx, r, dpopNeed{required: agent.RequireDPoP, why: "this agent is registered with require_dpop"}); err != nil {
 		return nil, f.method, err
@@ -318,6 +341,11 @@ func basicAuth(r *http.Request) (user, pass string, ok bool) {
 func (a *Authority) authenticate(ctx context.Context, f *tokenForm, src netip.Addr) (*agentRecord, error) {
 	clientID := f.ClientID
 	var claims *jwt.RegisteredClaims
+	if f.method == authPrivateKeyJWT && a.isExternal(f.Assertion) {
+		// A trusted issuer's token, not the agent's own assertion.
+		f.method = authWorkloadJWT
+		return a.authenticateExternal(ctx, f)
+	}
 	if f.method == authPrivateKeyJWT {
 		var err error
 		claims, clientID, err = peekAssertion(f.Assertion, f.ClientID)

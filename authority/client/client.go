@@ -212,6 +212,9 @@ type Client struct {
 	clientID string
 	secret   passport.Secret
 	opts     Options
+	// source, for a workload client (NewWorkload), gives the identity
+	// token that replaces client credentials.
+	source AssertionSource
 
 	mu     sync.Mutex
 	cache  map[string]Token
@@ -252,7 +255,8 @@ func New(authorityURL, clientID string, secret passport.Secret, opts Options) (*
 	return &Client{base: strings.TrimRight(authorityURL, "/"), clientID: clientID, secret: secret, opts: opts, cache: map[string]Token{}}, nil
 }
 
-// ClientID is the agent's client id.
+// ClientID is the agent's client id; empty for a workload client (NewWorkload),
+// whose agent is the sub of its passports.
 func (c *Client) ClientID() string { return c.clientID }
 
 // Token returns a passport for req: the cached one when an identical
@@ -288,6 +292,13 @@ func (c *Client) fresh(t Token) bool { return c.opts.now().Before(t.refreshAt) }
 
 func (c *Client) fetch(ctx context.Context, req TokenRequest) (Token, error) {
 	form := url.Values{"grant_type": {"client_credentials"}}
+	if c.source != nil {
+		a, err := c.source(ctx)
+		if err != nil {
+			return Token{}, err
+		}
+		form = url.Values{"grant_type": {GrantTypeJWTBearer}, "assertion": {a}}
+	}
 	if err := req.fill(form); err != nil {
 		return Token{}, err
 	}
@@ -387,13 +398,22 @@ func (c *Client) post(ctx context.Context, tokenURL, orig string, form url.Value
 		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
 		form.Set("client_assertion", a)
 	}
+	if c.source != nil && form.Get("grant_type") != GrantTypeJWTBearer {
+		// A workload authenticates other grants with its identity token.
+		a, err := c.source(ctx)
+		if err != nil {
+			return Token{}, nil, err
+		}
+		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		form.Set("client_assertion", a)
+	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
 		return Token{}, nil, fmt.Errorf("token request: %w", err)
 	}
 	hr.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	hr.Header.Set("Accept", "application/json")
-	if c.opts.PrivateKey == nil {
+	if c.opts.PrivateKey == nil && c.source == nil {
 		// RFC 6749 §2.3.1: form-encode both before Basic.
 		hr.SetBasicAuth(url.QueryEscape(c.clientID), url.QueryEscape(c.secret.Reveal()))
 	}

@@ -61,6 +61,18 @@ type Agent struct {
 	RequireDPoP         bool                `json:"require_dpop"`
 	MayDelegateTo       []string            `json:"may_delegate_to"`
 	CreatedAt           time.Time           `json:"created_at"`
+	// Enrollment is set on an agent registered on first use of an
+	// external workload identity (docs/enrollment.md).
+	Enrollment *Enrollment `json:"enrollment,omitempty"`
+}
+
+// Enrollment names the external identity an agent was registered for.
+type Enrollment struct {
+	// Issuer is the trusted issuer's configured name.
+	Issuer string `json:"issuer"`
+	// Subject is the verified subject (a service account, a repository
+	// and ref, a SPIFFE ID).
+	Subject string `json:"subject"`
 }
 
 // Registration is the 201 answer of POST /v1/tenants/{tenant}/agents: the

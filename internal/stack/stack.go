@@ -126,6 +126,9 @@ type Demo struct {
 	// Witness is the audit witnesses' spec ("" for none), which
 	// `passport audit verify --data DIR` checks against.
 	Witness string `json:"witness,omitempty"`
+	// Enrolled is the agent that enrolled with a service-account token
+	// from the demo's stand-in for Kubernetes (docs/enrollment.md).
+	Enrolled *DemoEnrolled `json:"enrolled,omitempty"`
 }
 
 // URLs are the base URLs of the stack's services.
@@ -375,6 +378,10 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if cfg.BcryptCost > 0 {
 		acfg.Clients.BcryptCost = cfg.BcryptCost
 	}
+	demoIssuer, err := s.demoIssuer(&acfg) // a stand-in for Kubernetes (enroll.go)
+	if err != nil {
+		return s.failed(g, err)
+	}
 	auth, err := authority.New(acfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: prometheus.NewRegistry(), Audit: authStream})
 	if err != nil {
 		return s.failed(g, err)
@@ -431,6 +438,9 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 	s.demo.Agents = agents
+	if err := s.enrollDemo(gctx, g, demoIssuer); err != nil {
+		return s.failed(g, err)
+	}
 
 	// Per tenant: a healer, a chaos simulator and a rogue agent.
 	for i, tenant := range cfg.Tenants {
