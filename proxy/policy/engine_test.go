@@ -231,50 +231,97 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
-// TestLoadTimeDocuments: a rule named in LoadTimeDocuments is evaluated
-// once per load and its value read as data by the decision; data that
-// claims the path, or a rule that fails, fails the load.
+// TestLoadTimeDocuments: a rule the policy declares a load-time document
+// (the load_time annotation) is evaluated once per load and its value read
+// as data by the decision; the engine names no rule or path of its own. A
+// declaration that is malformed, data that claims the path, or a rule that
+// fails, fails the load.
 func TestLoadTimeDocuments(t *testing.T) {
-	const lib = `package passport.authz
+	const declared = `package passport.authz
 
+# METADATA
+# custom:
+#   load_time: data.passport.loaded.clearances
 clearances := {"ok": config_ok}
 
 config_ok := data.passport.config.ok
 
-decision := {"allow": data.passport.loaded.clearances.ok == true}
+default loaded_ok := false
+
+loaded_ok if data.passport.loaded.clearances.ok == true
+
+decision := {"allow": loaded_ok}
 `
+	// Another library, other names: whatever is declared is evaluated.
+	const other = `package lib
+
+# METADATA
+# custom:
+#   load_time: data.precomputed.table
+table := {"ok": data.settings.ok}
+
+# METADATA
+# custom:
+#   load_time: data.precomputed.count
+count_of_settings := count(data.settings)
+
+decision := {"allow": data.precomputed.table.ok == true, "reasons": [sprintf("n%d", [data.precomputed.count])]}
+`
+	annotated := func(anno, rule string) string {
+		return "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: " + anno + "\n" + rule +
+			"\ndecision := {\"allow\": true}\n"
+	}
 	cases := []struct {
 		name, rego, data string
+		query            string
 		allow            bool
+		reasons          string
 		loadErr          string
 	}{
-		{"stored and read", lib, `{"passport": {"config": {"ok": true}}}`, true, ""},
-		{"follows the data", lib, `{"passport": {"config": {"ok": false}}}`, false, ""},
-		{"rule absent", "package passport.authz\ndecision := {\"allow\": true} if not data.passport.loaded\n", `{}`, true, ""},
-		{"path taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": {"clearances": {"ok": true}}}}`, false, "data.passport.loaded.clearances is reserved"},
-		{"parent taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": 5}}`, false, "data.passport.loaded.clearances is reserved"},
-		{"rule fails", "package passport.authz\nclearances := to_number(\"x\")\ndecision := {\"allow\": true}\n", `{}`, false, "evaluate data.passport.authz.clearances"},
+		{"stored and read", declared, `{"passport": {"config": {"ok": true}}}`, "", true, "", ""},
+		{"follows the data", declared, `{"passport": {"config": {"ok": false}}}`, "", false, "", ""},
+		{"other names", other, `{"settings": {"ok": true, "b": 2}}`, "data.lib.decision", true, "n2", ""},
+		{"not declared, not stored", strings.Replace(declared, "# METADATA\n# custom:\n#   load_time: data.passport.loaded.clearances\n", "", 1),
+			`{"passport": {"config": {"ok": true}}}`, "", false, "", ""},
+		{"undefined, not stored", annotated("data.passport.loaded.x", "x := 1 if false"), `{}`, "", true, "", ""},
+		{"rule absent", "package passport.authz\ndecision := {\"allow\": true} if not data.passport.loaded\n", `{}`, "", true, "", ""},
+		{"path taken by data", declared, `{"passport": {"config": {"ok": true}, "loaded": {"clearances": {"ok": true}}}}`, "", false, "", "data.passport.loaded.clearances is reserved"},
+		{"parent taken by data", declared, `{"passport": {"config": {"ok": true}, "loaded": 5}}`, "", false, "", "data.passport.loaded.clearances is reserved"},
+		{"rule fails", annotated("data.passport.loaded.x", "x := to_number(\"x\")"), `{}`, "", false, "", "evaluate data.passport.authz.x"},
+		{"a function", annotated("data.passport.loaded.x", "f(y) := y"), `{}`, "", false, "", "annotates a function"},
+		{"not a path", annotated("passport.loaded.x", "x := 1"), `{}`, "", false, "", "not a path of data"},
+		{"not a string", annotated("[1]", "x := 1"), `{}`, "", false, "", "want a path of data"},
+		{"variable key", annotated("data.passport[x]", "x := 1"), `{}`, "", false, "", "string keys only"},
+		{"under system", annotated("data.system.x", "x := 1"), `{}`, "", false, "", "data.system"},
+		{"root of data", annotated("data", "x := 1"), `{}`, "", false, "", "not a path of data"},
+		{"overlapping", "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: data.pre\na := 1\n\n" +
+			"# METADATA\n# custom:\n#   load_time: data.pre.b\nb := 2\n\ndecision := {\"allow\": true}\n", `{}`, "", false, "", "overlaps"},
+		{"package scope", "# METADATA\n# scope: package\n# custom:\n#   load_time: data.pre.x\npackage passport.authz\n\ndecision := {\"allow\": true}\n", `{}`, "", false, "", "annotates a rule"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			e, err := New(context.Background(), Options{
-				FS:     fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}, "data.json": {Data: []byte(tc.data)}},
-				Logger: quiet(),
-			})
-			if tc.loadErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.loadErr) {
-					t.Fatalf("load error %v, want %q", err, tc.loadErr)
+		for _, ev := range []Evaluator{Fast, Rego} {
+			t.Run(tc.name+"/"+string(ev), func(t *testing.T) {
+				e, err := New(context.Background(), Options{
+					FS:        fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}, "data.json": {Data: []byte(tc.data)}},
+					Logger:    quiet(),
+					Query:     tc.query,
+					Evaluator: ev,
+				})
+				if tc.loadErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.loadErr) {
+						t.Fatalf("load error %v, want %q", err, tc.loadErr)
+					}
+					return
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
-			if err != nil || d.Allow != tc.allow {
-				t.Fatalf("decision %+v %v, want allow=%v", d, err, tc.allow)
-			}
-		})
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
+				if err != nil || d.Allow != tc.allow || strings.Join(d.Reasons, ",") != tc.reasons {
+					t.Fatalf("decision %+v %v, want allow=%v reasons=%q", d, err, tc.allow, tc.reasons)
+				}
+			})
+		}
 	}
 }
 

@@ -1,0 +1,62 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+)
+
+// regoQuery is the decision query of one load prepared by the rego
+// package, and evaluated as OPA documents it (the Rego evaluator): a read
+// transaction per evaluation, the rego package's own cancellation, no
+// cache of ours. It shares with the fast evaluator only the loader, the
+// load-time documents and the reading of the decision.
+type regoQuery struct {
+	pq rego.PreparedEvalQuery
+}
+
+// prepareRego prepares query over modules and data (with its load-time
+// documents) with the rego package.
+func prepareRego(ctx context.Context, modules []*ast.Module, data map[string]any, query string, caps *ast.Capabilities) (*regoQuery, error) {
+	opts := []func(*rego.Rego){
+		rego.Query(query),
+		rego.Capabilities(caps),
+		rego.StrictBuiltinErrors(true),
+		rego.SetRegoVersion(ast.RegoV1),
+		rego.Store(inmem.NewFromObject(data)),
+	}
+	for _, m := range modules {
+		opts = append(opts, rego.ParsedModule(m))
+	}
+	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, err // compile errors name file and line
+	}
+	return &regoQuery{pq: pq}, nil
+}
+
+// eval runs one evaluation for input within timeout, and returns the
+// decision term (nil when undefined) and, when it failed because the
+// timeout passed or ctx ended, why.
+func (q *regoQuery) eval(ctx context.Context, timeout time.Duration, input ast.Value) (*ast.Term, error, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rs, err := q.pq.Eval(ctx, rego.EvalParsedInput(input))
+	switch {
+	case err != nil:
+		return nil, ctx.Err(), err
+	case len(rs) == 0:
+		return nil, nil, nil
+	case len(rs) > 1 || len(rs[0].Expressions) != 1:
+		return nil, nil, fmt.Errorf("%w: %d", errManyResults, len(rs))
+	}
+	v, err := ast.InterfaceToValue(rs[0].Expressions[0].Value)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the decision: %w", err)
+	}
+	return ast.NewTerm(v), nil, nil
+}
