@@ -24,6 +24,14 @@ import (
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// evaluators runs f once per evaluator: both must behave alike.
+func evaluators(t *testing.T, f func(t *testing.T, ev Evaluator)) {
+	t.Helper()
+	for _, ev := range []Evaluator{Fast, Rego} {
+		t.Run(string(ev), func(t *testing.T) { f(t, ev) })
+	}
+}
+
 func input(t testing.TB, typ, action string) ast.Value {
 	t.Helper()
 	v, err := ast.InterfaceToValue(map[string]any{"action": action, "agent": map[string]any{"type": typ}})
@@ -33,10 +41,15 @@ func input(t testing.TB, typ, action string) ast.Value {
 	return v
 }
 
-func TestDecideAllowDeny(t *testing.T) {
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+func TestDecideAllowDeny(t *testing.T) { evaluators(t, testDecideAllowDeny) }
+
+func testDecideAllowDeny(t *testing.T, ev Evaluator) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.Evaluator() != ev {
+		t.Fatalf("evaluator %s, want %s", e.Evaluator(), ev)
 	}
 	cases := []struct {
 		name, typ, action string
@@ -65,7 +78,9 @@ func TestDecideAllowDeny(t *testing.T) {
 
 // TestDecideFailsClosed: every malformed or failing policy is an error,
 // which the proxy turns into a deny.
-func TestDecideFailsClosed(t *testing.T) {
+func TestDecideFailsClosed(t *testing.T) { evaluators(t, testDecideFailsClosed) }
+
+func testDecideFailsClosed(t *testing.T, ev Evaluator) {
 	cases := []struct {
 		name, rego string
 		want       error
@@ -84,10 +99,11 @@ func TestDecideFailsClosed(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			m := NewMetrics(reg)
 			e, err := New(context.Background(), Options{
-				FS:      fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
-				Logger:  quiet(),
-				Timeout: tc.timeout,
-				Metrics: m,
+				FS:        fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
+				Logger:    quiet(),
+				Timeout:   tc.timeout,
+				Metrics:   m,
+				Evaluator: ev,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -110,14 +126,16 @@ func TestDecideFailsClosed(t *testing.T) {
 	}
 }
 
-func TestNetworkBuiltinsRemoved(t *testing.T) {
+func TestNetworkBuiltinsRemoved(t *testing.T) { evaluators(t, testNetworkBuiltinsRemoved) }
+
+func testNetworkBuiltinsRemoved(t *testing.T, ev Evaluator) {
 	for _, b := range []string{
 		`http.send({"method": "get", "url": "http://127.0.0.1:1"})`,
 		`net.lookup_ip_addr("example.com")`,
 		`opa.runtime()`,
 	} {
 		src := "package passport.authz\ndecision := {\"allow\": true, \"x\": " + b + "}\n"
-		_, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(src)}}, Logger: quiet()})
+		_, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(src)}}, Logger: quiet(), Evaluator: ev})
 		if err == nil {
 			t.Fatalf("%s compiled; network and host builtins must be removed", b)
 		}
@@ -166,11 +184,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestHotReload(t *testing.T) {
+func TestHotReload(t *testing.T) { evaluators(t, testHotReload) }
+
+func testHotReload(t *testing.T, ev Evaluator) {
 	dir := copyDir(t, "testdata/good")
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	e, err := New(context.Background(), Options{Dir: dir, Logger: quiet(), PollInterval: 10 * time.Millisecond, Metrics: m})
+	e, err := New(context.Background(), Options{Dir: dir, Logger: quiet(), PollInterval: 10 * time.Millisecond, Metrics: m,
+		Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,10 +348,13 @@ decision := {"allow": data.precomputed.table.ok == true, "reasons": [sprintf("n%
 
 // TestDecideDeadlinePassed: a deadline that has passed before the
 // evaluation starts is a timeout (deny), counted as one.
-func TestDecideDeadlinePassed(t *testing.T) {
+func TestDecideDeadlinePassed(t *testing.T) { evaluators(t, testDecideDeadlinePassed) }
+
+func testDecideDeadlinePassed(t *testing.T, ev Evaluator) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m, Timeout: time.Nanosecond})
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m, Timeout: time.Nanosecond,
+		Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +372,9 @@ func TestDecideDeadlinePassed(t *testing.T) {
 // timeout, or past the caller's context, stops there (it would run for
 // minutes otherwise), fails with the context error and counts as a timeout:
 // a loop inside a builtin and a loop of Rego expressions alike.
-func TestDecideStopsAtDeadline(t *testing.T) {
+func TestDecideStopsAtDeadline(t *testing.T) { evaluators(t, testDecideStopsAtDeadline) }
+
+func testDecideStopsAtDeadline(t *testing.T, ev Evaluator) {
 	const (
 		builtinLoop = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 1000000000)]) > 0}\n"
 		regoLoop    = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000); x % 7 == 0]) > 0}\n"
@@ -365,7 +391,7 @@ func TestDecideStopsAtDeadline(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := NewMetrics(prometheus.NewRegistry())
 			e, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
-				Logger: quiet(), Timeout: tc.engine, Metrics: m})
+				Logger: quiet(), Timeout: tc.engine, Metrics: m, Evaluator: ev})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -393,7 +419,7 @@ func TestEvaluatorPanicDenies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	broken := &prepared{revision: "broken"} // its query was never prepared: Eval panics
+	broken := &prepared{revision: "broken"} // never prepared: evaluating it panics
 	d, err := e.evaluate(context.Background(), broken, input(t, "healer", "service.restart"))
 	if !errors.Is(err, ErrEval) || !strings.Contains(err.Error(), "panic") || d.Allow || d.Revision != "broken" {
 		t.Fatalf("decision %+v, err %v: want a deny with ErrEval", d, err)
@@ -405,8 +431,12 @@ func TestEvaluatorPanicDenies(t *testing.T) {
 
 // TestDecideConcurrent: many callers share one prepared policy; each gets
 // the answer for its own input.
-func TestDecideConcurrent(t *testing.T) {
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+func TestDecideConcurrent(t *testing.T) { evaluators(t, testDecideConcurrent) }
+
+func testDecideConcurrent(t *testing.T, ev Evaluator) {
+	// A long deadline: 64 goroutines on a shared machine under the race
+	// detector can stall one evaluation past the default.
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Evaluator: ev, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +469,9 @@ func TestDecideConcurrent(t *testing.T) {
 // object, a path the data lacks, a `with` override, a virtual document beside base
 // ones, iteration) gives what the rego package gives for the same policy,
 // data and input.
-func TestDataReadsAsOPA(t *testing.T) {
+func TestDataReadsAsOPA(t *testing.T) { evaluators(t, testDataReadsAsOPA) }
+
+func testDataReadsAsOPA(t *testing.T, ev Evaluator) {
 	const lib = `package passport.authz
 
 default missing := "none"
@@ -468,7 +500,7 @@ decision := {"allow": input.action in data.passport.config.items, "reasons": [
 `
 	const dataJSON = `{"passport": {"config": {"items": ["service.restart", "service.get"], "tenants": {"healer": "acme", "observer": "globex"}}}}`
 	fsys := fstest.MapFS{"p.rego": {Data: []byte(lib)}, "data.json": {Data: []byte(dataJSON)}}
-	e, err := New(context.Background(), Options{FS: fsys, Logger: quiet()})
+	e, err := New(context.Background(), Options{FS: fsys, Logger: quiet(), Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}

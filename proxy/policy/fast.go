@@ -46,8 +46,7 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 	// load is replaced and its last evaluation has ended (prepared). The
 	// store keeps data as OPA values, so a read hands out the stored value
 	// instead of converting Go maps on every evaluation.
-	store := inmem.NewFromObjectWithOpts(data,
-		inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
+	store := newStore(data)
 	txn, err := store.NewTransaction(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open policy store: %w", err)
@@ -100,6 +99,12 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 	q.data = dataCache{root: obj}
 	ok = true
 	return q, nil
+}
+
+// newStore builds the store of one load; a variable so that tests can
+// watch its transactions.
+var newStore = func(data map[string]any) storage.Store {
+	return inmem.NewFromObjectWithOpts(data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
 }
 
 // close aborts the shared read transaction. Only prepared.release calls

@@ -45,7 +45,15 @@ func prepareRego(ctx context.Context, modules []*ast.Module, data map[string]any
 func (q *regoQuery) eval(ctx context.Context, timeout time.Duration, input ast.Value) (*ast.Term, error, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if err := ctx.Err(); err != nil {
+		return nil, err, err // ended before it started
+	}
 	rs, err := q.pq.Eval(ctx, rego.EvalParsedInput(input))
+	if err == nil && ctx.Err() != nil {
+		// Ended after its deadline: a timeout, as the fast evaluator
+		// would have stopped it, although the rego package let it finish.
+		err = ctx.Err()
+	}
 	switch {
 	case err != nil:
 		return nil, ctx.Err(), err
