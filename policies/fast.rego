@@ -230,9 +230,10 @@ task_clear(_) if {
 # The table path: denied calls.
 #
 # A denied call must cost about what an allowed one does, or a flood of
-# denials costs the proxy more than the calls it serves: each reason rule
-# costs a few microseconds, and evaluating them all made a denial cost
-# about seven allowed calls. table_decision decides the calls that the
+# denials costs the proxy more than the calls it serves, and evaluating
+# every reason rule costs several allowed calls (BenchmarkEngineDecide/deny
+# against /allow; the figures are in docs/performance.md). table_decision
+# decides the calls that the
 # fast path does not clear (denials, and allowed calls on non-production
 # routes) from tables worked out once per load and a few checks, with the
 # rules' answer (TestFastDecisionMatchesFullDecision compares them); it

@@ -61,3 +61,20 @@ func set(obj ast.Value, path []string, v ast.Value) (ast.Value, error) {
 		return a, nil
 	}
 }
+
+// DropCache empties the data cache of e's current policy: every data read
+// goes to the store, as without the cache (for BenchmarkDecide/nocache).
+func DropCache(e *Engine) {
+	if p := e.cur.Load(); p != nil && p.fast != nil {
+		p.fast.data = dataCache{}
+	}
+}
+
+// SetStackGrowth turns the stack growth before each evaluation on or off
+// (for the benchmarks that show what it saves), and returns a function
+// that restores it.
+func SetStackGrowth(on bool) (restore func()) {
+	old := growStacks
+	growStacks = on
+	return func() { growStacks = old }
+}
