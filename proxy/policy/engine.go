@@ -284,8 +284,15 @@ func (e *Engine) Reload(ctx context.Context) error {
 
 // prepare loads the policy of fsys (Load, without tests), adds its
 // load-time documents to its data (Files.EngineData) and prepares the
-// decision query for the engine's evaluator.
-func (e *Engine) prepare(ctx context.Context, fsys fs.FS) (*prepared, error) {
+// decision query for the engine's evaluator. A panic on the way (OPA's
+// compiler on a policy it chokes on) is a failed load, so that Run's
+// reloads cannot take the proxy down.
+func (e *Engine) prepare(ctx context.Context, fsys fs.FS) (_ *prepared, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic while loading the policy: %v", r)
+		}
+	}()
 	files, err := Load(fsys, false)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/topdown"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // readerGone reports whether no read transaction holds p's store any
@@ -162,6 +164,33 @@ func TestReloadFailureClosesTransaction(t *testing.T) {
 	}
 	if err := readerGone(&prepared{fast: &fastQuery{store: stores[0]}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReloadPanicKeepsPolicy: a panic while loading (here planted in the
+// store's construction) is a failed load: New reports it, and a reload
+// keeps the last good policy and counts the failure, where the panic would
+// have ended the process from Run's goroutine.
+func TestReloadPanicKeepsPolicy(t *testing.T) {
+	defer func(orig func(map[string]any) storage.Store) { newStore = orig }(newStore)
+	m := NewMetrics(nil)
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := e.Revision()
+	newStore = func(map[string]any) storage.Store { panic("planted") }
+	if err := e.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("reload: %v, want the panic as an error", err)
+	}
+	if _, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()}); err == nil {
+		t.Fatal("New succeeded through a panic")
+	}
+	if got := testutil.ToFloat64(m.Reloads.WithLabelValues("enforced", "failure")); got != 1 || e.Revision() != rev {
+		t.Fatalf("failures %v, revision %s (was %s)", got, e.Revision(), rev)
+	}
+	if d, err := e.Decide(context.Background(), input(t, "healer", "service.restart")); err != nil || !d.Allow {
+		t.Fatalf("the last good policy no longer decides: %+v %v", d, err)
 	}
 }
 
