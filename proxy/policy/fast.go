@@ -52,10 +52,10 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 		return nil, fmt.Errorf("open policy store: %w", err)
 	}
 	q := &fastQuery{store: store, txn: txn}
-	ok := false
+	ready := false
 	defer func() {
-		if !ok {
-			q.close()
+		if !ready {
+			q.close() // nothing will evaluate it
 		}
 	}()
 	// The rego package compiles the modules and checks the query, with
@@ -84,8 +84,8 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 	if err != nil {
 		return nil, fmt.Errorf("read policy data: %w", err)
 	}
-	obj, ok2 := root.(ast.Object)
-	if !ok2 {
+	obj, ok := root.(ast.Object)
+	if !ok {
 		return nil, fmt.Errorf("read policy data: unexpected %T", root)
 	}
 	// The evaluator hides the system document from reads of all of data;
@@ -97,7 +97,7 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 		return k, v, nil
 	})
 	q.data = dataCache{root: obj}
-	ok = true
+	ready = true
 	return q, nil
 }
 
