@@ -7,17 +7,22 @@ import data.passport.config
 # clearances is everything the fast path needs to know from data alone,
 # worked out once: which agent types at which trust levels may take which
 # actions in which tenant, on which resources, which freeze windows concern
-# such calls, and the allowed decision itself. It reads no input, so the proxy evaluates it once
-# per policy load and stores the value at data.passport.loaded.clearances
-# (proxy/policy), where the fast path looks it up. Where that document is
-# absent (opa eval, or opa test without `with`), the fast path clears
-# nothing and every call takes the full evaluation: the same answers,
-# slower. The fixtures of the tests supply it with `with`, as the proxy
-# does.
+# such calls, and the allowed decision itself. It reads no input, so the
+# annotation below declares it a load-time document: the proxy's engine
+# evaluates it once per policy load and stores the value at
+# data.passport.loaded.clearances, where the fast path looks it up. Where
+# that document is absent (opa eval, or opa test without `with`), the fast
+# path clears nothing and every call takes the full evaluation: the same
+# answers, slower. The fixtures of the tests supply it with `with`, as the
+# proxy does.
 #
 # Every entry only restates, for a combination of data keys, checks of the
 # reason rules; a combination they would object to has no entry, and a call
 # without an entry takes the full evaluation.
+
+# METADATA
+# custom:
+#   load_time: data.passport.loaded.clearances
 clearances := {
 	"allowed": allowed_decision,
 	"calls": clear_calls,
@@ -225,9 +230,10 @@ task_clear(_) if {
 # The table path: denied calls.
 #
 # A denied call must cost about what an allowed one does, or a flood of
-# denials costs the proxy more than the calls it serves: each reason rule
-# costs a few microseconds, and evaluating them all made a denial cost
-# about seven allowed calls. table_decision decides the calls that the
+# denials costs the proxy more than the calls it serves, and evaluating
+# every reason rule costs several allowed calls (BenchmarkEngineDecide/deny
+# against /allow; the figures are in docs/performance.md). table_decision
+# decides the calls that the
 # fast path does not clear (denials, and allowed calls on non-production
 # routes) from tables worked out once per load and a few checks, with the
 # rules' answer (TestFastDecisionMatchesFullDecision compares them); it

@@ -6,27 +6,24 @@
 //
 // The Go side loads a policy directory the way the OPA command line does,
 // compiles it strictly, runs its tests through OPA's tester (with coverage)
-// and prepares the decision query; the proxy engine and the replay tool
-// use the same loader, so what `opa test` passes is what gets enforced.
+// and prepares the decision query, with the proxy engine's own loader
+// (policy.Load), so what `opa test` passes is what gets enforced.
 package policies
 
 import (
 	"context"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
+	"log/slog"
 	"path"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/cover"
-	"github.com/open-policy-agent/opa/v1/loader"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
@@ -60,7 +57,7 @@ var FS fs.FS = withoutTests{embedded}
 var TestFS fs.FS = embedded
 
 // IsTestFile reports whether name is a Rego test file (*_test.rego).
-func IsTestFile(name string) bool { return strings.HasSuffix(path.Base(name), "_test.rego") }
+func IsTestFile(name string) bool { return policy.IsTestFile(name) }
 
 // Library is a loaded policy directory: parsed modules and data.
 type Library struct {
@@ -71,41 +68,33 @@ type Library struct {
 	Data map[string]any
 }
 
-// Load reads a policy directory as `opa test DIR` does: every .rego file
-// (the *_test.rego ones only when tests is true) and every .json or .yaml
-// file as data, recursively; files in a subdirectory land under data at
-// that directory's path. Rego is parsed as v1.
+// Load reads a policy directory as `opa test DIR` does, through the
+// proxy's own loader (policy.Load): every .rego file (the *_test.rego ones
+// only when tests is true) and every .json or .yaml file as data,
+// recursively; files in a subdirectory land under data at that
+// directory's path. Rego is parsed as v1, with its annotations.
 func Load(fsys fs.FS, tests bool) (*Library, error) {
-	return load(fsys, ".", tests)
+	f, err := policy.Load(fsys, tests)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	return &Library{Modules: f.Modules, Data: f.Data}, nil
 }
 
 // LoadDir is Load of a directory on disk, read as the proxy reads it
 // (policy.ReadDir): regular files inside the directory only, bounded in
-// size; a symbolic link that leaves it, a FIFO or a device is refused with
-// the file and the reason.
-func LoadDir(dir string, tests bool) (*Library, error) {
-	fsys, err := policy.ReadDir(dir)
+// size; a symbolic link (but a ConfigMap volume's, with that layout), a
+// FIFO or a device is refused with the file and the reason.
+func LoadDir(dir string, layout policy.DirLayout, tests bool) (*Library, error) {
+	fsys, err := policy.ReadDir(dir, layout)
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	return load(fsys, ".", tests)
+	return Load(fsys, tests)
 }
 
-func load(fsys fs.FS, root string, tests bool) (*Library, error) {
-	filter := func(_ string, info fs.FileInfo, _ int) bool {
-		return !tests && !info.IsDir() && IsTestFile(info.Name())
-	}
-	l := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true).WithFS(fsys)
-	res, err := l.Filtered([]string{root}, filter)
-	if err != nil {
-		return nil, fmt.Errorf("load policies: %w", err)
-	}
-	lib := &Library{Modules: res.ParsedModules(), Data: res.Documents}
-	if len(lib.Modules) == 0 {
-		return nil, errors.New("load policies: no .rego files")
-	}
-	return lib, nil
-}
+// files is the library as the loader returned it.
+func (l *Library) files() *policy.Files { return &policy.Files{Modules: l.Modules, Data: l.Data} }
 
 // compiler returns a compiler configured like `opa check`/`opa test`:
 // the modules must not collide with the data (path conflicts), print
@@ -145,8 +134,8 @@ var ErrNoDecision = errors.New("policies do not define " + DecisionQuery)
 
 // Check compiles the directory's modules (tests included, since they must
 // compile too) strictly, like `opa check --strict`, and checks that the
-// decision rule exists and that the load-time documents (proxy/policy)
-// evaluate, as the proxy requires to load it. caps are the capabilities to
+// decision rule exists, then loads it as the proxy's engine does (its
+// load-time documents evaluated, the decision query prepared). caps are the capabilities to
 // compile against (nil: this OPA version's); pass the proxy engine's so that
 // a policy using a builtin the proxy removes fails here rather than at proxy
 // start.
@@ -176,9 +165,10 @@ func Check(fsys fs.FS, caps *ast.Capabilities) error {
 			}
 		}
 	}
-	// The proxy evaluates the load-time documents when it loads the
-	// policy; one that fails would fail the load.
-	if _, err := lib.engineData(context.Background(), caps); err != nil {
+	// Last, load it as the proxy would (tests left out): the load-time
+	// documents evaluate and the decision query prepares, or the proxy
+	// would refuse the policy.
+	if _, err := policy.New(context.Background(), policy.Options{FS: fsys, Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		return err
 	}
 	return nil
@@ -209,32 +199,10 @@ func NotFormatted(fsys fs.FS) ([]string, error) {
 }
 
 // EngineData returns a copy of the library's data as the proxy's engine
-// holds it: with the load-time documents (data.passport.loaded, see
-// proxy/policy.LoadTimeDocuments) evaluated and added.
+// holds it: with the load-time documents the library declares (the
+// load_time annotation, policy.LoadTimeAnnotation) evaluated and added.
 func (l *Library) EngineData(ctx context.Context) (map[string]any, error) {
-	return l.engineData(ctx, nil)
-}
-
-func (l *Library) engineData(ctx context.Context, caps *ast.Capabilities) (map[string]any, error) {
-	b, err := json.Marshal(l.Data)
-	if err != nil {
-		return nil, err
-	}
-	var data map[string]any
-	if err := json.Unmarshal(b, &data); err != nil {
-		return nil, err
-	}
-	if data == nil {
-		data = map[string]any{}
-	}
-	mods := make([]*ast.Module, 0, len(l.Modules))
-	for _, k := range slices.Sorted(maps.Keys(l.Modules)) {
-		mods = append(mods, l.Modules[k])
-	}
-	if err := policy.AddLoadTimeDocuments(ctx, data, mods, caps); err != nil {
-		return nil, err
-	}
-	return data, nil
+	return l.files().EngineData(ctx, nil)
 }
 
 // Prepare compiles the library (as loaded: load it without tests for

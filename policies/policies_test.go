@@ -169,6 +169,12 @@ func TestCheck(t *testing.T) {
 		{"v0 syntax", "package passport.authz\n\ndecision { true }\n", "rego_parse_error"},
 		{"no decision", "package passport.authz\n\nallow := true\n", ErrNoDecision.Error()},
 		{"type error", "package passport.authz\n\ndecision := x if x := 1 + \"a\"\n", "rego_type_error"},
+		// What only loading it as the proxy does finds: its load-time
+		// documents (policy.LoadTimeAnnotation).
+		{"load-time document fails", "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: data.pre.x\n" +
+			"x := to_number(\"x\")\n\ndecision := {\"allow\": true}\n", "evaluate data.passport.authz.x"},
+		{"load-time declaration on a function", "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: data.pre.f\n" +
+			"f(y) := y\n\ndecision := {\"allow\": f(true)}\n", "annotates a function"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // Default values of Config. They are also documented on each field.
@@ -162,6 +163,16 @@ type PolicyConfig struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// PollInterval is how often the directories are checked. Default 1s.
 	PollInterval time.Duration `yaml:"poll_interval"`
+	// Engine is the evaluator: "fast" (OPA's evaluator driven directly,
+	// the default) or "rego" (the rego package as OPA documents it,
+	// slower: the fallback should the fast one ever be in doubt). Both
+	// give the same decisions (proxy/policy's differential test).
+	Engine string `yaml:"engine"`
+	// KubernetesConfigMap accepts, in Dir and ShadowDir, the symbolic
+	// links of a Kubernetes ConfigMap volume (NAME -> ..data/NAME, ..data
+	// -> ..VERSION) and no other. Default false: every symbolic link in a
+	// policy directory is refused.
+	KubernetesConfigMap bool `yaml:"kubernetes_configmap"`
 }
 
 // Limits bound client input.
@@ -273,7 +284,7 @@ func Default() Config {
 		OutcomeQueue:           1024,
 		UnattributedTenant:     DefaultUnattributed,
 		Audit:                  AuditConfig{SpoolMaxBytes: audit.DefaultSpoolMaxBytes},
-		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second},
+		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second, Engine: string(policy.Fast)},
 		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes, MaxBodyDepth: DefaultMaxBodyDepth},
 		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
 		PolicyHeaders:          []string{"user-agent", "content-type"},
@@ -353,6 +364,9 @@ func (c *Config) fill() {
 	}
 	if c.Policy.PollInterval == 0 {
 		c.Policy.PollInterval = d.Policy.PollInterval
+	}
+	if c.Policy.Engine == "" {
+		c.Policy.Engine = d.Policy.Engine
 	}
 	if c.Limits.MaxHeaderBytes == 0 {
 		c.Limits.MaxHeaderBytes = d.Limits.MaxHeaderBytes
@@ -468,6 +482,9 @@ func (c *Config) Validate() error {
 	}
 	if !passport.ValidTenant(c.UnattributedTenant) {
 		bad("unattributed_tenant: %q is not a tenant name", c.UnattributedTenant)
+	}
+	if _, err := policy.ParseEvaluator(c.Policy.Engine); err != nil {
+		bad("policy.engine: %q is neither %q nor %q", c.Policy.Engine, policy.Fast, policy.Rego)
 	}
 	for _, h := range c.PolicyHeaders {
 		if h == "authorization" || h == "cookie" || h == "proxy-authorization" {

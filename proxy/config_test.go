@@ -44,8 +44,9 @@ func TestConfigErrors(t *testing.T) {
 		Route{Match: "GET /x/{a}", Action: "service.get", Resource: "{b}", Upstream: "ghost"},
 	)
 	c.PolicyHeaders = []string{"authorization"}
+	c.Policy.Engine = "turbo"
 	err := c.Validate()
-	for _, want := range []string{"leeway", "overlaps", "match", "upstream \"ghost\"", "parameter {b}", "authorization"} {
+	for _, want := range []string{"leeway", "overlaps", "match", "upstream \"ghost\"", "parameter {b}", "authorization", "policy.engine"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v; want it to mention %q", err, want)
 		}

@@ -140,7 +140,8 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	}()
 
 	// Policies: the enforced one must load; the shadow one too, when named.
-	popts := policy.Options{Name: "enforced", Dir: cfg.Policy.Dir, Timeout: cfg.Policy.Timeout,
+	popts := policy.Options{Name: "enforced", Dir: cfg.Policy.Dir, Layout: policy.ParseDirLayout(cfg.Policy.KubernetesConfigMap),
+		Evaluator: policy.Evaluator(cfg.Policy.Engine), Timeout: cfg.Policy.Timeout,
 		PollInterval: cfg.Policy.PollInterval, Logger: d.Logger, Metrics: p.m.policy}
 	if cfg.Policy.Dir == "" {
 		if d.Policies == nil {

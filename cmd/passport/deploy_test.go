@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -38,6 +39,7 @@ import (
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/proxy"
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 var updateKube = flag.Bool("update", false, "regenerate examples/kubernetes/policies-configmap.yaml from policies/")
@@ -1370,6 +1372,7 @@ func TestKubeSidecarPod(t *testing.T) {
 	if policyDir := kubePolicyMount(t, docs, d, proxy); pcfg.Policy.Dir != policyDir {
 		t.Errorf("proxy policy.dir = %q, want the passport-policies mount %s", pcfg.Policy.Dir, policyDir)
 	}
+	checkKubePolicyLoads(t, findKube(t, docs, "ConfigMap", "passport-policies"), pcfg)
 	// The issuer the proxy accepts is the authority's, reached through its Service.
 	acfg := kubeAuthorityConfig(t, docs)
 	if pcfg.Issuer != acfg.Issuer {
@@ -1401,6 +1404,38 @@ func TestKubeSidecarPod(t *testing.T) {
 	}
 	if tp != int(httpPort) {
 		t.Errorf("Service %s targets %v, want the proxy port %d", svc.name(), tp, httpPort)
+	}
+}
+
+// checkKubePolicyLoads lays the policies ConfigMap out as the kubelet
+// mounts it (each file a link NAME -> ..data/NAME, ..data a link to a
+// hidden version directory) and loads it with the proxy's policy settings:
+// the proxy refuses every symbolic link unless policy.kubernetes_configmap
+// is set, so without it the sidecar would not start.
+func checkKubePolicyLoads(t *testing.T, cm kubeDoc, pcfg proxy.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	version := filepath.Join(dir, "..2026_11_25_10_00_00.000000001")
+	if err := os.Mkdir(version, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := dig(cm.obj, "data").(map[string]any)
+	for name, v := range data {
+		if err := os.WriteFile(filepath.Join(version, name), []byte(v.(string)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("..data/"+name, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Base(version), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := policy.New(context.Background(), policy.Options{Dir: dir, Layout: policy.ParseDirLayout(pcfg.Policy.KubernetesConfigMap),
+		Evaluator: policy.Evaluator(pcfg.Policy.Engine), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Errorf("the proxy does not load the mounted passport-policies ConfigMap (policy.kubernetes_configmap: %v): %v",
+			pcfg.Policy.KubernetesConfigMap, err)
 	}
 }
 

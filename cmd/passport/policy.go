@@ -37,8 +37,9 @@ See policies/README.md for the input document, the decision and the reason codes
 
 // policySource is a policy directory given on the command line, read as
 // the proxy reads it (policy.ReadDir: regular files inside the directory
-// only), or the embedded library.
-func policySource(args []string, embedded fs.FS) (fs.FS, string, error) {
+// only, no symbolic link but a ConfigMap volume's with configMap), or the
+// embedded library.
+func policySource(args []string, embedded fs.FS, configMap bool) (fs.FS, string, error) {
 	if len(args) == 0 {
 		return embedded, "embedded library", nil
 	}
@@ -50,7 +51,7 @@ func policySource(args []string, embedded fs.FS) (fs.FS, string, error) {
 	if !st.IsDir() {
 		return nil, "", fmt.Errorf("policy directory %s: not a directory", dir)
 	}
-	fsys, err := policy.ReadDir(dir)
+	fsys, err := policy.ReadDir(dir, policy.ParseDirLayout(configMap))
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: %w", dir, err)
 	}
@@ -65,6 +66,7 @@ func (a *app) policyTestCmd() *cobra.Command {
 		run       string
 		lenient   bool
 		timeout   time.Duration
+		configMap bool
 	)
 	cmd := &cobra.Command{
 		Use:   "test [DIR]",
@@ -84,7 +86,7 @@ Exit status: 0 all passed, 2 a test failed or coverage is below the threshold,
 			if threshold < 0 || threshold > 100 {
 				return fmt.Errorf("--threshold %v: want 0 to 100", threshold)
 			}
-			fsys, src, err := policySource(args, policies.TestFS)
+			fsys, src, err := policySource(args, policies.TestFS, configMap)
 			if err != nil {
 				return err
 			}
@@ -153,11 +155,12 @@ Exit status: 0 all passed, 2 a test failed or coverage is below the threshold,
 	f.StringVarP(&run, "run", "r", "", "run only tests whose name matches this regular expression")
 	f.BoolVar(&lenient, "lenient-builtin-errors", false, "builtin errors make expressions undefined instead of failing (plain opa test)")
 	f.DurationVar(&timeout, "timeout", 5*time.Second, "time limit for each test")
+	f.BoolVar(&configMap, "kubernetes-configmap", false, configMapFlagHelp)
 	return cmd
 }
 
 func (a *app) policyCheckCmd() *cobra.Command {
-	var checkFmt bool
+	var checkFmt, configMap bool
 	cmd := &cobra.Command{
 		Use:   "check [DIR]",
 		Short: "Compile a policy directory strictly, like opa check --strict (default: the embedded library)",
@@ -171,7 +174,7 @@ least 1, window a positive Go duration), each problem with its file. With --fmt,
 also list the files "opa fmt" would change.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			fsys, src, err := policySource(args, policies.TestFS)
+			fsys, src, err := policySource(args, policies.TestFS, configMap)
 			if err != nil {
 				return err
 			}
@@ -204,6 +207,7 @@ also list the files "opa fmt" would change.`,
 		},
 	}
 	cmd.Flags().BoolVar(&checkFmt, "fmt", false, "also fail when a .rego file is not formatted as opa fmt would")
+	cmd.Flags().BoolVar(&configMap, "kubernetes-configmap", false, configMapFlagHelp)
 	return cmd
 }
 
@@ -217,6 +221,7 @@ func (a *app) policyReplayCmd() *cobra.Command {
 		asJSON       bool
 		limit        int
 		failOnChange bool
+		configMap    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "replay --policy DIR [--tenant T] [--since 24h] [--redis URL | --data DIR]",
@@ -247,7 +252,8 @@ Exit status: 0, or 3 with --fail-on-change when any decision would change.`,
 			if err != nil {
 				return err
 			}
-			cand, err := policy.New(ctx, policy.Options{Name: "candidate", Dir: dir, Logger: log})
+			cand, err := policy.New(ctx, policy.Options{Name: "candidate", Dir: dir,
+				Layout: policy.ParseDirLayout(configMap), Logger: log})
 			if err != nil {
 				return err
 			}
@@ -290,8 +296,13 @@ Exit status: 0, or 3 with --fail-on-change when any decision would change.`,
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.IntVar(&limit, "limit", 0, "stop after this many decision records (0: no limit)")
 	f.BoolVar(&failOnChange, "fail-on-change", false, "exit 3 when any decision would change (for CI)")
+	f.BoolVar(&configMap, "kubernetes-configmap", false, configMapFlagHelp)
 	return cmd
 }
+
+// configMapFlagHelp is the help of --kubernetes-configmap, the proxy's
+// policy.kubernetes_configmap.
+const configMapFlagHelp = "the directory is a Kubernetes ConfigMap volume: follow its links (NAME -> ..data/NAME) and no other"
 
 // policyRedisURL picks the Redis URL: explicit flags first, then the
 // environment, then the default.

@@ -5,6 +5,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -31,37 +32,53 @@ func secretOutside(t *testing.T) string {
 
 // TestReadDirRefuses (issue 13, item 7): a policy directory holds policies,
 // nothing else. Each hostile entry is refused with its file and the
-// reason; before, os.DirFS followed a data.json symlink anywhere and
-// loaded the file it led to.
+// reason, in either layout; before, os.DirFS followed a data.json symlink
+// anywhere and loaded the file it led to, and then ReadDir followed links
+// that stayed inside the directory ("symlink inside").
 func TestReadDirRefuses(t *testing.T) {
 	secret := secretOutside(t)
+	const link = "a symbolic link"
 	cases := []struct {
 		name, file, reason string
 		make               func(t *testing.T, dir string)
 	}{
-		{"symlink outside", "data.json", "outside the policy directory", func(t *testing.T, dir string) {
+		{"symlink outside", "data.json", link, func(t *testing.T, dir string) {
 			symlink(t, secret, filepath.Join(dir, "data.json"))
 		}},
-		{"relative symlink outside", "data.json", "outside the policy directory", func(t *testing.T, dir string) {
+		{"relative symlink outside", "data.json", link, func(t *testing.T, dir string) {
 			rel, _ := filepath.Rel(dir, secret)
 			symlink(t, rel, filepath.Join(dir, "data.json"))
 		}},
-		{"absolute symlink inside", "data.json", "outside the policy directory (or is absolute)", func(t *testing.T, dir string) {
+		{"symlink inside", "data.json", link, func(t *testing.T, dir string) {
+			write(t, filepath.Join(dir, "real.txt"), `{}`)
+			symlink(t, "real.txt", filepath.Join(dir, "data.json"))
+		}},
+		{"absolute symlink inside", "data.json", link, func(t *testing.T, dir string) {
 			write(t, filepath.Join(dir, "real.txt"), `{}`)
 			symlink(t, filepath.Join(dir, "real.txt"), filepath.Join(dir, "data.json"))
 		}},
-		{"through a linked directory", "sub/data.json", "outside the policy directory", func(t *testing.T, dir string) {
+		{"symlink into a hidden directory", "data.json", link, func(t *testing.T, dir string) {
+			if err := os.Mkdir(filepath.Join(dir, ".hidden"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			write(t, filepath.Join(dir, ".hidden", "data.json"), `{}`)
+			symlink(t, ".hidden/data.json", filepath.Join(dir, "data.json"))
+		}},
+		{"in a subdirectory", "sub/data.json", link, func(t *testing.T, dir string) {
 			if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			symlink(t, "../../"+filepath.Base(filepath.Dir(secret))+"/"+filepath.Base(secret), filepath.Join(dir, "sub", "data.json"))
+		}},
+		{"linked directory", "linked.rego", link, func(t *testing.T, dir string) {
+			symlink(t, filepath.Dir(secret), filepath.Join(dir, "linked.rego"))
 		}},
 		{"fifo", "data.json", "named pipe", func(t *testing.T, dir string) {
 			if err := syscall.Mkfifo(filepath.Join(dir, "data.json"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"link to a fifo", "extra.rego", "named pipe", func(t *testing.T, dir string) {
+		{"link to a fifo", "extra.rego", link, func(t *testing.T, dir string) {
 			if err := syscall.Mkfifo(filepath.Join(dir, "pipe"), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -75,8 +92,8 @@ func TestReadDirRefuses(t *testing.T) {
 			t.Cleanup(func() { ln.Close() })
 		}},
 		// A device inside the directory needs mknod (root); a link to one
-		// leads outside.
-		{"link to a device", "data.json", "outside the policy directory", func(t *testing.T, dir string) {
+		// is a link.
+		{"link to a device", "data.json", link, func(t *testing.T, dir string) {
 			symlink(t, "/dev/zero", filepath.Join(dir, "data.json"))
 		}},
 		{"too large", "big.json", "larger than", func(t *testing.T, dir string) {
@@ -90,56 +107,97 @@ func TestReadDirRefuses(t *testing.T) {
 			}
 		}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := copyDir(t, "testdata/good")
-			tc.make(t, dir)
-			done := make(chan error, 1)
-			go func() { _, err := ReadDir(dir); done <- err }()
-			var err error
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("ReadDir hangs") // a FIFO opened for reading would block here
-			}
-			var fe *FileError
-			if !errors.As(err, &fe) || !errors.Is(err, ErrPolicyFile) || fe.File != tc.file ||
-				!strings.Contains(fe.Reason, tc.reason) {
-				t.Fatalf("ReadDir: %v; want a FileError for %s: ...%s...", err, tc.file, tc.reason)
-			}
-			if strings.Contains(err.Error(), "s3cr3t") {
-				t.Fatal("the error quotes the file")
-			}
-			// The same through the engine: no policy, and the error says why.
-			if _, err := New(context.Background(), Options{Dir: dir, Logger: quiet()}); !errors.Is(err, ErrPolicyFile) {
-				t.Fatalf("engine load: %v", err)
-			}
-		})
+	for _, layout := range []DirLayout{PlainDir, ConfigMapDir} {
+		for _, tc := range cases {
+			t.Run(fmt.Sprintf("%s/layout=%d", tc.name, layout), func(t *testing.T) {
+				dir := copyDir(t, "testdata/good")
+				tc.make(t, dir)
+				refused(t, dir, layout, tc.file, tc.reason)
+			})
+		}
 	}
 }
 
-// TestReadDirConfigMap: a Kubernetes ConfigMap volume (files that are
-// relative links into a hidden, versioned directory) loads, and an update
-// (the ..data link swapped) is seen by the poll, although no link changed.
-func TestReadDirConfigMap(t *testing.T) {
-	dir := t.TempDir()
-	good, _ := os.ReadFile("testdata/good/authz.rego")
-	data, _ := os.ReadFile("testdata/good/data.yaml")
-	version := func(name, data string) {
-		v := filepath.Join(dir, name)
+// refused checks that ReadDir, and an engine, refuse dir, naming file and
+// the reason, and that neither quotes the file.
+func refused(t *testing.T, dir string, layout DirLayout, file, reason string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { _, err := ReadDir(dir, layout); done <- err }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadDir hangs") // a FIFO opened for reading would block here
+	}
+	var fe *FileError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrPolicyFile) || fe.File != file ||
+		!strings.Contains(fe.Reason, reason) {
+		t.Fatalf("ReadDir: %v; want a FileError for %s: ...%s...", err, file, reason)
+	}
+	if strings.Contains(err.Error(), "s3cr3t") {
+		t.Fatal("the error quotes the file")
+	}
+	// The same through the engine: no policy, and the error says why.
+	if _, err := New(context.Background(), Options{Dir: dir, Layout: layout, Logger: quiet()}); !errors.Is(err, ErrPolicyFile) {
+		t.Fatalf("engine load: %v", err)
+	}
+}
+
+// configMap lays dir out as the kubelet lays out a ConfigMap volume:
+// each file in a hidden, versioned directory, ..data a link to it, and at
+// the top a link NAME -> ..data/NAME for each file. It returns a function
+// that publishes a new version as the kubelet does (..data swapped by a
+// rename).
+func configMap(t *testing.T, dir string, files map[string]string) func(version string, files map[string]string) {
+	t.Helper()
+	publish := func(version string, files map[string]string) {
+		v := filepath.Join(dir, version)
 		if err := os.Mkdir(v, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		write(t, filepath.Join(v, "authz.rego"), string(good))
-		write(t, filepath.Join(v, "data.yaml"), data)
+		for name, data := range files {
+			write(t, filepath.Join(v, name), data)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		symlink(t, version, tmp)
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
 	}
-	version("..2026_11_25_1", string(data))
-	symlink(t, "..2026_11_25_1", filepath.Join(dir, "..data"))
-	symlink(t, "..data/authz.rego", filepath.Join(dir, "authz.rego"))
-	symlink(t, "..data/data.yaml", filepath.Join(dir, "data.yaml"))
+	publish("..2026_11_25_1", files)
+	for name := range files {
+		symlink(t, "..data/"+name, filepath.Join(dir, name))
+	}
+	return publish
+}
+
+func goodFiles(t *testing.T) map[string]string {
+	t.Helper()
+	good, err := os.ReadFile("testdata/good/authz.rego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("testdata/good/data.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"authz.rego": string(good), "data.yaml": string(data)}
+}
+
+// TestReadDirConfigMap: a Kubernetes ConfigMap volume loads when its
+// layout is enabled, and only then; an update (the ..data link swapped) is
+// seen by the poll, although no link at the top changed.
+func TestReadDirConfigMap(t *testing.T) {
+	dir := t.TempDir()
+	files := goodFiles(t)
+	publish := configMap(t, dir, files)
 	symlink(t, "/etc/hostname", filepath.Join(dir, "README.md")) // not a policy file: never opened
 
-	fsys, err := ReadDir(dir)
+	// By default every link is refused, these too.
+	refused(t, dir, PlainDir, "authz.rego", "a symbolic link")
+
+	fsys, err := ReadDir(dir, ConfigMapDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,16 +205,97 @@ func TestReadDirConfigMap(t *testing.T) {
 	if strings.Join(names, ",") != "authz.rego,data.yaml" {
 		t.Fatalf("loaded %v", names)
 	}
-	sig0, _ := signature(dir)
-	version("..2026_11_25_2", "allowed:\n  observer: [\"service.restart\"]\n")
-	tmp := filepath.Join(dir, "..data_tmp")
-	symlink(t, "..2026_11_25_2", tmp)
-	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
+	if b, _ := fs.ReadFile(fsys, "authz.rego"); string(b) != files["authz.rego"] {
+		t.Fatal("authz.rego is not the ConfigMap's file")
 	}
-	if sig1, _ := signature(dir); sig1 == sig0 {
+	sig0 := signature(dir, ConfigMapDir)
+	files["data.yaml"] = "allowed:\n  observer: [\"service.restart\"]\n"
+	publish("..2026_11_25_2", files)
+	if sig1 := signature(dir, ConfigMapDir); sig1 == sig0 {
 		t.Fatal("the poll does not see a ConfigMap update")
 	}
+	fsys, err = ReadDir(dir, ConfigMapDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := fs.ReadFile(fsys, "data.yaml"); string(b) != files["data.yaml"] {
+		t.Fatal("the update was not read")
+	}
+}
+
+// TestReadDirConfigMapRefuses: with the ConfigMap layout enabled, a link
+// that is not exactly a ConfigMap volume's is refused, with the file and
+// why.
+func TestReadDirConfigMapRefuses(t *testing.T) {
+	secret := secretOutside(t)
+	cases := []struct {
+		name, file, reason string
+		make               func(t *testing.T, dir string)
+	}{
+		{"link to another name", "data.json", "not a ConfigMap volume's", func(t *testing.T, dir string) {
+			symlink(t, "..data/data.yaml", filepath.Join(dir, "data.json"))
+		}},
+		{"link outside", "data.json", "not a ConfigMap volume's", func(t *testing.T, dir string) {
+			symlink(t, secret, filepath.Join(dir, "data.json"))
+		}},
+		{"link into the version directory", "data.json", "not a ConfigMap volume's", func(t *testing.T, dir string) {
+			write(t, filepath.Join(dir, "..2026_11_25_1", "data.json"), `{}`)
+			symlink(t, "..2026_11_25_1/data.json", filepath.Join(dir, "data.json"))
+		}},
+		{"link in a subdirectory", "sub/data.json", "not a ConfigMap volume's", func(t *testing.T, dir string) {
+			if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			symlink(t, "..data/data.json", filepath.Join(dir, "sub", "data.json"))
+		}},
+		{"a link inside the version", "authz.rego", "a symbolic link", func(t *testing.T, dir string) {
+			v := filepath.Join(dir, "..2026_11_25_1", "authz.rego")
+			if err := os.Remove(v); err != nil {
+				t.Fatal(err)
+			}
+			symlink(t, secret, v)
+		}},
+		{"..data absolute", "..data", "not to a hidden directory", func(t *testing.T, dir string) {
+			relink(t, filepath.Join(dir, "..2026_11_25_1"), filepath.Join(dir, "..data"))
+		}},
+		{"..data outside", "..data", "not to a hidden directory", func(t *testing.T, dir string) {
+			relink(t, "../"+filepath.Base(filepath.Dir(secret)), filepath.Join(dir, "..data"))
+		}},
+		{"..data to a link", "..data", "not a directory", func(t *testing.T, dir string) {
+			symlink(t, filepath.Dir(secret), filepath.Join(dir, "..evil"))
+			relink(t, "..evil", filepath.Join(dir, "..data"))
+		}},
+		{"..data a directory", "..data", "not a symbolic link", func(t *testing.T, dir string) {
+			if err := os.Remove(filepath.Join(dir, "..data")); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(filepath.Join(dir, "..data"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"..data absent", "authz.rego", "a symbolic link", func(t *testing.T, dir string) {
+			if err := os.Remove(filepath.Join(dir, "..data")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			configMap(t, dir, goodFiles(t))
+			tc.make(t, dir)
+			refused(t, dir, ConfigMapDir, tc.file, tc.reason)
+		})
+	}
+}
+
+// relink points the link name at target.
+func relink(t *testing.T, target, name string) {
+	t.Helper()
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, target, name)
 }
 
 // TestHotReloadRefusedFileKeepsPolicy: a symlink planted in a hot-reloaded

@@ -24,6 +24,14 @@ import (
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// evaluators runs f once per evaluator: both must behave alike.
+func evaluators(t *testing.T, f func(t *testing.T, ev Evaluator)) {
+	t.Helper()
+	for _, ev := range []Evaluator{Fast, Rego} {
+		t.Run(string(ev), func(t *testing.T) { f(t, ev) })
+	}
+}
+
 func input(t testing.TB, typ, action string) ast.Value {
 	t.Helper()
 	v, err := ast.InterfaceToValue(map[string]any{"action": action, "agent": map[string]any{"type": typ}})
@@ -33,10 +41,15 @@ func input(t testing.TB, typ, action string) ast.Value {
 	return v
 }
 
-func TestDecideAllowDeny(t *testing.T) {
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+func TestDecideAllowDeny(t *testing.T) { evaluators(t, testDecideAllowDeny) }
+
+func testDecideAllowDeny(t *testing.T, ev Evaluator) {
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.Evaluator() != ev {
+		t.Fatalf("evaluator %s, want %s", e.Evaluator(), ev)
 	}
 	cases := []struct {
 		name, typ, action string
@@ -65,7 +78,9 @@ func TestDecideAllowDeny(t *testing.T) {
 
 // TestDecideFailsClosed: every malformed or failing policy is an error,
 // which the proxy turns into a deny.
-func TestDecideFailsClosed(t *testing.T) {
+func TestDecideFailsClosed(t *testing.T) { evaluators(t, testDecideFailsClosed) }
+
+func testDecideFailsClosed(t *testing.T, ev Evaluator) {
 	cases := []struct {
 		name, rego string
 		want       error
@@ -84,10 +99,11 @@ func TestDecideFailsClosed(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			m := NewMetrics(reg)
 			e, err := New(context.Background(), Options{
-				FS:      fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
-				Logger:  quiet(),
-				Timeout: tc.timeout,
-				Metrics: m,
+				FS:        fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
+				Logger:    quiet(),
+				Timeout:   tc.timeout,
+				Metrics:   m,
+				Evaluator: ev,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -110,14 +126,16 @@ func TestDecideFailsClosed(t *testing.T) {
 	}
 }
 
-func TestNetworkBuiltinsRemoved(t *testing.T) {
+func TestNetworkBuiltinsRemoved(t *testing.T) { evaluators(t, testNetworkBuiltinsRemoved) }
+
+func testNetworkBuiltinsRemoved(t *testing.T, ev Evaluator) {
 	for _, b := range []string{
 		`http.send({"method": "get", "url": "http://127.0.0.1:1"})`,
 		`net.lookup_ip_addr("example.com")`,
 		`opa.runtime()`,
 	} {
 		src := "package passport.authz\ndecision := {\"allow\": true, \"x\": " + b + "}\n"
-		_, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(src)}}, Logger: quiet()})
+		_, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(src)}}, Logger: quiet(), Evaluator: ev})
 		if err == nil {
 			t.Fatalf("%s compiled; network and host builtins must be removed", b)
 		}
@@ -166,11 +184,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestHotReload(t *testing.T) {
+func TestHotReload(t *testing.T) { evaluators(t, testHotReload) }
+
+func testHotReload(t *testing.T, ev Evaluator) {
 	dir := copyDir(t, "testdata/good")
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	e, err := New(context.Background(), Options{Dir: dir, Logger: quiet(), PollInterval: 10 * time.Millisecond, Metrics: m})
+	e, err := New(context.Background(), Options{Dir: dir, Logger: quiet(), PollInterval: 10 * time.Millisecond, Metrics: m,
+		Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,59 +252,109 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
-// TestLoadTimeDocuments: a rule named in LoadTimeDocuments is evaluated
-// once per load and its value read as data by the decision; data that
-// claims the path, or a rule that fails, fails the load.
+// TestLoadTimeDocuments: a rule the policy declares a load-time document
+// (the load_time annotation) is evaluated once per load and its value read
+// as data by the decision; the engine names no rule or path of its own. A
+// declaration that is malformed, data that claims the path, or a rule that
+// fails, fails the load.
 func TestLoadTimeDocuments(t *testing.T) {
-	const lib = `package passport.authz
+	const declared = `package passport.authz
 
+# METADATA
+# custom:
+#   load_time: data.passport.loaded.clearances
 clearances := {"ok": config_ok}
 
 config_ok := data.passport.config.ok
 
-decision := {"allow": data.passport.loaded.clearances.ok == true}
+default loaded_ok := false
+
+loaded_ok if data.passport.loaded.clearances.ok == true
+
+decision := {"allow": loaded_ok}
 `
+	// Another library, other names: whatever is declared is evaluated.
+	const other = `package lib
+
+# METADATA
+# custom:
+#   load_time: data.precomputed.table
+table := {"ok": data.settings.ok}
+
+# METADATA
+# custom:
+#   load_time: data.precomputed.count
+count_of_settings := count(data.settings)
+
+decision := {"allow": data.precomputed.table.ok == true, "reasons": [sprintf("n%d", [data.precomputed.count])]}
+`
+	annotated := func(anno, rule string) string {
+		return "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: " + anno + "\n" + rule +
+			"\ndecision := {\"allow\": true}\n"
+	}
 	cases := []struct {
 		name, rego, data string
+		query            string
 		allow            bool
+		reasons          string
 		loadErr          string
 	}{
-		{"stored and read", lib, `{"passport": {"config": {"ok": true}}}`, true, ""},
-		{"follows the data", lib, `{"passport": {"config": {"ok": false}}}`, false, ""},
-		{"rule absent", "package passport.authz\ndecision := {\"allow\": true} if not data.passport.loaded\n", `{}`, true, ""},
-		{"path taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": {"clearances": {"ok": true}}}}`, false, "data.passport.loaded.clearances is reserved"},
-		{"parent taken by data", lib, `{"passport": {"config": {"ok": true}, "loaded": 5}}`, false, "data.passport.loaded.clearances is reserved"},
-		{"rule fails", "package passport.authz\nclearances := to_number(\"x\")\ndecision := {\"allow\": true}\n", `{}`, false, "evaluate data.passport.authz.clearances"},
+		{"stored and read", declared, `{"passport": {"config": {"ok": true}}}`, "", true, "", ""},
+		{"follows the data", declared, `{"passport": {"config": {"ok": false}}}`, "", false, "", ""},
+		{"other names", other, `{"settings": {"ok": true, "b": 2}}`, "data.lib.decision", true, "n2", ""},
+		{"not declared, not stored", strings.Replace(declared, "# METADATA\n# custom:\n#   load_time: data.passport.loaded.clearances\n", "", 1),
+			`{"passport": {"config": {"ok": true}}}`, "", false, "", ""},
+		{"undefined, not stored", annotated("data.passport.loaded.x", "x := 1 if false"), `{}`, "", true, "", ""},
+		{"rule absent", "package passport.authz\ndecision := {\"allow\": true} if not data.passport.loaded\n", `{}`, "", true, "", ""},
+		{"path taken by data", declared, `{"passport": {"config": {"ok": true}, "loaded": {"clearances": {"ok": true}}}}`, "", false, "", "data.passport.loaded.clearances is reserved"},
+		{"parent taken by data", declared, `{"passport": {"config": {"ok": true}, "loaded": 5}}`, "", false, "", "data.passport.loaded.clearances is reserved"},
+		{"rule fails", annotated("data.passport.loaded.x", "x := to_number(\"x\")"), `{}`, "", false, "", "evaluate data.passport.authz.x"},
+		{"a function", annotated("data.passport.loaded.x", "f(y) := y"), `{}`, "", false, "", "annotates a function"},
+		{"not a path", annotated("passport.loaded.x", "x := 1"), `{}`, "", false, "", "not a path of data"},
+		{"not a string", annotated("[1]", "x := 1"), `{}`, "", false, "", "want a path of data"},
+		{"variable key", annotated("data.passport[x]", "x := 1"), `{}`, "", false, "", "string keys only"},
+		{"under system", annotated("data.system.x", "x := 1"), `{}`, "", false, "", "data.system"},
+		{"root of data", annotated("data", "x := 1"), `{}`, "", false, "", "not a path of data"},
+		{"overlapping", "package passport.authz\n\n# METADATA\n# custom:\n#   load_time: data.pre\na := 1\n\n" +
+			"# METADATA\n# custom:\n#   load_time: data.pre.b\nb := 2\n\ndecision := {\"allow\": true}\n", `{}`, "", false, "", "overlaps"},
+		{"package scope", "# METADATA\n# scope: package\n# custom:\n#   load_time: data.pre.x\npackage passport.authz\n\ndecision := {\"allow\": true}\n", `{}`, "", false, "", "annotates a rule"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			e, err := New(context.Background(), Options{
-				FS:     fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}, "data.json": {Data: []byte(tc.data)}},
-				Logger: quiet(),
-			})
-			if tc.loadErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.loadErr) {
-					t.Fatalf("load error %v, want %q", err, tc.loadErr)
+		for _, ev := range []Evaluator{Fast, Rego} {
+			t.Run(tc.name+"/"+string(ev), func(t *testing.T) {
+				e, err := New(context.Background(), Options{
+					FS:        fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}, "data.json": {Data: []byte(tc.data)}},
+					Logger:    quiet(),
+					Query:     tc.query,
+					Evaluator: ev,
+				})
+				if tc.loadErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.loadErr) {
+						t.Fatalf("load error %v, want %q", err, tc.loadErr)
+					}
+					return
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
-			if err != nil || d.Allow != tc.allow {
-				t.Fatalf("decision %+v %v, want allow=%v", d, err, tc.allow)
-			}
-		})
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, err := e.Decide(context.Background(), input(t, "healer", "service.restart"))
+				if err != nil || d.Allow != tc.allow || strings.Join(d.Reasons, ",") != tc.reasons {
+					t.Fatalf("decision %+v %v, want allow=%v reasons=%q", d, err, tc.allow, tc.reasons)
+				}
+			})
+		}
 	}
 }
 
 // TestDecideDeadlinePassed: a deadline that has passed before the
 // evaluation starts is a timeout (deny), counted as one.
-func TestDecideDeadlinePassed(t *testing.T) {
+func TestDecideDeadlinePassed(t *testing.T) { evaluators(t, testDecideDeadlinePassed) }
+
+func testDecideDeadlinePassed(t *testing.T, ev Evaluator) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m, Timeout: time.Nanosecond})
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Metrics: m, Timeout: time.Nanosecond,
+		Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +372,9 @@ func TestDecideDeadlinePassed(t *testing.T) {
 // timeout, or past the caller's context, stops there (it would run for
 // minutes otherwise), fails with the context error and counts as a timeout:
 // a loop inside a builtin and a loop of Rego expressions alike.
-func TestDecideStopsAtDeadline(t *testing.T) {
+func TestDecideStopsAtDeadline(t *testing.T) { evaluators(t, testDecideStopsAtDeadline) }
+
+func testDecideStopsAtDeadline(t *testing.T, ev Evaluator) {
 	const (
 		builtinLoop = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 1000000000)]) > 0}\n"
 		regoLoop    = "package passport.authz\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000); x % 7 == 0]) > 0}\n"
@@ -318,7 +391,7 @@ func TestDecideStopsAtDeadline(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := NewMetrics(prometheus.NewRegistry())
 			e, err := New(context.Background(), Options{FS: fstest.MapFS{"p.rego": {Data: []byte(tc.rego)}},
-				Logger: quiet(), Timeout: tc.engine, Metrics: m})
+				Logger: quiet(), Timeout: tc.engine, Metrics: m, Evaluator: ev})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -346,7 +419,7 @@ func TestEvaluatorPanicDenies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	broken := &prepared{revision: "broken"} // its query was never prepared: Eval panics
+	broken := &prepared{revision: "broken"} // never prepared: evaluating it panics
 	d, err := e.evaluate(context.Background(), broken, input(t, "healer", "service.restart"))
 	if !errors.Is(err, ErrEval) || !strings.Contains(err.Error(), "panic") || d.Allow || d.Revision != "broken" {
 		t.Fatalf("decision %+v, err %v: want a deny with ErrEval", d, err)
@@ -358,8 +431,12 @@ func TestEvaluatorPanicDenies(t *testing.T) {
 
 // TestDecideConcurrent: many callers share one prepared policy; each gets
 // the answer for its own input.
-func TestDecideConcurrent(t *testing.T) {
-	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet()})
+func TestDecideConcurrent(t *testing.T) { evaluators(t, testDecideConcurrent) }
+
+func testDecideConcurrent(t *testing.T, ev Evaluator) {
+	// A long deadline: 64 goroutines on a shared machine under the race
+	// detector can stall one evaluation past the default.
+	e, err := New(context.Background(), Options{Dir: "testdata/good", Logger: quiet(), Evaluator: ev, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +469,9 @@ func TestDecideConcurrent(t *testing.T) {
 // object, a path the data lacks, a `with` override, a virtual document beside base
 // ones, iteration) gives what the rego package gives for the same policy,
 // data and input.
-func TestDataReadsAsOPA(t *testing.T) {
+func TestDataReadsAsOPA(t *testing.T) { evaluators(t, testDataReadsAsOPA) }
+
+func testDataReadsAsOPA(t *testing.T, ev Evaluator) {
 	const lib = `package passport.authz
 
 default missing := "none"
@@ -421,7 +500,7 @@ decision := {"allow": input.action in data.passport.config.items, "reasons": [
 `
 	const dataJSON = `{"passport": {"config": {"items": ["service.restart", "service.get"], "tenants": {"healer": "acme", "observer": "globex"}}}}`
 	fsys := fstest.MapFS{"p.rego": {Data: []byte(lib)}, "data.json": {Data: []byte(dataJSON)}}
-	e, err := New(context.Background(), Options{FS: fsys, Logger: quiet()})
+	e, err := New(context.Background(), Options{FS: fsys, Logger: quiet(), Evaluator: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
