@@ -215,3 +215,69 @@ func BenchmarkInputJSON(b *testing.B) {
 		})
 	}
 }
+
+// discardSink acknowledges every record and keeps none: the audit store
+// costs nothing in BenchmarkServe, so the figures are the proxy's own.
+type discardSink struct{}
+
+func (discardSink) Append(context.Context, *audit.Record) (string, error) { return "0-1", nil }
+func (discardSink) Enqueue(*audit.Record)                                 {}
+
+// BenchmarkServe is the whole handler for one call on the real library:
+// an allowed call forwarded to a loopback upstream, a call the policy
+// denies, and one refused before the policy (no passport).
+func BenchmarkServe(b *testing.B) {
+	keys := testkeys.New(b)
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	b.Cleanup(up.Close)
+	cfg := testConfig(up.URL, keys.URL())
+	cfg.Policy.Dir = ""
+	cfg.Policy.Timeout = time.Second
+	cfg.Routes = []Route{{Match: "POST /services/{name}/restart", Action: "service.restart", Resource: "{name}"}}
+	p, err := New(cfg, Deps{Redis: rdb, Audit: discardSink{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registry: prometheus.NewRegistry(), Policies: policies.FS})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.revoked.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	waitFor(b, "revocations live", func() bool { return p.revoked.live.Load() })
+	now := time.Now()
+	if err := rdb.HSet(ctx, passport.AgentKey("acme", "healer-1"), passport.FieldReputation, 90,
+		passport.FieldReputationAt, now.UnixMilli()).Err(); err != nil {
+		b.Fatal(err)
+	}
+	tok := keys.Sign(b, testkeys.Claims(now, "acme", "healer-1", "healer", passport.TrustHigh, "service.restart"))
+	h := p.Handler()
+	for _, tc := range []struct {
+		name, path, token string
+		status            int
+	}{
+		{"allow", "/services/checkout/restart", tok, http.StatusOK},
+		{"deny", "/services/search/restart", tok, http.StatusForbidden},
+		{"no_passport", "/services/checkout/restart", "", http.StatusUnauthorized},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest("POST", tc.path, nil)
+			req.RemoteAddr = "127.0.0.1:4711"
+			auth := []string{"Bearer " + tc.token}
+			b.ReportAllocs()
+			for b.Loop() {
+				if tc.token != "" {
+					req.Header["Authorization"] = auth // forwarding removes it
+				}
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != tc.status {
+					b.Fatalf("status %d, want %d: %s", w.Code, tc.status, w.Body)
+				}
+			}
+		})
+	}
+}
