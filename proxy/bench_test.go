@@ -220,8 +220,10 @@ func BenchmarkInputJSON(b *testing.B) {
 // costs nothing in BenchmarkServe, so the figures are the proxy's own.
 type discardSink struct{}
 
-func (discardSink) Append(context.Context, *audit.Record) (string, error) { return "0-1", nil }
-func (discardSink) Enqueue(*audit.Record)                                 {}
+func (discardSink) Append(_ context.Context, rec *audit.Record) (audit.Receipt, error) {
+	return audit.TestReceipt("0-1", rec), nil
+}
+func (discardSink) Enqueue(*audit.Record) {}
 
 // BenchmarkServe is the whole handler for one call on the real library:
 // an allowed call forwarded to a loopback upstream, a call the policy
