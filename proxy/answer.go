@@ -3,55 +3,15 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/agentpassport/passport/internal/problem"
 	"github.com/agentpassport/passport/passport"
 )
-
-// Problem is the RFC 9457 body of every answer the proxy writes itself.
-// Code is a stable snake_case code; Detail is a fixed sentence, never an
-// internal error string.
-type Problem struct {
-	Type      string   `json:"type"`
-	Title     string   `json:"title"`
-	Status    int      `json:"status"`
-	Code      string   `json:"code"`
-	Detail    string   `json:"detail,omitempty"`
-	RequestID string   `json:"request_id"`
-	Action    string   `json:"action,omitempty"`
-	Resource  string   `json:"resource,omitempty"`
-	Reasons   []string `json:"reasons,omitempty"`
-	Revision  string   `json:"policy_revision,omitempty"`
-}
-
-const problemBase = "https://github.com/agentpassport/passport/blob/main/README.md#answers-"
-
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-func writeProblem(w http.ResponseWriter, p Problem) {
-	if p.Type == "" {
-		p.Type = problemBase + strings.ReplaceAll(p.Code, "_", "-")
-	}
-	if p.Title == "" {
-		p.Title = http.StatusText(p.Status)
-	}
-	b := bufPool.Get().(*bytes.Buffer)
-	b.Reset()
-	_ = json.NewEncoder(b).Encode(p) // a struct of strings cannot fail
-	h := w.Header()
-	h.Set("Content-Type", "application/problem+json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(p.Status)
-	_, _ = w.Write(b.Bytes())
-	bufPool.Put(b)
-}
 
 // writeUnauthorized answers 401 with an RFC 6750 challenge. The challenge
 // names the protected-resource metadata (RFC 9728 §5.1) so an agent can
@@ -67,7 +27,7 @@ func writeUnauthorized(w http.ResponseWriter, ae *AuthError, reqID, metadataURL 
 	if code == "" {
 		code = "passport_required"
 	}
-	writeProblem(w, Problem{Status: http.StatusUnauthorized, Code: code, Detail: ae.Description, RequestID: reqID,
+	problem.Write(w, problem.Details{Status: http.StatusUnauthorized, Code: code, Detail: ae.Description, RequestID: reqID,
 		Reasons: []string{ae.Reason}})
 }
 

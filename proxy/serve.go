@@ -18,6 +18,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/problem"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -225,7 +226,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		rec.Decision, rec.Reasons = audit.DecisionError, []string{"policy_error"}
 		p.recordRefusal(r, rec, true)
 		c.status = http.StatusForbidden
-		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
+		problem.Write(w, problem.Details{Status: http.StatusForbidden, Code: "policy_error", RequestID: c.id,
 			Detail: "the policy could not decide, so the call is denied", Action: rt.Action,
 			Resource: in.doc.Resource, Reasons: rec.Reasons, Revision: dec.Revision})
 		p.count(c, audit.DecisionError)
@@ -236,7 +237,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.recordRefusal(r, rec, true)
 		p.denials.report(cl.Tenant, cl.Agent.ID)
 		c.status = http.StatusForbidden
-		writeProblem(w, Problem{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
+		problem.Write(w, problem.Details{Status: http.StatusForbidden, Code: "policy_denied", RequestID: c.id,
 			Detail: "the policy denied " + rt.Action + " on " + in.doc.Resource, Action: rt.Action,
 			Resource: in.doc.Resource, Reasons: dec.Reasons, Revision: dec.Revision})
 		p.count(c, audit.DecisionDeny)
@@ -262,7 +263,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.log.ErrorContext(r.Context(), "audit append failed; refusing", "request_id", c.id, "tenant", c.tenant, "error", err)
 		w.Header().Set("Retry-After", "1")
 		c.status = http.StatusServiceUnavailable
-		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Code: "audit_unavailable", RequestID: c.id,
+		problem.Write(w, problem.Details{Status: http.StatusServiceUnavailable, Code: "audit_unavailable", RequestID: c.id,
 			Detail: "the audit store is unavailable, so nothing is forwarded"})
 		p.count(c, audit.DecisionError)
 		// A write that timed out may still land later: the stream would then
@@ -343,7 +344,7 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, c *call, status i
 	p.m.refusals.WithLabelValues(code).Inc()
 	rec := p.refusalRecord(r, c, vp, code)
 	p.recordRefusal(r, rec, vp != nil)
-	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: c.id})
+	problem.Write(w, problem.Details{Status: status, Code: code, Detail: detail, RequestID: c.id})
 	p.count(c, audit.DecisionDeny)
 }
 
@@ -575,7 +576,7 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		w.WriteHeader(status)
 		return
 	}
-	writeProblem(w, Problem{Status: status, Code: code, Detail: detail, RequestID: id})
+	problem.Write(w, problem.Details{Status: status, Code: code, Detail: detail, RequestID: id})
 }
 
 type bufferPool struct{ p sync.Pool }
