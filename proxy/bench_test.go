@@ -76,7 +76,10 @@ func decideReq(ctx context.Context, p *Proxy, req *http.Request, tok string, par
 	now := p.clock()
 	rt, _ := p.router.match("POST", []string{"services", "checkout", "restart"})
 	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
-	in := p.buildInput(req, c, rt, params, url.Values{}, vp, st.reputation.At(now), now, nil, nil)
+	in, err := p.buildInput(req, c, rt, params, url.Values{}, vp, st.reputation.At(now), now, nil, nil)
+	if err != nil {
+		return false, nil, err
+	}
 	d, err := p.enforced.Decide(ctx, in.value)
 	return d.Allow, d.Reasons, err
 }
@@ -166,7 +169,10 @@ func BenchmarkInputJSON(b *testing.B) {
 	req.Header.Set("Content-Type", "application/json")
 	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
 	rt, params := p.router.match("POST", []string{"services", "checkout", "restart"})
-	restart := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
+	restart, err := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	body := []byte(`{"replicas": 3, "reason": "p99 latency above the SLO for 10 minutes"}`)
 	bv, err := decodeBody(body, anyBody)
 	if err != nil {
@@ -174,7 +180,10 @@ func BenchmarkInputJSON(b *testing.B) {
 	}
 	rt, params = p.router.match("POST", []string{"services", "checkout", "scale"})
 	c = &call{id: "bench-request-0002", path: "/services/checkout/scale"}
-	scale := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, bv, body)
+	scale, err := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, bv, body)
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	encoders := []struct {
 		name string
