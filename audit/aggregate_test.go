@@ -15,7 +15,7 @@ type memSink struct{ recs []*audit.Record }
 
 func (m *memSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, error) {
 	m.recs = append(m.recs, r)
-	return audit.TestReceipt("", r), nil
+	return audit.ReceiptForTest("", r), nil
 }
 func (m *memSink) Enqueue(r *audit.Record) { m.recs = append(m.recs, r) }
 

@@ -64,7 +64,7 @@ func (s *fakeSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, er
 		return audit.Receipt{}, s.err
 	}
 	s.recs = append(s.recs, r)
-	return audit.TestReceipt("1-0", r), nil
+	return audit.ReceiptForTest("1-0", r), nil
 }
 
 func (s *fakeSink) Enqueue(r *audit.Record) { _, _ = s.Append(context.Background(), r) }

@@ -125,7 +125,7 @@ func (s *memSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, err
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recs = append(s.recs, r)
-	return audit.TestReceipt("1-0", r), nil
+	return audit.ReceiptForTest("1-0", r), nil
 }
 func (s *memSink) Enqueue(r *audit.Record) { _, _ = s.Append(context.Background(), r) }
 

@@ -230,7 +230,7 @@ func BenchmarkInputJSON(b *testing.B) {
 type discardSink struct{}
 
 func (discardSink) Append(_ context.Context, rec *audit.Record) (audit.Receipt, error) {
-	return audit.TestReceipt("0-1", rec), nil
+	return audit.ReceiptForTest("0-1", rec), nil
 }
 func (discardSink) Enqueue(*audit.Record) {}
 

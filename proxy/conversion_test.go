@@ -112,7 +112,7 @@ func TestForwardNeedsTheCallsReceipt(t *testing.T) {
 	}
 	for name, receipt := range map[string]func(*call) audit.Receipt{
 		"zero":    func(*call) audit.Receipt { return audit.Receipt{} },
-		"another": func(*call) audit.Receipt { return audit.TestReceipt("7-0", &audit.Record{RequestID: newRequestID()}) },
+		"another": func(*call) audit.Receipt { return audit.ReceiptForTest("7-0", &audit.Record{RequestID: newRequestID()}) },
 	} {
 		c, r := decided()
 		w := httptest.NewRecorder()
@@ -127,7 +127,7 @@ func TestForwardNeedsTheCallsReceipt(t *testing.T) {
 	}
 	c, r := decided()
 	w := httptest.NewRecorder()
-	h.p.forward(w, r, c, audit.TestReceipt("8-0", c.rec))
+	h.p.forward(w, r, c, audit.ReceiptForTest("8-0", c.rec))
 	if w.Code != http.StatusOK || h.up.hits.Load() != 1 {
 		t.Fatalf("the call's own receipt: status %d, upstream hits %d", w.Code, h.up.hits.Load())
 	}

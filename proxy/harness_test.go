@@ -40,7 +40,7 @@ func (f *fakeSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, er
 		return audit.Receipt{}, f.appendErr
 	}
 	f.appended = append(f.appended, r)
-	return audit.TestReceipt(strconv.Itoa(len(f.appended))+"-0", r), nil
+	return audit.ReceiptForTest(strconv.Itoa(len(f.appended))+"-0", r), nil
 }
 
 func (f *fakeSink) Enqueue(r *audit.Record) {

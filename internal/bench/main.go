@@ -597,7 +597,7 @@ func startRedis(fsync string) (string, func(), error) {
 type nopSink struct{}
 
 func (nopSink) Append(_ context.Context, rec *audit.Record) (audit.Receipt, error) {
-	return audit.TestReceipt("0-0", rec), nil
+	return audit.ReceiptForTest("0-0", rec), nil
 }
 func (nopSink) Enqueue(*audit.Record) {}
 
