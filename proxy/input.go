@@ -108,6 +108,13 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 	if in.doc.Request.Body == nil {
 		in.doc.Request.Body = nullJSON
 	}
+	pt, err := vp.terms()
+	if err != nil {
+		return in, err
+	}
+	if math.IsNaN(reputation) || math.IsInf(reputation, 0) {
+		return in, errInputReputation
+	}
 	d := &in.doc
 	queryTerm := tEmptyObject
 	if len(query) > 0 {
@@ -120,13 +127,6 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			obj.Insert(ast.StringTerm(k), ast.ArrayTerm(ts...))
 		}
 		queryTerm = ast.NewTerm(obj)
-	}
-	pt, err := vp.terms()
-	if err != nil {
-		return in, err
-	}
-	if math.IsNaN(reputation) || math.IsInf(reputation, 0) {
-		return in, errInputReputation
 	}
 	bodyTerm := tNull
 	if body != nil {
