@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -487,17 +488,12 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error
 	}
 }
 
-// validTenant keeps tenant names inside their hash tag and out of trouble:
-// a "}" would move the record to another tenant's slot, control characters
-// would forge lines in logs and tools.
+// validTenant keeps tenant names inside their hash tag and out of trouble
+// (passport.ValidTenant): a "}" would move the record to another tenant's
+// slot, control characters would forge lines in logs and tools.
 func validTenant(t string) error {
-	if t == "" || len(t) > 128 {
-		return errors.New("tenant must be 1 to 128 bytes")
-	}
-	for _, r := range t {
-		if r <= ' ' || r == 0x7f || r == '{' || r == '}' || r == ':' || r == '*' || r == '?' || r == '[' || r == ']' {
-			return fmt.Errorf("tenant %q: character %q not allowed", t, r)
-		}
+	if !passport.ValidTenant(t) {
+		return fmt.Errorf("tenant %q: want lowercase letters, digits, '-' and '_', at most 63 bytes", t)
 	}
 	return nil
 }

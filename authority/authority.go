@@ -17,6 +17,7 @@ package authority
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -69,6 +71,8 @@ type Authority struct {
 	secrets secretCache
 	admins  adminTokens
 	handler http.Handler
+	// tls serves Run's listener when Config.TLS is set (nil: plain).
+	tls *tls.Config
 	// verifier is the shared strict passport verifier (package passport).
 	verifier *passport.Verifier
 	// dpop checks DPoP proofs at the token endpoint; nonces makes and
@@ -88,6 +92,7 @@ type Authority struct {
 // New validates cfg and builds an authority. It does not touch Redis; Init
 // (called by Run, and lazily by the token endpoint) loads the keys.
 func New(cfg Config, deps Deps) (*Authority, error) {
+	cfg = cfg.withTLSDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("authority config: %w", err)
 	}
@@ -122,6 +127,9 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if a.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, err
+	}
+	if a.tls, err = cfg.TLS.Config(tlsx.Options{Name: "authority", Logger: deps.Logger, Metrics: tlsx.NewMetrics(deps.Registry)}); err != nil {
+		return nil, fmt.Errorf("authority: %w", err)
 	}
 	// Passports are checked against every configured audience and the
 	// global lifetime cap, as a proxy with default settings does. The
@@ -207,8 +215,8 @@ func (a *Authority) Run(ctx context.Context, ln net.Listener) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		a.log.InfoContext(gctx, "authority listening", "addr", ln.Addr().String(), "issuer", a.cfg.Issuer)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.InfoContext(gctx, "authority listening", "addr", ln.Addr().String(), "issuer", a.cfg.Issuer, "tls", a.tls != nil)
+		if err := tlsx.Serve(srv, ln, a.tls); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("authority serve: %w", err)
 		}
 		return nil

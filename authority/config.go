@@ -6,12 +6,13 @@ import (
 	"maps"
 	"net"
 	"net/url"
-	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -36,8 +37,14 @@ type Config struct {
 	// Listen is the HTTP address. Default 127.0.0.1:8081.
 	Listen string `yaml:"listen"`
 	// Issuer is the "iss" of every passport and the base of the URLs in
-	// the RFC 8414 metadata. Default http://127.0.0.1:8081.
+	// the RFC 8414 metadata. Default http://127.0.0.1:8081, or
+	// https://127.0.0.1:8081 with TLS; with TLS it must be https.
 	Issuer string `yaml:"issuer"`
+	// TLS serves the authority over TLS when cert_file and key_file are
+	// set (env PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE): client
+	// secrets must not cross the network in the clear (RFC 6749 §2.3.1).
+	// Default: plain HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 	// Redis says how to reach Redis (env PASSPORT_REDIS_URL overrides url).
 	Redis redisx.Config `yaml:"redis"`
 	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN). It
@@ -304,11 +311,19 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set("PASSPORT_AUTHORITY_ISSUER", &c.Issuer)
 }
 
+// withTLSDefaults makes the default issuer https when TLS is on, so that
+// the issuer, the JWKS URL and the RFC 8414 metadata name the scheme
+// served.
+func (c Config) withTLSDefaults() Config {
+	if c.TLS.Enabled() && c.Issuer == DefaultIssuer {
+		c.Issuer = "https://" + strings.TrimPrefix(DefaultIssuer, "http://")
+	}
+	return c
+}
+
 // ValidTenant reports whether s is a valid tenant name (passport.ValidTenant:
 // lowercase letters, digits, '-' and '_', at most 63 characters).
 func ValidTenant(s string) bool { return passport.ValidTenant(s) }
-
-var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`)
 
 // Validate reports every problem in the configuration at once.
 func (c Config) Validate() error {
@@ -319,8 +334,16 @@ func (c Config) Validate() error {
 			bad("listen: %v", err)
 		}
 	}
+	c = c.withTLSDefaults()
 	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		bad("issuer %q: want an http(s) URL without query or fragment", c.Issuer)
+	} else if c.TLS.Enabled() && u.Scheme != "https" {
+		// The metadata would send clients to a plain URL the authority
+		// does not serve, and secrets with them.
+		bad("issuer %q: the authority serves TLS, so its issuer must be an https URL", c.Issuer)
+	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Redis.Validate(); err != nil {
 		errs = append(errs, err)
@@ -422,11 +445,11 @@ func (c Config) Validate() error {
 	}
 	types := c.agentTypes()
 	for _, name := range slices.Sorted(maps.Keys(types)) {
-		if !actionRE.MatchString(name + ".x") {
+		if !passport.ValidAgentType(name) {
 			bad("agent_types: type %q: want lowercase letters, digits, '-' or '_'", name)
 		}
 		for _, a := range types[name] {
-			if !actionRE.MatchString(a) {
+			if !passport.ValidAction(a) {
 				bad("agent_types.%s: action %q: want dotted lowercase like service.restart", name, a)
 			}
 		}

@@ -37,7 +37,7 @@ func TestExampleConfigMatchesDefaults(t *testing.T) {
 	def := DefaultConfig()
 	def.AgentTypes = DefaultAgentTypes()
 	if cfg.Listen != def.Listen || cfg.Issuer != def.Issuer || cfg.Passport != def.Passport || cfg.Keys != def.Keys ||
-		!reflect.DeepEqual(cfg.Clients, def.Clients) || cfg.Reputation != def.Reputation || cfg.HTTP != def.HTTP ||
+		!reflect.DeepEqual(cfg.Clients, def.Clients) || cfg.Reputation != def.Reputation || cfg.HTTP != def.HTTP || cfg.TLS != def.TLS || cfg.Redis.TLS != def.Redis.TLS ||
 		cfg.Delegation != def.Delegation || cfg.DPoP != def.DPoP ||
 		strings.Join(cfg.Audiences, ",") != strings.Join(def.Audiences, ",") || len(cfg.AgentTypes) != len(def.AgentTypes) {
 		t.Fatalf("example config differs from the defaults:\n got %+v\nwant %+v", cfg, def)

@@ -634,7 +634,7 @@ func parseDetails(s string) ([]passport.AuthorizationDetail, error) {
 }
 
 func safeAction(s string) string {
-	if actionRE.MatchString(s) && len(s) <= 64 {
+	if passport.ValidAction(s) && len(s) <= 64 {
 		return strconv.Quote(s)
 	}
 	return "(malformed)"

@@ -18,6 +18,7 @@ package chaos
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -148,7 +149,8 @@ type Deps struct {
 	// sharing a registry need wrapped registerers (WrapRegistererWith).
 	Registry prometheus.Registerer
 	Alerts   alert.Notifier   // nil: no alerts
-	HTTP     *http.Client     // nil: a client with Config.Timeout
+	HTTP     *http.Client     // nil: a client with Config.Timeout (verifying with TLS)
+	TLS      *tls.Config      // verifies an https:// proxy when HTTP is nil; nil: the system's roots
 	Now      func() time.Time // nil: time.Now
 }
 
@@ -204,7 +206,7 @@ func New(cfg Config, deps Deps) (*Chaos, error) {
 	}
 	hc := deps.HTTP
 	if hc == nil {
-		hc = &http.Client{Timeout: cfg.Timeout}
+		hc = agentcall.HTTPClient(cfg.Timeout, deps.TLS)
 	}
 	seed := cfg.Seed
 	if seed == 0 {

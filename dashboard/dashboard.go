@@ -8,6 +8,7 @@ package dashboard
 
 import (
 	"context"
+	"crypto/tls"
 	"embed"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/feed"
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // Defaults.
@@ -63,6 +65,10 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Feed tunes the live feed (see feed.Config).
 	Feed feed.Config `yaml:"feed"`
+	// TLS serves the page, its API and the feed over TLS (the feed as
+	// wss://) when cert_file and key_file are set (env
+	// PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE). Default: plain HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 }
 
 // DefaultConfig returns the configuration with every default filled in.
@@ -106,6 +112,9 @@ func (c Config) Validate() error {
 	f := c.Feed
 	f.AllowedOrigins = append(slices.Clone(f.AllowedOrigins), c.AllowedOrigins...)
 	if err := f.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.TLS.Validate("dashboard.tls"); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -177,6 +186,7 @@ type Server struct {
 	hub          *feed.Hub
 	handler      http.Handler
 	actionsTotal *prometheus.CounterVec
+	tls          *tls.Config // nil: plain HTTP
 }
 
 //go:embed web
@@ -215,9 +225,16 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := reg.Register(s.actionsTotal); err != nil {
 		return nil, fmt.Errorf("register dashboard metrics: %w", err)
 	}
+	if s.tls, err = cfg.TLS.Config(tlsx.Options{Name: "dashboard", Logger: deps.Logger, Metrics: tlsx.NewMetrics(reg)}); err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
 	s.handler = s.routes()
 	return s, nil
 }
+
+// TLSConfig is the listener's TLS configuration, nil for plain HTTP: for
+// hosts that serve Handler on a server of their own (tlsx.Serve).
+func (s *Server) TLSConfig() *tls.Config { return s.tls }
 
 // Feed returns the live feed hub, to mount on other listeners too (it
 // serves feed.Path and feed.TicketPath). Run runs it.
@@ -248,8 +265,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.hub.Run(gctx) })
 	g.Go(func() error {
-		s.log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String())
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		s.log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String(), "tls", s.tls != nil)
+		if err := tlsx.Serve(srv, ln, s.tls); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("dashboard serve: %w", err)
 		}
 		return nil

@@ -76,5 +76,5 @@ func startStackWith(t *testing.T, cfg Config, host func(*fakeActions) Actions) *
 		}
 		<-sinkDone
 	})
-	return &stack{url: "http://" + ln.Addr().String(), srv: srv, actions: actions, auth: auth, sink: sink}
+	return &stack{url: cfg.TLS.Scheme() + "://" + ln.Addr().String(), srv: srv, actions: actions, auth: auth, sink: sink}
 }

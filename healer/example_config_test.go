@@ -15,7 +15,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Playbooks[TypeCacheMiss].Action != "cache.warm" || cfg.Defaults.Fall != 2 {
+	if cfg.Playbooks[TypeCacheMiss].Action != "cache.warm" || cfg.Defaults.Fall != 2 || cfg.TLS.Enabled() {
 		t.Errorf("cfg = %+v", cfg)
 	}
 }

@@ -24,6 +24,7 @@ package healer
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,6 +42,7 @@ import (
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -100,6 +102,10 @@ type Config struct {
 	// Default "" in the package; `passport healer` defaults it to
 	// 127.0.0.1:9100.
 	Listen string `yaml:"listen"`
+	// TLS serves the incidents API over TLS when cert_file and key_file
+	// are set (env PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE).
+	// Default: plain HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 	// ProxyURL is where the control API is called: the proxy, never the
 	// fleet directly. Default http://127.0.0.1:8080.
 	ProxyURL string `yaml:"proxy_url"`
@@ -297,6 +303,9 @@ func (c Config) Validate() error {
 	if err := c.Announcements.validate(); err != nil {
 		errs = append(errs, fmt.Errorf("announcements: %w", err))
 	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -319,6 +328,10 @@ type Deps struct {
 	// CallTimeout. Health checks use their own client with no keep-alive
 	// pooling surprises.
 	HTTP *http.Client
+	// TLS verifies https:// servers the healer calls with its own
+	// clients: the proxy (when HTTP is nil), health checks and
+	// announcements. Default nil: the system's roots.
+	TLS *tls.Config
 	// AdminToken protects the incidents API when Listen is set.
 	AdminToken string
 	Now        func() time.Time // nil: time.Now
@@ -336,6 +349,7 @@ type Healer struct {
 
 	targets map[string]*target
 	ln      net.Listener // incidents API, bound by New when Listen is set
+	tls     *tls.Config  // the incidents API's; nil: plain HTTP
 
 	mu        sync.Mutex
 	incidents map[string]*Incident // open incidents by id
@@ -397,14 +411,14 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 	}
 	hc := deps.HTTP
 	if hc == nil {
-		hc = &http.Client{Timeout: cfg.CallTimeout}
+		hc = agentcall.HTTPClient(cfg.CallTimeout, deps.TLS)
 	}
 	h := &Healer{
 		cfg: cfg, deps: deps, now: deps.Now,
 		log:       deps.Logger.With("component", "healer", "tenant", cfg.Tenant),
 		client:    &agentcall.Client{BaseURL: cfg.ProxyURL, HTTP: hc, UserAgent: "passport-healer"},
-		probeC:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
-		annC:      &http.Client{Transport: &http.Transport{Proxy: nil, ResponseHeaderTimeout: 10 * time.Second}},
+		probeC:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, TLSClientConfig: deps.TLS}},
+		annC:      &http.Client{Transport: &http.Transport{Proxy: nil, ResponseHeaderTimeout: 10 * time.Second, TLSClientConfig: deps.TLS}},
 		targets:   map[string]*target{},
 		incidents: map[string]*Incident{},
 		incidentsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -444,6 +458,10 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 		}
 	}
 	if cfg.Listen != "" {
+		var err error
+		if h.tls, err = cfg.TLS.Config(tlsx.Options{Name: "healer", Logger: h.log, Metrics: tlsx.NewMetrics(reg)}); err != nil {
+			return nil, fmt.Errorf("healer: %w", err)
+		}
 		// Bound here, not in Run, so APIAddr reports a port-0 choice
 		// before Run starts.
 		ln, err := net.Listen("tcp", cfg.Listen)
@@ -493,7 +511,7 @@ func (h *Healer) Run(ctx context.Context) error {
 		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, gathererOf(h.deps.Registry), h.log), ReadHeaderTimeout: 5 * time.Second}
 		ln := h.ln
 		g.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := tlsx.Serve(srv, ln, h.tls); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serve incidents api: %w", err)
 			}
 			return nil
@@ -504,7 +522,7 @@ func (h *Healer) Run(ctx context.Context) error {
 			defer cancel()
 			return srv.Shutdown(sctx)
 		})
-		h.log.Info("incidents api listening", "addr", ln.Addr().String())
+		h.log.Info("incidents api listening", "addr", ln.Addr().String(), "tls", h.tls != nil)
 	}
 	h.log.Info("healer running", "checks", len(h.targets), "proxy", h.cfg.ProxyURL)
 	return g.Wait()

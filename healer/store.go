@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 
 	"github.com/redis/go-redis/v9"
 
@@ -19,13 +18,9 @@ var ErrNotFound = errors.New("incident not found")
 // identifier.
 var ErrBadTenant = errors.New("invalid tenant name")
 
-// tenantRE bounds tenant names. A tenant is spliced into Redis keys inside
-// a hash tag, so a name with "}" or ":" could address another tenant's
-// keys; only plain identifiers are accepted.
-var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
-// ValidTenant reports whether t is an acceptable tenant name.
-func ValidTenant(t string) bool { return tenantRE.MatchString(t) }
+// ValidTenant reports whether t is an acceptable tenant name
+// (passport.ValidTenant: it is spliced into Redis keys inside a hash tag).
+func ValidTenant(t string) bool { return passport.ValidTenant(t) }
 
 // Store keeps incidents in Redis, per tenant:
 //

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -56,13 +55,6 @@ var (
 // DefaultMaxTokenBytes bounds a passport's compact serialisation unless a
 // verifier is configured otherwise.
 const DefaultMaxTokenBytes = 8 << 10
-
-var tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
-// ValidTenant reports whether s is a valid tenant name: lowercase letters,
-// digits, '-' and '_', at most 63 characters. Tenants appear inside Redis
-// hash tags, so '{', '}' and ':' must never reach a key.
-func ValidTenant(s string) bool { return tenantRE.MatchString(s) }
 
 // VerifyKey is a public key a passport may be verified with.
 type VerifyKey struct {

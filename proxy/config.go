@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -41,14 +41,24 @@ type Config struct {
 	AdminListen string `yaml:"admin_listen"`
 	// ResourceURL is this proxy's resource identifier in
 	// /.well-known/oauth-protected-resource (RFC 9728). Default
-	// "http://" + Listen.
+	// "http://" + Listen, or "https://" + Listen with TLS.
 	ResourceURL string `yaml:"resource_url"`
+	// TLS serves the agent port and the admin port over TLS when
+	// cert_file and key_file are set; the agent port then offers HTTP/2
+	// through ALPN. Env PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE.
+	// Default: plain HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 
 	// Issuer is the only accepted "iss". Default http://127.0.0.1:8081.
 	Issuer string `yaml:"issuer"`
 	// JWKSURL is where the signing keys are fetched. Default
 	// Issuer + "/.well-known/jwks.json".
 	JWKSURL string `yaml:"jwks_url"`
+	// AuthorityTLS verifies the authority when JWKSURL (and AuthorityURL)
+	// are https: a CA bundle (env PASSPORT_CA_FILE when unset), an
+	// optional client certificate, a server name. Default: the system's
+	// roots.
+	AuthorityTLS tlsx.Client `yaml:"authority_tls"`
 	// Audience is the only accepted "aud" value. Default passport-proxy.
 	Audience string `yaml:"audience"`
 	// Leeway is the clock-skew allowance for exp, nbf and iat. Default 5s,
@@ -191,6 +201,10 @@ type Upstream struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// MaxIdleConns is the keep-alive pool size. Default 256.
 	MaxIdleConns int `yaml:"max_idle_conns"`
+	// TLS verifies an https:// upstream: a CA bundle, an optional client
+	// certificate, a pinned server name. Default: the system's roots and
+	// the URL's host.
+	TLS tlsx.Client `yaml:"tls"`
 }
 
 // Route maps a method and a path template to an action and a resource.
@@ -299,7 +313,7 @@ func (c *Config) fill() {
 		c.AuthorityURL = c.Issuer
 	}
 	if c.ResourceURL == "" {
-		c.ResourceURL = "http://" + c.Listen
+		c.ResourceURL = c.TLS.Scheme() + "://" + c.Listen
 	}
 	if c.Leeway == 0 {
 		c.Leeway = d.Leeway
@@ -414,10 +428,7 @@ const (
 	BodyNamesDistinct = "distinct"
 )
 
-var (
-	actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
-	tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-)
+var ()
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
@@ -434,6 +445,15 @@ func (c *Config) Validate() error {
 			bad("%s: %q is not an http(s) URL", u.name, u.v)
 		}
 	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.AuthorityTLS.Validate("authority_tls"); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.AuthorityTLS.IsZero() && !strings.HasPrefix(c.JWKSURL, "https://") && !strings.HasPrefix(c.AuthorityURL, "https://") {
+		bad("authority_tls: set, but jwks_url and authority_url are not https")
+	}
 	if c.Leeway < 0 || c.Leeway > passport.MaxLeeway {
 		bad("leeway: %s is outside 0..%s", c.Leeway, passport.MaxLeeway)
 	}
@@ -446,7 +466,7 @@ func (c *Config) Validate() error {
 	if c.MaxTokenBytes < 256 || c.MaxTokenBytes > 64<<10 {
 		bad("max_token_bytes: %d is outside 256..65536", c.MaxTokenBytes)
 	}
-	if !tenantRE.MatchString(c.UnattributedTenant) {
+	if !passport.ValidTenant(c.UnattributedTenant) {
 		bad("unattributed_tenant: %q is not a tenant name", c.UnattributedTenant)
 	}
 	for _, h := range c.PolicyHeaders {
@@ -472,8 +492,16 @@ func (c *Config) Validate() error {
 		bad("upstreams: at least one is required")
 	}
 	for name, u := range c.Upstreams {
-		if p, err := url.Parse(u.URL); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+		p, err := url.Parse(u.URL)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			bad("upstreams.%s.url: %q is not an http(s) URL", name, u.URL)
+		}
+		if err := u.TLS.Validate("upstreams." + name + ".tls"); err != nil {
+			errs = append(errs, err)
+		}
+		if err == nil && p.Scheme == "http" && !u.TLS.IsZero() {
+			// A CA bundle on a plain URL would look like protection.
+			bad("upstreams.%s.tls: set, but the url is http://", name)
 		}
 	}
 	if len(c.Routes) == 0 {
@@ -491,7 +519,7 @@ func (c *Config) Validate() error {
 			bad("%s: match %q overlaps route %q", where, r.Match, prev)
 		}
 		seen[t.shape()] = r.Name
-		if !actionRE.MatchString(r.Action) {
+		if !passport.ValidAction(r.Action) {
 			bad("%s: action %q: want dotted lower case, e.g. service.restart", where, r.Action)
 		}
 		if r.Resource == "" {
@@ -502,7 +530,7 @@ func (c *Config) Validate() error {
 		if _, ok := c.Upstreams[r.Upstream]; !ok {
 			bad("%s: upstream %q is not defined", where, r.Upstream)
 		}
-		if r.Tenant != "" && !tenantRE.MatchString(r.Tenant) {
+		if r.Tenant != "" && !passport.ValidTenant(r.Tenant) {
 			bad("%s: tenant %q is not a tenant name", where, r.Tenant)
 		}
 		if r.BodyLimit < 0 || r.BodyLimit > c.Limits.MaxBodyBytes {

@@ -196,7 +196,8 @@ func newHarnessFull(t *testing.T, srv *redistest.Server, sink audit.Sink, proxyR
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.url, h.admin = "http://"+ln.Addr().String(), "http://"+aln.Addr().String()
+	scheme := cfg.TLS.Scheme() + "://"
+	h.url, h.admin = scheme+ln.Addr().String(), scheme+aln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln, aln) }()

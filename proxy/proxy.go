@@ -15,6 +15,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -36,6 +37,7 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/strictjson"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 
@@ -55,7 +57,7 @@ type Deps struct {
 	// names no policy directory.
 	Policies fs.FS
 	// HTTPClient fetches keys and reports denials. Default: a client with
-	// a 10s timeout.
+	// a 10s timeout that verifies the authority with Config.AuthorityTLS.
 	HTTPClient *http.Client
 }
 
@@ -81,6 +83,8 @@ type Proxy struct {
 	handler  http.Handler
 	metaJSON []byte
 	metaURL  string
+	// tls serves both listeners when Config.TLS is set (nil: plain).
+	tls *tls.Config
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -107,12 +111,25 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
-	if d.HTTPClient == nil {
-		d.HTTPClient = &http.Client{Timeout: 10 * time.Second}
-	}
 	p := &Proxy{cfg: cfg, log: d.Logger, clock: d.Clock, audit: d.Audit, rdb: d.Redis, reg: d.Registry}
 	p.m = newMetrics(d.Registry)
 	p.flight = newInflight()
+	tm := tlsx.NewMetrics(d.Registry)
+	var err error
+	if p.tls, err = cfg.TLS.Config(tlsx.Options{Name: "proxy", Logger: d.Logger, Metrics: tm}); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if d.HTTPClient == nil {
+		d.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		if !cfg.AuthorityTLS.IsZero() {
+			tr, err := cfg.AuthorityTLS.Transport(tlsx.Options{Name: "proxy authority client", Logger: d.Logger, Metrics: tm})
+			if err != nil {
+				return nil, fmt.Errorf("proxy authority_tls: %w", err)
+			}
+			tr.Proxy = nil // never via an environment proxy
+			d.HTTPClient.Transport = tr
+		}
+	}
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 
 	ok := false
@@ -131,7 +148,6 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		}
 		popts.FS = d.Policies
 	}
-	var err error
 	if p.enforced, err = policy.New(p.bgCtx, popts); err != nil {
 		return nil, err
 	}
@@ -173,7 +189,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	// Routes and their upstreams.
 	ups := map[string]*upstream{}
 	for name, u := range p.cfg.Upstreams {
-		up, err := newUpstream(name, u, p)
+		up, err := newUpstream(name, u, p, tm)
 		if err != nil {
 			return nil, err
 		}
@@ -287,14 +303,14 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	g.Go(func() error { return p.refusals.Run(bg) }) // its last summaries go out after the drain
 	g.Go(func() error { p.keyRetry(bg); return nil })
 	g.Go(func() error {
-		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "policy_revision", p.enforced.Revision())
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "tls", p.tls != nil, "policy_revision", p.enforced.Revision())
+		if err := tlsx.Serve(srv, ln, p.tls); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("proxy serve: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+		if err := tlsx.Serve(admin, adminLn, p.tls); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("proxy admin serve: %w", err)
 		}
 		return nil
@@ -453,10 +469,16 @@ type upstream struct {
 // newUpstream builds the ReverseProxy. It uses Rewrite, never Director:
 // with Director, headers set by the proxy can be removed by a client that
 // names them in Connection, because hop-by-hop removal runs after it.
-func newUpstream(name string, u Upstream, p *Proxy) (*upstream, error) {
+func newUpstream(name string, u Upstream, p *Proxy, tm *tlsx.Metrics) (*upstream, error) {
 	target, err := url.Parse(u.URL)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	}
+	var tc *tls.Config
+	if target.Scheme == "https" {
+		if tc, err = u.TLS.Config(tlsx.Options{Name: "upstream " + name, Logger: p.log, Metrics: tm}); err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", name, err)
+		}
 	}
 	tr := &http.Transport{
 		Proxy:                 nil, // never via an environment proxy
@@ -467,6 +489,7 @@ func newUpstream(name string, u Upstream, p *Proxy) (*upstream, error) {
 		ResponseHeaderTimeout: u.Timeout,
 		ExpectContinueTimeout: time.Second,
 		TLSHandshakeTimeout:   5 * time.Second,
+		TLSClientConfig:       tc,
 		DisableCompression:    true, // pass encodings through untouched
 		ForceAttemptHTTP2:     false,
 	}

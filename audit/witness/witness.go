@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/problem"
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // DefaultListen is the address `passport witness` listens on by default.
@@ -62,6 +64,10 @@ type Config struct {
 	// MaxWriters bounds the writer logs the directory may hold. Default
 	// 100000.
 	MaxWriters int `yaml:"max_writers"`
+	// TLS serves the witness over TLS when cert_file and key_file are set
+	// (env PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE). Default: plain
+	// HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 }
 
 // Default returns the configuration with its defaults.
@@ -84,6 +90,9 @@ func (c Config) Validate() error {
 	if c.RotateBytes < 0 || c.MaxWriters < 0 {
 		errs = append(errs, errors.New("rotate_bytes and max_writers must not be negative"))
 	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -104,6 +113,7 @@ type Server struct {
 	appendD prometheus.Histogram
 	writers prometheus.Gauge
 	logRate map[string]*rate.Sometimes
+	tls     *tls.Config // nil: plain HTTP
 }
 
 // New checks cfg and returns the server. It starts nothing and creates
@@ -157,6 +167,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return nil, fmt.Errorf("witness metrics: %w", err)
 		}
 	}
+	if s.tls, err = cfg.TLS.Config(tlsx.Options{Name: "witness", Logger: s.log, Metrics: tlsx.NewMetrics(reg)}); err != nil {
+		return nil, fmt.Errorf("witness: %w", err)
+	}
 	for _, code := range []string{audit.RefusedInvalid, audit.RefusedUnauthorized, audit.RefusedUnknown, audit.RefusedKey,
 		audit.RefusedStale, audit.RefusedRollback, audit.RefusedFork, audit.RefusedFull, "error"} {
 		s.logRate[code] = &rate.Sometimes{Interval: time.Second}
@@ -194,9 +207,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, BaseContext: func(net.Listener) context.Context { return ctx }}
-	s.log.Info("witness listening", "addr", ln.Addr().String(), "dir", s.cfg.Dir, "trusted_keys", s.cfg.TrustedKeysFile != "", "token", s.cfg.Token != "")
+	s.log.Info("witness listening", "addr", ln.Addr().String(), "tls", s.tls != nil, "dir", s.cfg.Dir, "trusted_keys", s.cfg.TrustedKeysFile != "", "token", s.cfg.Token != "")
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- tlsx.Serve(srv, ln, s.tls) }()
 	select {
 	case err := <-errc:
 		if errors.Is(err, http.ErrServerClosed) {

@@ -4,7 +4,8 @@
 // An agent exchanges its credentials for passports and reuses each one
 // until shortly before it expires:
 //
-//	c, err := client.New("http://127.0.0.1:8081", clientID, passport.Secret(secret), client.Options{})
+//	c, err := client.New("https://authority.internal:8081", clientID, passport.Secret(secret),
+//		client.Options{CAFile: "/etc/passport/ca.pem"})
 //	tok, err := c.Token(ctx, client.TokenRequest{Scope: []string{"service.restart"},
 //		Task: &passport.Task{ID: "inc-42", Target: "checkout"}})
 //	req.Header.Set("Authorization", "Bearer "+tok.Raw)
@@ -43,6 +44,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -104,8 +106,13 @@ func (e *Error) Is(target error) bool {
 
 // Options tune a Client or an Admin. The zero value is ready to use.
 type Options struct {
-	// HTTPClient makes the requests. Default: a client with a 10s timeout.
+	// HTTPClient makes the requests. Default: a client with a 10s timeout
+	// (that trusts CAFile when set).
 	HTTPClient *http.Client
+	// CAFile, when HTTPClient is nil, is a PEM bundle of the only CAs
+	// trusted for an https authority (a private CA). Read by New and
+	// NewAdmin. Default: the system's roots.
+	CAFile string
 	// RefreshBefore is how long before expiry a cached passport is
 	// replaced. Default 30s, or a fifth of the lifetime if that is less.
 	RefreshBefore time.Duration
@@ -120,6 +127,19 @@ type Options struct {
 	// key of its own. Token requests carry a proof, and the passports
 	// must then be presented with one (Transport, DPoPProof).
 	DPoPKey crypto.Signer
+}
+
+// withCA builds HTTPClient from CAFile when only CAFile is set.
+func (o Options) withCA() (Options, error) {
+	if o.CAFile == "" || o.HTTPClient != nil {
+		return o, nil
+	}
+	hc, err := tlsx.HTTPClient(o.CAFile, 10*time.Second)
+	if err != nil {
+		return o, fmt.Errorf("authority client: %w", err)
+	}
+	o.HTTPClient = hc
+	return o, nil
 }
 
 func (o Options) httpClient() *http.Client {
@@ -223,6 +243,10 @@ func New(authorityURL, clientID string, secret passport.Secret, opts Options) (*
 		if _, err := passport.PublicJWK(k.Public()); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
+	}
+	opts, err = opts.withCA()
+	if err != nil {
+		return nil, err
 	}
 	return &Client{base: strings.TrimRight(authorityURL, "/"), clientID: clientID, secret: secret, opts: opts, cache: map[string]Token{}}, nil
 }
@@ -525,6 +549,10 @@ func NewAdmin(authorityURL string, adminToken passport.Secret, opts Options) (*A
 	}
 	if adminToken == "" {
 		return nil, errors.New("an admin token is required (PASSPORT_ADMIN_TOKEN)")
+	}
+	opts, err = opts.withCA()
+	if err != nil {
+		return nil, err
 	}
 	return &Admin{base: strings.TrimRight(authorityURL, "/"), token: adminToken, opts: opts}, nil
 }

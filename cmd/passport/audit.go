@@ -73,7 +73,7 @@ func (o *auditOpts) client(a *app) (redis.UniversalClient, error) {
 	if url == "" {
 		url = a.getenv("PASSPORT_REDIS_URL")
 	}
-	return redisx.New(redisx.Config{URL: url})
+	return redisx.New(a.redisConfig(url))
 }
 
 // tenants is --tenant, or every tenant that has an audit stream.
@@ -462,7 +462,7 @@ stream and id), 1 on usage or connection errors.`,
 			if err != nil {
 				return err
 			}
-			if opts.Witnesses, err = audit.OpenWitnesses(specs, a.getenv("PASSPORT_WITNESS_TOKEN")); err != nil {
+			if opts.Witnesses, err = a.openWitnesses(specs); err != nil {
 				return err
 			}
 			rdb, err := o.client(a)

@@ -33,6 +33,7 @@ func (a *app) loadAuthorityConfig(path string) (authority.Config, error) {
 
 func (a *app) authorityCmd() *cobra.Command {
 	var cfgPath, listen, redisURL, issuer string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "authority",
 		Short: "Run the passport authority (token endpoint, JWKS, admin API)",
@@ -41,8 +42,9 @@ short-lived signed passports (POST /oauth2/token), publishes its keys
 (GET /.well-known/jwks.json), and serves the admin API under /v1/.
 
 Configuration: flags, then environment (PASSPORT_REDIS_URL, PASSPORT_ADMIN_TOKEN,
-PASSPORT_KEY_ENCRYPTION_KEY, PASSPORT_AUTHORITY_ISSUER), then --config YAML, then
-defaults. See examples/authority.yaml for every field and its default.`,
+PASSPORT_KEY_ENCRYPTION_KEY, PASSPORT_AUTHORITY_ISSUER, PASSPORT_TLS_CERT_FILE,
+PASSPORT_TLS_KEY_FILE), then --config YAML, then defaults. See examples/authority.yaml
+for every field and its default, and docs/tls.md for TLS.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := a.logger()
@@ -62,6 +64,8 @@ defaults. See examples/authority.yaml for every field and its default.`,
 			if issuer != "" {
 				cfg.Issuer = issuer
 			}
+			tf.apply(a, &cfg.TLS)
+			a.redisTLS(&cfg.Redis)
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("authority config: %w", err)
 			}
@@ -90,7 +94,8 @@ defaults. See examples/authority.yaml for every field and its default.`,
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML config file (see examples/authority.yaml)")
 	cmd.Flags().StringVar(&listen, "listen", "", "listen address HOST:PORT (default "+authority.DefaultListen+")")
 	cmd.Flags().StringVar(&redisURL, "redis-url", "", "Redis URL (default $PASSPORT_REDIS_URL or "+redisx.DefaultURL+")")
-	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer URL written in every passport (default "+authority.DefaultIssuer+")")
+	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer URL written in every passport (default "+authority.DefaultIssuer+", https with TLS)")
+	tf.register(cmd.Flags())
 	cmd.AddCommand(a.rotateKeysCmd())
 	return cmd
 }
@@ -166,5 +171,9 @@ func (f *authorityAdminFlags) admin(a *app) (*client.Admin, error) {
 	if tok == "" {
 		return nil, fmt.Errorf("no admin token: set PASSPORT_ADMIN_TOKEN or pass --admin-token-file")
 	}
-	return client.NewAdmin(f.url(a), passport.Secret(tok), client.Options{})
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	return client.NewAdmin(f.url(a), passport.Secret(tok), opts)
 }

@@ -65,7 +65,7 @@ func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.
 		return nil, nil, nil, nil, err
 	}
 	cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
-	rdb, err := agentRedis(ctx, env.redisURL)
+	rdb, err := a.agentRedis(ctx, env.redisURL)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("chaos: %w", err)
 	}
@@ -79,7 +79,11 @@ func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	ch, err := chaos.New(cfg, chaos.Deps{Logger: log, Passports: env.passports, Sink: stream, Registry: reg, Alerts: al})
+	tc, err := a.clientTLS()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	ch, err := chaos.New(cfg, chaos.Deps{Logger: log, Passports: env.passports, Sink: stream, Registry: reg, Alerts: al, TLS: tc})
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}

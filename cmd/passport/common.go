@@ -1,13 +1,20 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/slogx"
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // logger builds the process logger from the global flags. Packages receive
@@ -43,4 +50,80 @@ func firstNonEmpty(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// tlsFlags are the serving TLS flags of every server subcommand.
+type tlsFlags struct{ cert, key string }
+
+func (f *tlsFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.cert, "tls-cert", "", "serve TLS with this PEM certificate chain, reloaded when it changes (default $PASSPORT_TLS_CERT_FILE, or tls.cert_file)")
+	fs.StringVar(&f.key, "tls-key", "", "the certificate's PEM private key (default $PASSPORT_TLS_KEY_FILE, or tls.key_file)")
+}
+
+// apply overrides the YAML's tls block with the environment
+// (PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE), then the flags.
+func (f tlsFlags) apply(a *app, dst *tlsx.Server) {
+	env := config.Env(a.getenv)
+	env.String("PASSPORT_TLS_CERT_FILE", &dst.CertFile)
+	env.String("PASSPORT_TLS_KEY_FILE", &dst.KeyFile)
+	if f.cert != "" {
+		dst.CertFile = f.cert
+	}
+	if f.key != "" {
+		dst.KeyFile = f.key
+	}
+}
+
+// caFile is the CA bundle this process trusts for the TLS services it
+// calls (authority, proxy, healer, witness): --ca-file, else
+// PASSPORT_CA_FILE; "" means the system's roots.
+func (a *app) caFile() string { return firstNonEmpty(a.caFileFlag, a.getenv("PASSPORT_CA_FILE")) }
+
+// httpClient is a client with timeout that trusts caFile.
+func (a *app) httpClient(timeout time.Duration) (*http.Client, error) {
+	return tlsx.HTTPClient(a.caFile(), timeout)
+}
+
+// clientTLS verifies the TLS services this process calls with caFile; nil
+// (the system's roots) when none is set.
+func (a *app) clientTLS() (*tls.Config, error) {
+	if a.caFile() == "" {
+		return nil, nil
+	}
+	return tlsx.Client{CAFile: a.caFile()}.Config(tlsx.Options{})
+}
+
+// clientOptions are the authority client's options: its HTTP client
+// trusts caFile.
+func (a *app) clientOptions() (client.Options, error) {
+	hc, err := a.httpClient(10 * time.Second)
+	if err != nil {
+		return client.Options{}, err
+	}
+	return client.Options{HTTPClient: hc}, nil
+}
+
+// redisTLS completes rc's TLS block from the environment when it uses TLS
+// (a rediss:// URL or tls.enabled): PASSPORT_REDIS_CA_FILE, else the
+// file's ca_file, else caFile; PASSPORT_REDIS_CERT_FILE and
+// PASSPORT_REDIS_KEY_FILE for a client certificate.
+func (a *app) redisTLS(rc *redisx.Config) {
+	if !rc.TLS.Enabled && (len(rc.Addrs) > 0 || !strings.HasPrefix(rc.URL, "rediss://")) {
+		return
+	}
+	env := config.Env(a.getenv)
+	env.String("PASSPORT_REDIS_CA_FILE", &rc.TLS.CAFile)
+	if rc.TLS.CAFile == "" {
+		rc.TLS.CAFile = a.caFile()
+	}
+	env.String("PASSPORT_REDIS_CERT_FILE", &rc.TLS.CertFile)
+	env.String("PASSPORT_REDIS_KEY_FILE", &rc.TLS.KeyFile)
+}
+
+// redisConfig is the configuration of a Redis URL given on the command
+// line or in the environment, with its TLS settings from the environment.
+func (a *app) redisConfig(url string) redisx.Config {
+	rc := redisx.Config{URL: url}
+	a.redisTLS(&rc)
+	return rc
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -34,6 +35,7 @@ func (a *app) dashboardCmdWith(ready func(net.Addr)) *cobra.Command {
 	var (
 		cfgPath, listen, publicAuthority string
 		c                                chaosFlags // --chaos-config and the agent flags of `passport chaos`
+		tf                               tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "dashboard",
@@ -50,8 +52,9 @@ PASSPORT_CLIENT_ID and PASSPORT_CLIENT_SECRET, or else a new chaos agent
 registered with the admin token).
 
 Configuration: flags, then the environment (PASSPORT_REDIS_URL,
-PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
-(dashboard.Config), then defaults.`,
+PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL, PASSPORT_TLS_CERT_FILE and
+PASSPORT_TLS_KEY_FILE to serve TLS, PASSPORT_CA_FILE to verify an https authority
+and proxy), then --config YAML (dashboard.Config), then defaults.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := a.logger()
@@ -77,6 +80,7 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 			if publicAuthority != "" {
 				cfg.PublicAuthorityURL = publicAuthority
 			}
+			tf.apply(a, &cfg.TLS)
 			// The same order as the agents' (agentEnv): flag, demo.json,
 			// environment, file, default.
 			cfg.AuthorityURL = firstNonEmpty(c.ao.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), cfg.AuthorityURL, dashboard.DefaultAuthorityURL)
@@ -92,7 +96,11 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 			if len(adminToken) < authority.MinAdminTokenLength {
 				return fmt.Errorf("dashboard: PASSPORT_ADMIN_TOKEN is shorter than %d characters", authority.MinAdminTokenLength)
 			}
-			admin, err := client.NewAdmin(cfg.AuthorityURL, passport.Secret(adminToken), client.Options{})
+			opts, err := a.clientOptions()
+			if err != nil {
+				return err
+			}
+			admin, err := client.NewAdmin(cfg.AuthorityURL, passport.Secret(adminToken), opts)
 			if err != nil {
 				return fmt.Errorf("dashboard: %w", err)
 			}
@@ -114,7 +122,7 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 				log.Info("no --chaos-config: the chaos buttons are off")
 			}
 
-			rdb, err := redisx.New(redisx.Config{URL: firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL"))})
+			rdb, err := redisx.New(a.redisConfig(firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL"))))
 			if err != nil {
 				return err
 			}
@@ -158,6 +166,7 @@ PASSPORT_ADMIN_TOKEN, PASSPORT_AUTHORITY_URL), then --config YAML
 	f.StringVar(&publicAuthority, "public-authority-url", "", "the authority link the page shows, when browsers reach it by another address than --authority")
 	f.StringVar(&c.cfgPath, "chaos-config", "", "chaos YAML (chaos.Config) listing the targets the chaos buttons may hit (default: buttons off)")
 	c.ao.register(f)
+	tf.register(f)
 	return cmd
 }
 
@@ -208,8 +217,8 @@ func serveDashboard(ctx context.Context, ln net.Listener, dash *dashboard.Server
 	// that pages reconnect; Shutdown does not wait for hijacked connections.
 	g.Go(func() error { return dash.Feed().Run(gctx) })
 	g.Go(func() error {
-		log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String())
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String(), "tls", dash.TLSConfig() != nil)
+		if err := tlsx.Serve(srv, ln, dash.TLSConfig()); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("dashboard serve: %w", err)
 		}
 		return nil

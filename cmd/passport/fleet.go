@@ -10,6 +10,7 @@ import (
 
 func (a *app) fleetCmd() *cobra.Command {
 	var cfgPath, listen string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "fleet",
 		Short: "Run the demo fleet: a control API and services with real faults",
@@ -17,7 +18,9 @@ func (a *app) fleetCmd() *cobra.Command {
 GET /services/{name}, POST /services/{name}/restart|scale, POST /deployments/{name},
 POST /deployments/{name}/rollback, POST /caches/{name}/warm, POST|DELETE /faults/{name},
 plus /metrics and /healthz) and each service on its own port with GET /healthz.
-Put the proxy in front of it; the fleet itself has no authentication.`,
+Put the proxy in front of it; the fleet itself has no authentication.
+With tls.cert_file and tls.key_file (or --tls-cert/--tls-key, PASSPORT_TLS_CERT_FILE and
+PASSPORT_TLS_KEY_FILE) the control API and every service serve TLS with that certificate.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := a.logger()
@@ -32,6 +35,7 @@ Put the proxy in front of it; the fleet itself has no authentication.`,
 			if cmd.Flags().Changed("listen") || cfg.Listen == "" {
 				cfg.Listen = listen
 			}
+			tf.apply(a, &cfg.TLS)
 			f, err := fleet.New(cfg, fleet.Deps{Logger: log, Registry: prometheus.NewRegistry()})
 			if err != nil {
 				return err
@@ -41,5 +45,6 @@ Put the proxy in front of it; the fleet itself has no authentication.`,
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "fleet YAML (fleet.Config; see examples/fleet.yaml)")
 	cmd.Flags().StringVar(&listen, "listen", fleet.DefaultListen, "control API address")
+	tf.register(cmd.Flags())
 	return cmd
 }

@@ -35,6 +35,7 @@ func (a *app) healerCmd() *cobra.Command {
 	var (
 		cfgPath, listen string
 		ao              agentOpts
+		tf              tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "healer",
@@ -51,7 +52,11 @@ Incidents are stored in Redis and served at --listen:
 
 Credentials: --data DIR (the healer agent of the tenant in DIR/demo.json), or
 PASSPORT_CLIENT_ID and PASSPORT_CLIENT_SECRET, or else it registers a new healer
-agent with PASSPORT_ADMIN_TOKEN.`,
+agent with PASSPORT_ADMIN_TOKEN.
+
+TLS: the incidents API serves TLS with tls.cert_file and tls.key_file (--tls-cert,
+--tls-key, PASSPORT_TLS_CERT_FILE, PASSPORT_TLS_KEY_FILE); https proxy, authority and
+health URLs are verified with --ca-file (PASSPORT_CA_FILE), else the system's roots.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := a.logger()
@@ -65,6 +70,7 @@ agent with PASSPORT_ADMIN_TOKEN.`,
 			if cmd.Flags().Changed("listen") || cfg.Listen == "" {
 				cfg.Listen = listen
 			}
+			tf.apply(a, &cfg.TLS)
 			ctx := cmd.Context()
 			env, err := a.agentEnv(ctx, ao, passport.TypeHealer, cfg.Tenant, cfg.ProxyURL, log)
 			if err != nil {
@@ -78,7 +84,7 @@ agent with PASSPORT_ADMIN_TOKEN.`,
 				}
 			}
 			if len(cfg.Checks) == 0 {
-				if cfg.Checks, err = discoverChecks(ctx, env); err != nil {
+				if cfg.Checks, err = a.discoverChecks(ctx, env); err != nil {
 					return err
 				}
 			}
@@ -89,11 +95,12 @@ agent with PASSPORT_ADMIN_TOKEN.`,
 	f.StringVar(&cfgPath, "config", "", "healer YAML (healer.Config; see examples/healer.yaml)")
 	f.StringVar(&listen, "listen", healer.DefaultListen, "incidents API and /metrics address")
 	ao.register(f)
+	tf.register(f)
 	return cmd
 }
 
 func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup, log *slog.Logger) error {
-	rdb, err := agentRedis(ctx, env.redisURL)
+	rdb, err := a.agentRedis(ctx, env.redisURL)
 	if err != nil {
 		return fmt.Errorf("healer: %w", err)
 	}
@@ -114,8 +121,12 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 	} else {
 		log.Warn("no admin token: remediation outcomes are not reported to reputation")
 	}
+	tc, err := a.clientTLS()
+	if err != nil {
+		return err
+	}
 	h, err := healer.New(cfg, healer.Deps{Logger: log, Passports: env.passports, Store: healer.NewStore(rdb, cfg.MaxIncidents),
-		Reputation: rep, Sink: stream, Registry: reg, Alerts: al, AdminToken: env.adminToken})
+		Reputation: rep, Sink: stream, Registry: reg, Alerts: al, AdminToken: env.adminToken, TLS: tc})
 	if err != nil {
 		return err
 	}
@@ -129,12 +140,16 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 
 // discoverChecks lists the tenant's services through the proxy and checks
 // each one's health URL.
-func discoverChecks(ctx context.Context, env *agentSetup) ([]healer.CheckConfig, error) {
+func (a *app) discoverChecks(ctx context.Context, env *agentSetup) ([]healer.CheckConfig, error) {
 	tok, err := env.passports.Passport(ctx, nil, []string{"service.list"})
 	if err != nil {
 		return nil, fmt.Errorf("discover services: %w", err)
 	}
-	c := &agentcall.Client{BaseURL: env.proxyURL, HTTP: &http.Client{Timeout: 5 * time.Second}}
+	hc, err := a.httpClient(5 * time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c := &agentcall.Client{BaseURL: env.proxyURL, HTTP: hc}
 	resp, err := c.Do(ctx, tok, http.MethodGet, "/services", nil)
 	if err != nil {
 		return nil, fmt.Errorf("discover services through %s: %w", env.proxyURL, err)
@@ -177,6 +192,8 @@ func (o *agentOpts) register(f *pflag.FlagSet) {
 	f.StringVar(&o.credentials, "credentials", "", "keep the agent's identity across restarts in this file (0600): read it, or register\n"+
 		"an agent with PASSPORT_ADMIN_TOKEN and write it (default: PASSPORT_CREDENTIALS_FILE)")
 	f.StringArrayVar(&o.witness, "witness", nil, "audit witness: a directory or an http(s):// URL of passport witness (repeatable; default: demo.json, PASSPORT_WITNESS)")
+	// --ca-file (PASSPORT_CA_FILE) is global: it verifies the proxy, the
+	// authority and https witnesses.
 }
 
 // agentDemoFile is the part of `passport up`'s DIR/demo.json agents read.
@@ -248,8 +265,12 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		adminToken:   firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
 		witnesses:    witnesses,
 	}
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
 	if s.adminToken != "" {
-		adm, err := client.NewAdmin(s.authorityURL, passport.Secret(s.adminToken), client.Options{})
+		adm, err := client.NewAdmin(s.authorityURL, passport.Secret(s.adminToken), opts)
 		if err != nil {
 			return nil, err
 		}
@@ -275,7 +296,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 			return nil, err
 		}
 	}
-	c, err := client.New(s.authorityURL, id, passport.Secret(secret), client.Options{})
+	c, err := client.New(s.authorityURL, id, passport.Secret(secret), opts)
 	if err != nil {
 		return nil, err
 	}
@@ -384,11 +405,11 @@ func writeCredentials(path string, c agentCredentials) error {
 
 // agentRedis opens Redis (redisx.DefaultURL when url is "") and pings it:
 // the healer and chaos refuse to act when they cannot record what they do.
-func agentRedis(ctx context.Context, url string) (redis.UniversalClient, error) {
+func (a *app) agentRedis(ctx context.Context, url string) (redis.UniversalClient, error) {
 	if url == "" {
 		url = redisx.DefaultURL
 	}
-	rdb, err := redisx.New(redisx.Config{URL: url})
+	rdb, err := redisx.New(a.redisConfig(url))
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ attempts and timeline).`,
 					url = d.RedisURL
 				}
 			}
-			rdb, err := agentRedis(ctx, url)
+			rdb, err := a.agentRedis(ctx, url)
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,8 @@ type app struct {
 	stderr    io.Writer
 	logLevel  string
 	logFormat string
+	// caFileFlag is --ca-file (see caFile).
+	caFileFlag string
 }
 
 // exitError carries a specific exit code (e.g. audit verify found a break).
@@ -71,6 +73,7 @@ decision in an append-only audit stream in Redis before anything is forwarded.`,
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&a.caFileFlag, "ca-file", "", "PEM CA bundle trusted for the TLS services this command calls (default $PASSPORT_CA_FILE, else the system's roots)")
 	root.AddCommand(
 		a.upCmd(),
 		a.authorityCmd(),

@@ -240,7 +240,7 @@ Exit status: 0, or 3 with --fail-on-change when any decision would change.`,
 			if err != nil {
 				return err
 			}
-			rc, err := redisx.New(redisx.Config{URL: url})
+			rc, err := redisx.New(a.redisConfig(url))
 			if err != nil {
 				return fmt.Errorf("redis %s: %w", redisx.Redact(url), err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,7 @@ func (a *app) loadProxyConfigFor(path string) (proxy.Config, error) {
 func (a *app) proxyCmd() *cobra.Command {
 	var cfgPath, listen, adminListen, policyDir, shadowDir, issuer, upstream string
 	var witness []string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the enforcing sidecar proxy in front of a control API",
@@ -64,7 +66,8 @@ Agents: --listen (default 127.0.0.1:8080). Operators: --admin-listen (default
 127.0.0.1:9080) serves /metrics, /healthz and /readyz.
 
 Configuration: flags, then environment (PASSPORT_REDIS_URL; PASSPORT_REPORTER_TOKEN, or else
-PASSPORT_ADMIN_TOKEN, for reporting policy denials to the authority),
+PASSPORT_ADMIN_TOKEN, for reporting policy denials to the authority; PASSPORT_TLS_CERT_FILE
+and PASSPORT_TLS_KEY_FILE to serve TLS; PASSPORT_CA_FILE to verify an https authority),
 then --config YAML, then defaults. Without --config the proxy fronts the demo
 fleet at http://127.0.0.1:9000 with its routes. See examples/proxy.yaml for every
 field and its default. The policy is the library built into the binary unless
@@ -97,8 +100,13 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 					cfg.Upstreams[name] = u
 				}
 			}
+			tf.apply(a, &cfg.TLS)
+			a.redisTLS(&cfg.Redis)
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("proxy config: %w", err)
+			}
+			if cfg.AuthorityTLS.CAFile == "" && (strings.HasPrefix(cfg.JWKSURL, "https://") || strings.HasPrefix(cfg.AuthorityURL, "https://")) {
+				cfg.AuthorityTLS.CAFile = a.caFile()
 			}
 			rdb, err := redisx.New(cfg.Redis)
 			if err != nil {
@@ -153,5 +161,6 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 	f.StringVar(&issuer, "issuer", "", "trusted passport issuer (default "+proxy.DefaultIssuer+")")
 	f.StringVar(&upstream, "upstream", "", "URL of the single upstream (overrides the config's)")
 	f.StringArrayVar(&witness, "witness", nil, "audit witness: a directory or an http(s):// URL of passport witness (repeatable; default PASSPORT_WITNESS)")
+	tf.register(f)
 	return cmd
 }

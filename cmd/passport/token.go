@@ -74,7 +74,10 @@ needs "Authorization: DPoP <passport>" and a fresh proof in a DPoP header, which
 				}
 				secret = strings.TrimSpace(string(b))
 			}
-			opts := client.Options{}
+			opts, err := a.clientOptions()
+			if err != nil {
+				return err
+			}
 			if keyFile != "" {
 				k, err := readPrivateKey(keyFile)
 				if err != nil {

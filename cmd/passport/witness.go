@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,6 +16,7 @@ import (
 
 func (a *app) witnessCmd() *cobra.Command {
 	var cfgPath, listen, dir, trusted string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "witness",
 		Short: "Run an audit witness: keep writers' signed checkpoints outside Redis",
@@ -31,7 +33,9 @@ back or forked statement (409). PASSPORT_WITNESS_TOKEN, when set, is required as
 token on every request, from writers and verifiers alike.
 
 API: POST /v1/statements, GET /v1/writers, GET /v1/writers/{writer}/log; /metrics, /healthz.
-See docs/audit.md.`,
+TLS: tls.cert_file and tls.key_file (--tls-cert, --tls-key, PASSPORT_TLS_CERT_FILE,
+PASSPORT_TLS_KEY_FILE); writers and verifiers then use an https:// URL and trust its CA
+with PASSPORT_CA_FILE. See docs/audit.md and docs/tls.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := a.logger()
@@ -52,6 +56,7 @@ See docs/audit.md.`,
 				cfg.TrustedKeysFile = trusted
 			}
 			config.Env(a.getenv).String("PASSPORT_WITNESS_TOKEN", &cfg.Token)
+			tf.apply(a, &cfg.TLS)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			srv, err := witness.New(cfg, witness.Deps{Logger: log, Registry: reg})
@@ -66,6 +71,7 @@ See docs/audit.md.`,
 	f.StringVar(&listen, "listen", "", "address of the API, /metrics and /healthz (default "+witness.DefaultListen+")")
 	f.StringVar(&dir, "dir", "", "directory of the writers' logs (required here or in --config)")
 	f.StringVar(&trusted, "trusted-keys", "", "accept only these writers and keys (lines \"<writer-id> <base64 key>\")")
+	tf.register(f)
 	return cmd
 }
 
@@ -80,9 +86,43 @@ func (a *app) writerWitnesses(flags []string, demo string) ([]audit.Witness, err
 			specs = []string{s}
 		}
 	}
-	ws, err := audit.OpenWitnesses(specs, a.getenv("PASSPORT_WITNESS_TOKEN"))
+	return a.openWitnesses(specs)
+}
+
+// openWitnesses is audit.OpenWitnesses with PASSPORT_WITNESS_TOKEN, whose
+// https:// witnesses are verified with caFile (--ca-file,
+// PASSPORT_CA_FILE) when one is set.
+func (a *app) openWitnesses(specs []string) ([]audit.Witness, error) {
+	token := a.getenv("PASSPORT_WITNESS_TOKEN")
+	if a.caFile() == "" {
+		ws, err := audit.OpenWitnesses(specs, token)
+		if err != nil {
+			return nil, fmt.Errorf("witness: %w", err)
+		}
+		return ws, nil
+	}
+	hc, err := a.httpClient(10 * time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("witness: %w", err)
 	}
-	return ws, nil
+	var out []audit.Witness
+	for _, s := range specs {
+		for _, one := range strings.Split(s, ",") {
+			one = strings.TrimSpace(one)
+			var w audit.Witness
+			switch {
+			case one == "":
+				continue
+			case strings.HasPrefix(one, "https://"):
+				w, err = audit.NewHTTPWitness(one, token, hc)
+			default:
+				w, err = audit.OpenWitness(one, token)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("witness: %w", err)
+			}
+			out = append(out, w)
+		}
+	}
+	return out, nil
 }

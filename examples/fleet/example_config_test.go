@@ -16,7 +16,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Services) != 4 || cfg.LeakMaxBytes != 128<<20 {
+	if len(cfg.Services) != 4 || cfg.LeakMaxBytes != 128<<20 || cfg.TLS.Enabled() {
 		t.Errorf("cfg = %+v", cfg)
 	}
 }

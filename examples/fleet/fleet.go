@@ -19,6 +19,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // Config is the fleet's YAML configuration. Zero fields take the defaults
@@ -66,6 +69,11 @@ type Config struct {
 	// comment line, so a watcher can tell a quiet fleet from a dead
 	// connection. Default 15s.
 	EventsHeartbeat time.Duration `yaml:"events_heartbeat"`
+	// TLS serves the control API and every service over TLS (one
+	// certificate for all: it must name the hosts they listen on) when
+	// cert_file and key_file are set. Env PASSPORT_TLS_CERT_FILE,
+	// PASSPORT_TLS_KEY_FILE. Default: plain HTTP.
+	TLS tlsx.Server `yaml:"tls"`
 }
 
 // ServiceConfig describes one service.
@@ -177,6 +185,9 @@ func (c Config) Validate() error {
 	if c.LeakMaxBytes > 1<<30 {
 		errs = append(errs, errors.New("leak_max_bytes above 1 GiB: refused to protect the host"))
 	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
+	}
 	if c.MaxWatchers < 1 || c.EventsHeartbeat < 10*time.Millisecond {
 		errs = append(errs, errors.New("max_watchers must be positive and events_heartbeat at least 10ms"))
 	}
@@ -196,6 +207,7 @@ type Fleet struct {
 	cfg      Config
 	log      *slog.Logger
 	ln       net.Listener
+	tls      *tls.Config // nil: plain HTTP
 	services map[string]*service
 	order    []string
 
@@ -242,9 +254,13 @@ func New(cfg Config, deps Deps) (*Fleet, error) {
 	if err := reg.Register(f.actions); err != nil {
 		return nil, fmt.Errorf("register fleet metrics: %w", err)
 	}
+	var err error
+	if f.tls, err = cfg.TLS.Config(tlsx.Options{Name: "fleet", Logger: deps.Logger, Metrics: tlsx.NewMetrics(reg)}); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
 	f.leakCtx, f.stopLeak = context.WithCancel(context.Background())
 	for _, sc := range cfg.Services {
-		s := newService(sc, &f.cfg, f.log)
+		s := newService(sc, &f.cfg, f.tls, f.log)
 		s.mu.Lock()
 		err := s.startLocked()
 		s.mu.Unlock()
@@ -268,7 +284,7 @@ func New(cfg Config, deps Deps) (*Fleet, error) {
 func (f *Fleet) Addr() string { return f.ln.Addr().String() }
 
 // URL is the control API's base URL.
-func (f *Fleet) URL() string { return "http://" + f.Addr() }
+func (f *Fleet) URL() string { return f.cfg.TLS.Scheme() + "://" + f.Addr() }
 
 // Services reports every service, in configuration order.
 func (f *Fleet) Services() []Status {
@@ -399,7 +415,7 @@ func (f *Fleet) run(ctx context.Context) error {
 		f.log.Info("fleet service listening", "service", st.Name, "tenant", st.Tenant, "url", st.URL)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(f.ln) }()
+	go func() { errc <- tlsx.Serve(srv, f.ln, f.tls) }()
 	select {
 	case err := <-errc:
 		f.Close()

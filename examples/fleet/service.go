@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // Fault types the fleet can suffer. Each one is real: it changes what the
@@ -69,6 +72,7 @@ const errWindow = 50
 type service struct {
 	name, tenant string
 	cfg          *Config
+	tls          *tls.Config // nil: plain HTTP
 	log          *slog.Logger
 
 	mu        sync.Mutex
@@ -92,9 +96,9 @@ type service struct {
 	rng       *rand.Rand
 }
 
-func newService(sc ServiceConfig, cfg *Config, log *slog.Logger) *service {
+func newService(sc ServiceConfig, cfg *Config, tc *tls.Config, log *slog.Logger) *service {
 	return &service{
-		name: sc.Name, tenant: sc.Tenant, cfg: cfg, log: log.With("service", sc.Name),
+		name: sc.Name, tenant: sc.Tenant, cfg: cfg, tls: tc, log: log.With("service", sc.Name),
 		addr: sc.Listen, version: sc.Version, replicas: sc.Replicas,
 		cache: fullCache(cfg.CacheKeys),
 		rng:   rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(len(sc.Name)))),
@@ -138,7 +142,7 @@ func (s *service) startLocked() error {
 	srv := s.srv
 	go func() {
 		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := tlsx.Serve(srv, ln, s.tls); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("service serve", "err", err)
 		}
 	}()
@@ -269,7 +273,8 @@ func (s *service) status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.healthLocked()
-	st := Status{Health: h, Up: s.ln != nil, URL: "http://" + s.addr, HealthURL: "http://" + s.addr + "/healthz", Fault: s.fault}
+	base := s.cfg.TLS.Scheme() + "://" + s.addr
+	st := Status{Health: h, Up: s.ln != nil, URL: base, HealthURL: base + "/healthz", Fault: s.fault}
 	if s.fault != "" {
 		at := s.faultAt
 		st.InjectedAt = &at

@@ -11,6 +11,7 @@ package agentcall
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,19 @@ type Client struct {
 const defaultTimeout = 5 * time.Second
 
 var defaultClient = &http.Client{Timeout: defaultTimeout}
+
+// HTTPClient is a client for Client.HTTP with timeout that verifies an
+// https proxy with tc (its CA bundle, see internal/tlsx); nil tc means the
+// system's roots.
+func HTTPClient(timeout time.Duration, tc *tls.Config) *http.Client {
+	c := &http.Client{Timeout: timeout}
+	if tc != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tc
+		c.Transport = tr
+	}
+	return c
+}
 
 // Do sends method path with the passport as a Bearer token and a JSON
 // body (nil for none). A 2xx answer returns the response and nil; any

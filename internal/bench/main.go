@@ -6,6 +6,8 @@
 //   - the full path: valid passport, Rego allow, decision record
 //     acknowledged by Redis before forwarding, outcome record after,
 //   - the deny path: valid passport, Rego deny, 403,
+//   - the full path over TLS (-tls, on by default): the same proxy
+//     configuration serving TLS, keep-alive connections (tls.go),
 //   - nginx + auth_request + OPA: what a user would otherwise assemble,
 //     nginx asking an OPA server that checks the passport in Rego
 //     (nginx.go; skipped when nginx or opa cannot be had),
@@ -13,9 +15,10 @@
 // and prints requests/s, p50 and p99 for each and the ratios of the full
 // path to the bare proxy and to nginx + auth_request + OPA; then the bare
 // and full paths at fixed rates (p99 side by side, errors); then the cost
-// per call of the allow, deny and 401 paths (cpu.go): the proxy process's
-// CPU, redis-server's CPU and the audit streams' bytes per call, with the
-// deny and 401 paths' CPU as a ratio of the allowed call's. It starts its
+// per call of the allow, deny and 401 paths, and of the allowed call over
+// TLS (cpu.go; tls.go): the proxy process's CPU, redis-server's CPU and
+// the audit streams' bytes per call on warm keep-alive connections, with
+// the other paths' CPU as a ratio of the allowed call's. It starts its
 // own redis-server (from PATH, AOF with appendfsync always, as production
 // audit wants) unless -redis-url names one, and uses the policy library
 // built into the binary.
@@ -89,6 +92,7 @@ type options struct {
 	only        string
 	noAudit     bool
 	rounds      int
+	tls         bool
 }
 
 func run() error {
@@ -105,6 +109,7 @@ func run() error {
 	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text (\"cost\": only the cost per call)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput cases, interleaved; each row is the round with the median req/s")
 	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
+	flag.BoolVar(&o.tls, "tls", true, "also measure the full path over TLS (keep-alive HTTP/1.1 connections, as the plain cases)")
 	flag.Parse()
 	if o.rounds < 1 {
 		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
@@ -220,6 +225,23 @@ func run() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	var tf *tlsFiles // the TLS cases' certificate, with -tls
+	var tlsURL string
+	if o.tls {
+		if tf, err = setupTLS(); err != nil {
+			return err
+		}
+		defer tf.remove()
+	}
+	if tf != nil && selected(o.only, tlsCaseName) {
+		url, stop, err := startTLSProxy(ctx, cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Policies: policies.FS}, tf)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		tlsURL = url
+	}
+
 	// Agents: a HIGH healer (allowed to restart checkout) and a LOW
 	// observer (denied), both registered as the authority would.
 	now := time.Now()
@@ -253,6 +275,9 @@ func run() error {
 		{"bare reverse proxy", bareURL + "/services/checkout/restart", "POST", "", 200},
 		{"full path (allow)", proxyURL + "/services/checkout/restart", "POST", healer, 200},
 		{"deny path (403)", proxyURL + "/services/checkout/restart", "POST", observer, 403},
+	}
+	if tlsURL != "" {
+		cases = append(cases, benchCase{tlsCaseName, tlsURL + "/services/checkout/restart", "POST", healer, 200})
 	}
 	// Each case must answer as expected before it is measured.
 	for _, c := range cases {
@@ -365,12 +390,16 @@ func run() error {
 	}
 	if selected(o.only, costName) {
 		restart := "/services/checkout/restart"
-		err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, []cpuCase{
-			{"allow (200)", restart, "POST", healer, 200},
-			{"deny (403)", restart, "POST", observer, 403},
-			{"no passport (401)", restart, "POST", "", 401},
-		})
-		if err != nil {
+		cases := []cpuCase{
+			{name: "allow (200)", url: restart, method: "POST", token: healer, want: 200},
+			{name: "deny (403)", url: restart, method: "POST", token: observer, want: 403, target: 1.2},
+			{name: "no passport (401)", url: restart, method: "POST", want: 401, target: 1.2},
+		}
+		if tf != nil {
+			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
+				tls: true, target: 1.15})
+		}
+		if err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, tf, cases); err != nil {
 			return err
 		}
 	}
@@ -410,8 +439,20 @@ type result struct {
 // worker sends back to back (closed loop); with a rate, requests are
 // started on a fixed schedule shared by the workers (open loop).
 func load(ctx context.Context, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
-	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
+	tr := loadTransport(conns)
 	defer tr.CloseIdleConnections()
+	return loadWith(ctx, tr, method, url, token, want, conns, warmup, d, rate)
+}
+
+// loadTransport keeps conns keep-alive connections (trusting benchTLS).
+func loadTransport(conns int) *http.Transport {
+	return &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute,
+		TLSClientConfig: benchTLS}
+}
+
+// loadWith is load on the connections of tr, which a caller may keep warm
+// from one load to the next.
+func loadWith(ctx context.Context, tr *http.Transport, method, url, token string, want, conns int, warmup, d time.Duration, rate int) result {
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	var ticks chan struct{}
 	stop := make(chan struct{})
@@ -508,7 +549,9 @@ func once(method, url, token string) (int, error) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	tr := &http.Transport{TLSClientConfig: benchTLS}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return 0, err
 	}

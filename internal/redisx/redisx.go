@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // DefaultURL is used when neither the config nor PASSPORT_REDIS_URL names a
@@ -48,15 +50,45 @@ type Config struct {
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// TLS verifies Redis over TLS: on with a rediss:// URL, or with
+	// tls.enabled (the way to say it for addrs). Default: the system's
+	// roots and the URL's host name.
+	TLS TLS `yaml:"tls"`
+}
+
+// TLS is the redis.tls block: a CA bundle, an optional client certificate
+// (Redis tls-auth-clients) and an optional server name.
+type TLS struct {
+	// Enabled turns TLS on for addrs (Sentinel, Cluster). Default false;
+	// a rediss:// URL turns it on by itself.
+	Enabled     bool `yaml:"enabled"`
+	tlsx.Client `yaml:",inline"`
+}
+
+// tlsOn reports whether connections use TLS.
+func (c Config) tlsOn() bool {
+	if c.TLS.Enabled {
+		return true
+	}
+	return len(c.Addrs) == 0 && strings.HasPrefix(c.URL, "rediss://")
 }
 
 // Validate reports every problem with the configuration.
 func (c Config) Validate() error {
 	var errs []error
 	if len(c.Addrs) == 0 && c.URL != "" {
-		if _, err := redis.ParseURL(c.URL); err != nil {
+		if ro, err := redis.ParseURL(c.URL); err != nil {
 			errs = append(errs, fmt.Errorf("redis.url: %w", err))
+		} else if ro.TLSConfig != nil && ro.TLSConfig.InsecureSkipVerify {
+			// Fail closed: an unverified server could be anyone.
+			errs = append(errs, errors.New("redis.url: skip_verify turns certificate checks off; name the CA in redis.tls.ca_file instead"))
 		}
+	}
+	if !c.TLS.IsZero() && !c.tlsOn() {
+		errs = append(errs, errors.New("redis.tls: set, but TLS is off: use a rediss:// URL (or tls.enabled with addrs)"))
+	}
+	if err := c.TLS.Validate("redis.tls"); err != nil {
+		errs = append(errs, err)
 	}
 	if c.PoolSize < 0 {
 		errs = append(errs, errors.New("redis.pool_size: must not be negative"))
@@ -97,13 +129,25 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 		}
 		o.Addrs = []string{ro.Addr}
 		o.DB = ro.DB
-		o.TLSConfig = ro.TLSConfig
 		if o.Username == "" {
 			o.Username = ro.Username
 		}
 		if o.Password == "" {
 			o.Password = ro.Password
 		}
+	}
+	if c.tlsOn() {
+		if err := c.TLS.Validate("redis.tls"); err != nil {
+			return nil, err
+		}
+		tc, err := c.TLS.Client.Config(tlsx.Options{Name: "redis"})
+		if err != nil {
+			return nil, fmt.Errorf("redis tls: %w", err)
+		}
+		// Without a pinned name, each node is checked against the host
+		// it is dialled at (crypto/tls fills it in), which is what a
+		// Cluster's announced node addresses need.
+		o.TLSConfig = tc
 	}
 	return o, nil
 }
