@@ -111,8 +111,10 @@ func TestForwardNeedsTheCallsReceipt(t *testing.T) {
 		return c, r
 	}
 	for name, receipt := range map[string]func(*call) audit.Receipt{
-		"zero":    func(*call) audit.Receipt { return audit.Receipt{} },
-		"another": func(*call) audit.Receipt { return audit.ReceiptForTest("7-0", &audit.Record{RequestID: newRequestID()}) },
+		"zero": func(*call) audit.Receipt { return audit.Receipt{} },
+		"another": func(*call) audit.Receipt {
+			return audit.ReceiptForTest("7-0", &audit.Record{RequestID: newRequestID()})
+		},
 	} {
 		c, r := decided()
 		w := httptest.NewRecorder()
