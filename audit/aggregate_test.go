@@ -13,9 +13,9 @@ import (
 
 type memSink struct{ recs []*audit.Record }
 
-func (m *memSink) Append(_ context.Context, r *audit.Record) (string, error) {
+func (m *memSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, error) {
 	m.recs = append(m.recs, r)
-	return "", nil
+	return audit.ReceiptForTest("", r), nil
 }
 func (m *memSink) Enqueue(r *audit.Record) { m.recs = append(m.recs, r) }
 

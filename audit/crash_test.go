@@ -46,7 +46,8 @@ func TestKillRestartNoAckedRecordLostAndRecovers(t *testing.T) {
 				default:
 				}
 				rec := decision("acme", int(n.Add(1)))
-				id, err := s.Append(ctx, rec)
+				rc, err := s.Append(ctx, rec)
+				id := rc.ID()
 				if err != nil {
 					if id != "" {
 						t.Errorf("Append returned id %q with error %v", id, err)

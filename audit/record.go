@@ -134,9 +134,9 @@ type Shadow struct {
 type Sink interface {
 	// Append records rec and returns only once Redis has acknowledged it:
 	// the write-ahead path. It fills the chain fields and returns the
-	// stream id. An error means the record is not stored and the caller
-	// must fail closed.
-	Append(ctx context.Context, rec *Record) (id string, err error)
+	// receipt (the stream id). An error means the record is not stored
+	// and the caller must fail closed.
+	Append(ctx context.Context, rec *Record) (Receipt, error)
 	// Enqueue records rec in the background (outcome records): it is
 	// buffered, retried and flushed at shutdown; a full buffer drops and
 	// counts, never blocks.

@@ -419,21 +419,22 @@ func (s *Stream) prepare(r *Record) {
 	}
 }
 
-// Append writes rec and returns its stream id once Redis acknowledged it,
-// together with the other records that arrived meanwhile (group commit).
+// Append writes rec and returns its receipt (its stream id) once Redis
+// acknowledged it, together with the other records that arrived meanwhile
+// (group commit).
 // It fills rec's Writer, Seq, Prev and Hash (and V and Time when unset).
 // Any error means the caller must treat the record as not stored.
-func (s *Stream) Append(ctx context.Context, rec *Record) (id string, err error) {
+func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error) {
 	defer func() {
 		if err != nil {
 			s.noteAppendFailure()
 		}
 	}()
 	if rec == nil {
-		return "", errors.New("append audit record: nil record")
+		return Receipt{}, errors.New("append audit record: nil record")
 	}
 	if err := validTenant(rec.Tenant); err != nil {
-		return "", fmt.Errorf("append audit record: %w", err)
+		return Receipt{}, fmt.Errorf("append audit record: %w", err)
 	}
 	r := *rec
 	s.prepare(&r)
@@ -441,7 +442,7 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (id string, err error)
 	defer func() { s.m.appendDur.Observe(time.Since(start).Seconds()) }()
 	b, err := encodeBody(&r)
 	if err != nil {
-		return "", fmt.Errorf("append audit record: %w", err)
+		return Receipt{}, fmt.Errorf("append audit record: %w", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
@@ -449,41 +450,41 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (id string, err error)
 	select {
 	case <-s.stop:
 		s.m.failures.WithLabelValues("closed").Inc()
-		return "", ErrClosed
+		return Receipt{}, ErrClosed
 	default:
 	}
 	select {
 	case s.reqs <- it:
 	case <-s.stop:
 		s.m.failures.WithLabelValues("closed").Inc()
-		return "", ErrClosed
+		return Receipt{}, ErrClosed
 	case <-wctx.Done():
 		s.m.failures.WithLabelValues("timeout").Inc()
-		return "", fmt.Errorf("append audit record: queue: %w", ErrTimeout)
+		return Receipt{}, fmt.Errorf("append audit record: queue: %w", ErrTimeout)
 	}
 	select {
 	case res := <-it.done:
 		if res.err != nil {
-			return "", fmt.Errorf("append audit record: %w", res.err)
+			return Receipt{}, fmt.Errorf("append audit record: %w", res.err)
 		}
 		rec.V, rec.Time = res.rec.V, res.rec.Time
 		rec.Writer, rec.Seq, rec.Prev, rec.Hash = res.rec.Writer, res.rec.Seq, res.rec.Prev, res.rec.Hash
-		return res.id, nil
+		return receiptOf(res.id, rec), nil
 	case <-s.done:
 		// The committer has stopped; it answered everything it took.
 		select {
 		case res := <-it.done:
 			if res.err == nil {
 				rec.Writer, rec.Seq, rec.Prev, rec.Hash = res.rec.Writer, res.rec.Seq, res.rec.Prev, res.rec.Hash
-				return res.id, nil
+				return receiptOf(res.id, rec), nil
 			}
 		default:
 		}
 		s.m.failures.WithLabelValues("closed").Inc()
-		return "", ErrClosed
+		return Receipt{}, ErrClosed
 	case <-wctx.Done():
 		s.m.failures.WithLabelValues("timeout").Inc()
-		return "", fmt.Errorf("append audit record: %w", ErrTimeout)
+		return Receipt{}, fmt.Errorf("append audit record: %w", ErrTimeout)
 	}
 }
 

@@ -44,7 +44,8 @@ func TestConcurrentAppendAllPresentAndChainsVerify(t *testing.T) {
 			for i := range per {
 				n := g*per + i
 				rec := decision(tenants[n%2], n)
-				id, err := s.Append(ctx, rec)
+				rc, err := s.Append(ctx, rec)
+				id := rc.ID()
 				if err != nil {
 					t.Errorf("Append: %v", err)
 					return

@@ -200,7 +200,8 @@ func TestVerifyDetectsAndLocatesTampering(t *testing.T) {
 			tamper: func(t *testing.T, f *fixture) string {
 				other := newStream(t, f.rdb, audit.StreamConfig{WriterID: "proxy-b"})
 				r := decision("acme", 3) // same request id as seq 4
-				id, err := other.Append(ctx, r)
+				rc, err := other.Append(ctx, r)
+				id := rc.ID()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -303,7 +304,8 @@ func TestRetentionTrimLeavesAVerifiableStream(t *testing.T) {
 		if i%3 == 0 {
 			w = b
 		}
-		id, err := w.Append(ctx, decision("acme", i))
+		rc, err := w.Append(ctx, decision("acme", i))
+		id := rc.ID()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +400,8 @@ func TestVerifyCountsAllowsWithoutOutcome(t *testing.T) {
 	ctx := context.Background()
 	ids := map[int]string{}
 	for i := range 5 {
-		id, err := s.Append(ctx, decision("acme", i))
+		rc, err := s.Append(ctx, decision("acme", i))
+		id := rc.ID()
 		if err != nil {
 			t.Fatal(err)
 		}

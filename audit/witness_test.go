@@ -680,7 +680,8 @@ func TestWitnessAcceptsRetentionTrim(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	var cut string
 	for i := range 40 {
-		id, err := s.Append(context.Background(), decision("acme", i))
+		rc, err := s.Append(context.Background(), decision("acme", i))
+		id := rc.ID()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -57,14 +57,14 @@ type fakeSink struct {
 	err  error // when set, Append fails (the audit store is down)
 }
 
-func (s *fakeSink) Append(_ context.Context, r *audit.Record) (string, error) {
+func (s *fakeSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
-		return "", s.err
+		return audit.Receipt{}, s.err
 	}
 	s.recs = append(s.recs, r)
-	return "1-0", nil
+	return audit.ReceiptForTest("1-0", r), nil
 }
 
 func (s *fakeSink) Enqueue(r *audit.Record) { _, _ = s.Append(context.Background(), r) }

@@ -9,8 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentpassport/passport/authority/client"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/problem"
 )
 
 // writeJSON answers v as JSON.
@@ -21,17 +23,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeProblem answers an RFC 9457 problem. code is a stable snake_case
-// identifier (in "type" as urn:passport:problem:<code>); detail is safe to
-// show a client and never carries an internal error.
+// writeProblem answers an RFC 9457 problem (internal/problem). code is a
+// stable snake_case identifier; detail is safe to show a client and never
+// carries an internal error.
 func writeProblem(w http.ResponseWriter, status int, code, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(client.Problem{
-		Type: "urn:passport:problem:" + code, Title: http.StatusText(status), Status: status, Detail: detail,
-	})
+	problem.Answer(w, status, code, detail)
 }
 
 // writeOAuthErr answers oe, with Retry-After when it has one.

@@ -33,11 +33,11 @@ type memSink struct {
 	recs []*audit.Record
 }
 
-func (s *memSink) Append(_ context.Context, r *audit.Record) (string, error) {
+func (s *memSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recs = append(s.recs, r)
-	return "1-0", nil
+	return audit.ReceiptForTest("1-0", r), nil
 }
 func (s *memSink) Enqueue(r *audit.Record) { _, _ = s.Append(context.Background(), r) }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/feed"
+	"github.com/agentpassport/passport/internal/problem"
 )
 
 // The API takes the operator token only from the Authorization header and
@@ -52,11 +53,11 @@ func (s *Server) tenantAPI(h tenantHandler) http.HandlerFunc {
 		}
 		tenant := r.PathValue("tenant")
 		if !namePattern.MatchString(tenant) || (len(s.cfg.Tenants) > 0 && !slices.Contains(s.cfg.Tenants, tenant)) {
-			feed.Problem(w, http.StatusNotFound, "unknown tenant")
+			problem.Answer(w, http.StatusNotFound, "unknown_tenant", "unknown tenant")
 			return
 		}
 		if !p.CanRead(tenant) {
-			feed.Problem(w, http.StatusForbidden, "credential may not act on this tenant")
+			problem.Answer(w, http.StatusForbidden, "forbidden", "credential may not act on this tenant")
 			return
 		}
 		h(r.Context(), w, r, p, tenant)
@@ -82,7 +83,7 @@ func (s *Server) listAgents(ctx context.Context, w http.ResponseWriter, _ *http.
 // approvals, 404 otherwise.
 func (s *Server) listApprovals(ctx context.Context, w http.ResponseWriter, _ *http.Request, _ feed.Principal, tenant string) {
 	if s.approvals == nil {
-		feed.Problem(w, http.StatusNotFound, "approvals are not offered")
+		problem.Answer(w, http.StatusNotFound, "not_found", "approvals are not offered")
 		return
 	}
 	list, err := s.approvals.PendingApprovals(ctx, tenant)
@@ -136,7 +137,7 @@ func (s *Server) block(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	if !namePattern.MatchString(id) || len(body.Reason) > 256 {
-		feed.Problem(w, http.StatusBadRequest, "bad agent id or reason")
+		problem.Answer(w, http.StatusBadRequest, "invalid_request", "bad agent id or reason")
 		return
 	}
 	if body.Reason == "" {
@@ -153,7 +154,7 @@ func (s *Server) block(ctx context.Context, w http.ResponseWriter, r *http.Reque
 func (s *Server) unblock(ctx context.Context, w http.ResponseWriter, r *http.Request, p feed.Principal, tenant string) {
 	id := r.PathValue("id")
 	if !namePattern.MatchString(id) {
-		feed.Problem(w, http.StatusBadRequest, "bad agent id")
+		problem.Answer(w, http.StatusBadRequest, "invalid_request", "bad agent id")
 		return
 	}
 	if err := s.actions.Unblock(ctx, tenant, id); err != nil {
@@ -184,7 +185,7 @@ func (s *Server) fireChaos(ctx context.Context, w http.ResponseWriter, r *http.R
 		return
 	}
 	if !slices.Contains(ChaosTypes, body.Type) {
-		feed.Problem(w, http.StatusBadRequest, "type must be one of service_down, bad_deploy, memory_leak, cache_miss")
+		problem.Answer(w, http.StatusBadRequest, "invalid_request", "type must be one of service_down, bad_deploy, memory_leak, cache_miss")
 		return
 	}
 	ts, err := s.actions.Targets(ctx, tenant)
@@ -193,7 +194,7 @@ func (s *Server) fireChaos(ctx context.Context, w http.ResponseWriter, r *http.R
 		return
 	}
 	if !slices.Contains(ts, body.Target) {
-		feed.Problem(w, http.StatusBadRequest, "target is not a service of this tenant")
+		problem.Answer(w, http.StatusBadRequest, "invalid_request", "target is not a service of this tenant")
 		return
 	}
 	if err := s.actions.FireChaos(ctx, tenant, body.Type, body.Target); err != nil {
@@ -216,7 +217,7 @@ func (s *Server) done(ctx context.Context, action string, p feed.Principal, tena
 func (s *Server) fail(ctx context.Context, w http.ResponseWriter, action string, err error) {
 	if errors.Is(err, ErrNotFound) {
 		s.actionsTotal.WithLabelValues(action, "error").Inc()
-		feed.Problem(w, http.StatusNotFound, "not found")
+		problem.Answer(w, http.StatusNotFound, "not_found", "not found")
 		return
 	}
 	if r := refusalOf(action, err); r != nil {
@@ -227,7 +228,7 @@ func (s *Server) fail(ctx context.Context, w http.ResponseWriter, action string,
 	}
 	s.actionsTotal.WithLabelValues(action, "error").Inc()
 	s.log.ErrorContext(ctx, "dashboard action failed", "action", action, "err", err)
-	feed.Problem(w, http.StatusBadGateway, action+" failed")
+	problem.Answer(w, http.StatusBadGateway, "action_failed", action+" failed")
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, dst any) bool {
@@ -237,7 +238,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, dst any) bool {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 8<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		feed.Problem(w, http.StatusBadRequest, "body must be a JSON object")
+		problem.Answer(w, http.StatusBadRequest, "invalid_json", "body must be a JSON object")
 		return false
 	}
 	return true

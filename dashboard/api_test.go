@@ -185,8 +185,8 @@ func TestChaosRefusalPassesReasons(t *testing.T) {
 			403, "policy_denied", "ok_reason"},
 		{"blocked at the authority", fmt.Errorf("get chaos passport: %w", &client.Error{Status: 400, Code: "unauthorized_client", Description: "agent is blocked"}),
 			403, "agent_blocked", "agent_blocked"},
-		{"authority down", fmt.Errorf("get chaos passport: %w", &client.Error{Status: 503, Code: "temporarily_unavailable"}), 502, "", ""},
-		{"anything else", errors.New("boom"), 502, "", ""},
+		{"authority down", fmt.Errorf("get chaos passport: %w", &client.Error{Status: 503, Code: "temporarily_unavailable"}), 502, "action_failed", ""},
+		{"anything else", errors.New("boom"), 502, "action_failed", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,13 +1,13 @@
 package dashboard
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"regexp"
 
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/problem"
 )
 
 // Refusal is an action an agent was refused, as the page shows it: a
@@ -94,11 +94,5 @@ func or(a, b string) string {
 // writeRefusal answers an RFC 9457 problem with the refusal's code and
 // reasons as extension members.
 func writeRefusal(w http.ResponseWriter, r *Refusal) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(r.Status)
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"type": "about:blank", "title": http.StatusText(r.Status), "status": r.Status,
-		"detail": r.Detail, "code": r.Code, "reasons": nonNil(r.Reasons),
-	})
+	problem.Write(w, problem.Details{Status: r.Status, Code: r.Code, Detail: r.Detail, Reasons: r.Reasons})
 }

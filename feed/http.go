@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/agentpassport/passport/internal/problem"
 )
 
 // Paths the hub serves. Mount the hub on both (or on a prefix that ends in
@@ -37,7 +39,7 @@ func (h *Hub) serveTicket(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		Problem(w, http.StatusMethodNotAllowed, "use POST")
+		problem.Answer(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
 		return
 	}
 	p, ok := h.Authenticate(w, r)
@@ -49,7 +51,7 @@ func (h *Hub) serveTicket(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.ContentLength != 0 {
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body); err != nil {
-			Problem(w, http.StatusBadRequest, "body must be JSON {\"tenant\": \"...\"}")
+			problem.Answer(w, http.StatusBadRequest, "invalid_json", "body must be JSON {\"tenant\": \"...\"}")
 			return
 		}
 	}
@@ -57,13 +59,13 @@ func (h *Hub) serveTicket(w http.ResponseWriter, r *http.Request) {
 		body.Tenant = r.URL.Query().Get("tenant")
 	}
 	if !p.CanRead(body.Tenant) {
-		Problem(w, http.StatusForbidden, "credential may not watch this tenant")
+		problem.Answer(w, http.StatusForbidden, "forbidden", "credential may not watch this tenant")
 		return
 	}
 	ticket, err := issueTicket(r.Context(), h.rdb, p, body.Tenant, h.cfg.TicketTTL)
 	if err != nil {
 		h.log.ErrorContext(r.Context(), "feed ticket failed", "err", err)
-		Problem(w, http.StatusServiceUnavailable, "ticket store unavailable")
+		problem.Answer(w, http.StatusServiceUnavailable, "unavailable", "ticket store unavailable")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -79,18 +81,18 @@ func (h *Hub) Authenticate(w http.ResponseWriter, r *http.Request) (Principal, b
 	tok, ok := bearer(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="passport"`)
-		Problem(w, http.StatusUnauthorized, "operator token required (Authorization: Bearer)")
+		problem.Answer(w, http.StatusUnauthorized, "unauthenticated", "operator token required (Authorization: Bearer)")
 		return Principal{}, false
 	}
 	p, err := h.auth.Authenticate(r.Context(), tok)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrRevoked) {
 			h.log.ErrorContext(r.Context(), "feed authenticate failed", "err", err)
-			Problem(w, http.StatusServiceUnavailable, "authentication unavailable")
+			problem.Answer(w, http.StatusServiceUnavailable, "unavailable", "authentication unavailable")
 			return Principal{}, false
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="passport", error="invalid_token"`)
-		Problem(w, http.StatusUnauthorized, "invalid operator token")
+		problem.Answer(w, http.StatusUnauthorized, "unauthenticated", "invalid operator token")
 		return Principal{}, false
 	}
 	return p, true
@@ -114,31 +116,31 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		Problem(w, http.StatusMethodNotAllowed, "use GET with a WebSocket upgrade")
+		problem.Answer(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET with a WebSocket upgrade")
 		return
 	}
 	// Origin first: a cross-site page must learn nothing, and must not burn
 	// a ticket it somehow got hold of.
 	if !h.checkOrigin(r) {
 		h.m.refused.WithLabelValues("origin").Inc()
-		Problem(w, http.StatusForbidden, "origin not allowed")
+		problem.Answer(w, http.StatusForbidden, "origin_not_allowed", "origin not allowed")
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
-		Problem(w, http.StatusBadRequest, "WebSocket upgrade required")
+		problem.Answer(w, http.StatusBadRequest, "upgrade_required", "WebSocket upgrade required")
 		return
 	}
 	q := r.URL.Query()
 	filter, err := parseFilter(q)
 	if err != nil {
-		Problem(w, http.StatusBadRequest, err.Error())
+		problem.Answer(w, http.StatusBadRequest, "invalid_filter", err.Error())
 		return
 	}
 	var since *streamID
 	if s := q.Get("since"); s != "" {
 		id, err := parseID(s)
 		if err != nil {
-			Problem(w, http.StatusBadRequest, "since: not a stream id")
+			problem.Answer(w, http.StatusBadRequest, "invalid_filter", "since: not a stream id")
 			return
 		}
 		since = &id
@@ -147,7 +149,7 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	if s := q.Get("tail"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 || n > h.cfg.MaxTail {
-			Problem(w, http.StatusBadRequest, "tail: a number from 0 to "+strconv.Itoa(h.cfg.MaxTail))
+			problem.Answer(w, http.StatusBadRequest, "invalid_filter", "tail: a number from 0 to "+strconv.Itoa(h.cfg.MaxTail))
 			return
 		}
 		tail = n
@@ -160,17 +162,17 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			if errors.Is(err, ErrUnauthorized) {
 				h.m.refused.WithLabelValues("auth").Inc()
-				Problem(w, http.StatusUnauthorized, "invalid or used ticket")
+				problem.Answer(w, http.StatusUnauthorized, "unauthenticated", "invalid or used ticket")
 				return
 			}
 			h.log.ErrorContext(r.Context(), "feed ticket redeem failed", "err", err)
-			Problem(w, http.StatusServiceUnavailable, "ticket store unavailable")
+			problem.Answer(w, http.StatusServiceUnavailable, "unavailable", "ticket store unavailable")
 			return
 		}
 		// The ticket outlives nothing: check the credential behind it now.
 		if err := h.auth.Check(r.Context(), v.Principal); err != nil {
 			h.m.refused.WithLabelValues("auth").Inc()
-			Problem(w, http.StatusUnauthorized, "credential no longer valid")
+			problem.Answer(w, http.StatusUnauthorized, "unauthenticated", "credential no longer valid")
 			return
 		}
 		p, tenant = v.Principal, v.Tenant
@@ -184,7 +186,7 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 	if !p.CanRead(tenant) {
 		h.m.refused.WithLabelValues("scope").Inc()
-		Problem(w, http.StatusForbidden, "credential may not watch this tenant")
+		problem.Answer(w, http.StatusForbidden, "forbidden", "credential may not watch this tenant")
 		return
 	}
 
@@ -195,7 +197,7 @@ func (h *Hub) serveFeed(w http.ResponseWriter, r *http.Request) {
 		ReadBufferSize: 1024, WriteBufferSize: 16 << 10, WriteBufferPool: writePool,
 		CheckOrigin: h.checkOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-			Problem(w, status, reason.Error())
+			problem.Answer(w, status, "upgrade_failed", reason.Error())
 		},
 	}
 	conn, err := up.Upgrade(w, r, nil)
@@ -242,14 +244,4 @@ func normalizeOrigin(o string) (string, error) {
 		return "", errors.New("origin " + strconv.Quote(o) + " is not scheme://host[:port]")
 	}
 	return strings.ToLower(u.Scheme + "://" + u.Host), nil
-}
-
-// Problem answers an RFC 9457 problem document with a safe message.
-func Problem(w http.ResponseWriter, status int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
-	})
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/agentpassport/passport/internal/problem"
 )
 
 // NewAPI returns the incidents HTTP API:
@@ -37,11 +39,11 @@ func NewAPI(store *Store, adminToken string, reg prometheus.Gatherer, log *slog.
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if adminToken == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="passport-healer"`)
-				problem(w, http.StatusUnauthorized, "admin token required")
+				problem.Answer(w, http.StatusUnauthorized, "unauthenticated", "admin token required")
 				return
 			}
 			if !ValidTenant(r.PathValue("tenant")) {
-				problem(w, http.StatusBadRequest, "invalid tenant name")
+				problem.Answer(w, http.StatusBadRequest, "invalid_tenant", "invalid tenant name")
 				return
 			}
 			next(w, r)
@@ -52,7 +54,7 @@ func NewAPI(store *Store, adminToken string, reg prometheus.Gatherer, log *slog.
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > 1000 {
-				problem(w, http.StatusBadRequest, "limit must be 1..1000")
+				problem.Answer(w, http.StatusBadRequest, "invalid_request", "limit must be 1..1000")
 				return
 			}
 			limit = n
@@ -60,7 +62,7 @@ func NewAPI(store *Store, adminToken string, reg prometheus.Gatherer, log *slog.
 		list, err := store.List(r.Context(), r.PathValue("tenant"), limit)
 		if err != nil {
 			log.ErrorContext(r.Context(), "list incidents", "err", err)
-			problem(w, http.StatusServiceUnavailable, "incident store unavailable")
+			problem.Answer(w, http.StatusServiceUnavailable, "unavailable", "incident store unavailable")
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"incidents": list})
@@ -69,10 +71,10 @@ func NewAPI(store *Store, adminToken string, reg prometheus.Gatherer, log *slog.
 		in, err := store.Get(r.Context(), r.PathValue("tenant"), r.PathValue("id"))
 		switch {
 		case errors.Is(err, ErrNotFound):
-			problem(w, http.StatusNotFound, "incident not found")
+			problem.Answer(w, http.StatusNotFound, "incident_not_found", "incident not found")
 		case err != nil:
 			log.ErrorContext(r.Context(), "get incident", "err", err)
-			problem(w, http.StatusServiceUnavailable, "incident store unavailable")
+			problem.Answer(w, http.StatusServiceUnavailable, "unavailable", "incident store unavailable")
 		default:
 			writeJSON(w, http.StatusOK, in)
 		}
@@ -85,11 +87,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// problem answers an RFC 9457 problem+json body with a safe message.
-func problem(w http.ResponseWriter, code int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]any{"title": http.StatusText(code), "status": code, "detail": detail})
 }

@@ -1,56 +1,160 @@
 package proxy
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"log/slog"
+	"net"
 	"net/http"
-	"strings"
-	"sync"
-	"time"
+	"strconv"
 
-	"github.com/agentpassport/passport/passport"
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/problem"
 )
 
-// Problem is the RFC 9457 body of every answer the proxy writes itself.
-// Code is a stable snake_case code; Detail is a fixed sentence, never an
-// internal error string.
-type Problem struct {
-	Type      string   `json:"type"`
-	Title     string   `json:"title"`
-	Status    int      `json:"status"`
-	Code      string   `json:"code"`
-	Detail    string   `json:"detail,omitempty"`
-	RequestID string   `json:"request_id"`
-	Action    string   `json:"action,omitempty"`
-	Resource  string   `json:"resource,omitempty"`
-	Reasons   []string `json:"reasons,omitempty"`
-	Revision  string   `json:"policy_revision,omitempty"`
+// refusal is a call the proxy answers itself, as a value: the answer
+// (status, code, detail, headers), the metrics, and the audit record it
+// gets. Refusals that depend only on their cause are package variables;
+// one made from the call's own values lives in the call (call.refuse), so
+// refusing costs no allocation.
+type refusal struct {
+	status int
+	code   string // the problem's code (401: from auth)
+	detail string // a fixed, safe sentence (policy_denied: from the record)
+	// reason is the audit reason and the refusals metric's label: the code
+	// unless set.
+	reason string
+	// decision is the audit decision and the requests metric's label:
+	// deny unless set (error when nothing could be judged).
+	decision   string
+	record     recordKind
+	retryAfter string     // Retry-After, for refusals that pass
+	closeConn  bool       // Connection: close (draining)
+	auth       *AuthError // a refused passport: 401 with an RFC 6750 challenge
+	report     bool       // a policy denial, reported to the authority's reputation model
 }
 
-const problemBase = "https://github.com/agentpassport/passport/blob/main/README.md#answers-"
+// recordKind is the audit record a refusal gets.
+type recordKind uint8
 
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+const (
+	// recordRefusal: a refusal record built from the call (refusalRecord),
+	// written or counted in a refusals summary; counted in
+	// passport_proxy_refusals_total.
+	recordRefusal recordKind = iota
+	// recordDecision: the call's decision record, with the policy's
+	// reasons and input.
+	recordDecision
+	// recordOutcome: the decision record could not be written; an outcome
+	// record says the call was refused, from the outcome buffer.
+	recordOutcome
+)
 
-func writeProblem(w http.ResponseWriter, p Problem) {
-	if p.Type == "" {
-		p.Type = problemBase + strings.ReplaceAll(p.Code, "_", "-")
+func (f *refusal) auditReason() string {
+	if f.reason != "" {
+		return f.reason
 	}
-	if p.Title == "" {
-		p.Title = http.StatusText(p.Status)
+	return f.code
+}
+
+func (f *refusal) auditDecision() string {
+	if f.decision != "" {
+		return f.decision
 	}
-	b := bufPool.Get().(*bytes.Buffer)
-	b.Reset()
-	_ = json.NewEncoder(b).Encode(p) // a struct of strings cannot fail
+	return audit.DecisionDeny
+}
+
+// refuse keeps f as the call's refusal and returns it.
+func (c *call) refuse(f refusal) *refusal {
+	c.refused = f
+	return &c.refused
+}
+
+// answer is the one way a refusal leaves the proxy: its audit record (or
+// its count in a refusals summary), the metrics, and the problem+json.
+func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refusal) {
+	c.status = f.status
+	switch f.record {
+	case recordRefusal:
+		p.m.refusals.WithLabelValues(f.auditReason()).Inc()
+		rec := p.refusalRecord(r, c, c.vp, f.auditReason())
+		rec.Decision = f.auditDecision()
+		p.recordRefusal(r, rec, c.vp != nil)
+	case recordDecision:
+		p.recordRefusal(r, c.rec, true)
+		if f.report {
+			p.denials.report(c.tenant, c.agentID)
+		}
+	case recordOutcome:
+		out := p.outcomeRecord(r, c, c.route, c.vp.Claims, c.rec.Resource, c.rec.PolicyRevision, c.status)
+		out.Decision, out.Reasons = f.auditDecision(), []string{f.auditReason()}
+		p.audit.Enqueue(out)
+	}
+
 	h := w.Header()
-	h.Set("Content-Type", "application/problem+json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(p.Status)
-	_, _ = w.Write(b.Bytes())
-	bufPool.Put(b)
+	if f.retryAfter != "" {
+		h.Set("Retry-After", f.retryAfter)
+	}
+	if f.closeConn {
+		h.Set("Connection", "close")
+	}
+	switch {
+	case f.auth != nil:
+		writeUnauthorized(w, f.auth, c.id, p.metaURL)
+	case f.record == recordDecision:
+		detail := f.detail
+		if detail == "" {
+			detail = "the policy denied " + c.route.Action + " on " + c.rec.Resource
+		}
+		problem.Write(w, problem.Details{Status: f.status, Code: f.code, Detail: detail, RequestID: c.id,
+			Action: c.route.Action, Resource: c.rec.Resource, Reasons: c.rec.Reasons, Revision: c.rec.PolicyRevision})
+	default:
+		problem.Write(w, problem.Details{Status: f.status, Code: f.code, Detail: f.detail, RequestID: c.id})
+	}
+	p.count(c, f.auditDecision())
+}
+
+// count records the request metric once the answer is known.
+func (p *Proxy) count(c *call, decision string) {
+	route, action := "", ""
+	if c.route != nil {
+		route, action = c.route.Name, c.route.Action
+	}
+	p.m.requests.WithLabelValues(route, action, decision, strconv.Itoa(c.status)).Inc()
+}
+
+// outageReasons are refusals that only happen while a dependency is down:
+// always summarised, as a flood of them is the outage itself.
+var outageReasons = map[string]bool{
+	"state_unavailable": true, "audit_unavailable": true, "audit_backlog_full": true,
+	"keys_unavailable": true, "draining": true,
+}
+
+// recordRefusal writes a refusal's decision record, or counts it in a
+// refusals summary (one record per source, reason and second): always
+// when no valid passport came with the call (so that a flood of
+// passport-less calls cannot grow Redis one record per call), for outage
+// reasons, and for every refusal while the audit store is degraded (so
+// that refusals never crowd out the outcome records of forwarded calls).
+func (p *Proxy) recordRefusal(r *http.Request, rec *audit.Record, authenticated bool) {
+	reason := ""
+	if len(rec.Reasons) > 0 {
+		reason = rec.Reasons[0]
+	}
+	degraded := p.backlog != nil && p.backlog.Degraded()
+	if authenticated && !degraded && !outageReasons[reason] {
+		p.audit.Enqueue(rec)
+		return
+	}
+	p.refusals.Add(rec, clientAddr(r), degraded)
+}
+
+// clientAddr is the caller's IP address as the proxy's socket saw it
+// (never a forwarding header, which the caller writes).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // writeUnauthorized answers 401 with an RFC 6750 challenge. The challenge
@@ -67,97 +171,6 @@ func writeUnauthorized(w http.ResponseWriter, ae *AuthError, reqID, metadataURL 
 	if code == "" {
 		code = "passport_required"
 	}
-	writeProblem(w, Problem{Status: http.StatusUnauthorized, Code: code, Detail: ae.Description, RequestID: reqID,
+	problem.Write(w, problem.Details{Status: http.StatusUnauthorized, Code: code, Detail: ae.Description, RequestID: reqID,
 		Reasons: []string{ae.Reason}})
-}
-
-// denialReporter reports policy denials to the authority's outcomes API so
-// that its reputation model can block a rogue agent. Reports are queued
-// and sent by one worker; a full queue drops and counts, it never slows a
-// call down.
-type denialReporter struct {
-	url    string
-	token  passport.Secret
-	client *http.Client
-	q      chan denial
-	m      *metrics
-	log    *slog.Logger
-}
-
-type denial struct{ tenant, agentID string }
-
-func newDenialReporter(cfg *Config, client *http.Client, m *metrics, log *slog.Logger) *denialReporter {
-	if cfg.ReportToken == "" {
-		return nil
-	}
-	return &denialReporter{url: strings.TrimRight(cfg.AuthorityURL, "/"), token: cfg.ReportToken, client: client,
-		q: make(chan denial, cfg.OutcomeQueue), m: m, log: log}
-}
-
-func (d *denialReporter) report(tenant, agentID string) {
-	if d == nil {
-		return
-	}
-	select {
-	case d.q <- denial{tenant, agentID}:
-	default:
-		d.m.outcomeReports.WithLabelValues("dropped").Inc()
-	}
-}
-
-var deniedBody = []byte(`{"outcome":"denied"}`)
-
-// Run sends queued reports until ctx ends.
-func (d *denialReporter) Run(ctx context.Context) error {
-	if d == nil {
-		<-ctx.Done()
-		return nil
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case x := <-d.q:
-			d.send(ctx, x)
-		}
-	}
-}
-
-func (d *denialReporter) send(ctx context.Context, x denial) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	u := fmt.Sprintf("%s/v1/tenants/%s/agents/%s/outcomes", d.url, x.tenant, pathEscape(x.agentID))
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(deniedBody))
-	if err != nil {
-		d.m.outcomeReports.WithLabelValues("failed").Inc()
-		return
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+d.token.Reveal())
-	resp, err := d.client.Do(req)
-	if err != nil {
-		d.m.outcomeReports.WithLabelValues("failed").Inc()
-		d.log.WarnContext(ctx, "denial report failed", "tenant", x.tenant, "agent_id", x.agentID, "error", err)
-		return
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		d.m.outcomeReports.WithLabelValues("failed").Inc()
-		d.log.WarnContext(ctx, "denial report refused", "tenant", x.tenant, "agent_id", x.agentID, "status", resp.StatusCode)
-		return
-	}
-	d.m.outcomeReports.WithLabelValues("sent").Inc()
-}
-
-func pathEscape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
 }

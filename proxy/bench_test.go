@@ -76,7 +76,10 @@ func decideReq(ctx context.Context, p *Proxy, req *http.Request, tok string, par
 	now := p.clock()
 	rt, _ := p.router.match("POST", []string{"services", "checkout", "restart"})
 	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
-	in := p.buildInput(req, c, rt, params, url.Values{}, vp, st.reputation.At(now), now, nil, nil)
+	in, err := p.buildInput(req, c, rt, params, url.Values{}, vp, st.reputation.At(now), now, nil, nil)
+	if err != nil {
+		return false, nil, err
+	}
 	d, err := p.enforced.Decide(ctx, in.value)
 	return d.Allow, d.Reasons, err
 }
@@ -166,7 +169,10 @@ func BenchmarkInputJSON(b *testing.B) {
 	req.Header.Set("Content-Type", "application/json")
 	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
 	rt, params := p.router.match("POST", []string{"services", "checkout", "restart"})
-	restart := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
+	restart, err := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	body := []byte(`{"replicas": 3, "reason": "p99 latency above the SLO for 10 minutes"}`)
 	bv, err := decodeBody(body, anyBody)
 	if err != nil {
@@ -174,7 +180,10 @@ func BenchmarkInputJSON(b *testing.B) {
 	}
 	rt, params = p.router.match("POST", []string{"services", "checkout", "scale"})
 	c = &call{id: "bench-request-0002", path: "/services/checkout/scale"}
-	scale := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, bv, body)
+	scale, err := p.buildInput(req, c, rt, params, url.Values{}, vp, 87.5, now, bv, body)
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	encoders := []struct {
 		name string
@@ -210,6 +219,74 @@ func BenchmarkInputJSON(b *testing.B) {
 			for b.Loop() {
 				if _, err := audit.Seal(rec); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// discardSink acknowledges every record and keeps none: the audit store
+// costs nothing in BenchmarkServe, so the figures are the proxy's own.
+type discardSink struct{}
+
+func (discardSink) Append(_ context.Context, rec *audit.Record) (audit.Receipt, error) {
+	return audit.ReceiptForTest("0-1", rec), nil
+}
+func (discardSink) Enqueue(*audit.Record) {}
+
+// BenchmarkServe is the whole handler for one call on the real library:
+// an allowed call forwarded to a loopback upstream, a call the policy
+// denies, and one refused before the policy (no passport).
+func BenchmarkServe(b *testing.B) {
+	keys := testkeys.New(b)
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	b.Cleanup(up.Close)
+	cfg := testConfig(up.URL, keys.URL())
+	cfg.Policy.Dir = ""
+	cfg.Policy.Timeout = time.Second
+	cfg.Routes = []Route{{Match: "POST /services/{name}/restart", Action: "service.restart", Resource: "{name}"}}
+	p, err := New(cfg, Deps{Redis: rdb, Audit: discardSink{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registry: prometheus.NewRegistry(), Policies: policies.FS})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.revoked.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	waitFor(b, "revocations live", func() bool { return p.revoked.live.Load() })
+	now := time.Now()
+	if err := rdb.HSet(ctx, passport.AgentKey("acme", "healer-1"), passport.FieldReputation, 90,
+		passport.FieldReputationAt, now.UnixMilli()).Err(); err != nil {
+		b.Fatal(err)
+	}
+	tok := keys.Sign(b, testkeys.Claims(now, "acme", "healer-1", "healer", passport.TrustHigh, "service.restart"))
+	h := p.Handler()
+	for _, tc := range []struct {
+		name, path, token string
+		status            int
+	}{
+		{"allow", "/services/checkout/restart", tok, http.StatusOK},
+		{"deny", "/services/search/restart", tok, http.StatusForbidden},
+		{"no_passport", "/services/checkout/restart", "", http.StatusUnauthorized},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest("POST", tc.path, nil)
+			req.RemoteAddr = "127.0.0.1:4711"
+			auth := []string{"Bearer " + tc.token}
+			b.ReportAllocs()
+			for b.Loop() {
+				if tc.token != "" {
+					req.Header["Authorization"] = auth // forwarding removes it
+				}
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != tc.status {
+					b.Fatalf("status %d, want %d: %s", w.Code, tc.status, w.Body)
 				}
 			}
 		})

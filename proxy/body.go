@@ -31,26 +31,33 @@ import (
 //     refused: frameworks such as Rails, Laravel and Symfony read it as the
 //     request's method, which the policy did not judge.
 
-// bodyRefusal is why a body is refused: the answer's status and code.
-type bodyRefusal struct {
-	status       int
-	code, detail string
-}
-
+// Refusals of a body (answered 400, 413 or 415, audited as refusals).
 var (
-	refuseBodyRead = &bodyRefusal{http.StatusBadRequest, "bad_body", "the request body could not be read (framing error or cut short)"}
-	refuseBodyJSON = &bodyRefusal{http.StatusBadRequest, "bad_body",
-		"the request body is not a JSON object that every decoder reads the same way (see docs/security.md)"}
-	refuseMethodField = &bodyRefusal{http.StatusBadRequest, "bad_body", "a form body may not carry a _method field"}
-	refuseForm        = &bodyRefusal{http.StatusBadRequest, "bad_body", "the form body is malformed"}
-	refuseTooLarge    = &bodyRefusal{http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large"}
-	refuseMediaType   = &bodyRefusal{http.StatusUnsupportedMediaType, "unsupported_media_type",
-		"this route takes application/json bodies only, without a content coding"}
-	refuseStreamedForm = &bodyRefusal{http.StatusUnsupportedMediaType, "unsupported_media_type",
-		"this route streams its body, so it takes no form bodies"}
-	refuseContentType = &bodyRefusal{http.StatusUnsupportedMediaType, "unsupported_media_type",
-		"the request has more than one or a malformed Content-Type"}
+	refuseBodyRead = &refusal{status: http.StatusBadRequest, code: "bad_body",
+		detail: "the request body could not be read (framing error or cut short)"}
+	refuseBodyJSON = &refusal{status: http.StatusBadRequest, code: "bad_body",
+		detail: "the request body is not a JSON object that every decoder reads the same way (see docs/security.md)"}
+	refuseMethodField = &refusal{status: http.StatusBadRequest, code: "bad_body", detail: "a form body may not carry a _method field"}
+	refuseForm        = &refusal{status: http.StatusBadRequest, code: "bad_body", detail: "the form body is malformed"}
+	refuseTooLarge    = refuseBodyTooLarge
+	refuseMediaType   = &refusal{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type",
+		detail: "this route takes application/json bodies only, without a content coding"}
+	refuseStreamedForm = &refusal{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type",
+		detail: "this route streams its body, so it takes no form bodies"}
+	refuseContentType = &refusal{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type",
+		detail: "the request has more than one or a malformed Content-Type"}
 )
+
+// readBody is the step that takes the body (takeBody) and leaves on the
+// call what the policy is shown of it.
+func (p *Proxy) readBody(_ http.ResponseWriter, r *http.Request, c *call) *refusal {
+	body, raw, ref := p.takeBody(r, c, c.route)
+	if ref != nil {
+		return ref
+	}
+	c.policyBody, c.bodyJSON = body, raw
+	return nil
+}
 
 // bodyLimit is the most body bytes the route takes.
 func (p *Proxy) bodyLimit(rt *route) int64 {
@@ -64,7 +71,7 @@ func (p *Proxy) bodyLimit(rt *route) int64 {
 // streamed route it only checks the headers and watches the stream. It
 // returns the body as the policy sees it (nil when the route does not
 // show it, or the body is empty) and the raw JSON text.
-func (p *Proxy) takeBody(r *http.Request, c *call, rt *route) (any, []byte, *bodyRefusal) {
+func (p *Proxy) takeBody(r *http.Request, c *call, rt *route) (any, []byte, *refusal) {
 	mediaType, ok := bodyMediaType(r)
 	if !ok {
 		return nil, nil, refuseContentType
@@ -157,7 +164,7 @@ func isForm(mediaType string) bool {
 
 // checkForm refuses a form body with a method override field, or one the
 // proxy cannot parse (an upstream might parse it otherwise).
-func checkForm(mediaType, contentType string, raw []byte) *bodyRefusal {
+func checkForm(mediaType, contentType string, raw []byte) *refusal {
 	if mediaType == "application/x-www-form-urlencoded" {
 		vs, err := url.ParseQuery(string(raw))
 		if err != nil {
@@ -215,7 +222,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 
 // streamRefusal maps a streamed body's read error to the answer, or nil
 // when the body was read without error.
-func (b *clientBody) refusal() *bodyRefusal {
+func (b *clientBody) streamRefusal() *refusal {
 	if b == nil || b.err == nil {
 		return nil
 	}

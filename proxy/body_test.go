@@ -166,7 +166,10 @@ func policyBodyView(p *Proxy, vp *Verified, path string, raw []byte) (ast.Value,
 	if refusal != nil {
 		return nil, false
 	}
-	in := p.buildInput(r, c, rt, params, url.Values{}, vp, 90, time.Now(), body, bodyRaw)
+	in, err := p.buildInput(r, c, rt, params, url.Values{}, vp, 90, time.Now(), body, bodyRaw)
+	if err != nil {
+		panic(err)
+	}
 	v, err := in.value.Find(ast.Ref{ast.StringTerm("request"), ast.StringTerm("body")})
 	if err != nil {
 		panic(err)

@@ -33,14 +33,14 @@ type fakeSink struct {
 	appendErr error
 }
 
-func (f *fakeSink) Append(_ context.Context, r *audit.Record) (string, error) {
+func (f *fakeSink) Append(_ context.Context, r *audit.Record) (audit.Receipt, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.appendErr != nil {
-		return "", f.appendErr
+		return audit.Receipt{}, f.appendErr
 	}
 	f.appended = append(f.appended, r)
-	return strconv.Itoa(len(f.appended)) + "-0", nil
+	return audit.ReceiptForTest(strconv.Itoa(len(f.appended))+"-0", r), nil
 }
 
 func (f *fakeSink) Enqueue(r *audit.Record) {

@@ -434,9 +434,12 @@ func TestInputJSONFromBuildInput(t *testing.T) {
 	}
 	q, _ := url.ParseQuery("x=1&x=2&y=%FF%3C")
 	call := &call{id: "req-12345678", path: "/services/checkout/scale"}
-	in := h.p.buildInput(r, call, rt, params, q, vp, 87.5, now, bv, body)
+	in, err := h.p.buildInput(r, call, rt, params, q, vp, 87.5, now, bv, body)
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := checkInputJSON(t, &in.doc)
-	if rec := h.p.decisionRecord(call, rt, vp, 87.5, in, now); !bytes.Equal(rec.Input, got) {
+	if rec, err := h.p.decisionRecord(call, rt, vp, 87.5, in, now); err != nil || !bytes.Equal(rec.Input, got) {
 		t.Fatalf("decisionRecord stored\n %s\nnot\n %s", rec.Input, got)
 	}
 	if !bytes.Contains(got, []byte(`"body":{"replicas":3,"note":"a\u00e9 \u003cb\u003e"}`)) {

@@ -37,7 +37,10 @@ func TestInputJSONIsWhatThePolicySaw(t *testing.T) {
 	}
 	q, _ := url.ParseQuery("x=1&x=2")
 	call := &call{id: "req-12345678", path: "/services/checkout/scale"}
-	in := h.p.buildInput(r, call, rt, params, q, vp, 87.5, now, bv, body)
+	in, err := h.p.buildInput(r, call, rt, params, q, vp, 87.5, now, bv, body)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	raw, err := json.Marshal(in.doc)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/problem"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
@@ -195,7 +196,7 @@ func Test401(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var p Problem
+			var p problem.Details
 			_ = json.NewDecoder(res.Body).Decode(&p)
 			res.Body.Close()
 			if res.StatusCode != 401 {
@@ -262,7 +263,7 @@ func TestPolicyDeny(t *testing.T) {
 	if r.status != 403 || r.header.Get("Content-Type") != "application/problem+json" {
 		t.Fatalf("status %d %s", r.status, r.header.Get("Content-Type"))
 	}
-	var p Problem
+	var p problem.Details
 	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
 		t.Fatal(err)
 	}

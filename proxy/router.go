@@ -13,6 +13,89 @@ import (
 	"github.com/agentpassport/passport/internal/strictjson"
 )
 
+// admit is the first step of deciding a call: what can be judged before
+// any passport. Header limits, protocol upgrades, the canonical path and
+// query, the route, and the body's declared size; the body is bounded by
+// the route's limit from here on.
+func (p *Proxy) admit(w http.ResponseWriter, r *http.Request, c *call) *refusal {
+	if len(r.Header) > p.cfg.Limits.MaxHeaders || headerSize(r.Header) > p.cfg.Limits.MaxHeaderBytes {
+		return refuseHeaders
+	}
+	if isUpgrade(r) {
+		return refuseUpgrade
+	}
+	path, segs, err := normalisePath(r.URL)
+	if err != nil {
+		return refuseBadPath
+	}
+	c.path = path
+	if r.URL.RawQuery != "" {
+		query, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil || hasMethodField(query) {
+			return refuseBadQuery
+		}
+		c.query = query.Encode() // the upstream gets exactly what the policy saw
+		c.queryValues = query
+	}
+	rt, params := p.router.match(r.Method, segs)
+	if rt == nil {
+		c.vp = p.attribution(r)
+		return refuseNoRoute
+	}
+	c.route, c.params = rt, params
+	if r.ContentLength > p.bodyLimit(rt) {
+		return refuseBodyTooLarge
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, p.bodyLimit(rt))
+	return nil
+}
+
+// Refusals before any passport is judged.
+var (
+	refuseHeaders = &refusal{status: http.StatusRequestHeaderFieldsTooLarge, code: "headers_too_large",
+		detail: "the request headers are too large"}
+	refuseUpgrade = &refusal{status: http.StatusBadRequest, code: "upgrade_refused",
+		detail: "protocol upgrades are not allowed through the proxy"}
+	refuseBadPath      = &refusal{status: http.StatusBadRequest, code: "bad_path", detail: "the path is not in canonical form"}
+	refuseBadQuery     = &refusal{status: http.StatusBadRequest, code: "bad_query", detail: "the query string is malformed"}
+	refuseNoRoute      = &refusal{status: http.StatusNotFound, code: "no_route", detail: "no route matches this method and path"}
+	refuseBodyTooLarge = &refusal{status: http.StatusRequestEntityTooLarge, code: "body_too_large",
+		detail: "the request body is too large"}
+)
+
+// attribution is the passport of a call refused before its route was
+// known, when a valid one came with it: its refusal record then names the
+// passport's tenant.
+func (p *Proxy) attribution(r *http.Request) *Verified {
+	tok, err := p.verifier.bearer(r.Header)
+	if err != nil {
+		return nil
+	}
+	vp, _ := p.verifier.verify(r.Context(), tok)
+	return vp
+}
+
+// headerSize is the size of the request's header fields as received.
+func headerSize(h http.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// hasMethodField reports a query that carries a method override.
+func hasMethodField(q url.Values) bool {
+	for k := range q {
+		if isMethodField(k) {
+			return true
+		}
+	}
+	return false
+}
+
 // Errors of path normalisation; each is answered 400.
 var (
 	ErrBadPath     = errors.New("path is not in canonical form")

@@ -13,6 +13,7 @@ import (
 	"github.com/MicahParks/jwkset"
 	"golang.org/x/time/rate"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -53,14 +54,88 @@ var (
 // passport that the agent would act on, e.g. by fetching a new one).
 var ErrKeysUnavailable = errors.New("the authority's signing keys are not loaded yet")
 
+// identify is the step that judges the passport: the shared verifier,
+// the route's tenant, revocation, and the agent's live state (blocked,
+// registered, reputation). It leaves the verified passport, the time and
+// the reputation on the call.
+func (p *Proxy) identify(_ http.ResponseWriter, r *http.Request, c *call) *refusal {
+	c.decStart = time.Now()
+	tok, err := p.verifier.bearer(r.Header)
+	var vp *Verified
+	if err == nil {
+		vp, err = p.verifier.verify(r.Context(), tok)
+	}
+	if errors.Is(err, ErrKeysUnavailable) {
+		return refuseKeysUnavailable
+	}
+	if err != nil {
+		return c.unauthorized(err)
+	}
+	cl := vp.Claims
+	c.vp = vp
+	c.tenant, c.agentID = cl.Tenant, cl.Agent.ID
+	if rt := c.route; rt.Tenant != "" && rt.Tenant != cl.Tenant {
+		c.tenant = rt.Tenant
+		return c.unauthorized(ErrTenantMismatch)
+	}
+	if err := p.revoked.check(r.Context(), cl.ID, cl.Tenant, cl.Agent.ID); err != nil {
+		return p.stateError(r, c, err)
+	}
+	st, err := p.reps.get(r.Context(), cl.Tenant, cl.Agent.ID)
+	if err != nil {
+		return p.stateError(r, c, err)
+	}
+	switch {
+	case st.blocked:
+		return c.unauthorized(ErrBlocked)
+	case !st.exists && *p.cfg.RequireAgentRecord:
+		return c.unauthorized(ErrUnknownAgent)
+	}
+	c.now = p.clock()
+	c.reputation = float64(cl.Agent.Reputation)
+	if st.hasRep {
+		c.reputation = st.reputation.At(c.now)
+	}
+	return nil
+}
+
+var (
+	refuseKeysUnavailable = &refusal{status: http.StatusServiceUnavailable, code: "keys_unavailable",
+		detail: "the authority's signing keys are not loaded yet, so no passport can be checked", retryAfter: "2"}
+	refuseStateUnavailable = &refusal{status: http.StatusServiceUnavailable, code: "state_unavailable",
+		detail: "revocation state is unavailable, so the call is refused", retryAfter: "1"}
+)
+
+// unauthorized is the call's refusal of its passport: 401 with an RFC 6750
+// challenge, audited with decision error (nothing could be judged).
+func (c *call) unauthorized(err error) *refusal {
+	var ae *AuthError
+	if !errors.As(err, &ae) {
+		ae = ErrMalformed
+	}
+	return c.refuse(refusal{status: http.StatusUnauthorized, reason: ae.Reason, decision: audit.DecisionError, auth: ae})
+}
+
+// stateError maps revocation/agent-state results: revoked and blocked are
+// 401, an unreadable state is 503 (refused, never allowed).
+func (p *Proxy) stateError(r *http.Request, c *call, err error) *refusal {
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		return c.unauthorized(ae)
+	}
+	p.log.ErrorContext(r.Context(), "agent state unavailable; refusing", "request_id", c.id, "error", err)
+	return refuseStateUnavailable
+}
+
 // Verified is a passport that passed the shared verifier. Dynamic checks
 // (expiry, revocation, blocks, tenant) are repeated on every use.
 type Verified struct {
 	passport.Verified                 // Claims, Payload (for the policy input), Exp, NotBefore
 	token             string          // the raw passport, compared on every cache hit
-	inputMu           sync.Once       // computes the two below once per passport
+	inputMu           sync.Once       // computes the three below once per passport
 	pjson             json.RawMessage // Payload as JSON, for the audit record
 	pterms            passportTerms   // Payload and agent fields as OPA terms, for the policy
+	inputErr          error           // why the two above could not be made: every call is denied
 }
 
 // keySource returns the verification key for a kid.

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/problem"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
 
@@ -233,7 +234,7 @@ func (s *Server) auth(next http.HandlerFunc) http.HandlerFunc {
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
 				s.count(audit.RefusedUnauthorized, "", "missing or wrong bearer token")
 				w.Header().Set("WWW-Authenticate", `Bearer realm="passport-witness"`)
-				problem(w, http.StatusUnauthorized, audit.RefusedUnauthorized, "a bearer token is required")
+				problem.Answer(w, http.StatusUnauthorized, audit.RefusedUnauthorized, "a bearer token is required")
 				return
 			}
 		}
@@ -245,7 +246,7 @@ func (s *Server) postStatement(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, audit.MaxStatementBytes))
 	if err != nil {
 		s.count(audit.RefusedInvalid, "", "body too large or unreadable")
-		problem(w, http.StatusRequestEntityTooLarge, audit.RefusedInvalid, fmt.Sprintf("a statement is at most %d bytes", audit.MaxStatementBytes))
+		problem.Answer(w, http.StatusRequestEntityTooLarge, audit.RefusedInvalid, fmt.Sprintf("a statement is at most %d bytes", audit.MaxStatementBytes))
 		return
 	}
 	start := time.Now()
@@ -266,10 +267,10 @@ func (s *Server) postStatement(w http.ResponseWriter, r *http.Request) {
 		case audit.RefusedKey, audit.RefusedUnknown, audit.RefusedFull:
 			status = http.StatusForbidden
 		}
-		problem(w, status, ref.Code, ref.Detail)
+		problem.Answer(w, status, ref.Code, ref.Detail)
 	default:
 		s.count("error", writerOf(body), err.Error())
-		problem(w, http.StatusInternalServerError, "error", "the statement could not be stored")
+		problem.Answer(w, http.StatusInternalServerError, "error", "the statement could not be stored")
 	}
 }
 
@@ -305,7 +306,7 @@ func (s *Server) listWriters(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.log.Error("witness list writers", "err", err)
-		problem(w, http.StatusInternalServerError, "error", "cannot list writers")
+		problem.Answer(w, http.StatusInternalServerError, "error", "cannot list writers")
 		return
 	}
 	if ws == nil {
@@ -327,15 +328,8 @@ func (s *Server) writerLog(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil && !started {
 		s.log.Warn("witness read log", "writer", writer, "err", err)
-		problem(w, http.StatusNotFound, "not_found", "no readable log for this writer")
+		problem.Answer(w, http.StatusNotFound, "not_found", "no readable log for this writer")
 	}
 	// An error after the first line ends the body early: the client sees
 	// a log cut short (a line without its newline, or a broken chain).
-}
-
-func problem(w http.ResponseWriter, status int, code, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "code": code, "detail": detail,
-		"title": http.StatusText(status)})
 }

@@ -70,7 +70,7 @@ var (
 
 // Error is an error answer of the authority: an RFC 6749 error from the
 // token endpoint (Code is e.g. "invalid_client") or an RFC 9457 problem
-// from the admin API (Code is the problem type's last part).
+// from the admin API (Code is the problem's code).
 type Error struct {
 	Status      int
 	Code        string
@@ -709,7 +709,10 @@ func (a *Admin) do(ctx context.Context, method, path string, in, out any) error 
 	if resp.StatusCode >= 300 {
 		var p Problem
 		_ = json.Unmarshal(b, &p)
-		code := strings.TrimPrefix(p.Type, "urn:passport:problem:")
+		code := p.Code
+		if code == "" { // an authority before problem codes: the type's last part
+			code = strings.TrimPrefix(p.Type, "urn:passport:problem:")
+		}
 		if code == "" {
 			code = "http_" + fmt.Sprint(resp.StatusCode)
 		}

@@ -118,6 +118,7 @@ type Problem struct {
 	Type   string `json:"type"`
 	Title  string `json:"title"`
 	Status int    `json:"status"`
+	Code   string `json:"code,omitempty"` // stable snake_case, e.g. agent_not_found
 	Detail string `json:"detail,omitempty"`
 }
 

@@ -639,8 +639,10 @@ func startRedis(fsync string) (string, func(), error) {
 // nopSink acknowledges without storing: for measuring the audit's share.
 type nopSink struct{}
 
-func (nopSink) Append(context.Context, *audit.Record) (string, error) { return "0-0", nil }
-func (nopSink) Enqueue(*audit.Record)                                 {}
+func (nopSink) Append(_ context.Context, rec *audit.Record) (audit.Receipt, error) {
+	return audit.ReceiptForTest("0-0", rec), nil
+}
+func (nopSink) Enqueue(*audit.Record) {}
 
 type bufPool struct{}
 
