@@ -104,7 +104,7 @@ func (s *Server) decideApproval(approve bool) tenantHandler {
 	}
 	return func(ctx context.Context, w http.ResponseWriter, r *http.Request, p feed.Principal, tenant string) {
 		if s.approvals == nil {
-			feed.Problem(w, http.StatusNotFound, "approvals are not offered")
+			problem.Answer(w, http.StatusNotFound, "not_found", "approvals are not offered")
 			return
 		}
 		id := r.PathValue("id")
@@ -115,7 +115,7 @@ func (s *Server) decideApproval(approve bool) tenantHandler {
 			return
 		}
 		if !namePattern.MatchString(id) || !approval.ValidComment(body.Comment) {
-			feed.Problem(w, http.StatusBadRequest, "bad approval id or comment")
+			problem.Answer(w, http.StatusBadRequest, "invalid_request", "bad approval id or comment")
 			return
 		}
 		ap, err := s.approvals.DecideApproval(ctx, tenant, id, approve, body.Comment, "dashboard:"+p.ID)
