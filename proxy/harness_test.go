@@ -164,8 +164,8 @@ type harness struct {
 	url    string
 	admin  string
 	logs   *lockedBuffer // everything the proxy logged
-	offset atomic.Int64 // clock offset in ns
-	stop   func() error // cancels Serve and returns its result
+	offset atomic.Int64  // clock offset in ns
+	stop   func() error  // cancels Serve and returns its result
 }
 
 func (h *harness) now() time.Time { return time.Now().Add(time.Duration(h.offset.Load())) }
