@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -152,10 +153,7 @@ type assertionRctx struct {
 
 // sign returns the compact JWS of the claims.
 func (s *assertionSigner) sign(cl *assertionClaims) (string, error) {
-	payload, err := json.Marshal(cl)
-	if err != nil {
-		return "", err
-	}
+	payload := cl.appendJSON(make([]byte, 0, 640))
 	n := len(s.head) + 1 + base64.RawURLEncoding.EncodedLen(len(payload))
 	buf := make([]byte, 0, n+1+base64.RawURLEncoding.EncodedLen(ed25519.SignatureSize))
 	buf = append(buf, s.head...)
@@ -167,6 +165,42 @@ func (s *assertionSigner) sign(cl *assertionClaims) (string, error) {
 	}
 	buf = append(buf, '.')
 	return string(base64.RawURLEncoding.AppendEncode(buf, sig)), nil
+}
+
+// appendJSON is json.Marshal(cl) written by hand (the claims are on the
+// path of every call of a route that asks for them).
+func (cl *assertionClaims) appendJSON(b []byte) []byte {
+	str := func(b []byte, key, v string) []byte {
+		b = append(b, key...)
+		return appendJSONString(b, v)
+	}
+	b = str(b, `{"iss":`, cl.Iss)
+	b = str(b, `,"aud":`, cl.Aud)
+	b = strconv.AppendInt(append(b, `,"iat":`...), cl.Iat, 10)
+	b = strconv.AppendInt(append(b, `,"exp":`...), cl.Exp, 10)
+	b = str(b, `,"jti":`, cl.JTI)
+	b = str(b, `,"txn":`, cl.Txn)
+	b = str(b, `,"sub":`, cl.Sub)
+	b = str(b, `,"purp":`, cl.Purp)
+	t := &cl.Tctx
+	b = str(b, `,"tctx":{"tenant":`, t.Tenant)
+	b = str(b, `,"action":`, t.Action)
+	b = str(b, `,"resource":`, t.Resource)
+	b = str(b, `,"method":`, t.Method)
+	b = str(b, `,"path":`, t.Path)
+	if t.Query != "" {
+		b = str(b, `,"query":`, t.Query)
+	}
+	b = str(b, `,"body_sha256":`, t.BodySHA256)
+	b = str(b, `,"decision_id":`, t.DecisionID)
+	b = str(b, `,"policy_revision":`, t.Revision)
+	r := &cl.Rctx
+	b = str(b, `},"rctx":{"authn":`, r.Authn)
+	b = str(b, `,"passport_jti":`, r.Passport)
+	if r.ReqIP != "" {
+		b = str(b, `,"req_ip":`, r.ReqIP)
+	}
+	return append(b, '}', '}')
 }
 
 // assertionFor builds the claims of an allowed, recorded call.
