@@ -210,7 +210,7 @@ func (s *assertionSigner) assertionFor(c *call, r *http.Request, audience, decis
 		Iss: s.issuer, Aud: audience, Iat: now.Unix(), Exp: now.Add(s.lifetime).Unix(), JTI: c.id, Txn: c.id,
 		Sub: c.agentID, Purp: c.route.Action,
 		Tctx: assertionTctx{Tenant: c.tenant, Action: c.route.Action, Resource: c.rec.Resource, Method: r.Method,
-			Path: c.path, Query: c.query, BodySHA256: base64.RawURLEncoding.EncodeToString(sum[:]),
+			Path: singleJoin(c.route.upstream.url.Path, c.path), Query: c.query, BodySHA256: base64.RawURLEncoding.EncodeToString(sum[:]),
 			DecisionID: decisionID, Revision: c.rec.PolicyRevision},
 		Rctx: assertionRctx{Authn: "passport", Passport: c.vp.Claims.ID, ReqIP: clientIP(r)},
 	}
