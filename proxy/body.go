@@ -98,6 +98,7 @@ func (p *Proxy) takeBody(r *http.Request, c *call, rt *route) (any, []byte, *ref
 	}
 	// The upstream gets exactly these bytes, framed by the proxy.
 	r.Body, r.ContentLength = http.NoBody, 0
+	c.bodyRaw = raw
 	if len(raw) > 0 {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(raw)), int64(len(raw))
 	}

@@ -395,12 +395,21 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 
-	// The fleet.
+	// The fleet. Its control API takes only calls that came through the
+	// proxy: the API key only the proxy holds (the agents never see it),
+	// and the proxy's signed assertion of each call.
+	fleetKey := filepath.Join(cfg.DataDir, FleetAPIKeyFile)
+	if _, err := localSecret(fleetKey); err != nil {
+		return s.failed(g, fmt.Errorf("fleet api key: %w", err))
+	}
 	fcfg := fleet.Default()
 	fcfg.Listen = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.FleetPort))
 	for i := range fcfg.Services {
 		fcfg.Services[i].Listen = net.JoinHostPort(cfg.Host, "0")
 	}
+	fcfg.Caller = fleet.CallerConfig{APIKeyFile: fleetKey,
+		AssertionJWKSURL:  s.demo.URLs.ProxyAdmin + proxy.AssertionJWKSPath,
+		AssertionAudience: FleetAssertionAudience}
 	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
 	if err != nil {
 		return s.failed(g, fmt.Errorf("fleet: %w", err))
@@ -415,6 +424,10 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
+	up := pcfg.Upstreams["fleet"]
+	up.Credential = &proxy.Credential{Type: "header", Header: "X-Api-Key", File: fleetKey}
+	up.Assertion, up.AssertionAudience = true, FleetAssertionAudience
+	pcfg.Upstreams["fleet"] = up
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
@@ -705,8 +718,14 @@ func randomToken() string {
 // mode 0600: the private Redis's password and the key that encrypts the
 // signing keys at rest.
 const (
-	RedisPasswordFile    = "redis-password"
-	KeyEncryptionKeyFile = "key-encryption-key"
+	RedisPasswordFile = "redis-password"
+	// FleetAPIKeyFile holds the demo fleet's API key (mode 0600), which
+	// the proxy injects and no agent holds.
+	FleetAPIKeyFile = "fleet-api-key"
+	// FleetAssertionAudience is the aud of the proxy's assertions to the
+	// demo fleet.
+	FleetAssertionAudience = "passport-demo-fleet"
+	KeyEncryptionKeyFile   = "key-encryption-key"
 )
 
 // DemoFile is the path of demo.json in dir.
