@@ -198,3 +198,77 @@ func waitReady(t *testing.T, u string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLimitsAreSharedAcrossAuthorityReplicas: two authorities on one Redis
+// Cluster share the failure throttle and the issuance limit (both are
+// Redis counters): an attacker who spreads wrong secrets over the two
+// replicas gets no more tries than against one, and an agent that spreads
+// its passport requests gets no more passports.
+func TestLimitsAreSharedAcrossAuthorityReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Redis Cluster: not in -short")
+	}
+	c := redistest.StartCluster(t)
+	cc := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var urls []string
+	for i := range 2 {
+		srv := httptest.NewUnstartedServer(nil)
+		cfg := authority.DefaultConfig()
+		cfg.AdminToken = adminToken
+		cfg.Clients.BcryptCost = bcrypt.MinCost
+		cfg.Clients.SourceFailureLimit = 8
+		cfg.Passport.IssueBurst, cfg.Passport.IssueInterval = 3, time.Hour
+		cfg.Issuer = "http://authority.test" // one issuer for both replicas
+		a, err := authority.New(cfg, authority.Deps{Redis: cc, Logger: testLogger(t), Registry: prometheus.NewRegistry(),
+			Audit: newStream(t, cc, audit.StreamConfig{WriterID: fmt.Sprintf("authority-%d", i)})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Init(ctx); err != nil {
+			t.Fatal(err)
+		}
+		srv.Config.Handler = a.Handler()
+		srv.Start()
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	admin, err := client.NewAdmin(urls[0], adminToken, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := admin.RegisterAgent(ctx, "acme", client.AgentSpec{Name: "healer-1", Type: passport.TypeHealer, TrustLevel: passport.TrustHigh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := func(base, secret string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/oauth2/token", strings.NewReader("grant_type=client_credentials"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth(url.QueryEscape(reg.ClientID), url.QueryEscape(secret))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+
+	// Issuance: three passports in all, whichever replica is asked.
+	codes := map[int]int{}
+	for i := range 8 {
+		codes[token(urls[i%2], reg.ClientSecret)]++
+	}
+	if codes[http.StatusOK] != 3 || codes[http.StatusTooManyRequests] != 5 {
+		t.Fatalf("8 passport requests over two replicas with a burst of 3: %v", codes)
+	}
+
+	// Wrong secrets from one source, alternating replicas: 8 tries in all.
+	codes = map[int]int{}
+	for i := range 20 {
+		codes[token(urls[i%2], "cs_wrong_guess")]++
+	}
+	if codes[http.StatusUnauthorized] != 8 || codes[http.StatusTooManyRequests] != 12 {
+		t.Fatalf("20 wrong secrets over two replicas with a source limit of 8: %v", codes)
+	}
+}
