@@ -227,8 +227,9 @@ func TestFirstHour(t *testing.T) {
 		t.Fatalf("observer read: %d %s", code, body)
 	}
 	code, body := httpDo(t, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
-	if code != http.StatusForbidden || !strings.Contains(body, "action_not_granted") {
-		t.Fatalf("observer restart: %d %s, want 403 with action_not_granted", code, body)
+	// The README shows these reasons.
+	if code != http.StatusForbidden || !strings.Contains(body, `"reasons":["action_not_granted","agent_type_not_permitted","trust_level_too_low"]`) {
+		t.Fatalf("observer restart: %d %s, want 403 with the README's reasons", code, body)
 	}
 	waitFor(t, "the observer is blocked by its denials", func() (bool, string) {
 		httpDo(t, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
