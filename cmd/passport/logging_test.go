@@ -71,8 +71,9 @@ func TestOneShotCommandsLogWarningsOnly(t *testing.T) {
 	}{
 		{args: []string{"incidents"}, oneShot: true},
 		{args: []string{"chaos", "fire"}, oneShot: true},
+		{args: []string{"audit", "tail"}, oneShot: true}, // --data is a persistent flag of audit
 		{args: []string{"chaos", "run"}, wantInfo: true},
-		{args: []string{"proxy"}, wantInfo: true},
+		{args: []string{"dashboard"}, wantInfo: true},
 		{args: []string{"incidents"}, oneShot: true, logLevel: "info", wantInfo: true},
 	} {
 		t.Run(strings.Join(tc.args, " ")+" "+tc.logLevel, func(t *testing.T) {
@@ -98,7 +99,11 @@ func TestOneShotCommandsLogWarningsOnly(t *testing.T) {
 			if a.oneShot != tc.oneShot {
 				t.Fatalf("oneShot = %v, want %v", a.oneShot, tc.oneShot)
 			}
-			if f := cmd.Flags().Lookup("data"); f != nil && f.Value.String() != "/tmp/somewhere" {
+			f := cmd.Flags().Lookup("data")
+			if f == nil {
+				t.Fatalf("%s has no --data", cmd.CommandPath())
+			}
+			if f.Value.String() != "/tmp/somewhere" {
 				t.Fatalf("--data = %q, want PASSPORT_DATA's", f.Value.String())
 			}
 			log, err := a.logger()
