@@ -162,6 +162,9 @@ func TestFirstHour(t *testing.T) {
 			t.Fatalf("banner lacks %q:\n%s", want, banner)
 		}
 	}
+	if strings.Contains(banner, "rogue") {
+		t.Fatalf("the banner speaks of rogue agents with --no-rogue:\n%s", banner)
+	}
 	d, err := stack.ReadDemo(dir)
 	if err != nil {
 		t.Fatal(err)

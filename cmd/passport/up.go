@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -129,7 +130,9 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	fmt.Fprintf(&b, "  passport audit tail --data %s --tenant acme                    # every decision, recorded before forwarding\n", dir)
 	fmt.Fprintf(&b, "  passport audit verify --data %s                                # prove nothing was removed, changed or reordered\n", dir)
 	fmt.Fprintf(&b, "  curl -i %s/services                                    # no passport: 401\n", d.URLs.Proxy)
-	fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
+	if slices.ContainsFunc(d.Agents, func(ag stack.DemoAgent) bool { return ag.Role == "rogue" }) {
+		fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
+	}
 	fmt.Fprintf(&b, "Ctrl-C stops everything.\n\n")
 	_, _ = io.WriteString(w, b.String())
 }
