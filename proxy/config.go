@@ -109,6 +109,8 @@ type Config struct {
 
 	// Policy says which Rego to load.
 	Policy PolicyConfig `yaml:"policy"`
+	// Approvals tunes the approvals the policy asks for (approval.go).
+	Approvals ApprovalsConfig `yaml:"approvals"`
 
 	// Limits bound what a client may send.
 	Limits Limits `yaml:"limits"`
@@ -559,6 +561,9 @@ func (c *Config) Validate() error {
 		if r.BodyNames != BodyNamesFolded && r.BodyNames != BodyNamesDistinct {
 			bad("%s: body_names %q: want %s or %s", where, r.BodyNames, BodyNamesFolded, BodyNamesDistinct)
 		}
+	}
+	if err := c.Approvals.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
