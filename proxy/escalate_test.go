@@ -3,7 +3,10 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +18,7 @@ import (
 	"github.com/agentpassport/passport/budget"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
+	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
 )
 
@@ -522,5 +526,76 @@ func TestEscalationsFailClosed(t *testing.T) {
 	}
 	if h.up.hits.Load() != 0 {
 		t.Fatal("forwarded")
+	}
+}
+
+// libraryDir writes the shipped library (policies.FS) to a directory, its
+// data's budgets replaced by budgets (YAML list lines).
+func libraryDir(t *testing.T, budgets string) string {
+	t.Helper()
+	dir := t.TempDir()
+	err := fs.WalkDir(policies.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !(strings.HasSuffix(p, ".rego") || strings.HasSuffix(p, ".yaml")) || strings.Contains(p, "/") {
+			return err
+		}
+		b, err := fs.ReadFile(policies.FS, p)
+		if err != nil {
+			return err
+		}
+		if p == "data.yaml" {
+			if !strings.Contains(string(b), "\n  budgets: []\n") {
+				t.Fatal("data.yaml: no `budgets: []` to replace")
+			}
+			b = []byte(strings.Replace(string(b), "\n  budgets: []\n", "\n  budgets:\n"+budgets, 1))
+		}
+		return os.WriteFile(filepath.Join(dir, p), b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// The shipped library: a deploy to payments outside a task needs a person;
+// a restart budget that runs out asks a person too (budget_escalations).
+func TestLibraryApprovalsAndBudgets(t *testing.T) {
+	dir := libraryDir(t, "    - {name: restarts-per-service, actions: [service.restart], per: resource, limit: 2, window: 10m}\n")
+	h := newHarness(t, func(c *Config) {
+		c.Policy.Dir = dir
+		c.Routes = append(c.Routes, Route{Match: "POST /deployments/{name}", Action: "deployment.deploy", Resource: "{name}", PolicyBody: true})
+	})
+	h.agent("acme", "deployer-1", 90)
+	deployer := h.keys.Sign(t, testkeys.Claims(h.now(), "acme", "deployer-1", "deployer", passport.TrustMedium, "deployment.deploy"))
+	body := `{"version": "v2.4.1"}`
+	if r := h.do("POST", "/deployments/checkout", deployer, nil, body); r.status != http.StatusOK {
+		t.Fatalf("deploy to checkout: %d %s", r.status, r.body)
+	}
+	r := h.do("POST", "/deployments/payments", deployer, nil, body)
+	p := parseProblem(t, r)
+	if r.status != http.StatusForbidden || p.Code != "approval_required" || len(p.Reasons) != 1 || p.Reasons[0] != "approval_required" {
+		t.Fatalf("deploy to payments: %d %s", r.status, r.body)
+	}
+	approve(t, h, "acme", p.ApprovalID, "alice")
+	if r := h.do("POST", "/deployments/payments", deployer, withApproval(p.ApprovalID), body); r.status != http.StatusOK {
+		t.Fatalf("approved deploy to payments: %d %s", r.status, r.body)
+	}
+
+	tok := h.token("acme", "healer-1")
+	for i := range 2 {
+		if r := h.do("POST", "/services/checkout/restart", tok, nil, ""); r.status != http.StatusOK {
+			t.Fatalf("restart %d: %d %s", i, r.status, r.body)
+		}
+	}
+	r = h.do("POST", "/services/checkout/restart", tok, nil, "")
+	p = parseProblem(t, r)
+	if r.status != http.StatusForbidden || p.Code != "approval_required" || strings.Join(p.Reasons, ",") != "approval_required,budget_exhausted" {
+		t.Fatalf("third restart: %d %s", r.status, r.body)
+	}
+	approve(t, h, "acme", p.ApprovalID, "oncall")
+	if r := h.do("POST", "/services/checkout/restart", tok, withApproval(p.ApprovalID), ""); r.status != http.StatusOK {
+		t.Fatalf("approved restart: %d %s", r.status, r.body)
+	}
+	if h.up.hits.Load() != 5 {
+		t.Fatalf("upstream hits %d, want 5", h.up.hits.Load())
 	}
 }
