@@ -162,6 +162,9 @@ var demoRoles = []struct {
 	{"healer", passport.TypeHealer, passport.TrustHigh, "sre-oncall"},
 	{"chaos", passport.TypeChaos, passport.TrustHigh, "chaos-engineering"},
 	{"observer", passport.TypeObserver, passport.TrustLow, "observability"},
+	// The deployer's deploys to payments need a person (the library's
+	// approvals rule): the demo's approval flow.
+	{"deployer", passport.TypeDeployer, passport.TrustMedium, "release-eng"},
 	{"rogue", passport.TypeObserver, passport.TrustLow, ""},
 }
 
@@ -419,6 +422,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
 	pcfg.Policy.Dir = cfg.PolicyDir
+	pcfg.Approvals.DashboardURL = s.demo.URLs.Dashboard
 	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
 	if err != nil {
 		return s.failed(g, fmt.Errorf("proxy: %w", err))
