@@ -85,6 +85,7 @@ Ctrl-C stops everything cleanly.`,
 	f.Uint64Var(&cfg.ChaosSeed, "seed", 0, "seed for random chaos (0: from the clock)")
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
+	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
 	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }
@@ -106,6 +107,7 @@ func printTour(w io.Writer, dir string, d stack.Demo) {
 	fmt.Fprintf(&b, "  passport audit tail --data %s --tenant acme                    # every decision, recorded before forwarding\n", dir)
 	fmt.Fprintf(&b, "  passport audit verify --data %s                                # prove nothing was removed, changed or reordered\n", dir)
 	fmt.Fprintf(&b, "  curl -i %s/services                                    # no passport: 401\n", d.URLs.Proxy)
+	fmt.Fprintf(&b, "  passport approval list --tenant acme --data %s                 # calls waiting for a person (deploys to payments need one)\n", dir)
 	fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
 	fmt.Fprintf(&b, "Ctrl-C stops everything.\n\n")
 	_, _ = io.WriteString(w, b.String())

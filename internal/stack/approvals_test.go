@@ -92,3 +92,26 @@ func TestEndToEndDeployToPaymentsNeedsAPerson(t *testing.T) {
 		return requested && allowed, "not yet"
 	})
 }
+
+// The demo's restart budget: the fourth restart of one service in ten
+// minutes is stopped and asks a person; another service is not affected.
+func TestEndToEndRestartBudgetAsksAPerson(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true, RestartBudget: 3})
+	tok := r.passport(t, r.agent(t, "acme", "healer"), client.TokenRequest{Scope: []string{"service.restart"}})
+	restart := func(svc string) (int, http.Header, string) {
+		return send(t, http.MethodPost, r.demo.URLs.Proxy+"/services/"+svc+"/restart", tok, "", nil)
+	}
+	for i := range 3 {
+		if code, _, answer := restart("checkout"); code != http.StatusOK {
+			t.Fatalf("restart %d: %d %s", i, code, answer)
+		}
+	}
+	code, _, answer := restart("checkout")
+	if code != http.StatusForbidden || !strings.Contains(answer, `"code":"approval_required"`) ||
+		!strings.Contains(answer, `"reasons":["approval_required","budget_exhausted"]`) {
+		t.Fatalf("fourth restart: %d %s", code, answer)
+	}
+	if code, _, answer := restart("payments"); code != http.StatusOK {
+		t.Fatalf("restart of another service: %d %s", code, answer)
+	}
+}
