@@ -41,16 +41,23 @@ type ApprovalsConfig struct {
 	// TTL is how long a pending approval may be decided and used. Default
 	// 15m, at most 24h.
 	TTL time.Duration `yaml:"ttl"`
+	// Alerts are the chat webhooks that hear of each new approval.
+	// `passport proxy` builds Deps.Alerts from it. Default none.
+	Alerts alert.Config `yaml:"alerts"`
 }
 
 func (a *ApprovalsConfig) validate() error {
 	if a.TTL == 0 {
 		a.TTL = approval.DefaultTTL
 	}
+	var errs []error
 	if a.TTL < time.Second || a.TTL > approval.MaxTTL {
-		return fmt.Errorf("approvals.ttl: %s: want 1s to %s", a.TTL, approval.MaxTTL)
+		errs = append(errs, fmt.Errorf("approvals.ttl: %s: want 1s to %s", a.TTL, approval.MaxTTL))
 	}
-	return nil
+	if err := a.Alerts.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("approvals.alerts: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // escalations are the proxy's approvals and budgets: the store and the

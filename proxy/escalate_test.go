@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"io/fs"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/budget"
+	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
@@ -597,5 +602,43 @@ func TestLibraryApprovalsAndBudgets(t *testing.T) {
 	}
 	if h.up.hits.Load() != 5 {
 		t.Fatalf("upstream hits %d, want 5", h.up.hits.Load())
+	}
+}
+
+// fakeNotifier keeps the alerts it is given.
+type fakeNotifier struct {
+	mu     sync.Mutex
+	alerts []alert.Alert
+}
+
+func (f *fakeNotifier) Notify(a alert.Alert) { f.mu.Lock(); f.alerts = append(f.alerts, a); f.mu.Unlock() }
+
+func (f *fakeNotifier) all() []alert.Alert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]alert.Alert(nil), f.alerts...)
+}
+
+// A new approval goes to the chat webhooks, once.
+func TestApprovalAnnouncedToChat(t *testing.T) {
+	h := newEscalateHarness(t)
+	cfg := testConfig(h.up.srv.URL, h.keys.URL())
+	escalateConfig(&cfg)
+	notes := &fakeNotifier{}
+	p, err := New(cfg, Deps{Redis: h.rdb, Audit: h.sink, Logger: slog.New(slog.DiscardHandler),
+		Registry: prometheus.NewRegistry(), Clock: h.now, Alerts: notes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(srv.Close)
+	h.url = srv.URL
+	tok := h.token("acme", "healer-1")
+	ap := askScale(t, h, tok)
+	askScale(t, h, tok) // the same approval: no second message
+	got := notes.all()
+	if len(got) != 1 || got[0].Kind != alert.KindApprovalRequested || got[0].Tenant != "acme" ||
+		!strings.Contains(got[0].Text, "POST /services/checkout/scale") || !strings.Contains(got[0].Text, ap.ApprovalURL) {
+		t.Fatalf("alerts %+v", got)
 	}
 }
