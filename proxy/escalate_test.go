@@ -35,6 +35,9 @@ import (
 func escalateConfig(c *Config) {
 	c.Policy.Dir = "testdata/escalate"
 	c.Approvals.DashboardURL = "https://dash.example"
+	// Fifty concurrent calls on two shared cores (under -race) can hold one
+	// evaluation past the default deadline: these tests count answers.
+	c.Policy.Timeout = 10 * time.Second
 }
 
 func newEscalateHarness(t *testing.T) *harness {
@@ -611,7 +614,11 @@ type fakeNotifier struct {
 	alerts []alert.Alert
 }
 
-func (f *fakeNotifier) Notify(a alert.Alert) { f.mu.Lock(); f.alerts = append(f.alerts, a); f.mu.Unlock() }
+func (f *fakeNotifier) Notify(a alert.Alert) {
+	f.mu.Lock()
+	f.alerts = append(f.alerts, a)
+	f.mu.Unlock()
+}
 
 func (f *fakeNotifier) all() []alert.Alert {
 	f.mu.Lock()
