@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -647,5 +648,36 @@ func TestApprovalAnnouncedToChat(t *testing.T) {
 	if len(got) != 1 || got[0].Kind != alert.KindApprovalRequested || got[0].Tenant != "acme" ||
 		!strings.Contains(got[0].Text, "POST /services/checkout/scale") || !strings.Contains(got[0].Text, ap.ApprovalURL) {
 		t.Fatalf("alerts %+v", got)
+	}
+}
+
+// Every key of a call's budgets is in its tenant's hash slot, so one script
+// reserves them all on a Redis Cluster, and gives them back.
+func TestBudgetScriptsOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t)
+	rdb := c.Client()
+	ctx := context.Background()
+	keys := []string{
+		budgetKey("acme", budget.Budget{Name: "a", Per: budget.PerAgent}, "healer-1", "checkout"),
+		budgetKey("acme", budget.Budget{Name: "b", Per: budget.PerResource}, "healer-1", "checkout"),
+		budgetKey("acme", budget.Budget{Name: "c", Per: budget.PerTenant}, "healer-1", "checkout"),
+	}
+	for i := range 3 {
+		res, err := reserveScript.Run(ctx, rdb, keys, "req-"+strconv.Itoa(i), 2, 60000, 1, 60000, 5, 60000).Int64Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// limit 2, 1, 5: the first takes a unit of each; the second of a
+		// and c; the third of c only.
+		want := [][]int64{{1, 1, 1}, {1, 0, 1}, {0, 0, 1}}[i]
+		if got := []int64{res[0], res[3], res[6]}; !slices.Equal(got, want) {
+			t.Fatalf("call %d reserved %v, want %v", i, got, want)
+		}
+	}
+	if err := releaseScript.Run(ctx, rdb, keys, "req-0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.ZCard(ctx, keys[1]).Result(); n != 0 {
+		t.Fatalf("b holds %d units after the release, want 0", n)
 	}
 }
