@@ -115,3 +115,33 @@ func TestEndToEndRestartBudgetAsksAPerson(t *testing.T) {
 		t.Fatalf("restart of another service: %d %s", code, answer)
 	}
 }
+
+// A healer caught in a restart loop is stopped by the demo's budget and
+// its incident escalates to a person at once, with the approval that
+// would let the restart through.
+func TestEndToEndRestartLoopEscalates(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true, RestartBudget: 1})
+	r.fireChaos(t, "acme", "service_down", "checkout")
+	eventually(t, 30*time.Second, "the first service_down on checkout RESOLVED by a restart", func() (bool, string) {
+		for _, d := range r.incidents(t, "acme") {
+			if d.Target == "checkout" && d.State == "RESOLVED" {
+				return true, ""
+			}
+		}
+		return false, "not yet"
+	})
+	r.fireChaos(t, "acme", "service_down", "checkout")
+	eventually(t, 30*time.Second, "the second one ESCALATED, needing a person", func() (bool, string) {
+		for _, rec := range r.records(t, "acme") {
+			if rec.Kind == audit.KindIncident && strings.Contains(string(rec.Details), `"state":"ESCALATED"`) &&
+				strings.Contains(string(rec.Details), "needs a person: the policy asks for approval apr_") {
+				return true, ""
+			}
+		}
+		return false, "not yet"
+	})
+	code, list := call(t, http.MethodGet, r.demo.URLs.Authority+"/v1/tenants/acme/approvals?state=pending", r.demo.AdminToken)
+	if code != http.StatusOK || !strings.Contains(list, `"path":"/services/checkout/restart"`) || !strings.Contains(list, "budget_exhausted") {
+		t.Fatalf("pending approvals: %d %s", code, list)
+	}
+}
