@@ -39,9 +39,12 @@ allow if count(reasons) == 0
 # the others: fastpath_test.go fails when the reason rules change, as a
 # reminder, and compares decision with full_decision over many inputs.
 decision := full_decision if {
-	# Approvals and budgets (escalate.rego): a call they concern takes the
-	# full evaluation (their decision), ahead of every fast path.
-	escalates
+	# An exhausted budget (escalate.rego): the full evaluation, ahead of
+	# every fast path. An expression here rather than a rule: a rule would
+	# cost every call an evaluation of its own. The calls an approval rule
+	# may concern are left out of the fast paths' tables instead
+	# (approval_calls, fast.rego), which costs an allowed call nothing.
+	input.budgets[_].reserved == false
 } else := data.passport.loaded.clearances.allowed if {
 	cleared_call.simple == true
 

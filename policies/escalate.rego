@@ -27,9 +27,11 @@ import data.passport.config
 # for any other reason stays a denial (a person cannot fix it), with
 # budget_exhausted added when a budget ran out.
 
-# escalates holds for the calls these rules concern: decision and
-# full_decision (authz.rego) take escalated_decision for them, ahead of
-# every fast path. Most calls fail both bodies in a few steps.
+# escalates holds for the calls these rules concern: full_decision
+# (authz.rego) takes escalated_decision for them. decision reaches
+# full_decision for them too: an exhausted budget before every fast path,
+# and the calls an approval rule may concern are not in the fast paths'
+# tables (approval_calls).
 escalates if {
 	some b in input.budgets
 	b.reserved == false
@@ -39,6 +41,24 @@ escalates if {
 	some rule in config.approvals
 	approval_rule_matches(rule)
 }
+
+# approval_calls[action][resource] exists when an approval rule names the
+# action and the resource, [action]["*"] when a rule names the action for
+# every resource: what the rules may ask a person for, whatever the tenant
+# and the task. The fast paths (fast.rego) leave these calls to the full
+# evaluation.
+approval_calls := {name: resources |
+	some rule in object.get(config, "approvals", [])
+	some name in rule.actions
+	resources := object.union_n([rule_resources(r) |
+		some r in object.get(config, "approvals", [])
+		name in r.actions
+	])
+}
+
+rule_resources(rule) := {"*": true} if {
+	object.get(rule, "resources", []) == []
+} else := {resource: true | some resource in rule.resources}
 
 approval_rule_matches(rule) if {
 	input.action in rule.actions

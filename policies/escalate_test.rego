@@ -92,3 +92,26 @@ test_exhausted_budget_adds_to_other_reasons if {
 test_approval_without_a_rule_changes_nothing if {
 	allowed(with_approval(healer_restart, ["alice"]))
 }
+
+# The calls an approval rule may concern are not in the fast paths' tables;
+# the others keep them.
+test_fast_paths_leave_approval_calls_to_the_full_evaluation if {
+	fast_or_slow(deploy_to("payments")) == "slow"
+	table_or_slow(deploy_to("payments")) == "slow"
+	fast_or_slow(deploy_to("checkout")).allow == true
+	low := object.union(deploy_to("payments"), {"agent": {"trust_level": "LOW"}, "passport": {"agent": {"trust_level": "LOW"}}})
+	table_or_slow(low) == "slow"
+	table_or_slow(object.union(low, {"resource": "checkout"})).reasons == ["trust_level_too_low"]
+}
+
+test_rule_for_every_resource_leaves_the_action_out if {
+	rule := {"name": "all", "actions": ["service.restart"]}
+	fast_or_slow(healer_restart) == "slow" with data.passport.config.approvals as [rule]
+	d := decide(healer_restart) with data.passport.config.approvals as [rule]
+	d.reasons == ["approval_required"]
+}
+
+test_exhausted_budget_takes_the_full_evaluation if {
+	fast_or_slow(with_budget(healer_restart, "restarts-per-service", false)) == "slow"
+	fast_or_slow(with_budget(healer_restart, "restarts-per-service", true)).allow == true
+}
