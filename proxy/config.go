@@ -113,6 +113,8 @@ type Config struct {
 
 	// Policy says which Rego to load.
 	Policy PolicyConfig `yaml:"policy"`
+	// Approvals tunes the approvals the policy asks for (approval.go).
+	Approvals ApprovalsConfig `yaml:"approvals"`
 
 	// Limits bound what a client may send.
 	Limits Limits `yaml:"limits"`
@@ -605,6 +607,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Assertion.Header != "" && !validHeaderName(c.Assertion.Header) {
 		bad("assertion.header %q is not a header name", c.Assertion.Header)
+	}
+	if err := c.Approvals.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

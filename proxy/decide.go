@@ -22,9 +22,14 @@ var (
 		(*Proxy).admit,    // router.go: limits, path, query, route
 		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state
 		(*Proxy).readBody, // body.go: the body, whole and checked
+		// approval.go, budget.go: a presented approval, checked (not
+		// used); the call's budgets, reserved. The policy sees both.
+		(*Proxy).checkApproval,
+		(*Proxy).reserveBudgets,
 	}
 	afterAllow = []step{
 		(*Proxy).outcomeRoom, // a forwarded call must get its outcome record
+		(*Proxy).useApproval, // approval.go: the presented approval, used once
 	}
 )
 
@@ -109,7 +114,7 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 		return refusePolicyError
 	case !dec.Allow:
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		return refusePolicyDenied
+		return p.refuseDenied(r, c, &dec) // approval.go: a person, a budget, or a denial
 	}
 	rec.Decision, rec.Reasons = audit.DecisionAllow, dec.Reasons
 	return nil

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/proxy/policy"
@@ -59,6 +60,9 @@ type Deps struct {
 	// HTTPClient fetches keys and reports denials. Default: a client with
 	// a 10s timeout that verifies the authority with Config.AuthorityTLS.
 	HTTPClient *http.Client
+	// Alerts receives approval requests for the chat webhooks. Default
+	// none.
+	Alerts alert.Notifier
 }
 
 // Proxy is a configured enforcement point.
@@ -78,6 +82,7 @@ type Proxy struct {
 	enforced *policy.Engine
 	shadow   *policy.Engine
 	denials  *denialReporter
+	esc      *escalations      // approvals and budgets (approval.go, budget.go)
 	refusals *audit.Aggregator // refusal summaries (KindRefusals)
 	backlog  audit.Backlog     // the audit sink's backlog, when it has one
 	handler  http.Handler
@@ -185,6 +190,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.revoked = newRevocations(d.Redis, d.Logger, d.Clock, p.m)
 	p.reps = newReputations(d.Redis, cfg.ReputationCache, d.Clock)
 	p.denials = newDenialReporter(&p.cfg, d.HTTPClient, p.m, d.Logger)
+	p.esc = newEscalations(d.Redis, d.Clock, d.Alerts, d.Registry)
 	p.refusals = audit.NewAggregator(d.Audit, audit.AggregatorConfig{Clock: d.Clock}, d.Registry)
 	p.backlog, _ = d.Audit.(audit.Backlog)
 

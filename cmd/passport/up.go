@@ -101,6 +101,7 @@ Ctrl-C stops everything cleanly.`,
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
 	f.BoolVar(&logStderr, "log-stderr", false, "write every log line to the terminal (stderr) instead of DIR/"+LogFile)
+	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
 	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }
@@ -130,6 +131,7 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	fmt.Fprintf(&b, "  passport audit tail --data %s --tenant acme                    # every decision, recorded before forwarding\n", dir)
 	fmt.Fprintf(&b, "  passport audit verify --data %s                                # prove nothing was removed, changed or reordered\n", dir)
 	fmt.Fprintf(&b, "  curl -i %s/services                                    # no passport: 401\n", d.URLs.Proxy)
+	fmt.Fprintf(&b, "  passport approval list --tenant acme --data %s                 # calls waiting for a person (deploys to payments need one)\n", dir)
 	if slices.ContainsFunc(d.Agents, func(ag stack.DemoAgent) bool { return ag.Role == "rogue" }) {
 		fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
 	}

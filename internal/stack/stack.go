@@ -44,7 +44,6 @@ import (
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
-	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
 )
 
@@ -98,6 +97,11 @@ type Config struct {
 	// PolicyDir enforces Rego from a directory (hot-reloaded) instead of
 	// the embedded library.
 	PolicyDir string `yaml:"policy_dir"`
+	// RestartBudget declares, in the embedded library's data, the budget
+	// restarts-per-service: at most this many restarts of one service in
+	// 10 minutes, then the library asks a person (budget_escalations). 0,
+	// the default, declares none. Ignored with PolicyDir, whose data rules.
+	RestartBudget int `yaml:"restart_budget"`
 	// BcryptCost for client secrets. Default bcrypt's default (10).
 	BcryptCost int `yaml:"bcrypt_cost"`
 	// Witness is where every audit writer's signed checkpoints also go: a
@@ -165,6 +169,9 @@ var demoRoles = []struct {
 	{"healer", passport.TypeHealer, passport.TrustHigh, "sre-oncall"},
 	{"chaos", passport.TypeChaos, passport.TrustHigh, "chaos-engineering"},
 	{"observer", passport.TypeObserver, passport.TrustLow, "observability"},
+	// The deployer's deploys to payments need a person (the library's
+	// approvals rule): the demo's approval flow.
+	{"deployer", passport.TypeDeployer, passport.TrustMedium, "release-eng"},
 	{"rogue", passport.TypeObserver, passport.TrustLow, ""},
 }
 
@@ -435,7 +442,12 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
 	pcfg.Policy.Dir = cfg.PolicyDir
-	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
+	pcfg.Approvals.DashboardURL = s.demo.URLs.Dashboard
+	lib, err := demoLibrary(cfg.RestartBudget)
+	if err != nil {
+		return s.failed(g, err)
+	}
+	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: lib})
 	if err != nil {
 		return s.failed(g, fmt.Errorf("proxy: %w", err))
 	}
