@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -162,14 +163,15 @@ func startProxy(t *testing.T, e *env) *testProxy {
 	cfg.Audience = e.a.cfg.Audiences[0]
 	cfg.Leeway = e.a.cfg.Passport.Leeway
 	cfg.Redis.URL = e.rs.URL()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ResourceURL = "http://" + ln.Addr().String() // what DPoP proofs name (htu)
 	p, err := proxy.New(cfg, proxy.Deps{
 		Redis: e.rdb, Audit: &fakeSink{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registry: prometheus.NewRegistry(), Clock: e.clock.Now, Policies: policies.FS,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,13 +271,13 @@ func plusInSig(tok string) string {
 
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
-// TestProxyRefusesWhatItDoesNotCheck: genuine delegated and DPoP-bound
-// passports, which the authority issues and introspection calls active,
-// are refused by a proxy whose verifier does not declare that it checks
-// every link of a chain (AcceptDelegated) and DPoP proofs (AcceptBound):
-// 401 and nothing forwarded, never accepted as plain bearer passports.
-// When the proxy learns both checks this test is where its verdicts move.
-func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
+// TestProxyVerdictsOnDelegatedAndBound: genuine delegated and DPoP-bound
+// passports, issued by the authority, at a real proxy. A delegated
+// passport is forwarded, and refused within a second once the passport it
+// was exchanged from is revoked at the authority (RFC 7009). A bound one
+// is refused as a bearer token, and forwarded with a proof by its key
+// (made with go-jose) for the proxy's URL.
+func TestProxyVerdictsOnDelegatedAndBound(t *testing.T) {
 	e := newEnv(t, nil, nil, nil)
 	f := newDelegationFleet(e)
 	px := startProxy(t, e)
@@ -284,14 +286,56 @@ func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
 		t.Fatal("the proxy refused a plain passport")
 	}
 	delegated, _ := e.mustExchange(f.healer, root, nil, nil)
+	if !px.call(t, delegated) {
+		t.Fatal("the proxy refused a delegated passport")
+	}
+	resp, _ := e.post("/oauth2/revoke", "application/x-www-form-urlencoded", url.Values{"token": {root}}.Encode(), basicAuthOf(f.commander))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: %d", resp.StatusCode)
+	}
+	start := time.Now()
+	waitFor(t, time.Second, "the descendant of a revoked passport to be refused", func() bool { return !px.call(t, delegated) })
+	t.Logf("delegated passport refused %s after its root was revoked", time.Since(start))
+
 	k := newDPoPKey(t, jose.EdDSA)
 	_, tr, _, _ := e.tokenDPoP(f.commander, k.proof("POST", e.a.tokenURL(), e.clock.Now(), nil))
-	for name, tok := range map[string]string{"delegated": delegated, "bound": tr.AccessToken} {
-		if e.introspect(tok, adminAuth(testAdminToken))["active"] != true {
-			t.Fatalf("%s passport inactive at the authority", name)
-		}
-		if px.call(t, tok) {
-			t.Fatalf("a proxy that does not check them forwarded a %s passport", name)
+	if e.introspect(tr.AccessToken, adminAuth(testAdminToken))["active"] != true {
+		t.Fatal("bound passport inactive at the authority")
+	}
+	if px.call(t, tr.AccessToken) {
+		t.Fatal("the proxy forwarded a bound passport sent as Bearer")
+	}
+	for i, want := range []bool{true, false} { // the second use of the same proof is a replay
+		proof := k.proof("GET", px.url+"/services", e.clock.Now(), func(c, _ map[string]any) {
+			c["ath"] = passport.AccessTokenHash(tr.AccessToken)
+			c["jti"] = "proof-1"
+		})
+		if got := px.callDPoP(t, tr.AccessToken, proof); got != want {
+			t.Fatalf("DPoP call %d: forwarded %v, want %v", i, got, want)
 		}
 	}
+}
+
+// callDPoP is call with "Authorization: DPoP" and a proof.
+func (tp *testProxy) callDPoP(t *testing.T, tok, proof string) bool {
+	t.Helper()
+	before := tp.hits.Load()
+	req, _ := http.NewRequest(http.MethodGet, tp.url+"/services", nil)
+	req.Header.Set("Authorization", "DPoP "+tok)
+	req.Header.Set("DPoP", proof)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	hits := tp.hits.Load() - before
+	switch {
+	case resp.StatusCode == http.StatusOK && hits == 1:
+		return true
+	case resp.StatusCode == http.StatusUnauthorized && hits == 0:
+		return false
+	}
+	t.Fatalf("proxy answered %d with %d upstream hits: %s", resp.StatusCode, hits, body)
+	return false
 }
