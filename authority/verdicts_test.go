@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
@@ -148,7 +150,7 @@ type testProxy struct {
 	hits *atomic.Int64
 }
 
-func startProxy(t *testing.T, e *env) *testProxy {
+func startProxy(t *testing.T, e *env, mods ...func(*proxy.Config)) *testProxy {
 	t.Helper()
 	tp := &testProxy{hits: &atomic.Int64{}}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -168,6 +170,9 @@ func startProxy(t *testing.T, e *env) *testProxy {
 		t.Fatal(err)
 	}
 	cfg.ResourceURL = "http://" + ln.Addr().String() // what DPoP proofs name (htu)
+	for _, m := range mods {
+		m(&cfg)
+	}
 	p, err := proxy.New(cfg, proxy.Deps{
 		Redis: e.rdb, Audit: &fakeSink{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registry: prometheus.NewRegistry(), Clock: e.clock.Now, Policies: policies.FS,
@@ -315,6 +320,53 @@ func TestProxyVerdictsOnDelegatedAndBound(t *testing.T) {
 		}
 	}
 }
+
+// TestGoClientDPoPThroughTheProxy: the Go client with a DPoP key gets a
+// bound passport and calls through a proxy whose route wants server
+// nonces: its first proof has none, the proxy answers use_dpop_nonce
+// with one, and the client's one retry is forwarded.
+func TestGoClientDPoPThroughTheProxy(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	reg := e.register("acme", "healer-dpop", "healer", passport.TrustHigh)
+	px := startProxy(t, e, func(c *proxy.Config) {
+		for i := range c.Routes {
+			c.Routes[i].DPoPNonce = c.Routes[i].Action == "service.list"
+		}
+	})
+	_, key, _ := ed25519.GenerateKey(nil)
+	c, err := client.New(e.srv.URL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{DPoPKey: key, Clock: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statuses []int
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err == nil {
+			statuses = append(statuses, resp.StatusCode)
+		}
+		return resp, err
+	})}
+	hc.Transport = c.Transport(hc.Transport, client.TokenRequest{})
+	for range 2 {
+		before := px.hits.Load()
+		resp, err := hc.Get(px.url + "/services")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || px.hits.Load() != before+1 {
+			t.Fatalf("through the proxy: %d, forwarded %d", resp.StatusCode, px.hits.Load()-before)
+		}
+	}
+	// The first call learns the nonce (401, then 200); the second has it.
+	if fmt.Sprint(statuses) != "[401 200 200]" {
+		t.Fatalf("statuses seen by the client's transport: %v", statuses)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // callDPoP is call with "Authorization: DPoP" and a proof.
 func (tp *testProxy) callDPoP(t *testing.T, tok, proof string) bool {
