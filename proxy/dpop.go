@@ -94,9 +94,8 @@ type dpopGate struct {
 	lifetime time.Duration
 	clock    func() time.Time
 
-	nonces   atomic.Pointer[loadedNonces]
-	nonceMu  sync.Mutex // one reload at a time
-	accepted func()
+	nonces  atomic.Pointer[loadedNonces]
+	nonceMu sync.Mutex // one reload at a time
 }
 
 type loadedNonces struct {
@@ -106,7 +105,7 @@ type loadedNonces struct {
 
 func newDPoPGate(cfg *Config, rdb redis.UniversalClient, clock func() time.Time) (*dpopGate, error) {
 	g := &dpopGate{rdb: rdb, base: strings.TrimRight(cfg.ResourceURL, "/"), lifetime: cfg.DPoP.NonceLifetime,
-		clock: clock, accepted: func() {}}
+		clock: clock}
 	v, err := passport.NewDPoPVerifier(passport.DPoPConfig{MaxAge: cfg.DPoP.ProofMaxAge, Leeway: cfg.Leeway,
 		Clock: clock, Replay: g.replay})
 	if err != nil {
@@ -237,7 +236,6 @@ func (p *Proxy) possess(w http.ResponseWriter, r *http.Request, c *call) *refusa
 	if _, err := p.dpop.verifier.Verify(r.Context(), proofs[0], req); err != nil {
 		return p.stateError(r, c, err)
 	}
-	p.dpop.accepted()
 	r.Header.Del(passport.DPoPHeader) // single use, and for this proxy's URL: nothing for the upstream
 	return nil
 }
