@@ -120,13 +120,26 @@ func TestDelegatedPassport(t *testing.T) {
 		if rec.Kind != audit.KindDecision {
 			continue
 		}
+		// The policy's input, with the passport's claims put back from the
+		// passport record the decision references.
+		input, err := audit.ExpandInput(rec, func(ref string) (*audit.Record, error) {
+			for i, r := range h.sink.all() {
+				if fmt.Sprintf("%d-0", i+1) == ref {
+					return r, nil
+				}
+			}
+			return nil, fmt.Errorf("no record %s", ref)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 		var in struct {
 			Passport struct {
 				Act        map[string]any      `json:"act"`
 				Delegation passport.Delegation `json:"delegation"`
 			} `json:"passport"`
 		}
-		if err := json.Unmarshal(rec.Input, &in); err != nil {
+		if err := json.Unmarshal(input, &in); err != nil {
 			t.Fatal(err)
 		}
 		if in.Passport.Act["sub"] != "commander-1" || in.Passport.Delegation.Root != "commander-1" ||

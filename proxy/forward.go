@@ -43,9 +43,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
-	resource, revision := c.rec.Resource, c.rec.PolicyRevision
 	c.fw.Store(&forwarding{outcome: func(status int) *audit.Record {
-		return p.outcomeRecord(r, c, rt, cl, resource, revision, status)
+		return p.outcomeRecord(c, cl, status)
 	}})
 	c.upStart = time.Now()
 	if fw := rt.ForwardPassport; !fw {

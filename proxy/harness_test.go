@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -66,6 +67,25 @@ func (f *fakeSink) byRequest(id string) []*audit.Record {
 		}
 	}
 	return out
+}
+
+// input is rec's full policy input: its passport reference resolved
+// against the appended records (ids "N-0" are the N-th append).
+func (f *fakeSink) input(t *testing.T, rec *audit.Record) json.RawMessage {
+	t.Helper()
+	in, err := audit.ExpandInput(rec, func(id string) (*audit.Record, error) {
+		n, err := strconv.Atoi(strings.TrimSuffix(id, "-0"))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if err != nil || n < 1 || n > len(f.appended) {
+			return nil, nil
+		}
+		return f.appended[n-1], nil
+	})
+	if err != nil {
+		t.Fatalf("input of %s: %v", rec.RequestID, err)
+	}
+	return in
 }
 
 var _ audit.Sink = (*fakeSink)(nil)
