@@ -191,3 +191,34 @@ func tlsSubjectOrCert(spec client.AgentSpec) (string, error) {
 	}
 	return s + c, nil
 }
+
+// TestClientLibraryWithCertificate: the Go client authenticates with a
+// client certificate alone and gets a certificate-bound passport.
+func TestClientLibraryWithCertificate(t *testing.T) {
+	ca := tlstest.NewCA(t, "workload CA")
+	_, base := runTLS(t, ca, func(c *Config) { c.TLS.CAFile, c.TLS.ClientAuth = ca.File, "verify_if_given" })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin, err := client.NewAdmin(base, testAdminToken, client.Options{CAFile: ca.File})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := admin.RegisterAgent(ctx, "acme", client.AgentSpec{Name: "healer-1", Type: "healer", TrustLevel: passport.TrustHigh,
+		TLSClientAuthSANDNS: "healer-1.acme.svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := ca.Issue(tlstest.Options{Client: true}, "healer-1.acme.svc")
+	c, err := client.New(base, reg.ClientID, "", client.Options{CAFile: ca.File, ClientCertificate: &leaf.TLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(ctx, client.TokenRequest{Scope: []string{"service.get"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok.Raw, ".")[1])
+	if !strings.Contains(string(payload), `"x5t#S256":"`+passport.CertThumbprint(leaf.Cert.Raw)+`"`) || tok.Type != "Bearer" {
+		t.Fatalf("passport %s, type %s", payload, tok.Type)
+	}
+}
