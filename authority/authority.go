@@ -446,6 +446,10 @@ type Metadata struct {
 func (a *Authority) metadata() Metadata {
 	base := strings.TrimRight(a.cfg.Issuer, "/")
 	methods := []string{"client_secret_basic", "client_secret_post", "private_key_jwt"}
+	mtls := a.cfg.TLS.Enabled() && a.cfg.TLS.ClientAuth != "" && a.cfg.TLS.ClientAuth != "none"
+	if mtls {
+		methods = append(methods, authTLS, authSelfSignedTLS)
+	}
 	grants := []string{"client_credentials"}
 	if a.cfg.Delegation.MaxDepth > 0 {
 		grants = append(grants, passport.GrantTypeTokenExchange)
@@ -462,6 +466,7 @@ func (a *Authority) metadata() Metadata {
 		GrantTypesSupported:              grants,
 		ResponseTypesSupported:           []string{},
 		TokenEndpointAuthMethods:         methods,
+		TLSClientCertificateBoundAccess:  mtls,
 		TokenEndpointAuthSigningAlgs:     passport.Algorithms,
 		IntrospectionEndpointAuthMethods: append([]string{"bearer_admin_token"}, methods...),
 		RevocationEndpointAuthMethods:    append([]string{"bearer_admin_token"}, methods...),

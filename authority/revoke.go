@@ -261,7 +261,7 @@ func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 		}
 	}
 	clean.Set("grant_type", "client_credentials") // parseTokenForm wants one; unused here
-	f, err := parseTokenForm("application/x-www-form-urlencoded", []byte(clean.Encode()), user, pass, hasBasic)
+	f, err := parseTokenForm("application/x-www-form-urlencoded", []byte(clean.Encode()), user, pass, hasBasic, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -319,8 +319,8 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tokenType := "Bearer"
-	if c.Cnf != nil {
-		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2
+	if c.BoundKey() != "" {
+		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2; a certificate-bound one stays Bearer (RFC 8705 §3.2)
 	}
 	out := map[string]any{
 		"active": true, "token_type": tokenType, "scope": c.Scope, "client_id": c.ClientID,

@@ -71,6 +71,9 @@ func (d DPoPConfig) validate() error {
 var (
 	ErrBoundAsBearer = authErr("dpop_bound_as_bearer", "the passport is DPoP-bound: send it as Authorization: DPoP with a DPoP proof")
 	ErrNotBound      = authErr("dpop_not_bound", "the passport is not DPoP-bound: send it as Authorization: Bearer")
+	// ErrCertBound: a passport bound to a client certificate (RFC 8705)
+	// came over a connection without that certificate.
+	ErrCertBound = authErr("certificate_bound", "the passport is bound to a client certificate this connection did not present")
 )
 
 // dpopNonceKey holds the secret every proxy makes DPoP nonces with,
@@ -204,6 +207,15 @@ func (p *Proxy) possess(w http.ResponseWriter, r *http.Request, c *call) *refusa
 	tok, dpop, err := p.verifier.credential(r.Header)
 	if err != nil {
 		return c.unauthorized(err) // identify read the same header; never reached
+	}
+	if x5t := c.vp.Claims.BoundCert(); x5t != "" {
+		// RFC 8705 §3: only over a connection with the same certificate.
+		if dpop || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 ||
+			passport.CertThumbprint(r.TLS.PeerCertificates[0].Raw) != x5t {
+			return c.unauthorized(ErrCertBound)
+		}
+		r.Header.Del(passport.DPoPHeader)
+		return nil
 	}
 	jkt := c.vp.Claims.BoundKey()
 	switch {
