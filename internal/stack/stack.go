@@ -42,10 +42,9 @@ import (
 	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
-	"github.com/agentpassport/passport/policies"
-	"github.com/agentpassport/passport/proxy"
 )
 
 // Default ports of the demo (ARCHITECTURE.md, "Interface details").
@@ -361,10 +360,6 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	g, gctx := errgroup.WithContext(ctx)
 
 	// The authority.
-	authStream, err := s.newStream("authority")
-	if err != nil {
-		return s.failed(g, err)
-	}
 	acfg := authority.DefaultConfig()
 	acfg.Listen = lns["authority"].Addr().String()
 	acfg.Issuer = s.demo.URLs.Authority
@@ -382,14 +377,14 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return s.failed(g, err)
 	}
-	auth, err := authority.New(acfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: prometheus.NewRegistry(), Audit: authStream})
+	authSvc, auth, err := assemble.Authority(ctx, acfg, s.env(), lns["authority"])
 	if err != nil {
 		return s.failed(g, err)
 	}
 	if err := auth.Init(ctx); err != nil {
 		return s.failed(g, err)
 	}
-	g.Go(func() error { return auth.Run(gctx, lns["authority"]) })
+	g.Go(func() error { return authSvc.Run(gctx) })
 	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{})
 	if err != nil {
 		return s.failed(g, err)
@@ -410,20 +405,16 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	g.Go(func() error { return fl.Run(gctx) })
 
 	// The proxy in front of the fleet.
-	proxyStream, err := s.newStream("proxy")
-	if err != nil {
-		return s.failed(g, err)
-	}
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
 	pcfg.Policy.Dir = cfg.PolicyDir
-	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: policies.FS})
+	pxSvc, _, err := assemble.Proxy(ctx, pcfg, s.env(), lns["proxy"], lns["proxy_admin"])
 	if err != nil {
-		return s.failed(g, fmt.Errorf("proxy: %w", err))
+		return s.failed(g, err)
 	}
-	g.Go(func() error { return px.Serve(gctx, lns["proxy"], lns["proxy_admin"]) })
+	g.Go(func() error { return pxSvc.Run(gctx) })
 
 	// Wait for the authority and the proxy to answer before agents use them.
 	if err := waitReady(gctx, s.demo.URLs.Authority+"/readyz"); err != nil {
@@ -486,6 +477,22 @@ func (s *Stack) failed(g *errgroup.Group, err error) error {
 	_ = g.Wait()
 	return err
 }
+
+// env is what every component of the stack is assembled with: the shared
+// Redis client, the witnesses, and writer identities kept in the data
+// directory (DataDir/audit-keys), so that a restart resumes each writer's
+// chain instead of starting a new writer.
+func (s *Stack) env() assemble.Env {
+	return assemble.Env{
+		Logger: s.log, Redis: s.rdb, Witnesses: s.witnesses,
+		KeyDir: filepath.Join(s.cfg.DataDir, AuditKeysDir), SpoolDir: filepath.Join(s.cfg.DataDir, "spool"),
+	}
+}
+
+// AuditKeysDir is where `passport up` keeps its audit writers' keys, under
+// its data directory; one-shot commands given --data DIR keep theirs there
+// too.
+const AuditKeysDir = "audit-keys"
 
 func (s *Stack) newStream(writer string) (*audit.Stream, error) {
 	// Outcome records Redis cannot take wait in the data directory, and a
