@@ -15,19 +15,18 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
-	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -100,21 +99,6 @@ health URLs are verified with --ca-file (PASSPORT_CA_FILE), else the system's ro
 }
 
 func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup, log *slog.Logger) error {
-	rdb, err := a.agentRedis(ctx, env.redisURL)
-	if err != nil {
-		return fmt.Errorf("healer: %w", err)
-	}
-	defer rdb.Close()
-	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: env.witnesses}, log, reg)
-	if err != nil {
-		return fmt.Errorf("healer: audit stream: %w", err)
-	}
-	defer stream.Close()
-	al, err := alert.New(cfg.Alerts, alert.Deps{Logger: log, Registry: reg})
-	if err != nil {
-		return err
-	}
 	var rep healer.Reputation
 	if env.admin != nil {
 		rep = agentcall.AdminReputation{Admin: env.admin, Tenant: env.tenant, AgentID: env.clientID}
@@ -125,17 +109,27 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 	if err != nil {
 		return err
 	}
-	h, err := healer.New(cfg, healer.Deps{Logger: log, Passports: env.passports, Store: healer.NewStore(rdb, cfg.MaxIncidents),
-		Reputation: rep, Sink: stream, Registry: reg, Alerts: al, AdminToken: env.adminToken, TLS: tc})
+	svc, _, err := assemble.Healer(ctx, cfg, a.assembleEnv(log, env), assemble.HealerDeps{
+		Agent:      assemble.Agent{Passports: env.passports, Redis: a.redisConfig(firstNonEmpty(env.redisURL, redisx.DefaultURL)), TLS: tc},
+		Reputation: rep, AdminToken: env.adminToken,
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("healer: %w", err)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return stream.Run(gctx) })
-	g.Go(func() error { return al.Run(gctx) })
-	g.Go(func() error { return h.Run(gctx) })
-	g.Go(func() error { return alert.WatchBlocks(gctx, rdb, al, log) })
-	return g.Wait()
+	return svc.Run(ctx)
+}
+
+// assembleEnv is the assembly environment of an agent command: the
+// logger, its witnesses, and with --data DIR the writer identities kept
+// in DIR (those of `passport up`'s own writers live there too, under
+// other names).
+func (a *app) assembleEnv(log *slog.Logger, env *agentSetup) assemble.Env {
+	e := assemble.Env{Logger: log, Witnesses: env.witnesses, WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}
+	if env.dataDir != "" {
+		e.KeyDir = filepath.Join(env.dataDir, stack.AuditKeysDir)
+		e.SpoolDir = filepath.Join(env.dataDir, "spool")
+	}
+	return e
 }
 
 // discoverChecks lists the tenant's services through the proxy and checks
@@ -232,9 +226,11 @@ func loadAgentDemoFile(dir string) (*agentDemoFile, error) {
 type agentSetup struct {
 	tenant, proxyURL, authorityURL, redisURL, adminToken string
 	clientID                                             string
-	witnesses                                            []audit.Witness
-	passports                                            agentcall.Passports
-	admin                                                *client.Admin
+	// dataDir is --data DIR ("" without).
+	dataDir   string
+	witnesses []audit.Witness
+	passports agentcall.Passports
+	admin     *client.Admin
 }
 
 // agentEnv resolves an agent of agentType: flags and --data first, then
@@ -264,6 +260,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		redisURL:     firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL")),
 		adminToken:   firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
 		witnesses:    witnesses,
+		dataDir:      o.data,
 	}
 	opts, err := a.clientOptions()
 	if err != nil {

@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -39,7 +38,6 @@ import (
 	"github.com/agentpassport/passport/dashboard"
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/examples/rogue"
-	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/assemble"
@@ -212,11 +210,8 @@ type Stack struct {
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
 	admin *client.Admin
-	// streams run the audit writers (see run), each handing its signed
-	// checkpoints to the witnesses too.
+	// witnesses receive every audit writer's signed checkpoints too.
 	witnesses []audit.Witness
-	streams   errgroup.Group
-	streamCtx context.Context
 	mu        sync.Mutex
 	closer    []func()
 }
@@ -347,16 +342,8 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		Witness:    cfg.Witness,
 	}
 
-	// Audit writers outlive the components: they stop only after every
-	// component has drained, so the last outcome records are flushed
-	// rather than dropped.
-	streamCtx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
-	s.streamCtx = streamCtx
-	defer func() {
-		stopStreams()
-		_ = s.streams.Wait()
-	}()
-
+	// Each component's service runs its own audit writer and stops it
+	// only after the component has drained (assemble.Service.Run).
 	g, gctx := errgroup.WithContext(ctx)
 
 	// The authority.
@@ -396,13 +383,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	for i := range fcfg.Services {
 		fcfg.Services[i].Listen = net.JoinHostPort(cfg.Host, "0")
 	}
-	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
+	flSvc, fl, err := assemble.Fleet(fcfg, s.env())
 	if err != nil {
-		return s.failed(g, fmt.Errorf("fleet: %w", err))
+		return s.failed(g, err)
 	}
 	s.fleet = fl
 	s.demo.URLs.Fleet = fl.URL()
-	g.Go(func() error { return fl.Run(gctx) })
+	g.Go(func() error { return flSvc.Run(gctx) })
 
 	// The proxy in front of the fleet.
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
@@ -445,15 +432,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	dcfg.Listen = lns["dashboard"].Addr().String()
 	dcfg.Tenants = cfg.Tenants
 	dcfg.AuthorityURL = s.demo.URLs.Authority
-	dash, err := dashboard.New(dcfg, dashboard.Deps{
-		Redis: rdb, Logger: s.log.With("component", "dashboard"), Registry: prometheus.NewRegistry(),
-		Auth:    feed.NewStaticAuth(feed.Token{Secret: passport.Secret(adminToken)}),
-		Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
-	})
+	dashSvc, _, err := assemble.Dashboard(ctx, dcfg, s.env(), assemble.DashboardDeps{
+		AdminToken: adminToken, Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
+	}, lns["dashboard"])
 	if err != nil {
-		return s.failed(g, fmt.Errorf("dashboard: %w", err))
+		return s.failed(g, err)
 	}
-	g.Go(func() error { return dash.Serve(gctx, lns["dashboard"]) })
+	g.Go(func() error { return dashSvc.Run(gctx) })
 	s.demo.DashboardLogin = dashboard.SignInURL(s.demo.URLs.Dashboard, adminToken, "")
 
 	if err := writeDemo(cfg.DataDir, s.demo); err != nil {
@@ -494,19 +479,6 @@ func (s *Stack) env() assemble.Env {
 // too.
 const AuditKeysDir = "audit-keys"
 
-func (s *Stack) newStream(writer string) (*audit.Stream, error) {
-	// Outcome records Redis cannot take wait in the data directory, and a
-	// restart of the stack replays them.
-	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses,
-		SpoolDir: filepath.Join(s.cfg.DataDir, "spool", writer)}, s.log.With("component", writer, "sub", "audit"), nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
-	}
-	s.addCloser(func() { st.Close() })
-	s.streams.Go(func() error { return st.Run(s.streamCtx) })
-	return st, nil
-}
-
 func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenant string) error {
 	agentClient := func(role string) (*client.Client, DemoAgent, error) {
 		for _, a := range s.demo.Agents {
@@ -540,24 +512,16 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	}
 	// The fleet announces its changes: faults are confirmed as they happen.
 	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
-	stream, err := s.newStream("healer-" + tenant)
-	if err != nil {
-		return err
-	}
-	h, err := healer.New(hcfg, healer.Deps{
-		Logger:     s.log, // the healer adds its component and tenant
-		Passports:  agentcall.AuthorityPassports{Client: hc},
-		Store:      healer.NewStore(s.rdb, hcfg.MaxIncidents),
+	hsvc, h, err := assemble.Healer(ctx, hcfg, s.env(), assemble.HealerDeps{
+		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc}},
 		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
-		Sink:       stream,
-		Registry:   prometheus.NewRegistry(),
 		AdminToken: s.demo.AdminToken,
 	})
 	if err != nil {
-		return fmt.Errorf("healer %s: %w", tenant, err)
+		return err
 	}
 	s.demo.HealerAPIs[tenant] = "http://" + h.APIAddr()
-	g.Go(func() error { return h.Run(ctx) })
+	g.Go(func() error { return hsvc.Run(ctx) })
 
 	// Chaos.
 	cc, _, err := agentClient("chaos")
@@ -565,20 +529,18 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 		return err
 	}
 	ccfg := chaos.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Interval: max(s.cfg.ChaosInterval, time.Second), Seed: s.cfg.ChaosSeed, Targets: targets}
-	cstream, err := s.newStream("chaos-" + tenant)
+	csvc, ch, err := assemble.Chaos(ctx, ccfg, s.env(), assemble.ChaosOptions{
+		Agent: assemble.Agent{Passports: agentcall.AuthorityPassports{Client: cc}}, Loop: s.cfg.ChaosInterval > 0,
+	})
 	if err != nil {
 		return err
-	}
-	ch, err := chaos.New(ccfg, chaos.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
-	if err != nil {
-		return fmt.Errorf("chaos %s: %w", tenant, err)
 	}
 	s.mu.Lock()
 	s.chaos[tenant] = ch
 	s.mu.Unlock()
-	if s.cfg.ChaosInterval > 0 {
-		g.Go(func() error { return ch.Run(ctx) })
-	}
+	// Run even without random chaos: its writer records the faults the
+	// dashboard's buttons fire through it.
+	g.Go(func() error { return csvc.Run(ctx) })
 
 	// The rogue.
 	if !s.cfg.NoRogue {
