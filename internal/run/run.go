@@ -38,8 +38,17 @@ func NewPanics(reg prometheus.Registerer, log *slog.Logger) *Panics {
 	return p
 }
 
+// watch shows part's count (0) before any panic, so that dashboards and
+// alerts see the series from the start.
+func (p *Panics) watch(part string) {
+	if p != nil && p.count != nil {
+		p.count.WithLabelValues(part)
+	}
+}
+
 // Guard calls fn and turns a panic in it into an error naming part.
 func (p *Panics) Guard(part string, fn func() error) (err error) {
+	p.watch(part)
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("%s: panic: %v", part, v)
