@@ -488,3 +488,40 @@ func TestUpOffersApprovals(t *testing.T) {
 		return false, "not yet"
 	})
 }
+
+// TestUpServesTheMetricsOfADeployment: every service of `passport up`
+// serves on its /metrics what the same service serves when deployed alone
+// (both are built by internal/assemble): its audit writer's metrics, the
+// feed's on the dashboard, the Go and process collectors and
+// passport_panics_total.
+func TestUpServesTheMetricsOfADeployment(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
+	common := []string{"go_goroutines", "process_cpu_seconds_total", "passport_panics_total{"}
+	writer := []string{"passport_audit_durability_status", "passport_audit_batches_total"}
+	for _, tc := range []struct {
+		name, url string
+		want      []string
+	}{
+		{"authority", r.demo.URLs.Authority + "/metrics", writer},
+		{"proxy", r.demo.URLs.ProxyAdmin + "/metrics", append([]string{"passport_proxy_revocation_subscription_up"}, writer...)},
+		{"fleet", r.demo.URLs.Fleet + "/metrics", nil},
+		{"healer", r.demo.HealerAPIs["acme"] + "/metrics", append([]string{"passport_healer_announcements_connected"}, writer...)},
+		{"dashboard", r.demo.URLs.Dashboard + "/metrics", []string{"passport_feed_clients", "passport_feed_events_sent_total"}},
+	} {
+		resp, err := http.Get(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: GET /metrics = %d", tc.name, resp.StatusCode)
+			continue
+		}
+		for _, want := range append(tc.want, common...) {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s /metrics lacks %s", tc.name, want)
+			}
+		}
+	}
+}
