@@ -42,6 +42,7 @@ import (
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
@@ -635,17 +636,16 @@ func (h *Healer) remediate(ctx context.Context, t *target, in *Incident) {
 	if pb.Body != nil {
 		body = pb.Body
 	}
-	backoff := h.cfg.Backoff
+	retry := backoff.Backoff{Min: h.cfg.Backoff, Max: h.cfg.MaxBackoff}
 	for attempt := 1; attempt <= h.cfg.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			if !h.wait(ctx, t, backoff) {
+			if !h.wait(ctx, t, retry.Next()) {
 				if ctx.Err() != nil {
 					return
 				}
 				h.resolve(ctx, in, "recovered during backoff")
 				return
 			}
-			backoff = min(backoff*2, h.cfg.MaxBackoff)
 		}
 		select {
 		case <-t.healthyChan():
