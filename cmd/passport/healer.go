@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -288,7 +284,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		id, secret = cid, a.getenv("PASSPORT_CLIENT_SECRET")
 	} else {
 		var err error
-		id, secret, err = s.storedOrRegistered(ctx, firstNonEmpty(o.credentials, a.getenv("PASSPORT_CREDENTIALS_FILE")), agentType, log)
+		id, secret, err = agentcall.StoredOrRegistered(ctx, s.admin, firstNonEmpty(o.credentials, a.getenv("PASSPORT_CREDENTIALS_FILE")), s.tenant, agentType, log)
 		if err != nil {
 			return nil, err
 		}
@@ -300,104 +296,6 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 	s.clientID = id
 	s.passports = agentcall.AuthorityPassports{Client: c}
 	return s, nil
-}
-
-// agentCredentials is what --credentials keeps: one agent's identity.
-type agentCredentials struct {
-	Tenant       string `json:"tenant"`
-	Type         string `json:"type"`
-	ClientID     string `json:"client_id"`
-	ClientSecret string `json:"client_secret"`
-}
-
-// storedOrRegistered returns the agent stored in path, or registers a new
-// agent with the admin token (and stores it in path when path is set). A
-// stored agent the authority no longer knows is replaced when the admin
-// token allows it; any other failure to check it keeps it (the authority
-// may be starting).
-func (s *agentSetup) storedOrRegistered(ctx context.Context, path, agentType string, log *slog.Logger) (id, secret string, err error) {
-	if path != "" {
-		c, err := readCredentials(path)
-		switch {
-		case err == nil:
-			if c.Tenant != s.tenant || c.Type != agentType {
-				return "", "", fmt.Errorf("--credentials %s holds a %s agent of tenant %s, not a %s agent of tenant %s",
-					path, c.Type, c.Tenant, agentType, s.tenant)
-			}
-			if s.admin == nil {
-				return c.ClientID, c.ClientSecret, nil
-			}
-			if _, err := s.admin.GetAgent(ctx, s.tenant, c.ClientID); !errors.Is(err, client.ErrNotFound) {
-				return c.ClientID, c.ClientSecret, nil
-			}
-			log.Warn("the stored agent no longer exists; registering a new one", "credentials", path, "id", c.ClientID)
-		case !errors.Is(err, fs.ErrNotExist):
-			return "", "", fmt.Errorf("--credentials %s: %w", path, err)
-		}
-	}
-	if s.admin == nil {
-		return "", "", fmt.Errorf("no %s credentials: use --data DIR, PASSPORT_CLIENT_ID/PASSPORT_CLIENT_SECRET, "+
-			"--credentials FILE, or PASSPORT_ADMIN_TOKEN to register one", agentType)
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := fmt.Sprintf("%s-%s-%s", agentType, s.tenant, hex.EncodeToString(b[:]))
-	reg, err := s.admin.RegisterAgent(ctx, s.tenant, client.AgentSpec{Name: name, Type: agentType, TrustLevel: passport.TrustHigh})
-	if err != nil {
-		return "", "", fmt.Errorf("register %s agent: %w", agentType, err)
-	}
-	log.Info("registered agent", "name", name, "id", reg.ID, "tenant", s.tenant)
-	if path != "" {
-		c := agentCredentials{Tenant: s.tenant, Type: agentType, ClientID: reg.ClientID, ClientSecret: reg.ClientSecret}
-		if err := writeCredentials(path, c); err != nil {
-			return "", "", fmt.Errorf("--credentials %s: %w (agent %s is registered; delete it or fix the file)", path, err, reg.ID)
-		}
-	}
-	return reg.ClientID, reg.ClientSecret, nil
-}
-
-func readCredentials(path string) (agentCredentials, error) {
-	var c agentCredentials
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, err
-	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("not a credentials file: %w", err)
-	}
-	if c.ClientID == "" || c.ClientSecret == "" || c.Tenant == "" || c.Type == "" {
-		return c, errors.New("not a credentials file: tenant, type, client_id and client_secret are required")
-	}
-	return c, nil
-}
-
-// writeCredentials writes c to path atomically, readable by its owner only.
-func writeCredentials(path string, c agentCredentials) error {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after the rename, a no-op
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // agentRedis opens Redis (redisx.DefaultURL when url is "") and pings it:
