@@ -65,6 +65,18 @@ type WriterConfig struct {
 	// WitnessHeartbeat and WitnessTimeout: defaults 10s and 2s.
 	WitnessHeartbeat time.Duration `yaml:"witness_heartbeat"`
 	WitnessTimeout   time.Duration `yaml:"witness_timeout"`
+	// The tuning of group commit and retries, rarely changed (see
+	// StreamConfig): max_batch 256, max_wait 200µs, outcome_delay 20ms,
+	// retry_min 50ms, retry_max 5s, durability_interval 1m, max_field
+	// 1024 and max_json 16384 bytes.
+	MaxBatch           int           `yaml:"max_batch"`
+	MaxWait            time.Duration `yaml:"max_wait"`
+	OutcomeDelay       time.Duration `yaml:"outcome_delay"`
+	RetryMin           time.Duration `yaml:"retry_min"`
+	RetryMax           time.Duration `yaml:"retry_max"`
+	DurabilityInterval time.Duration `yaml:"durability_interval"`
+	MaxField           int           `yaml:"max_field"`
+	MaxJSON            int           `yaml:"max_json"`
 }
 
 // Validate reports every problem of c.
@@ -83,13 +95,14 @@ func (c WriterConfig) Validate() error {
 		"checkpoint_interval": c.CheckpointInterval, "retention": c.Retention, "retention_interval": c.RetentionInterval,
 		"wait_timeout": c.WaitTimeout, "write_timeout": c.WriteTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"witness_heartbeat": c.WitnessHeartbeat, "witness_timeout": c.WitnessTimeout,
+		"retry_min": c.RetryMin, "retry_max": c.RetryMax, "durability_interval": c.DurabilityInterval,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("audit.%s: must not be negative", name))
 		}
 	}
-	if c.CheckpointEvery < 0 || c.WaitReplicas < 0 || c.SpoolMaxBytes < 0 || c.OutcomeBuffer < 0 {
-		errs = append(errs, errors.New("audit: checkpoint_every, wait_replicas, spool_max_bytes and outcome_buffer must not be negative"))
+	if c.CheckpointEvery < 0 || c.WaitReplicas < 0 || c.SpoolMaxBytes < 0 || c.OutcomeBuffer < 0 || c.MaxBatch < 0 || c.MaxField < 0 || c.MaxJSON < 0 {
+		errs = append(errs, errors.New("audit: checkpoint_every, wait_replicas, spool_max_bytes, outcome_buffer, max_batch, max_field and max_json must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -108,6 +121,8 @@ func (c WriterConfig) StreamConfig(defaultID string, witnesses []Witness, token 
 		WaitTimeout: c.WaitTimeout, WriteTimeout: c.WriteTimeout, SpoolDir: c.SpoolDir, SpoolMaxBytes: c.SpoolMaxBytes,
 		OutcomeBuffer: c.OutcomeBuffer, ShutdownTimeout: c.ShutdownTimeout, Witnesses: witnesses,
 		WitnessHeartbeat: c.WitnessHeartbeat, WitnessTimeout: c.WitnessTimeout,
+		MaxBatch: c.MaxBatch, MaxWait: c.MaxWait, OutcomeDelay: c.OutcomeDelay, RetryMin: c.RetryMin, RetryMax: c.RetryMax,
+		DurabilityInterval: c.DurabilityInterval, MaxField: c.MaxField, MaxJSON: c.MaxJSON,
 	}
 	if sc.WriterID == "" && defaultID != "" {
 		sc.WriterID = defaultID + "-" + rand.Text()[:8]

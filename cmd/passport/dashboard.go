@@ -101,7 +101,7 @@ and proxy), then --config YAML (dashboard.Config), then defaults.`,
 				if chaosSvc, err = a.dashboardChaos(ctx, &c, act); err != nil {
 					return err
 				}
-			} else if c.cfgPath == "" {
+			} else {
 				log.Info("no --chaos-config: the chaos buttons are off")
 			}
 			var ln net.Listener
