@@ -525,3 +525,60 @@ func TestUpServesTheMetricsOfADeployment(t *testing.T) {
 		}
 	}
 }
+
+// TestUpKeepsItsWritersAcrossRestarts: a restart of `passport up` on the
+// same data directory writes as the same writers (keys in
+// DATA/audit-keys), resuming their chains, and the trail verifies.
+func TestUpKeepsItsWritersAcrossRestarts(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	cfg := stack.Config{DataDir: t.TempDir(), RedisURL: srv.URL(), ChaosInterval: -1, NoRogue: true, BcryptCost: 4, Witness: "none"}
+	cfg.ProxyPort, cfg.ProxyAdminPort, cfg.AuthorityPort, cfg.FleetPort, cfg.DashboardPort, cfg.HealerPort = -1, -1, -1, -1, -1, -1
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	writers := func() []string {
+		var out []string
+		for w := range srv.Client().HGetAll(context.Background(), audit.WritersKey).Val() {
+			out = append(out, w)
+		}
+		sort.Strings(out)
+		return out
+	}
+	var first []string
+	for run := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		ready := make(chan stack.Demo, 1)
+		go func() { done <- stack.Run(ctx, cfg, log, func(d stack.Demo) { ready <- d }) }()
+		select {
+		case d := <-ready:
+			// Something to record: a block by the authority.
+			admin, err := client.NewAdmin(d.URLs.Authority, passport.Secret(d.AdminToken), client.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := d.Agents[0]
+			if _, err := admin.Block(context.Background(), a.Tenant, a.ID, fmt.Sprintf("run %d", run)); err != nil {
+				t.Fatal(err)
+			}
+		case err := <-done:
+			t.Fatalf("run %d: %v", run, err)
+		case <-time.After(60 * time.Second):
+			t.Fatalf("run %d not ready", run)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("run %d stopped with %v", run, err)
+		}
+		if run == 0 {
+			first = writers()
+		}
+	}
+	if got := writers(); strings.Join(got, ",") != strings.Join(first, ",") || len(got) == 0 {
+		t.Fatalf("writers after a restart %v, want the same as before %v", got, first)
+	}
+	for _, tenant := range stack.DefaultTenants {
+		rep, err := audit.VerifyStream(context.Background(), srv.Client(), tenant, audit.VerifyOptions{})
+		if err != nil || !rep.OK() {
+			t.Fatalf("verify %s after a restart: %v %+v", tenant, err, rep)
+		}
+	}
+}
