@@ -207,10 +207,4 @@ func (s *Service) writer(rdb redis.UniversalClient, env Env, wc audit.WriterConf
 	return st, nil
 }
 
-// fail closes what was opened and returns err.
-func (s *Service) fail(err error) (*Service, error) {
-	s.Close()
-	return nil, err
-}
-
 var errNoLogger = errors.New("assemble: Env.Logger is required")

@@ -22,17 +22,17 @@ func Authority(ctx context.Context, cfg authority.Config, env Env, ln net.Listen
 	s := newService("authority", env)
 	rdb, err := s.redisFor(ctx, env, cfg.Redis)
 	if err != nil {
-		_, err = s.fail(err)
+		s.Close()
 		return nil, nil, err
 	}
 	w, err := s.writer(rdb, env, cfg.Audit)
 	if err != nil {
-		_, err = s.fail(err)
+		s.Close()
 		return nil, nil, err
 	}
 	a, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: s.Registry, Audit: w})
 	if err != nil {
-		_, err = s.fail(err)
+		s.Close()
 		return nil, nil, err
 	}
 	s.add("authority", func(ctx context.Context) error { return a.Run(ctx, ln) })

@@ -25,18 +25,18 @@ func Proxy(ctx context.Context, cfg proxy.Config, env Env, ln, adminLn net.Liste
 	s := newService("proxy", env)
 	rdb, err := s.redisFor(ctx, env, cfg.Redis)
 	if err != nil {
-		_, err = s.fail(err)
+		s.Close()
 		return nil, nil, err
 	}
 	w, err := s.writer(rdb, env, cfg.Audit)
 	if err != nil {
-		_, err = s.fail(err)
+		s.Close()
 		return nil, nil, err
 	}
 	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: w, Logger: s.log.With("component", "proxy"), Registry: s.Registry, Policies: policies.FS})
 	if err != nil {
-		_, err = s.fail(fmt.Errorf("proxy: %w", err))
-		return nil, nil, err
+		s.Close()
+		return nil, nil, fmt.Errorf("proxy: %w", err)
 	}
 	s.add("proxy", func(ctx context.Context) error {
 		if ln == nil && adminLn == nil {
