@@ -99,20 +99,41 @@ func Print(w io.Writer, stream string, m redis.XMessage, asJSON bool) {
 // ExportLine is the JSON line of export and tail --json: the stored
 // record verbatim (its hash can be re-checked offline) with its place.
 func ExportLine(stream string, m redis.XMessage) []byte {
+	return ExportLineInput(stream, m, nil)
+}
+
+// ExportLineInput is ExportLine with "input": the decision's full policy
+// input, its passport reference resolved, when the record references a
+// passport record (the stored record stays verbatim).
+func ExportLineInput(stream string, m redis.XMessage, input json.RawMessage) []byte {
 	raw, _ := m.Values[FieldRecord].(string)
 	line := struct {
 		Stream string          `json:"stream"`
 		ID     string          `json:"id"`
 		Record json.RawMessage `json:"record,omitempty"`
+		Input  json.RawMessage `json:"input,omitempty"`
 		Error  string          `json:"error,omitempty"`
 		Raw    string          `json:"raw,omitempty"`
-	}{Stream: stream, ID: m.ID}
+	}{Stream: stream, ID: m.ID, Input: input}
 	if json.Valid([]byte(raw)) && strings.HasPrefix(strings.TrimSpace(raw), "{") {
 		line.Record = json.RawMessage(raw)
 	} else {
 		line.Error, line.Raw = "malformed record", raw
 	}
 	b, _ := json.Marshal(line)
+	return b
+}
+
+// ExportLineErr is the line of a decision whose passport reference does
+// not resolve: the stored record, and why its input is missing.
+func ExportLineErr(stream string, m redis.XMessage, err error) []byte {
+	raw, _ := m.Values[FieldRecord].(string)
+	b, _ := json.Marshal(struct {
+		Stream string          `json:"stream"`
+		ID     string          `json:"id"`
+		Record json.RawMessage `json:"record"`
+		Error  string          `json:"error"`
+	}{stream, m.ID, json.RawMessage(raw), err.Error()})
 	return b
 }
 

@@ -22,9 +22,14 @@ var (
 		(*Proxy).admit,    // router.go: limits, path, query, route
 		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state
 		(*Proxy).readBody, // body.go: the body, whole and checked
+		// approval.go, budget.go: a presented approval, checked (not
+		// used); the call's budgets, reserved. The policy sees both.
+		(*Proxy).checkApproval,
+		(*Proxy).reserveBudgets,
 	}
 	afterAllow = []step{
 		(*Proxy).outcomeRoom, // a forwarded call must get its outcome record
+		(*Proxy).useApproval, // approval.go: the presented approval, used once
 	}
 )
 
@@ -66,7 +71,11 @@ var (
 func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 	rt, vp := c.route, c.vp
 	in, err := p.buildInput(r, c, rt, c.params, c.queryValues, vp, c.reputation, c.now, c.policyBody, c.bodyJSON)
-	rec, rerr := p.decisionRecord(c, rt, vp, c.reputation, in, c.now)
+	var pid, pdigest string
+	if err == nil {
+		pid, pdigest = p.referencePassport(r, c, vp)
+	}
+	rec, rerr := p.decisionRecord(c, rt, vp, c.reputation, in, c.now, pid, pdigest)
 	c.rec = rec
 	if err == nil {
 		err = rerr // the record could not hold the input: nothing to replay, so nothing to forward
@@ -105,7 +114,7 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 		return refusePolicyError
 	case !dec.Allow:
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		return refusePolicyDenied
+		return p.refuseDenied(r, c, &dec) // approval.go: a person, a budget, or a denial
 	}
 	rec.Decision, rec.Reasons = audit.DecisionAllow, dec.Reasons
 	return nil

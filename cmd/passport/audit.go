@@ -150,7 +150,10 @@ func (a *app) auditExportCmd(o *auditOpts) *cobra.Command {
 		Short: "Write audit records as JSON lines (for a SIEM), oldest first",
 		Long: `Write audit records as JSON lines, oldest first, one tenant after the other:
 {"stream": "passport:{t:acme}:audit", "id": "<stream id>", "record": {<the stored record, verbatim>}}
-The record is byte-for-byte what is stored, so its hash can be re-checked offline.`,
+The record is byte-for-byte what is stored, so its hash can be re-checked offline. A
+decision that references its passport record (passport_id, passport_sha256) also gets
+"input": its full policy input with the passport's claims put back; a reference that
+does not resolve gets "error" instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -169,8 +172,23 @@ The record is byte-for-byte what is stored, so its hash can be re-checked offlin
 			}
 			for _, t := range tenants {
 				key := audit.StreamKey(t)
+				ir := audit.NewInputResolver(rdb, t)
 				err := audit.ScanStream(ctx, rdb, key, start, 1000, func(m redis.XMessage) error {
-					_, err := fmt.Fprintln(a.stdout, string(audit.ExportLine(key, m)))
+					line := audit.ExportLine(key, m)
+					if rec, _, err := audit.ParseMessage(m); err == nil {
+						ir.Note(m.ID, rec)
+						if rec.PassportID != "" {
+							in, err := ir.Input(ctx, rec)
+							if err != nil && !errors.Is(err, audit.ErrPassportRef) {
+								return err
+							}
+							line = audit.ExportLineInput(key, m, in)
+							if err != nil {
+								line = audit.ExportLineErr(key, m, err)
+							}
+						}
+					}
+					_, err := fmt.Fprintln(a.stdout, string(line))
 					return err
 				})
 				if err != nil {

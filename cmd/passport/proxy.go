@@ -106,7 +106,7 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 				return err
 			}
 			svc, _, err := assemble.Proxy(cmd.Context(), cfg, assemble.Env{Logger: log, Witnesses: witnesses,
-				WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}, nil, nil)
+				WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}, assemble.ProxyOptions{})
 			if err != nil {
 				return err
 			}

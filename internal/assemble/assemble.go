@@ -79,9 +79,12 @@ type Service struct {
 	// records (fleet, dashboard without chaos).
 	Writer *audit.Stream
 
-	log     *slog.Logger
-	panics  *run.Panics
-	parts   []part
+	log    *slog.Logger
+	panics *run.Panics
+	parts  []part
+	// tail parts run beside the audit writer: they outlive the parts'
+	// drain and stop with the writer (the proxy's approval alerts).
+	tail    []part
 	closers []func()
 }
 
@@ -111,6 +114,10 @@ func (s *Service) add(name string, fn func(context.Context) error) {
 	s.parts = append(s.parts, part{name, fn})
 }
 
+func (s *Service) addTail(name string, fn func(context.Context) error) {
+	s.tail = append(s.tail, part{name, fn})
+}
+
 func (s *Service) onClose(f func()) { s.closers = append(s.closers, f) }
 
 // Close releases what the assembly opened (the writer's committer,
@@ -130,26 +137,25 @@ func (s *Service) Close() {
 // (passport_panics_total) and stops the service with an error.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.Close()
-	var wdone chan error
-	stopWriter := func() {}
+	// The writer and the tail parts stop only once the parts have
+	// returned: what the parts write while they drain still goes out.
+	tctx, stopTail := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopTail()
+	tail := run.NewGroup(tctx, s.panics)
 	if s.Writer != nil {
-		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		stopWriter = cancel
-		wdone = make(chan error, 1)
-		go func() {
-			wdone <- s.panics.Guard(s.Name+"/audit", func() error { return s.Writer.Run(wctx) })
-		}()
+		tail.Go(s.Name+"/audit", s.Writer.Run)
+	}
+	for _, p := range s.tail {
+		tail.Go(p.name, p.run)
 	}
 	g := run.NewGroup(ctx, s.panics)
 	for _, p := range s.parts {
 		g.Go(p.name, p.run)
 	}
 	err := g.Wait()
-	stopWriter()
-	if wdone != nil {
-		if werr := <-wdone; err == nil {
-			err = werr
-		}
+	stopTail()
+	if terr := tail.Wait(); err == nil {
+		err = terr
 	}
 	return err
 }
