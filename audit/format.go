@@ -194,6 +194,7 @@ func Line(m redis.XMessage) string {
 		kv("resource", rec.Resource)
 		kv("agent", rec.AgentName)
 		kv("agent_id", rec.AgentID)
+		kv("on_behalf_of", onBehalfOf(rec.Chain))
 		kv("type", rec.AgentType)
 		kv("trust", rec.TrustLevel)
 		if rec.Reputation != 0 {
@@ -238,6 +239,24 @@ func Line(m redis.XMessage) string {
 	}
 	fmt.Fprintf(&b, " writer=%s seq=%d", Safe(rec.Writer), rec.Seq)
 	return b.String()
+}
+
+// onBehalfOf is a delegated call's chain as read from the acting agent
+// back to the root, "B<A" for B on behalf of A: each agent by name (its
+// id when it has none), the acting agent itself left out.
+func onBehalfOf(chain []ChainLink) string {
+	if len(chain) < 2 {
+		return ""
+	}
+	names := make([]string, 0, len(chain)-1)
+	for i := len(chain) - 2; i >= 0; i-- {
+		n := chain[i].Name
+		if n == "" {
+			n = chain[i].ID
+		}
+		names = append(names, n)
+	}
+	return strings.Join(names, "<")
 }
 
 var streamIDRe = regexp.MustCompile(`^\d+(-\d+)?$`)
