@@ -201,9 +201,6 @@ func (a *Authority) auditRecord(tenant string, rec *agentRecord, kind audit.Kind
 }
 
 func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRecord, kind audit.Kind, details any) {
-	if a.audit == nil {
-		return
-	}
 	// Bounded: a block or unblock has already happened in Redis and must
 	// not hang on a slow audit store.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -215,9 +212,6 @@ func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRe
 }
 
 func (a *Authority) auditEnqueue(tenant, agentID string, kind audit.Kind, details any) {
-	if a.audit == nil {
-		return
-	}
 	r := a.auditRecord(tenant, nil, kind, details)
 	r.AgentID = agentID
 	a.audit.Enqueue(r)

@@ -150,19 +150,13 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 }
 
-// AuditConfig is the part of the audit writer's settings (audit.StreamConfig)
-// an operator sets for a proxy.
-type AuditConfig struct {
-	// SpoolDir keeps outcome records on disk, fsynced, while Redis cannot
-	// take them, and replays them in order once it can; also across a
-	// restart (one proxy per directory). Default: a private temporary
-	// directory made on first need (records left there at exit are named
-	// in the log). PASSPORT_AUDIT_SPOOL_DIR overrides it.
-	SpoolDir string `yaml:"spool_dir"`
-	// SpoolMaxBytes bounds the spool: at the bound the proxy forwards
-	// nothing new (503 audit_backlog_full) until it drains. Default 256 MiB.
-	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
-}
+// AuditConfig is the proxy's `audit:` section, the settings of its audit
+// writer that every writing component shares (audit.WriterConfig): writer
+// id and signing key file, checkpoints, retention, wait_replicas, and the
+// spool: spool_dir keeps outcome records on disk while Redis cannot take
+// them (PASSPORT_AUDIT_SPOOL_DIR overrides it); at spool_max_bytes the
+// proxy forwards nothing new (503 audit_backlog_full) until it drains.
+type AuditConfig = audit.WriterConfig
 
 // PolicyConfig selects the enforced and the shadow policy.
 type PolicyConfig struct {
@@ -532,8 +526,8 @@ func (c *Config) Validate() error {
 			bad("strip_headers: %q is not a header name (or a prefix ending in *)", h)
 		}
 	}
-	if c.Audit.SpoolMaxBytes < 0 {
-		bad("audit.spool_max_bytes: must not be negative")
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Redis.Validate(); err != nil {
 		errs = append(errs, err)
