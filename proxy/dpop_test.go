@@ -141,6 +141,12 @@ func TestDPoPBoundPassport(t *testing.T) {
 			if r := h.dpopDo("POST", "/services/checkout/restart", tok, p); r.status != 200 {
 				t.Fatalf("normalised htu: %d %s", r.status, r.body)
 			}
+			// The scheme is case-insensitive (RFC 9110 §11.1); htu leaves
+			// the query out (RFC 9449 §4.3).
+			p = k.proof(t, "GET", "https://proxy.example/services/checkout", tok, h.now(), nil)
+			if r := h.do("GET", "/services/checkout?verbose=1", "", map[string]string{"Authorization": "dpop " + tok, "DPoP": p}, ""); r.status != 200 {
+				t.Fatalf("lower-case scheme, query: %d %s", r.status, r.body)
+			}
 		})
 	}
 	meta := h.do("GET", metadataPath, "", nil, "")
