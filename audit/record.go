@@ -58,7 +58,7 @@ const (
 )
 
 // Record is one entry of a tenant's audit stream. Fields are documented in
-// the README ("The audit record"). Values taken from requests are stored as
+// docs/audit-stream.md ("The record"). Values taken from requests are stored as
 // length-capped structured fields, never concatenated into text.
 //
 // The minimum audit fields of the IETF agent authentication and

@@ -689,6 +689,12 @@ func (h *Healer) remediate(ctx context.Context, t *target, in *Incident) {
 			h.log.Warn("remediation failed", "id", in.ID, "attempt", attempt, "err", err)
 			in.note(h.now().UTC(), note)
 			h.record(ctx, in)
+			if why := needsPerson(err); why != "" {
+				// A budget ran out or the policy wants a person: retrying
+				// cannot help, a person must look now.
+				h.escalate(ctx, in, why)
+				return
+			}
 			continue
 		}
 		h.log.Info("remediation applied", "id", in.ID, "action", pb.Action, "target", in.Target, "request_id", resp.RequestID)
@@ -815,4 +821,20 @@ func (h *Healer) Open() []*Incident {
 		out = append(out, in.clone())
 	}
 	return out
+}
+
+// needsPerson says why a refused remediation needs a person (the proxy
+// answered approval_required, or a budget ran out), "" when it does not.
+func needsPerson(err error) string {
+	var ae *agentcall.Error
+	if !errors.As(err, &ae) {
+		return ""
+	}
+	switch {
+	case ae.Resp.Code == "approval_required" && ae.Resp.ApprovalID != "":
+		return "needs a person: the policy asks for approval " + ae.Resp.ApprovalID
+	case ae.Resp.Code == "approval_required", ae.Resp.Code == "budget_exhausted":
+		return "needs a person: " + strings.Join(ae.Resp.Reasons, ", ")
+	}
+	return ""
 }

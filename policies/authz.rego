@@ -38,7 +38,14 @@ allow if count(reasons) == 0
 # in clearances, or the check would not be applied to calls that pass all
 # the others: fastpath_test.go fails when the reason rules change, as a
 # reminder, and compares decision with full_decision over many inputs.
-decision := data.passport.loaded.clearances.allowed if {
+decision := full_decision if {
+	# An exhausted budget (escalate.rego): the full evaluation, ahead of
+	# every fast path. An expression here rather than a rule: a rule would
+	# cost every call an evaluation of its own. The calls an approval rule
+	# may concern are left out of the fast paths' tables instead
+	# (approval_calls, fast.rego), which costs an allowed call nothing.
+	input.budgets[_].reserved == false
+} else := data.passport.loaded.clearances.allowed if {
 	cleared_call.simple == true
 
 	# task_target_mismatch, task_action_mismatch: a passport without a
@@ -66,8 +73,15 @@ decision := data.passport.loaded.clearances.allowed if {
 	d := table_decision
 } else := full_decision
 
-# full_decision evaluates every rule: the allow flag and all the reasons.
-full_decision := {
+# full_decision evaluates every rule: the approvals and budgets
+# (escalate.rego) for the calls they concern, else rules_decision.
+full_decision := escalated_decision if {
+	escalates
+} else := rules_decision
+
+# rules_decision is the decision of the reason rules alone: the allow flag
+# and all the reasons.
+rules_decision := {
 	"allow": allow,
 	"reasons": sort(reasons),
 	"input_version": supported_input_version,

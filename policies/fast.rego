@@ -104,7 +104,13 @@ clear_calls[agent_type][level][name][tenant] := {
 	some tenant, tenant_config in config.tenants
 	is_string(tenant)
 	tenant != ""
-	resources := object.union({resource: true | some resource in tenant_config.services}, any_resource(action))
+
+	# An approval rule may concern the call: the full evaluation decides.
+	not approval_calls[name]["*"]
+	resources := object.remove(
+		object.union({resource: true | some resource in tenant_config.services}, any_resource(action)),
+		object.keys(object.get(approval_calls, name, {})),
+	)
 	spans := window_spans(agent_type, name, action, tenant)
 	arguments := name in argument_actions
 }
@@ -372,16 +378,24 @@ min_reputations := {name: max([threshold, 0]) |
 # tenant_resources[action][tenant] are the resources, as keys, that such a
 # call may name (resource_in_tenant): the tenant's services that are
 # strings, and "*" when the action allows any resource. A tenant whose
-# services are not a list has none.
+# services are not a list has none. A resource an approval rule names for
+# the action (approval_calls, escalate.rego) has the value 2, which no
+# entry of denials has: table_call fails and the full evaluation decides
+# (at no cost to the other calls); an action an approval rule names for
+# every resource has no entry.
 tenant_resources := {name: {tenant: object.union(
-	{resource: true | some resource in tenant_config.services; is_string(resource)},
-	any_resource(action),
+	object.union(
+		{resource: true | some resource in tenant_config.services; is_string(resource)},
+		any_resource(action),
+	),
+	{resource: 2 | some resource, _ in object.get(approval_calls, name, {})},
 ) |
 	some tenant, tenant_config in config.tenants
 	is_array(tenant_config.services)
 } |
 	some name, action in config.actions
 	is_object(action)
+	not approval_calls[name]["*"]
 }
 
 # route_tenants[tenant] are the route tenants, as keys, that agree with a

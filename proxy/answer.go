@@ -72,6 +72,9 @@ func (c *call) refuse(f refusal) *refusal {
 // its count in a refusals summary), the metrics, and the problem+json.
 func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refusal) {
 	c.status = f.status
+	if len(c.budgets) > 0 {
+		p.releaseBudgets(r, c) // not forwarded: its units go back (budget.go)
+	}
 	switch f.record {
 	case recordRefusal:
 		p.m.refusals.WithLabelValues(f.auditReason()).Inc()
@@ -108,8 +111,10 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 		if detail == "" {
 			detail = "the policy denied " + c.route.Action + " on " + c.rec.Resource
 		}
-		problem.Write(w, problem.Details{Status: f.status, Code: f.code, Detail: detail, RequestID: c.id,
-			Action: c.route.Action, Resource: c.rec.Resource, Reasons: c.rec.Reasons, Revision: c.rec.PolicyRevision})
+		d := problem.Details{Status: f.status, Code: f.code, Detail: detail, RequestID: c.id,
+			Action: c.route.Action, Resource: c.rec.Resource, Reasons: c.rec.Reasons, Revision: c.rec.PolicyRevision}
+		d.ApprovalID, d.ApprovalURL, d.ExpiresAt = p.approvalProblem(c)
+		problem.Write(w, d)
 	default:
 		problem.Write(w, problem.Details{Status: f.status, Code: f.code, Detail: f.detail, RequestID: c.id})
 	}
@@ -129,7 +134,7 @@ func (p *Proxy) count(c *call, decision string) {
 // always summarised, as a flood of them is the outage itself.
 var outageReasons = map[string]bool{
 	"state_unavailable": true, "audit_unavailable": true, "audit_backlog_full": true,
-	"keys_unavailable": true, "draining": true,
+	"keys_unavailable": true, "draining": true, "budget_unavailable": true, "approval_unavailable": true,
 }
 
 // recordRefusal writes a refusal's decision record, or counts it in a

@@ -23,9 +23,14 @@ var (
 		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state, delegation chain
 		(*Proxy).possess,  // dpop.go: the passport's binding and its DPoP proof
 		(*Proxy).readBody, // body.go: the body, whole and checked
+		// approval.go, budget.go: a presented approval, checked (not
+		// used); the call's budgets, reserved. The policy sees both.
+		(*Proxy).checkApproval,
+		(*Proxy).reserveBudgets,
 	}
 	afterAllow = []step{
 		(*Proxy).outcomeRoom, // a forwarded call must get its outcome record
+		(*Proxy).useApproval, // approval.go: the presented approval, used once
 	}
 )
 
@@ -110,7 +115,7 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 		return refusePolicyError
 	case !dec.Allow:
 		rec.Decision, rec.Reasons = audit.DecisionDeny, dec.Reasons
-		return refusePolicyDenied
+		return p.refuseDenied(r, c, &dec) // approval.go: a person, a budget, or a denial
 	}
 	rec.Decision, rec.Reasons = audit.DecisionAllow, dec.Reasons
 	return nil

@@ -35,6 +35,10 @@ type inputDoc struct {
 	Request  inputRequest    `json:"request"`
 	Passport json.RawMessage `json:"passport"`
 	Agent    inputAgent      `json:"agent"`
+	// Approval and Budgets are set when the call presents an approval and
+	// when budgets count it (approval.go, budget.go).
+	Approval *inputApproval         `json:"approval,omitempty"`
+	Budgets  map[string]inputBudget `json:"budgets,omitempty"`
 }
 
 type inputRoute struct {
@@ -162,6 +166,7 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			ast.Item(kBlocked, tFalse),
 		)),
 	)
+	p.escalationInput(c, in)
 	return in, nil
 }
 

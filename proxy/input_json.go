@@ -54,6 +54,9 @@ func (d *inputDoc) appendJSON(b []byte, withPassport bool) ([]byte, error) {
 	b = append(b, `,"type":`...)
 	b = appendJSONString(b, d.Agent.Type)
 	b = append(b, '}')
+	if b, err = d.appendEscalationsJSON(b); err != nil {
+		return nil, err
+	}
 	// The passport is json.Marshal's own output (Verified.payloadJSON):
 	// valid, compact and escaped as json.Marshal escapes, so json.Marshal
 	// would copy it unchanged, and so does this.

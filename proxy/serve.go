@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 )
 
@@ -52,6 +53,16 @@ type call struct {
 	rec         *audit.Record   // the decision record, once the policy has decided
 	refused     refusal         // a refusal made from the call's own values (call.refuse)
 	proven      bool            // a bound passport's DPoP proof passed (dpop.go)
+
+	// Approvals and budgets (approval.go, budget.go).
+	rawBody  []byte             // the body's exact bytes (buffered routes)
+	approval *approval.Approval // the presented approval, checked against the call
+	asked    *approval.Approval // the approval the policy asked for
+	budgets  []budgetHold       // the call's budget reservations
+
+	// What forwarding adds (forward.go): never logged or recorded.
+	credName, credValue string // the upstream credential
+	assertion           string // the signed assertion
 
 	cancel context.CancelCauseFunc    // the drain cuts the call with it
 	fw     atomic.Pointer[forwarding] // set once the call is forwarded

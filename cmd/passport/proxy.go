@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
@@ -134,7 +135,11 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 				return fmt.Errorf("audit stream: %w", err)
 			}
 			defer stream.Close()
-			p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS})
+			al, err := alert.New(cfg.Approvals.Alerts, alert.Deps{Logger: log, Registry: reg})
+			if err != nil {
+				return err
+			}
+			p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS, Alerts: al})
 			if err != nil {
 				return err
 			}
@@ -144,6 +149,7 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 			auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
 			var g errgroup.Group
 			g.Go(func() error { return stream.Run(auditCtx) })
+			g.Go(func() error { return al.Run(auditCtx) }) // approvals announced while draining still go out
 			err = p.Run(ctx)
 			stopAudit()
 			if aerr := g.Wait(); err == nil {

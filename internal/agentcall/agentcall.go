@@ -55,9 +55,13 @@ type Response struct {
 	Body      []byte
 	RequestID string
 	// Code and Reasons are the proxy's problem code (e.g. policy_denied)
-	// and the policy's reasons on a 401 or 403, when the body has them.
+	// and the policy's reasons on a 401, 403 or 429, when the body has
+	// them.
 	Code    string
 	Reasons []string
+	// ApprovalID names the pending approval of an approval_required
+	// answer: a person must approve the call.
+	ApprovalID string
 }
 
 // Error is returned for a non-2xx answer; it wraps one of the sentinels.
@@ -148,17 +152,19 @@ func (c *Client) Do(ctx context.Context, token, method, path string, body any) (
 	}
 	var kind error
 	switch resp.StatusCode {
-	case http.StatusUnauthorized, http.StatusForbidden:
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests:
+		// 429: a budget ran out (budget_exhausted) — a refusal too.
 		kind = ErrDenied
 		if resp.StatusCode == http.StatusUnauthorized {
 			kind = ErrUnauthorized
 		}
 		var p struct {
-			Code    string   `json:"code"`
-			Reasons []string `json:"reasons"`
+			Code       string   `json:"code"`
+			Reasons    []string `json:"reasons"`
+			ApprovalID string   `json:"approval_id"`
 		}
 		if json.Unmarshal(data, &p) == nil {
-			r.Code, r.Reasons = p.Code, p.Reasons
+			r.Code, r.Reasons, r.ApprovalID = p.Code, p.Reasons, p.ApprovalID
 		}
 	case http.StatusConflict:
 		kind = ErrConflict

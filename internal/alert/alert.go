@@ -35,6 +35,7 @@ const (
 	KindIncidentEscalated = "incident_escalated"
 	KindSlowResolution    = "slow_resolution"
 	KindAgentBlocked      = "agent_blocked"
+	KindApprovalRequested = "approval_requested" // the proxy: a policy asked a person to approve a call
 )
 
 // Alert is one thing an operator should know about.

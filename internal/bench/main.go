@@ -201,7 +201,11 @@ func run() error {
 	if o.noAudit {
 		sink = nopSink{}
 	}
-	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Registry: reg, Policies: policies.FS})
+	lib, err := budgetedLibrary()
+	if err != nil {
+		return err
+	}
+	p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: sink, Logger: log, Registry: reg, Policies: lib})
 	if err != nil {
 		return err
 	}
@@ -252,7 +256,7 @@ func run() error {
 			return err
 		}
 	}
-	healer := sign(priv, cfg, "healer-1", "healer", passport.TrustHigh, now, "service.get", "service.restart")
+	healer := sign(priv, cfg, "healer-1", "healer", passport.TrustHigh, now, "service.list", "service.get", "service.restart")
 	observer := sign(priv, cfg, "observer-1", "observer", passport.TrustLow, now, "service.get")
 	// healer-2 holds a DPoP-bound passport (the DPoP cost row).
 	boundKey, jkt := newDPoPKey()
@@ -280,6 +284,10 @@ func run() error {
 		{"bare reverse proxy", bareURL + "/services/checkout/restart", "POST", "", 200},
 		{"full path (allow)", proxyURL + "/services/checkout/restart", "POST", healer, 200},
 		{"deny path (403)", proxyURL + "/services/checkout/restart", "POST", observer, 403},
+		// A budget's cost: a GET that no budget counts, and one that the
+		// bench budget counts (a reservation script per call).
+		{unbudgetedName, proxyURL + "/services", "GET", healer, 200},
+		{budgetedName, proxyURL + "/services/checkout", "GET", healer, 200},
 	}
 	if tlsURL != "" {
 		cases = append(cases, benchCase{tlsCaseName, tlsURL + "/services/checkout/restart", "POST", healer, 200})
@@ -365,6 +373,14 @@ func run() error {
 		}
 		slices.Sort(rs)
 		return rs[len(rs)/2], true
+	}
+	if b, u := rounds[budgetedName], rounds[unbudgetedName]; len(b) > 0 && len(b) == len(u) {
+		rs := make([]float64, len(b))
+		for i := range b {
+			rs[i] = b[i].rps / max(u[i].rps, 1)
+		}
+		slices.Sort(rs)
+		fmt.Printf("\nbudgeted GET / unbudgeted GET: %.2f (one budget reserved per call)\n", rs[len(rs)/2])
 	}
 	bareRatio, okBare := ratio(rounds["bare reverse proxy"])
 	cmpRatio, okCmp := ratio(rounds[authRequestName])

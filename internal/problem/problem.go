@@ -30,6 +30,11 @@ type Details struct {
 	Resource  string   `json:"resource,omitempty"`
 	Reasons   []string `json:"reasons,omitempty"`
 	Revision  string   `json:"policy_revision,omitempty"`
+	// An approval_required answer names the pending approval, the
+	// dashboard's page for it and when it expires (RFC 3339).
+	ApprovalID  string `json:"approval_id,omitempty"`
+	ApprovalURL string `json:"approval_url,omitempty"`
+	ExpiresAt   string `json:"expires_at,omitempty"`
 }
 
 // TypeOf is the type URI of code.

@@ -158,6 +158,10 @@ func Call(rng *rand.Rand) map[string]any {
 		{[]string{"agent", "trust_level"}, []any{"LOW", "MEDIUM", "ROOT", nil}},
 		{[]string{"agent", "reputation"}, []any{50, 49.9, 0, "90", nil}},
 		{[]string{"agent", "blocked"}, []any{true, nil, "false", 0}},
+		// Budgets and approvals (escalate.rego), as the proxy passes them.
+		{[]string{"budgets"}, []any{budgetIn("restarts-per-service", true), budgetIn("restarts-per-service", false),
+			budgetIn("other", false), map[string]any{}, "x", nil}},
+		{[]string{"approval"}, []any{approvalIn("alice"), approvalIn(), approvalIn("alice", "bob"), "x", nil}},
 	}
 	for range rng.IntN(4) {
 		m := mutations[rng.IntN(len(mutations))]
@@ -179,6 +183,14 @@ func Call(rng *rand.Rand) map[string]any {
 		}
 	}
 	return in
+}
+
+func budgetIn(name string, reserved bool) map[string]any {
+	return map[string]any{name: map[string]any{"limit": 3, "used": 3, "remaining": 0, "window": "10m0s", "reserved": reserved}}
+}
+
+func approvalIn(approvers ...string) map[string]any {
+	return map[string]any{"id": "apr_0123456789abcdefghij", "approvers": anys(approvers), "granted_at": "2026-11-25T20:00:00Z"}
 }
 
 func anys(s []string) []any {

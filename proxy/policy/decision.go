@@ -12,6 +12,9 @@ type Decision struct {
 	Allow    bool
 	Reasons  []string
 	Revision string
+	// Approval is set when a denying decision asks a person to approve
+	// the exact call (decision.approval.required).
+	Approval *ApprovalAsk
 	// value is the whole decision object as the policy returned it. It
 	// may be a value the policy stored once per load and hands to every
 	// call (an allowed decision), so it never leaves the package: Object

@@ -33,6 +33,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentpassport/passport/budget"
 )
 
 // DefaultQuery is the rule the proxy evaluates.
@@ -154,6 +156,7 @@ type prepared struct {
 	revision string
 	fast     *fastQuery // Options.Evaluator Fast
 	rego     *regoQuery // Options.Evaluator Rego
+	budgets  []budget.Budget
 	users    atomic.Int64
 	closed   atomic.Bool
 }
@@ -301,8 +304,12 @@ func (e *Engine) prepare(ctx context.Context, fsys fs.FS) (_ *prepared, err erro
 	if err != nil {
 		return nil, err
 	}
+	budgets, err := budget.FromData(data)
+	if err != nil {
+		return nil, fmt.Errorf("policy data: %w", err)
+	}
 	modules := files.sortedModules()
-	p := &prepared{revision: files.Revision}
+	p := &prepared{revision: files.Revision, budgets: budgets}
 	if e.opts.Evaluator == Rego {
 		p.rego, err = prepareRego(ctx, modules, data, e.opts.Query, e.caps)
 	} else {
@@ -381,6 +388,12 @@ func (e *Engine) evaluate(ctx context.Context, p *prepared, input ast.Value) (d 
 		return d, err
 	}
 	d.Allow, d.Reasons, d.value = allow, reasons, v.Value
+	if !allow {
+		if d.Approval, err = readApproval(v.Value); err != nil {
+			e.opts.Metrics.Errors.WithLabelValues(e.opts.Name, "malformed").Inc()
+			return Decision{Revision: p.revision}, err
+		}
+	}
 	return d, nil
 }
 
