@@ -22,6 +22,7 @@ var (
 		(*Proxy).admit,    // router.go: limits, path, query, route
 		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state
 		(*Proxy).readBody, // body.go: the body, whole and checked
+		(*Proxy).mcpStep,  // mcp.go: an MCP route's JSON-RPC message and its headers
 	}
 	afterAllow = []step{
 		(*Proxy).outcomeRoom, // a forwarded call must get its outcome record
@@ -37,7 +38,11 @@ func (p *Proxy) decide(w http.ResponseWriter, r *http.Request, c *call) *refusal
 			return ref
 		}
 	}
-	if ref := p.evaluate(r, c); ref != nil {
+	evaluate := (*Proxy).evaluate
+	if c.mcp != nil {
+		evaluate = (*Proxy).evaluateMCP // each tools/call as its tool's action
+	}
+	if ref := evaluate(p, r, c); ref != nil {
 		return ref
 	}
 	for _, s := range afterAllow {

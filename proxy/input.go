@@ -35,6 +35,7 @@ type inputDoc struct {
 	Request  inputRequest    `json:"request"`
 	Passport json.RawMessage `json:"passport"`
 	Agent    inputAgent      `json:"agent"`
+	MCP      *inputMCP       `json:"mcp,omitempty"` // MCP routes only (mcp.go)
 }
 
 type inputRoute struct {
@@ -108,6 +109,7 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 	if in.doc.Request.Body == nil {
 		in.doc.Request.Body = nullJSON
 	}
+	mcpTerm := c.mcpInput(&in.doc) // a tools/call: its tool, resource and arguments (as the body)
 	pt, err := vp.terms()
 	if err != nil {
 		return in, err
@@ -162,6 +164,9 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 			ast.Item(kBlocked, tFalse),
 		)),
 	)
+	if mcpTerm != nil {
+		in.value.(ast.Object).Insert(kMCP, mcpTerm)
+	}
 	return in, nil
 }
 

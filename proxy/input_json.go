@@ -51,7 +51,11 @@ func (d *inputDoc) appendJSON(b []byte) ([]byte, error) {
 	b = appendJSONString(b, d.Agent.TrustLevel)
 	b = append(b, `,"type":`...)
 	b = appendJSONString(b, d.Agent.Type)
-	b = append(b, `},"passport":`...)
+	b = append(b, '}')
+	if d.MCP != nil {
+		b = d.MCP.appendJSON(append(b, `,"mcp":`...))
+	}
+	b = append(b, `,"passport":`...)
 	// The passport is json.Marshal's own output (Verified.payloadJSON):
 	// valid, compact and escaped as json.Marshal escapes, so json.Marshal
 	// would copy it unchanged, and so does this.

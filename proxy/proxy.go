@@ -206,8 +206,10 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		if rc.BodyNames == BodyNamesFolded {
 			r.bodyOpts.Names = strictjson.NamesFolded
 		}
+		r.mcp = p.compileMCP(r)
 		routes = append(routes, r)
 	}
+	routes = append(routes, mcpCompanions(routes)...)
 	p.router = newRouter(routes)
 
 	p.metaURL = strings.TrimRight(p.cfg.ResourceURL, "/") + "/.well-known/oauth-protected-resource"

@@ -59,11 +59,15 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 // was not forwarded). It reads only what is fixed before forwarding, so
 // the drain may call it while the call runs.
 func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string, status int) *audit.Record {
-	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
 		ClientRequestID: c.clientID, Tenant: c.tenant,
 		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
 		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
+	if c.mcp != nil {
+		rec.Details = c.mcp.details() // with the JSON-RPC result or error
+	}
+	return rec
 }
 
 // refusalRecord is the decision record of a call refused before the policy
@@ -91,6 +95,9 @@ func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason str
 	}
 	if c.tenant != "" {
 		rec.Tenant = c.tenant
+	}
+	if c.mcp != nil {
+		rec.Details = c.mcp.details() // the method and tool refused
 	}
 	return rec
 }

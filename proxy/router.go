@@ -195,6 +195,7 @@ type route struct {
 	inputTerm  *ast.Term // the input's "route" object, built once
 	actionTerm *ast.Term
 	bodyOpts   strictjson.Options // how a policy body is decoded
+	mcp        *mcpRoute          // an MCP route's tools (mcp.go), else nil
 }
 
 // router finds the route of a method and normalised path. Routes with a

@@ -51,6 +51,7 @@ type call struct {
 	bodyJSON    json.RawMessage // its JSON text
 	rec         *audit.Record   // the decision record, once the policy has decided
 	refused     refusal         // a refusal made from the call's own values (call.refuse)
+	mcp         *mcpCall        // on an MCP route: its message (mcp.go)
 
 	cancel context.CancelCauseFunc    // the drain cuts the call with it
 	fw     atomic.Pointer[forwarding] // set once the call is forwarded
