@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -301,15 +302,12 @@ func (p *Proxy) mcpStep(_ http.ResponseWriter, r *http.Request, c *call) *refusa
 	}
 	mc := &mcpCall{req: r, p: p, c: c, route: c.route, version: r.Header.Get(hdrMCPVersion)}
 	c.mcp = mc
-	if ref := checkMCPHeaderSpelling(r.Header); ref != nil {
-		return ref
-	}
 	if r.Method != http.MethodPost {
 		// The GET stream and the session DELETE carry no message.
 		if r.Header.Get(hdrMCPMethod) != "" || r.Header.Get(hdrMCPName) != "" {
 			return refuseMCPHeaders
 		}
-		return nil
+		return checkMCPHeaderSpelling(r.Header)
 	}
 	mt, _ := bodyMediaType(r) // readBody refused a malformed one
 	if mt != "application/json" || !identityCoding(r) {
@@ -343,6 +341,9 @@ func (p *Proxy) mcpStep(_ http.ResponseWriter, r *http.Request, c *call) *refusa
 			mc.msgs = mc.msgs[:i+1] // what was read, for the record
 			return ref
 		}
+	}
+	if ref := checkMCPHeaderSpelling(r.Header); ref != nil {
+		return ref
 	}
 	return mc.checkHeaders(r.Header)
 }
@@ -696,9 +697,10 @@ func (m *inputMCP) appendJSON(b []byte) []byte {
 }
 
 // answerable reports whether a refusal of this call is answered as
-// JSON-RPC: a POST whose body was read as messages (the GET stream and
-// the session DELETE, and bodies that are no messages, get problem+json).
-func (mc *mcpCall) answerable() bool { return len(mc.msgs) > 0 }
+// JSON-RPC: a POST (the GET stream and the session DELETE get
+// problem+json). A message that could not be read is answered with id
+// null, as JSON-RPC answers a parse error.
+func (mc *mcpCall) answerable() bool { return mc.req.Method == http.MethodPost }
 
 // JSON-RPC error codes of the proxy's refusals: JSON-RPC's and MCP's own
 // where they fit (-32020 is MCP's header mismatch), else -31403, outside
@@ -755,22 +757,27 @@ func (mc *mcpCall) answer(w http.ResponseWriter, c *call, f *refusal) {
 		}
 	}
 	// The message refused: the first one denied, else the last one read.
-	judged := &mc.msgs[len(mc.msgs)-1]
-	for i := range mc.msgs {
-		if d := mc.msgs[i].decision; d != "" && d != audit.DecisionAllow {
-			judged = &mc.msgs[i]
-			break
+	if len(mc.msgs) > 0 {
+		judged := &mc.msgs[len(mc.msgs)-1]
+		for i := range mc.msgs {
+			if d := mc.msgs[i].decision; d != "" && d != audit.DecisionAllow {
+				judged = &mc.msgs[i]
+				break
+			}
 		}
+		e.Data.Tool = judged.name
 	}
-	e.Data.Tool = judged.name
 	var out []byte
-	if !mc.batch {
+	switch {
+	case len(mc.msgs) == 0:
+		out, _ = json.Marshal(rpcResponse{JSONRPC: "2.0", ID: json.RawMessage("null"), Error: e})
+	case !mc.batch:
 		id := mc.msgs[0].id
 		if id == nil {
 			id = json.RawMessage("null")
 		}
 		out, _ = json.Marshal(rpcResponse{JSONRPC: "2.0", ID: id, Error: e})
-	} else {
+	default:
 		var all []rpcResponse
 		for _, m := range mc.msgs {
 			if m.id != nil && m.method != "" {
@@ -788,4 +795,23 @@ func (mc *mcpCall) answer(w http.ResponseWriter, c *call, f *refusal) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(f.status)
 	_, _ = w.Write(append(out, '\n'))
+}
+
+// withMCPTools is routes and the tools of its MCP routes (in name order):
+// their actions are scopes of the protected resource too.
+func withMCPTools(routes []*route) []*route {
+	out := slices.Clone(routes)
+	for _, r := range routes {
+		if r.mcp == nil {
+			continue
+		}
+		names := slices.Sorted(maps.Keys(r.mcp.tools))
+		for _, n := range names {
+			out = append(out, r.mcp.tools[n].rt)
+		}
+		if r.mcp.def != nil {
+			out = append(out, r.mcp.def.rt)
+		}
+	}
+	return out
 }

@@ -309,3 +309,246 @@ func countKind(recs []*audit.Record, k audit.Kind) int {
 	}
 	return n
 }
+
+// mcpPost sends one raw MCP message.
+func (h *harness) mcpPost(token, body string, hdr map[string]string) resp {
+	h.t.Helper()
+	all := map[string]string{"Accept": "application/json, text/event-stream"}
+	for k, v := range hdr {
+		all[k] = v
+	}
+	return h.do("POST", "/mcp", token, all, body)
+}
+
+// cur is the current revision's headers of a message.
+func cur(method, name string) map[string]string {
+	h := map[string]string{"Mcp-Protocol-Version": mcpRevisionStateless, "Mcp-Method": method}
+	if name != "" {
+		h["Mcp-Name"] = name
+	}
+	return h
+}
+
+const restartWeb = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"namespace":"prod","name":"web"}}}`
+
+// TestMCPHostile: raw JSON-RPC requests built to make the proxy judge one
+// thing while the server runs another. Each is refused, answered as a
+// JSON-RPC error with the request's id where there is one, and reaches
+// nothing.
+func TestMCPHostile(t *testing.T) {
+	fleet, up := newMCPServer(t, &mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true})
+	h := newHarness(t, mcpConfig(up))
+	tok := h.mcpAgent()
+	deep := strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40)
+	for _, tc := range []struct {
+		name   string
+		body   string
+		hdr    map[string]string
+		status int
+		code   string
+		id     string // the id the error answers ("" when not JSON-RPC)
+	}{
+		{"Mcp-Method disagrees with the body", restartWeb, cur("tools/list", "restart_deployment"), 400, "mcp_header_mismatch", "7"},
+		{"Mcp-Name disagrees with the body", restartWeb, cur("tools/call", "list_pods"), 400, "mcp_header_mismatch", "7"},
+		{"Mcp-Method missing on the current revision", restartWeb, map[string]string{"Mcp-Protocol-Version": mcpRevisionStateless, "Mcp-Name": "restart_deployment"}, 400, "mcp_header_mismatch", "7"},
+		{"Mcp-Name missing on the current revision", restartWeb, cur("tools/call", ""), 400, "mcp_header_mismatch", "7"},
+		{"Mcp-Name on a method without a name", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, cur("tools/list", "restart_deployment"), 400, "mcp_header_mismatch", "1"},
+		{"Mcp_Method spelled with an underscore", restartWeb, map[string]string{"Mcp-Protocol-Version": mcpRevisionStateless, "Mcp-Method": "tools/call", "Mcp-Name": "restart_deployment", "Mcp_Method": "tools/list"}, 400, "mcp_header_mismatch", "7"},
+		{"mcp.name spelled with a dot", restartWeb, map[string]string{"Mcp-Protocol-Version": mcpRevisionStateless, "Mcp-Method": "tools/call", "Mcp-Name": "restart_deployment", "mcp.name": "list_pods"}, 400, "mcp_header_mismatch", "7"},
+		{"body revision disagrees with the header", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2025-11-25"},"name":"restart_deployment","arguments":{"name":"web"}}}`, cur("tools/call", "restart_deployment"), 400, "mcp_header_mismatch", "7"},
+		{"case-colliding argument names", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","Name":"payments"}}}`, cur("tools/call", "restart_deployment"), 400, "bad_body", "null"},
+		{"argument folding to another (Kelvin sign)", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","\u212aey":1,"key":2}}}`, cur("tools/call", "restart_deployment"), 400, "bad_body", "null"},
+		{"argument name not in folded form", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"Name":"payments"}}}`, cur("tools/call", "restart_deployment"), 400, "mcp_bad_arguments", "7"},
+		{"Arguments spelled in another case", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","Arguments":{"name":"payments"}}}`, cur("tools/call", "restart_deployment"), 400, "mcp_bad_message", "7"},
+		{"Name spelled in another case", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"Name":"restart_deployment","arguments":{"name":"web"}}}`, nil, 400, "mcp_bad_message", "7"},
+		{"duplicate method member", `{"jsonrpc":"2.0","id":7,"method":"tools/list","method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"payments"}}}`, nil, 400, "bad_body", "null"},
+		{"duplicate tool name", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"list_pods","name":"restart_deployment","arguments":{"name":"payments"}}}`, nil, 400, "bad_body", "null"},
+		{"method in another spelling", `{"jsonrpc":"2.0","id":7,"method":"Tools/Call","params":{"name":"restart_deployment","arguments":{"name":"payments"}}}`, nil, 403, "mcp_method_refused", "7"},
+		{"method the proxy does not govern", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///etc/passwd"}}`, nil, 403, "mcp_method_refused", "7"},
+		{"unmapped tool", `{"jsonrpc":"2.0","id":"a<b","method":"tools/call","params":{"name":"delete_namespace","arguments":{"name":"prod"}}}`, nil, 403, "mcp_tool_unmapped", `"a\u003cb"`},
+		{"arguments that are not an object", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":["payments"]}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"resource argument missing", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{}}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"resource argument with a slash", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web/../payments"}}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"resource argument not a string", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":{"x":"payments"}}}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"deep arguments", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","x":` + deep + `}}}`, nil, 400, "bad_body", "null"},
+		{"oversized arguments", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","x":"` + strings.Repeat("a", 70<<10) + `"}}}`, nil, 413, "body_too_large", ""},
+		{"number past float precision", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"scale_deployment","arguments":{"namespace":"prod","name":"web","replicas":10.0000000000000000001}}}`, nil, 400, "bad_body", "null"},
+		{"invalid UTF-8", "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"restart_deployment\",\"arguments\":{\"name\":\"web\xff\"}}}", nil, 400, "bad_body", "null"},
+		{"fractional id", `{"jsonrpc":"2.0","id":7.5,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}}`, nil, 400, "mcp_bad_message", "null"},
+		{"not JSON-RPC 2.0", `{"jsonrpc":"1.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}}`, nil, 400, "mcp_bad_message", "null"},
+		{"unknown top-level member", `{"jsonrpc":"2.0","id":7,"method":"ping","extra":{"method":"tools/call"}}`, nil, 400, "mcp_bad_message", "null"},
+		{"a call without an id", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}}`, nil, 400, "mcp_bad_message", "null"},
+		{"a notification with an id", `{"jsonrpc":"2.0","id":3,"method":"notifications/initialized"}`, nil, 400, "mcp_bad_message", "3"},
+		{"batch sneaking a denied call behind a list", `[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"payments"}}}]`, nil, 200, "policy_denied", "[1,2]"},
+		{"batch of an allowed and a denied call", `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"retired_tool","arguments":{}}}]`, nil, 200, "policy_denied", "[1,2]"},
+		{"batch with an unmapped tool", `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_namespace","arguments":{}}}]`, nil, 403, "mcp_tool_unmapped", "[1,2]"},
+		{"batch with a mirrored header", `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}}]`, map[string]string{"Mcp-Method": "tools/call"}, 400, "mcp_batch_refused", "[1]"},
+		{"empty batch", `[]`, nil, 400, "mcp_batch_refused", "null"},
+		{"batch too long", "[" + strings.TrimSuffix(strings.Repeat(`{"jsonrpc":"2.0","method":"notifications/progress"},`, 17), ",") + "]", nil, 400, "mcp_batch_refused", "null"},
+		{"text/plain body", restartWeb, map[string]string{"Content-Type": "text/plain"}, 415, "unsupported_media_type", "null"},
+		{"compressed body", restartWeb, map[string]string{"Content-Encoding": "gzip"}, 415, "unsupported_media_type", "null"},
+		{"a top-level scalar", `"tools/call"`, nil, 400, "mcp_bad_message", "null"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			postsBefore, _ := fleet.reached()
+			res := h.mcpPost(tok, tc.body, tc.hdr)
+			if res.status != tc.status {
+				t.Fatalf("status %d, want %d: %s", res.status, tc.status, res.body)
+			}
+			if tc.id == "" {
+				if !strings.Contains(res.body, `"code":"`+tc.code+`"`) {
+					t.Fatalf("answer %s, want code %s", res.body, tc.code)
+				}
+			} else {
+				checkRPCError(t, res, tc.code, tc.id)
+			}
+			if posts, _ := fleet.reached(); posts != postsBefore {
+				t.Fatal("the refused message reached the server")
+			}
+		})
+	}
+	for _, name := range []string{"payments", "NEVER-retired_tool", "NEVER-delete_namespace"} {
+		if fleet.restarted(name) != 0 {
+			t.Fatalf("%s reached the fleet", name)
+		}
+	}
+}
+
+// checkRPCError checks a JSON-RPC error answer (or a batch of them): its
+// ids and its refusal code.
+func checkRPCError(t *testing.T, res resp, code, ids string) {
+	t.Helper()
+	if ct := res.header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("content type %q: %s", ct, res.body)
+	}
+	var msgs []rpcResponse
+	if strings.HasPrefix(ids, "[") {
+		if err := json.Unmarshal([]byte(res.body), &msgs); err != nil {
+			t.Fatalf("%v: %s", err, res.body)
+		}
+	} else {
+		var one rpcResponse
+		if err := json.Unmarshal([]byte(res.body), &one); err != nil {
+			t.Fatalf("%v: %s", err, res.body)
+		}
+		msgs = []rpcResponse{one}
+	}
+	var got []string
+	for _, m := range msgs {
+		got = append(got, string(m.ID))
+		if m.JSONRPC != "2.0" || m.Error == nil || m.Error.Data.Code != code || m.Error.Data.RequestID != res.header.Get("X-Request-Id") {
+			t.Fatalf("answer %s, want code %s", res.body, code)
+		}
+	}
+	want := ids
+	if strings.HasPrefix(ids, "[") {
+		want = strings.Trim(ids, "[]")
+	}
+	if g := strings.Join(got, ","); g != want {
+		t.Fatalf("ids %s, want %s: %s", g, want, res.body)
+	}
+}
+
+// TestMCPSessionsAndStreams: the older revision's session through raw
+// requests: initialize answers with the server's Mcp-Session-Id, later
+// requests carry it, the GET stream and the session DELETE need a passport
+// and are recorded, a batch of allowed calls is judged call by call and
+// recorded with each decision, and a filtered list is private.
+func TestMCPSessionsAndStreams(t *testing.T) {
+	fleet, up := newMCPServer(t, &mcp.StreamableHTTPOptions{JSONResponse: true})
+	h := newHarness(t, mcpConfig(up))
+	tok := h.mcpAgent()
+
+	res := h.mcpPost(tok, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`, nil)
+	sid := res.header.Get("Mcp-Session-Id")
+	if res.status != 200 || sid == "" {
+		t.Fatalf("initialize: %d %v %s", res.status, res.header, res.body)
+	}
+	old := map[string]string{"Mcp-Session-Id": sid, "Mcp-Protocol-Version": mcpRevisionSessions}
+	if res = h.mcpPost(tok, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, old); res.status != 202 {
+		t.Fatalf("initialized: %d %s", res.status, res.body)
+	}
+	res = h.mcpPost(tok, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, old)
+	if res.status != 200 || res.header.Get("Cache-Control") != "private, no-store" || !strings.Contains(res.body, `"cacheScope":"private"`) ||
+		strings.Contains(res.body, "retired_tool") || strings.Contains(res.body, "delete_namespace") || !strings.Contains(res.body, "restart_deployment") {
+		t.Fatalf("tools/list: %d %v %s", res.status, res.header, res.body)
+	}
+
+	// A batch of two allowed calls (older clients batch): judged one by
+	// one, forwarded as sent. The server may refuse batches itself.
+	res = h.mcpPost(tok, `[{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web"}}},`+
+		`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"api"}}}]`, old)
+	_, calls := fleet.reached()
+	if len(calls) != 1 || !strings.Contains(calls[0], `"api"`) {
+		t.Fatalf("the batch did not reach the server as sent: %d %s, calls %q", res.status, res.body, calls)
+	}
+	var batchRec *audit.Record
+	for _, rec := range h.sink.byRequest(res.header.Get("X-Request-Id")) {
+		if rec.Kind == audit.KindDecision {
+			batchRec = rec
+		}
+	}
+	if batchRec == nil || batchRec.Decision != audit.DecisionAllow ||
+		!strings.Contains(string(batchRec.Details), `"batch":[{"method":"tools/call","tool":"restart_deployment","decision":"allow"},{"method":"tools/call","tool":"restart_deployment","decision":"allow"}]`) {
+		t.Fatalf("batch record %+v", batchRec)
+	}
+
+	// The GET stream: a passport first.
+	req, _ := http.NewRequest("GET", h.url+"/mcp", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	for k, v := range old {
+		req.Header.Set(k, v)
+	}
+	anon, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon.Body.Close()
+	if anon.StatusCode != 401 || !strings.Contains(anon.Header.Get("WWW-Authenticate"), "resource_metadata=") {
+		t.Fatalf("GET stream without a passport: %d %v", anon.StatusCode, anon.Header)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	stream, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stream.StatusCode != 200 || stream.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("GET stream: %d %v", stream.StatusCode, stream.Header)
+	}
+	streamID := stream.Header.Get("X-Request-Id")
+	stream.Body.Close()
+	recs := h.sink.byRequest(streamID)
+	if len(recs) == 0 || recs[0].Decision != audit.DecisionAllow || recs[0].Action != mcpDiscoverAction || !strings.Contains(string(recs[0].Details), `"stream":true`) {
+		t.Fatalf("stream records %+v", recs)
+	}
+
+	// A session DELETE, with a mirrored header it cannot have: refused.
+	res = h.do("DELETE", "/mcp", tok, map[string]string{"Mcp-Session-Id": sid, "Mcp-Method": "tools/call"}, "")
+	if res.status != 400 || !strings.Contains(res.body, "mcp_header_mismatch") {
+		t.Fatalf("DELETE with Mcp-Method: %d %s", res.status, res.body)
+	}
+	if res = h.do("DELETE", "/mcp", tok, old, ""); res.status != 204 {
+		t.Fatalf("DELETE: %d %s", res.status, res.body)
+	}
+	if res = h.mcpPost(tok, `{"jsonrpc":"2.0","id":9,"method":"ping"}`, old); res.status != 404 {
+		t.Fatalf("after DELETE the session should be gone: %d %s", res.status, res.body)
+	}
+}
+
+// TestMCPMetadataNamesToolActions: an MCP client that gets a 401 finds
+// the authority in the RFC 9728 metadata, whose scopes include the tools'
+// actions.
+func TestMCPMetadataNamesToolActions(t *testing.T) {
+	_, up := newMCPServer(t, &mcp.StreamableHTTPOptions{Stateless: true})
+	h := newHarness(t, mcpConfig(up))
+	res := h.mcpPost("", restartWeb, cur("tools/call", "restart_deployment"))
+	if res.status != 401 || !strings.Contains(res.header.Get("WWW-Authenticate"), `resource_metadata="`) {
+		t.Fatalf("no passport: %d %v", res.status, res.header)
+	}
+	meta := h.do("GET", metadataPath, "", nil, "")
+	for _, want := range []string{`"authorization_servers":["` + testkeys.Issuer + `"]`, `"deployment.restart"`, `"deployment.scale"`, `"pod.list"`, `"mcp.discover"`} {
+		if !strings.Contains(meta.body, want) {
+			t.Errorf("metadata lacks %s: %s", want, meta.body)
+		}
+	}
+}

@@ -213,7 +213,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.router = newRouter(routes)
 
 	p.metaURL = strings.TrimRight(p.cfg.ResourceURL, "/") + "/.well-known/oauth-protected-resource"
-	p.metaJSON = protectedResourceMetadata(&p.cfg, routes)
+	p.metaJSON = protectedResourceMetadata(&p.cfg, withMCPTools(routes))
 	p.handler = http.HandlerFunc(p.serve)
 	ok = true
 	return p, nil
