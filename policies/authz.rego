@@ -38,7 +38,11 @@ allow if count(reasons) == 0
 # in clearances, or the check would not be applied to calls that pass all
 # the others: fastpath_test.go fails when the reason rules change, as a
 # reminder, and compares decision with full_decision over many inputs.
-decision := data.passport.loaded.clearances.allowed if {
+decision := listing_decision if {
+	# An MCP tools/list: could the tool be allowed, its arguments unknown?
+	# (mcp.rego)
+	input.mcp.listing == true
+} else := data.passport.loaded.clearances.allowed if {
 	cleared_call.simple == true
 
 	# task_target_mismatch, task_action_mismatch: a passport without a
