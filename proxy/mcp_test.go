@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -552,3 +553,60 @@ func TestMCPMetadataNamesToolActions(t *testing.T) {
 		}
 	}
 }
+
+// TestMCPConfig: an MCP route in YAML (the shape of ARCHITECTURE.md) loads,
+// and each mistake in one is named.
+func TestMCPConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/proxy.yaml"
+	yaml := `upstreams:
+  mcp: {url: "http://127.0.0.1:9100"}
+routes:
+  - name: mcp
+    match: "POST /mcp"
+    protocol: mcp
+    upstream: mcp
+    tools:
+      list_services: {action: service.list, resource: "*"}
+      restart_service: {action: service.restart, resource: "{arguments.name}"}
+`
+	if err := writeFile(good, yaml); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Routes[0]; r.Action != mcpDiscoverAction || r.Resource != "*" || r.Tools["restart_service"].Resource != "{arguments.name}" {
+		t.Fatalf("route %+v", r)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Route)
+		want string
+	}{
+		{"unknown protocol", func(r *Route) { r.Protocol = "grpc" }, `protocol "grpc"`},
+		{"tools without protocol", func(r *Route) { r.Protocol = "" }, "need protocol: mcp"},
+		{"GET match", func(r *Route) { r.Match = "GET /mcp" }, "matches POST"},
+		{"policy_body", func(r *Route) { r.PolicyBody = true }, "no policy_body"},
+		{"bad action", func(r *Route) { r.Tools["x"] = MCPTool{Action: "Restart", Resource: "*"} }, "tools.x: action"},
+		{"resource not an argument", func(r *Route) { r.Tools["x"] = MCPTool{Action: "a.b", Resource: "{name}"} }, "{arguments.NAME}"},
+		{"nested argument", func(r *Route) { r.Tools["x"] = MCPTool{Action: "a.b", Resource: "{arguments.a.b}"} }, "{arguments.NAME}"},
+		{"unclosed", func(r *Route) { r.Tools["x"] = MCPTool{Action: "a.b", Resource: "{arguments.a"} }, "unclosed"},
+		{"empty resource", func(r *Route) { r.Tools["x"] = MCPTool{Action: "a.b"} }, "required"},
+		{"bad default", func(r *Route) { r.DefaultTool = &MCPTool{Action: "x", Resource: "*"} }, "default_tool"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := LoadConfig(good)
+			tc.mod(&c.Routes[0])
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
