@@ -815,3 +815,15 @@ func withMCPTools(routes []*route) []*route {
 	}
 	return out
 }
+
+// FleetMCPRoute is the MCP route of the demo's MCP server
+// (examples/mcpserver) on the upstream named "mcp": its tools are the
+// fleet's actions, so the rules of the REST routes apply to them.
+func FleetMCPRoute() Route {
+	return Route{Name: "mcp", Match: "POST /mcp", Protocol: ProtocolMCP, Upstream: "mcp", Tools: map[string]MCPTool{
+		"list_services":   {Action: "service.list", Resource: "*"},
+		"restart_service": {Action: "service.restart", Resource: "{arguments.name}"},
+		"scale_service":   {Action: "service.scale", Resource: "{arguments.name}"},
+		"deploy_service":  {Action: "deployment.deploy", Resource: "{arguments.name}"},
+	}}
+}

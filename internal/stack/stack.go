@@ -38,6 +38,7 @@ import (
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/dashboard"
 	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/examples/mcpserver"
 	"github.com/agentpassport/passport/examples/rogue"
 	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/healer"
@@ -414,7 +415,20 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return s.failed(g, err)
 	}
-	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
+	// The demo MCP server in front of the fleet, on a free port: the
+	// proxy fronts it at /mcp.
+	mcpLn, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, "0"))
+	if err != nil {
+		return s.failed(g, fmt.Errorf("mcp server: %w", err))
+	}
+	mcpSrv, err := mcpserver.New(mcpFleet{fl}, s.log.With("component", "mcp-server"))
+	if err != nil {
+		mcpLn.Close()
+		return s.failed(g, err)
+	}
+	g.Go(func() error { return mcpSrv.Serve(gctx, mcpLn) })
+
+	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet, "http://"+mcpLn.Addr().String())
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
@@ -571,6 +585,18 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	s.mu.Unlock()
 	if s.cfg.ChaosInterval > 0 {
 		g.Go(func() error { return ch.Run(ctx) })
+	}
+
+	// The observer of the first tenant acts through the MCP server.
+	if i == 0 {
+		oc, _, err := agentClient("observer")
+		if err != nil {
+			return err
+		}
+		op := agentcall.AuthorityPassports{Client: oc}
+		ag := &mcpserver.Agent{Endpoint: s.demo.URLs.Proxy + "/mcp", Log: s.log.With("component", "mcp-agent", "tenant", tenant),
+			Passport: func(ctx context.Context) (string, error) { return op.Passport(ctx, nil, nil) }}
+		g.Go(func() error { return ag.Run(ctx) })
 	}
 
 	// The rogue.
