@@ -167,7 +167,7 @@ type mcpRoute struct {
 	tools   map[string]*mcpTool
 	def     *mcpTool           // unlisted tools, or nil: refused
 	msgOpts strictjson.Options // the whole message
-	argOpts strictjson.Options // the arguments: the route's body_names
+	argOpts strictjson.Options // the arguments: the route's body_names (depth: msgOpts)
 }
 
 // mcpTool is one tool: the route it is judged as (the MCP route with the
@@ -313,8 +313,10 @@ func (p *Proxy) mcpStep(_ http.ResponseWriter, r *http.Request, c *call) *refusa
 	if mt != "application/json" || !identityCoding(r) {
 		return refuseMCPMediaType
 	}
-	raw, err := io.ReadAll(r.Body) // readBody read it whole: these are its bytes
-	if err != nil {
+	// readBody read the body whole and framed it with its length: these
+	// are its bytes.
+	raw := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, raw); err != nil {
 		return refuseBodyRead
 	}
 	r.Body = io.NopCloser(bytes.NewReader(raw))
@@ -439,16 +441,17 @@ func (mr *mcpRoute) readMessage(e any, m *mcpMessage, version string) *refusal {
 			return refuseMCPArguments
 		}
 	}
-	// The arguments as JSON, decoded again under the route's body_names:
-	// the policy reads these, the upstream reads the same members.
+	// The message was read with any spelling of names (its own are
+	// camelCase); the arguments are held to the route's body_names, as a
+	// REST body is. Their JSON text is for the record.
+	if mr.argOpts.Names == strictjson.NamesFolded && !strictjson.FoldedNames(args) {
+		return refuseMCPArguments
+	}
 	b, err := json.Marshal(args)
 	if err != nil {
 		return refuseMCPArguments
 	}
-	if m.args, err = strictjson.Decode(b, mr.argOpts); err != nil {
-		return refuseMCPArguments
-	}
-	m.argsJSON = b
+	m.args, m.argsJSON = args, b
 	var ok2 bool
 	if m.resource, ok2 = m.tool.resource(args); !ok2 {
 		return refuseMCPArguments
@@ -609,40 +612,73 @@ func (p *Proxy) evaluateMCP(r *http.Request, c *call) *refusal {
 	return nil
 }
 
-// details is the MCP part of the call's records: the method and tool of
-// each message, and for a batch the decision of each judged call.
+// details is the MCP part of the call's records, {"mcp": {...}}: the
+// method and tool of the message (for a batch, of each message with the
+// decision of each judged call), the revision, and in an outcome record
+// the JSON-RPC result or error. Written by hand: it is in every record of
+// every MCP call.
 func (mc *mcpCall) details() json.RawMessage {
-	type msg struct {
-		Method   string   `json:"method,omitempty"`
-		Tool     string   `json:"tool,omitempty"`
-		Decision string   `json:"decision,omitempty"`
-		Reasons  []string `json:"reasons,omitempty"`
+	b := make([]byte, 0, 128)
+	b = append(b, `{"mcp":{`...)
+	sep := false
+	field := func(name, v string) {
+		if v == "" {
+			return
+		}
+		if sep {
+			b = append(b, ',')
+		}
+		sep = true
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":`...)
+		b = appendJSONString(b, v)
 	}
-	type mcpDetails struct {
-		Method  string      `json:"method,omitempty"`
-		Tool    string      `json:"tool,omitempty"`
-		Version string      `json:"protocol_version,omitempty"`
-		Batch   []msg       `json:"batch,omitempty"`
-		Stream  bool        `json:"stream,omitempty"`
-		Outcome *mcpOutcome `json:"outcome,omitempty"`
-	}
-	d := mcpDetails{Version: truncate(mc.version, 32), Outcome: mc.outcome.Load()}
 	switch {
 	case len(mc.msgs) == 0:
-		d.Stream = mc.req.Method == http.MethodGet
-		d.Method = mc.req.Method
+		field("method", mc.req.Method)
+		if mc.req.Method == http.MethodGet {
+			b = append(b, `,"stream":true`...)
+		}
 	case !mc.batch:
-		d.Method, d.Tool = truncate(mc.msgs[0].method, 64), mc.msgs[0].name
-		if d.Method == "" {
-			d.Method = "response"
+		m := &mc.msgs[0]
+		method := truncate(m.method, 64)
+		if method == "" {
+			method = "response"
 		}
+		field("method", method)
+		field("tool", m.name)
 	default:
-		for _, m := range mc.msgs {
-			d.Batch = append(d.Batch, msg{Method: truncate(m.method, 64), Tool: m.name, Decision: m.decision, Reasons: m.reasons})
+		b = append(b, `"batch":[`...)
+		for i, m := range mc.msgs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '{')
+			sep = false
+			field("method", truncate(m.method, 64))
+			field("tool", m.name)
+			field("decision", m.decision)
+			if len(m.reasons) > 0 {
+				b = append(b, `,"reasons":`...)
+				b = appendJSONStrings(b, m.reasons)
+			}
+			b = append(b, '}')
 		}
+		b = append(b, ']')
+		sep = true
 	}
-	b, _ := json.Marshal(map[string]any{"mcp": d}) // strings and bools: cannot fail
-	return b
+	field("protocol_version", truncate(mc.version, 32))
+	if o := mc.outcome.Load(); o != nil {
+		b = append(b, `,"outcome":{"result":`...)
+		b = appendJSONString(b, o.Result)
+		if o.ErrorCode != 0 {
+			b = append(b, `,"error_code":`...)
+			b = strconv.AppendInt(b, o.ErrorCode, 10)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "}}"...)
 }
 
 func truncate(s string, n int) string {

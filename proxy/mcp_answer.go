@@ -340,11 +340,16 @@ func (t *outcomeTap) classify(text []byte) *mcpOutcome {
 		} `json:"error"`
 	}
 	var msgs []answer
-	var one answer
-	if json.Unmarshal(text, &one) == nil {
+	if t := bytes.TrimLeft(text, " \t\r\n"); len(t) > 0 && t[0] == '[' {
+		if json.Unmarshal(text, &msgs) != nil {
+			return nil
+		}
+	} else {
+		var one answer
+		if json.Unmarshal(text, &one) != nil {
+			return nil
+		}
 		msgs = []answer{one}
-	} else if json.Unmarshal(text, &msgs) != nil {
-		return nil
 	}
 	for _, m := range msgs {
 		if !t.ids[string(compactJSON(m.ID))] {
@@ -371,6 +376,9 @@ func compactJSON(b json.RawMessage) []byte {
 	if len(b) == 0 {
 		return nil
 	}
+	if plainID(b) {
+		return b // the usual id, 1 or "abc": already so
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var v any
@@ -382,4 +390,32 @@ func compactJSON(b json.RawMessage) []byte {
 		return b
 	}
 	return out
+}
+
+// plainID reports an id that json.Marshal would write as it is: an
+// integer without sign or leading zero, or a string of printable ASCII
+// that needs no escape.
+func plainID(b []byte) bool {
+	switch {
+	case len(b) == 0:
+		return false
+	case b[0] == '"':
+		if len(b) < 2 || b[len(b)-1] != '"' {
+			return false
+		}
+		for _, c := range b[1 : len(b)-1] {
+			if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		return true
+	case b[0] >= '1' && b[0] <= '9' || len(b) == 1 && b[0] == '0':
+		for _, c := range b {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

@@ -146,10 +146,15 @@ func run() error {
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 
-	// Upstream: a small JSON answer, as a control API would give.
+	// Upstream: a small JSON answer, as a control API would give (and a
+	// tools/call result, as an MCP server would, at /mcp).
 	upstream, upURL, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/mcp" {
+			_, _ = w.Write([]byte(mcpResult))
+			return
+		}
 		_, _ = w.Write([]byte(`{"name":"checkout","status":"healthy","replicas":3}`))
 	}))
 	if err != nil {
@@ -275,6 +280,7 @@ func run() error {
 		{"bare reverse proxy", bareURL + "/services/checkout/restart", "POST", "", 200},
 		{"full path (allow)", proxyURL + "/services/checkout/restart", "POST", healer, 200},
 		{"deny path (403)", proxyURL + "/services/checkout/restart", "POST", observer, 403},
+		{mcpCaseName, proxyURL + "/mcp", mcpMethod, healer, 200},
 	}
 	if tlsURL != "" {
 		cases = append(cases, benchCase{tlsCaseName, tlsURL + "/services/checkout/restart", "POST", healer, 200})
@@ -394,6 +400,7 @@ func run() error {
 			{name: "allow (200)", url: restart, method: "POST", token: healer, want: 200},
 			{name: "deny (403)", url: restart, method: "POST", token: observer, want: 403, target: 1.2},
 			{name: "no passport (401)", url: restart, method: "POST", want: 401, target: 1.2},
+			{name: "MCP tools/call allow (200)", url: "/mcp", method: mcpMethod, token: healer, want: 200, target: 1.2},
 		}
 		if tf != nil {
 			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
@@ -507,10 +514,7 @@ func loadWith(ctx context.Context, tr *http.Transport, method, url, token string
 					lat[i] = samples
 					return
 				}
-				req, _ := http.NewRequest(method, url, nil)
-				if token != "" {
-					req.Header.Set("Authorization", "Bearer "+token)
-				}
+				req := newLoadRequest(method, url, token)
 				resp, err := client.Do(req)
 				ok := err == nil && resp.StatusCode == want
 				if err == nil {
@@ -545,10 +549,7 @@ func loadWith(ctx context.Context, tr *http.Transport, method, url, token string
 var missed atomic.Int64
 
 func once(method, url, token string) (int, error) {
-	req, _ := http.NewRequest(method, url, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	req := newLoadRequest(method, url, token)
 	tr := &http.Transport{TLSClientConfig: benchTLS}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
