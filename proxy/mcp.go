@@ -175,6 +175,9 @@ type mcpRoute struct {
 type mcpTool struct {
 	rt  *route
 	res []resPart
+	// terms are input.mcp of a call of this tool (not the default tool)
+	// for each known revision, built once: OPA never writes to its input.
+	terms map[string]*ast.Term
 }
 
 // compileMCP compiles the MCP part of route r (nil for other routes).
@@ -197,7 +200,12 @@ func (p *Proxy) compileMCP(r *route) *mcpRoute {
 		return &mcpTool{rt: &tr, res: res}
 	}
 	for name, t := range r.Tools {
-		m.tools[name] = compile(t)
+		tool := compile(t)
+		tool.terms = map[string]*ast.Term{}
+		for _, v := range []string{"", mcpRevisionStateless, mcpRevisionSessions, "2025-06-18", "2025-03-26"} {
+			tool.terms[v] = mcpInputTerm(false, "tools/call", v, name)
+		}
+		m.tools[name] = tool
 	}
 	if r.DefaultTool != nil {
 		m.def = compile(*r.DefaultTool)
@@ -711,11 +719,19 @@ func (c *call) mcpInput(d *inputDoc) *ast.Term {
 	m := c.mcp.cur
 	d.Resource = m.resource
 	d.MCP = &inputMCP{Listing: m.listing, Method: m.method, ProtocolVersion: c.mcp.version, Tool: m.name}
+	if t, ok := m.tool.terms[c.mcp.version]; ok && !m.listing {
+		return t
+	}
+	return mcpInputTerm(m.listing, m.method, c.mcp.version, m.name)
+}
+
+// mcpInputTerm is input.mcp as an OPA term.
+func mcpInputTerm(listing bool, method, version, tool string) *ast.Term {
 	return ast.ObjectTerm(
-		ast.Item(kListing, ast.BooleanTerm(m.listing)),
-		ast.Item(kMethod, ast.StringTerm(m.method)),
-		ast.Item(kProtocolVersion, ast.StringTerm(c.mcp.version)),
-		ast.Item(kTool, ast.StringTerm(m.name)),
+		ast.Item(kListing, ast.BooleanTerm(listing)),
+		ast.Item(kMethod, ast.StringTerm(method)),
+		ast.Item(kProtocolVersion, ast.StringTerm(version)),
+		ast.Item(kTool, ast.StringTerm(tool)),
 	)
 }
 

@@ -33,17 +33,13 @@ func (mc *mcpCall) modifyResponse(resp *http.Response) error {
 	if len(mc.msgs) == 0 {
 		return nil // the GET stream, the session DELETE
 	}
-	lists, calls := map[string]bool{}, map[string]bool{}
+	var lists, calls bool
 	for _, m := range mc.msgs {
-		switch {
-		case m.method == "tools/list":
-			lists[string(m.id)] = true
-		case m.tool != nil:
-			calls[string(m.id)] = true
-		}
+		lists = lists || m.method == "tools/list"
+		calls = calls || m.tool != nil
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if len(lists) > 0 && resp.StatusCode == http.StatusOK {
+	if lists && resp.StatusCode == http.StatusOK {
 		// A filtered list is this passport's: no shared cache may keep it.
 		h := resp.Header
 		h.Set("Cache-Control", "private, no-store")
@@ -51,7 +47,7 @@ func (mc *mcpCall) modifyResponse(resp *http.Response) error {
 		for _, k := range []string{"Etag", "Last-Modified", "Expires", "Age"} {
 			h.Del(k)
 		}
-		f := &listFilter{mc: mc, ids: lists, seen: map[string]bool{}}
+		f := &listFilter{mc: mc, seen: map[string]bool{}}
 		switch mt {
 		case "application/json":
 			b, err := io.ReadAll(io.LimitReader(resp.Body, mcpListMax+1))
@@ -75,8 +71,8 @@ func (mc *mcpCall) modifyResponse(resp *http.Response) error {
 		}
 		return nil
 	}
-	if len(calls) > 0 && (mt == "application/json" || mt == "text/event-stream") {
-		resp.Body = &outcomeTap{rc: resp.Body, mc: mc, ids: calls, sse: mt == "text/event-stream"}
+	if calls && (mt == "application/json" || mt == "text/event-stream") {
+		resp.Body = &outcomeTap{rc: resp.Body, mc: mc, sse: mt == "text/event-stream"}
 	}
 	return nil
 }
@@ -84,7 +80,6 @@ func (mc *mcpCall) modifyResponse(resp *http.Response) error {
 // listFilter filters the tools/list results among JSON-RPC messages.
 type listFilter struct {
 	mc   *mcpCall
-	ids  map[string]bool // the ids of the tools/list requests
 	seen map[string]bool // a tool's visibility, once judged
 }
 
@@ -116,7 +111,7 @@ func (f *listFilter) filterJSON(b []byte) []byte {
 // filterMessage filters msg in place when it answers a tools/list request
 // of this call with a list; it reports whether it changed msg.
 func (f *listFilter) filterMessage(msg map[string]json.RawMessage) bool {
-	if msg == nil || !f.ids[string(compactJSON(msg["id"]))] || msg["result"] == nil {
+	if msg == nil || !f.mc.answers(compactJSON(msg["id"]), "tools/list") || msg["result"] == nil {
 		return false
 	}
 	var result map[string]json.RawMessage
@@ -270,7 +265,6 @@ func (s *sseFilter) event() ([]byte, error) {
 type outcomeTap struct {
 	rc   io.ReadCloser
 	mc   *mcpCall
-	ids  map[string]bool
 	sse  bool
 	buf  []byte
 	done bool
@@ -352,7 +346,7 @@ func (t *outcomeTap) classify(text []byte) *mcpOutcome {
 		msgs = []answer{one}
 	}
 	for _, m := range msgs {
-		if !t.ids[string(compactJSON(m.ID))] {
+		if !t.mc.answers(compactJSON(m.ID), "tools/call") {
 			continue
 		}
 		switch {
@@ -416,6 +410,17 @@ func plainID(b []byte) bool {
 			}
 		}
 		return true
+	}
+	return false
+}
+
+// answers reports whether id (as compactJSON writes it) is the id of one
+// of the call's requests of method.
+func (mc *mcpCall) answers(id []byte, method string) bool {
+	for i := range mc.msgs {
+		if m := &mc.msgs[i]; m.method == method && m.id != nil && bytes.Equal(m.id, id) {
+			return true
+		}
 	}
 	return false
 }
