@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -48,6 +50,30 @@ func TestEndToEndMCP(t *testing.T) {
 	if err := json.Unmarshal(werr.Data, &data); err != nil || data.Code != "policy_denied" ||
 		!slices.Contains(data.Reasons, "agent_type_not_permitted") || !slices.Contains(data.Reasons, "trust_level_too_low") {
 		t.Fatalf("observer refusal: %s (%v)", werr.Data, err)
+	}
+
+	// The README's tour, as curl sends it: one message of the current
+	// revision with its mirrored headers.
+	obs := r.passport(t, r.agent(t, "acme", "observer"), client.TokenRequest{})
+	for _, tc := range []struct{ tool, args, want string }{
+		{"list_services", `{}`, `"checkout"`},
+		{"restart_service", `{"name":"checkout"}`, `"reasons":["action_not_granted","agent_type_not_permitted","trust_level_too_low"]`},
+	} {
+		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"curl","version":"8"},"io.modelcontextprotocol/clientCapabilities":{}},"name":"` + tc.tool + `","arguments":` + tc.args + `}}`
+		req, _ := http.NewRequest("POST", r.demo.URLs.Proxy+"/mcp", strings.NewReader(body))
+		for k, v := range map[string]string{"Authorization": "Bearer " + obs, "Content-Type": "application/json",
+			"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tc.tool} {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), tc.want) {
+			t.Fatalf("%s: %d %s", tc.tool, resp.StatusCode, b)
+		}
 	}
 
 	eventually(t, 20*time.Second, "the MCP records", func() (bool, string) {
