@@ -88,6 +88,19 @@ func newMCPServer(t *testing.T, opts *mcp.StreamableHTTPOptions) (*testFleet, st
 		func(_ context.Context, _ *mcp.CallToolRequest, in target) (*mcp.CallToolResult, any, error) {
 			return nil, nil, errors.New("deployment is on fire")
 		})
+	// A tool that asks for a confirmation first (input_required, current
+	// revision), then restarts.
+	mcp.AddTool(s, &mcp.Tool{Name: "confirm_restart", Description: "Restart after a confirmation"},
+		func(_ context.Context, req *mcp.CallToolRequest, in target) (*mcp.CallToolResult, any, error) {
+			if _, ok := req.Params.InputResponses["confirm"]; !ok || req.Params.RequestState != "state-1" {
+				return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{"confirm": &mcp.ElicitParams{Message: "Restart " + in.Name + "?"}},
+					RequestState: "state-1"}, nil, nil
+			}
+			f.mu.Lock()
+			f.restarts[in.Name]++
+			f.mu.Unlock()
+			return text("restarted " + in.Name), nil, nil
+		})
 	for _, name := range []string{"retired_tool", "delete_namespace"} {
 		mcp.AddTool(s, &mcp.Tool{Name: name, Description: "should never run"},
 			func(_ context.Context, _ *mcp.CallToolRequest, in target) (*mcp.CallToolResult, any, error) {
@@ -126,6 +139,7 @@ func mcpConfig(upURL string) func(*Config) {
 			"scale_deployment":   {Action: "deployment.scale", Resource: "{arguments.namespace}:{arguments.name}"},
 			"fail_deployment":    {Action: "deployment.restart", Resource: "{arguments.name}"},
 			"retired_tool":       {Action: "deployment.restart", Resource: "*"},
+			"confirm_restart":    {Action: "deployment.restart", Resource: "{arguments.name}"},
 		}}}
 	}
 }
@@ -209,7 +223,7 @@ func TestMCPThroughProxy(t *testing.T) {
 					names = append(names, tl.Name)
 				}
 				slices.Sort(names)
-				if want := []string{"fail_deployment", "list_pods", "restart_deployment", "scale_deployment"}; !slices.Equal(names, want) {
+				if want := []string{"confirm_restart", "fail_deployment", "list_pods", "restart_deployment", "scale_deployment"}; !slices.Equal(names, want) {
 					t.Fatalf("tools %v, want %v", names, want)
 				}
 
@@ -610,3 +624,61 @@ routes:
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// TestMCPInputRequired: a tool that answers input_required and the
+// client's retry are each a tools/call, each judged and recorded: a retry
+// that changes the arguments is judged on them.
+func TestMCPInputRequired(t *testing.T) {
+	fleet, up := newMCPServer(t, &mcp.StreamableHTTPOptions{Stateless: true})
+	h := newHarness(t, mcpConfig(up))
+	tok := h.mcpAgent()
+	ctx := t.Context()
+	tr := &mcp.StreamableClientTransport{Endpoint: h.url + "/mcp", HTTPClient: &http.Client{Transport: bearer{tok}}, MaxRetries: -1}
+	cl := mcp.NewClient(&mcp.Implementation{Name: "test-agent", Version: "1.0.0"},
+		&mcp.ClientOptions{MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true}})
+	cs, err := cl.Connect(ctx, tr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "confirm_restart", Arguments: map[string]any{"namespace": "prod", "name": "web"}})
+	if err != nil || !res.NeedsInput() || fleet.restarted("web") != 0 {
+		t.Fatalf("first round: %v %+v %s", err, res, res.Content[0].(*mcp.TextContent).Text)
+	}
+	accept := mcp.InputResponseMap{"confirm": &mcp.ElicitResult{Action: "accept"}}
+	// The retry may not carry other arguments past the policy.
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "confirm_restart", Arguments: map[string]any{"namespace": "prod", "name": "payments"},
+		InputResponses: accept, RequestState: res.RequestState})
+	if d := rpcData(t, err); !slices.Contains(d.Reasons, "resource_forbidden") {
+		t.Fatalf("changed retry: %+v", d)
+	}
+	res2, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "confirm_restart", Arguments: map[string]any{"namespace": "prod", "name": "web"},
+		InputResponses: accept, RequestState: res.RequestState})
+	if err != nil || res2.NeedsInput() || res2.IsError || fleet.restarted("web") != 1 || fleet.restarted("payments") != 0 {
+		t.Fatalf("retry: %v %+v", err, res2)
+	}
+	waitFor(t, "outcomes", func() bool {
+		var inputRequired, result int
+		for _, rec := range h.sink.all() {
+			d := string(rec.Details)
+			if rec.Kind == audit.KindOutcome && strings.Contains(d, `"tool":"confirm_restart"`) {
+				if strings.Contains(d, `"result":"input_required"`) {
+					inputRequired++
+				}
+				if strings.Contains(d, `"result":"result"`) {
+					result++
+				}
+			}
+		}
+		return inputRequired == 1 && result == 1
+	})
+	var decisions int
+	for _, rec := range h.sink.all() {
+		if rec.Kind == audit.KindDecision && strings.Contains(string(rec.Details), `"tool":"confirm_restart"`) {
+			decisions++
+		}
+	}
+	if decisions != 3 {
+		t.Fatalf("%d decision records for confirm_restart, want 3 (ask, changed retry, retry)", decisions)
+	}
+}
