@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -681,4 +682,59 @@ func TestMCPInputRequired(t *testing.T) {
 	if decisions != 3 {
 		t.Fatalf("%d decision records for confirm_restart, want 3 (ask, changed retry, retry)", decisions)
 	}
+}
+
+// TestMCPAnswersStream: an event-stream answer reaches the client event
+// by event, before the server has finished it, and the outcome is noted
+// once it ends.
+func TestMCPAnswersStream(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = io.WriteString(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[],\"isError\":true}}\n\n")
+	}))
+	t.Cleanup(up.Close)
+	h := newHarness(t, mcpConfig(up.URL))
+	tok := h.mcpAgent()
+	req, _ := http.NewRequest("POST", h.url+"/mcp", strings.NewReader(restartWeb))
+	for k, v := range map[string]string{"Authorization": "Bearer " + tok, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"} {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	br := bufio.NewReader(res.Body)
+	first, err := br.ReadString('\n')
+	if err != nil || first != "event: message\n" {
+		t.Fatalf("first line %q %v", first, err)
+	}
+	second, _ := br.ReadString('\n')
+	if !strings.Contains(second, "notifications/progress") {
+		t.Fatalf("the progress event did not come through before the answer ended: %q", second)
+	}
+	close(release)
+	rest, _ := io.ReadAll(br)
+	if !strings.Contains(string(rest), `"id":7`) {
+		t.Fatalf("rest %q", rest)
+	}
+	id := res.Header.Get("X-Request-Id")
+	waitFor(t, "the outcome", func() bool {
+		for _, rec := range h.sink.byRequest(id) {
+			if rec.Kind == audit.KindOutcome && strings.Contains(string(rec.Details), `"outcome":{"result":"tool_error"}`) {
+				return true
+			}
+		}
+		return false
+	})
 }
