@@ -31,9 +31,11 @@ func (f *fakeFleet) record(s string) error {
 	}
 	return nil
 }
-func (f *fakeFleet) Restart(name string) error        { return f.record("restart " + name) }
-func (f *fakeFleet) Scale(name string, n int) error    { return f.record("scale " + name) }
-func (f *fakeFleet) Deploy(name, version string) error { return f.record("deploy " + name + " " + version) }
+func (f *fakeFleet) Restart(name string) error      { return f.record("restart " + name) }
+func (f *fakeFleet) Scale(name string, n int) error { return f.record("scale " + name) }
+func (f *fakeFleet) Deploy(name, version string) error {
+	return f.record("deploy " + name + " " + version)
+}
 
 // TestServerTools: the demo server's tools act on the fleet, list the
 // tenant the proxy names, and report the fleet's errors as tool errors;
