@@ -61,6 +61,9 @@ const mcpBatchMax = 16
 // mcpToolNameMax bounds a tool name as the proxy reads and records it.
 const mcpToolNameMax = 128
 
+// rpcMembers are the members of a JSON-RPC 2.0 message.
+var rpcMembers = map[string]bool{"jsonrpc": true, "id": true, "method": true, "params": true, "result": true, "error": true}
+
 // mcpPassMethods carry no call: allowed for any valid passport of the
 // route's tenant (the policy is not asked), and audited. tools/list is
 // here too; its answer is filtered to the tools the policy could allow.
@@ -361,12 +364,12 @@ func (p *Proxy) mcpStep(_ http.ResponseWriter, r *http.Request, c *call) *refusa
 // readMessage reads one JSON-RPC message into m.
 func (mr *mcpRoute) readMessage(e any, m *mcpMessage, version string) *refusal {
 	obj, ok := e.(map[string]any)
-	if !ok || !exactNames(obj, "jsonrpc", "id", "method", "params", "result", "error") || obj["jsonrpc"] != "2.0" {
+	if !ok || obj["jsonrpc"] != "2.0" {
 		return refuseMCPMessage
 	}
 	for k := range obj {
-		if !slices.Contains([]string{"jsonrpc", "id", "method", "params", "result", "error"}, k) {
-			return refuseMCPMessage
+		if !rpcMembers[k] {
+			return refuseMCPMessage // also "Method", "ID": another reader could take them
 		}
 	}
 	if id, ok := obj["id"]; ok {
@@ -460,8 +463,7 @@ func (mr *mcpRoute) readMessage(e any, m *mcpMessage, version string) *refusal {
 		return refuseMCPArguments
 	}
 	m.args, m.argsJSON = args, b
-	var ok2 bool
-	if m.resource, ok2 = m.tool.resource(args); !ok2 {
+	if m.resource, ok = m.tool.resource(args); !ok {
 		return refuseMCPArguments
 	}
 	return nil
