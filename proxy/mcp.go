@@ -176,8 +176,9 @@ type mcpRoute struct {
 // mcpTool is one tool: the route it is judged as (the MCP route with the
 // tool's action) and its resource.
 type mcpTool struct {
-	rt  *route
-	res []resPart
+	rt   *route
+	res  []resPart
+	seps string // the characters of res's literal parts
 	// terms are input.mcp of a call of this tool (not the default tool)
 	// for each known revision, built once: OPA never writes to its input.
 	terms map[string]*ast.Term
@@ -200,7 +201,11 @@ func (p *Proxy) compileMCP(r *route) *mcpRoute {
 		tr.actionTerm = ast.StringTerm(t.Action)
 		tr.mcp = nil
 		res, _ := parseToolResource(t.Resource) // validated
-		return &mcpTool{rt: &tr, res: res}
+		var seps strings.Builder
+		for _, p := range res {
+			seps.WriteString(p.lit)
+		}
+		return &mcpTool{rt: &tr, res: res, seps: seps.String()}
 	}
 	for name, t := range r.Tools {
 		tool := compile(t)
@@ -277,7 +282,8 @@ type mcpOutcome struct {
 	ErrorCode int64  `json:"error_code,omitempty"`
 }
 
-// Refusals of MCP messages. They are answered as JSON-RPC errors (answerMCP).
+// Refusals of MCP messages. They are answered as JSON-RPC errors
+// (mcpCall.answer).
 var (
 	refuseMCPMediaType = &refusal{status: http.StatusUnsupportedMediaType, code: "unsupported_media_type",
 		detail: "an MCP message is an application/json body, without a content coding"}
@@ -388,10 +394,11 @@ func (mr *mcpRoute) readMessage(e any, m *mcpMessage, version string) *refusal {
 	method, hasMethod := obj["method"]
 	_, hasResult := obj["result"]
 	_, hasError := obj["error"]
+	_, hasParams := obj["params"]
 	if !hasMethod {
 		// The client's answer to a request of the server (sampling,
 		// elicitation, roots): it carries no call of the client.
-		if m.id == nil || hasResult == hasError || obj["params"] != nil {
+		if m.id == nil || hasResult == hasError || hasParams {
 			return refuseMCPMessage
 		}
 		return nil
@@ -486,8 +493,9 @@ func exactNames(obj map[string]any, names ...string) bool {
 
 // resource is the tool's resource for these arguments: false when an
 // argument it names is missing, not a string or integer, empty, or holds
-// a character that could shift the resource's parts ("/", "{", "}",
-// control characters).
+// a character that could shift the resource's parts or widen it: "/",
+// "{", "}", "*", a control character, or any character of the template's
+// own literal parts (":" in "{arguments.ns}:{arguments.name}").
 func (t *mcpTool) resource(args map[string]any) (string, bool) {
 	if len(t.res) == 1 && t.res[0].arg == "" {
 		return t.res[0].lit, true
@@ -510,7 +518,9 @@ func (t *mcpTool) resource(args map[string]any) (string, bool) {
 		default:
 			return "", false
 		}
-		if s == "" || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '/' || r == '{' || r == '}' }) {
+		if s == "" || strings.ContainsFunc(s, func(r rune) bool {
+			return r < 0x20 || r == 0x7f || strings.ContainsRune("/{}*", r) || strings.ContainsRune(t.seps, r)
+		}) {
 			return "", false
 		}
 		b.WriteString(s)

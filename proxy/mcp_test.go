@@ -385,6 +385,8 @@ func TestMCPHostile(t *testing.T) {
 		{"arguments that are not an object", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":["payments"]}}`, nil, 400, "mcp_bad_arguments", "7"},
 		{"resource argument missing", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{}}}`, nil, 400, "mcp_bad_arguments", "7"},
 		{"resource argument with a slash", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web/../payments"}}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"resource argument holding the template's separator", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"scale_deployment","arguments":{"namespace":"prod:payments","name":"x","replicas":1}}}`, nil, 400, "mcp_bad_arguments", "7"},
+		{"resource argument that is a wildcard", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"*"}}}`, nil, 400, "mcp_bad_arguments", "7"},
 		{"resource argument not a string", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":{"x":"payments"}}}}`, nil, 400, "mcp_bad_arguments", "7"},
 		{"deep arguments", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","x":` + deep + `}}}`, nil, 400, "bad_body", "null"},
 		{"oversized arguments", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"name":"web","x":"` + strings.Repeat("a", 70<<10) + `"}}}`, nil, 413, "body_too_large", ""},
