@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -887,7 +888,9 @@ func (s *Stream) commit(batch []*item) {
 			err = errChainMoved
 		case errors.Is(err, ErrNotReplicated):
 			reason = "replication"
-		case errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, context.DeadlineExceeded) || isNetTimeout(err):
+			// The client's own read timeout can fire before the context's
+			// deadline: either way the write was not acknowledged in time.
 			reason = "timeout"
 			err = fmt.Errorf("%w: %v", ErrTimeout, err)
 		}
@@ -1046,3 +1049,9 @@ var (
 	_ Sink    = (*Stream)(nil)
 	_ Backlog = (*Stream)(nil)
 )
+
+// isNetTimeout reports a network timeout (a read or write deadline).
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
