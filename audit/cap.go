@@ -67,7 +67,7 @@ func (r *Record) Cap(maxField, maxJSON int) {
 	for _, p := range []*string{
 		&r.RequestID, &r.ClientRequestID, &r.Tenant, &r.AgentID, &r.AgentName, &r.AgentType, &r.TrustLevel,
 		&r.JTI, &r.TaskID, &r.Subject, &r.Method, &r.Path, &r.Route, &r.Action, &r.Resource,
-		&r.Decision, &r.PolicyRevision, &r.Writer,
+		&r.Decision, &r.PolicyRevision, &r.Writer, &r.PassportID, &r.PassportSHA256,
 	} {
 		*p = capString(*p, maxField)
 	}

@@ -65,6 +65,8 @@ const (
 	kKind           = `"kind":`
 	kLatencyMS      = `"latency_ms":`
 	kMethod         = `"method":`
+	kPassportID     = `"passport_id":`
+	kPassportSHA    = `"passport_sha256":`
 	kPath           = `"path":`
 	kPolicyRevision = `"policy_revision":`
 	kPrev           = `"prev":`
@@ -119,6 +121,8 @@ func encodeBody(rec *Record) (*body, error) {
 		return nil, err
 	}
 	buf = appendStrMember(buf, kMethod, rec.Method)
+	buf = appendStrMember(buf, kPassportID, rec.PassportID)
+	buf = appendStrMember(buf, kPassportSHA, rec.PassportSHA256)
 	buf = appendStrMember(buf, kPath, rec.Path)
 	buf = appendStrMember(buf, kPolicyRevision, rec.PolicyRevision)
 	b.cut[1] = len(buf) // "prev"

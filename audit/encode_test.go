@@ -240,7 +240,7 @@ func randRecord(r *rand.Rand) *Record {
 		RequestID: s(), ClientRequestID: s(), Tenant: s(), AgentID: s(), AgentName: s(), AgentType: s(), TrustLevel: s(),
 		Reputation: randFloat(r), JTI: s(), TaskID: s(), Subject: s(),
 		Method: s(), Path: s(), Route: s(), Action: s(), Resource: s(),
-		Decision: s(), Reasons: randList(r), PolicyRevision: s(), Input: randRaw(r),
+		Decision: s(), Reasons: randList(r), PolicyRevision: s(), Input: randRaw(r), PassportID: s(), PassportSHA256: s(),
 		Status: []int{0, 200, 503, -1, math.MaxInt}[r.IntN(5)], LatencyMS: randFloat(r),
 		Details: randRaw(r), Writer: s(), Seq: r.Uint64() >> r.IntN(64), Prev: s(),
 	}
@@ -347,7 +347,7 @@ func TestRecordKeysSorted(t *testing.T) {
 	}
 	slices.Sort(names)
 	consts := []string{kAction, kAgentID, kAgentName, kAgentType, kClientReqID, kDecision, kDetails, kHash, kInput, kJTI, kKind,
-		kLatencyMS, kMethod, kPath, kPolicyRevision, kPrev, kReasons, kReputation, kRequestID, kResource, kRoute,
+		kLatencyMS, kMethod, kPassportID, kPassportSHA, kPath, kPolicyRevision, kPrev, kReasons, kReputation, kRequestID, kResource, kRoute,
 		kSeq, kShadow, kStatus, kSubject, kTaskID, kTenant, kTime, kTrustLevel, kV, kWriter}
 	if !slices.Equal(names, consts) {
 		t.Fatalf("member order:\n got %q\nwant %q", consts, names)

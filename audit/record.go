@@ -41,6 +41,7 @@ const (
 	KindIncident       Kind = "incident"        // healer: an incident changed state
 	KindChaos          Kind = "chaos"           // chaos: a fault was injected
 	KindCheckpoint     Kind = "checkpoint"      // any writer: signed chain checkpoint
+	KindPassport       Kind = "passport"        // proxy: a passport's claims, once, before its first decision (passport.go)
 
 	// Approvals (package approval): details carry approval_id and, for a
 	// decision, the approver, its comment and the approval's state after it.
@@ -57,7 +58,7 @@ const (
 )
 
 // Record is one entry of a tenant's audit stream. Fields are documented in
-// the README ("The audit record"). Values taken from requests are stored as
+// docs/audit-stream.md ("The record"). Values taken from requests are stored as
 // length-capped structured fields, never concatenated into text.
 //
 // The minimum audit fields of the IETF agent authentication and
@@ -105,6 +106,10 @@ type Record struct {
 	PolicyRevision string          `json:"policy_revision,omitempty"`
 	Shadow         *Shadow         `json:"shadow,omitempty"`
 	Input          json.RawMessage `json:"input,omitempty"` // policy input minus secrets, for replay
+	// PassportID and PassportSHA256 reference the passport record that
+	// holds the claims this decision's input leaves out (passport.go).
+	PassportID     string `json:"passport_id,omitempty"`
+	PassportSHA256 string `json:"passport_sha256,omitempty"`
 
 	// What happened (outcome records).
 	Status    int     `json:"status,omitempty"`

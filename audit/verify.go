@@ -140,6 +140,10 @@ type Verifier struct {
 	writers map[string]*wstate
 	reqs    map[string]string
 	allows  []openAllow // allow decisions, in stream order
+	// passports are the passport records met, by stream id; firstID is
+	// the first entry's id (references before it were trimmed).
+	passports map[string]*Record
+	firstID   string
 	// anchors[w] holds (seq, hash) pairs from valid retention checkpoints.
 	anchors map[string]map[Anchor]bool
 	unknown map[string]bool
@@ -176,7 +180,7 @@ func NewVerifier(tenant string, keys map[string]ed25519.PublicKey, heads map[str
 	}
 	return &Verifier{
 		stream: stream, tenant: tenant, keys: keys, heads: heads,
-		writers: map[string]*wstate{}, reqs: map[string]string{},
+		writers: map[string]*wstate{}, reqs: map[string]string{}, passports: map[string]*Record{},
 		anchors: map[string]map[Anchor]bool{}, unknown: map[string]bool{},
 		rep: Report{Stream: stream, Writers: map[string]*WriterReport{}},
 	}
@@ -196,6 +200,9 @@ func (v *Verifier) problem(p Problem) {
 func (v *Verifier) Add(id string, raw []byte) {
 	v.pos++
 	v.rep.Records++
+	if v.firstID == "" {
+		v.firstID = id
+	}
 	rec, err := DecodeRecord(raw)
 	if err != nil {
 		v.problem(Problem{ID: id, Kind: ProblemMalformed, Detail: err.Error()})
@@ -279,6 +286,35 @@ func (v *Verifier) Add(id string, raw []byte) {
 
 	if rec.Kind == KindCheckpoint {
 		v.checkpoint(id, rec, ws, p)
+	}
+	v.passportRef(id, rec, p)
+}
+
+// passportRef keeps passport records and checks that every decision's
+// reference names an earlier passport record of this stream with the
+// same passport and claims. A reference to before the first entry is to a
+// record retention trimmed.
+func (v *Verifier) passportRef(id string, rec *Record, p Problem) {
+	if rec.Kind == KindPassport {
+		if len(v.passports) < maxResolverCache {
+			v.passports[id] = rec
+		}
+		return
+	}
+	if rec.PassportID == "" {
+		return
+	}
+	pr, ok := v.passports[rec.PassportID]
+	switch {
+	case ok:
+		if err := checkPassportRef(rec, pr); err != nil {
+			p.Kind, p.Detail = ProblemChanged, err.Error()
+			v.problem(p)
+		}
+	case !streamIDLess(rec.PassportID, v.firstID) && len(v.passports) < maxResolverCache:
+		p.Kind = ProblemDeleted
+		p.Detail = fmt.Sprintf("references passport record %s, which is not in the stream before it", rec.PassportID)
+		v.problem(p)
 	}
 }
 

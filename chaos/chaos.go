@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -247,6 +248,65 @@ func (c *Chaos) Fire(ctx context.Context, typ, target string) (Event, error) {
 	if !slices.Contains(Types, typ) {
 		return Event{}, fmt.Errorf("fault type %q: want one of %v", typ, Types)
 	}
+	if err := c.checkTarget(ctx, target); err != nil {
+		return Event{}, err
+	}
+	return c.fire(ctx, typ, target)
+}
+
+// ErrUnknownTarget: the target is not one chaos may break. Nothing was
+// fired and no passport for a fault was asked for.
+var ErrUnknownTarget = errors.New("unknown target")
+
+// checkTarget refuses a target that is not one of Targets (or, without
+// Targets, not one of the tenant's services as the control API lists
+// them, a read through the proxy). A typo must not reach the proxy as a
+// fault: the policy would deny it, and every denial costs the chaos agent
+// reputation until its own chaos is denied too.
+func (c *Chaos) checkTarget(ctx context.Context, target string) error {
+	known := c.cfg.Targets
+	if len(known) == 0 {
+		list, err := c.services(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range list {
+			if s.Tenant == c.cfg.Tenant {
+				known = append(known, s.Name)
+			}
+		}
+	}
+	if !slices.Contains(known, target) {
+		known = slices.Sorted(slices.Values(known))
+		return fmt.Errorf("%w %q: the targets of tenant %s are %s; nothing was fired", ErrUnknownTarget, target, c.cfg.Tenant, strings.Join(known, ", "))
+	}
+	return nil
+}
+
+// services lists the fleet's services through the proxy (a read).
+func (c *Chaos) services(ctx context.Context) ([]serviceView, error) {
+	tok, err := c.deps.Passports.Passport(ctx, nil, []string{ActionList})
+	if err != nil {
+		c.errs.WithLabelValues("no_passport").Inc()
+		return nil, fmt.Errorf("get chaos passport: %w", err)
+	}
+	resp, err := c.client.Do(ctx, tok, http.MethodGet, "/services", nil)
+	if err != nil {
+		c.countErr(err)
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	var list struct {
+		Services []serviceView `json:"services"`
+	}
+	if err := json.Unmarshal(resp.Body, &list); err != nil {
+		return nil, fmt.Errorf("decode services: %w", err)
+	}
+	return list.Services, nil
+}
+
+// fire injects typ into target, a target already known to be one of
+// chaos's.
+func (c *Chaos) fire(ctx context.Context, typ, target string) (Event, error) {
 	ev := Event{ID: newID(), Type: typ, Target: target, Action: "inject"}
 	task := &passport.Task{ID: ev.ID, Purpose: "chaos experiment: " + typ, Target: target, Actions: []string{ActionInject}}
 	tok, err := c.deps.Passports.Passport(ctx, task, []string{ActionInject})
@@ -281,6 +341,9 @@ func (c *Chaos) Fire(ctx context.Context, typ, target string) (Event, error) {
 
 // Clear asks the fleet to undo target's active fault through the proxy.
 func (c *Chaos) Clear(ctx context.Context, target string) (Event, error) {
+	if err := c.checkTarget(ctx, target); err != nil {
+		return Event{}, err
+	}
 	ev := Event{ID: newID(), Target: target, Action: "clear"}
 	task := &passport.Task{ID: ev.ID, Purpose: "chaos experiment: clear", Target: target, Actions: []string{ActionClear}}
 	tok, err := c.deps.Passports.Passport(ctx, task, []string{ActionClear})
@@ -351,25 +414,13 @@ type serviceView struct {
 // enforces the blast radius and fires one random event. It returns
 // ErrBlastRadius or ErrNoTarget when it fires nothing.
 func (c *Chaos) Tick(ctx context.Context) (Event, error) {
-	tok, err := c.deps.Passports.Passport(ctx, nil, []string{ActionList})
+	services, err := c.services(ctx)
 	if err != nil {
-		c.errs.WithLabelValues("no_passport").Inc()
-		return Event{}, fmt.Errorf("get chaos passport: %w", err)
-	}
-	resp, err := c.client.Do(ctx, tok, http.MethodGet, "/services", nil)
-	if err != nil {
-		c.countErr(err)
-		return Event{}, fmt.Errorf("list services: %w", err)
-	}
-	var list struct {
-		Services []serviceView `json:"services"`
-	}
-	if err := json.Unmarshal(resp.Body, &list); err != nil {
-		return Event{}, fmt.Errorf("decode services: %w", err)
+		return Event{}, err
 	}
 	var eligible []string
 	active := 0
-	for _, s := range list.Services {
+	for _, s := range services {
 		mine := slices.Contains(c.cfg.Targets, s.Name) || (len(c.cfg.Targets) == 0 && s.Tenant == c.cfg.Tenant)
 		if !mine {
 			continue
@@ -393,7 +444,7 @@ func (c *Chaos) Tick(ctx context.Context) (Event, error) {
 	target := eligible[c.rng.IntN(len(eligible))]
 	typ := c.cfg.Types[c.rng.IntN(len(c.cfg.Types))]
 	c.mu.Unlock()
-	return c.Fire(ctx, typ, target)
+	return c.fire(ctx, typ, target)
 }
 
 // Run fires a random event every Interval until ctx is done. Failures are

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -107,7 +108,7 @@ func setup(t *testing.T, deny bool) (*fleet.Fleet, *httptest.Server, *[]string) 
 func TestFireInjectsThroughProxyRecordsAndAlerts(t *testing.T) {
 	f, proxy, seen := setup(t, false)
 	sink, pp, rec := &memSink{}, &fakePassports{}, &recorder{}
-	c, err := New(Config{ProxyURL: proxy.URL}, Deps{Logger: discard(), Passports: pp, Sink: sink, Alerts: rec})
+	c, err := New(Config{ProxyURL: proxy.URL, Targets: []string{"checkout", "payments"}}, Deps{Logger: discard(), Passports: pp, Sink: sink, Alerts: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +159,53 @@ func TestFireInjectsThroughProxyRecordsAndAlerts(t *testing.T) {
 	}
 	if st, _ := f.Service("checkout"); !st.Up || st.Fault != "" {
 		t.Errorf("after clear: %+v", st)
+	}
+}
+
+// TestFireUnknownTarget: a target that is not chaos's is refused before
+// any passport for a fault is asked for, so the policy never sees (and
+// never denies) a typo. With configured targets nothing at all is asked;
+// without, the services are read through the proxy.
+func TestFireUnknownTarget(t *testing.T) {
+	_, proxy, seen := setup(t, false)
+	for _, tc := range []struct {
+		name    string
+		targets []string
+		want    []string // calls the proxy sees
+	}{
+		{"configured targets", []string{"checkout", "payments"}, nil},
+		{"the tenant's services", nil, []string{"GET /services"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			*seen = nil
+			sink, pp := &memSink{}, &fakePassports{}
+			c, err := New(Config{ProxyURL: proxy.URL, Targets: tc.targets}, Deps{Logger: discard(), Passports: pp, Sink: sink})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, target := range []string{"chekout", "search"} { // a typo; another tenant's service
+				_, err = c.Fire(context.Background(), ServiceDown, target)
+				if !errors.Is(err, ErrUnknownTarget) || !strings.Contains(err.Error(), "checkout, payments") {
+					t.Fatalf("Fire(%s) = %v, want ErrUnknownTarget naming the targets", target, err)
+				}
+				if _, err := c.Clear(context.Background(), target); !errors.Is(err, ErrUnknownTarget) {
+					t.Fatalf("Clear(%s) = %v, want ErrUnknownTarget", target, err)
+				}
+			}
+			for _, task := range pp.tasks {
+				if task != nil {
+					t.Errorf("a passport for a fault was asked for: %+v", task)
+				}
+			}
+			for _, call := range *seen {
+				if !slices.Contains(tc.want, call) {
+					t.Errorf("the proxy saw %s", call)
+				}
+			}
+			if len(sink.recs) != 0 {
+				t.Errorf("recorded %d events", len(sink.recs))
+			}
+		})
 	}
 }
 

@@ -87,8 +87,12 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 			p.denials.report(c.tenant, c.agentID)
 		}
 	case recordOutcome:
-		out := p.outcomeRecord(r, c, c.route, c.vp.Claims, c.rec.Resource, c.rec.PolicyRevision, c.status)
+		// Its decision record may never have landed: this record says
+		// what was refused on its own.
+		out := p.outcomeRecord(c, c.vp.Claims, c.status)
 		out.Decision, out.Reasons = f.auditDecision(), []string{f.auditReason()}
+		out.JTI, out.Method, out.Path, out.ClientRequestID = c.vp.Claims.ID, r.Method, c.path, c.clientID
+		out.Route, out.Action, out.Resource, out.PolicyRevision = c.route.Name, c.route.Action, c.rec.Resource, c.rec.PolicyRevision
 		p.audit.Enqueue(out)
 	}
 

@@ -190,7 +190,7 @@ func BenchmarkInputJSON(b *testing.B) {
 		enc  func(*inputDoc) ([]byte, error)
 	}{
 		{"json.Marshal", func(d *inputDoc) ([]byte, error) { return json.Marshal(d) }},
-		{"appendJSON", (*inputDoc).marshalJSON},
+		{"appendJSON", func(d *inputDoc) ([]byte, error) { return d.marshalJSON(true) }},
 	}
 	for _, doc := range []struct {
 		name string

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -106,6 +107,9 @@ type Config struct {
 	Redis redisx.Config `yaml:"redis"`
 	// Audit tunes the audit writer `passport proxy` builds (Deps.Audit).
 	Audit AuditConfig `yaml:"audit"`
+	// Assertion is the signer of assertions for upstreams that ask for
+	// them (assertion.go).
+	Assertion AssertionConfig `yaml:"assertion"`
 
 	// Policy says which Rego to load.
 	Policy PolicyConfig `yaml:"policy"`
@@ -218,6 +222,14 @@ type Upstream struct {
 	// certificate, a pinned server name. Default: the system's roots and
 	// the URL's host.
 	TLS tlsx.Client `yaml:"tls"`
+	// Credential is added to every request to this upstream after the
+	// policy allowed it (credential.go): agents never hold it.
+	Credential *Credential `yaml:"credential"`
+	// Assertion signs an assertion for every route of this upstream
+	// (assertion.go), unless a route says assertion: false.
+	Assertion bool `yaml:"assertion"`
+	// AssertionAudience is the assertions' aud. Default the upstream's URL.
+	AssertionAudience string `yaml:"assertion_audience"`
 }
 
 // Route maps a method and a path template to an action and a resource.
@@ -265,6 +277,11 @@ type Route struct {
 	// ForwardPassport forwards the Authorization header upstream. Default
 	// false: the upstream gets identity headers, not a replayable token.
 	ForwardPassport bool `yaml:"forward_passport"`
+	// Credential overrides the upstream's credential on this route.
+	Credential *Credential `yaml:"credential"`
+	// Assertion asks for a signed assertion on this route. Default: the
+	// upstream's assertion setting.
+	Assertion *bool `yaml:"assertion"`
 }
 
 // Default returns a Config with every default filled in and no routes.
@@ -561,6 +578,35 @@ func (c *Config) Validate() error {
 		if r.BodyNames != BodyNamesFolded && r.BodyNames != BodyNamesDistinct {
 			bad("%s: body_names %q: want %s or %s", where, r.BodyNames, BodyNamesFolded, BodyNamesDistinct)
 		}
+		if r.Credential != nil {
+			if err := r.Credential.validate(); err != nil {
+				bad("%s: %w", where, err)
+			}
+		}
+		u := c.Upstreams[r.Upstream]
+		cred := r.Credential
+		if cred == nil {
+			cred = u.Credential
+		}
+		if cred != nil && r.ForwardPassport && (cred.Header == "" || http.CanonicalHeaderKey(cred.Header) == "Authorization") {
+			bad("%s: forward_passport and a credential in Authorization exclude each other", where)
+		}
+		if r.StreamBody && (r.Assertion != nil && *r.Assertion || r.Assertion == nil && u.Assertion) {
+			bad("%s: stream_body and an assertion exclude each other: the assertion holds the body's digest", where)
+		}
+	}
+	for name, u := range c.Upstreams {
+		if u.Credential != nil {
+			if err := u.Credential.validate(); err != nil {
+				bad("upstreams.%s: %w", name, err)
+			}
+		}
+	}
+	if c.Assertion.Lifetime < 0 || c.Assertion.Lifetime > maxAssertionLifetime {
+		bad("assertion.lifetime %v: want at most %v", c.Assertion.Lifetime, maxAssertionLifetime)
+	}
+	if c.Assertion.Header != "" && !validHeaderName(c.Assertion.Header) {
+		bad("assertion.header %q is not a header name", c.Assertion.Header)
 	}
 	if err := c.Approvals.validate(); err != nil {
 		errs = append(errs, err)

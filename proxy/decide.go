@@ -71,7 +71,11 @@ var (
 func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 	rt, vp := c.route, c.vp
 	in, err := p.buildInput(r, c, rt, c.params, c.queryValues, vp, c.reputation, c.now, c.policyBody, c.bodyJSON)
-	rec, rerr := p.decisionRecord(c, rt, vp, c.reputation, in, c.now)
+	var pid, pdigest string
+	if err == nil {
+		pid, pdigest = p.referencePassport(r, c, vp)
+	}
+	rec, rerr := p.decisionRecord(c, rt, vp, c.reputation, in, c.now, pid, pdigest)
 	c.rec = rec
 	if err == nil {
 		err = rerr // the record could not hold the input: nothing to replay, so nothing to forward

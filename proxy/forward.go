@@ -34,6 +34,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 		return
 	}
 	rt, cl := c.route, c.vp.Claims
+	if ref := p.attach(r, c, receipt); ref != nil {
+		p.answer(w, r, c, ref)
+		return
+	}
 	ctx := context.WithValue(r.Context(), ctxKey{}, c)
 	var cancel context.CancelFunc
 	if rt.Timeout > 0 && rt.Timeout != rt.upstream.timeout {
@@ -43,9 +47,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 	}
 	sw := &statusWriter{ResponseWriter: w}
-	resource, revision := c.rec.Resource, c.rec.PolicyRevision
 	c.fw.Store(&forwarding{outcome: func(status int) *audit.Record {
-		return p.outcomeRecord(r, c, rt, cl, resource, revision, status)
+		return p.outcomeRecord(c, cl, status)
 	}})
 	c.upStart = time.Now()
 	if fw := rt.ForwardPassport; !fw {
@@ -109,10 +112,47 @@ func rewrite(pr *httputil.ProxyRequest, target *url.URL, strip *headerStrip) {
 		}
 	}
 	pr.SetXForwarded()
+	if c.credName != "" {
+		setCredential(h, c.credName, c.credValue)
+	}
+	if ah := c.route.assertHeader; ah != "" {
+		// Only the proxy speaks in this header: an agent's copy goes,
+		// on every route.
+		setCredential(h, ah, c.assertion)
+		if c.assertion == "" {
+			delete(h, ah)
+		}
+	}
 	h.Set(HeaderAgent, c.agentID)
 	h.Set(HeaderTenant, c.tenant)
 	h.Set(HeaderRequestID, c.id)
 	h.Set(HeaderXRequest, c.id)
+}
+
+// attach produces what the upstream gets beside the call once it is
+// allowed and recorded: its credential and its signed assertion. A
+// credential that cannot be had refuses the call (502), recorded.
+func (p *Proxy) attach(r *http.Request, c *call, receipt audit.Receipt) *refusal {
+	rt := c.route
+	if cs := rt.credential; cs != nil {
+		v, err := cs.value(r.Context())
+		if err != nil {
+			p.m.credentialFailures.WithLabelValues(rt.upstream.name).Inc()
+			p.log.WarnContext(r.Context(), "upstream credential unavailable; not forwarding",
+				"request_id", c.id, "upstream", rt.upstream.name, "error", err)
+			return refuseCredential
+		}
+		c.credName, c.credValue = cs.header, v
+	}
+	if rt.assertion {
+		a, err := p.assert.assertionFor(c, r, rt.assertAud, receipt.ID(), p.clock())
+		if err != nil {
+			p.log.ErrorContext(r.Context(), "assertion not signed; not forwarding", "request_id", c.id, "error", err)
+			return refuseCredential
+		}
+		c.assertion = a
+	}
+	return nil
 }
 
 func singleJoin(base, p string) string {

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -68,7 +70,47 @@ func (f *fakeSink) byRequest(id string) []*audit.Record {
 	return out
 }
 
+// input is rec's full policy input: its passport reference resolved
+// against the appended records (ids "N-0" are the N-th append).
+func (f *fakeSink) input(t *testing.T, rec *audit.Record) json.RawMessage {
+	t.Helper()
+	in, err := audit.ExpandInput(rec, func(id string) (*audit.Record, error) {
+		n, err := strconv.Atoi(strings.TrimSuffix(id, "-0"))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if err != nil || n < 1 || n > len(f.appended) {
+			return nil, nil
+		}
+		return f.appended[n-1], nil
+	})
+	if err != nil {
+		t.Fatalf("input of %s: %v", rec.RequestID, err)
+	}
+	return in
+}
+
 var _ audit.Sink = (*fakeSink)(nil)
+
+// lockedBuffer is a log destination tests can read while the proxy writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf.Len() > 8<<20 {
+		return len(p), nil // a storm test: keep the first 8 MiB
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // recorder is the upstream: it records what reached it.
 type recorder struct {
@@ -121,8 +163,9 @@ type harness struct {
 	reg    *prometheus.Registry
 	url    string
 	admin  string
-	offset atomic.Int64 // clock offset in ns
-	stop   func() error // cancels Serve and returns its result
+	logs   *lockedBuffer // everything the proxy logged
+	offset atomic.Int64  // clock offset in ns
+	stop   func() error  // cancels Serve and returns its result
 }
 
 func (h *harness) now() time.Time { return time.Now().Add(time.Duration(h.offset.Load())) }
@@ -168,7 +211,7 @@ func newHarnessWithSink(t *testing.T, srv *redistest.Server, sink audit.Sink, mo
 // one, shared with the test), e.g. one that goes through a faulty relay.
 func newHarnessFull(t *testing.T, srv *redistest.Server, sink audit.Sink, proxyRedis redis.UniversalClient, mod ...func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, keys: testkeys.New(t), redis: srv, sink: &fakeSink{}, up: newRecorder(t)}
+	h := &harness{t: t, keys: testkeys.New(t), redis: srv, sink: &fakeSink{}, up: newRecorder(t), logs: &lockedBuffer{}}
 	if sink == nil {
 		sink = h.sink
 	}
@@ -182,7 +225,7 @@ func newHarnessFull(t *testing.T, srv *redistest.Server, sink audit.Sink, proxyR
 		m(&cfg)
 	}
 	h.reg = prometheus.NewRegistry()
-	p, err := New(cfg, Deps{Redis: proxyRedis, Audit: sink, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	p, err := New(cfg, Deps{Redis: proxyRedis, Audit: sink, Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registry: h.reg, Clock: h.now})
 	if err != nil {
 		t.Fatal(err)

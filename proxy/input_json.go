@@ -19,9 +19,11 @@ import (
 // errInputJSON is what json.Marshal would have refused.
 var errInputJSON = errors.New("encode policy input")
 
-// marshalJSON returns d as JSON; see appendJSON.
-func (d *inputDoc) marshalJSON() ([]byte, error) {
-	return d.appendJSON(make([]byte, 0, d.sizeHint()))
+// marshalJSON returns d as JSON; see appendJSON. Without the passport,
+// the "passport" member is left out (the decision references its passport
+// record instead).
+func (d *inputDoc) marshalJSON(withPassport bool) ([]byte, error) {
+	return d.appendJSON(make([]byte, 0, d.sizeHint()), withPassport)
 }
 
 // appendJSON appends d as JSON. The document is the one json.Marshal(d)
@@ -33,7 +35,7 @@ func (d *inputDoc) marshalJSON() ([]byte, error) {
 // record is cut exactly where it was before. It fails where json.Marshal
 // fails: a reputation that is NaN or infinite, an empty (not nil) passport
 // or body.
-func (d *inputDoc) appendJSON(b []byte) ([]byte, error) {
+func (d *inputDoc) appendJSON(b []byte, withPassport bool) ([]byte, error) {
 	var err error
 	b = append(b, `{"action":`...)
 	b = appendJSONString(b, d.Action)
@@ -55,11 +57,14 @@ func (d *inputDoc) appendJSON(b []byte) ([]byte, error) {
 	if b, err = d.appendEscalationsJSON(b); err != nil {
 		return nil, err
 	}
-	b = append(b, `,"passport":`...)
 	// The passport is json.Marshal's own output (Verified.payloadJSON):
 	// valid, compact and escaped as json.Marshal escapes, so json.Marshal
 	// would copy it unchanged, and so does this.
+	if withPassport {
+		b = append(b, `,"passport":`...)
+	}
 	switch {
+	case !withPassport:
 	case d.Passport == nil:
 		b = append(b, "null"...)
 	case len(d.Passport) == 0:

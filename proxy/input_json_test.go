@@ -274,7 +274,7 @@ func sealed(t *testing.T, in []byte) []byte {
 func checkInputJSON(t *testing.T, d *inputDoc) []byte {
 	t.Helper()
 	want, werr := json.Marshal(d)
-	got, err := d.marshalJSON()
+	got, err := d.marshalJSON(true)
 	if (werr != nil) != (err != nil) {
 		t.Fatalf("json.Marshal error %v, marshalJSON error %v", werr, err)
 	}
@@ -460,8 +460,29 @@ func TestInputJSONFromBuildInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := checkInputJSON(t, &in.doc)
-	if rec, err := h.p.decisionRecord(call, rt, vp, 87.5, in, now); err != nil || !bytes.Equal(rec.Input, got) {
+	if rec, err := h.p.decisionRecord(call, rt, vp, 87.5, in, now, "", ""); err != nil || !bytes.Equal(rec.Input, got) {
 		t.Fatalf("decisionRecord stored\n %s\nnot\n %s", rec.Input, got)
+	}
+	// With a passport reference the input is the same but for the claims,
+	// which audit.ExpandInput puts back.
+	rec, err := h.p.decisionRecord(call, rt, vp, 87.5, in, now, "1-0", "digest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := audit.PassportRecord(rec.Tenant, rec.AgentID, rec.JTI, vp.payloadJSON(), now)
+	full, err := audit.ExpandInput(rec, func(string) (*audit.Record, error) { return claims, nil })
+	if err == nil {
+		t.Fatal("a reference whose digest does not match resolved")
+	}
+	rec.PassportSHA256, _ = audit.PassportDigest(vp.payloadJSON())
+	if full, err = audit.ExpandInput(rec, func(string) (*audit.Record, error) { return claims, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(rec.Input, []byte(`"passport":`)) {
+		t.Errorf("the referencing input repeats the claims: %s", rec.Input)
+	}
+	if g, w := decodeJSON(t, full), decodeJSON(t, got); !reflect.DeepEqual(g, w) {
+		t.Fatalf("expanded input differs:\n got %s\nwant %s", full, got)
 	}
 	if !bytes.Contains(got, []byte(`"body":{"replicas":3,"note":"a\u00e9 \u003cb\u003e"}`)) {
 		t.Errorf("body not compacted as json.Marshal compacts it: %s", got)

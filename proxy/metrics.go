@@ -15,6 +15,8 @@ type metrics struct {
 	upstreamSeconds    *prometheus.HistogramVec
 	keyRefreshes       *prometheus.CounterVec
 	auditFailures      *prometheus.CounterVec
+	credentialFailures *prometheus.CounterVec
+	passportRecords    prometheus.Counter
 	refusals           *prometheus.CounterVec
 	verifyCache        *prometheus.CounterVec
 	shadowDisagree     *prometheus.CounterVec
@@ -49,6 +51,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "passport_proxy_audit_failures_total",
 			Help: "Write-ahead audit appends that failed (the call was refused with 503), by kind.",
 		}, []string{"kind"}),
+		passportRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passport_proxy_passport_records_total",
+			Help: "Passport records written: a passport's claims, recorded once and referenced by its decisions.",
+		}),
+		credentialFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passport_proxy_upstream_credential_failures_total",
+			Help: "Allowed calls not forwarded because the upstream's credential could not be had, by upstream.",
+		}, []string{"upstream"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passport_proxy_refusals_total",
 			Help: "Calls refused before the policy, by reason (expired, revoked, bad_path, ...).",
@@ -80,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.keyRefreshes, m.auditFailures,
 		m.refusals, m.verifyCache, m.shadowDisagree, m.outcomeReports, m.subscriptionUp, m.revocationLoads,
-		m.revocationFallback)
+		m.revocationFallback, m.passportRecords, m.credentialFailures)
 	m.policy = policy.NewMetrics(reg)
 	for _, r := range []string{"sent", "failed", "dropped"} {
 		m.outcomeReports.WithLabelValues(r)
@@ -89,6 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.keyRefreshes.WithLabelValues(r)
 	}
 	m.auditFailures.WithLabelValues("decision")
+	m.auditFailures.WithLabelValues("passport")
 	return m
 }
 

@@ -87,6 +87,7 @@ type Proxy struct {
 	backlog  audit.Backlog     // the audit sink's backlog, when it has one
 	handler  http.Handler
 	metaJSON []byte
+	assert   *assertionSigner // nil when no route asks for assertions
 	metaURL  string
 	// tls serves both listeners when Config.TLS is set (nil: plain).
 	tls *tls.Config
@@ -202,6 +203,16 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		}
 		ups[name] = up
 	}
+	creds := map[string]*credentialSource{}
+	for name, u := range p.cfg.Upstreams {
+		if u.Credential != nil {
+			cs, err := newCredentialSource(*u.Credential)
+			if err != nil {
+				return nil, fmt.Errorf("upstream %s: %w", name, err)
+			}
+			creds[name] = cs
+		}
+	}
 	var routes []*route
 	for _, rc := range p.cfg.Routes {
 		tpl, _ := parseTemplate(rc.Match) // validated above
@@ -212,7 +223,33 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		if rc.BodyNames == BodyNamesFolded {
 			r.bodyOpts.Names = strictjson.NamesFolded
 		}
+		r.credential = creds[rc.Upstream]
+		if rc.Credential != nil {
+			if r.credential, err = newCredentialSource(*rc.Credential); err != nil {
+				return nil, fmt.Errorf("route %s: %w", rc.Name, err)
+			}
+		}
+		u := p.cfg.Upstreams[rc.Upstream]
+		r.assertion = u.Assertion
+		if rc.Assertion != nil {
+			r.assertion = *rc.Assertion
+		}
+		r.assertAud = u.AssertionAudience
+		if r.assertAud == "" {
+			r.assertAud = u.URL
+		}
+		if r.assertion && p.assert == nil {
+			if p.assert, err = newAssertionSigner(p.cfg.Assertion, p.cfg.ResourceURL); err != nil {
+				return nil, err
+			}
+		}
+
 		routes = append(routes, r)
+	}
+	if p.assert != nil {
+		for _, r := range routes {
+			r.assertHeader = p.assert.header // stripped from what agents send, on every route
+		}
 	}
 	p.router = newRouter(routes)
 
@@ -230,6 +267,13 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
+	if p.assert != nil {
+		mux.HandleFunc("GET "+AssertionJWKSPath, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/jwk-set+json")
+			w.Header().Set("Cache-Control", "max-age=300")
+			_, _ = w.Write(p.assert.jwks)
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

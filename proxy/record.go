@@ -36,17 +36,17 @@ var refuseAuditUnavailable = &refusal{status: http.StatusServiceUnavailable, cod
 
 // decisionRecord is the write-ahead record of a policy decision. An error
 // means the input could not be kept (the record is returned without it).
-func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time) (*audit.Record, error) {
+func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation float64, in *input, now time.Time, passportID, passportDigest string) (*audit.Record, error) {
 	cl := vp.Claims
 	rec := &audit.Record{V: audit.Version, Kind: audit.KindDecision, Time: now, RequestID: c.id,
 		ClientRequestID: c.clientID, Tenant: cl.Tenant,
 		AgentID: cl.Agent.ID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, TrustLevel: string(cl.Agent.TrustLevel),
 		Reputation: reputation, JTI: cl.ID, Method: in.doc.Request.Method, Path: c.path, Route: rt.Name,
-		Action: rt.Action, Resource: in.doc.Resource}
+		Action: rt.Action, Resource: in.doc.Resource, PassportID: passportID, PassportSHA256: passportDigest}
 	if cl.Task != nil {
 		rec.TaskID = cl.Task.ID
 	}
-	b, err := in.doc.marshalJSON()
+	b, err := in.doc.marshalJSON(rec.PassportID == "")
 	if err != nil {
 		return rec, err
 	}
@@ -56,13 +56,13 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 
 // outcomeRecord is the record of how an allowed call ended: status is the
 // answer the agent got (the upstream's, or the proxy's own when the call
-// was not forwarded). It reads only what is fixed before forwarding, so
-// the drain may call it while the call runs.
-func (p *Proxy) outcomeRecord(r *http.Request, c *call, rt *route, cl *passport.Claims, resource, revision string, status int) *audit.Record {
+// was not forwarded). It is minimal: the decision record of the same
+// request id holds everything else (the agent id stays for the feed's
+// filters). It reads only what is fixed before forwarding, so the drain
+// may call it while the call runs.
+func (p *Proxy) outcomeRecord(c *call, cl *passport.Claims, status int) *audit.Record {
 	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
-		ClientRequestID: c.clientID, Tenant: c.tenant,
-		AgentID: cl.Agent.ID, JTI: cl.ID, Method: r.Method, Path: c.path, Route: rt.Name, Action: rt.Action,
-		Resource: resource, Decision: audit.DecisionAllow, PolicyRevision: revision, Status: status,
+		Tenant: c.tenant, AgentID: cl.Agent.ID, Decision: audit.DecisionAllow, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
 }
 

@@ -188,13 +188,17 @@ func (t template) checkResource(res string) error {
 // route is a compiled Route.
 type route struct {
 	Route
-	tpl        template
-	production bool
-	upstream   *upstream
-	m          *routeMetrics
-	inputTerm  *ast.Term // the input's "route" object, built once
-	actionTerm *ast.Term
-	bodyOpts   strictjson.Options // how a policy body is decoded
+	tpl          template
+	production   bool
+	upstream     *upstream
+	m            *routeMetrics
+	inputTerm    *ast.Term // the input's "route" object, built once
+	actionTerm   *ast.Term
+	bodyOpts     strictjson.Options // how a policy body is decoded
+	credential   *credentialSource  // added upstream after the decision, or nil
+	assertion    bool               // sign an assertion for the upstream
+	assertAud    string
+	assertHeader string
 }
 
 // router finds the route of a method and normalised path. Routes with a

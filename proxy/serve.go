@@ -50,14 +50,18 @@ type call struct {
 	reputation  float64
 	policyBody  any             // the body as the policy sees it, on routes that show it
 	bodyJSON    json.RawMessage // its JSON text
+	bodyRaw     []byte          // the body as forwarded, on routes that read it whole
 	rec         *audit.Record   // the decision record, once the policy has decided
 	refused     refusal         // a refusal made from the call's own values (call.refuse)
 
 	// Approvals and budgets (approval.go, budget.go).
-	rawBody  []byte             // the body's exact bytes (buffered routes)
 	approval *approval.Approval // the presented approval, checked against the call
 	asked    *approval.Approval // the approval the policy asked for
 	budgets  []budgetHold       // the call's budget reservations
+
+	// What forwarding adds (forward.go): never logged or recorded.
+	credName, credValue string // the upstream credential
+	assertion           string // the signed assertion
 
 	cancel context.CancelCauseFunc    // the drain cuts the call with it
 	fw     atomic.Pointer[forwarding] // set once the call is forwarded

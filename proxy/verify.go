@@ -136,6 +136,7 @@ type Verified struct {
 	pjson             json.RawMessage // Payload as JSON, for the audit record
 	pterms            passportTerms   // Payload and agent fields as OPA terms, for the policy
 	inputErr          error           // why the two above could not be made: every call is denied
+	ref               passportRef     // its passport record in the audit stream (passportref.go)
 }
 
 // keySource returns the verification key for a kid.
@@ -245,7 +246,7 @@ func (v *verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 		}
 		return nil, err
 	}
-	vp := &Verified{Verified: *pv, token: tok}
+	vp := &Verified{Verified: *pv, token: tok, ref: passportRef{lock: make(chan struct{}, 1)}}
 	v.cache.put(tok, vp, now)
 	return vp, nil
 }

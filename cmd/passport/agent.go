@@ -20,7 +20,8 @@ func (a *app) agentCmd() *cobra.Command {
 		Short: "Register and manage agents through the authority's admin API",
 		Long: `Register, list, show, block, unblock and delete agents. The commands talk to the
 authority's admin API (--authority, default http://127.0.0.1:8081) with the admin
-token from PASSPORT_ADMIN_TOKEN or --admin-token-file.`,
+token from PASSPORT_ADMIN_TOKEN or --admin-token-file. With --data DIR (or
+PASSPORT_DATA) of a running passport up, both come from DIR/demo.json.`,
 	}
 	cmd.AddCommand(a.agentRegisterCmd(), a.agentListCmd(), a.agentShowCmd(),
 		a.agentBlockCmd(), a.agentUnblockCmd(), a.agentDeleteCmd())

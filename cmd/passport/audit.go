@@ -223,20 +223,41 @@ func auditPrint(w io.Writer, stream string, m redis.XMessage, asJSON bool) {
 // auditExportLine is the JSON line of export and tail --json: the stored
 // record verbatim (its hash can be re-checked offline) with its place.
 func auditExportLine(stream string, m redis.XMessage) []byte {
+	return auditExportLineInput(stream, m, nil)
+}
+
+// auditExportLineInput is auditExportLine with "input": the decision's
+// full policy input, its passport reference resolved, when the record
+// references a passport record (the stored record stays verbatim).
+func auditExportLineInput(stream string, m redis.XMessage, input json.RawMessage) []byte {
 	raw, _ := m.Values[audit.FieldRecord].(string)
 	line := struct {
 		Stream string          `json:"stream"`
 		ID     string          `json:"id"`
 		Record json.RawMessage `json:"record,omitempty"`
+		Input  json.RawMessage `json:"input,omitempty"`
 		Error  string          `json:"error,omitempty"`
 		Raw    string          `json:"raw,omitempty"`
-	}{Stream: stream, ID: m.ID}
+	}{Stream: stream, ID: m.ID, Input: input}
 	if json.Valid([]byte(raw)) && strings.HasPrefix(strings.TrimSpace(raw), "{") {
 		line.Record = json.RawMessage(raw)
 	} else {
 		line.Error, line.Raw = "malformed record", raw
 	}
 	b, _ := json.Marshal(line)
+	return b
+}
+
+// auditExportLineErr is the line of a decision whose passport reference
+// does not resolve: the stored record, and why its input is missing.
+func auditExportLineErr(stream string, m redis.XMessage, err error) []byte {
+	raw, _ := m.Values[audit.FieldRecord].(string)
+	b, _ := json.Marshal(struct {
+		Stream string          `json:"stream"`
+		ID     string          `json:"id"`
+		Record json.RawMessage `json:"record"`
+		Error  string          `json:"error"`
+	}{stream, m.ID, json.RawMessage(raw), err.Error()})
 	return b
 }
 
@@ -370,7 +391,10 @@ func (a *app) auditExportCmd(o *auditOpts) *cobra.Command {
 		Short: "Write audit records as JSON lines (for a SIEM), oldest first",
 		Long: `Write audit records as JSON lines, oldest first, one tenant after the other:
 {"stream": "passport:{t:acme}:audit", "id": "<stream id>", "record": {<the stored record, verbatim>}}
-The record is byte-for-byte what is stored, so its hash can be re-checked offline.`,
+The record is byte-for-byte what is stored, so its hash can be re-checked offline. A
+decision that references its passport record (passport_id, passport_sha256) also gets
+"input": its full policy input with the passport's claims put back; a reference that
+does not resolve gets "error" instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -389,8 +413,23 @@ The record is byte-for-byte what is stored, so its hash can be re-checked offlin
 			}
 			for _, t := range tenants {
 				key := audit.StreamKey(t)
+				ir := audit.NewInputResolver(rdb, t)
 				err := audit.ScanStream(ctx, rdb, key, start, 1000, func(m redis.XMessage) error {
-					_, err := fmt.Fprintln(a.stdout, string(auditExportLine(key, m)))
+					line := auditExportLine(key, m)
+					if rec, _, err := audit.ParseMessage(m); err == nil {
+						ir.Note(m.ID, rec)
+						if rec.PassportID != "" {
+							in, err := ir.Input(ctx, rec)
+							if err != nil && !errors.Is(err, audit.ErrPassportRef) {
+								return err
+							}
+							line = auditExportLineInput(key, m, in)
+							if err != nil {
+								line = auditExportLineErr(key, m, err)
+							}
+						}
+					}
+					_, err := fmt.Fprintln(a.stdout, string(line))
 					return err
 				})
 				if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -134,12 +135,15 @@ type authorityAdminFlags struct {
 	authorityURL string
 	tokenFile    string
 	tenant       string
+	data         string
 	json         bool
+	demo         *stack.Demo // read from --data, once
 }
 
 func (f *authorityAdminFlags) register(cmd *cobra.Command, tenant bool) {
-	cmd.Flags().StringVar(&f.authorityURL, "authority", "", "authority URL (default $PASSPORT_AUTHORITY_URL or "+authorityDefaultURL+")")
-	cmd.Flags().StringVar(&f.tokenFile, "admin-token-file", "", "file holding the admin token (default $PASSPORT_ADMIN_TOKEN)")
+	cmd.Flags().StringVar(&f.authorityURL, "authority", "", "authority URL (default: demo.json with --data, $PASSPORT_AUTHORITY_URL, "+authorityDefaultURL+")")
+	cmd.Flags().StringVar(&f.tokenFile, "admin-token-file", "", "file holding the admin token (default: demo.json's with --data, $PASSPORT_ADMIN_TOKEN)")
+	cmd.Flags().StringVar(&f.data, "data", "", "directory of a running 'passport up' (reads the authority URL and admin token from DIR/demo.json; default $PASSPORT_DATA)")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	if tenant {
 		cmd.Flags().StringVar(&f.tenant, "tenant", "", "tenant (required)")
@@ -147,20 +151,39 @@ func (f *authorityAdminFlags) register(cmd *cobra.Command, tenant bool) {
 	}
 }
 
-func (f *authorityAdminFlags) url(a *app) string {
-	if f.authorityURL != "" {
-		return f.authorityURL
+// loadDemo reads DIR/demo.json when --data is set.
+func (f *authorityAdminFlags) loadDemo() (*stack.Demo, error) {
+	if f.data == "" || f.demo != nil {
+		return f.demo, nil
 	}
-	if v := a.getenv("PASSPORT_AUTHORITY_URL"); v != "" {
-		return v
+	d, err := stack.ReadDemo(f.data)
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", f.data, err)
 	}
-	return authorityDefaultURL
+	f.demo = &d
+	return f.demo, nil
 }
 
-// admin builds the admin client. The token comes from a file or the
-// environment, never from a flag value, so it does not show in `ps`.
+func (f *authorityAdminFlags) url(a *app) string {
+	var fromDemo string
+	if d, err := f.loadDemo(); err == nil && d != nil {
+		fromDemo = d.URLs.Authority
+	}
+	return firstNonEmpty(f.authorityURL, fromDemo, a.getenv("PASSPORT_AUTHORITY_URL"), authorityDefaultURL)
+}
+
+// admin builds the admin client. The token comes from a file, demo.json
+// (--data) or the environment, never from a flag value, so it does not
+// show in `ps`.
 func (f *authorityAdminFlags) admin(a *app) (*client.Admin, error) {
+	d, err := f.loadDemo()
+	if err != nil {
+		return nil, err
+	}
 	tok := a.getenv("PASSPORT_ADMIN_TOKEN")
+	if d != nil && d.AdminToken != "" {
+		tok = d.AdminToken
+	}
 	if f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {
@@ -169,7 +192,7 @@ func (f *authorityAdminFlags) admin(a *app) (*client.Admin, error) {
 		tok = strings.TrimSpace(string(b))
 	}
 	if tok == "" {
-		return nil, fmt.Errorf("no admin token: set PASSPORT_ADMIN_TOKEN or pass --admin-token-file")
+		return nil, fmt.Errorf("no admin token: pass --data DIR of a running passport up, set PASSPORT_ADMIN_TOKEN or pass --admin-token-file")
 	}
 	opts, err := a.clientOptions()
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -207,5 +208,54 @@ func TestAuthorityCommandServes(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("authority did not stop")
+	}
+}
+
+// TestAgentAndTokenWithData: with --data DIR (or PASSPORT_DATA) of a
+// running passport up, `agent` and `token` read the authority's URL, the
+// admin token and the demo agents' credentials from DIR/demo.json, with
+// nothing in the environment.
+func TestAgentAndTokenWithData(t *testing.T) {
+	url := startAuthority(t)
+	env := map[string]string{"PASSPORT_ADMIN_TOKEN": cliAdminToken, "PASSPORT_AUTHORITY_URL": url}
+	out, errOut, code := cli(t, env, "agent", "register", "--tenant", "acme", "--name", "observer-acme", "--type", "observer", "--trust", "LOW", "--json")
+	if code != 0 {
+		t.Fatalf("register: %d %s", code, errOut)
+	}
+	var reg client.Registration
+	if err := json.Unmarshal([]byte(out), &reg); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	demo := stack.Demo{URLs: stack.URLs{Authority: url}, AdminToken: cliAdminToken, Tenants: []string{"acme", "globex"},
+		Agents: []stack.DemoAgent{{Name: reg.Name, Type: "observer", Tenant: "acme", TrustLevel: "LOW", ID: reg.ID,
+			ClientID: reg.ClientID, ClientSecret: reg.ClientSecret, Role: "observer"}}}
+	b, _ := json.Marshal(demo)
+	if err := os.WriteFile(filepath.Join(dir, "demo.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A different authority in the environment: --data wins.
+	none := map[string]string{"PASSPORT_AUTHORITY_URL": "http://127.0.0.1:1"}
+	if out, errOut, code = cli(t, none, "agent", "list", "--data", dir, "--tenant", "acme"); code != 0 || !strings.Contains(out, "observer-acme") {
+		t.Fatalf("agent list --data: %d %q %q", code, out, errOut)
+	}
+	if out, errOut, code = cli(t, none, "token", "--data", dir, "--tenant", "acme", "--role", "observer", "--decode"); code != 0 ||
+		!strings.Contains(out, `"sub": "`+reg.ID+`"`) {
+		t.Fatalf("token --data: %d %q %q", code, out, errOut)
+	}
+	// The same through PASSPORT_DATA, as the line passport up prints sets it.
+	withData := map[string]string{"PASSPORT_DATA": dir}
+	if out, errOut, code = cli(t, withData, "agent", "show", reg.ID, "--tenant", "acme"); code != 0 || !strings.Contains(out, "reputation:   60.0") {
+		t.Fatalf("agent show with PASSPORT_DATA: %d %q %q", code, out, errOut)
+	}
+	if out, errOut, code = cli(t, withData, "token"); code != 0 || strings.Count(out, ".") != 2 {
+		t.Fatalf("token with PASSPORT_DATA (default role observer, first tenant): %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code = cli(t, withData, "token", "--tenant", "globex", "--role", "healer"); code == 0 ||
+		!strings.Contains(errOut, `no healer agent in tenant "globex"`) {
+		t.Fatalf("unknown demo agent: %d %q", code, errOut)
+	}
+	if errOut != "" && strings.Contains(errOut, "level=INFO") {
+		t.Fatalf("one-shot command logged INFO: %q", errOut)
 	}
 }

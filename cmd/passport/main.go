@@ -29,6 +29,9 @@ type app struct {
 	logFormat string
 	// caFileFlag is --ca-file (see caFile).
 	caFileFlag string
+	// oneShot is set for commands that are not servers (beforeCommand):
+	// they log warnings and errors only unless --log-level is given.
+	oneShot bool
 }
 
 // exitError carries a specific exit code (e.g. audit verify found a break).
@@ -68,10 +71,11 @@ func (a *app) rootCmd() *cobra.Command {
 The authority issues short-lived signed JWT passports; the proxy stands in front of an
 infrastructure control API, verifies the passport, evaluates Rego, and records every
 decision in an append-only audit stream in Redis before anything is forwarded.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: a.beforeCommand,
 	}
-	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (default info for servers, warn for one-shot commands)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&a.caFileFlag, "ca-file", "", "PEM CA bundle trusted for the TLS services this command calls (default $PASSPORT_CA_FILE, else the system's roots)")
 	root.AddCommand(

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 	"github.com/spf13/cobra"
 )
@@ -23,6 +24,7 @@ func (a *app) tokenCmd() *cobra.Command {
 		scopes                                                  []string
 		taskJSON, audience                                      string
 		subjectFile, dpopKeyFile                                string
+		data, tenant, role                                      string
 		decode, asJSON                                          bool
 	)
 	cmd := &cobra.Command{
@@ -57,13 +59,33 @@ needs "Authorization: DPoP <passport>" and a fresh proof in a DPoP header, which
   passport token --client-id agt_sub --client-secret-file sub.secret --subject-token-file healer-passport.txt --scope service.get`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if clientID == "" {
+			var demo *stack.Demo
+			if data != "" {
+				d, err := stack.ReadDemo(data)
+				if err != nil {
+					return fmt.Errorf("--data %s: %w", data, err)
+				}
+				demo = &d
+			}
+			byRole := demo != nil && (cmd.Flags().Changed("role") || cmd.Flags().Changed("tenant"))
+			if clientID == "" && !byRole {
 				clientID = a.getenv("PASSPORT_CLIENT_ID")
 			}
+			var demoSecret string
+			if demo != nil {
+				ag, err := demoAgent(*demo, clientID, tenant, role)
+				if err != nil {
+					return err
+				}
+				clientID, demoSecret = ag.ClientID, ag.ClientSecret
+			}
 			if clientID == "" {
-				return errors.New("--client-id is required (or PASSPORT_CLIENT_ID)")
+				return errors.New("--client-id is required (or PASSPORT_CLIENT_ID, or --data DIR with --tenant and --role)")
 			}
 			secret := secretFlag
+			if secret == "" {
+				secret = demoSecret
+			}
 			if v := a.getenv("PASSPORT_CLIENT_SECRET"); secret == "" && v != "" {
 				secret = v
 			}
@@ -102,12 +124,11 @@ needs "Authorization: DPoP <passport>" and a fresh proof in a DPoP header, which
 					return fmt.Errorf("--subject-token-file %s is empty", subjectFile)
 				}
 			}
-			if authorityURL == "" {
-				authorityURL = a.getenv("PASSPORT_AUTHORITY_URL")
+			var demoAuthority string
+			if demo != nil {
+				demoAuthority = demo.URLs.Authority
 			}
-			if authorityURL == "" {
-				authorityURL = authorityDefaultURL
-			}
+			authorityURL = firstNonEmpty(authorityURL, demoAuthority, a.getenv("PASSPORT_AUTHORITY_URL"), authorityDefaultURL)
 			c, err := client.New(authorityURL, clientID, passport.Secret(secret), opts)
 			if err != nil {
 				return err
@@ -158,7 +179,10 @@ needs "Authorization: DPoP <passport>" and a fresh proof in a DPoP header, which
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&authorityURL, "authority", "", "authority URL (default $PASSPORT_AUTHORITY_URL or "+authorityDefaultURL+")")
+	f.StringVar(&authorityURL, "authority", "", "authority URL (default: demo.json with --data, $PASSPORT_AUTHORITY_URL, "+authorityDefaultURL+")")
+	f.StringVar(&data, "data", "", "directory of a running 'passport up': the authority and the agent's credentials come from DIR/demo.json (default $PASSPORT_DATA)")
+	f.StringVar(&tenant, "tenant", "", "with --data: the demo agent's tenant (default the demo's first tenant)")
+	f.StringVar(&role, "role", "observer", "with --data: the demo agent's role: healer, chaos, observer or rogue")
 	f.StringVar(&clientID, "client-id", "", "the agent's client id (default $PASSPORT_CLIENT_ID)")
 	f.StringVar(&secretFlag, "client-secret", "", "client secret (visible in ps; prefer --client-secret-file or $PASSPORT_CLIENT_SECRET)")
 	f.StringVar(&secretFile, "client-secret-file", "", "file holding the client secret")
@@ -260,4 +284,32 @@ func decodeJWT(a *app, raw string) error {
 		out[name] = b
 	}
 	return printAuthorityJSON(a.stdout, out)
+}
+
+// demoAgent picks the agent of demo.json: the one with clientID when it
+// is there, else the agent of role in tenant (default: the first tenant).
+// A client id demo.json does not know is returned as is, without a secret.
+func demoAgent(d stack.Demo, clientID, tenant, role string) (stack.DemoAgent, error) {
+	if clientID != "" {
+		for _, ag := range d.Agents {
+			if ag.ClientID == clientID {
+				return ag, nil
+			}
+		}
+		return stack.DemoAgent{ClientID: clientID}, nil
+	}
+	if tenant == "" && len(d.Tenants) > 0 {
+		tenant = d.Tenants[0]
+	}
+	var roles []string
+	for _, ag := range d.Agents {
+		if ag.Tenant == tenant && ag.Role == role {
+			return ag, nil
+		}
+		if ag.Tenant == tenant {
+			roles = append(roles, ag.Role)
+		}
+	}
+	return stack.DemoAgent{}, fmt.Errorf("demo.json has no %s agent in tenant %q (roles there: %s; tenants: %s)",
+		role, tenant, strings.Join(roles, ", "), strings.Join(d.Tenants, ", "))
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -19,7 +21,7 @@ func (a *app) upCmd() *cobra.Command {
 	var (
 		cfgPath, data, listen string
 		cfg                   stack.Config
-		noChaos               bool
+		noChaos, logStderr    bool
 		witness               string
 	)
 	cmd := &cobra.Command{
@@ -38,15 +40,28 @@ the admin token and every agent's credentials, for scripts and for
 Ctrl-C stops everything cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := a.logger()
-			if err != nil {
-				return err
-			}
 			if err := config.Load(cfgPath, &cfg); err != nil {
 				return err
 			}
 			if cmd.Flags().Changed("data") || cfg.DataDir == "" {
 				cfg.DataDir = data
+			}
+			// The terminal keeps the banner and the events worth seeing;
+			// every log line goes to DIR/passport.log.
+			log, logPath := (*slog.Logger)(nil), ""
+			if logStderr {
+				l, err := a.logger()
+				if err != nil {
+					return err
+				}
+				log = l
+			} else {
+				l, path, closeLog, err := a.fileLogger(cfg.DataDir)
+				if err != nil {
+					return err
+				}
+				defer closeLog()
+				log, logPath = l, path
 			}
 			if listen != "" {
 				host, port, err := net.SplitHostPort(listen)
@@ -73,7 +88,7 @@ Ctrl-C stops everything cleanly.`,
 			if noChaos {
 				cfg.ChaosInterval = -1
 			}
-			return stack.Run(cmd.Context(), cfg, log, func(d stack.Demo) { printTour(a.stdout, cfg.DataDir, d) })
+			return stack.Run(cmd.Context(), cfg, log, func(d stack.Demo) { printTour(a.stdout, cfg.DataDir, logPath, d) })
 		},
 	}
 	f := cmd.Flags()
@@ -86,11 +101,12 @@ Ctrl-C stops everything cleanly.`,
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
 	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
+	f.BoolVar(&logStderr, "log-stderr", false, "write every log line to the terminal (stderr) instead of DIR/"+LogFile)
 	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }
 
-func printTour(w io.Writer, dir string, d stack.Demo) {
+func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nAgent Passport is up.\n\n")
 	fmt.Fprintf(&b, "  dashboard   %s\n", d.DashboardLogin)
@@ -100,7 +116,15 @@ func printTour(w io.Writer, dir string, d stack.Demo) {
 	fmt.Fprintf(&b, "  fleet       %s      (the control API the proxy protects; agents never call it directly)\n", d.URLs.Fleet)
 	fmt.Fprintf(&b, "  redis       %s      (password-protected; the full URL is in demo.json)\n", redisx.Redact(d.RedisURL))
 	fmt.Fprintf(&b, "  credentials %s (Redis URL, admin token and every demo agent's client secret; mode 0600)\n", stack.DemoFile(dir))
-	fmt.Fprintf(&b, "  keys        signing keys encrypted at rest (key in %s unless PASSPORT_KEY_ENCRYPTION_KEY is set)\n\n", filepath.Join(dir, stack.KeyEncryptionKeyFile))
+	if logPath != "" {
+		fmt.Fprintf(&b, "  logs        %s (this terminal shows one line per incident and per block)\n", logPath)
+	}
+	fmt.Fprintf(&b, "  keys        signing keys encrypted at rest (key in %s unless PASSPORT_KEY_ENCRYPTION_KEY is set)\n", filepath.Join(dir, stack.KeyEncryptionKeyFile))
+	for _, r := range d.Restored {
+		fmt.Fprintf(&b, "  restored    %s\n", r)
+	}
+	fmt.Fprintf(&b, "\nIn another shell, this line points every passport command at this stack (no --data needed):\n")
+	fmt.Fprintf(&b, "  %s\n\n", exportLine(dir, d))
 	fmt.Fprintf(&b, "A short tour (in another terminal):\n")
 	fmt.Fprintf(&b, "  passport chaos fire service_down --target checkout --data %s   # break a service; watch the healer fix it\n", dir)
 	fmt.Fprintf(&b, "  passport incidents --data %s                                   # DETECTED -> DISPATCHED -> RESOLVED\n", dir)
@@ -108,7 +132,31 @@ func printTour(w io.Writer, dir string, d stack.Demo) {
 	fmt.Fprintf(&b, "  passport audit verify --data %s                                # prove nothing was removed, changed or reordered\n", dir)
 	fmt.Fprintf(&b, "  curl -i %s/services                                    # no passport: 401\n", d.URLs.Proxy)
 	fmt.Fprintf(&b, "  passport approval list --tenant acme --data %s                 # calls waiting for a person (deploys to payments need one)\n", dir)
-	fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
+	if slices.ContainsFunc(d.Agents, func(ag stack.DemoAgent) bool { return ag.Role == "rogue" }) {
+		fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
+	}
 	fmt.Fprintf(&b, "Ctrl-C stops everything.\n\n")
 	_, _ = io.WriteString(w, b.String())
+}
+
+// exportLine sets up a shell for the stack: PASSPORT_DATA gives every
+// command its --data (so URLs and tokens come from demo.json), and the
+// URLs serve scripts and curl.
+func exportLine(dir string, d stack.Demo) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return fmt.Sprintf("export PASSPORT_DATA=%s PASSPORT_AUTHORITY_URL=%s PASSPORT_PROXY_URL=%s",
+		shellQuote(dir), shellQuote(d.URLs.Authority), shellQuote(d.URLs.Proxy))
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but the
+// characters of ordinary paths and URLs.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-:+@,%=", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

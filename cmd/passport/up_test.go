@@ -12,7 +12,7 @@ import (
 func TestTourHidesRedisPassword(t *testing.T) {
 	var b strings.Builder
 	d := stack.Demo{RedisURL: "redis://:s3cret-generated-password@127.0.0.1:6390/0", DashboardLogin: "http://127.0.0.1:8090/#token=x"}
-	printTour(&b, ".passport", d)
+	printTour(&b, ".passport", ".passport/passport.log", d)
 	out := b.String()
 	if strings.Contains(out, "s3cret-generated-password") {
 		t.Fatalf("password printed:\n%s", out)

@@ -74,6 +74,10 @@ type Config struct {
 	// cert_file and key_file are set. Env PASSPORT_TLS_CERT_FILE,
 	// PASSPORT_TLS_KEY_FILE. Default: plain HTTP.
 	TLS tlsx.Server `yaml:"tls"`
+	// Caller checks who calls the control API (caller.go): the API key
+	// only the proxy holds and the proxy's signed assertion. /healthz,
+	// /metrics and /events stay open. Default: no check.
+	Caller CallerConfig `yaml:"caller"`
 }
 
 // ServiceConfig describes one service.
@@ -208,6 +212,7 @@ type Fleet struct {
 	log      *slog.Logger
 	ln       net.Listener
 	tls      *tls.Config // nil: plain HTTP
+	caller   *caller     // nil: callers are not checked
 	services map[string]*service
 	order    []string
 
@@ -257,6 +262,11 @@ func New(cfg Config, deps Deps) (*Fleet, error) {
 	var err error
 	if f.tls, err = cfg.TLS.Config(tlsx.Options{Name: "fleet", Logger: deps.Logger, Metrics: tlsx.NewMetrics(reg)}); err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	if cfg.Caller.enabled() {
+		if f.caller, err = newCaller(cfg.Caller); err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
 	}
 	f.leakCtx, f.stopLeak = context.WithCancel(context.Background())
 	for _, sc := range cfg.Services {
@@ -521,7 +531,18 @@ func (f *Fleet) Handler() http.Handler {
 	mux.HandleFunc("DELETE /faults/{name}", f.action("chaos.clear", func(name string, _ *http.Request) error {
 		return f.ClearFault(name)
 	}))
-	return mux
+	if f.caller == nil {
+		return mux
+	}
+	guarded := f.caller.guard(mux)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/metrics", "/events":
+			mux.ServeHTTP(w, r)
+		default:
+			guarded.ServeHTTP(w, r)
+		}
+	})
 }
 
 var errBadRequest = errors.New("bad request")

@@ -133,6 +133,9 @@ type Demo struct {
 	// Enrolled is the agent that enrolled with a service-account token
 	// from the demo's stand-in for Kubernetes (docs/enrollment.md).
 	Enrolled *DemoEnrolled `json:"enrolled,omitempty"`
+	// Restored says, one line per agent, which demo agents of an earlier
+	// run got their reputation back or were unblocked at this start.
+	Restored []string `json:"-"`
 }
 
 // URLs are the base URLs of the stack's services.
@@ -402,12 +405,21 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 
-	// The fleet.
+	// The fleet. Its control API takes only calls that came through the
+	// proxy: the API key only the proxy holds (the agents never see it),
+	// and the proxy's signed assertion of each call.
+	fleetKey := filepath.Join(cfg.DataDir, FleetAPIKeyFile)
+	if _, err := localSecret(fleetKey); err != nil {
+		return s.failed(g, fmt.Errorf("fleet api key: %w", err))
+	}
 	fcfg := fleet.Default()
 	fcfg.Listen = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.FleetPort))
 	for i := range fcfg.Services {
 		fcfg.Services[i].Listen = net.JoinHostPort(cfg.Host, "0")
 	}
+	fcfg.Caller = fleet.CallerConfig{APIKeyFile: fleetKey,
+		AssertionJWKSURL:  s.demo.URLs.ProxyAdmin + proxy.AssertionJWKSPath,
+		AssertionAudience: FleetAssertionAudience}
 	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
 	if err != nil {
 		return s.failed(g, fmt.Errorf("fleet: %w", err))
@@ -422,6 +434,10 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
+	up := pcfg.Upstreams["fleet"]
+	up.Credential = &proxy.Credential{Type: "header", Header: "X-Api-Key", File: fleetKey}
+	up.Assertion, up.AssertionAudience = true, FleetAssertionAudience
+	pcfg.Upstreams["fleet"] = up
 	pcfg.Listen = lns["proxy"].Addr().String()
 	pcfg.AdminListen = lns["proxy_admin"].Addr().String()
 	pcfg.ReportToken = passport.Secret(reporterToken)
@@ -603,17 +619,21 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 
 // registerAgents reuses the agents of a previous run (they live in the
 // persisted Redis) when they still exist, and registers the missing ones.
-// Rogue agents are unblocked so that every start shows the whole story.
+// Every reused agent gets its baseline reputation back and is unblocked
+// (restore), so that every start shows the whole story and no mistake made
+// in a tour outlives a restart.
 func (s *Stack) registerAgents(ctx context.Context, prev *Demo) ([]DemoAgent, error) {
 	var out []DemoAgent
 	for _, tenant := range s.cfg.Tenants {
 		for _, r := range demoRoles {
 			name := r.role + "-" + tenant
 			if a, ok := s.reuse(ctx, prev, tenant, r.role); ok {
-				if r.role == "rogue" {
-					if _, err := s.admin.Unblock(ctx, tenant, a.ID); err != nil && !errors.Is(err, client.ErrNotFound) {
-						return nil, fmt.Errorf("unblock %s: %w", name, err)
-					}
+				note, err := s.restore(ctx, a)
+				if err != nil {
+					return nil, err
+				}
+				if note != "" {
+					s.demo.Restored = append(s.demo.Restored, note)
 				}
 				out = append(out, a)
 				continue
@@ -632,6 +652,31 @@ func (s *Stack) registerAgents(ctx context.Context, prev *Demo) ([]DemoAgent, er
 		}
 	}
 	return out, nil
+}
+
+// restore resets a to its baseline reputation and lifts its block when it
+// lost reputation (half a point of slack: reputation drifts back to the
+// baseline continuously) or is blocked. It returns what it restored, ""
+// for nothing.
+func (s *Stack) restore(ctx context.Context, a DemoAgent) (string, error) {
+	ag, err := s.admin.GetAgent(ctx, a.Tenant, a.ID)
+	if errors.Is(err, client.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", a.Name, err)
+	}
+	if !ag.Blocked && ag.Reputation >= ag.ReputationBaseline-0.5 {
+		return "", nil
+	}
+	if _, err := s.admin.Unblock(ctx, a.Tenant, a.ID); err != nil && !errors.Is(err, client.ErrNotFound) {
+		return "", fmt.Errorf("restore %s: %w", a.Name, err)
+	}
+	note := fmt.Sprintf("%s (%s, %s): reputation %.1f -> %.1f", a.Name, a.Role, a.Tenant, ag.Reputation, ag.ReputationBaseline)
+	if ag.Blocked {
+		note += ", unblocked"
+	}
+	return note, nil
 }
 
 func (s *Stack) reuse(ctx context.Context, prev *Demo, tenant, role string) (DemoAgent, bool) {
@@ -717,8 +762,14 @@ func randomToken() string {
 // mode 0600: the private Redis's password and the key that encrypts the
 // signing keys at rest.
 const (
-	RedisPasswordFile    = "redis-password"
-	KeyEncryptionKeyFile = "key-encryption-key"
+	RedisPasswordFile = "redis-password"
+	// FleetAPIKeyFile holds the demo fleet's API key (mode 0600), which
+	// the proxy injects and no agent holds.
+	FleetAPIKeyFile = "fleet-api-key"
+	// FleetAssertionAudience is the aud of the proxy's assertions to the
+	// demo fleet.
+	FleetAssertionAudience = "passport-demo-fleet"
+	KeyEncryptionKeyFile   = "key-encryption-key"
 )
 
 // DemoFile is the path of demo.json in dir.

@@ -8,8 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,9 +28,13 @@ import (
 
 // running is a stack started for one test.
 type running struct {
-	demo  stack.Demo
-	rdb   *redis.Client
-	admin *client.Admin
+	demo    stack.Demo
+	dataDir string
+	rdb     *redis.Client
+	admin   *client.Admin
+
+	mu        sync.Mutex
+	observers map[string]string // tenant -> an observer's passport, for reading the fleet
 }
 
 // startStack runs the whole demo on free loopback ports against a private
@@ -78,7 +85,7 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &running{demo: d, rdb: srv.Client(), admin: admin}
+	return &running{demo: d, dataDir: cfg.DataDir, rdb: srv.Client(), admin: admin, observers: map[string]string{}}
 }
 
 type testWriter struct{ t *testing.T }
@@ -198,23 +205,34 @@ type serviceStatus struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 }
 
-// fleetServices reads the control API directly: the test is the operator
-// looking at the fleet, not an agent.
+// fleetServices reads the fleet through the proxy, as each tenant's
+// observer agent: the fleet takes no call that bypasses the proxy.
 func (r *running) fleetServices(t *testing.T) map[string]serviceStatus {
 	t.Helper()
-	code, body := call(t, http.MethodGet, r.demo.URLs.Fleet+"/services", "")
-	if code != http.StatusOK {
-		t.Fatalf("fleet /services: %d %s", code, body)
-	}
-	var list struct {
-		Services []serviceStatus `json:"services"`
-	}
-	if err := json.Unmarshal([]byte(body), &list); err != nil {
-		t.Fatalf("fleet /services: %v", err)
-	}
 	out := map[string]serviceStatus{}
-	for _, s := range list.Services {
-		out[s.Name] = s
+	for _, tenant := range []string{"acme", "globex"} {
+		r.mu.Lock()
+		tok, ok := r.observers[tenant]
+		r.mu.Unlock()
+		if !ok {
+			tok = r.passport(t, r.agent(t, tenant, "observer"), client.TokenRequest{Scope: []string{"service.list"}})
+			r.mu.Lock()
+			r.observers[tenant] = tok
+			r.mu.Unlock()
+		}
+		code, body := call(t, http.MethodGet, r.demo.URLs.Proxy+"/services", tok)
+		if code != http.StatusOK {
+			t.Fatalf("fleet /services through the proxy as %s's observer: %d %s", tenant, code, body)
+		}
+		var list struct {
+			Services []serviceStatus `json:"services"`
+		}
+		if err := json.Unmarshal([]byte(body), &list); err != nil {
+			t.Fatalf("fleet /services: %v", err)
+		}
+		for _, s := range list.Services {
+			out[s.Name] = s
+		}
 	}
 	return out
 }
@@ -280,6 +298,7 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 			// Its passport named who is accountable for the healer
 			// (oversight.owner), which the record's policy input keeps.
 			var allowed bool
+			ir := audit.NewInputResolver(r.rdb, tc.tenant)
 			for _, rec := range r.records(t, tc.tenant) {
 				if rec.Kind == audit.KindDecision && rec.Decision == audit.DecisionAllow &&
 					rec.TaskID == inc.ID && rec.Action == tc.action && rec.Resource == tc.target {
@@ -289,7 +308,11 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 							Oversight struct{ Owner string }
 						}
 					}
-					if err := json.Unmarshal(rec.Input, &in); err != nil || in.Passport.Oversight.Owner != "sre-oncall" {
+					full, err := ir.Input(context.Background(), rec) // the claims sit in the passport record
+					if err == nil {
+						err = json.Unmarshal(full, &in)
+					}
+					if err != nil || in.Passport.Oversight.Owner != "sre-oncall" {
 						t.Errorf("allow record's input: oversight owner %q (%v), want sre-oncall", in.Passport.Oversight.Owner, err)
 					}
 				}
@@ -487,4 +510,46 @@ func TestUpOffersApprovals(t *testing.T) {
 		}
 		return false, "not yet"
 	})
+}
+
+// TestFleetTakesOnlyProxiedCalls: the demo fleet's control API refuses a
+// call that bypasses the proxy, even one that carries the fleet's own API
+// key (read from the data directory, as an attacker on the host might);
+// through the proxy the same call works, and the agent never held the
+// key: it is in no audit record.
+func TestFleetTakesOnlyProxiedCalls(t *testing.T) {
+	r := startStack(t, stack.Config{})
+	key, err := os.ReadFile(filepath.Join(r.dataDir, stack.FleetAPIKeyFile))
+	if err != nil || len(strings.TrimSpace(string(key))) < 32 {
+		t.Fatalf("fleet api key: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(r.dataDir, stack.FleetAPIKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("fleet api key file mode: %v %v", fi.Mode(), err)
+	}
+	for _, hdr := range []map[string]string{nil, {"X-Api-Key": strings.TrimSpace(string(key))}} {
+		req, _ := http.NewRequest(http.MethodPost, r.demo.URLs.Fleet+"/services/checkout/restart", nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a call bypassing the proxy (headers %v): %d", len(hdr), res.StatusCode)
+		}
+	}
+	tok := r.passport(t, r.agent(t, "acme", "healer"), client.TokenRequest{Scope: []string{"service.restart"}})
+	if code, body := call(t, http.MethodPost, r.demo.URLs.Proxy+"/services/checkout/restart", tok); code != http.StatusOK {
+		t.Fatalf("through the proxy: %d %s", code, body)
+	}
+	for _, tenant := range []string{"acme", "globex", "unattributed"} {
+		for _, rec := range r.records(t, tenant) {
+			b, _ := json.Marshal(rec)
+			if strings.Contains(string(b), strings.TrimSpace(string(key))) {
+				t.Fatalf("the fleet's key is in an audit record: %s", b)
+			}
+		}
+	}
 }

@@ -142,6 +142,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 
 func replayTenant(ctx context.Context, opts Options, rep *Report, g *grouper, tenant string) error {
 	stream := audit.StreamKey(tenant)
+	ir := audit.NewInputResolver(opts.Client, tenant)
 	start, stop := "-", "+"
 	if !rep.From.IsZero() {
 		start = fmt.Sprintf("%d-0", rep.From.UnixMilli())
@@ -155,7 +156,7 @@ func replayTenant(ctx context.Context, opts Options, rep *Report, g *grouper, te
 			if opts.Limit > 0 && rep.Decisions >= opts.Limit {
 				return nil
 			}
-			if err := replayOne(ctx, opts, rep, g, m); err != nil {
+			if err := replayOne(ctx, opts, rep, g, ir, m); err != nil {
 				return err
 			}
 		}
@@ -166,7 +167,7 @@ func replayTenant(ctx context.Context, opts Options, rep *Report, g *grouper, te
 	}
 }
 
-func replayOne(ctx context.Context, opts Options, rep *Report, g *grouper, m redis.XMessage) error {
+func replayOne(ctx context.Context, opts Options, rep *Report, g *grouper, ir *audit.InputResolver, m redis.XMessage) error {
 	rec, _, err := audit.ParseMessage(m)
 	if err != nil {
 		// A record that does not decode cannot be a decision we can
@@ -174,11 +175,20 @@ func replayOne(ctx context.Context, opts Options, rep *Report, g *grouper, m red
 		rep.Skipped["malformed"]++
 		return nil
 	}
+	ir.Note(m.ID, rec)
 	if rec.Kind != audit.KindDecision {
 		return nil
 	}
 	rep.Decisions++
-	in, cause := inputOf(rec)
+	raw, err := ir.Input(ctx, rec)
+	if err != nil {
+		if !errors.Is(err, audit.ErrPassportRef) {
+			return err
+		}
+		rep.Skipped["passport_unresolved"]++
+		return nil
+	}
+	in, cause := inputOf(raw)
 	if cause != "" {
 		rep.Skipped[cause]++
 		return nil
@@ -214,8 +224,8 @@ func replayOne(ctx context.Context, opts Options, rep *Report, g *grouper, m red
 
 // inputOf rebuilds the policy input of a decision record, or says why it
 // cannot.
-func inputOf(rec *audit.Record) (ast.Value, string) {
-	raw := bytes.TrimSpace(rec.Input)
+func inputOf(input []byte) (ast.Value, string) {
+	raw := bytes.TrimSpace(input)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, "no_input"
 	}

@@ -296,3 +296,69 @@ func TestReplayNoStreams(t *testing.T) {
 		t.Fatal("replay without a candidate succeeded")
 	}
 }
+
+// TestReplayResolvesPassportReferences: a decision that references its
+// passport record (as the proxy writes it) is replayed with the claims put
+// back, also when the passport record is older than --since; a reference
+// that does not resolve (deleted record, other claims) is skipped and
+// counted, never replayed on a partial input.
+func TestReplayResolvesPassportReferences(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client()
+	ctx := context.Background()
+	recent := now.Add(-time.Hour)
+
+	// ref writes the passport record of in at time at and returns a
+	// decision that references it instead of repeating the claims.
+	ref := func(at time.Time, in map[string]any, decision string, reasons ...string) *audit.Record {
+		claims, _ := json.Marshal(in["passport"])
+		pr := audit.PassportRecord("acme", "ag-healer", "jti-1", claims, at)
+		id := add(t, c, "acme", at, pr)
+		rec := record(in, decision, reasons...)
+		without := maps.Clone(in)
+		delete(without, "passport")
+		rec.Input, _ = json.Marshal(without)
+		rec.JTI, rec.PassportID = "jti-1", id
+		var err error
+		if rec.PassportSHA256, err = audit.PassportDigest(claims); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	healer := input("acme", "healer", "HIGH", 60, "service.restart", "checkout", nil, "service.restart")
+	// The passport record is older than --since: read by its id.
+	old := ref(now.Add(-48*time.Hour), healer, audit.DecisionAllow)
+	add(t, c, "acme", recent, old)
+	// Without its grant, the decision would be denied: the claims matter.
+	ungranted := input("acme", "healer", "HIGH", 95, "service.restart", "checkout", nil, "service.get")
+	add(t, c, "acme", recent, ref(recent, ungranted, audit.DecisionAllow))
+	// Altered claims: the digest no longer matches.
+	bad := ref(recent, healer, audit.DecisionAllow)
+	bad.PassportSHA256 = strings.Repeat("A", 43)
+	add(t, c, "acme", recent, bad)
+	// A reference to a record that is not there.
+	gone := ref(recent, healer, audit.DecisionAllow)
+	if err := c.XDel(ctx, audit.StreamKey("acme"), gone.PassportID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	add(t, c, "acme", recent, gone)
+
+	rep, err := replay.Run(ctx, replay.Options{
+		Client: c, Candidate: candidate(t, stricter), Since: 24 * time.Hour, Now: func() time.Time { return now }, PageSize: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Decisions != 4 || rep.Replayed != 2 || rep.Skipped["passport_unresolved"] != 2 {
+		t.Fatalf("decisions %d, replayed %d, skipped %v", rep.Decisions, rep.Replayed, rep.Skipped)
+	}
+	// Both replayed allows are now denied: reputation 60 under the
+	// stricter threshold, and the missing grant (which only the claims say).
+	n := 0
+	for _, ch := range rep.NowDenied {
+		n += ch.Count
+	}
+	if n != 2 {
+		t.Fatalf("now denied %d, want 2: %+v", n, rep.NowDenied)
+	}
+}

@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/agentpassport/passport/audit"
+)
+
+// A passport's claims go into the audit stream once (a passport record)
+// and every decision references them (audit/passport.go). The reference
+// lives with the verified passport in the verification cache: a passport
+// verified again is recorded again, which costs one record and is never
+// wrong.
+
+// passportRefTTL is how long one passport record serves a passport's
+// decisions before the passport is recorded again, so that a reference
+// never reaches back further than this (retention trims by time).
+const passportRefTTL = 10 * time.Minute
+
+// passportRef is the recorded reference of a verified passport.
+type passportRef struct {
+	lock   chan struct{} // one recording at a time; waiters honour their context
+	id     string        // stream id of the passport record
+	digest string
+	at     time.Time
+}
+
+// referencePassport fills rec's passport reference, recording the passport
+// first when its record is missing or old, and leaves the passport out of
+// in's JSON. When the passport cannot be recorded (the audit store is
+// down, the claims are too large for one record), the decision keeps the
+// claims inline, as before: referencing is an economy, never a new way to
+// fail.
+func (p *Proxy) referencePassport(r *http.Request, c *call, vp *Verified) (id, digest string) {
+	pj := vp.payloadJSON()
+	if len(pj) == 0 || len(pj) > audit.DefaultMaxJSON {
+		return "", ""
+	}
+	ref := &vp.ref
+	select {
+	case ref.lock <- struct{}{}:
+	case <-r.Context().Done():
+		return "", ""
+	}
+	defer func() { <-ref.lock }()
+	if ref.id != "" && c.now.Sub(ref.at) < passportRefTTL {
+		return ref.id, ref.digest
+	}
+	if ref.digest == "" {
+		d, err := audit.PassportDigest(pj)
+		if err != nil {
+			return "", ""
+		}
+		ref.digest = d
+	}
+	cl := vp.Claims
+	rc, err := p.audit.Append(r.Context(), audit.PassportRecord(cl.Tenant, cl.Agent.ID, cl.ID, pj, c.now))
+	if err != nil {
+		p.m.auditFailures.WithLabelValues("passport").Inc()
+		p.log.WarnContext(r.Context(), "passport record not written; the decision keeps the claims inline",
+			"request_id", c.id, "tenant", cl.Tenant, "error", err)
+		return "", ""
+	}
+	ref.id, ref.at = rc.ID(), c.now
+	p.m.passportRecords.Inc()
+	return ref.id, ref.digest
+}
