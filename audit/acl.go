@@ -6,8 +6,9 @@ package audit
 // no XDEL, XTRIM, DEL, UNLINK, RENAME, FLUSH*, CONFIG SET, no writes to any
 // key but the audit stream (XADD), its chain heads (HSET) and the writers
 // hash (HSETNX: register once, never replace), the tenant registry (SADD:
-// add, never remove), and the live feed's
-// single-use connection tickets (SET, GETDEL). Scripts run with the
+// add, never remove), the live feed's
+// single-use connection tickets (SET, GETDEL), and DPoP proofs' replay
+// records and the proxies' DPoP nonce secret (SET: package proxy). Scripts run with the
 // caller's permissions, so EVAL grants nothing beyond these rules.
 //
 // Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>
@@ -25,4 +26,5 @@ const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"(~passport:{t:*}:audit:heads +hset) " +
 	"(~passport:audit:writers +hsetnx) " +
 	"(~passport:audit:tenants +sadd) " +
-	"(~passport:feed:ticket:* +set +getdel)"
+	"(~passport:feed:ticket:* +set +getdel) " +
+	"(~passport:dpop:jti:* ~passport:proxy:dpop_nonce_secret +set)"

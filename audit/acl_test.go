@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -65,6 +66,16 @@ func TestProxyACLCanAppendButNotDeleteTrimOrReconfigure(t *testing.T) {
 		{"xadd to a non-audit key", []any{"XADD", "passport:{t:acme}:agent:a1", "*", "x", "1"}},
 		{"write an agent hash", []any{"HSET", "passport:{t:acme}:agent:a1", "blocked", "0"}},
 		{"remove a tenant from the registry", []any{"SREM", audit.TenantsKey, "acme"}},
+		{"set outside the dpop keys", []any{"SET", "passport:{t:acme}:agent:a1", "x"}},
+		{"delete a dpop replay record", []any{"DEL", "passport:dpop:jti:abc"}},
+	}
+	// DPoP at the proxy: a proof's replay record (SET NX with an expiry)
+	// and the shared nonce secret (SET NX).
+	if err := proxy.SetNX(ctx, "passport:dpop:jti:abc", "1", time.Minute).Err(); err != nil {
+		t.Errorf("dpop replay record as proxy user: %v", err)
+	}
+	if err := proxy.SetArgs(ctx, "passport:proxy:dpop_nonce_secret", "s", redis.SetArgs{Mode: "NX"}).Err(); err != nil {
+		t.Errorf("dpop nonce secret as proxy user: %v", err)
 	}
 	for _, d := range denied {
 		err := proxy.Do(ctx, d.cmd...).Err()

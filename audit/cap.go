@@ -16,6 +16,9 @@ const (
 	DefaultMaxJSON = 16 << 10
 	// MaxReasons is the most reasons a record keeps.
 	MaxReasons = 32
+	// MaxChain is the most delegation chain links a record keeps (a
+	// passport's chain is at most 9 agents long).
+	MaxChain = 16
 )
 
 // truncMark ends a truncated value so a reader sees it was cut.
@@ -73,6 +76,13 @@ func (r *Record) Cap(maxField, maxJSON int) {
 	}
 	// Copies, not in-place edits: the caller may share these slices.
 	r.Reasons = capList(r.Reasons, maxField)
+	if r.Chain != nil {
+		chain := make([]ChainLink, 0, min(len(r.Chain), MaxChain))
+		for _, l := range r.Chain[:min(len(r.Chain), MaxChain)] {
+			chain = append(chain, ChainLink{ID: capString(l.ID, maxField), Name: capString(l.Name, maxField)})
+		}
+		r.Chain = chain
+	}
 	if r.Shadow != nil {
 		sh := *r.Shadow
 		sh.Revision = capString(sh.Revision, maxField)

@@ -56,6 +56,7 @@ const (
 	kAgentID        = `"agent_id":`
 	kAgentName      = `"agent_name":`
 	kAgentType      = `"agent_type":`
+	kChain          = `"chain":`
 	kClientReqID    = `"client_request_id":`
 	kDecision       = `"decision":`
 	kDetails        = `"details":`
@@ -97,6 +98,10 @@ func encodeBody(rec *Record) (*body, error) {
 	buf = appendStrMember(buf, kAgentID, rec.AgentID)
 	buf = appendStrMember(buf, kAgentName, rec.AgentName)
 	buf = appendStrMember(buf, kAgentType, rec.AgentType)
+	if len(rec.Chain) > 0 {
+		buf = append(buf, kChain...)
+		buf = append(appendChain(buf, rec.Chain), ',')
+	}
 	buf = appendStrMember(buf, kClientReqID, rec.ClientRequestID)
 	buf = appendStrMember(buf, kDecision, rec.Decision)
 	if len(rec.Details) > 0 {
@@ -199,6 +204,25 @@ func appendStrings(buf []byte, list []string) []byte {
 			buf = append(buf, ',')
 		}
 		buf = appendString(buf, s, false)
+	}
+	return append(buf, ']')
+}
+
+// appendChain appends a delegation chain: [{"id":…,"name":…},…], members
+// in canonical order, name omitted when empty.
+func appendChain(buf []byte, chain []ChainLink) []byte {
+	buf = append(buf, '[')
+	for i, l := range chain {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"id":`...)
+		buf = appendString(buf, l.ID, false)
+		if l.Name != "" {
+			buf = append(buf, `,"name":`...)
+			buf = appendString(buf, l.Name, false)
+		}
+		buf = append(buf, '}')
 	}
 	return append(buf, ']')
 }

@@ -247,6 +247,11 @@ func randRecord(r *rand.Rand) *Record {
 	if r.IntN(2) == 0 {
 		rec.Shadow = &Shadow{Revision: s(), Allow: r.IntN(2) == 0, Reasons: randList(r), Disagree: r.IntN(2) == 0}
 	}
+	if r.IntN(3) == 0 {
+		for range r.IntN(4) {
+			rec.Chain = append(rec.Chain, ChainLink{ID: s(), Name: s()})
+		}
+	}
 	if r.IntN(2) == 0 {
 		rec.Cap(0, 0) // what the Stream writes
 	}
@@ -346,7 +351,7 @@ func TestRecordKeysSorted(t *testing.T) {
 		names = append(names, `"`+name+`":`)
 	}
 	slices.Sort(names)
-	consts := []string{kAction, kAgentID, kAgentName, kAgentType, kClientReqID, kDecision, kDetails, kHash, kInput, kJTI, kKind,
+	consts := []string{kAction, kAgentID, kAgentName, kAgentType, kChain, kClientReqID, kDecision, kDetails, kHash, kInput, kJTI, kKind,
 		kLatencyMS, kMethod, kPassportID, kPassportSHA, kPath, kPolicyRevision, kPrev, kReasons, kReputation, kRequestID, kResource, kRoute,
 		kSeq, kShadow, kStatus, kSubject, kTaskID, kTenant, kTime, kTrustLevel, kV, kWriter}
 	if !slices.Equal(names, consts) {

@@ -92,6 +92,11 @@ type Record struct {
 	// Subject is the delegated subject the agent acts for (the passport's
 	// "sub", or the delegation's principal), when there is one.
 	Subject string `json:"subject,omitempty"`
+	// Chain names, in a record of a delegated call (RFC 8693 token
+	// exchange), every agent of the passport's delegation chain: the root
+	// first, the acting agent (AgentID) last, each agent acting on behalf
+	// of the one before it. Subject is then the root. Empty otherwise.
+	Chain []ChainLink `json:"chain,omitempty"`
 
 	// What was asked.
 	Method   string `json:"method,omitempty"`
@@ -124,6 +129,12 @@ type Record struct {
 	Seq    uint64 `json:"seq"`
 	Prev   string `json:"prev"`
 	Hash   string `json:"hash"`
+}
+
+// ChainLink is one agent of a delegation chain.
+type ChainLink struct {
+	ID   string `json:"id"`
+	Name string `json:"name,omitempty"`
 }
 
 // Shadow is the decision of a candidate policy evaluated beside the

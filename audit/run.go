@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/agentpassport/passport/internal/backoff"
 )
 
 // Run writes the Enqueued (outcome) records with retry and backoff, writes
@@ -23,8 +25,13 @@ import (
 // When ctx is done it flushes what it can within ShutdownTimeout, spools
 // the rest (counted as dropped only if the spool cannot take it either),
 // writes a final checkpoint for every chain, hands the witnesses a closing
-// statement and returns nil.
+// statement, stops the committer (Close) and returns nil. A writer runs
+// once: Appends after Run has returned fail with ErrClosed.
 func (s *Stream) Run(ctx context.Context) error {
+	s.startCommitter()
+	// Run owns the writer: once it has drained and sealed, the committer
+	// stops too, so no caller has to order Run and Close by hand.
+	defer s.Close()
 	s.wit.start(ctx)
 	ckpt := time.NewTicker(s.cfg.CheckpointInterval)
 	defer ckpt.Stop()
@@ -42,7 +49,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		inFlight chan attempt     // the attempt under way, if any
 		flying   int              // its records
 		retryAt  <-chan time.Time // set after a failed attempt: wait before the next
-		backoff  = s.cfg.RetryMin
+		retry    = backoff.Backoff{Min: s.cfg.RetryMin, Max: s.cfg.RetryMax}
 	)
 	for {
 		if inFlight == nil && retryAt == nil {
@@ -83,10 +90,9 @@ func (s *Stream) Run(ctx context.Context) error {
 		case a := <-inFlight:
 			inFlight, flying = nil, 0
 			if fl.settle(s, a) {
-				backoff = s.cfg.RetryMin
+				retry.Reset()
 			} else {
-				retryAt = time.After(backoff)
-				backoff = min(backoff*2, s.cfg.RetryMax)
+				retryAt = time.After(retry.Next())
 			}
 		case <-retryAt:
 			retryAt = nil

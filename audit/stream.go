@@ -199,8 +199,11 @@ func (c *StreamConfig) defaults() error {
 // head in the same step; so a retried or duplicated write can never fork a
 // chain or store one record twice under different sequence numbers.
 //
-// NewStream starts the committer goroutine; Run runs the outcome flusher,
-// the checkpointer and retention; Close stops the committer.
+// NewStream starts nothing. Run starts the committer, runs the outcome
+// flusher, the checkpointer and retention, and when its context ends
+// drains, seals and stops the committer: Run owns the writer's whole
+// life. A writer used without Run (tools, tests) starts its committer at
+// the first write, and Close stops it.
 type Stream struct {
 	rdb redis.UniversalClient
 	cfg StreamConfig
@@ -213,6 +216,7 @@ type Stream struct {
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	startOnce sync.Once // starts the committer (Run, or the first write)
 
 	durability atomic.Pointer[Durability]
 	wit        *witnessPub
@@ -290,7 +294,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return ids
 `)
 
-// NewStream returns a writer on rdb and starts its committer. It checks the
+// NewStream returns a writer on rdb; it starts no goroutine. It checks the
 // Redis persistence settings and registers the writer's public key; when
 // Redis does not answer it still returns (writes fail closed until Redis is
 // back), but a writer id registered with another key is an error.
@@ -337,7 +341,6 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		}
 		s.log.Warn("audit writer not yet registered; will retry before the first write", "err", err)
 	}
-	go s.commitLoop()
 	return s, nil
 }
 
@@ -447,6 +450,7 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	it := &item{rec: &r, body: b, ctx: wctx, done: make(chan result, 1)}
+	s.startCommitter()
 	select {
 	case <-s.stop:
 		s.m.failures.WithLabelValues("closed").Inc()
@@ -556,9 +560,14 @@ func (s *Stream) drop(n int) {
 	}
 }
 
+// startCommitter starts the committer once; Close waits for it.
+func (s *Stream) startCommitter() { s.startOnce.Do(func() { go s.commitLoop() }) }
+
 // Close stops the committer. Appends waiting in the queue fail with
-// ErrClosed. Call it after Run has returned so outcomes are flushed.
+// ErrClosed. Run closes the writer itself once it has drained; Close is
+// for a writer used without Run, and is safe to call again.
 func (s *Stream) Close() error {
+	s.startCommitter() // so that done closes even if nothing was written
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
@@ -986,6 +995,7 @@ func (s *Stream) checkpointRecord(it *item, c *chain, now time.Time) (*Record, e
 func (s *Stream) submit(ctx context.Context, it *item) result {
 	it.done = make(chan result, 1)
 	it.ctx = ctx
+	s.startCommitter()
 	select {
 	case s.reqs <- it:
 	case <-s.stop:

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+
+	"github.com/agentpassport/passport/internal/backoff"
 )
 
 // Witness keeps writers' signed statements outside Redis, where whoever
@@ -225,7 +227,7 @@ func (p *witnessPub) publish(typ string) *signedStatement {
 // other, and never a write: the witness is evidence, not the write path.
 func (p *witnessPub) deliver(ctx context.Context, k *witnessSink) {
 	var sent *signedStatement
-	backoff := p.retryMin
+	retry := backoff.Backoff{Min: p.retryMin, Max: p.retryMax}
 	failing := false
 	for {
 		st := k.latest.Load()
@@ -243,7 +245,8 @@ func (p *witnessPub) deliver(ctx context.Context, k *witnessSink) {
 		}
 		switch {
 		case err == nil:
-			sent, backoff = st, p.retryMin
+			sent = st
+			retry.Reset()
 			if failing {
 				p.log.Info("audit witness reachable again", "witness", k.w.Name())
 				failing = false
@@ -255,12 +258,9 @@ func (p *witnessPub) deliver(ctx context.Context, k *witnessSink) {
 				p.log.Warn("audit witness unreachable; retrying with the newest statement", "witness", k.w.Name(), "err", err)
 				failing = true
 			}
-			select {
-			case <-ctx.Done():
+			if !retry.Wait(ctx) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, p.retryMax)
 		}
 	}
 }

@@ -281,11 +281,9 @@ func (a *Authority) RecordOutcome(ctx context.Context, tenant, agentID, outcome,
 	if detail != "" {
 		details["detail"] = detail
 	}
-	if a.audit != nil {
-		r := a.auditRecord(tenant, rec, audit.KindReputation, details)
-		r.Reputation = round2(next)
-		a.audit.Enqueue(r)
-	}
+	r := a.auditRecord(tenant, rec, audit.KindReputation, details)
+	r.Reputation = round2(next)
+	a.audit.Enqueue(r)
 	res := &client.OutcomeResult{Previous: round2(prev)}
 	if !rec.Blocked && next < a.cfg.Reputation.BlockBelow {
 		reason := fmt.Sprintf("reputation %.1f fell below %.1f", next, a.cfg.Reputation.BlockBelow)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
@@ -38,7 +39,7 @@ func TestAdminAPIWithoutTokensRefusesAll(t *testing.T) {
 	cfg := testConfig()
 	cfg.AdminToken = ""
 	cfg.TenantAdminTokens = nil
-	a, err := New(cfg, Deps{Redis: rs.Client(), Logger: testLogger(t)})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func BenchmarkToken(b *testing.B) {
 	rs := redistest.Start(b)
 	cfg := DefaultConfig()
 	cfg.AdminToken = testAdminToken
-	a, err := New(cfg, Deps{Redis: rs.Client(), Logger: testLogger(b), Registry: prometheus.NewRegistry()})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(b), Registry: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}

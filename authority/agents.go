@@ -94,6 +94,10 @@ type agentRecord struct {
 	// name) and the subject this agent was registered for on first use.
 	EnrollIssuer  string
 	EnrollSubject string
+	// TLSSubject ("<kind>:<value>") or TLSCert (x5t#S256 of a self-signed
+	// certificate): mutual TLS client authentication (mtls.go).
+	TLSSubject string
+	TLSCert    string
 }
 
 // allowsDelegationTo reports whether actor may act on r's behalf.
@@ -126,6 +130,8 @@ func decodeAgent(m map[string]string) (*agentRecord, error) {
 		RequireDPoP:   m[fieldRequireDPoP] == "1",
 		EnrollIssuer:  m[fieldEnrollIssuer],
 		EnrollSubject: m[fieldEnrollSubject],
+		TLSSubject:    m[fieldTLSSubject],
+		TLSCert:       m[fieldTLSCert],
 	}
 	if err := json.Unmarshal([]byte(m[fieldCapabilities]), &r.Capabilities); err != nil && m[fieldCapabilities] != "" {
 		return nil, fmt.Errorf("decode agent %s capabilities: %w", r.ID, err)
@@ -288,6 +294,17 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 	}
 	slices.Sort(delegates)
 	delegates = slices.Compact(delegates)
+	tlsSubject, err := tlsSubjectOf(spec)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	tlsCert, err := tlsCertOf(spec)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if tlsSubject != "" && tlsCert != "" {
+		errs = append(errs, errors.New("tls_client_certificate and tls_client_auth_*: register one way of certificate authentication"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrInvalidAgent, err)
 	}
@@ -303,6 +320,7 @@ func (a *Authority) createAgent(ctx context.Context, tenant string, spec client.
 		Capabilities: caps, SecretHash: hash, PublicKeyText: spec.PublicKey, PublicKey: pub, Owner: spec.Owner, CreatedAt: now,
 		Reputation:  passport.Reputation{Score: base, Baseline: base, UpdatedAt: now, HalfLife: a.cfg.Reputation.HalfLife},
 		RequireDPoP: spec.RequireDPoP, MayDelegateTo: delegates,
+		TLSSubject: tlsSubject, TLSCert: tlsCert,
 	}
 	fields := agentFields(rec)
 	// The agent hash and the tenant index share the tenant's hash slot;
@@ -337,6 +355,12 @@ func agentFields(rec *agentRecord) map[string]any {
 	if len(rec.MayDelegateTo) > 0 {
 		b, _ := json.Marshal(rec.MayDelegateTo)
 		fields[fieldMayDelegateTo] = string(b)
+	}
+	if rec.TLSSubject != "" {
+		fields[fieldTLSSubject] = rec.TLSSubject
+	}
+	if rec.TLSCert != "" {
+		fields[fieldTLSCert] = rec.TLSCert
 	}
 	if rec.EnrollIssuer != "" {
 		fields[fieldEnrollIssuer] = rec.EnrollIssuer
@@ -393,6 +417,7 @@ func (a *Authority) toAPI(r *agentRecord) client.Agent {
 		EffectiveTrustLevel: r.Trust.Min(a.cfg.Reputation.allowed(score)),
 		Blocked:             r.Blocked, BlockedReason: r.BlockedReason, HasPublicKey: r.PublicKey != nil,
 		RequireDPoP: r.RequireDPoP, MayDelegateTo: r.MayDelegateTo,
+		TLSClientAuth: r.TLSSubject, HasTLSClientCert: r.TLSCert != "",
 		CreatedAt: r.CreatedAt.UTC(),
 	}
 	if out.Capabilities == nil {

@@ -295,9 +295,6 @@ func (a *Authority) approvalFail(w http.ResponseWriter, r *http.Request, err err
 // and a failure is logged and counted. The call the approval opens is
 // recorded write-ahead by the proxy, with its approvers, when it is used.
 func (a *Authority) auditApproval(ctx context.Context, kind audit.Kind, ap approval.Approval, v approval.Vote) {
-	if a.audit == nil {
-		return
-	}
 	details := map[string]any{
 		"approval_id": ap.ID, "approver": v.Approver, "state": ap.State,
 		"approvals": len(ap.Approvers), "required_approvers": ap.RequiredApprovers, "request_id": ap.RequestID,

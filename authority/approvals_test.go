@@ -280,7 +280,7 @@ func TestApprovalsAPIRefusesBadRequests(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := e.post("/v1/tenants/acme/approvals/"+a.ID+"/approve", "application/json", tc.body, auth(tc.token))
-			if resp.StatusCode != tc.status || !strings.Contains(string(body), "urn:passport:problem:"+tc.code) {
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), `"code":"`+tc.code+`"`) {
 				t.Fatalf("%d %s, want %d %s", resp.StatusCode, body, tc.status, tc.code)
 			}
 		})

@@ -9,7 +9,7 @@
 // reputation, revocations, blocks and the signing keys (private keys
 // optionally encrypted at rest). Use it as
 //
-//	a, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: log, Registry: reg})
+//	a, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: log, Registry: reg, Audit: writer})
 //	err = a.Run(ctx, nil) // listens on cfg.Listen until ctx is done
 //
 // or mount a.Handler() in a server of your own after a.Init(ctx).
@@ -50,8 +50,10 @@ type Deps struct {
 	// Registry receives the metrics and is served at /metrics. Default: a
 	// fresh registry of its own.
 	Registry *prometheus.Registry
-	// Audit, when set, receives agent_blocked, agent_unblocked,
-	// reputation and revocation records.
+	// Audit receives agent_blocked, agent_unblocked, reputation,
+	// revocation, approval and enrollment records. Required: an authority
+	// that records nothing would block and revoke unseen (tests pass
+	// audit.Discard).
 	Audit audit.Sink
 	// Clock is the time source. Default time.Now.
 	Clock func() time.Time
@@ -109,6 +111,9 @@ func New(cfg Config, deps Deps) (*Authority, error) {
 	}
 	if deps.Logger == nil {
 		return nil, errors.New("authority: Deps.Logger is required")
+	}
+	if deps.Audit == nil {
+		return nil, errors.New("authority: Deps.Audit is required (audit.Discard in tests)")
 	}
 	if deps.Registry == nil {
 		deps.Registry = prometheus.NewRegistry()
@@ -446,6 +451,10 @@ type Metadata struct {
 func (a *Authority) metadata() Metadata {
 	base := strings.TrimRight(a.cfg.Issuer, "/")
 	methods := []string{"client_secret_basic", "client_secret_post", "private_key_jwt"}
+	mtls := a.cfg.TLS.Enabled() && a.cfg.TLS.ClientAuth != "" && a.cfg.TLS.ClientAuth != "none"
+	if mtls {
+		methods = append(methods, authTLS, authSelfSignedTLS)
+	}
 	grants := []string{"client_credentials"}
 	if a.cfg.Delegation.MaxDepth > 0 {
 		grants = append(grants, passport.GrantTypeTokenExchange)
@@ -462,6 +471,7 @@ func (a *Authority) metadata() Metadata {
 		GrantTypesSupported:              grants,
 		ResponseTypesSupported:           []string{},
 		TokenEndpointAuthMethods:         methods,
+		TLSClientCertificateBoundAccess:  mtls,
 		TokenEndpointAuthSigningAlgs:     passport.Algorithms,
 		IntrospectionEndpointAuthMethods: append([]string{"bearer_admin_token"}, methods...),
 		RevocationEndpointAuthMethods:    append([]string{"bearer_admin_token"}, methods...),

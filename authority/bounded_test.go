@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
@@ -327,7 +328,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	srv := httptest.NewUnstartedServer(nil)
 	cfg := testConfig()
 	cfg.Issuer = "http://" + srv.Listener.Addr().String()
-	a, err := New(cfg, Deps{Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: e.clock.Now})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: e.clock.Now})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
@@ -47,6 +48,11 @@ type Config struct {
 	TLS tlsx.Server `yaml:"tls"`
 	// Redis says how to reach Redis (env PASSPORT_REDIS_URL overrides url).
 	Redis redisx.Config `yaml:"redis"`
+	// Audit configures the writer of the authority's records (agent
+	// blocked and unblocked, reputation, revocation, approvals,
+	// enrollment): writer id, signing key file, checkpoints, retention,
+	// wait_replicas (audit.WriterConfig, docs/audit.md).
+	Audit audit.WriterConfig `yaml:"audit"`
 	// AdminToken is the global admin token (env PASSPORT_ADMIN_TOKEN). It
 	// may manage every tenant and rotate keys. Default none: without any
 	// admin token the admin API refuses every call (fail closed).
@@ -369,6 +375,9 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := c.Redis.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < MinAdminTokenLength {

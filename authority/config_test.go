@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redistest"
 )
@@ -155,7 +156,7 @@ func TestRunGraceful(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Issuer = "http://" + ln.Addr().String()
-	a, err := New(cfg, Deps{Redis: rs.Client(), Logger: testLogger(t)})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1130,7 +1130,7 @@ func FuzzVerifyExternal(f *testing.F) {
 	cfg.TrustedIssuers = []TrustedIssuer{k8sIssuer(p, registerRule("system:serviceaccount:acme:*", "acme", passport.TrustLow))}
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached: verifying needs no Redis
 	defer rdb.Close()
-	a, err := New(cfg, Deps{Redis: rdb, Logger: slog.New(slog.DiscardHandler), Clock: func() time.Time { return now }})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rdb, Logger: slog.New(slog.DiscardHandler), Clock: func() time.Time { return now }})
 	if err != nil {
 		f.Fatal(err)
 	}

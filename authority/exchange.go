@@ -100,6 +100,11 @@ func (a *Authority) exchange(ctx context.Context, r *http.Request, f *tokenForm)
 		f.external.capGrant(g)
 	}
 
+	if subj.BoundCert() != "" || actorTok != nil && actorTok.BoundCert() != "" {
+		// The delegated passport could be bound to no certificate the
+		// subject's holder showed here: refused rather than loosened.
+		return nil, errInvalidRequest("a certificate-bound passport cannot be exchanged")
+	}
 	need := dpopNeed{required: actor.RequireDPoP, why: "this agent is registered with require_dpop"}
 	switch {
 	case actorTok != nil && actorTok.Cnf != nil:

@@ -25,7 +25,7 @@ func FuzzParseTokenForm(f *testing.F) {
 	f.Add("application/x-www-form-urlencoded", "grant_type="+url.QueryEscape(GrantTypeJWTBearer)+"&assertion=a.b.c&client_secret=s&client_id=agt_a", "", "", false)
 	f.Add("application/x-www-form-urlencoded", "grant_type=client_credentials&task=%7B%22id%22%3A1%7D&client_secret=x&client_id=agt_b", "", "", false)
 	f.Fuzz(func(t *testing.T, ctype, body, user, pass string, hasBasic bool) {
-		tf, err := parseTokenForm(ctype, []byte(body), user, pass, hasBasic)
+		tf, err := parseTokenForm(ctype, []byte(body), user, pass, hasBasic, false)
 		if err != nil {
 			var oe *oauthError
 			if !errors.As(err, &oe) || oe.status == 0 || oe.code == "" {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -205,7 +206,7 @@ func TestKeysPersistAndAreEncryptedAtRest(t *testing.T) {
 	for _, key := range []string{"", "the-wrong-encryption-key-entirely"} {
 		cfg := testConfig()
 		cfg.Keys.EncryptionKey = key
-		a, err := New(cfg, Deps{Redis: e.rdb, Logger: testLogger(t), Clock: e.clock.Now})
+		a, err := New(cfg, Deps{Audit: audit.Discard, Redis: e.rdb, Logger: testLogger(t), Clock: e.clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -240,7 +241,7 @@ func TestUnencryptedKeysSealedAtStart(t *testing.T) {
 	cfg := testConfig()
 	cfg.Issuer = e.a.cfg.Issuer
 	cfg.Keys.EncryptionKey = "a-key-encryption-key-configured-later"
-	a, err := New(cfg, Deps{Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Clock: e.clock.Now})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: e.rdb, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Clock: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,9 +201,6 @@ func (a *Authority) auditRecord(tenant string, rec *agentRecord, kind audit.Kind
 }
 
 func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRecord, kind audit.Kind, details any) {
-	if a.audit == nil {
-		return
-	}
 	// Bounded: a block or unblock has already happened in Redis and must
 	// not hang on a slow audit store.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -215,9 +212,6 @@ func (a *Authority) auditAppend(ctx context.Context, tenant string, rec *agentRe
 }
 
 func (a *Authority) auditEnqueue(tenant, agentID string, kind audit.Kind, details any) {
-	if a.audit == nil {
-		return
-	}
 	r := a.auditRecord(tenant, nil, kind, details)
 	r.AgentID = agentID
 	a.audit.Enqueue(r)
@@ -261,7 +255,7 @@ func (a *Authority) authCaller(r *http.Request) (*caller, url.Values, error) {
 		}
 	}
 	clean.Set("grant_type", "client_credentials") // parseTokenForm wants one; unused here
-	f, err := parseTokenForm("application/x-www-form-urlencoded", []byte(clean.Encode()), user, pass, hasBasic)
+	f, err := parseTokenForm("application/x-www-form-urlencoded", []byte(clean.Encode()), user, pass, hasBasic, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -319,8 +313,8 @@ func (a *Authority) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tokenType := "Bearer"
-	if c.Cnf != nil {
-		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2
+	if c.BoundKey() != "" {
+		tokenType = passport.TokenTypeDPoP // RFC 9449 §6.2; a certificate-bound one stays Bearer (RFC 8705 §3.2)
 	}
 	out := map[string]any{
 		"active": true, "token_type": tokenType, "scope": c.Scope, "client_id": c.ClientID,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/tlstest"
@@ -33,7 +34,7 @@ func runTLS(t *testing.T, ca *tlstest.CA, mutate func(*Config)) (*Authority, str
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	a, err := New(cfg, Deps{Redis: rs.Client(), Logger: testLogger(t), Registry: prometheus.NewRegistry()})
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t), Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestUnreadableCertificateStopsNew(t *testing.T) {
 	rs := redistest.Start(t)
 	cfg := testConfig()
 	cfg.TLS = tlsx.Server{CertFile: "/nonexistent/tls.crt", KeyFile: "/nonexistent/tls.key"}
-	_, err := New(cfg, Deps{Redis: rs.Client(), Logger: testLogger(t)})
+	_, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
 	if err == nil || !strings.Contains(err.Error(), "tls.crt") {
 		t.Fatalf("New = %v, want an error naming the certificate file", err)
 	}

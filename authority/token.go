@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +79,10 @@ type tokenForm struct {
 	// GrantAssertion is the JWT-bearer grant's assertion (RFC 7523 §2.1).
 	GrantAssertion string
 	method         string
+	// cert is the client certificate of the connection, and whether the
+	// TLS layer chained it to the client CA (mtls.go).
+	cert         *x509.Certificate
+	certVerified bool
 	// external is set when a trusted issuer's token authenticated the
 	// client: its caps apply to the passport (enroll.go).
 	external *extGrant
@@ -88,7 +93,7 @@ const maxParam = 8192
 
 // parseTokenForm parses and checks the token request body and the Basic
 // header. Each parameter may appear at most once (RFC 6749 §3.2).
-func parseTokenForm(contentType string, body []byte, basicUser, basicPass string, hasBasic bool) (*tokenForm, error) {
+func parseTokenForm(contentType string, body []byte, basicUser, basicPass string, hasBasic, hasCert bool) (*tokenForm, error) {
 	mt, _, err := mime.ParseMediaType(contentType)
 	if err != nil || mt != "application/x-www-form-urlencoded" {
 		return nil, errInvalidRequest("content type must be application/x-www-form-urlencoded")
@@ -179,6 +184,11 @@ func parseTokenForm(contentType string, body []byte, basicUser, basicPass string
 		f.method = authActorToken
 		return f, nil
 	}
+	if methods == 0 && hasCert && f.ClientID != "" {
+		// RFC 8705 §2: the connection's certificate is the credential.
+		f.method = authTLS
+		return f, nil
+	}
 	if methods == 0 {
 		return nil, errInvalidClient
 	}
@@ -245,13 +255,15 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 		return nil, "", errInvalidRequest("cannot read request body")
 	}
 	user, pass, hasBasic := basicAuth(r)
-	f, err := parseTokenForm(r.Header.Get("Content-Type"), body, user, pass, hasBasic)
+	cert := clientCert(r)
+	f, err := parseTokenForm(r.Header.Get("Content-Type"), body, user, pass, hasBasic, cert != nil)
 	if err != nil {
 		if errors.Is(err, errInvalidClient) {
 			a.m.authFailures.WithLabelValues("none", "no_credentials").Inc()
 		}
 		return nil, "", err
 	}
+	f.cert, f.certVerified = cert, verifiedChain(r)
 	switch f.GrantType {
 	case "client_credentials":
 	case passport.GrantTypeTokenExchange:
@@ -291,6 +303,11 @@ func (a *Authority) token(ctx context.Context, r *http.Request) (*issued, string
 	}
 	if grant.jkt, err = a.checkDPoP(ctx, r, dpopNeed{required: agent.RequireDPoP, why: "this agent is registered with require_dpop"}); err != nil {
 		return nil, f.method, err
+	}
+	if f.method == authTLS && grant.jkt == "" {
+		// RFC 8705 §3: a client that authenticated with its certificate
+		// gets a passport bound to it (unless it asked for DPoP).
+		grant.x5t = passport.CertThumbprint(f.cert.Raw)
 	}
 	if err := a.takeIssuance(ctx, agent); err != nil {
 		return nil, f.method, err
@@ -416,6 +433,11 @@ func (a *Authority) checkCredentials(ctx context.Context, f *tokenForm, clientID
 		}
 		a.secrets.put(agent.ID, f.ClientSecret, agent.SecretHash)
 		return agent, "", nil
+	case authTLS:
+		if reason := checkClientCert(agent, f.cert, f.certVerified); reason != "" {
+			return nil, reason, nil
+		}
+		return agent, "", nil
 	case authPrivateKeyJWT:
 		if agent.PublicKey == nil {
 			return nil, "no_public_key", nil
@@ -529,6 +551,8 @@ type grant struct {
 	task     *passport.Task
 	// jkt binds the passport to a DPoP key (cnf.jkt) when set.
 	jkt string
+	// x5t binds the passport to a client certificate (cnf.x5t#S256) when set.
+	x5t string
 	// A token exchange sets the rest: the chain, and the caps the subject
 	// passport puts on exp and on the trust level.
 	act        *passport.Actor
@@ -704,9 +728,12 @@ func (a *Authority) issue(ctx context.Context, agent *agentRecord, g *grant) (*i
 		claims.Oversight = &passport.Oversight{Owner: agent.Owner}
 	}
 	tokenType := "Bearer"
-	if g.jkt != "" {
+	switch {
+	case g.jkt != "":
 		claims.Cnf = &passport.Confirmation{JKT: g.jkt}
 		tokenType = passport.TokenTypeDPoP
+	case g.x5t != "":
+		claims.Cnf = &passport.Confirmation{X5T: g.x5t} // a Bearer token, over that certificate only
 	}
 	raw, err := a.sign(ctx, claims)
 	if err != nil {

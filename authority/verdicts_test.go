@@ -6,11 +6,13 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
@@ -147,7 +150,7 @@ type testProxy struct {
 	hits *atomic.Int64
 }
 
-func startProxy(t *testing.T, e *env) *testProxy {
+func startProxy(t *testing.T, e *env, mods ...func(*proxy.Config)) *testProxy {
 	t.Helper()
 	tp := &testProxy{hits: &atomic.Int64{}}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -162,14 +165,18 @@ func startProxy(t *testing.T, e *env) *testProxy {
 	cfg.Audience = e.a.cfg.Audiences[0]
 	cfg.Leeway = e.a.cfg.Passport.Leeway
 	cfg.Redis.URL = e.rs.URL()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ResourceURL = "http://" + ln.Addr().String() // what DPoP proofs name (htu)
+	for _, m := range mods {
+		m(&cfg)
+	}
 	p, err := proxy.New(cfg, proxy.Deps{
 		Redis: e.rdb, Audit: &fakeSink{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registry: prometheus.NewRegistry(), Clock: e.clock.Now, Policies: policies.FS,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,13 +276,13 @@ func plusInSig(tok string) string {
 
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
-// TestProxyRefusesWhatItDoesNotCheck: genuine delegated and DPoP-bound
-// passports, which the authority issues and introspection calls active,
-// are refused by a proxy whose verifier does not declare that it checks
-// every link of a chain (AcceptDelegated) and DPoP proofs (AcceptBound):
-// 401 and nothing forwarded, never accepted as plain bearer passports.
-// When the proxy learns both checks this test is where its verdicts move.
-func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
+// TestProxyVerdictsOnDelegatedAndBound: genuine delegated and DPoP-bound
+// passports, issued by the authority, at a real proxy. A delegated
+// passport is forwarded, and refused within a second once the passport it
+// was exchanged from is revoked at the authority (RFC 7009). A bound one
+// is refused as a bearer token, and forwarded with a proof by its key
+// (made with go-jose) for the proxy's URL.
+func TestProxyVerdictsOnDelegatedAndBound(t *testing.T) {
 	e := newEnv(t, nil, nil, nil)
 	f := newDelegationFleet(e)
 	px := startProxy(t, e)
@@ -284,14 +291,103 @@ func TestProxyRefusesWhatItDoesNotCheck(t *testing.T) {
 		t.Fatal("the proxy refused a plain passport")
 	}
 	delegated, _ := e.mustExchange(f.healer, root, nil, nil)
+	if !px.call(t, delegated) {
+		t.Fatal("the proxy refused a delegated passport")
+	}
+	resp, _ := e.post("/oauth2/revoke", "application/x-www-form-urlencoded", url.Values{"token": {root}}.Encode(), basicAuthOf(f.commander))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: %d", resp.StatusCode)
+	}
+	start := time.Now()
+	waitFor(t, time.Second, "the descendant of a revoked passport to be refused", func() bool { return !px.call(t, delegated) })
+	t.Logf("delegated passport refused %s after its root was revoked", time.Since(start))
+
 	k := newDPoPKey(t, jose.EdDSA)
 	_, tr, _, _ := e.tokenDPoP(f.commander, k.proof("POST", e.a.tokenURL(), e.clock.Now(), nil))
-	for name, tok := range map[string]string{"delegated": delegated, "bound": tr.AccessToken} {
-		if e.introspect(tok, adminAuth(testAdminToken))["active"] != true {
-			t.Fatalf("%s passport inactive at the authority", name)
-		}
-		if px.call(t, tok) {
-			t.Fatalf("a proxy that does not check them forwarded a %s passport", name)
+	if e.introspect(tr.AccessToken, adminAuth(testAdminToken))["active"] != true {
+		t.Fatal("bound passport inactive at the authority")
+	}
+	if px.call(t, tr.AccessToken) {
+		t.Fatal("the proxy forwarded a bound passport sent as Bearer")
+	}
+	for i, want := range []bool{true, false} { // the second use of the same proof is a replay
+		proof := k.proof("GET", px.url+"/services", e.clock.Now(), func(c, _ map[string]any) {
+			c["ath"] = passport.AccessTokenHash(tr.AccessToken)
+			c["jti"] = "proof-1"
+		})
+		if got := px.callDPoP(t, tr.AccessToken, proof); got != want {
+			t.Fatalf("DPoP call %d: forwarded %v, want %v", i, got, want)
 		}
 	}
+}
+
+// TestGoClientDPoPThroughTheProxy: the Go client with a DPoP key gets a
+// bound passport and calls through a proxy whose route wants server
+// nonces: its first proof has none, the proxy answers use_dpop_nonce
+// with one, and the client's one retry is forwarded.
+func TestGoClientDPoPThroughTheProxy(t *testing.T) {
+	e := newEnv(t, nil, nil, nil)
+	reg := e.register("acme", "healer-dpop", "healer", passport.TrustHigh)
+	px := startProxy(t, e, func(c *proxy.Config) {
+		for i := range c.Routes {
+			c.Routes[i].DPoPNonce = c.Routes[i].Action == "service.list"
+		}
+	})
+	_, key, _ := ed25519.GenerateKey(nil)
+	c, err := client.New(e.srv.URL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{DPoPKey: key, Clock: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statuses []int
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err == nil {
+			statuses = append(statuses, resp.StatusCode)
+		}
+		return resp, err
+	})}
+	hc.Transport = c.Transport(hc.Transport, client.TokenRequest{})
+	for range 2 {
+		before := px.hits.Load()
+		resp, err := hc.Get(px.url + "/services")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || px.hits.Load() != before+1 {
+			t.Fatalf("through the proxy: %d, forwarded %d", resp.StatusCode, px.hits.Load()-before)
+		}
+	}
+	// The first call learns the nonce (401, then 200); the second has it.
+	if fmt.Sprint(statuses) != "[401 200 200]" {
+		t.Fatalf("statuses seen by the client's transport: %v", statuses)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// callDPoP is call with "Authorization: DPoP" and a proof.
+func (tp *testProxy) callDPoP(t *testing.T, tok, proof string) bool {
+	t.Helper()
+	before := tp.hits.Load()
+	req, _ := http.NewRequest(http.MethodGet, tp.url+"/services", nil)
+	req.Header.Set("Authorization", "DPoP "+tok)
+	req.Header.Set("DPoP", proof)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	hits := tp.hits.Load() - before
+	switch {
+	case resp.StatusCode == http.StatusOK && hits == 1:
+		return true
+	case resp.StatusCode == http.StatusUnauthorized && hits == 0:
+		return false
+	}
+	t.Fatalf("proxy answered %d with %d upstream hits: %s", resp.StatusCode, hits, body)
+	return false
 }

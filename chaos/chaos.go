@@ -84,6 +84,10 @@ type Config struct {
 	// Alerts configures the webhooks. The command builds Deps.Alerts from
 	// it; New itself only validates it.
 	Alerts alert.Config `yaml:"alerts"`
+	// Audit configures the writer of the chaos records (writer id and
+	// signing key file, checkpoints, retention, wait_replicas;
+	// audit.WriterConfig). The assembly builds Deps.Sink from it.
+	Audit audit.WriterConfig `yaml:"audit"`
 }
 
 // Default values.
@@ -136,6 +140,9 @@ func (c Config) Validate() error {
 	if err := c.Alerts.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("alerts: %w", err))
 	}
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -143,8 +150,8 @@ func (c Config) Validate() error {
 type Deps struct {
 	Logger    *slog.Logger        // required
 	Passports agentcall.Passports // required: the chaos agent's passports
-	// Sink receives the chaos audit records; nil only records logs (use
-	// it for a dry standalone run without Redis).
+	// Sink receives the chaos audit records. Required: every fault is on
+	// the record before Fire returns (tests pass audit.Discard).
 	Sink audit.Sink
 	// Registry receives the metrics; nil keeps them private. Instances
 	// sharing a registry need wrapped registerers (WrapRegistererWith).
@@ -192,8 +199,8 @@ var (
 
 // New builds the simulator.
 func New(cfg Config, deps Deps) (*Chaos, error) {
-	if deps.Logger == nil || deps.Passports == nil {
-		return nil, errors.New("chaos: logger and passports are required")
+	if deps.Logger == nil || deps.Passports == nil || deps.Sink == nil {
+		return nil, errors.New("chaos: logger, passports and audit sink are required")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("chaos config: %w", err)
@@ -377,9 +384,6 @@ func (c *Chaos) countErr(err error) {
 // record writes the event to the audit stream and waits for the ack, so a
 // fired event is on the record before Fire returns.
 func (c *Chaos) record(ctx context.Context, tok string, ev Event) {
-	if c.deps.Sink == nil {
-		return
-	}
 	details, _ := json.Marshal(struct {
 		ID         string     `json:"id"`
 		Type       string     `json:"type"`

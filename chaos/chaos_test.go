@@ -231,7 +231,7 @@ func TestFireDeniedByProxyIsNotRecorded(t *testing.T) {
 
 func TestNoPassportNoCall(t *testing.T) {
 	_, proxy, seen := setup(t, false)
-	c, err := New(Config{ProxyURL: proxy.URL}, Deps{Logger: discard(), Passports: &fakePassports{err: errors.New("agent blocked")}})
+	c, err := New(Config{ProxyURL: proxy.URL}, Deps{Logger: discard(), Passports: &fakePassports{err: errors.New("agent blocked")}, Sink: audit.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestRunModeBlastRadiusWithSeed(t *testing.T) {
 func TestTenantTargetsByDefault(t *testing.T) {
 	_, proxy, _ := setup(t, false)
 	c, err := New(Config{ProxyURL: proxy.URL, Tenant: "globex", MaxActive: 4, Seed: 7},
-		Deps{Logger: discard(), Passports: &fakePassports{}})
+		Deps{Logger: discard(), Passports: &fakePassports{}, Sink: audit.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}

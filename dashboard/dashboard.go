@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -194,6 +195,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Registry receives the metrics; nil means a private registry.
 	Registry *prometheus.Registry
+	// Metrics, when set, is served at /metrics (the registry and whatever
+	// the host runs beside the dashboard); nil serves Registry.
+	Metrics prometheus.Gatherer
 	// Auth maps operator tokens (global or tenant-scoped admin tokens) to
 	// the tenants they may see and act on.
 	Auth    feed.Auth
@@ -213,6 +217,7 @@ type Server struct {
 	handler      http.Handler
 	actionsTotal *prometheus.CounterVec
 	tls          *tls.Config // nil: plain HTTP
+	metrics      prometheus.Gatherer
 }
 
 //go:embed web
@@ -254,6 +259,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if s.tls, err = cfg.TLS.Config(tlsx.Options{Name: "dashboard", Logger: deps.Logger, Metrics: tlsx.NewMetrics(reg)}); err != nil {
 		return nil, fmt.Errorf("dashboard: %w", err)
 	}
+	s.metrics = deps.Metrics
+	if s.metrics == nil {
+		s.metrics = reg
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -267,7 +276,7 @@ func (s *Server) TLSConfig() *tls.Config { return s.tls }
 func (s *Server) Feed() *feed.Hub { return s.hub }
 
 // Handler returns the dashboard's HTTP handler: the page, /api/..., the
-// feed and /healthz. The feed answers only while Run or Serve runs.
+// feed, /healthz and /metrics. The feed answers only while Run or Serve runs.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Run listens on Config.Listen and serves until ctx is done.
@@ -320,6 +329,8 @@ func (s *Server) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	// Prometheus scrapes every component on its own port.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /api/session", s.session)
 	mux.HandleFunc("GET /api/tenants/{tenant}/agents", s.tenantAPI(s.listAgents))
 	mux.HandleFunc("POST /api/tenants/{tenant}/agents/{id}/block", s.tenantAPI(s.block))

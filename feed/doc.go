@@ -51,6 +51,9 @@
 //	  "time": "2026-11-25T20:00:00.123Z",  when the record was written
 //	  "agent_id", "agent_name", "agent_type", "trust_level", "reputation",
 //	  "request_id", "task_id",
+//	  "chain": [{"id","name"},..], "subject"   a delegated call (RFC 8693): every
+//	                                agent of the chain, root first, the acting
+//	                                agent last; subject is the root
 //	  "method", "path", "route", "action", "resource",       (requests)
 //	  "decision": "allow|deny|error", "reasons": [..], "policy_revision",
 //	  "status", "latency_ms",                                  (outcome)

@@ -76,6 +76,11 @@ type Event struct {
 	Reputation float64 `json:"reputation,omitempty"`
 	RequestID  string  `json:"request_id,omitempty"`
 	TaskID     string  `json:"task_id,omitempty"`
+	// Chain is a delegated call's chain, root first, the acting agent
+	// last: "agent_name on behalf of chain[len-2] ... on behalf of
+	// chain[0]". Subject is its root.
+	Chain   []audit.ChainLink `json:"chain,omitempty"`
+	Subject string            `json:"subject,omitempty"`
 
 	Method   string `json:"method,omitempty"`
 	Path     string `json:"path,omitempty"`
@@ -121,6 +126,7 @@ func decodeEntry(msg redis.XMessage) (*Event, error) {
 		V: SchemaVersion, ID: msg.ID, Type: string(rec.Kind), Tenant: rec.Tenant, Time: rec.Time,
 		AgentID: rec.AgentID, AgentName: rec.AgentName, AgentType: rec.AgentType,
 		TrustLevel: rec.TrustLevel, Reputation: rec.Reputation, RequestID: rec.RequestID, TaskID: rec.TaskID,
+		Chain: rec.Chain, Subject: rec.Subject,
 		Method: rec.Method, Path: rec.Path, Route: rec.Route, Action: rec.Action, Resource: rec.Resource,
 		Decision: rec.Decision, Reasons: rec.Reasons, PolicyRevision: rec.PolicyRevision,
 		Status: rec.Status, LatencyMS: rec.LatencyMS, Details: rec.Details,

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -309,7 +310,9 @@ type tenantHub struct {
 // kept, nothing is lost across a Redis outage.
 func (t *tenantHub) run(ctx context.Context) {
 	h := t.hub
-	backoff := newBackoff()
+	// Jittered: every dashboard replica that lost Redis together must not
+	// come back in the same millisecond.
+	retry := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	for {
 		last, err := t.streamEnd(ctx)
 		if err == nil {
@@ -324,11 +327,11 @@ func (t *tenantHub) run(ctx context.Context) {
 		}
 		h.m.tailErrors.Inc()
 		h.log.WarnContext(ctx, "feed tail start failed", "tenant", t.tenant, "err", err)
-		if !backoff.wait(ctx) {
+		if !retry.Wait(ctx) {
 			return
 		}
 	}
-	backoff.reset()
+	retry.Reset()
 	for {
 		t.mu.Lock()
 		from := t.last.String()
@@ -345,12 +348,12 @@ func (t *tenantHub) run(ctx context.Context) {
 		if err != nil {
 			h.m.tailErrors.Inc()
 			h.log.WarnContext(ctx, "feed tail read failed", "tenant", t.tenant, "err", err)
-			if !backoff.wait(ctx) {
+			if !retry.Wait(ctx) {
 				return
 			}
 			continue
 		}
-		backoff.reset()
+		retry.Reset()
 		for _, s := range res {
 			t.broadcast(s.Messages)
 		}
@@ -430,21 +433,4 @@ func (t *tenantHub) leave(c *client) {
 	t.mu.Lock()
 	delete(t.clients, c)
 	t.mu.Unlock()
-}
-
-// backoff is a capped exponential wait that stops on ctx.
-type backoff struct{ d time.Duration }
-
-func newBackoff() *backoff { return &backoff{d: 100 * time.Millisecond} }
-func (b *backoff) reset()  { b.d = 100 * time.Millisecond }
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.d)
-	defer t.Stop()
-	b.d = min(b.d*2, 5*time.Second)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/agentpassport/passport/internal/backoff"
 )
 
 // Announcements configures the subscription to the monitored system's
@@ -82,9 +84,10 @@ func (a *announcement) healthy() bool { return a.Fault == "" && (a.Up == nil || 
 const maxAnnouncementLine = 64 << 10
 
 // followAnnouncements reads the stream until ctx ends, reconnecting with
-// a backoff (100ms doubling to 5s) whenever it fails or goes silent.
+// a jittered backoff (100ms doubling to 5s) whenever it fails or goes
+// silent.
 func (h *Healer) followAnnouncements(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	retry := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	failing := false
 	for {
 		read, err := h.readAnnouncements(ctx)
@@ -92,21 +95,17 @@ func (h *Healer) followAnnouncements(ctx context.Context) {
 			return
 		}
 		if read {
-			backoff, failing = 100*time.Millisecond, false
+			retry.Reset()
+			failing = false
 		}
 		if !failing {
 			// Once per outage: the checks go on meanwhile.
 			h.log.Warn("announcement stream lost; health checks continue", "url", redactURL(h.cfg.Announcements.URL), "err", err)
 			failing = true
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !retry.Wait(ctx) {
 			return
-		case <-t.C:
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

@@ -42,6 +42,7 @@ import (
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
@@ -150,6 +151,10 @@ type Config struct {
 	// Alerts configures the webhooks. The command builds Deps.Alerts from
 	// it; New itself only validates it.
 	Alerts alert.Config `yaml:"alerts"`
+	// Audit configures the writer of the incident records (writer id and
+	// signing key file, checkpoints, retention, wait_replicas;
+	// audit.WriterConfig). The assembly builds Deps.Sink from it.
+	Audit audit.WriterConfig `yaml:"audit"`
 }
 
 // Defaults.
@@ -306,6 +311,9 @@ func (c Config) Validate() error {
 	if err := c.TLS.Validate("tls"); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -316,7 +324,8 @@ type Deps struct {
 	Store     *Store       // required: where incidents live
 	// Reputation receives outcomes; nil reports nothing.
 	Reputation Reputation
-	// Sink receives the incident audit records; nil writes none.
+	// Sink receives the incident audit records. Required (tests pass
+	// audit.Discard).
 	Sink audit.Sink
 	// Registry receives the metrics; nil keeps them private. Two healers
 	// sharing one registry must each get a wrapped registerer, e.g.
@@ -396,8 +405,8 @@ func (t *target) healthyChan() <-chan struct{} {
 
 // New builds a healer.
 func New(cfg Config, deps Deps) (*Healer, error) {
-	if deps.Logger == nil || deps.Passports == nil || deps.Store == nil {
-		return nil, errors.New("healer: logger, passports and store are required")
+	if deps.Logger == nil || deps.Passports == nil || deps.Store == nil || deps.Sink == nil {
+		return nil, errors.New("healer: logger, passports, store and audit sink are required")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("healer config: %w", err)
@@ -627,17 +636,16 @@ func (h *Healer) remediate(ctx context.Context, t *target, in *Incident) {
 	if pb.Body != nil {
 		body = pb.Body
 	}
-	backoff := h.cfg.Backoff
+	retry := backoff.Backoff{Min: h.cfg.Backoff, Max: h.cfg.MaxBackoff}
 	for attempt := 1; attempt <= h.cfg.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			if !h.wait(ctx, t, backoff) {
+			if !h.wait(ctx, t, retry.Next()) {
 				if ctx.Err() != nil {
 					return
 				}
 				h.resolve(ctx, in, "recovered during backoff")
 				return
 			}
-			backoff = min(backoff*2, h.cfg.MaxBackoff)
 		}
 		select {
 		case <-t.healthyChan():
@@ -789,14 +797,12 @@ func (h *Healer) record(ctx context.Context, in *Incident) {
 	}
 	// The audit record first, then the store: whoever sees a state in the
 	// store can rely on it being in the audit stream already.
-	if h.deps.Sink != nil {
-		details, _ := json.Marshal(snap) // plain struct: cannot fail
-		rec := &audit.Record{V: audit.Version, Kind: audit.KindIncident, Time: h.now().UTC(), Tenant: snap.Tenant,
-			AgentType: passport.TypeHealer, TaskID: snap.ID, Action: snap.Action, Resource: snap.Target, Details: details}
-		if _, err := h.deps.Sink.Append(rctx, rec); err != nil {
-			h.recordErrs.Inc()
-			h.log.Error("incident not audited", "id", in.ID, "err", err)
-		}
+	details, _ := json.Marshal(snap) // plain struct: cannot fail
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindIncident, Time: h.now().UTC(), Tenant: snap.Tenant,
+		AgentType: passport.TypeHealer, TaskID: snap.ID, Action: snap.Action, Resource: snap.Target, Details: details}
+	if _, err := h.deps.Sink.Append(rctx, rec); err != nil {
+		h.recordErrs.Inc()
+		h.log.Error("incident not audited", "id", in.ID, "err", err)
 	}
 	if err := h.deps.Store.Save(rctx, snap); err != nil {
 		h.recordErrs.Inc()

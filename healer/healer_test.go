@@ -480,7 +480,7 @@ func TestConfigValidate(t *testing.T) {
 func TestHealerServesIncidentsAPI(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := prometheus.NewRegistry()
-	h, err := New(Config{Listen: "127.0.0.1:0"}, Deps{Logger: discard(), Passports: &fakePassports{}, Store: NewStore(srv.Client(), 0), AdminToken: "tok", Registry: reg})
+	h, err := New(Config{Listen: "127.0.0.1:0"}, Deps{Logger: discard(), Passports: &fakePassports{}, Store: NewStore(srv.Client(), 0), AdminToken: "tok", Registry: reg, Sink: audit.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}

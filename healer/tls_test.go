@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/tlstest"
 	"github.com/agentpassport/passport/internal/tlsx"
@@ -48,7 +49,7 @@ func TestHealerOverTLS(t *testing.T) {
 			cfg := Config{Listen: "127.0.0.1:0", TLS: tlsx.Server{CertFile: leaf.CertFile, KeyFile: leaf.KeyFile},
 				Checks: []CheckConfig{{Target: "checkout", URL: svc.URL + "/healthz", Interval: 20 * time.Millisecond}}}
 			h, err := New(cfg, Deps{Logger: discard(), Passports: &fakePassports{}, Store: NewStore(srv.Client(), 0),
-				AdminToken: "tok", Registry: reg, TLS: tc.tls})
+				AdminToken: "tok", Registry: reg, TLS: tc.tls, Sink: audit.Discard})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -145,20 +145,31 @@ func sameChain(c *Claims, acts, chain []string) bool {
 }
 
 // checkConfirmation checks cnf strictly: an object with exactly one
-// member, jkt, a base64url SHA-256 thumbprint. Any other confirmation
-// method (jwk, x5t#S256, ...) is refused: a verifier that knows only jkt
-// must never take a passport bound another way for a bearer one.
+// member, jkt (RFC 9449) or x5t#S256 (RFC 8705), a base64url SHA-256
+// thumbprint. Any other confirmation method (jwk, both at once, ...) is
+// refused: a verifier must never take a passport bound in a way it does
+// not check for a bearer one.
 func checkConfirmation(payload map[string]any, c *Claims) error {
 	v, ok := payload["cnf"]
 	if !ok {
 		return nil
 	}
 	m, ok := v.(map[string]any)
-	if !ok || !exactKeys(m, "jkt") {
+	if !ok || c.Cnf == nil {
 		return ErrConfirmation
 	}
-	jkt, ok := m["jkt"].(string)
-	if !ok || !ValidThumbprint(jkt) || c.Cnf == nil || c.Cnf.JKT != jkt {
+	switch {
+	case exactKeys(m, "jkt"):
+		jkt, ok := m["jkt"].(string)
+		if !ok || !ValidThumbprint(jkt) || c.Cnf.JKT != jkt || c.Cnf.X5T != "" {
+			return ErrConfirmation
+		}
+	case exactKeys(m, "x5t#S256"):
+		x5t, ok := m["x5t#S256"].(string)
+		if !ok || !ValidThumbprint(x5t) || c.Cnf.X5T != x5t || c.Cnf.JKT != "" {
+			return ErrConfirmation
+		}
+	default:
 		return ErrConfirmation
 	}
 	return nil

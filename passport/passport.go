@@ -10,6 +10,8 @@
 package passport
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"slices"
 	"time"
 
@@ -185,23 +187,43 @@ type DelegationLink struct {
 	JTI string `json:"jti"`
 }
 
-// Confirmation is the "cnf" claim (RFC 7800). Only the RFC 9449 key
-// thumbprint method is used; a verifier refuses any other member.
+// Confirmation is the "cnf" claim (RFC 7800) with exactly one method: the
+// RFC 9449 key thumbprint (jkt) or the RFC 8705 certificate thumbprint
+// (x5t#S256). A verifier refuses any other member.
 type Confirmation struct {
 	// JKT is the base64url SHA-256 JWK thumbprint (RFC 7638) of the key
 	// that must sign every DPoP proof presented with the passport.
-	JKT string `json:"jkt"`
+	JKT string `json:"jkt,omitempty"`
+	// X5T is the base64url SHA-256 of the DER client certificate the
+	// passport must be presented over (mutual TLS, RFC 8705 §3).
+	X5T string `json:"x5t#S256,omitempty"`
+}
+
+// CertThumbprint is the x5t#S256 of a DER certificate: unpadded base64url
+// of its SHA-256 (RFC 8705 §3.1).
+func CertThumbprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // Delegated reports whether the passport was obtained by token exchange.
 func (c *Claims) Delegated() bool { return c.Delegation != nil }
 
-// BoundKey returns cnf.jkt, or "" for a bearer passport.
+// BoundKey returns cnf.jkt, or "" for a passport not bound to a key.
 func (c *Claims) BoundKey() string {
 	if c.Cnf == nil {
 		return ""
 	}
 	return c.Cnf.JKT
+}
+
+// BoundCert returns cnf.x5t#S256, or "" for a passport not bound to a
+// client certificate.
+func (c *Claims) BoundCert() string {
+	if c.Cnf == nil {
+		return ""
+	}
+	return c.Cnf.X5T
 }
 
 // Actions returns every action the passport grants, without duplicates.

@@ -389,6 +389,12 @@ func mapJWTError(err error) error {
 	return ErrMalformed
 }
 
+// claimX5T is the one registered claim name with an upper-case letter
+// (cnf's RFC 8705 member). Its other spellings stay refused: a lower-case
+// "x5t#s256" passes the scan but not checkConfirmation, which wants the
+// exact name.
+const claimX5T = "x5t#S256"
+
 // maxJSONDepth bounds nesting in a passport's header and payload.
 const maxJSONDepth = 16
 
@@ -462,7 +468,7 @@ func scanKeys(b []byte, lowerKeys bool) error {
 			if _, dup := top.keys[k]; dup {
 				return fmt.Errorf("duplicate key")
 			}
-			if lowerKeys {
+			if lowerKeys && k != claimX5T {
 				for i := 0; i < len(k); i++ {
 					if c := k[i]; c >= 0x80 || 'A' <= c && c <= 'Z' {
 						return fmt.Errorf("claim name not lower-case ascii")

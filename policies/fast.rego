@@ -185,6 +185,10 @@ cleared_call := call if {
 	name := input.action
 	tenant := input.tenant
 
+	# delegated_production_write: a delegated passport takes the full
+	# evaluation (delegation.rego).
+	not input.passport.delegation
+
 	# unknown_action, unknown_agent_type, agent_type_not_permitted,
 	# trust_level_too_low, chaos_on_production_route, tenant_mismatch
 	# (an empty tenant)
@@ -454,7 +458,8 @@ plain_actions := {name: true |
 # table_call is, for a call that the tables settle, its decision as far as
 # denials decides it and the spans of the freeze windows that concern it:
 # a well-formed call (input_version_unsupported, agent_blocked) with no
-# task (task_target_mismatch, task_action_mismatch), within its tenant
+# task (task_target_mismatch, task_action_mismatch) and no delegation
+# (delegated_production_write), within its tenant
 # (tenant_mismatch), whose type, trust level, action and tenant are in
 # data, whose freeze windows' times parse, with a numeric reputation of at
 # least 0 and a string resource. Any other call takes the full
@@ -465,6 +470,7 @@ table_call := [d, spans] if {
 	agent := input.agent
 	agent.blocked == false
 	not input.passport.task
+	not input.passport.delegation
 	tenant := input.tenant
 	input.passport.tenant == tenant
 	route := input.route

@@ -28,6 +28,7 @@ var fastPathReasons = map[string]int{
 	"invalid_argument": 2, "replicas_out_of_bounds": 1, "fault_type_not_permitted": 1, "chaos_on_production_route": 1,
 	"change_freeze": 1, "invalid_time": 1,
 	"task_target_mismatch": 1, "task_action_mismatch": 1,
+	"delegated_production_write": 1, // fast.rego: a delegated passport takes the full evaluation
 }
 
 // TestFastPathCoversEveryReasonRule fails when the reason rules change:

@@ -105,7 +105,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 	}
 	switch {
 	case f.auth != nil:
-		writeUnauthorized(w, f.auth, c.id, p.metaURL)
+		writeUnauthorized(w, f.auth, c.id, p.metaURL, challengeScheme(r, f.auth))
 	case f.record == recordDecision:
 		detail := f.detail
 		if detail == "" {
@@ -166,13 +166,17 @@ func clientAddr(r *http.Request) string {
 	return host
 }
 
-// writeUnauthorized answers 401 with an RFC 6750 challenge. The challenge
+// writeUnauthorized answers 401 with an RFC 6750 challenge, or an RFC
+// 9449 §7.1 one (scheme DPoP, with the accepted algs). The challenge
 // names the protected-resource metadata (RFC 9728 §5.1) so an agent can
 // find the authority.
-func writeUnauthorized(w http.ResponseWriter, ae *AuthError, reqID, metadataURL string) {
-	ch := `Bearer realm="passport"`
+func writeUnauthorized(w http.ResponseWriter, ae *AuthError, reqID, metadataURL, scheme string) {
+	ch := scheme + ` realm="passport"`
 	if ae.Code != "" {
 		ch += fmt.Sprintf(`, error=%q, error_description=%q`, ae.Code, ae.Description)
+	}
+	if scheme == "DPoP" {
+		ch += fmt.Sprintf(`, algs=%q`, dpopAlgs)
 	}
 	ch += fmt.Sprintf(`, resource_metadata=%q`, metadataURL)
 	w.Header().Set("WWW-Authenticate", ch)

@@ -181,7 +181,7 @@ func matchApproval(ap *approval.Approval, c *call, method string) (code, field s
 		return approval.CodeMismatch, "path"
 	case ap.Query != c.query:
 		return approval.CodeMismatch, "query"
-	case ap.BodySHA256 != approval.Digest(c.bodyRaw):
+	case ap.BodySHA256 != approval.Digest(c.rawBody):
 		return approval.CodeMismatch, "body"
 	}
 	return "", ""
@@ -198,7 +198,7 @@ func (p *Proxy) useApproval(_ http.ResponseWriter, r *http.Request, c *call) *re
 		return nil
 	}
 	ap, err := p.esc.store.Consume(r.Context(), c.approval.ID, approval.Call{Tenant: c.tenant, AgentID: c.agentID,
-		Method: r.Method, Path: c.path, Query: c.query, Body: c.bodyRaw, RequestID: c.id})
+		Method: r.Method, Path: c.path, Query: c.query, Body: c.rawBody, RequestID: c.id})
 	if ref := p.approvalError(r, c, err); ref != nil {
 		return ref
 	}
@@ -259,7 +259,7 @@ func (p *Proxy) askApproval(r *http.Request, c *call, dec *policy.Decision) *ref
 	cl, ask := c.vp.Claims, dec.Approval
 	ap, created, err := p.esc.store.Create(r.Context(), approval.Request{
 		Tenant: c.tenant, AgentID: c.agentID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, JTI: cl.ID,
-		RequestID: c.id, Method: r.Method, Path: c.path, Query: c.query, Body: c.bodyRaw,
+		RequestID: c.id, Method: r.Method, Path: c.path, Query: c.query, Body: c.rawBody,
 		Action: c.route.Action, Resource: c.rec.Resource, Reasons: dec.Reasons, Reason: ask.Reason,
 		Approvers: ask.Approvers, ExcludeOwner: ask.ExcludeOwner, TTL: p.cfg.Approvals.TTL,
 	})

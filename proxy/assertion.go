@@ -205,7 +205,7 @@ func (cl *assertionClaims) appendJSON(b []byte) []byte {
 
 // assertionFor builds the claims of an allowed, recorded call.
 func (s *assertionSigner) assertionFor(c *call, r *http.Request, audience, decisionID string, now time.Time) (string, error) {
-	sum := sha256.Sum256(c.bodyRaw)
+	sum := sha256.Sum256(c.rawBody)
 	cl := &assertionClaims{
 		Iss: s.issuer, Aud: audience, Iat: now.Unix(), Exp: now.Add(s.lifetime).Unix(), JTI: c.id, Txn: c.id,
 		Sub: c.agentID, Purp: c.route.Action,

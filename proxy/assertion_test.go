@@ -207,7 +207,7 @@ func BenchmarkAssertion(b *testing.B) {
 	r, _ := http.NewRequest("POST", "http://proxy/services/checkout/scale", nil)
 	r.RemoteAddr = "10.0.0.7:51234"
 	c := &call{id: "a8ee4ce30a958890a46af200fba8e8f5", path: "/services/checkout/scale", tenant: "acme", agentID: "healer-1",
-		route: &route{Route: Route{Action: "service.scale"}, upstream: &upstream{url: &url.URL{Path: "/"}}}, bodyRaw: []byte(`{"replicas":3}`)}
+		route: &route{Route: Route{Action: "service.scale"}, upstream: &upstream{url: &url.URL{Path: "/"}}}, rawBody: []byte(`{"replicas":3}`)}
 	c.rec = &audit.Record{Resource: "checkout", PolicyRevision: "44cc72de51bc1ad6"}
 	c.vp = &Verified{}
 	c.vp.Claims = &passport.Claims{}

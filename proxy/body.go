@@ -97,8 +97,8 @@ func (p *Proxy) takeBody(r *http.Request, c *call, rt *route) (any, []byte, *ref
 		}
 	}
 	// The upstream gets exactly these bytes, framed by the proxy.
+	c.rawBody = raw
 	r.Body, r.ContentLength = http.NoBody, 0
-	c.bodyRaw = raw
 	if len(raw) > 0 {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(raw)), int64(len(raw))
 	}

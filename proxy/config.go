@@ -116,6 +116,13 @@ type Config struct {
 	// Approvals tunes the approvals the policy asks for (approval.go).
 	Approvals ApprovalsConfig `yaml:"approvals"`
 
+	// Delegation says which delegated passports (RFC 8693) are accepted
+	// (delegation.go).
+	Delegation DelegationConfig `yaml:"delegation"`
+	// DPoP configures proofs of possession for bound passports (RFC 9449,
+	// dpop.go).
+	DPoP DPoPConfig `yaml:"dpop"`
+
 	// Limits bound what a client may send.
 	Limits Limits `yaml:"limits"`
 	// Timeouts of the agent-facing server.
@@ -143,19 +150,13 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 }
 
-// AuditConfig is the part of the audit writer's settings (audit.StreamConfig)
-// an operator sets for a proxy.
-type AuditConfig struct {
-	// SpoolDir keeps outcome records on disk, fsynced, while Redis cannot
-	// take them, and replays them in order once it can; also across a
-	// restart (one proxy per directory). Default: a private temporary
-	// directory made on first need (records left there at exit are named
-	// in the log). PASSPORT_AUDIT_SPOOL_DIR overrides it.
-	SpoolDir string `yaml:"spool_dir"`
-	// SpoolMaxBytes bounds the spool: at the bound the proxy forwards
-	// nothing new (503 audit_backlog_full) until it drains. Default 256 MiB.
-	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
-}
+// AuditConfig is the proxy's `audit:` section, the settings of its audit
+// writer that every writing component shares (audit.WriterConfig): writer
+// id and signing key file, checkpoints, retention, wait_replicas, and the
+// spool: spool_dir keeps outcome records on disk while Redis cannot take
+// them (PASSPORT_AUDIT_SPOOL_DIR overrides it); at spool_max_bytes the
+// proxy forwards nothing new (503 audit_backlog_full) until it drains.
+type AuditConfig = audit.WriterConfig
 
 // PolicyConfig selects the enforced and the shadow policy.
 type PolicyConfig struct {
@@ -282,6 +283,10 @@ type Route struct {
 	// Assertion asks for a signed assertion on this route. Default: the
 	// upstream's assertion setting.
 	Assertion *bool `yaml:"assertion"`
+	// DPoPNonce requires every DPoP proof on this route to carry a server
+	// nonce (RFC 9449 §8), handed out in the DPoP-Nonce header: proofs
+	// made ahead of time are then useless. Default false.
+	DPoPNonce bool `yaml:"dpop_nonce"`
 }
 
 // Default returns a Config with every default filled in and no routes.
@@ -304,6 +309,7 @@ func Default() Config {
 		UnattributedTenant:     DefaultUnattributed,
 		Audit:                  AuditConfig{SpoolMaxBytes: audit.DefaultSpoolMaxBytes},
 		Policy:                 PolicyConfig{Timeout: 250 * time.Millisecond, PollInterval: time.Second, Engine: string(policy.Fast)},
+		Delegation:             DelegationConfig{MaxDepth: DefaultDelegationDepth},
 		Limits:                 Limits{MaxHeaderBytes: DefaultMaxHeaderByte, MaxHeaders: DefaultMaxHeaders, MaxBodyBytes: DefaultMaxBodyBytes, MaxBodyDepth: DefaultMaxBodyDepth},
 		Timeouts:               Timeouts{ReadHeader: 5 * time.Second, Read: 60 * time.Second, Idle: 120 * time.Second, Drain: 15 * time.Second},
 		PolicyHeaders:          []string{"user-agent", "content-type"},
@@ -378,6 +384,7 @@ func (c *Config) fill() {
 	if c.Audit.SpoolMaxBytes == 0 {
 		c.Audit.SpoolMaxBytes = d.Audit.SpoolMaxBytes
 	}
+	c.DPoP.fill()
 	if c.Policy.Timeout == 0 {
 		c.Policy.Timeout = d.Policy.Timeout
 	}
@@ -510,6 +517,7 @@ func (c *Config) Validate() error {
 			bad("policy_headers: %q carries credentials and is never copied", h)
 		}
 	}
+	errs = append(errs, c.Delegation.validate(), c.DPoP.validate())
 	if c.Limits.MaxBodyDepth < 1 || c.Limits.MaxBodyDepth > 1000 {
 		bad("limits.max_body_depth: %d is outside 1..1000", c.Limits.MaxBodyDepth)
 	}
@@ -518,8 +526,8 @@ func (c *Config) Validate() error {
 			bad("strip_headers: %q is not a header name (or a prefix ending in *)", h)
 		}
 	}
-	if c.Audit.SpoolMaxBytes < 0 {
-		bad("audit.spool_max_bytes: must not be negative")
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Redis.Validate(); err != nil {
 		errs = append(errs, err)

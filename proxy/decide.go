@@ -20,7 +20,8 @@ type step func(p *Proxy, w http.ResponseWriter, r *http.Request, c *call) *refus
 var (
 	beforePolicy = []step{
 		(*Proxy).admit,    // router.go: limits, path, query, route
-		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state
+		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state, delegation chain
+		(*Proxy).possess,  // dpop.go: the passport's binding and its DPoP proof
 		(*Proxy).readBody, // body.go: the body, whole and checked
 		// approval.go, budget.go: a presented approval, checked (not
 		// used); the call's budgets, reserved. The policy sees both.

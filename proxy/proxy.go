@@ -39,6 +39,7 @@ import (
 	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/internal/tlsx"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/policy"
 )
 
@@ -76,6 +77,7 @@ type Proxy struct {
 	m        *metrics
 	router   *router
 	verifier *verifier
+	dpop     *dpopGate // dpop.go
 	keys     *jwksKeys
 	revoked  *revocations
 	reps     *reputations
@@ -186,6 +188,9 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 		} else {
 			miss.Inc()
 		}
+	}
+	if p.dpop, err = newDPoPGate(&p.cfg, d.Redis, d.Clock); err != nil {
+		return nil, fmt.Errorf("proxy dpop: %w", err)
 	}
 	p.revoked = newRevocations(d.Redis, d.Logger, d.Clock, p.m)
 	p.reps = newReputations(d.Redis, cfg.ReputationCache, d.Clock)
@@ -480,8 +485,8 @@ func protectedResourceMetadata(cfg *Config, routes []*route) []byte {
 			scopes = append(scopes, fmt.Sprintf("%q", r.Action))
 		}
 	}
-	return fmt.Appendf(nil, `{"resource":%q,"authorization_servers":[%q],"bearer_methods_supported":["header"],"scopes_supported":[%s],"resource_name":"Agent Passport proxy","audience":%q}`+"\n",
-		cfg.ResourceURL, cfg.Issuer, strings.Join(scopes, ","), cfg.Audience)
+	return fmt.Appendf(nil, `{"resource":%q,"authorization_servers":[%q],"bearer_methods_supported":["header"],"scopes_supported":[%s],"dpop_signing_alg_values_supported":[%q,%q],"resource_name":"Agent Passport proxy","audience":%q}`+"\n",
+		cfg.ResourceURL, cfg.Issuer, strings.Join(scopes, ","), passport.DPoPAlgorithms[0], passport.DPoPAlgorithms[1], cfg.Audience)
 }
 
 // countingTransport counts JWKS fetches and bounds their size.

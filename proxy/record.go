@@ -46,6 +46,7 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 	if cl.Task != nil {
 		rec.TaskID = cl.Task.ID
 	}
+	setChain(rec, cl)
 	b, err := in.doc.marshalJSON(rec.PassportID == "")
 	if err != nil {
 		return rec, err
@@ -58,12 +59,15 @@ func (p *Proxy) decisionRecord(c *call, rt *route, vp *Verified, reputation floa
 // answer the agent got (the upstream's, or the proxy's own when the call
 // was not forwarded). It is minimal: the decision record of the same
 // request id holds everything else (the agent id stays for the feed's
-// filters). It reads only what is fixed before forwarding, so the drain
+// filters, and a delegated call's chain, so that every record of it names
+// the chain). It reads only what is fixed before forwarding, so the drain
 // may call it while the call runs.
 func (p *Proxy) outcomeRecord(c *call, cl *passport.Claims, status int) *audit.Record {
-	return &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
+	rec := &audit.Record{V: audit.Version, Kind: audit.KindOutcome, Time: p.clock(), RequestID: c.id,
 		Tenant: c.tenant, AgentID: cl.Agent.ID, Decision: audit.DecisionAllow, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
+	setChain(rec, cl)
+	return rec
 }
 
 // refusalRecord is the decision record of a call refused before the policy
@@ -88,6 +92,7 @@ func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason str
 		if cl.Task != nil {
 			rec.TaskID = cl.Task.ID
 		}
+		setChain(rec, cl)
 	}
 	if c.tenant != "" {
 		rec.Tenant = c.tenant

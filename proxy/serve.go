@@ -50,11 +50,11 @@ type call struct {
 	reputation  float64
 	policyBody  any             // the body as the policy sees it, on routes that show it
 	bodyJSON    json.RawMessage // its JSON text
-	bodyRaw     []byte          // the body as forwarded, on routes that read it whole
 	rec         *audit.Record   // the decision record, once the policy has decided
 	refused     refusal         // a refusal made from the call's own values (call.refuse)
 
 	// Approvals and budgets (approval.go, budget.go).
+	rawBody  []byte             // the body's exact bytes (buffered routes)
 	approval *approval.Approval // the presented approval, checked against the call
 	asked    *approval.Approval // the approval the policy asked for
 	budgets  []budgetHold       // the call's budget reservations

@@ -81,6 +81,9 @@ func (p *Proxy) identify(_ http.ResponseWriter, r *http.Request, c *call) *refus
 	if err := p.revoked.check(r.Context(), cl.ID, cl.Tenant, cl.Agent.ID); err != nil {
 		return p.stateError(r, c, err)
 	}
+	if err := p.checkChain(r.Context(), cl); err != nil { // delegation.go
+		return p.stateError(r, c, err)
+	}
 	st, err := p.reps.get(r.Context(), cl.Tenant, cl.Agent.ID)
 	if err != nil {
 		return p.stateError(r, c, err)
@@ -173,6 +176,10 @@ func newVerifier(cfg *Config, keys keySource, clock func() time.Time) (*verifier
 		MaxTokenBytes: cfg.MaxTokenBytes,
 		Clock:         clock,
 		Keys:          v.keyFor,
+		// Every link of a chain is checked on every call (checkChain), and
+		// every bound passport's proof (possess).
+		AcceptDelegated: cfg.Delegation.MaxDepth > 0,
+		AcceptBound:     true,
 	})
 	if err != nil {
 		return nil, err
@@ -181,30 +188,11 @@ func newVerifier(cfg *Config, keys keySource, clock func() time.Time) (*verifier
 	return v, nil
 }
 
-// bearer extracts the token from an Authorization header value. The size
-// is checked first, on the header's length alone, so a huge header costs
-// nothing to refuse.
+// bearer is the passport of the Authorization header, sent as Bearer or
+// as DPoP (credential, dpop.go).
 func (v *verifier) bearer(h http.Header) (string, error) {
-	vals := h["Authorization"]
-	switch len(vals) {
-	case 0:
-		return "", ErrNoPassport
-	case 1:
-	default:
-		return "", ErrMalformed // two credentials: which one would the upstream read?
-	}
-	a := vals[0]
-	if len(a) > v.cfg.MaxTokenBytes+len("Bearer ") {
-		return "", ErrTooLarge
-	}
-	if len(a) < 7 || !asciiEqualFold(a[:7], "Bearer ") {
-		return "", ErrNoPassport // another scheme is no passport (RFC 6750 §3.1)
-	}
-	tok := a[7:]
-	if tok == "" {
-		return "", ErrMalformed
-	}
-	return tok, nil
+	tok, _, err := v.credential(h)
+	return tok, err
 }
 
 func asciiEqualFold(a, b string) bool {

@@ -31,6 +31,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -128,18 +129,42 @@ type Options struct {
 	// key of its own. Token requests carry a proof, and the passports
 	// must then be presented with one (Transport, DPoPProof).
 	DPoPKey crypto.Signer
+	// ClientCertificate, when set, is shown on every connection to the
+	// authority: with no secret and no PrivateKey it authenticates the
+	// agent (tls_client_auth or self_signed_tls_client_auth, RFC 8705),
+	// and its passports are bound to it. Ignored when HTTPClient is set
+	// (give that client the certificate instead).
+	ClientCertificate *tls.Certificate
 }
 
 // withCA builds HTTPClient from CAFile when only CAFile is set.
 func (o Options) withCA() (Options, error) {
-	if o.CAFile == "" || o.HTTPClient != nil {
+	if o.HTTPClient != nil || o.CAFile == "" && o.ClientCertificate == nil {
 		return o, nil
 	}
-	hc, err := tlsx.HTTPClient(o.CAFile, 10*time.Second)
-	if err != nil {
-		return o, fmt.Errorf("authority client: %w", err)
+	if o.ClientCertificate == nil {
+		hc, err := tlsx.HTTPClient(o.CAFile, 10*time.Second)
+		if err != nil {
+			return o, fmt.Errorf("authority client: %w", err)
+		}
+		o.HTTPClient = hc
+		return o, nil
 	}
-	o.HTTPClient = hc
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		roots, err := tlsx.LoadCAFile(o.CAFile)
+		if err != nil {
+			return o, fmt.Errorf("authority client: %w", err)
+		}
+		cfg.RootCAs = roots
+	}
+	if o.ClientCertificate != nil {
+		cfg.Certificates = []tls.Certificate{*o.ClientCertificate}
+	}
+	o.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Proxy: http.ProxyFromEnvironment, TLSClientConfig: cfg, ForceAttemptHTTP2: true,
+		MaxIdleConnsPerHost: 4, IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second,
+	}}
 	return o, nil
 }
 
@@ -232,8 +257,8 @@ func New(authorityURL, clientID string, secret passport.Secret, opts Options) (*
 	if clientID == "" {
 		return nil, errors.New("client id is required")
 	}
-	if secret == "" && opts.PrivateKey == nil {
-		return nil, errors.New("a client secret or a private key is required")
+	if secret == "" && opts.PrivateKey == nil && opts.ClientCertificate == nil {
+		return nil, errors.New("a client secret, a private key or a client certificate is required")
 	}
 	for name, k := range map[string]crypto.Signer{"private key": opts.PrivateKey, "dpop key": opts.DPoPKey} {
 		if k == nil {
@@ -407,13 +432,18 @@ func (c *Client) post(ctx context.Context, tokenURL, orig string, form url.Value
 		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
 		form.Set("client_assertion", a)
 	}
+	certAuth := c.opts.PrivateKey == nil && c.source == nil && c.secret == "" && c.opts.ClientCertificate != nil
+	if certAuth {
+		// RFC 8705 §2: the connection's certificate is the credential.
+		form.Set("client_id", c.clientID)
+	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
 		return Token{}, nil, fmt.Errorf("token request: %w", err)
 	}
 	hr.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	hr.Header.Set("Accept", "application/json")
-	if c.opts.PrivateKey == nil && c.source == nil {
+	if c.opts.PrivateKey == nil && c.source == nil && !certAuth {
 		// RFC 6749 §2.3.1: form-encode both before Basic.
 		hr.SetBasicAuth(url.QueryEscape(c.clientID), url.QueryEscape(c.secret.Reveal()))
 	}

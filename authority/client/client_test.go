@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -61,7 +62,7 @@ func startWith(t *testing.T, mut func(*authority.Config)) *fixture {
 	if mut != nil {
 		mut(&cfg)
 	}
-	a, err := authority.New(cfg, authority.Deps{
+	a, err := authority.New(cfg, authority.Deps{Audit: audit.Discard,
 		Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelError})),
 		Clock: f.clock.Now,
 	})

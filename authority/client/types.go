@@ -35,6 +35,15 @@ type AgentSpec struct {
 	// "type:<agent type>" for every agent of a type in the same tenant.
 	// Default none: nobody may act on this agent's behalf. At most 32.
 	MayDelegateTo []string `json:"may_delegate_to,omitempty"`
+	// Mutual TLS client authentication (RFC 8705): the certificate subject
+	// the agent authenticates with (one of a SAN URI such as a SPIFFE ID,
+	// a SAN DNS name or a subject DN; the certificate must chain to the
+	// authority's client CA), or a self-signed certificate (PEM) of its
+	// own. Its passports are then bound to the certificate.
+	TLSClientAuthSANURI    string `json:"tls_client_auth_san_uri,omitempty"`
+	TLSClientAuthSANDNS    string `json:"tls_client_auth_san_dns,omitempty"`
+	TLSClientAuthSubjectDN string `json:"tls_client_auth_subject_dn,omitempty"`
+	TLSClientCertificate   string `json:"tls_client_certificate,omitempty"`
 }
 
 // Agent is an agent as the admin API shows it. The secret never appears.
@@ -60,7 +69,12 @@ type Agent struct {
 	HasPublicKey        bool                `json:"has_public_key"`
 	RequireDPoP         bool                `json:"require_dpop"`
 	MayDelegateTo       []string            `json:"may_delegate_to"`
-	CreatedAt           time.Time           `json:"created_at"`
+	// TLSClientAuth is the registered certificate subject ("san_uri:...",
+	// "san_dns:...", "subject_dn:..."); HasTLSClientCert says a
+	// self-signed certificate is registered.
+	TLSClientAuth    string    `json:"tls_client_auth,omitempty"`
+	HasTLSClientCert bool      `json:"has_tls_client_cert,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
 	// Enrollment is set on an agent registered on first use of an
 	// external workload identity (docs/enrollment.md).
 	Enrollment *Enrollment `json:"enrollment,omitempty"`

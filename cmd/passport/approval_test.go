@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/agentpassport/passport/approval"
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/internal/redistest"
 )
@@ -32,7 +33,7 @@ func startApprovalAuthority(t *testing.T) (*redistest.Server, string) {
 	cfg.ApproverTokens = []authority.ApproverToken{{Approver: "alice@example.com", Token: cliApproverToken, Tenants: []string{"acme"}}}
 	cfg.Clients.BcryptCost = bcrypt.MinCost
 	cfg.Issuer = "http://" + srv.Listener.Addr().String()
-	a, err := authority.New(cfg, authority.Deps{Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))})
+	a, err := authority.New(cfg, authority.Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,16 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -123,17 +118,17 @@ func (a *app) auditTailCmd(o *auditOpts) *cobra.Command {
 				}
 			}
 			// Interleave the tenants by time (stream ids are milliseconds).
-			sort.SliceStable(recent, func(i, j int) bool { return auditIDLess(recent[i].msg.ID, recent[j].msg.ID) })
+			sort.SliceStable(recent, func(i, j int) bool { return audit.IDLess(recent[i].msg.ID, recent[j].msg.ID) })
 			if n >= 0 && int64(len(recent)) > n {
 				recent = recent[int64(len(recent))-n:]
 			}
 			for _, e := range recent {
-				auditPrint(a.stdout, e.stream, e.msg, asJSON)
+				audit.Print(a.stdout, e.stream, e.msg, asJSON)
 			}
 			if !follow {
 				return nil
 			}
-			return auditFollow(ctx, a, o, rdb, last, asJSON)
+			return audit.Follow(ctx, rdb, o.tenant == "", last, func(stream string, m redis.XMessage) { audit.Print(a.stdout, stream, m, asJSON) })
 		},
 	}
 	f := cmd.Flags()
@@ -146,242 +141,6 @@ func (a *app) auditTailCmd(o *auditOpts) *cobra.Command {
 type redisEntry struct {
 	stream string
 	msg    redis.XMessage
-}
-
-// auditFollow blocks on XREAD over every tenant's stream; new tenants are
-// picked up each time the read times out.
-func auditFollow(ctx context.Context, a *app, o *auditOpts, rdb redis.UniversalClient, last map[string]string, asJSON bool) error {
-	for ctx.Err() == nil {
-		if o.tenant == "" {
-			if ts, err := audit.ListTenants(ctx, rdb); err == nil {
-				for _, t := range ts {
-					if _, ok := last[audit.StreamKey(t)]; !ok {
-						last[audit.StreamKey(t)] = "0-0"
-					}
-				}
-			}
-		}
-		if len(last) == 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(2 * time.Second):
-				continue
-			}
-		}
-		keys := make([]string, 0, len(last))
-		for k := range last {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		args := append([]string(nil), keys...)
-		for _, k := range keys {
-			args = append(args, last[k])
-		}
-		res, err := rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Block: 5 * time.Second, Count: 500}).Result()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("follow audit streams: %w", err)
-		}
-		for _, s := range res {
-			for _, m := range s.Messages {
-				auditPrint(a.stdout, s.Stream, m, asJSON)
-				last[s.Stream] = m.ID
-			}
-		}
-	}
-	return nil
-}
-
-func auditIDLess(a, b string) bool {
-	am, as, _ := strings.Cut(a, "-")
-	bm, bs, _ := strings.Cut(b, "-")
-	ami, _ := strconv.ParseUint(am, 10, 64)
-	bmi, _ := strconv.ParseUint(bm, 10, 64)
-	if ami != bmi {
-		return ami < bmi
-	}
-	asi, _ := strconv.ParseUint(as, 10, 64)
-	bsi, _ := strconv.ParseUint(bs, 10, 64)
-	return asi < bsi
-}
-
-// auditPrint writes one entry, as a JSON line or a readable line.
-func auditPrint(w io.Writer, stream string, m redis.XMessage, asJSON bool) {
-	if asJSON {
-		fmt.Fprintln(w, string(auditExportLine(stream, m)))
-		return
-	}
-	fmt.Fprintln(w, auditLine(m))
-}
-
-// auditExportLine is the JSON line of export and tail --json: the stored
-// record verbatim (its hash can be re-checked offline) with its place.
-func auditExportLine(stream string, m redis.XMessage) []byte {
-	return auditExportLineInput(stream, m, nil)
-}
-
-// auditExportLineInput is auditExportLine with "input": the decision's
-// full policy input, its passport reference resolved, when the record
-// references a passport record (the stored record stays verbatim).
-func auditExportLineInput(stream string, m redis.XMessage, input json.RawMessage) []byte {
-	raw, _ := m.Values[audit.FieldRecord].(string)
-	line := struct {
-		Stream string          `json:"stream"`
-		ID     string          `json:"id"`
-		Record json.RawMessage `json:"record,omitempty"`
-		Input  json.RawMessage `json:"input,omitempty"`
-		Error  string          `json:"error,omitempty"`
-		Raw    string          `json:"raw,omitempty"`
-	}{Stream: stream, ID: m.ID, Input: input}
-	if json.Valid([]byte(raw)) && strings.HasPrefix(strings.TrimSpace(raw), "{") {
-		line.Record = json.RawMessage(raw)
-	} else {
-		line.Error, line.Raw = "malformed record", raw
-	}
-	b, _ := json.Marshal(line)
-	return b
-}
-
-// auditExportLineErr is the line of a decision whose passport reference
-// does not resolve: the stored record, and why its input is missing.
-func auditExportLineErr(stream string, m redis.XMessage, err error) []byte {
-	raw, _ := m.Values[audit.FieldRecord].(string)
-	b, _ := json.Marshal(struct {
-		Stream string          `json:"stream"`
-		ID     string          `json:"id"`
-		Record json.RawMessage `json:"record"`
-		Error  string          `json:"error"`
-	}{stream, m.ID, json.RawMessage(raw), err.Error()})
-	return b
-}
-
-// auditSafe makes a value from a record safe to print on one terminal
-// line: anything stored in Redis may be hostile, so control characters
-// (CR, LF, ESC, C1), format characters (bidi overrides) and spaces get
-// the value quoted with escapes instead of being written raw. A forged
-// record can therefore never fake a second line or recolor the terminal.
-func auditSafe(s string) string {
-	const max = 256
-	if len(s) > max {
-		cut := max
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
-	if s == "" {
-		return `""`
-	}
-	for _, r := range s {
-		if r == utf8.RuneError || r == ' ' || r == '"' || r == '\\' || !unicode.IsPrint(r) {
-			return strconv.QuoteToGraphic(s)
-		}
-	}
-	return s
-}
-
-// auditLine is the readable form of one entry.
-func auditLine(m redis.XMessage) string {
-	raw, _ := m.Values[audit.FieldRecord].(string)
-	rec, err := audit.DecodeRecord([]byte(raw))
-	if err != nil {
-		return fmt.Sprintf("%s MALFORMED %s", m.ID, auditSafe(raw))
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s %s", m.ID, rec.Time.UTC().Format("2006-01-02T15:04:05.000Z"), auditSafe(rec.Tenant), auditSafe(string(rec.Kind)))
-	kv := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(&b, " %s=%s", k, auditSafe(v))
-		}
-	}
-	switch rec.Kind {
-	case audit.KindDecision, audit.KindOutcome:
-		if rec.Decision != "" {
-			b.WriteString(" " + auditSafe(rec.Decision))
-		}
-		if rec.Status != 0 {
-			fmt.Fprintf(&b, " status=%d latency=%.1fms", rec.Status, rec.LatencyMS)
-		}
-		if rec.Method != "" {
-			b.WriteString(" " + auditSafe(rec.Method))
-		}
-		if rec.Path != "" {
-			b.WriteString(" " + auditSafe(rec.Path))
-		}
-		kv("action", rec.Action)
-		kv("resource", rec.Resource)
-		kv("agent", rec.AgentName)
-		kv("agent_id", rec.AgentID)
-		kv("type", rec.AgentType)
-		kv("trust", rec.TrustLevel)
-		if rec.Reputation != 0 {
-			fmt.Fprintf(&b, " rep=%.1f", rec.Reputation)
-		}
-		if len(rec.Reasons) > 0 {
-			kv("reasons", strings.Join(rec.Reasons, ","))
-		}
-		kv("policy", rec.PolicyRevision)
-		kv("req", rec.RequestID)
-		kv("jti", rec.JTI)
-	case audit.KindRefusals:
-		var sum audit.RefusalSummary
-		_ = json.Unmarshal(rec.Details, &sum)
-		if rec.Decision != "" {
-			b.WriteString(" " + auditSafe(rec.Decision))
-		}
-		fmt.Fprintf(&b, " status=%d count=%d", rec.Status, sum.Count)
-		kv("reasons", strings.Join(rec.Reasons, ","))
-		kv("route", rec.Route)
-		kv("source", sum.Source)
-		kv("agent_id", rec.AgentID)
-		if !sum.First.IsZero() {
-			kv("first", sum.First.UTC().Format("2006-01-02T15:04:05.000Z"))
-		}
-		kv("first_req", sum.FirstRequestID)
-		kv("last_req", sum.LastRequestID)
-		if sum.Outage {
-			b.WriteString(" outage")
-		}
-	case audit.KindCheckpoint:
-		var cp audit.Checkpoint
-		_ = json.Unmarshal(rec.Details, &cp)
-		kv("type", cp.Type)
-		fmt.Fprintf(&b, " records=%d", cp.Records)
-	default:
-		kv("agent", rec.AgentName)
-		kv("agent_id", rec.AgentID)
-		if len(rec.Details) > 0 {
-			kv("details", string(rec.Details))
-		}
-	}
-	fmt.Fprintf(&b, " writer=%s seq=%d", auditSafe(rec.Writer), rec.Seq)
-	return b.String()
-}
-
-var auditStreamIDRe = regexp.MustCompile(`^\d+(-\d+)?$`)
-
-// auditSince turns --since (a stream id, an RFC 3339 time or a duration
-// back from now) into an XRANGE start.
-func auditSince(s string, now time.Time) (string, error) {
-	switch {
-	case s == "":
-		return "-", nil
-	case auditStreamIDRe.MatchString(s):
-		return s, nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return strconv.FormatInt(t.UnixMilli(), 10) + "-0", nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return strconv.FormatInt(now.Add(-d).UnixMilli(), 10) + "-0", nil
-	}
-	return "", fmt.Errorf("--since %q: want a stream id (1700000000000-0), an RFC 3339 time or a duration (24h)", s)
 }
 
 func (a *app) auditExportCmd(o *auditOpts) *cobra.Command {
@@ -398,7 +157,7 @@ does not resolve gets "error" instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			start, err := auditSince(since, time.Now())
+			start, err := audit.ParseSince(since, time.Now())
 			if err != nil {
 				return err
 			}
@@ -415,7 +174,7 @@ does not resolve gets "error" instead.`,
 				key := audit.StreamKey(t)
 				ir := audit.NewInputResolver(rdb, t)
 				err := audit.ScanStream(ctx, rdb, key, start, 1000, func(m redis.XMessage) error {
-					line := auditExportLine(key, m)
+					line := audit.ExportLine(key, m)
 					if rec, _, err := audit.ParseMessage(m); err == nil {
 						ir.Note(m.ID, rec)
 						if rec.PassportID != "" {
@@ -423,9 +182,9 @@ does not resolve gets "error" instead.`,
 							if err != nil && !errors.Is(err, audit.ErrPassportRef) {
 								return err
 							}
-							line = auditExportLineInput(key, m, in)
+							line = audit.ExportLineInput(key, m, in)
 							if err != nil {
-								line = auditExportLineErr(key, m, err)
+								line = audit.ExportLineErr(key, m, err)
 							}
 						}
 					}
@@ -522,7 +281,7 @@ stream and id), 1 on usage or connection errors.`,
 					b, _ := json.Marshal(rep)
 					fmt.Fprintln(a.stdout, string(b))
 				} else {
-					auditPrintReport(a.stdout, rep)
+					audit.PrintReport(a.stdout, rep)
 				}
 			}
 			for _, wr := range res.Witnesses {
@@ -530,7 +289,7 @@ stream and id), 1 on usage or connection errors.`,
 					b, _ := json.Marshal(wr)
 					fmt.Fprintln(a.stdout, string(b))
 				} else {
-					auditPrintWitness(a.stdout, wr)
+					audit.PrintWitness(a.stdout, wr)
 				}
 			}
 			if len(opts.Witnesses) == 0 && !asJSON {
@@ -579,70 +338,6 @@ func (o *auditOpts) witnessSpecs(a *app, flags []string) ([]string, error) {
 	return nil, nil
 }
 
-func auditPrintReport(w io.Writer, rep *audit.Report) {
-	status := "OK"
-	if !rep.OK() {
-		status = "FAILED"
-	}
-	fmt.Fprintf(w, "%s %s: %d records, %d writers\n", status, rep.Stream, rep.Records, len(rep.Writers))
-	names := make([]string, 0, len(rep.Writers))
-	for n := range rep.Writers {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		wr := rep.Writers[n]
-		anchored := ""
-		if wr.Anchored {
-			anchored = " (after retention trim)"
-		}
-		fmt.Fprintf(w, "  writer %s: seq %d..%d%s, %d records, %d checkpoints, %d unsealed\n",
-			auditSafe(n), wr.FirstSeq, wr.LastSeq, anchored, wr.Records, wr.Checkpoints, wr.Unsealed)
-	}
-	if rep.OpenAllows > 0 {
-		fmt.Fprintf(w, "  %d allowed calls have no outcome record (first: %s): in flight, or their outcome was dropped or lost\n",
-			rep.OpenAllows, auditSafe(rep.FirstOpenAllow))
-	}
-	auditPrintProblems(w, rep.Problems)
-}
-
-func auditPrintWitness(w io.Writer, wr *audit.WitnessReport) {
-	status := "OK"
-	if len(wr.Problems) > 0 {
-		status = "FAILED"
-	}
-	fmt.Fprintf(w, "%s witness %s: %d writers (%d closed cleanly, %d running)\n", status, auditSafe(wr.Witness), wr.Writers, wr.Closed, wr.Running)
-	for _, a := range wr.Accepted {
-		fmt.Fprintf(w, "  writer %s stopped without a closing statement (accepted with --accept-unclosed)\n", auditSafe(a))
-	}
-	auditPrintProblems(w, wr.Problems)
-}
-
-func auditPrintProblems(w io.Writer, ps []audit.Problem) {
-	for i, p := range ps {
-		if i == 20 {
-			fmt.Fprintf(w, "  ... %d more problems\n", len(ps)-20)
-			break
-		}
-		if p.Stream == "" {
-			fmt.Fprintf(w, "  %s writer=%s: %s\n", p.Kind, auditSafe(p.Writer), auditSafe(p.Detail))
-			continue
-		}
-		if p.Writer == "" {
-			fmt.Fprintf(w, "  %s %s: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Detail))
-			continue
-		}
-		fmt.Fprintf(w, "  %s %s writer=%s seq=%d: %s\n", p.Kind, auditOrEnd(p.ID), auditSafe(p.Writer), p.Seq, auditSafe(p.Detail))
-	}
-}
-
-func auditOrEnd(id string) string {
-	if id == "" {
-		return "end-of-stream"
-	}
-	return id
-}
-
 func (a *app) auditWritersCmd(o *auditOpts) *cobra.Command {
 	return &cobra.Command{
 		Use:   "writers",
@@ -666,7 +361,7 @@ func (a *app) auditWritersCmd(o *auditOpts) *cobra.Command {
 			fmt.Fprintln(a.stdout, "# writer-id ed25519-public-key (base64), from "+audit.WritersKey)
 			for _, id := range ids {
 				if _, err := audit.ParsePublicKey(m[id]); err != nil || strings.ContainsAny(id, " \t\r\n") {
-					fmt.Fprintf(a.stdout, "# skipped malformed entry %s\n", auditSafe(id))
+					fmt.Fprintf(a.stdout, "# skipped malformed entry %s\n", audit.Safe(id))
 					continue
 				}
 				fmt.Fprintf(a.stdout, "%s %s\n", id, m[id])

@@ -232,3 +232,34 @@ func TestAuditKeygenPinsAWriter(t *testing.T) {
 		t.Error("keygen overwrote an existing key file")
 	}
 }
+
+// TestAuditLineOnBehalfOf: a delegated call's line reads "agent B on
+// behalf of A" (the chain from the acting agent back to the root), and a
+// hostile name in the chain is quoted like every other value.
+func TestAuditLineOnBehalfOf(t *testing.T) {
+	rec := &audit.Record{V: 1, Kind: audit.KindDecision, Tenant: "acme", Decision: "allow", AgentID: "agt_c", AgentName: "sub-1",
+		Chain: []audit.ChainLink{{ID: "agt_a", Name: "commander-1"}, {ID: "agt_b"}, {ID: "agt_c", Name: "sub-1"}}, Subject: "agt_a"}
+	line := audit.Line(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(mustRecordJSON(t, rec))}})
+	if !strings.Contains(line, " agent=sub-1 agent_id=agt_c on_behalf_of=agt_b<commander-1 ") {
+		t.Fatalf("line: %s", line)
+	}
+	rec.Chain[0].Name = "evil\nwriter=x"
+	line = audit.Line(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(mustRecordJSON(t, rec))}})
+	if strings.Contains(line, "\n") || !strings.Contains(line, `on_behalf_of="agt_b<evil\nwriter=x"`) {
+		t.Fatalf("hostile chain: %s", line)
+	}
+	rec.Chain = nil
+	line = audit.Line(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(mustRecordJSON(t, rec))}})
+	if strings.Contains(line, "on_behalf_of") {
+		t.Fatalf("undelegated: %s", line)
+	}
+}
+
+func mustRecordJSON(t *testing.T, rec *audit.Record) []byte {
+	t.Helper()
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,20 +1,17 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 )
 
@@ -34,6 +31,7 @@ func (a *app) loadAuthorityConfig(path string) (authority.Config, error) {
 
 func (a *app) authorityCmd() *cobra.Command {
 	var cfgPath, listen, redisURL, issuer string
+	var witness []string
 	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "authority",
@@ -67,35 +65,23 @@ for every field and its default, and docs/tls.md for TLS.`,
 			}
 			tf.apply(a, &cfg.TLS)
 			a.redisTLS(&cfg.Redis)
-			if err := cfg.Validate(); err != nil {
-				return fmt.Errorf("authority config: %w", err)
-			}
-			rdb, err := redisx.New(cfg.Redis)
+			witnesses, err := a.writerWitnesses(witness, "")
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
-			ctx := cmd.Context()
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = redisx.Ping(pctx, rdb)
-			cancel()
-			if err != nil {
-				// Keep going: /readyz says not ready until Redis answers.
-				log.Warn("redis not reachable yet", "url", redisx.Redact(cfg.Redis.URL), "err", err)
-			}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			auth, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: log, Registry: reg})
+			svc, _, err := assemble.Authority(cmd.Context(), cfg, assemble.Env{Logger: log, Witnesses: witnesses,
+				WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}, nil)
 			if err != nil {
 				return err
 			}
-			return auth.Run(ctx, nil)
+			return svc.Run(cmd.Context())
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML config file (see examples/authority.yaml)")
 	cmd.Flags().StringVar(&listen, "listen", "", "listen address HOST:PORT (default "+authority.DefaultListen+")")
 	cmd.Flags().StringVar(&redisURL, "redis-url", "", "Redis URL (default $PASSPORT_REDIS_URL or "+redisx.DefaultURL+")")
 	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer URL written in every passport (default "+authority.DefaultIssuer+", https with TLS)")
+	cmd.Flags().StringArrayVar(&witness, "witness", nil, "audit witness: a directory or an http(s):// URL of passport witness (repeatable; default PASSPORT_WITNESS)")
 	tf.register(cmd.Flags())
 	cmd.AddCommand(a.rotateKeysCmd())
 	return cmd

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -33,7 +35,7 @@ func startAuthority(t *testing.T) string {
 	cfg.AdminToken = cliAdminToken
 	cfg.Clients.BcryptCost = bcrypt.MinCost
 	cfg.Issuer = "http://" + srv.Listener.Addr().String()
-	a, err := authority.New(cfg, authority.Deps{Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))})
+	a, err := authority.New(cfg, authority.Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +210,68 @@ func TestAuthorityCommandServes(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("authority did not stop")
+	}
+}
+
+// TestAuthorityCommandRecordsBlocks runs `passport authority` as compose
+// and Kubernetes run it (no demo stack around it) and blocks an agent: the
+// block must be in the tenant's audit stream, written by the authority's
+// own writer. Before the authority was assembled in one place, the
+// command gave it no writer and blocks went unrecorded.
+func TestAuthorityCommandRecordsBlocks(t *testing.T) {
+	rs := redistest.Start(t)
+	addr := freeAddr(t)
+	url := "http://" + addr
+	env := map[string]string{"PASSPORT_ADMIN_TOKEN": cliAdminToken, "PASSPORT_REDIS_URL": rs.URL()}
+	var errb bytes.Buffer
+	a := &app{getenv: func(k string) string { return env[k] }, stdout: io.Discard, stderr: &syncWriter{w: &errb}}
+	root := a.rootCmd()
+	root.SetArgs([]string{"authority", "--listen", addr, "--issuer", url, "--log-level", "warn"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("authority: %v\n%s", err, errb.String())
+		}
+	}()
+	pollUntil(t, 10*time.Second, "authority ready", func() bool {
+		resp, err := http.Get(url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	adm, err := client.NewAdmin(url, passport.Secret(cliAdminToken), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := adm.RegisterAgent(context.Background(), "acme", client.AgentSpec{Name: "deployer-1", Type: "deployer", TrustLevel: passport.TrustMedium})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.Block(context.Background(), "acme", reg.ID, "recorded?"); err != nil {
+		t.Fatal(err)
+	}
+	// The block's record is written before the admin API answers.
+	msgs, err := rs.Client().XRange(context.Background(), audit.StreamKey("acme"), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found *audit.Record
+	for _, m := range msgs {
+		rec, _, err := audit.ParseMessage(m)
+		if err == nil && rec.Kind == audit.KindAgentBlocked && rec.AgentID == reg.ID {
+			found = rec
+		}
+	}
+	if found == nil {
+		t.Fatalf("no agent_blocked record for %s among %d records of acme's stream", reg.ID, len(msgs))
+	}
+	if !strings.HasPrefix(found.Writer, "authority-") {
+		t.Errorf("agent_blocked written by %q, want the authority's writer", found.Writer)
 	}
 }
 

@@ -6,19 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/chaos"
-	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -49,22 +49,26 @@ func (c *chaosFlags) register(cmd *cobra.Command) {
 	c.ao.register(cmd.Flags())
 }
 
-// chaosSetup builds the simulator and what it needs; run starts them.
-func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.Config)) (*chaos.Chaos, *prometheus.Registry, func(context.Context) error, func(), error) {
+// chaosSetup assembles the simulator from the chaos flags and config;
+// mutate, when not nil, adjusts the config before the agent's environment
+// fills tenant and proxy. oneShot names the writer chaos-cli-<tenant> and
+// keeps its identity (see oneShotIdentity), so that repeated fires reuse
+// one writer.
+func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.Config), opts assemble.ChaosOptions, oneShot bool) (*assemble.Service, *chaos.Chaos, chaos.Config, error) {
 	log, err := a.logger()
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, chaos.Config{}, err
 	}
 	var cfg chaos.Config
 	if err := config.Load(c.cfgPath, &cfg); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, cfg, err
 	}
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	env, err := a.agentEnv(ctx, c.ao, passport.TypeChaos, cfg.Tenant, cfg.ProxyURL, log)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, cfg, err
 	}
 	cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
 	if len(cfg.Targets) == 0 && c.ao.data != "" {
@@ -76,36 +80,42 @@ func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.
 			log.Warn("the fleet's services are unknown: targets will be checked through the proxy", "err", err)
 		}
 	}
-	rdb, err := a.agentRedis(ctx, env.redisURL)
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("chaos: %w", err)
-	}
-	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: env.witnesses}, log, reg)
-	if err != nil {
-		_ = rdb.Close()
-		return nil, nil, nil, nil, fmt.Errorf("chaos: audit stream: %w", err)
-	}
-	al, err := alert.New(cfg.Alerts, alert.Deps{Logger: log, Registry: reg})
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
 	tc, err := a.clientTLS()
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, cfg, err
 	}
-	ch, err := chaos.New(cfg, chaos.Deps{Logger: log, Passports: env.passports, Sink: stream, Registry: reg, Alerts: al, TLS: tc})
+	aenv := a.assembleEnv(log, env)
+	if oneShot {
+		opts.Name = "chaos-cli-" + env.tenant
+		if aenv.KeyDir == "" {
+			aenv.KeyDir, aenv.SpoolDir = a.oneShotIdentity(c.ao, log)
+		}
+	}
+	opts.Passports, opts.TLS = env.passports, tc
+	opts.Redis = a.redisConfig(firstNonEmpty(env.redisURL, redisx.DefaultURL))
+	svc, ch, err := assemble.Chaos(ctx, cfg, aenv, opts)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, cfg, fmt.Errorf("chaos: %w", err)
 	}
-	run := func(ctx context.Context) error {
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return stream.Run(gctx) })
-		g.Go(func() error { return al.Run(gctx) })
-		return g.Wait()
+	return svc, ch, cfg, nil
+}
+
+// oneShotIdentity is where a one-shot command keeps its audit writer's
+// key and spool when it has no --data DIR: beside --credentials when set,
+// else in the user's configuration directory. "" when there is none (a
+// writer per run, as before).
+func (a *app) oneShotIdentity(o agentOpts, log *slog.Logger) (keyDir, spoolDir string) {
+	base := ""
+	if cred := firstNonEmpty(o.credentials, a.getenv("PASSPORT_CREDENTIALS_FILE")); cred != "" {
+		base = filepath.Dir(cred)
+	} else if dir, err := os.UserConfigDir(); err == nil {
+		base = filepath.Join(dir, "passport")
 	}
-	closeAll := func() { _ = stream.Close(); _ = rdb.Close() }
-	return ch, reg, run, closeAll, nil
+	if base == "" {
+		log.Warn("no directory for the audit writer's identity: this run registers a new writer")
+		return "", ""
+	}
+	return filepath.Join(base, stack.AuditKeysDir), filepath.Join(base, "audit-spool")
 }
 
 func (a *app) chaosFireCmd() *cobra.Command {
@@ -127,24 +137,22 @@ func (a *app) chaosFireCmd() *cobra.Command {
 			if target == "" {
 				return errors.New("--target NAME is required")
 			}
-			ch, _, run, closeAll, err := a.chaosSetup(cmd.Context(), &c, nil)
+			svc, ch, _, err := a.chaosSetup(cmd.Context(), &c, nil, assemble.ChaosOptions{}, true)
 			if err != nil {
 				return err
 			}
-			defer closeAll()
-			// Run the writer's background work while firing; the event
-			// itself is appended synchronously before Fire returns.
-			rctx, cancel := context.WithCancel(cmd.Context())
-			done := make(chan error, 1)
-			go func() { done <- run(rctx) }()
+			// The event is appended synchronously before Fire returns;
+			// Do then stops the writer, which seals it.
 			var ev chaos.Event
-			if clear {
-				ev, err = ch.Clear(cmd.Context(), target)
-			} else {
-				ev, err = ch.Fire(cmd.Context(), args[0], target)
-			}
-			cancel()
-			<-done
+			err = svc.Do(cmd.Context(), func(ctx context.Context) error {
+				var err error
+				if clear {
+					ev, err = ch.Clear(ctx, target)
+				} else {
+					ev, err = ch.Fire(ctx, args[0], target)
+				}
+				return err
+			})
 			if err != nil {
 				return err
 			}
@@ -171,7 +179,7 @@ func (a *app) chaosRunCmd() *cobra.Command {
 		Short: "Fire random faults at an interval with a blast-radius limit",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ch, reg, run, closeAll, err := a.chaosSetup(cmd.Context(), &c, func(cfg *chaos.Config) {
+			svc, _, _, err := a.chaosSetup(cmd.Context(), &c, func(cfg *chaos.Config) {
 				if cmd.Flags().Changed("interval") || cfg.Interval == 0 {
 					cfg.Interval = interval
 				}
@@ -181,18 +189,11 @@ func (a *app) chaosRunCmd() *cobra.Command {
 				if cmd.Flags().Changed("max-active") {
 					cfg.MaxActive = maxActive
 				}
-			})
+			}, assemble.ChaosOptions{Loop: true, MetricsListen: listen}, false)
 			if err != nil {
 				return err
 			}
-			defer closeAll()
-			g, ctx := errgroup.WithContext(cmd.Context())
-			g.Go(func() error { return run(ctx) })
-			g.Go(func() error { return ch.Run(ctx) })
-			if listen != "" {
-				g.Go(func() error { return chaosServeMetrics(ctx, listen, reg) })
-			}
-			return g.Wait()
+			return svc.Run(cmd.Context())
 		},
 	}
 	c.register(cmd)
@@ -201,31 +202,6 @@ func (a *app) chaosRunCmd() *cobra.Command {
 	cmd.Flags().IntVar(&maxActive, "max-active", 1, "most faults active at once across the targets (blast radius)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9092", "address of /metrics and /healthz (\"\" to disable)")
 	return cmd
-}
-
-// chaosServeMetrics serves /metrics and /healthz until ctx is done.
-func chaosServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // > net/http's 5 s wait for a connection that sent nothing yet
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
 
 // demoFleetTargets lists tenant's services on the fleet of a running

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/agentpassport/passport/authority/client"
+	"github.com/agentpassport/passport/internal/agentcall"
 )
 
 // --credentials keeps an agent's identity across restarts: the first start
@@ -48,7 +49,7 @@ func TestAgentCredentialsFile(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("credentials file: %v %v, want mode 0600", st, err)
 	}
-	var stored agentCredentials
+	var stored agentcall.Credentials
 	b, _ := os.ReadFile(path)
 	if err := json.Unmarshal(b, &stored); err != nil || stored.ClientID != first.clientID || stored.Type != "healer" || stored.Tenant != "acme" {
 		t.Fatalf("stored %+v %v, registered %s", stored, err, first.clientID)
@@ -83,7 +84,7 @@ func TestAgentCredentialsFile(t *testing.T) {
 	if err != nil || next.clientID == first.clientID {
 		t.Fatalf("after deletion: %v, agent %s", err, next.clientID)
 	}
-	if c, err := readCredentials(path); err != nil || c.ClientID != next.clientID {
+	if c, err := agentcall.ReadCredentials(path); err != nil || c.ClientID != next.clientID {
 		t.Fatalf("file after re-registration: %+v %v", c, err)
 	}
 

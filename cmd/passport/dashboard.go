@@ -4,26 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"slices"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/dashboard"
-	"github.com/agentpassport/passport/feed"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
-	"github.com/agentpassport/passport/internal/redisx"
-	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -87,14 +77,12 @@ and proxy), then --config YAML (dashboard.Config), then defaults.`,
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("dashboard config: %w", err)
 			}
-			// Fail closed: without an admin token nobody could sign in, and
-			// a dashboard must never fall back to a well-known one.
+			// Fail closed (the assembly refuses it): without an admin token
+			// nobody could sign in, and a dashboard must never fall back to
+			// a well-known one.
 			adminToken := firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN"))
-			if adminToken == "" {
-				return errors.New("dashboard: no admin token: set PASSPORT_ADMIN_TOKEN (operators sign in with it, and Block/Unblock call the admin API with it)")
-			}
-			if len(adminToken) < authority.MinAdminTokenLength {
-				return fmt.Errorf("dashboard: PASSPORT_ADMIN_TOKEN is shorter than %d characters", authority.MinAdminTokenLength)
+			if err := assemble.CheckAdminToken(adminToken); err != nil {
+				return err
 			}
 			opts, err := a.clientOptions()
 			if err != nil {
@@ -106,58 +94,37 @@ and proxy), then --config YAML (dashboard.Config), then defaults.`,
 			}
 			ctx := cmd.Context()
 			act := &dashboardActions{AdminAgents: dashboard.AdminAgents{Admin: admin}}
-			gatherers := prometheus.Gatherers{}
-			var runChaos func(context.Context) error
+			var chaosSvc *assemble.Service
 			if c.cfgPath != "" {
 				// The chaos agent talks to the same authority as the buttons.
 				c.ao.authority = cfg.AuthorityURL
-				reg, run, closeChaos, err := a.dashboardChaos(ctx, &c, act)
-				if err != nil {
+				if chaosSvc, err = a.dashboardChaos(ctx, &c, act); err != nil {
 					return err
 				}
-				defer closeChaos()
-				gatherers = append(gatherers, reg)
-				runChaos = run
 			} else {
 				log.Info("no --chaos-config: the chaos buttons are off")
 			}
-
-			rdb, err := redisx.New(a.redisConfig(firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL"))))
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := redisx.Ping(pctx, rdb); err != nil {
-				// Keep going: the feed answers 503 until Redis answers.
-				log.Warn("redis not reachable yet", "error", err)
-			}
-			cancel()
-
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			gatherers = append(gatherers, reg)
-			dash, err := dashboard.New(cfg, dashboard.Deps{
-				Redis: rdb, Logger: log, Registry: reg,
-				Auth:    feed.NewStaticAuth(feed.Token{Secret: passport.Secret(adminToken)}),
-				Actions: act,
-			})
-			if err != nil {
-				return err
-			}
-			ln, err := net.Listen("tcp", cfg.Listen)
-			if err != nil {
-				return fmt.Errorf("dashboard listen: %w", err)
-			}
+			var ln net.Listener
 			if ready != nil {
+				if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+					return fmt.Errorf("dashboard listen: %w", err)
+				}
 				ready(ln.Addr())
 			}
-			g, gctx := errgroup.WithContext(ctx)
-			if runChaos != nil {
-				g.Go(func() error { return runChaos(gctx) })
+			svc, _, err := assemble.Dashboard(ctx, cfg, assemble.Env{Logger: log}, assemble.DashboardDeps{
+				Redis: a.redisConfig(firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL"))), AdminToken: adminToken,
+				Actions: act, Chaos: chaosSvc,
+			}, ln)
+			if err != nil {
+				if chaosSvc != nil {
+					chaosSvc.Close()
+				}
+				if ln != nil {
+					ln.Close()
+				}
+				return err
 			}
-			g.Go(func() error { return serveDashboard(gctx, ln, dash, gatherers, cfg.ShutdownTimeout, log) })
-			return g.Wait()
+			return svc.Run(ctx)
 		},
 	}
 	f := cmd.Flags()
@@ -170,10 +137,10 @@ and proxy), then --config YAML (dashboard.Config), then defaults.`,
 	return cmd
 }
 
-// dashboardChaos builds the chaos simulator behind the buttons with
+// dashboardChaos assembles the chaos simulator behind the buttons with
 // chaosSetup, so that the config, credentials and self-registration rules
 // are those of `passport chaos fire`, and fills act's chaos fields.
-func (a *app) dashboardChaos(ctx context.Context, c *chaosFlags, act *dashboardActions) (*prometheus.Registry, func(context.Context) error, func(), error) {
+func (a *app) dashboardChaos(ctx context.Context, c *chaosFlags, act *dashboardActions) (*assemble.Service, error) {
 	// The buttons offer exactly the targets the chaos config lists (its
 	// documented meaning: the services chaos may break). Without a list,
 	// the simulator discovers its targets through the proxy with its own
@@ -182,57 +149,19 @@ func (a *app) dashboardChaos(ctx context.Context, c *chaosFlags, act *dashboardA
 	// may register an agent.
 	var pre chaos.Config
 	if err := config.Load(c.cfgPath, &pre); err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if len(pre.Targets) == 0 {
-		return nil, nil, nil, fmt.Errorf("--chaos-config %s lists no targets: name the services the chaos buttons may hit (targets: [...])", c.cfgPath)
+		return nil, fmt.Errorf("--chaos-config %s lists no targets: name the services the chaos buttons may hit (targets: [...])", c.cfgPath)
 	}
-	var cfg *chaos.Config
-	ch, reg, run, closeAll, err := a.chaosSetup(ctx, c, func(cc *chaos.Config) { cfg = cc })
+	// Its own writer name: with --data DIR it must not take the identity
+	// of the demo's own chaos writer.
+	svc, ch, cfg, err := a.chaosSetup(ctx, c, nil, assemble.ChaosOptions{Name: "chaos-dashboard-" + firstNonEmpty(c.ao.tenant, pre.Tenant, "acme")}, false)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	// chaosSetup fills Tenant and ProxyURL from the agent's environment
-	// (--tenant, --data, ...) in the Config it handed to mutate; read them
-	// once it has returned.
 	act.chaos, act.chaosTenant, act.targets = ch, cfg.Tenant, slices.Sorted(slices.Values(cfg.Targets))
-	return reg, run, closeAll, nil
-}
-
-// serveDashboard is dashboard.Server.Serve with /metrics beside the page:
-// the dashboard's own handler has no metrics route, and Prometheus scrapes
-// every component on its --listen port.
-func serveDashboard(ctx context.Context, ln net.Listener, dash *dashboard.Server, metrics prometheus.Gatherer, shutdownTimeout time.Duration, log *slog.Logger) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	mux.Handle("/", dash.Handler())
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	// The feed's hub closes open WebSockets with 1001 when gctx ends, so
-	// that pages reconnect; Shutdown does not wait for hijacked connections.
-	g.Go(func() error { return dash.Feed().Run(gctx) })
-	g.Go(func() error {
-		log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String(), "tls", dash.TLSConfig() != nil)
-		if err := tlsx.Serve(srv, ln, dash.TLSConfig()); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("dashboard serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("dashboard shutdown: %w", err)
-		}
-		return nil
-	})
-	return g.Wait()
+	return svc, nil
 }
 
 // dashboardActions adapts the authority's admin API and, when configured,

@@ -1,10 +1,10 @@
 package main
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
 )
 
@@ -36,11 +36,11 @@ PASSPORT_TLS_KEY_FILE) the control API and every service serve TLS with that cer
 				cfg.Listen = listen
 			}
 			tf.apply(a, &cfg.TLS)
-			f, err := fleet.New(cfg, fleet.Deps{Logger: log, Registry: prometheus.NewRegistry()})
+			svc, _, err := assemble.Fleet(cfg, assemble.Env{Logger: log})
 			if err != nil {
 				return err
 			}
-			return f.Run(cmd.Context())
+			return svc.Run(cmd.Context())
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "fleet YAML (fleet.Config; see examples/fleet.yaml)")

@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -15,19 +11,18 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
-	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -100,21 +95,6 @@ health URLs are verified with --ca-file (PASSPORT_CA_FILE), else the system's ro
 }
 
 func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup, log *slog.Logger) error {
-	rdb, err := a.agentRedis(ctx, env.redisURL)
-	if err != nil {
-		return fmt.Errorf("healer: %w", err)
-	}
-	defer rdb.Close()
-	reg := prometheus.NewRegistry()
-	stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: env.witnesses}, log, reg)
-	if err != nil {
-		return fmt.Errorf("healer: audit stream: %w", err)
-	}
-	defer stream.Close()
-	al, err := alert.New(cfg.Alerts, alert.Deps{Logger: log, Registry: reg})
-	if err != nil {
-		return err
-	}
 	var rep healer.Reputation
 	if env.admin != nil {
 		rep = agentcall.AdminReputation{Admin: env.admin, Tenant: env.tenant, AgentID: env.clientID}
@@ -125,17 +105,27 @@ func (a *app) runHealer(ctx context.Context, cfg healer.Config, env *agentSetup,
 	if err != nil {
 		return err
 	}
-	h, err := healer.New(cfg, healer.Deps{Logger: log, Passports: env.passports, Store: healer.NewStore(rdb, cfg.MaxIncidents),
-		Reputation: rep, Sink: stream, Registry: reg, Alerts: al, AdminToken: env.adminToken, TLS: tc})
+	svc, _, err := assemble.Healer(ctx, cfg, a.assembleEnv(log, env), assemble.HealerDeps{
+		Agent:      assemble.Agent{Passports: env.passports, Redis: a.redisConfig(firstNonEmpty(env.redisURL, redisx.DefaultURL)), TLS: tc},
+		Reputation: rep, AdminToken: env.adminToken,
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("healer: %w", err)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return stream.Run(gctx) })
-	g.Go(func() error { return al.Run(gctx) })
-	g.Go(func() error { return h.Run(gctx) })
-	g.Go(func() error { return alert.WatchBlocks(gctx, rdb, al, log) })
-	return g.Wait()
+	return svc.Run(ctx)
+}
+
+// assembleEnv is the assembly environment of an agent command: the
+// logger, its witnesses, and with --data DIR the writer identities kept
+// in DIR (those of `passport up`'s own writers live there too, under
+// other names).
+func (a *app) assembleEnv(log *slog.Logger, env *agentSetup) assemble.Env {
+	e := assemble.Env{Logger: log, Witnesses: env.witnesses, WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}
+	if env.dataDir != "" {
+		e.KeyDir = filepath.Join(env.dataDir, stack.AuditKeysDir)
+		e.SpoolDir = filepath.Join(env.dataDir, "spool")
+	}
+	return e
 }
 
 // discoverChecks lists the tenant's services through the proxy and checks
@@ -232,9 +222,11 @@ func loadAgentDemoFile(dir string) (*agentDemoFile, error) {
 type agentSetup struct {
 	tenant, proxyURL, authorityURL, redisURL, adminToken string
 	clientID                                             string
-	witnesses                                            []audit.Witness
-	passports                                            agentcall.Passports
-	admin                                                *client.Admin
+	// dataDir is --data DIR ("" without).
+	dataDir   string
+	witnesses []audit.Witness
+	passports agentcall.Passports
+	admin     *client.Admin
 }
 
 // agentEnv resolves an agent of agentType: flags and --data first, then
@@ -264,6 +256,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		redisURL:     firstNonEmpty(dRedis, a.getenv("PASSPORT_REDIS_URL")),
 		adminToken:   firstNonEmpty(dAdmin, a.getenv("PASSPORT_ADMIN_TOKEN")),
 		witnesses:    witnesses,
+		dataDir:      o.data,
 	}
 	opts, err := a.clientOptions()
 	if err != nil {
@@ -291,7 +284,7 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 		id, secret = cid, a.getenv("PASSPORT_CLIENT_SECRET")
 	} else {
 		var err error
-		id, secret, err = s.storedOrRegistered(ctx, firstNonEmpty(o.credentials, a.getenv("PASSPORT_CREDENTIALS_FILE")), agentType, log)
+		id, secret, err = agentcall.StoredOrRegistered(ctx, s.admin, firstNonEmpty(o.credentials, a.getenv("PASSPORT_CREDENTIALS_FILE")), s.tenant, agentType, log)
 		if err != nil {
 			return nil, err
 		}
@@ -303,104 +296,6 @@ func (a *app) agentEnv(ctx context.Context, o agentOpts, agentType, cfgTenant, c
 	s.clientID = id
 	s.passports = agentcall.AuthorityPassports{Client: c}
 	return s, nil
-}
-
-// agentCredentials is what --credentials keeps: one agent's identity.
-type agentCredentials struct {
-	Tenant       string `json:"tenant"`
-	Type         string `json:"type"`
-	ClientID     string `json:"client_id"`
-	ClientSecret string `json:"client_secret"`
-}
-
-// storedOrRegistered returns the agent stored in path, or registers a new
-// agent with the admin token (and stores it in path when path is set). A
-// stored agent the authority no longer knows is replaced when the admin
-// token allows it; any other failure to check it keeps it (the authority
-// may be starting).
-func (s *agentSetup) storedOrRegistered(ctx context.Context, path, agentType string, log *slog.Logger) (id, secret string, err error) {
-	if path != "" {
-		c, err := readCredentials(path)
-		switch {
-		case err == nil:
-			if c.Tenant != s.tenant || c.Type != agentType {
-				return "", "", fmt.Errorf("--credentials %s holds a %s agent of tenant %s, not a %s agent of tenant %s",
-					path, c.Type, c.Tenant, agentType, s.tenant)
-			}
-			if s.admin == nil {
-				return c.ClientID, c.ClientSecret, nil
-			}
-			if _, err := s.admin.GetAgent(ctx, s.tenant, c.ClientID); !errors.Is(err, client.ErrNotFound) {
-				return c.ClientID, c.ClientSecret, nil
-			}
-			log.Warn("the stored agent no longer exists; registering a new one", "credentials", path, "id", c.ClientID)
-		case !errors.Is(err, fs.ErrNotExist):
-			return "", "", fmt.Errorf("--credentials %s: %w", path, err)
-		}
-	}
-	if s.admin == nil {
-		return "", "", fmt.Errorf("no %s credentials: use --data DIR, PASSPORT_CLIENT_ID/PASSPORT_CLIENT_SECRET, "+
-			"--credentials FILE, or PASSPORT_ADMIN_TOKEN to register one", agentType)
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := fmt.Sprintf("%s-%s-%s", agentType, s.tenant, hex.EncodeToString(b[:]))
-	reg, err := s.admin.RegisterAgent(ctx, s.tenant, client.AgentSpec{Name: name, Type: agentType, TrustLevel: passport.TrustHigh})
-	if err != nil {
-		return "", "", fmt.Errorf("register %s agent: %w", agentType, err)
-	}
-	log.Info("registered agent", "name", name, "id", reg.ID, "tenant", s.tenant)
-	if path != "" {
-		c := agentCredentials{Tenant: s.tenant, Type: agentType, ClientID: reg.ClientID, ClientSecret: reg.ClientSecret}
-		if err := writeCredentials(path, c); err != nil {
-			return "", "", fmt.Errorf("--credentials %s: %w (agent %s is registered; delete it or fix the file)", path, err, reg.ID)
-		}
-	}
-	return reg.ClientID, reg.ClientSecret, nil
-}
-
-func readCredentials(path string) (agentCredentials, error) {
-	var c agentCredentials
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, err
-	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("not a credentials file: %w", err)
-	}
-	if c.ClientID == "" || c.ClientSecret == "" || c.Tenant == "" || c.Type == "" {
-		return c, errors.New("not a credentials file: tenant, type, client_id and client_secret are required")
-	}
-	return c, nil
-}
-
-// writeCredentials writes c to path atomically, readable by its owner only.
-func writeCredentials(path string, c agentCredentials) error {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after the rename, a no-op
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // agentRedis opens Redis (redisx.DefaultURL when url is "") and pings it:

@@ -43,7 +43,7 @@ func TestAuditLineRefusals(t *testing.T) {
 		Decision: audit.DecisionError, Reasons: []string{"no_passport"}, Status: 401, Route: "restart", Details: sum,
 		Writer: "w1", Seq: 9}
 	raw, _ := json.Marshal(rec)
-	line := auditLine(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(raw)}})
+	line := audit.Line(redis.XMessage{ID: "1-0", Values: map[string]any{audit.FieldRecord: string(raw)}})
 	for _, want := range []string{"refusals error status=401 count=37", "reasons=no_passport", "route=restart",
 		"source=10.0.0.9", "first=2026-01-02T03:04:05.000Z", "first_req=r1", "last_req=r37", "writer=w1 seq=9"} {
 		if !strings.Contains(line, want) {

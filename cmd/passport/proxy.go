@@ -1,23 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/audit"
-	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/config"
-	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
-	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
 )
 
@@ -109,53 +101,16 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 			if cfg.AuthorityTLS.CAFile == "" && (strings.HasPrefix(cfg.JWKSURL, "https://") || strings.HasPrefix(cfg.AuthorityURL, "https://")) {
 				cfg.AuthorityTLS.CAFile = a.caFile()
 			}
-			rdb, err := redisx.New(cfg.Redis)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			ctx := cmd.Context()
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := redisx.Ping(pctx, rdb); err != nil {
-				// Keep going: calls are refused (503) and /readyz says not
-				// ready until Redis answers.
-				log.Warn("redis not reachable yet", "url", redisx.Redact(cfg.Redis.URL), "error", err)
-			}
-			cancel()
-
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			witnesses, err := a.writerWitnesses(witness, "")
 			if err != nil {
 				return err
 			}
-			stream, err := audit.NewStream(rdb, audit.StreamConfig{Witnesses: witnesses, SpoolDir: cfg.Audit.SpoolDir,
-				SpoolMaxBytes: cfg.Audit.SpoolMaxBytes}, log, reg)
-			if err != nil {
-				return fmt.Errorf("audit stream: %w", err)
-			}
-			defer stream.Close()
-			al, err := alert.New(cfg.Approvals.Alerts, alert.Deps{Logger: log, Registry: reg})
+			svc, _, err := assemble.Proxy(cmd.Context(), cfg, assemble.Env{Logger: log, Witnesses: witnesses,
+				WitnessToken: a.getenv("PASSPORT_WITNESS_TOKEN")}, assemble.ProxyOptions{})
 			if err != nil {
 				return err
 			}
-			p, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: stream, Logger: log, Registry: reg, Policies: policies.FS, Alerts: al})
-			if err != nil {
-				return err
-			}
-			// The audit stream outlives the proxy: it is stopped only after
-			// the last in-flight call has drained, so their outcome records
-			// are flushed too.
-			auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
-			var g errgroup.Group
-			g.Go(func() error { return stream.Run(auditCtx) })
-			g.Go(func() error { return al.Run(auditCtx) }) // approvals announced while draining still go out
-			err = p.Run(ctx)
-			stopAudit()
-			if aerr := g.Wait(); err == nil {
-				err = aerr
-			}
-			return err
+			return svc.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()

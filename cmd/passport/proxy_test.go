@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
@@ -57,7 +58,7 @@ func TestProxyCommandEndToEnd(t *testing.T) {
 	acfg.AdminToken = cliAdminToken
 	acfg.Clients.BcryptCost = bcrypt.MinCost
 	acfg.Issuer = "http://" + asrv.Listener.Addr().String()
-	auth, err := authority.New(acfg, authority.Deps{Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	auth, err := authority.New(acfg, authority.Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

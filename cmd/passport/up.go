@@ -100,8 +100,8 @@ Ctrl-C stops everything cleanly.`,
 	f.Uint64Var(&cfg.ChaosSeed, "seed", 0, "seed for random chaos (0: from the clock)")
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
-	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
 	f.BoolVar(&logStderr, "log-stderr", false, "write every log line to the terminal (stderr) instead of DIR/"+LogFile)
+	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
 	f.StringVar(&witness, "witness", "", "audit witnesses: directories or http(s):// URLs, comma-separated; \"none\" for none (default $PASSPORT_WITNESS, else DIR/witness)")
 	return cmd
 }

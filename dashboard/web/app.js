@@ -334,8 +334,19 @@ function addDecision(ev) {
   schedule();
 }
 
+// onBehalfOf is a delegated call's chain read from the acting agent back
+// to the root: "commander-1" for healer-1 acting for commander-1, or
+// "mid-1 on behalf of root-1" for a longer chain.
+function onBehalfOf(ev) {
+  const chain = ev.chain || [];
+  const out = [];
+  for (let i = chain.length - 2; i >= 0; i--) out.push(chain[i].name || chain[i].id);
+  return out.join(" on behalf of ");
+}
+
 function decisionRow(ev) {
-  const agent = ev.agent_name || ev.agent_id || "–";
+  const behalf = onBehalfOf(ev);
+  const agent = (ev.agent_name || ev.agent_id || "–") + (behalf ? " on behalf of " + behalf : "");
   return el("tr", { "data-testid": "decision", "data-decision": ev.decision || "", "data-id": ev.id || "" },
     el("td", { text: fmtTime(ev.time) }),
     el("td", { text: agent, title: ev.agent_id || "" }),
@@ -350,7 +361,8 @@ function matchesFilter(ev) {
   const a = $("filter-agent").value.trim().toLowerCase();
   const act = $("filter-action").value.trim().toLowerCase();
   if (d && ev.decision !== d) return false;
-  if (a && !((ev.agent_name || "").toLowerCase().includes(a) || (ev.agent_id || "").toLowerCase().includes(a))) return false;
+  if (a && !((ev.agent_name || "").toLowerCase().includes(a) || (ev.agent_id || "").toLowerCase().includes(a) ||
+    (ev.chain || []).some((l) => (l.name || "").toLowerCase().includes(a) || (l.id || "").toLowerCase().includes(a)))) return false;
   if (act && !(ev.action || "").toLowerCase().includes(act)) return false;
   return true;
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/agentcall"
@@ -36,7 +37,7 @@ func TestRogueEndsBlockedByTheRealAuthority(t *testing.T) {
 	cfg.AdminToken = adminToken
 	cfg.Clients.BcryptCost = bcrypt.MinCost
 	cfg.Issuer = "http://" + authSrv.Listener.Addr().String()
-	a, err := authority.New(cfg, authority.Deps{Redis: rs.Client(), Logger: log, Registry: prometheus.NewRegistry()})
+	a, err := authority.New(cfg, authority.Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: log, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -279,7 +280,7 @@ func hostOf(raw string) string {
 // exponential backoff (honouring Retry-After up to MaxBackoff).
 func (a *Alerter) deliver(ctx context.Context, w Webhook, al Alert) {
 	body := Body(w.Format, w.URL, al)
-	delay := a.cfg.Backoff
+	retry := backoff.Backoff{Min: a.cfg.Backoff, Max: a.cfg.MaxBackoff}
 	for attempt := 1; ; attempt++ {
 		retryAfter, err := a.post(ctx, w.URL, body)
 		if err == nil {
@@ -293,7 +294,7 @@ func (a *Alerter) deliver(ctx context.Context, w Webhook, al Alert) {
 			return
 		}
 		a.deliveries.WithLabelValues("retry").Inc()
-		wait := delay
+		wait := retry.Next()
 		if retryAfter > 0 {
 			wait = retryAfter
 		}
@@ -306,7 +307,6 @@ func (a *Alerter) deliver(ctx context.Context, w Webhook, al Alert) {
 			return
 		case <-t.C:
 		}
-		delay = min(delay*2, a.cfg.MaxBackoff)
 	}
 }
 

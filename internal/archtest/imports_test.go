@@ -55,7 +55,7 @@ func allowed(rule []string, imp string) bool {
 		case r == "*", r == imp:
 			return true
 		case r == "internal/*":
-			if strings.HasPrefix(imp, "internal/") && imp != "internal/stack" && imp != "internal/bench" {
+			if strings.HasPrefix(imp, "internal/") && imp != "internal/stack" && imp != "internal/bench" && imp != "internal/assemble" {
 				return true
 			}
 		}
@@ -129,6 +129,7 @@ func TestAllowed(t *testing.T) {
 		{[]string{"passport"}, "authority", false},
 		{[]string{"internal/*"}, "internal/redisx", true},
 		{[]string{"internal/*"}, "internal/stack", false},
+		{[]string{"internal/*"}, "internal/assemble", false},
 		{[]string{"internal/*"}, "authority", false},
 		{[]string{"*"}, "internal/stack", true},
 	} {

@@ -62,6 +62,7 @@ func benchConfig(upstream, jwks, redisURL string) proxy.Config {
 	cfg.Issuer = "http://bench.authority"
 	cfg.JWKSURL = jwks
 	cfg.Redis.URL = redisURL
+	cfg.ResourceURL = benchResourceURL // the htu of DPoP proofs (dpop.go)
 	return cfg
 }
 
@@ -275,6 +276,9 @@ type cpuCase struct {
 func measureCost(ctx context.Context, o options, ch *proxyChild, rdb *redis.Client, c cpuCase) (cost, error) {
 	tr := loadTransport(o.conns)
 	defer tr.CloseIdleConnections()
+	// DPoP: enough proofs for the warm-up and the run at a high rate,
+	// made before either (dpop.go); more are signed as needed.
+	prepareProofs(c.token, c.method, c.url, int(20000*(o.warmup+o.duration).Seconds()))
 	loadWith(ctx, tr, c.method, ch.url+c.url, c.token, c.want, o.conns, 0, o.warmup, 0)
 	tenants := []string{"acme", proxy.DefaultUnattributed}
 	settle(ctx, rdb, tenants)

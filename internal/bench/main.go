@@ -15,8 +15,9 @@
 // and prints requests/s, p50 and p99 for each and the ratios of the full
 // path to the bare proxy and to nginx + auth_request + OPA; then the bare
 // and full paths at fixed rates (p99 side by side, errors); then the cost
-// per call of the allow, deny and 401 paths, and of the allowed call over
-// TLS (cpu.go; tls.go): the proxy process's CPU, redis-server's CPU and
+// per call of the allow, deny and 401 paths, of the allowed call with a
+// DPoP-bound passport and a fresh proof per call (dpop.go), and of the
+// allowed call over TLS (cpu.go; tls.go): the proxy process's CPU, redis-server's CPU and
 // the audit streams' bytes per call on warm keep-alive connections, with
 // the other paths' CPU as a ratio of the allowed call's. It starts its
 // own redis-server (from PATH, AOF with appendfsync always, as production
@@ -249,7 +250,7 @@ func run() error {
 	// Agents: a HIGH healer (allowed to restart checkout) and a LOW
 	// observer (denied), both registered as the authority would.
 	now := time.Now()
-	for _, id := range []string{"healer-1", "observer-1"} {
+	for _, id := range []string{"healer-1", "healer-2", "observer-1"} {
 		if err := rdb.HSet(ctx, passport.AgentKey("acme", id), passport.FieldReputation, 90,
 			passport.FieldReputationBaseline, 90, passport.FieldReputationAt, now.UnixMilli()).Err(); err != nil {
 			return err
@@ -257,6 +258,10 @@ func run() error {
 	}
 	healer := sign(priv, cfg, "healer-1", "healer", passport.TrustHigh, now, "service.list", "service.get", "service.restart")
 	observer := sign(priv, cfg, "observer-1", "observer", passport.TrustLow, now, "service.get")
+	// healer-2 holds a DPoP-bound passport (the DPoP cost row).
+	boundKey, jkt := newDPoPKey()
+	bound := signBound(priv, cfg, "healer-2", "healer", passport.TrustHigh, now, jkt, "service.get", "service.restart")
+	dpopKeys.Store(bound, boundKey)
 
 	// The comparison point, checked to refuse before it is measured.
 	var ar *authRequest
@@ -410,6 +415,9 @@ func run() error {
 			{name: "allow (200)", url: restart, method: "POST", token: healer, want: 200},
 			{name: "deny (403)", url: restart, method: "POST", token: observer, want: 403, target: 1.2},
 			{name: "no passport (401)", url: restart, method: "POST", want: 401, target: 1.2},
+			// One proof per call: a signature check and a SET NX more
+			// than the bearer path (issue 19).
+			{name: "allow with DPoP (200)", url: restart, method: "POST", token: bound, want: 200, target: 1.3},
 		}
 		if tf != nil {
 			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
@@ -524,9 +532,7 @@ func loadWith(ctx context.Context, tr *http.Transport, method, url, token string
 					return
 				}
 				req, _ := http.NewRequest(method, url, nil)
-				if token != "" {
-					req.Header.Set("Authorization", "Bearer "+token)
-				}
+				setAuth(req, token) // Bearer, or DPoP with a fresh proof (dpop.go)
 				resp, err := client.Do(req)
 				ok := err == nil && resp.StatusCode == want
 				if err == nil {
@@ -562,9 +568,7 @@ var missed atomic.Int64
 
 func once(method, url, token string) (int, error) {
 	req, _ := http.NewRequest(method, url, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	setAuth(req, token) // Bearer, or DPoP with a fresh proof (dpop.go)
 	tr := &http.Transport{TLSClientConfig: benchTLS}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
@@ -577,6 +581,12 @@ func once(method, url, token string) (int, error) {
 }
 
 func sign(key ed25519.PrivateKey, cfg proxy.Config, id, typ string, trust passport.TrustLevel, now time.Time, actions ...string) string {
+	return signBound(key, cfg, id, typ, trust, now, "", actions...)
+}
+
+// signBound is sign for a passport bound to the key with thumbprint jkt
+// (none when empty).
+func signBound(key ed25519.PrivateKey, cfg proxy.Config, id, typ string, trust passport.TrustLevel, now time.Time, jkt string, actions ...string) string {
 	c := &passport.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer: cfg.Issuer, Subject: "client-" + id, Audience: jwt.ClaimStrings{cfg.Audience},
@@ -587,6 +597,9 @@ func sign(key ed25519.PrivateKey, cfg proxy.Config, id, typ string, trust passpo
 		Agent: passport.Agent{ID: id, Name: id, Type: typ, TrustLevel: trust, Reputation: 90},
 		AuthorizationDetails: []passport.AuthorizationDetail{{Type: passport.AuthorizationDetailType, Actions: actions,
 			Locations: []string{cfg.Audience}}},
+	}
+	if jkt != "" {
+		c.Cnf = &passport.Confirmation{JKT: jkt}
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
 	t.Header["typ"] = passport.TokenType

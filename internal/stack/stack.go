@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -39,9 +38,9 @@ import (
 	"github.com/agentpassport/passport/dashboard"
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/examples/rogue"
-	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
+	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy"
@@ -223,11 +222,8 @@ type Stack struct {
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
 	admin *client.Admin
-	// streams run the audit writers (see run), each handing its signed
-	// checkpoints to the witnesses too.
+	// witnesses receive every audit writer's signed checkpoints too.
 	witnesses []audit.Witness
-	streams   errgroup.Group
-	streamCtx context.Context
 	mu        sync.Mutex
 	closer    []func()
 }
@@ -358,23 +354,11 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		Witness:    cfg.Witness,
 	}
 
-	// Audit writers outlive the components: they stop only after every
-	// component has drained, so the last outcome records are flushed
-	// rather than dropped.
-	streamCtx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
-	s.streamCtx = streamCtx
-	defer func() {
-		stopStreams()
-		_ = s.streams.Wait()
-	}()
-
+	// Each component's service runs its own audit writer and stops it
+	// only after the component has drained (assemble.Service.Run).
 	g, gctx := errgroup.WithContext(ctx)
 
 	// The authority.
-	authStream, err := s.newStream("authority")
-	if err != nil {
-		return s.failed(g, err)
-	}
 	acfg := authority.DefaultConfig()
 	acfg.Listen = lns["authority"].Addr().String()
 	acfg.Issuer = s.demo.URLs.Authority
@@ -392,14 +376,14 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return s.failed(g, err)
 	}
-	auth, err := authority.New(acfg, authority.Deps{Redis: rdb, Logger: s.log.With("component", "authority"), Registry: prometheus.NewRegistry(), Audit: authStream})
+	authSvc, auth, err := assemble.Authority(ctx, acfg, s.env(), lns["authority"])
 	if err != nil {
 		return s.failed(g, err)
 	}
 	if err := auth.Init(ctx); err != nil {
 		return s.failed(g, err)
 	}
-	g.Go(func() error { return auth.Run(gctx, lns["authority"]) })
+	g.Go(func() error { return authSvc.Run(gctx) })
 	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{})
 	if err != nil {
 		return s.failed(g, err)
@@ -420,19 +404,15 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	fcfg.Caller = fleet.CallerConfig{APIKeyFile: fleetKey,
 		AssertionJWKSURL:  s.demo.URLs.ProxyAdmin + proxy.AssertionJWKSPath,
 		AssertionAudience: FleetAssertionAudience}
-	fl, err := fleet.New(fcfg, fleet.Deps{Logger: s.log.With("component", "fleet"), Registry: prometheus.NewRegistry()})
-	if err != nil {
-		return s.failed(g, fmt.Errorf("fleet: %w", err))
-	}
-	s.fleet = fl
-	s.demo.URLs.Fleet = fl.URL()
-	g.Go(func() error { return fl.Run(gctx) })
-
-	// The proxy in front of the fleet.
-	proxyStream, err := s.newStream("proxy")
+	flSvc, fl, err := assemble.Fleet(fcfg, s.env())
 	if err != nil {
 		return s.failed(g, err)
 	}
+	s.fleet = fl
+	s.demo.URLs.Fleet = fl.URL()
+	g.Go(func() error { return flSvc.Run(gctx) })
+
+	// The proxy in front of the fleet.
 	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
 	up := pcfg.Upstreams["fleet"]
 	up.Credential = &proxy.Credential{Type: "header", Header: "X-Api-Key", File: fleetKey}
@@ -447,11 +427,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	if err != nil {
 		return s.failed(g, err)
 	}
-	px, err := proxy.New(pcfg, proxy.Deps{Redis: rdb, Audit: proxyStream, Logger: s.log.With("component", "proxy"), Registry: prometheus.NewRegistry(), Policies: lib})
+	pxSvc, _, err := assemble.Proxy(ctx, pcfg, s.env(), assemble.ProxyOptions{
+		Listener: lns["proxy"], AdminListener: lns["proxy_admin"], Policies: lib,
+	})
 	if err != nil {
-		return s.failed(g, fmt.Errorf("proxy: %w", err))
+		return s.failed(g, err)
 	}
-	g.Go(func() error { return px.Serve(gctx, lns["proxy"], lns["proxy_admin"]) })
+	g.Go(func() error { return pxSvc.Run(gctx) })
 
 	// Wait for the authority and the proxy to answer before agents use them.
 	if err := waitReady(gctx, s.demo.URLs.Authority+"/readyz"); err != nil {
@@ -482,15 +464,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	dcfg.Listen = lns["dashboard"].Addr().String()
 	dcfg.Tenants = cfg.Tenants
 	dcfg.AuthorityURL = s.demo.URLs.Authority
-	dash, err := dashboard.New(dcfg, dashboard.Deps{
-		Redis: rdb, Logger: s.log.With("component", "dashboard"), Registry: prometheus.NewRegistry(),
-		Auth:    feed.NewStaticAuth(feed.Token{Secret: passport.Secret(adminToken)}),
-		Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
-	})
+	dashSvc, _, err := assemble.Dashboard(ctx, dcfg, s.env(), assemble.DashboardDeps{
+		AdminToken: adminToken, Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
+	}, lns["dashboard"])
 	if err != nil {
-		return s.failed(g, fmt.Errorf("dashboard: %w", err))
+		return s.failed(g, err)
 	}
-	g.Go(func() error { return dash.Serve(gctx, lns["dashboard"]) })
+	g.Go(func() error { return dashSvc.Run(gctx) })
 	s.demo.DashboardLogin = dashboard.SignInURL(s.demo.URLs.Dashboard, adminToken, "")
 
 	if err := writeDemo(cfg.DataDir, s.demo); err != nil {
@@ -515,18 +495,21 @@ func (s *Stack) failed(g *errgroup.Group, err error) error {
 	return err
 }
 
-func (s *Stack) newStream(writer string) (*audit.Stream, error) {
-	// Outcome records Redis cannot take wait in the data directory, and a
-	// restart of the stack replays them.
-	st, err := audit.NewStream(s.rdb, audit.StreamConfig{WriterID: writer + "-" + randomToken()[:8], Witnesses: s.witnesses,
-		SpoolDir: filepath.Join(s.cfg.DataDir, "spool", writer)}, s.log.With("component", writer, "sub", "audit"), nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s audit stream: %w", writer, err)
+// env is what every component of the stack is assembled with: the shared
+// Redis client, the witnesses, and writer identities kept in the data
+// directory (DataDir/audit-keys), so that a restart resumes each writer's
+// chain instead of starting a new writer.
+func (s *Stack) env() assemble.Env {
+	return assemble.Env{
+		Logger: s.log, Redis: s.rdb, Witnesses: s.witnesses,
+		KeyDir: filepath.Join(s.cfg.DataDir, AuditKeysDir), SpoolDir: filepath.Join(s.cfg.DataDir, "spool"),
 	}
-	s.addCloser(func() { st.Close() })
-	s.streams.Go(func() error { return st.Run(s.streamCtx) })
-	return st, nil
 }
+
+// AuditKeysDir is where `passport up` keeps its audit writers' keys, under
+// its data directory; one-shot commands given --data DIR keep theirs there
+// too.
+const AuditKeysDir = "audit-keys"
 
 func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenant string) error {
 	agentClient := func(role string) (*client.Client, DemoAgent, error) {
@@ -561,24 +544,16 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	}
 	// The fleet announces its changes: faults are confirmed as they happen.
 	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
-	stream, err := s.newStream("healer-" + tenant)
-	if err != nil {
-		return err
-	}
-	h, err := healer.New(hcfg, healer.Deps{
-		Logger:     s.log, // the healer adds its component and tenant
-		Passports:  agentcall.AuthorityPassports{Client: hc},
-		Store:      healer.NewStore(s.rdb, hcfg.MaxIncidents),
+	hsvc, h, err := assemble.Healer(ctx, hcfg, s.env(), assemble.HealerDeps{
+		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc}},
 		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
-		Sink:       stream,
-		Registry:   prometheus.NewRegistry(),
 		AdminToken: s.demo.AdminToken,
 	})
 	if err != nil {
-		return fmt.Errorf("healer %s: %w", tenant, err)
+		return err
 	}
 	s.demo.HealerAPIs[tenant] = "http://" + h.APIAddr()
-	g.Go(func() error { return h.Run(ctx) })
+	g.Go(func() error { return hsvc.Run(ctx) })
 
 	// Chaos.
 	cc, _, err := agentClient("chaos")
@@ -586,20 +561,18 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 		return err
 	}
 	ccfg := chaos.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Interval: max(s.cfg.ChaosInterval, time.Second), Seed: s.cfg.ChaosSeed, Targets: targets}
-	cstream, err := s.newStream("chaos-" + tenant)
+	csvc, ch, err := assemble.Chaos(ctx, ccfg, s.env(), assemble.ChaosOptions{
+		Agent: assemble.Agent{Passports: agentcall.AuthorityPassports{Client: cc}}, Loop: s.cfg.ChaosInterval > 0,
+	})
 	if err != nil {
 		return err
-	}
-	ch, err := chaos.New(ccfg, chaos.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: cc}, Sink: cstream, Registry: prometheus.NewRegistry()})
-	if err != nil {
-		return fmt.Errorf("chaos %s: %w", tenant, err)
 	}
 	s.mu.Lock()
 	s.chaos[tenant] = ch
 	s.mu.Unlock()
-	if s.cfg.ChaosInterval > 0 {
-		g.Go(func() error { return ch.Run(ctx) })
-	}
+	// Run even without random chaos: its writer records the faults the
+	// dashboard's buttons fire through it.
+	g.Go(func() error { return csvc.Run(ctx) })
 
 	// The rogue.
 	if !s.cfg.NoRogue {

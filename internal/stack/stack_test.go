@@ -512,6 +512,43 @@ func TestUpOffersApprovals(t *testing.T) {
 	})
 }
 
+// TestUpServesTheMetricsOfADeployment: every service of `passport up`
+// serves on its /metrics what the same service serves when deployed alone
+// (both are built by internal/assemble): its audit writer's metrics, the
+// feed's on the dashboard, the Go and process collectors and
+// passport_panics_total.
+func TestUpServesTheMetricsOfADeployment(t *testing.T) {
+	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
+	common := []string{"go_goroutines", "process_cpu_seconds_total", "passport_panics_total{"}
+	writer := []string{"passport_audit_durability_status", "passport_audit_batches_total"}
+	for _, tc := range []struct {
+		name, url string
+		want      []string
+	}{
+		{"authority", r.demo.URLs.Authority + "/metrics", writer},
+		{"proxy", r.demo.URLs.ProxyAdmin + "/metrics", append([]string{"passport_proxy_revocation_subscription_up"}, writer...)},
+		{"fleet", r.demo.URLs.Fleet + "/metrics", nil},
+		{"healer", r.demo.HealerAPIs["acme"] + "/metrics", append([]string{"passport_healer_announcements_connected"}, writer...)},
+		{"dashboard", r.demo.URLs.Dashboard + "/metrics", []string{"passport_feed_clients", "passport_feed_events_sent_total"}},
+	} {
+		resp, err := http.Get(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: GET /metrics = %d", tc.name, resp.StatusCode)
+			continue
+		}
+		for _, want := range append(tc.want, common...) {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s /metrics lacks %s", tc.name, want)
+			}
+		}
+	}
+}
+
 // TestFleetTakesOnlyProxiedCalls: the demo fleet's control API refuses a
 // call that bypasses the proxy, even one that carries the fleet's own API
 // key (read from the data directory, as an attacker on the host might);
@@ -550,6 +587,63 @@ func TestFleetTakesOnlyProxiedCalls(t *testing.T) {
 			if strings.Contains(string(b), strings.TrimSpace(string(key))) {
 				t.Fatalf("the fleet's key is in an audit record: %s", b)
 			}
+		}
+	}
+}
+
+// TestUpKeepsItsWritersAcrossRestarts: a restart of `passport up` on the
+// same data directory writes as the same writers (keys in
+// DATA/audit-keys), resuming their chains, and the trail verifies.
+func TestUpKeepsItsWritersAcrossRestarts(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	cfg := stack.Config{DataDir: t.TempDir(), RedisURL: srv.URL(), ChaosInterval: -1, NoRogue: true, BcryptCost: 4, Witness: "none"}
+	cfg.ProxyPort, cfg.ProxyAdminPort, cfg.AuthorityPort, cfg.FleetPort, cfg.DashboardPort, cfg.HealerPort = -1, -1, -1, -1, -1, -1
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	writers := func() []string {
+		var out []string
+		for w := range srv.Client().HGetAll(context.Background(), audit.WritersKey).Val() {
+			out = append(out, w)
+		}
+		sort.Strings(out)
+		return out
+	}
+	var first []string
+	for run := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		ready := make(chan stack.Demo, 1)
+		go func() { done <- stack.Run(ctx, cfg, log, func(d stack.Demo) { ready <- d }) }()
+		select {
+		case d := <-ready:
+			// Something to record: a block by the authority.
+			admin, err := client.NewAdmin(d.URLs.Authority, passport.Secret(d.AdminToken), client.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := d.Agents[0]
+			if _, err := admin.Block(context.Background(), a.Tenant, a.ID, fmt.Sprintf("run %d", run)); err != nil {
+				t.Fatal(err)
+			}
+		case err := <-done:
+			t.Fatalf("run %d: %v", run, err)
+		case <-time.After(60 * time.Second):
+			t.Fatalf("run %d not ready", run)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("run %d stopped with %v", run, err)
+		}
+		if run == 0 {
+			first = writers()
+		}
+	}
+	if got := writers(); strings.Join(got, ",") != strings.Join(first, ",") || len(got) == 0 {
+		t.Fatalf("writers after a restart %v, want the same as before %v", got, first)
+	}
+	for _, tenant := range stack.DefaultTenants {
+		rep, err := audit.VerifyStream(context.Background(), srv.Client(), tenant, audit.VerifyOptions{})
+		if err != nil || !rep.OK() {
+			t.Fatalf("verify %s after a restart: %v %+v", tenant, err, rep)
 		}
 	}
 }
