@@ -7,9 +7,14 @@ package audit
 // key but the audit stream (XADD), its chain heads (HSET) and the writers
 // hash (HSETNX: register once, never replace), the tenant registry (SADD:
 // add, never remove), the live feed's
-// single-use connection tickets (SET, GETDEL), and DPoP proofs' replay
-// records and the proxies' DPoP nonce secret (SET: package proxy). Scripts run with the
-// caller's permissions, so EVAL grants nothing beyond these rules.
+// single-use connection tickets (SET, GETDEL), DPoP proofs' replay
+// records and the proxies' DPoP nonce secret (SET: package proxy), and the
+// approvals and budgets the proxy keeps (package approval, proxy/budget.go:
+// hashes, sorted sets and strings under a tenant's approval and budget
+// keys). Scripts run with the caller's permissions, so EVAL grants nothing
+// beyond these rules. The proxy creates and consumes approvals, so it can
+// write them: an approval's state is only as safe as the proxy's Redis
+// password (the authority, which approves, needs the same rights).
 //
 // Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>
 //
@@ -27,4 +32,6 @@ const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"(~passport:audit:writers +hsetnx) " +
 	"(~passport:audit:tenants +sadd) " +
 	"(~passport:feed:ticket:* +set +getdel) " +
-	"(~passport:dpop:jti:* ~passport:proxy:dpop_nonce_secret +set)"
+	"(~passport:dpop:jti:* ~passport:proxy:dpop_nonce_secret +set) " +
+	"+time (~passport:{t:*}:approval:* ~passport:{t:*}:approvals ~passport:{t:*}:approval-call:* ~passport:{t:*}:budget:* " +
+	"+eval +evalsha +hset +pexpire +zadd +zrem +zremrangebyscore +zcount +zcard +set)"

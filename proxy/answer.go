@@ -80,7 +80,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 		p.m.refusals.WithLabelValues(f.auditReason()).Inc()
 		rec := p.refusalRecord(r, c, c.vp, f.auditReason())
 		rec.Decision = f.auditDecision()
-		p.recordRefusal(r, rec, c.vp != nil)
+		p.recordRefusal(r, rec, c.authenticated())
 	case recordDecision:
 		p.recordRefusal(r, c.rec, true)
 		if f.report {

@@ -248,8 +248,19 @@ func (p *Proxy) possess(w http.ResponseWriter, r *http.Request, c *call) *refusa
 	if _, err := p.dpop.verifier.Verify(r.Context(), proofs[0], req); err != nil {
 		return p.stateError(r, c, err)
 	}
+	c.proven = true
 	r.Header.Del(passport.DPoPHeader) // single use, and for this proxy's URL: nothing for the upstream
 	return nil
+}
+
+// authenticated reports whether the call came with a credential: a valid
+// bearer passport, or a bound one with its proof. A bound passport without
+// its proof is what a thief holds: its refusals are counted in refusal
+// summaries like those of calls without a passport, so that a copied
+// passport cannot make the proxy write one record per call into its
+// owner's audit stream.
+func (c *call) authenticated() bool {
+	return c.vp != nil && (c.vp.Claims.BoundKey() == "" || c.proven)
 }
 
 // challengeScheme is the auth scheme of a 401's challenge: DPoP (RFC 9449

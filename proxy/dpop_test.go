@@ -18,6 +18,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
@@ -139,6 +140,12 @@ func TestDPoPBoundPassport(t *testing.T) {
 			p = k.proof(t, "POST", "HTTPS://Proxy.Example:443/services/checkout/restart", tok, h.now(), nil)
 			if r := h.dpopDo("POST", "/services/checkout/restart", tok, p); r.status != 200 {
 				t.Fatalf("normalised htu: %d %s", r.status, r.body)
+			}
+			// The scheme is case-insensitive (RFC 9110 §11.1); htu leaves
+			// the query out (RFC 9449 §4.3).
+			p = k.proof(t, "GET", "https://proxy.example/services/checkout", tok, h.now(), nil)
+			if r := h.do("GET", "/services/checkout?verbose=1", "", map[string]string{"Authorization": "dpop " + tok, "DPoP": p}, ""); r.status != 200 {
+				t.Fatalf("lower-case scheme, query: %d %s", r.status, r.body)
 			}
 		})
 	}
@@ -396,4 +403,53 @@ func TestDPoPReplayStoreDown(t *testing.T) {
 	if r.status != 503 || h.up.hits.Load() != before {
 		t.Fatalf("redis down: %d, forwarded %d", r.status, h.up.hits.Load()-before)
 	}
+}
+
+// TestDPoPStolenPassportFloodIsSummarised: a bound passport without its
+// proof is no credential. A thief's calls (as Bearer, without a proof, on
+// a path with no route) are counted in refusal summaries, not written one
+// record per call into the owner's audit stream; the owner's own proven
+// calls are recorded as always.
+func TestDPoPStolenPassportFloodIsSummarised(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ResourceURL = "https://proxy.example" })
+	k := newProofKey(t, jose.EdDSA)
+	_, tok := h.boundPassport(k)
+	var ids []string
+	for range 10 {
+		for _, r := range []resp{
+			h.do("POST", "/services/checkout/restart", tok, nil, ""),
+			h.dpopDo("POST", "/services/checkout/restart", tok),
+			h.do("GET", "/no/such/route", tok, nil, ""),
+		} {
+			if r.status != 401 && r.status != 404 {
+				t.Fatalf("stolen passport: %d %s", r.status, r.body)
+			}
+			ids = append(ids, r.header.Get(HeaderXRequest))
+		}
+	}
+	h.p.refusals.Flush()
+	for _, id := range ids {
+		if recs := h.sink.byRequest(id); len(recs) > 0 {
+			t.Fatalf("a refused call of a stolen passport got its own record: %+v", recs[0])
+		}
+	}
+	counted := map[string]int{}
+	for _, rec := range h.sink.all() {
+		if rec.Kind == audit.KindRefusals {
+			var sum audit.RefusalSummary
+			if err := json.Unmarshal(rec.Details, &sum); err != nil {
+				t.Fatal(err)
+			}
+			counted[sum.Reason] += sum.Count
+		}
+	}
+	if counted["dpop_bound_as_bearer"] != 10 || counted["dpop_missing"] != 10 || counted["no_route"] != 10 {
+		t.Fatalf("refusal summaries count %v, want 10 of each", counted)
+	}
+	// The owner, with its key: a policy denial is its own decision record.
+	r := h.dpopDo("POST", "/services/payments/restart", tok, k.proof(t, "POST", "https://proxy.example/services/payments/restart", tok, h.now(), nil))
+	if r.status != 403 {
+		t.Fatalf("owner's denied call: %d %s", r.status, r.body)
+	}
+	waitFor(t, "the owner's decision record", func() bool { return len(h.sink.byRequest(r.header.Get(HeaderXRequest))) == 1 })
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -135,9 +136,11 @@ func (rv *revocations) check(ctx context.Context, jti, tenant, agentID string) e
 	return nil
 }
 
-// Run follows the channel until ctx ends, reconnecting with backoff.
+// Run follows the channel until ctx ends, reconnecting with a jittered
+// backoff, so that a fleet of proxies that lost Redis together does not
+// come back in lockstep.
 func (rv *revocations) Run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
+	bo := backoff.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 	for ctx.Err() == nil {
 		err := rv.follow(ctx)
 		rv.live.Store(false)
@@ -145,15 +148,15 @@ func (rv *revocations) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		rv.log.WarnContext(ctx, "revocation subscription down; checking Redis per call", "error", err, "retry_in", backoff)
+		if err == nil {
+			bo.Reset() // the subscription had been up: retry soon
+		}
+		wait := bo.Next()
+		rv.log.WarnContext(ctx, "revocation subscription down; checking Redis per call", "error", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 2*time.Second)
-		if err == nil {
-			backoff = 50 * time.Millisecond
+		case <-time.After(wait):
 		}
 	}
 	return nil

@@ -72,6 +72,9 @@ func (p *Proxy) attribution(r *http.Request) *Verified {
 		return nil
 	}
 	vp, _ := p.verifier.verify(r.Context(), tok)
+	if vp != nil && vp.Claims.BoundKey() != "" {
+		return nil // a bound passport's proof is not checked here: no credential (dpop.go)
+	}
 	return vp
 }
 
