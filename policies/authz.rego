@@ -38,7 +38,11 @@ allow if count(reasons) == 0
 # in clearances, or the check would not be applied to calls that pass all
 # the others: fastpath_test.go fails when the reason rules change, as a
 # reminder, and compares decision with full_decision over many inputs.
-decision := full_decision if {
+decision := listing_decision if {
+	# An MCP tools/list: could the tool be allowed, its arguments unknown?
+	# (mcp.rego)
+	input.mcp.listing == true
+} else := full_decision if {
 	# An exhausted budget (escalate.rego): the full evaluation, ahead of
 	# every fast path. An expression here rather than a rule: a rule would
 	# cost every call an evaluation of its own. The calls an approval rule

@@ -106,6 +106,8 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 	switch {
 	case f.auth != nil:
 		writeUnauthorized(w, f.auth, c.id, p.metaURL, challengeScheme(r, f.auth))
+	case c.mcp != nil && c.mcp.answerable():
+		c.mcp.answer(w, c, f) // a JSON-RPC error, which an MCP client shows (mcp.go)
 	case f.record == recordDecision:
 		detail := f.detail
 		if detail == "" {

@@ -287,6 +287,27 @@ type Route struct {
 	// nonce (RFC 9449 §8), handed out in the DPoP-Nonce header: proofs
 	// made ahead of time are then useless. Default false.
 	DPoPNonce bool `yaml:"dpop_nonce"`
+
+	// Protocol is "mcp" for a route that fronts an MCP server's Streamable
+	// HTTP endpoint (docs/mcp.md): each JSON-RPC message is read and each
+	// tools/call is judged as its tool's action. Default "" (plain HTTP).
+	Protocol string `yaml:"protocol"`
+	// Tools maps, on an mcp route, each tool name to its action and
+	// resource; a resource may name arguments: "{arguments.name}". A tool
+	// that is not listed is refused unless DefaultTool is set.
+	Tools map[string]MCPTool `yaml:"tools"`
+	// DefaultTool is the action and resource of tools that Tools does not
+	// list. Default none: unlisted tools are refused.
+	DefaultTool *MCPTool `yaml:"default_tool"`
+}
+
+// MCPTool is the action and resource of one MCP tool (Route.Tools).
+type MCPTool struct {
+	// Action is the action the policy sees, e.g. deployment.restart.
+	Action string `yaml:"action"`
+	// Resource is a literal, "*", or made of arguments:
+	// "{arguments.namespace}/{arguments.name}".
+	Resource string `yaml:"resource"`
 }
 
 // Default returns a Config with every default filled in and no routes.
@@ -441,6 +462,7 @@ func (c *Config) fill() {
 		if r.Name == "" {
 			r.Name = r.Match
 		}
+		r.fillMCP()
 		if r.Upstream == "" && len(c.Upstreams) == 1 {
 			for name := range c.Upstreams {
 				r.Upstream = name
@@ -586,6 +608,7 @@ func (c *Config) Validate() error {
 		if r.BodyNames != BodyNamesFolded && r.BodyNames != BodyNamesDistinct {
 			bad("%s: body_names %q: want %s or %s", where, r.BodyNames, BodyNamesFolded, BodyNamesDistinct)
 		}
+		errs = append(errs, r.validateMCP(where, t)...)
 		if r.Credential != nil {
 			if err := r.Credential.validate(); err != nil {
 				bad("%s: %w", where, err)

@@ -23,6 +23,7 @@ var (
 		(*Proxy).identify, // verify.go: passport, tenant, revocation, agent state, delegation chain
 		(*Proxy).possess,  // dpop.go: the passport's binding and its DPoP proof
 		(*Proxy).readBody, // body.go: the body, whole and checked
+		(*Proxy).mcpStep,  // mcp.go: an MCP route's JSON-RPC message and its headers
 		// approval.go, budget.go: a presented approval, checked (not
 		// used); the call's budgets, reserved. The policy sees both.
 		(*Proxy).checkApproval,
@@ -43,7 +44,11 @@ func (p *Proxy) decide(w http.ResponseWriter, r *http.Request, c *call) *refusal
 			return ref
 		}
 	}
-	if ref := p.evaluate(r, c); ref != nil {
+	evaluate := (*Proxy).evaluate
+	if c.mcp != nil {
+		evaluate = (*Proxy).evaluateMCP // each tools/call as its tool's action
+	}
+	if ref := evaluate(p, r, c); ref != nil {
 		return ref
 	}
 	for _, s := range afterAllow {

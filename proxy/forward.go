@@ -202,6 +202,9 @@ func modifyResponse(resp *http.Response) error {
 		if c.route != nil {
 			c.route.m.upstream.Observe(time.Since(c.upStart).Seconds())
 		}
+		if c.mcp != nil {
+			return c.mcp.modifyResponse(resp) // a tools/list filtered, a tools/call's result noted (mcp_answer.go)
+		}
 	}
 	return nil
 }

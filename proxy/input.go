@@ -39,6 +39,7 @@ type inputDoc struct {
 	// when budgets count it (approval.go, budget.go).
 	Approval *inputApproval         `json:"approval,omitempty"`
 	Budgets  map[string]inputBudget `json:"budgets,omitempty"`
+	MCP      *inputMCP              `json:"mcp,omitempty"` // MCP routes only (mcp.go)
 }
 
 type inputRoute struct {
@@ -112,6 +113,7 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 	if in.doc.Request.Body == nil {
 		in.doc.Request.Body = nullJSON
 	}
+	mcpTerm := c.mcpInput(&in.doc) // a tools/call: its tool, resource and arguments (as the body)
 	pt, err := vp.terms()
 	if err != nil {
 		return in, err
@@ -167,6 +169,9 @@ func (p *Proxy) buildInput(r *http.Request, c *call, rt *route, params map[strin
 		)),
 	)
 	p.escalationInput(c, in)
+	if mcpTerm != nil {
+		in.value.(ast.Object).Insert(kMCP, mcpTerm)
+	}
 	return in, nil
 }
 

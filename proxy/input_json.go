@@ -57,6 +57,9 @@ func (d *inputDoc) appendJSON(b []byte, withPassport bool) ([]byte, error) {
 	if b, err = d.appendEscalationsJSON(b); err != nil {
 		return nil, err
 	}
+	if d.MCP != nil {
+		b = d.MCP.appendJSON(append(b, `,"mcp":`...))
+	}
 	// The passport is json.Marshal's own output (Verified.payloadJSON):
 	// valid, compact and escaped as json.Marshal escapes, so json.Marshal
 	// would copy it unchanged, and so does this.

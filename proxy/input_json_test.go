@@ -312,7 +312,11 @@ func checkSortedMembers(t *testing.T, b []byte) {
 		{"agent", members(t, lookup(top, "agent")), inputAgent{}},
 		{"request", members(t, lookup(top, "request")), inputRequest{}},
 		{"route", members(t, lookup(top, "route")), inputRoute{}},
+		{"mcp", membersOrNil(t, lookup(top, "mcp")), inputMCP{}},
 	} {
+		if o.name == "mcp" && o.members == nil {
+			continue
+		}
 		var got []string
 		for _, m := range o.members {
 			got = append(got, m.name)
@@ -322,7 +326,7 @@ func checkSortedMembers(t *testing.T, b []byte) {
 		for i := range typ.NumField() {
 			tag := strings.Split(typ.Field(i).Tag.Get("json"), ",")
 			if slices.Contains(tag[1:], "omitempty") && !slices.Contains(got, tag[0]) {
-				continue // approval, budgets: only when the call has them
+				continue // approval, budgets, mcp: only when the call has them
 			}
 			want = append(want, tag[0])
 		}
@@ -358,6 +362,14 @@ func members(t *testing.T, b []byte) []member {
 		out = append(out, member{tok.(string), v})
 	}
 	return out
+}
+
+// membersOrNil is members, or nil for an absent object.
+func membersOrNil(t *testing.T, b []byte) []member {
+	if b == nil {
+		return nil
+	}
+	return members(t, b)
 }
 
 func lookup(ms []member, name string) []byte {
@@ -399,6 +411,9 @@ func TestInputJSON(t *testing.T) {
 		{"reputation infinite", inputDoc{Agent: inputAgent{Reputation: math.Inf(-1)}}},
 		{"empty passport", inputDoc{Passport: json.RawMessage{}}},
 		{"empty body", inputDoc{Request: inputRequest{Body: json.RawMessage{}}}},
+		{"mcp tool call", inputDoc{Action: "deployment.restart", Request: inputRequest{Body: json.RawMessage(`{"name":"web"}`)},
+			MCP: &inputMCP{Method: "tools/call", ProtocolVersion: "2026-07-28", Tool: "restart_<deployment>\u2028\xff"}}},
+		{"mcp listing", inputDoc{MCP: &inputMCP{Listing: true, Method: "tools/call", Tool: "scale"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { checkInputJSON(t, &tc.doc) })
 	}

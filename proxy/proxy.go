@@ -248,9 +248,10 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 				return nil, err
 			}
 		}
-
+		r.mcp = p.compileMCP(r)
 		routes = append(routes, r)
 	}
+	routes = append(routes, mcpCompanions(routes)...)
 	if p.assert != nil {
 		for _, r := range routes {
 			r.assertHeader = p.assert.header // stripped from what agents send, on every route
@@ -259,7 +260,7 @@ func New(cfg Config, d Deps) (*Proxy, error) {
 	p.router = newRouter(routes)
 
 	p.metaURL = strings.TrimRight(p.cfg.ResourceURL, "/") + "/.well-known/oauth-protected-resource"
-	p.metaJSON = protectedResourceMetadata(&p.cfg, routes)
+	p.metaJSON = protectedResourceMetadata(&p.cfg, withMCPTools(routes))
 	p.handler = http.HandlerFunc(p.serve)
 	ok = true
 	return p, nil

@@ -67,6 +67,9 @@ func (p *Proxy) outcomeRecord(c *call, cl *passport.Claims, status int) *audit.R
 		Tenant: c.tenant, AgentID: cl.Agent.ID, Decision: audit.DecisionAllow, Status: status,
 		LatencyMS: float64(time.Since(c.start).Microseconds()) / 1000}
 	setChain(rec, cl)
+	if c.mcp != nil {
+		rec.Details = c.mcp.details() // with the JSON-RPC result or error
+	}
 	return rec
 }
 
@@ -96,6 +99,9 @@ func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason str
 	}
 	if c.tenant != "" {
 		rec.Tenant = c.tenant
+	}
+	if c.mcp != nil {
+		rec.Details = c.mcp.details() // the method and tool refused
 	}
 	return rec
 }

@@ -202,6 +202,7 @@ type route struct {
 	assertion    bool               // sign an assertion for the upstream
 	assertAud    string
 	assertHeader string
+	mcp          *mcpRoute // an MCP route's tools (mcp.go), else nil
 }
 
 // router finds the route of a method and normalised path. Routes with a

@@ -53,6 +53,7 @@ type call struct {
 	rec         *audit.Record   // the decision record, once the policy has decided
 	refused     refusal         // a refusal made from the call's own values (call.refuse)
 	proven      bool            // a bound passport's DPoP proof passed (dpop.go)
+	mcp         *mcpCall        // on an MCP route: its message (mcp.go)
 
 	// Approvals and budgets (approval.go, budget.go).
 	rawBody  []byte             // the body's exact bytes (buffered routes)

@@ -112,6 +112,7 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	fmt.Fprintf(&b, "  dashboard   %s\n", d.DashboardLogin)
 	fmt.Fprintf(&b, "              (the link signs you in; the token is in the URL fragment, never sent to a server)\n")
 	fmt.Fprintf(&b, "  proxy       %s      (agents call the fleet here; admin and /metrics on %s)\n", d.URLs.Proxy, d.URLs.ProxyAdmin)
+	fmt.Fprintf(&b, "  mcp         %s/mcp  (the demo MCP server's tools, through the proxy: docs/mcp.md)\n", d.URLs.Proxy)
 	fmt.Fprintf(&b, "  authority   %s      (/.well-known/jwks.json, /oauth2/token, /v1/tenants/...)\n", d.URLs.Authority)
 	fmt.Fprintf(&b, "  fleet       %s      (the control API the proxy protects; agents never call it directly)\n", d.URLs.Fleet)
 	fmt.Fprintf(&b, "  redis       %s      (password-protected; the full URL is in demo.json)\n", redisx.Redact(d.RedisURL))

@@ -59,6 +59,9 @@ const (
 // the child.
 func benchConfig(upstream, jwks, redisURL string) proxy.Config {
 	cfg := proxy.FleetConfig(upstream)
+	mcp := proxy.FleetMCPRoute()
+	mcp.Upstream = "fleet" // the bench upstream answers /mcp too
+	cfg.Routes = append(cfg.Routes, mcp)
 	cfg.Issuer = "http://bench.authority"
 	cfg.JWKSURL = jwks
 	cfg.Redis.URL = redisURL

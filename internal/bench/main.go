@@ -147,10 +147,15 @@ func run() error {
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 
-	// Upstream: a small JSON answer, as a control API would give.
+	// Upstream: a small JSON answer, as a control API would give (and a
+	// tools/call result, as an MCP server would, at /mcp).
 	upstream, upURL, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/mcp" {
+			_, _ = w.Write([]byte(mcpResult))
+			return
+		}
 		_, _ = w.Write([]byte(`{"name":"checkout","status":"healthy","replicas":3}`))
 	}))
 	if err != nil {
@@ -288,6 +293,7 @@ func run() error {
 		// bench budget counts (a reservation script per call).
 		{unbudgetedName, proxyURL + "/services", "GET", healer, 200},
 		{budgetedName, proxyURL + "/services/checkout", "GET", healer, 200},
+		{mcpCaseName, proxyURL + "/mcp", mcpMethod, healer, 200},
 	}
 	if tlsURL != "" {
 		cases = append(cases, benchCase{tlsCaseName, tlsURL + "/services/checkout/restart", "POST", healer, 200})
@@ -418,6 +424,7 @@ func run() error {
 			// One proof per call: a signature check and a SET NX more
 			// than the bearer path (issue 19).
 			{name: "allow with DPoP (200)", url: restart, method: "POST", token: bound, want: 200, target: 1.3},
+			{name: "MCP tools/call allow (200)", url: "/mcp", method: mcpMethod, token: healer, want: 200, target: 1.2},
 		}
 		if tf != nil {
 			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
@@ -531,8 +538,7 @@ func loadWith(ctx context.Context, tr *http.Transport, method, url, token string
 					lat[i] = samples
 					return
 				}
-				req, _ := http.NewRequest(method, url, nil)
-				setAuth(req, token) // Bearer, or DPoP with a fresh proof (dpop.go)
+				req := newLoadRequest(method, url, token)
 				resp, err := client.Do(req)
 				ok := err == nil && resp.StatusCode == want
 				if err == nil {
@@ -567,8 +573,7 @@ func loadWith(ctx context.Context, tr *http.Transport, method, url, token string
 var missed atomic.Int64
 
 func once(method, url, token string) (int, error) {
-	req, _ := http.NewRequest(method, url, nil)
-	setAuth(req, token) // Bearer, or DPoP with a fresh proof (dpop.go)
+	req := newLoadRequest(method, url, token)
 	tr := &http.Transport{TLSClientConfig: benchTLS}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)

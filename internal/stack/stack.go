@@ -37,6 +37,7 @@ import (
 	"github.com/agentpassport/passport/chaos"
 	"github.com/agentpassport/passport/dashboard"
 	"github.com/agentpassport/passport/examples/fleet"
+	"github.com/agentpassport/passport/examples/mcpserver"
 	"github.com/agentpassport/passport/examples/rogue"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/agentcall"
@@ -412,8 +413,21 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	s.demo.URLs.Fleet = fl.URL()
 	g.Go(func() error { return flSvc.Run(gctx) })
 
+	// The demo MCP server in front of the fleet, on a free port: the
+	// proxy fronts it at /mcp.
+	mcpLn, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, "0"))
+	if err != nil {
+		return s.failed(g, fmt.Errorf("mcp server: %w", err))
+	}
+	mcpSrv, err := mcpserver.New(mcpFleet{fl}, s.log.With("component", "mcp-server"))
+	if err != nil {
+		mcpLn.Close()
+		return s.failed(g, err)
+	}
+	g.Go(func() error { return mcpSrv.Serve(gctx, mcpLn) })
+
 	// The proxy in front of the fleet.
-	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet)
+	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet, "http://"+mcpLn.Addr().String())
 	up := pcfg.Upstreams["fleet"]
 	up.Credential = &proxy.Credential{Type: "header", Header: "X-Api-Key", File: fleetKey}
 	up.Assertion, up.AssertionAudience = true, FleetAssertionAudience
@@ -573,6 +587,18 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	// Run even without random chaos: its writer records the faults the
 	// dashboard's buttons fire through it.
 	g.Go(func() error { return csvc.Run(ctx) })
+
+	// The observer of the first tenant acts through the MCP server.
+	if i == 0 {
+		oc, _, err := agentClient("observer")
+		if err != nil {
+			return err
+		}
+		op := agentcall.AuthorityPassports{Client: oc}
+		ag := &mcpserver.Agent{Endpoint: s.demo.URLs.Proxy + "/mcp", Log: s.log.With("component", "mcp-agent", "tenant", tenant),
+			Passport: func(ctx context.Context) (string, error) { return op.Passport(ctx, nil, nil) }}
+		g.Go(func() error { return ag.Run(ctx) })
+	}
 
 	// The rogue.
 	if !s.cfg.NoRogue {

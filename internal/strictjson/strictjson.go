@@ -621,3 +621,25 @@ func (s *keySet) add(k string) bool {
 	}
 	return true
 }
+
+// FoldedNames reports whether every member name in v, a value Decode
+// returned, is in folded form: what Decode with NamesFolded checks, for a
+// value decoded with NamesDistinct (the proxy reads an MCP message with
+// camelCase names, and holds its tool arguments to the route's rule).
+func FoldedNames(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			if !isFolded(k) || !FoldedNames(e) {
+				return false
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if !FoldedNames(e) {
+				return false
+			}
+		}
+	}
+	return true
+}

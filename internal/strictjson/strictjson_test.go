@@ -218,3 +218,21 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestFoldedNames: FoldedNames agrees with Decode's NamesFolded rule on a
+// value decoded with NamesDistinct.
+func TestFoldedNames(t *testing.T) {
+	for _, tc := range []string{
+		`{"a":1}`, `{"A":1}`, `{"a":{"b":[{"c":1}]}}`, `{"a":{"b":[{"C":1}]}}`, `{"\u017f":1}`, `{"\u212a":1}`,
+		`[{"x":1},{"Y":2}]`, `"s"`, `{"é":1}`, `{"É":1}`,
+	} {
+		v, err := Decode([]byte(tc), Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc, err)
+		}
+		_, ferr := Decode([]byte(tc), Options{Names: NamesFolded})
+		if got, want := FoldedNames(v), ferr == nil; got != want {
+			t.Errorf("%s: FoldedNames %v, Decode with NamesFolded %v", tc, got, ferr)
+		}
+	}
+}
