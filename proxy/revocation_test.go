@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
@@ -86,11 +87,22 @@ func TestRevocationSubscriptionDown(t *testing.T) {
 			t.Fatal("forwarded while revocation state was unknown")
 		}
 		srv.Restart()
-		// Revoked while the proxy was disconnected: no event reaches it.
-		if err := srv.Client().ZAdd(context.Background(), passport.RevokedKey, redisZ(c.ExpiresAt.Unix(), c.ID)).Err(); err != nil {
+		// Revoked without an event (as if published while the proxy was
+		// away). The proxy may have reconnected before this write, so its
+		// subscription is cut once more: the reload that follows must
+		// find the revocation.
+		ctx := context.Background()
+		if err := srv.Client().ZAdd(ctx, passport.RevokedKey, redisZ(c.ExpiresAt.Unix(), c.ID)).Err(); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "subscription back", func() bool { return hh.p.revoked.live.Load() })
+		loads := testutil.ToFloat64(hh.p.m.revocationLoads)
+		if err := srv.Client().Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "a full reload after reconnecting", func() bool {
+			return testutil.ToFloat64(hh.p.m.revocationLoads) > loads && hh.p.revoked.live.Load()
+		})
 		if r := hh.do("GET", "/services/checkout", tok, nil, ""); r.status != 401 {
 			t.Fatalf("after reconnect: %d, want 401 (full reload)", r.status)
 		}
