@@ -64,6 +64,10 @@ type Budget struct {
 	// Window is the sliding window, a positive Go duration ("10m") of at
 	// least a millisecond.
 	Window time.Duration `json:"window"`
+	// RefundOn5xx gives a forwarded call's unit back when the upstream
+	// answered 5xx (the action did not happen, as far as the proxy can
+	// tell). Default false: every forwarded call counts.
+	RefundOn5xx bool `json:"refund_on_5xx,omitempty"`
 }
 
 // Matches reports whether the budget counts action.
@@ -149,9 +153,9 @@ func parseOne(item any) (Budget, error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		switch k {
-		case "name", "actions", "per", "limit", "window":
+		case "name", "actions", "per", "limit", "window", "refund_on_5xx":
 		default:
-			bad("unknown key %q (want name, actions, per, limit, window)", k)
+			bad("unknown key %q (want name, actions, per, limit, window, refund_on_5xx)", k)
 		}
 	}
 	if s, ok := m["name"].(string); !ok || !nameRE.MatchString(s) {
@@ -183,6 +187,13 @@ func parseOne(item any) (Budget, error) {
 		bad("limit: %s: want an integer of at least 1", show(m["limit"]))
 	} else {
 		b.Limit = n
+	}
+	if v, ok := m["refund_on_5xx"]; ok {
+		if r, isBool := v.(bool); isBool {
+			b.RefundOn5xx = r
+		} else {
+			bad("refund_on_5xx: %s: want true or false", show(v))
+		}
 	}
 	if s, ok := m["window"].(string); !ok {
 		bad("window: %s: want a Go duration such as \"10m\"", show(m["window"]))

@@ -100,6 +100,7 @@ func TestParseRefuses(t *testing.T) {
 		{"window a number", `{"name": "a", "actions": ["service.restart"], "per": "agent", "limit": 1, "window": 600}`, "window: 600: want a Go duration"},
 		{"window in days", `{"name": "a", "actions": ["service.restart"], "per": "agent", "limit": 1, "window": "1d"}`, `window: "1d"`},
 		{"misspelt key", `{"name": "a", "actions": ["service.restart"], "per": "agent", "limt": 1, "window": "1m"}`, `unknown key "limt"`},
+		{"refund not a bool", `{"name": "a", "actions": ["service.restart"], "per": "agent", "limit": 1, "window": "1m", "refund_on_5xx": "yes"}`, `refund_on_5xx: "yes": want true or false`},
 		{"not an object", `"restarts"`, "want an object"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -121,6 +122,10 @@ func TestParseRefuses(t *testing.T) {
 	}
 	if _, err := budget.Parse(map[string]any{"a": 1}); err == nil || !strings.Contains(err.Error(), "want a list") {
 		t.Fatalf("an object: %v", err)
+	}
+	_ = util.Unmarshal([]byte(`[{"name": "a", "actions": ["service.restart"], "per": "agent", "limit": 1, "window": "1m", "refund_on_5xx": true}]`), &v)
+	if bs, err := budget.Parse(v); err != nil || len(bs) != 1 || !bs[0].RefundOn5xx {
+		t.Fatalf("refund_on_5xx: %+v %v", bs, err)
 	}
 }
 

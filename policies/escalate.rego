@@ -42,24 +42,6 @@ escalates if {
 	approval_rule_matches(rule)
 }
 
-# approval_calls[action][resource] exists when an approval rule names the
-# action and the resource, [action]["*"] when a rule names the action for
-# every resource: what the rules may ask a person for, whatever the tenant
-# and the task. The fast paths (fast.rego) leave these calls to the full
-# evaluation.
-approval_calls := {name: resources |
-	some rule in object.get(config, "approvals", [])
-	some name in rule.actions
-	resources := object.union_n([rule_resources(r) |
-		some r in object.get(config, "approvals", [])
-		name in r.actions
-	])
-}
-
-rule_resources(rule) := {"*": true} if {
-	object.get(rule, "resources", []) == []
-} else := {resource: true | some resource in rule.resources}
-
 approval_rule_matches(rule) if {
 	input.action in rule.actions
 	in_list_or_all(input.tenant, object.get(rule, "tenants", []))
@@ -124,7 +106,7 @@ approved if count(input.approval.approvers) >= approval_request.approvers
 # escalated_decision is the decision for a call that escalates: the
 # rules' denial (with budget_exhausted when a budget ran out), or
 # budget_exhausted, or the rules' allow when an approval suffices, or a
-# request for a person.
+# request for a person (a call that escalates has at least one ask).
 escalated_decision := decision_for(array.concat(sort(reasons), ["budget_exhausted"])) if {
 	count(reasons) > 0
 	count(exhausted) > 0
@@ -134,9 +116,7 @@ escalated_decision := decision_for(array.concat(sort(reasons), ["budget_exhauste
 	count(refused_budgets) > 0
 } else := rules_decision if {
 	approved
-} else := object.union(decision_for(ask_reasons), {"approval": approval_request}) if {
-	count(asks) > 0
-} else := rules_decision
+} else := object.union(decision_for(ask_reasons), {"approval": approval_request})
 
 ask_reasons := ["approval_required", "budget_exhausted"] if {
 	count(exhausted) > 0

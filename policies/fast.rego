@@ -115,6 +115,24 @@ clear_calls[agent_type][level][name][tenant] := {
 	arguments := name in argument_actions
 }
 
+# approval_calls[action][resource] exists when an approval rule names the
+# action and the resource, [action]["*"] when a rule names the action for
+# every resource: what the rules may ask a person for, whatever the tenant
+# and the task. The fast paths leave these calls to the full evaluation
+# (escalate.rego decides them).
+approval_calls := {name: resources |
+	some rule in object.get(config, "approvals", [])
+	some name in rule.actions
+	resources := object.union_n([rule_resources(r) |
+		some r in object.get(config, "approvals", [])
+		name in r.actions
+	])
+}
+
+rule_resources(rule) := {"*": true} if {
+	object.get(rule, "resources", []) == []
+} else := {resource: true | some resource in rule.resources}
+
 # argument_actions have argument constraints on the request body
 # (arguments.rego).
 argument_actions := {"service.scale", "deployment.deploy", "chaos.inject"}

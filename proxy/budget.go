@@ -154,9 +154,22 @@ func (p *Proxy) reserveBudgets(_ http.ResponseWriter, r *http.Request, c *call) 
 // runs after the answer's cause is known, whatever the client does: the
 // request's context may be gone.
 func (p *Proxy) releaseBudgets(r *http.Request, c *call) {
+	p.giveBack(r, c, func(budget.Budget) bool { return true })
+}
+
+// refundBudgets gives back, after a forwarded call the upstream answered
+// with a 5xx, the units of the budgets that say so (refund_on_5xx).
+func (p *Proxy) refundBudgets(r *http.Request, c *call) {
+	if c.status >= 500 && len(c.budgets) > 0 {
+		p.giveBack(r, c, func(b budget.Budget) bool { return b.RefundOn5xx })
+	}
+}
+
+// giveBack releases the call's reserved units of the budgets which.
+func (p *Proxy) giveBack(r *http.Request, c *call, which func(budget.Budget) bool) {
 	var keys []string
 	for _, h := range c.budgets {
-		if h.reserved {
+		if h.reserved && which(h.b) {
 			keys = append(keys, h.key)
 		}
 	}

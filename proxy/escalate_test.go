@@ -681,3 +681,21 @@ func TestBudgetScriptsOnCluster(t *testing.T) {
 		t.Fatalf("b holds %d units after the release, want 0", n)
 	}
 }
+
+// A budget with refund_on_5xx gives a forwarded call's unit back when the
+// upstream failed; the others keep it.
+func TestBudgetRefundOn5xx(t *testing.T) {
+	h := newEscalateHarness(t)
+	tok := h.token("acme", "healer-1")
+	h.up.mu.Lock()
+	h.up.delay = time.Second // past GET /slow's 200ms timeout: 504
+	h.up.mu.Unlock()
+	for i := range 4 {
+		if r := h.do("GET", "/slow", tok, nil, ""); r.status != http.StatusGatewayTimeout {
+			t.Fatalf("slow read %d: %d %s", i, r.status, r.body)
+		}
+	}
+	if n, _ := h.rdb.ZCard(context.Background(), budgetKeyFor("acme", "reads", budget.PerAgent, "healer-1")).Result(); n != 0 {
+		t.Fatalf("%d units held after four 504s, want 0 (refunded)", n)
+	}
+}

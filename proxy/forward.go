@@ -66,6 +66,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
+	p.refundBudgets(r, c)             // budget.go: refund_on_5xx
 	p.recordOutcome(c, c.status, nil) // unless the drain recorded it already
 }
 

@@ -178,12 +178,14 @@ also list the files "opa fmt" would change.`,
 			if err != nil {
 				return err
 			}
-			if err := policies.Check(fsys, policy.Capabilities()); err != nil {
-				return fmt.Errorf("%s: %w", src, err)
-			}
+			// Budgets first: a policy whose budgets do not parse does not
+			// load, and this check names the file of each problem.
 			budgets, err := budget.CheckFS(fsys)
 			if err != nil {
 				return fmt.Errorf("%s: budgets: %w", src, err)
+			}
+			if err := policies.Check(fsys, policy.Capabilities()); err != nil {
+				return fmt.Errorf("%s: %w", src, err)
 			}
 			if checkFmt {
 				bad, err := policies.NotFormatted(fsys)

@@ -153,8 +153,9 @@ func TestPolicyCheck(t *testing.T) {
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nclear_calls[\"zz\"][\"a\"][\"b\"][\"c\"] := to_number(\"not a number\")\n"},
 			code:  1, stderr: "evaluate data.passport.authz.clearances"},
 		{name: "no decision", args: []string{"policy", "check", "DIR"},
-			edits: map[string]string{"authz.rego": "package passport.authz\n\nimport data.passport.config\n\naction_config := config.actions[input.action]\n"},
-			code:  1, stderr: "policies do not define data.passport.authz.decision"},
+			edits: map[string]string{"authz.rego": "package passport.authz\n\nimport data.passport.config\n\naction_config := config.actions[input.action]\n",
+				"escalate.rego": "", "mcp.rego": ""}, // they build on authz.rego's rules
+			code: 1, stderr: "policies do not define data.passport.authz.decision"},
 		{name: "network builtin", args: []string{"policy", "check", "DIR"},
 			edits: map[string]string{"extra.rego": "package passport.authz\n\nremote := http.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1:1\"})\n"},
 			code:  1, stderr: "http.send"},

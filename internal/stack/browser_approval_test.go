@@ -55,6 +55,20 @@ func TestBrowserApproveTheProxysApproval(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`li[data-testid="activity-approval_approved"]`)),
 	)
 
+	// A new request reaches the open page through the feed at once: the
+	// activity log says so and the list shows it, without a reload.
+	code, _, answer = send(t, http.MethodPost, url, tok, `{"version": "v2.4.2"}`, nil)
+	var q struct {
+		ApprovalID string `json:"approval_id"`
+	}
+	if err := json.Unmarshal([]byte(answer), &q); err != nil || code != http.StatusForbidden || q.ApprovalID == p.ApprovalID {
+		t.Fatalf("second deploy: %d %s", code, answer)
+	}
+	do("the new approval appears through the feed", 20*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`li[data-testid="activity-approval_requested"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-testid="approval"][data-approval-id="`+q.ApprovalID+`"]`)),
+	)
+
 	hdr := map[string]string{approval.Header: p.ApprovalID}
 	if code, _, answer := send(t, http.MethodPost, url, tok, body, hdr); code != http.StatusOK {
 		t.Fatalf("deploy approved on the dashboard: %d %s", code, answer)
