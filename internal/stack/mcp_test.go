@@ -78,12 +78,21 @@ func TestEndToEndMCP(t *testing.T) {
 
 	eventually(t, 20*time.Second, "the MCP records", func() (bool, string) {
 		var listed, restarted, refused bool
-		for _, rec := range r.records(t, "acme") {
+		recs := r.records(t, "acme")
+		// Outcome records are minimal: their decision (same request id)
+		// says what was called.
+		restarts := map[string]bool{}
+		for _, rec := range recs {
+			if rec.Kind == audit.KindDecision && rec.Action == "service.restart" && rec.Decision == audit.DecisionAllow {
+				restarts[rec.RequestID] = true
+			}
+		}
+		for _, rec := range recs {
 			d := string(rec.Details)
 			switch {
 			case rec.Kind == audit.KindDecision && rec.Action == "service.list" && strings.Contains(d, `"tool":"list_services"`) && rec.Decision == audit.DecisionAllow:
 				listed = true // the observer's own rounds
-			case rec.Kind == audit.KindOutcome && rec.Action == "service.restart" && strings.Contains(d, `"tool":"restart_service"`) && strings.Contains(d, `"result":"result"`):
+			case rec.Kind == audit.KindOutcome && restarts[rec.RequestID] && strings.Contains(d, `"tool":"restart_service"`) && strings.Contains(d, `"result":"result"`):
 				restarted = true
 			case rec.Kind == audit.KindDecision && rec.Action == "service.restart" && strings.Contains(d, `"tool":"restart_service"`) && rec.Decision == audit.DecisionDeny:
 				refused = true
