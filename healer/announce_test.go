@@ -34,6 +34,11 @@ func TestAnnouncedFaultsResolveFromInjection(t *testing.T) {
 	eventually(t, 5*time.Second, "announcement stream connected", func() bool {
 		return testutil.ToFloat64(s.h.annConnected) == 1
 	})
+	// The first round of checks runs at start: a fault injected before it
+	// is detected by that round, not from its announcement.
+	eventually(t, 5*time.Second, "the first round of checks", func() bool {
+		return testutil.ToFloat64(s.h.checks.WithLabelValues("pass")) >= 2
+	})
 	for _, tc := range tests {
 		t.Run(tc.fault, func(t *testing.T) {
 			if err := s.fleet.Inject(tc.fault, tc.target); err != nil {
