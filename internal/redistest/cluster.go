@@ -159,7 +159,10 @@ func (c *Cluster) form(ctx context.Context) error {
 			return fmt.Errorf("meet %s: %w", n.Addr, err)
 		}
 	}
-	// CLUSTER REPLICATE needs the primary to be known to the replica.
+	// CLUSTER REPLICATE needs the primary to be known to the replica. A
+	// handshake that does not finish within the node timeout (a loaded
+	// machine) is forgotten, so a node that still misses others is
+	// introduced to all of them again.
 	if err := poll(ctx, "every node knows every other", func(ctx context.Context) error {
 		for _, n := range c.Nodes {
 			view, err := n.nodes(ctx)
@@ -167,6 +170,11 @@ func (c *Cluster) form(ctx context.Context) error {
 				return err
 			}
 			if len(view) != len(c.Nodes) {
+				for _, o := range c.Nodes {
+					if o != n {
+						_ = n.do(ctx, "cluster", "meet", "127.0.0.1", o.Port, o.BusPort).Err()
+					}
+				}
 				return fmt.Errorf("%s knows %d nodes", n.Addr, len(view))
 			}
 			for _, v := range view {
