@@ -107,7 +107,8 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, c *call, f *refus
 	case f.auth != nil:
 		writeUnauthorized(w, f.auth, c.id, p.metaURL, challengeScheme(r, f.auth))
 	case c.mcp != nil && c.mcp.answerable():
-		c.mcp.answer(w, c, f) // a JSON-RPC error, which an MCP client shows (mcp.go)
+		id, url, exp := p.approvalProblem(c)
+		c.mcp.answer(w, c, f, id, url, exp) // a JSON-RPC error, which an MCP client shows (mcp.go)
 	case f.record == recordDecision:
 		detail := f.detail
 		if detail == "" {

@@ -207,9 +207,11 @@ func (p *Proxy) useApproval(_ http.ResponseWriter, r *http.Request, c *call) *re
 	if ap.GrantedAt != nil {
 		d.GrantedAt = ap.GrantedAt.UTC().Format(time.RFC3339Nano)
 	}
-	if c.rec.Details, err = json.Marshal(d); err != nil {
+	b, err := json.Marshal(d)
+	if err != nil {
 		return refusePolicyError
 	}
+	addDetails(c.rec, b)
 	return nil
 }
 
@@ -280,7 +282,8 @@ func (p *Proxy) askApproval(r *http.Request, c *call, dec *policy.Decision) *ref
 	}
 	c.asked = &ap
 	url := approval.PageURL(p.cfg.Approvals.DashboardURL, ap.Tenant, ap.ID)
-	c.rec.Details, _ = json.Marshal(map[string]string{"approval_id": ap.ID}) // strings only: cannot fail
+	b, _ := json.Marshal(map[string]string{"approval_id": ap.ID}) // strings only: cannot fail
+	addDetails(c.rec, b)
 	if created {
 		p.esc.approvals.WithLabelValues("requested").Inc()
 		p.auditApprovalRequested(c, &ap, url)

@@ -609,7 +609,7 @@ func (p *Proxy) evaluateMCP(r *http.Request, c *call) *refusal {
 		c.policyBody, c.bodyJSON = m.args, m.argsJSON
 		ref := p.evaluate(r, c)
 		m.decision, m.reasons = c.rec.Decision, c.rec.Reasons
-		c.rec.Details = mc.details()
+		addDetails(c.rec, mc.details())
 		switch ref {
 		case nil:
 			continue
@@ -793,6 +793,11 @@ type rpcRefusal struct {
 	Resource  string   `json:"resource,omitempty"`
 	Revision  string   `json:"policy_revision,omitempty"`
 	Tool      string   `json:"tool,omitempty"`
+	// An approval the policy asked for (approval_required): the same
+	// members as the problem+json answer of a REST call.
+	ApprovalID  string `json:"approval_id,omitempty"`
+	ApprovalURL string `json:"approval_url,omitempty"`
+	ExpiresAt   string `json:"expires_at,omitempty"`
 }
 
 type rpcResponse struct {
@@ -803,8 +808,9 @@ type rpcResponse struct {
 
 // answer writes refusal f as a JSON-RPC error with the request's id (for
 // a batch, one error per request in it), status f.status.
-func (mc *mcpCall) answer(w http.ResponseWriter, c *call, f *refusal) {
-	e := &rpcError{Code: rpcRefused, Message: f.detail, Data: rpcRefusal{Code: f.code, RequestID: c.id}}
+func (mc *mcpCall) answer(w http.ResponseWriter, c *call, f *refusal, approvalID, approvalURL, expiresAt string) {
+	e := &rpcError{Code: rpcRefused, Message: f.detail, Data: rpcRefusal{Code: f.code, RequestID: c.id,
+		ApprovalID: approvalID, ApprovalURL: approvalURL, ExpiresAt: expiresAt}}
 	switch f.code {
 	case "bad_body", "mcp_bad_message", "mcp_batch_refused":
 		e.Code = rpcInvalidRequest

@@ -18,6 +18,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
@@ -739,4 +740,55 @@ func TestMCPAnswersStream(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestMCPApprovalRequired: a tool call the policy sends to a person is
+// answered as a JSON-RPC error that carries the approval (id, page,
+// expiry) as the REST answer does, and the decision record keeps both the
+// approval and the MCP call; nothing reaches the server.
+func TestMCPApprovalRequired(t *testing.T) {
+	fleet, upURL := newMCPServer(t, nil)
+	dir := t.TempDir()
+	if err := writeFile(dir+"/authz.rego", `package passport.authz
+
+reasons contains "approval_required" if {
+	input.mcp.tool == "restart_deployment"
+	not input.approval
+}
+
+decision := {"allow": false, "reasons": reasons, "approval": {"required": true, "reason": "restarts need a person"}} if {
+	reasons == {"approval_required"}
+} else := {"allow": count(reasons) == 0, "reasons": reasons}
+`); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, mcpConfig(upURL), func(c *Config) {
+		c.Policy.Dir = dir
+		c.Approvals.DashboardURL = "https://dash.example"
+	})
+	tok := h.mcpAgent()
+	res := h.mcpPost(tok, restartWeb, cur("tools/call", "restart_deployment"))
+	var out struct {
+		Error struct {
+			Code int        `json:"code"`
+			Data rpcRefusal `json:"data"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(res.body), &out); err != nil || out.Error.Data.Code != "approval_required" ||
+		!approval.ValidID(out.Error.Data.ApprovalID) || out.Error.Data.ApprovalURL != approval.PageURL("https://dash.example", "acme", out.Error.Data.ApprovalID) ||
+		out.Error.Data.ExpiresAt == "" {
+		t.Fatalf("answer %d %s (%v)", res.status, res.body, err)
+	}
+	if n, _ := fleet.reached(); n != 0 {
+		t.Fatalf("the MCP server was reached %d times", n)
+	}
+	for _, rec := range h.sink.byRequest(res.header.Get("X-Request-Id")) {
+		if rec.Kind == audit.KindDecision {
+			if d := string(rec.Details); !strings.Contains(d, `"approval_id":"`+out.Error.Data.ApprovalID+`"`) || !strings.Contains(d, `"tool":"restart_deployment"`) {
+				t.Fatalf("decision record details %s", d)
+			}
+			return
+		}
+	}
+	t.Fatal("no decision record")
 }

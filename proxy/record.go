@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -104,4 +105,24 @@ func (p *Proxy) refusalRecord(r *http.Request, c *call, vp *Verified, reason str
 		rec.Details = c.mcp.details() // the method and tool refused
 	}
 	return rec
+}
+
+// addDetails merges the members of the JSON object add into the record's
+// details (an approval's and an MCP call's parts share one decision
+// record). An add that is not an object replaces nothing.
+func addDetails(rec *audit.Record, add json.RawMessage) {
+	if len(rec.Details) == 0 {
+		rec.Details = add
+		return
+	}
+	var have, more map[string]json.RawMessage
+	if json.Unmarshal(rec.Details, &have) != nil || json.Unmarshal(add, &more) != nil {
+		return
+	}
+	for k, v := range more {
+		have[k] = v
+	}
+	if b, err := json.Marshal(have); err == nil {
+		rec.Details = b
+	}
 }
