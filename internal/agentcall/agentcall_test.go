@@ -95,7 +95,9 @@ func FuzzPeekIdentity(f *testing.F) {
 
 type proverFunc func(method, target, token string) (string, error)
 
-func (f proverFunc) Proof(method, target, token string) (string, error) { return f(method, target, token) }
+func (f proverFunc) Proof(method, target, token string) (string, error) {
+	return f(method, target, token)
+}
 
 // TestDoWithProofs: with a prover, a call carries its passport as DPoP and
 // the proof of exactly this method and URL; an empty proof leaves the
