@@ -425,7 +425,7 @@ func New(cfg Config, deps Deps) (*Healer, error) {
 	h := &Healer{
 		cfg: cfg, deps: deps, now: deps.Now,
 		log:       deps.Logger.With("component", "healer", "tenant", cfg.Tenant),
-		client:    &agentcall.Client{BaseURL: cfg.ProxyURL, HTTP: hc, UserAgent: "passport-healer"},
+		client:    &agentcall.Client{BaseURL: cfg.ProxyURL, HTTP: hc, UserAgent: "passport-healer", Proofs: proverOf(deps.Passports)},
 		probeC:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, TLSClientConfig: deps.TLS}},
 		annC:      &http.Client{Transport: &http.Transport{Proxy: nil, ResponseHeaderTimeout: 10 * time.Second, TLSClientConfig: deps.TLS}},
 		targets:   map[string]*target{},
@@ -843,4 +843,13 @@ func needsPerson(err error) string {
 		return "needs a person: " + strings.Join(ae.Resp.Reasons, ", ")
 	}
 	return ""
+}
+
+// proverOf is the passports' DPoP prover, when they make proofs: a healer
+// whose passports are bound to a key shows them with a proof.
+func proverOf(p Passports) agentcall.Prover {
+	if pr, ok := p.(agentcall.Prover); ok {
+		return pr
+	}
+	return nil
 }

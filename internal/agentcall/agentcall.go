@@ -89,6 +89,17 @@ type Client struct {
 	HTTP *http.Client
 	// UserAgent identifies the agent to the proxy's logs.
 	UserAgent string
+	// Proofs, when set, makes a DPoP proof (RFC 9449) for each call; a
+	// passport with a proof is sent as "Authorization: DPoP". Nil, or
+	// an empty proof: a Bearer passport.
+	Proofs Prover
+}
+
+// Prover makes DPoP proofs of calls: the method, the full URL and the
+// passport the call carries. An empty proof means the passport is not
+// bound.
+type Prover interface {
+	Proof(method, target, token string) (string, error)
 }
 
 // defaultTimeout bounds a call when the caller gave no client.
@@ -129,7 +140,18 @@ func (c *Client) Do(ctx context.Context, token, method, path string, body any) (
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	scheme := "Bearer "
+	if c.Proofs != nil {
+		proof, err := c.Proofs.Proof(method, u, token)
+		if err != nil {
+			return nil, fmt.Errorf("dpop proof: %w", err)
+		}
+		if proof != "" {
+			scheme = passport.TokenTypeDPoP + " "
+			req.Header.Set(passport.DPoPHeader, proof)
+		}
+	}
+	req.Header.Set("Authorization", scheme+token)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -92,3 +92,41 @@ func FuzzPeekIdentity(f *testing.F) {
 		_, _ = PeekIdentity(s) // must never panic
 	})
 }
+
+type proverFunc func(method, target, token string) (string, error)
+
+func (f proverFunc) Proof(method, target, token string) (string, error) {
+	return f(method, target, token)
+}
+
+// TestDoWithProofs: with a prover, a call carries its passport as DPoP and
+// the proof of exactly this method and URL; an empty proof leaves the
+// passport a Bearer one.
+func TestDoWithProofs(t *testing.T) {
+	var gotAuth, gotProof string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth, gotProof = r.Header.Get("Authorization"), r.Header.Get("DPoP")
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	bound := true
+	c := &Client{BaseURL: srv.URL, Proofs: proverFunc(func(method, target, token string) (string, error) {
+		if !bound {
+			return "", nil
+		}
+		return "proof:" + method + " " + target + " " + token, nil
+	})}
+	if _, err := c.Do(context.Background(), "tok", http.MethodPost, "/services/checkout/restart", nil); err != nil {
+		t.Fatal(err)
+	}
+	if gotAuth != "DPoP tok" || gotProof != "proof:POST "+srv.URL+"/services/checkout/restart tok" {
+		t.Fatalf("Authorization %q, DPoP %q", gotAuth, gotProof)
+	}
+	bound = false
+	if _, err := c.Do(context.Background(), "tok", http.MethodGet, "/services", nil); err != nil {
+		t.Fatal(err)
+	}
+	if gotAuth != "Bearer tok" || gotProof != "" {
+		t.Fatalf("unbound: Authorization %q, DPoP %q", gotAuth, gotProof)
+	}
+}

@@ -2,7 +2,9 @@ package agentcall
 
 import (
 	"context"
+	"crypto"
 	"fmt"
+	"time"
 
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/passport"
@@ -16,6 +18,18 @@ type AuthorityPassports struct {
 	// Audience is the resource server; "" means the authority's default
 	// (passport-proxy).
 	Audience string
+	// DPoPKey, when set, is the key Client binds its passports to
+	// (client.Options.DPoPKey); the passports are then shown with a proof
+	// by that key on every call (Proof).
+	DPoPKey crypto.Signer
+}
+
+// Proof implements Prover: a proof by DPoPKey, or none without a key.
+func (p AuthorityPassports) Proof(method, target, token string) (string, error) {
+	if p.DPoPKey == nil {
+		return "", nil
+	}
+	return client.NewDPoPProof(p.DPoPKey, method, target, token, "", time.Now())
 }
 
 // Passport implements Passports.
@@ -46,4 +60,7 @@ func (r AdminReputation) Report(ctx context.Context, outcome string) error {
 	return nil
 }
 
-var _ Passports = AuthorityPassports{}
+var (
+	_ Passports = AuthorityPassports{}
+	_ Prover    = AuthorityPassports{}
+)

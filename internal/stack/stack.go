@@ -12,6 +12,7 @@ package stack
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -526,18 +527,23 @@ func (s *Stack) env() assemble.Env {
 const AuditKeysDir = "audit-keys"
 
 func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenant string) error {
-	agentClient := func(role string) (*client.Client, DemoAgent, error) {
+	agentClient := func(role string, opts client.Options) (*client.Client, DemoAgent, error) {
 		for _, a := range s.demo.Agents {
 			if a.Tenant == tenant && a.Role == role {
-				c, err := client.New(s.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), client.Options{})
+				c, err := client.New(s.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), opts)
 				return c, a, err
 			}
 		}
 		return nil, DemoAgent{}, fmt.Errorf("no %s agent for %s", role, tenant)
 	}
 
-	// Healer.
-	hc, ha, err := agentClient("healer")
+	// Healer. Its passports are bound to a key it makes now (DPoP, RFC
+	// 9449): a copy of one, in a log or a heap dump, is worthless.
+	_, dpopKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	hc, ha, err := agentClient("healer", client.Options{DPoPKey: dpopKey})
 	if err != nil {
 		return err
 	}
@@ -559,7 +565,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	// The fleet announces its changes: faults are confirmed as they happen.
 	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
 	hsvc, h, err := assemble.Healer(ctx, hcfg, s.env(), assemble.HealerDeps{
-		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc}},
+		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc, DPoPKey: dpopKey}},
 		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
 		AdminToken: s.demo.AdminToken,
 	})
@@ -570,7 +576,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	g.Go(func() error { return hsvc.Run(ctx) })
 
 	// Chaos.
-	cc, _, err := agentClient("chaos")
+	cc, _, err := agentClient("chaos", client.Options{})
 	if err != nil {
 		return err
 	}
@@ -590,7 +596,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 
 	// The observer of the first tenant acts through the MCP server.
 	if i == 0 {
-		oc, _, err := agentClient("observer")
+		oc, _, err := agentClient("observer", client.Options{})
 		if err != nil {
 			return err
 		}
@@ -602,7 +608,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 
 	// The rogue.
 	if !s.cfg.NoRogue {
-		rc, _, err := agentClient("rogue")
+		rc, _, err := agentClient("rogue", client.Options{})
 		if err != nil {
 			return err
 		}

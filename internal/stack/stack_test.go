@@ -306,6 +306,7 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 					var in struct {
 						Passport struct {
 							Oversight struct{ Owner string }
+							Cnf       struct{ JKT string } // the healer's passports are DPoP-bound
 						}
 					}
 					full, err := ir.Input(context.Background(), rec) // the claims sit in the passport record
@@ -314,6 +315,9 @@ func TestEndToEndChaosIsHealedThroughTheProxy(t *testing.T) {
 					}
 					if err != nil || in.Passport.Oversight.Owner != "sre-oncall" {
 						t.Errorf("allow record's input: oversight owner %q (%v), want sre-oncall", in.Passport.Oversight.Owner, err)
+					}
+					if !passport.ValidThumbprint(in.Passport.Cnf.JKT) {
+						t.Errorf("the healer's repair went through with a passport not bound to its key: cnf %+v", in.Passport.Cnf)
 					}
 				}
 			}
