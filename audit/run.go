@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/backoff"
 )
 
@@ -57,7 +58,13 @@ func (s *Stream) Run(ctx context.Context) error {
 				flying = len(next.items)
 				inFlight = make(chan attempt, 1)
 				go func(a attempt, done chan<- attempt) {
-					a.failed = s.flushOutcomes(ctx, a.items)
+					err := run.Guarded(ctx, "audit.outcomes", func() error {
+						a.failed = s.flushOutcomes(ctx, a.items)
+						return nil
+					})()
+					if err != nil {
+						a.failed = a.items // recovered from a panic: every record is retried
+					}
 					done <- a
 				}(*next, inFlight)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/backoff"
 )
 
@@ -169,7 +170,7 @@ func (p *witnessPub) sealedTenants() []string {
 // writer (which pins its key at the witnesses before anything is sealed).
 func (p *witnessPub) start(ctx context.Context) {
 	for _, k := range p.sinks {
-		p.wg.Go(func() { p.deliver(ctx, k) })
+		p.wg.Go(func() { _ = run.Guarded(ctx, "audit.witness", func() error { p.deliver(ctx, k); return nil })() })
 	}
 	p.publish(StatementHeartbeat)
 }

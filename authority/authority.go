@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/tlsx"
@@ -235,13 +236,13 @@ func (a *Authority) Run(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
+	g.Go(run.Guarded(ctx, "authority.serve", func() error {
 		a.log.InfoContext(gctx, "authority listening", "addr", ln.Addr().String(), "issuer", a.cfg.Issuer, "tls", a.tls != nil)
 		if err := tlsx.Serve(srv, ln, a.tls); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("authority serve: %w", err)
 		}
 		return nil
-	})
+	}))
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), a.cfg.HTTP.ShutdownTimeout)
@@ -251,8 +252,8 @@ func (a *Authority) Run(ctx context.Context, ln net.Listener) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return a.keyLoop(gctx) })
-	g.Go(func() error { return a.keyWatch(gctx) })
+	g.Go(run.Guarded(ctx, "authority.key_loop", func() error { return a.keyLoop(gctx) }))
+	g.Go(run.Guarded(ctx, "authority.key_watch", func() error { return a.keyWatch(gctx) }))
 	err := g.Wait()
 	if ctx.Err() != nil && err == nil {
 		a.log.Info("authority stopped")

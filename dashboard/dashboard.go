@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
@@ -298,7 +299,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.hub.Run(gctx) })
+	g.Go(run.Guarded(ctx, "dashboard.feed", func() error { return s.hub.Run(gctx) }))
 	g.Go(func() error {
 		s.log.InfoContext(gctx, "dashboard listening", "addr", ln.Addr().String(), "tls", s.tls != nil)
 		if err := tlsx.Serve(srv, ln, s.tls); !errors.Is(err, http.ErrServerClosed) {

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/passport"
 )
@@ -177,7 +178,9 @@ func (h *Hub) Run(ctx context.Context) error {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		h.watchRevocations(ctx)
+		// A panic here is logged and counted; the feed then follows no
+		// revocations, which the feed's metrics show.
+		_ = run.Guarded(ctx, "feed.revocations", func() error { h.watchRevocations(ctx); return nil })()
 	}()
 	<-ctx.Done()
 	<-watchDone
@@ -262,7 +265,7 @@ func (h *Hub) register(c *client) (*tenantHub, context.Context, error) {
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			th.run(tctx)
+			_ = run.Guarded(tctx, "feed.tail", func() error { th.run(tctx); return nil })()
 		}()
 	}
 	th.refs++

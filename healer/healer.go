@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/alert"
@@ -507,11 +508,11 @@ func (h *Healer) APIAddr() string {
 func (h *Healer) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, t := range h.targets {
-		g.Go(func() error { h.monitor(ctx, g, t); return nil })
+		g.Go(run.Guarded(ctx, "healer.monitor", func() error { h.monitor(ctx, g, t); return nil }))
 	}
 	g.Go(func() error { <-ctx.Done(); return nil }) // run until cancelled, even with no checks
 	if h.cfg.Announcements.URL != "" {
-		g.Go(func() error { h.followAnnouncements(ctx); return nil })
+		g.Go(run.Guarded(ctx, "healer.announcements", func() error { h.followAnnouncements(ctx); return nil }))
 	}
 	if h.ln != nil {
 		if h.deps.AdminToken == "" {
@@ -519,12 +520,12 @@ func (h *Healer) Run(ctx context.Context) error {
 		}
 		srv := &http.Server{Handler: NewAPI(h.deps.Store, h.deps.AdminToken, gathererOf(h.deps.Registry), h.log), ReadHeaderTimeout: 5 * time.Second}
 		ln := h.ln
-		g.Go(func() error {
+		g.Go(run.Guarded(ctx, "healer.api", func() error {
 			if err := tlsx.Serve(srv, ln, h.tls); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serve incidents api: %w", err)
 			}
 			return nil
-		})
+		}))
 		g.Go(func() error {
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // > net/http's 5 s wait for a connection that sent nothing yet
@@ -594,7 +595,7 @@ func (h *Healer) monitor(ctx context.Context, g *errgroup.Group, t *target) {
 		if opened != nil {
 			h.log.Info("incident detected", "id", opened.ID, "type", opened.Type, "target", opened.Target, "detail", res.Detail)
 			h.record(ctx, opened)
-			g.Go(func() error { h.remediate(ctx, t, opened); return nil })
+			g.Go(run.Guarded(ctx, "healer.remediate", func() error { h.remediate(ctx, t, opened); return nil }))
 		}
 		if !timer.Stop() {
 			select {

@@ -35,6 +35,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/alert"
 	"github.com/agentpassport/passport/internal/strictjson"
@@ -351,14 +352,14 @@ func (p *Proxy) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	g, gctx := errgroup.WithContext(ctx)
 	bg, bgCancel := context.WithCancel(gctx)
 	defer bgCancel()
-	g.Go(func() error { return p.enforced.Run(bg) })
+	g.Go(run.Guarded(ctx, "proxy.policy", func() error { return p.enforced.Run(bg) }))
 	if p.shadow != nil {
-		g.Go(func() error { return p.shadow.Run(bg) })
+		g.Go(run.Guarded(ctx, "proxy.shadow_policy", func() error { return p.shadow.Run(bg) }))
 	}
-	g.Go(func() error { return p.revoked.Run(bg) })
-	g.Go(func() error { return p.denials.Run(bg) })
-	g.Go(func() error { return p.refusals.Run(bg) }) // its last summaries go out after the drain
-	g.Go(func() error { p.keyRetry(bg); return nil })
+	g.Go(run.Guarded(ctx, "proxy.revocations", func() error { return p.revoked.Run(bg) }))
+	g.Go(run.Guarded(ctx, "proxy.denial_reports", func() error { return p.denials.Run(bg) }))
+	g.Go(run.Guarded(ctx, "proxy.refusal_summaries", func() error { return p.refusals.Run(bg) })) // its last summaries go out after the drain
+	g.Go(run.Guarded(ctx, "proxy.key_retry", func() error { p.keyRetry(bg); return nil }))
 	g.Go(func() error {
 		p.log.InfoContext(ctx, "proxy listening", "addr", ln.Addr().String(), "tls", p.tls != nil, "policy_revision", p.enforced.Revision())
 		if err := tlsx.Serve(srv, ln, p.tls); !errors.Is(err, http.ErrServerClosed) {

@@ -63,6 +63,30 @@ func (p *Panics) Guard(part string, fn func() error) (err error) {
 	return fn()
 }
 
+type panicsKey struct{}
+
+// WithPanics returns ctx carrying p: the goroutines a part starts inside
+// its component (Guarded) are then recovered and counted like the part.
+func WithPanics(ctx context.Context, p *Panics) context.Context {
+	return context.WithValue(ctx, panicsKey{}, p)
+}
+
+// PanicsFrom returns the Panics ctx carries, or nil, which still recovers
+// (and logs and counts nothing).
+func PanicsFrom(ctx context.Context) *Panics {
+	p, _ := ctx.Value(panicsKey{}).(*Panics)
+	return p
+}
+
+// Guarded wraps fn, a goroutine a component starts, for an errgroup (or a
+// plain go statement): a panic in it is recovered, logged and counted
+// under part by the Panics ctx carries, and returned as an error.
+func Guarded(ctx context.Context, part string, fn func() error) func() error {
+	p := PanicsFrom(ctx)
+	p.watch(part)
+	return func() error { return p.Guard(part, fn) }
+}
+
 // Group runs parts until the first fails or its context ends.
 type Group struct {
 	g      *errgroup.Group
@@ -73,7 +97,7 @@ type Group struct {
 // NewGroup returns a group whose parts get a context derived from ctx
 // that ends when any part fails.
 func NewGroup(ctx context.Context, panics *Panics) *Group {
-	g, gctx := errgroup.WithContext(ctx)
+	g, gctx := errgroup.WithContext(WithPanics(ctx, panics))
 	return &Group{g: g, ctx: gctx, panics: panics}
 }
 

@@ -61,3 +61,27 @@ func TestErrorsPassThroughAndNilGuards(t *testing.T) {
 		t.Fatal("a nil Panics must still recover")
 	}
 }
+
+// A goroutine a part starts inside its component (Guarded with the part's
+// context) is recovered and counted by the same Panics, under its own
+// name, and its panic comes back as an error to whoever waits for it;
+// without a Panics in the context it is still recovered.
+func TestGuardedInsideAPart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := NewPanics(reg, slog.New(slog.DiscardHandler))
+	g := NewGroup(context.Background(), p)
+	g.Go("component", func(ctx context.Context) error {
+		inner := make(chan error, 1)
+		go func() { inner <- Guarded(ctx, "component.loop", func() error { panic("inner boom") })() }()
+		return <-inner
+	})
+	if err := g.Wait(); err == nil || !strings.Contains(err.Error(), "component.loop: panic: inner boom") {
+		t.Fatalf("Wait = %v, want the inner panic as an error", err)
+	}
+	if got := testutil.ToFloat64(p.count.WithLabelValues("component.loop")); got != 1 {
+		t.Fatalf("component.loop panics = %v, want 1", got)
+	}
+	if err := Guarded(context.Background(), "bare", func() error { panic("x") })(); err == nil {
+		t.Fatal("a panic without a Panics in the context was not recovered")
+	}
+}
