@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -76,7 +77,7 @@ func TestEndToEndMCP(t *testing.T) {
 		}
 	}
 
-	eventually(t, 20*time.Second, "the MCP records", func() (bool, string) {
+	eventually(t, 45*time.Second, "the MCP records", func() (bool, string) {
 		var listed, restarted, refused bool
 		recs := r.records(t, "acme")
 		// Outcome records are minimal: their decision (same request id)
@@ -98,6 +99,6 @@ func TestEndToEndMCP(t *testing.T) {
 				refused = true
 			}
 		}
-		return listed && restarted && refused, "listed, restarted, refused: not all yet"
+		return listed && restarted && refused, fmt.Sprintf("listed %v, restarted %v, refused %v", listed, restarted, refused)
 	})
 }
