@@ -5,8 +5,8 @@ import (
 	"errors"
 	"time"
 
-	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/backoff"
+	"github.com/agentpassport/passport/internal/run"
 )
 
 // Run writes the Enqueued (outcome) records with retry and backoff, writes

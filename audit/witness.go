@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
-	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/backoff"
+	"github.com/agentpassport/passport/internal/run"
 )
 
 // Witness keeps writers' signed statements outside Redis, where whoever

@@ -31,9 +31,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/prometheus/client_golang/prometheus"

@@ -28,8 +28,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/feed"
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
 

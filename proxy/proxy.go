@@ -35,9 +35,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/alert"
+	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/internal/strictjson"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
