@@ -212,21 +212,7 @@ func (s *assertionSigner) assertionFor(c *call, r *http.Request, audience, decis
 		Tctx: assertionTctx{Tenant: c.tenant, Action: c.route.Action, Resource: c.rec.Resource, Method: r.Method,
 			Path: singleJoin(c.route.upstream.url.Path, c.path), Query: c.query, BodySHA256: base64.RawURLEncoding.EncodeToString(sum[:]),
 			DecisionID: decisionID, Revision: c.rec.PolicyRevision},
-		Rctx: assertionRctx{Authn: "passport", Passport: c.vp.Claims.ID, ReqIP: clientIP(r)},
+		Rctx: assertionRctx{Authn: "passport", Passport: c.vp.Claims.ID, ReqIP: clientAddr(r)},
 	}
 	return s.sign(cl)
-}
-
-func clientIP(r *http.Request) string {
-	host := r.RemoteAddr
-	for i := len(host) - 1; i >= 0; i-- {
-		if host[i] == ':' {
-			host = host[:i]
-			break
-		}
-	}
-	if len(host) > 1 && host[0] == '[' {
-		host = host[1 : len(host)-1]
-	}
-	return host
 }

@@ -237,20 +237,9 @@ func sameHeaderName(a, b string) bool {
 		return false
 	}
 	for i := 0; i < len(a); i++ {
-		x, y := foldHeaderByte(a[i]), foldHeaderByte(b[i])
-		if x != y {
+		if normByte(a[i]) != normByte(b[i]) { // headers.go: case, "_" and "." as "-"
 			return false
 		}
 	}
 	return true
-}
-
-func foldHeaderByte(c byte) byte {
-	switch {
-	case 'A' <= c && c <= 'Z':
-		return c + 'a' - 'A'
-	case c == '_' || c == '.':
-		return '-'
-	}
-	return c
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentpassport/passport/audit"
@@ -18,12 +19,22 @@ import (
 // never reaches back further than this (retention trims by time).
 const passportRefTTL = 10 * time.Minute
 
-// passportRef is the recorded reference of a verified passport.
+// passportRef is the recorded reference of a verified passport. Every
+// call of the passport reads it without a lock; only recording takes one.
 type passportRef struct {
-	lock   chan struct{} // one recording at a time; waiters honour their context
-	id     string        // stream id of the passport record
-	digest string
-	at     time.Time
+	lock chan struct{} // one recording at a time; waiters honour their context
+	cur  atomic.Pointer[recordedRef]
+}
+
+// recordedRef is one passport record: its stream id, the claims' digest,
+// and when it was written.
+type recordedRef struct {
+	id, digest string
+	at         time.Time
+}
+
+func (rr *recordedRef) fresh(now time.Time) bool {
+	return rr != nil && now.Sub(rr.at) < passportRefTTL
 }
 
 // referencePassport fills rec's passport reference, recording the passport
@@ -38,21 +49,21 @@ func (p *Proxy) referencePassport(r *http.Request, c *call, vp *Verified) (id, d
 		return "", ""
 	}
 	ref := &vp.ref
+	if rr := ref.cur.Load(); rr.fresh(c.now) {
+		return rr.id, rr.digest
+	}
 	select {
 	case ref.lock <- struct{}{}:
 	case <-r.Context().Done():
 		return "", ""
 	}
 	defer func() { <-ref.lock }()
-	if ref.id != "" && c.now.Sub(ref.at) < passportRefTTL {
-		return ref.id, ref.digest
+	if rr := ref.cur.Load(); rr.fresh(c.now) {
+		return rr.id, rr.digest // recorded while this call waited
 	}
-	if ref.digest == "" {
-		d, err := audit.PassportDigest(pj)
-		if err != nil {
-			return "", ""
-		}
-		ref.digest = d
+	digest, err := audit.PassportDigest(pj)
+	if err != nil {
+		return "", ""
 	}
 	cl := vp.Claims
 	rc, err := p.audit.Append(r.Context(), audit.PassportRecord(cl.Tenant, cl.Agent.ID, cl.ID, pj, c.now))
@@ -62,7 +73,7 @@ func (p *Proxy) referencePassport(r *http.Request, c *call, vp *Verified) (id, d
 			"request_id", c.id, "tenant", cl.Tenant, "error", err)
 		return "", ""
 	}
-	ref.id, ref.at = rc.ID(), c.now
+	ref.cur.Store(&recordedRef{id: rc.ID(), digest: digest, at: c.now})
 	p.m.passportRecords.Inc()
-	return ref.id, ref.digest
+	return rc.ID(), digest
 }
