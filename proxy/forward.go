@@ -54,20 +54,43 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 	if fw := rt.ForwardPassport; !fw {
 		r.Header.Del("Authorization")
 	}
+	defer func() {
+		// ReverseProxy ends the handler with http.ErrAbortHandler when an
+		// answer breaks off mid-body (the agent left, the upstream dropped
+		// the connection): the call was forwarded all the same.
+		v := recover()
+		if cancel != nil {
+			cancel()
+		}
+		p.forwarded(r, c, sw.status, v != nil)
+		if v != nil {
+			panic(v)
+		}
+	}()
 	rt.upstream.rp.ServeHTTP(sw, r.WithContext(ctx))
-	if cancel != nil {
-		cancel()
-	}
+}
+
+// forwarded ends a forwarded call: its metrics, its budgets and its one
+// outcome record, marked interrupted when its answer broke off.
+func (p *Proxy) forwarded(r *http.Request, c *call, status int, interrupted bool) {
 	if c.upStatus == 0 {
-		c.upStatus = sw.status
+		c.upStatus = status
 	}
-	c.status = sw.status
-	if c.status == 0 {
+	switch {
+	case status != 0:
+		c.status = status
+	case interrupted:
+		c.status = http.StatusBadGateway // nothing reached the agent
+	default:
 		c.status = http.StatusOK
 	}
 	p.count(c, audit.DecisionAllow)
-	p.refundBudgets(r, c)             // budget.go: refund_on_5xx
-	p.recordOutcome(c, c.status, nil) // unless the drain recorded it already
+	p.refundBudgets(r, c) // budget.go: refund_on_5xx
+	var edit func(*audit.Record)
+	if interrupted {
+		edit = func(rec *audit.Record) { rec.Reasons = []string{"interrupted"} }
+	}
+	p.recordOutcome(c, c.status, edit) // unless the drain recorded it already
 }
 
 // statusWriter remembers the status written.

@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+
+	"github.com/agentpassport/passport/audit"
+)
+
+// TestInterruptedAnswerIsRecorded: an answer that breaks off after it
+// began (the agent goes away mid-body, or the upstream drops its
+// connection mid-body) still leaves the forwarded call exactly one outcome
+// record, with the upstream's status and the reason interrupted.
+// ReverseProxy ends such a handler with a panic, which used to skip the
+// outcome record.
+func TestInterruptedAnswerIsRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		agentLeaves bool
+	}{{"agent leaves", true}, {"upstream breaks off", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusAccepted)
+				_, _ = w.Write([]byte("0123456789"))
+				w.(http.Flusher).Flush()
+				if tc.agentLeaves {
+					<-r.Context().Done()
+					return
+				}
+				panic(http.ErrAbortHandler) // the chunked body ends without its last chunk
+			}))
+			defer up.Close()
+			h := newHarness(t, func(c *Config) {
+				c.Upstreams = map[string]Upstream{"fleet": {URL: up.URL}}
+				c.fill()
+			})
+			_, tok := h.healer()
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", h.url+"/services/checkout", nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := res.Header.Get(HeaderXRequest)
+			if res.StatusCode != http.StatusAccepted || id == "" {
+				t.Fatalf("answer %d, request id %q", res.StatusCode, id)
+			}
+			if _, err := io.ReadFull(res.Body, make([]byte, 10)); err != nil {
+				t.Fatalf("the first bytes: %v", err)
+			}
+			if tc.agentLeaves {
+				cancel()
+			} else if _, err := io.ReadAll(res.Body); err == nil {
+				t.Fatal("the broken answer read whole")
+			}
+			res.Body.Close()
+
+			var out []*audit.Record
+			waitFor(t, "the outcome record", func() bool {
+				out = out[:0]
+				for _, rec := range h.sink.byRequest(id) {
+					if rec.Kind == audit.KindOutcome {
+						out = append(out, rec)
+					}
+				}
+				return len(out) > 0
+			})
+			if len(out) != 1 || out[0].Status != http.StatusAccepted || !slices.Equal(out[0].Reasons, []string{"interrupted"}) {
+				t.Fatalf("outcome records %+v, want one with status 202 and reason interrupted", out)
+			}
+			decisions := 0
+			for _, rec := range h.sink.byRequest(id) {
+				if rec.Kind == audit.KindDecision {
+					decisions++
+				}
+			}
+			if decisions != 1 {
+				t.Fatalf("%d decision records", decisions)
+			}
+		})
+	}
+}
