@@ -71,7 +71,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, receipt
 }
 
 // forwarded ends a forwarded call: its metrics, its budgets and its one
-// outcome record, marked interrupted when its answer broke off.
+// outcome record, marked interrupted when its answer broke off (an MCP
+// client may close a stream once its JSON-RPC answer is in: not a break).
 func (p *Proxy) forwarded(r *http.Request, c *call, status int, interrupted bool) {
 	if c.upStatus == 0 {
 		c.upStatus = status
@@ -87,7 +88,7 @@ func (p *Proxy) forwarded(r *http.Request, c *call, status int, interrupted bool
 	p.count(c, audit.DecisionAllow)
 	p.refundBudgets(r, c) // budget.go: refund_on_5xx
 	var edit func(*audit.Record)
-	if interrupted {
+	if interrupted && !c.mcp.answered() {
 		edit = func(rec *audit.Record) { rec.Reasons = []string{"interrupted"} }
 	}
 	p.recordOutcome(c, c.status, edit) // unless the drain recorded it already

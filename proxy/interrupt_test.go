@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/agentpassport/passport/audit"
@@ -85,5 +87,62 @@ func TestInterruptedAnswerIsRecorded(t *testing.T) {
 				t.Fatalf("%d decision records", decisions)
 			}
 		})
+	}
+}
+
+// TestMCPStreamClosedAfterItsAnswer: an MCP client may close the POST's
+// event stream as soon as its JSON-RPC answer is in, before the server
+// ends it. That call's outcome record carries the answer and is not
+// marked interrupted.
+func TestMCPStreamClosedAfterItsAnswer(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "id: e1\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[]}}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the stream stays open until the agent leaves
+	}))
+	defer up.Close()
+	h := newHarness(t, mcpConfig(up.URL))
+	tok := h.mcpAgent()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/mcp", strings.NewReader(restartWeb))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range cur("tools/call", "restart_deployment") {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Header.Get(HeaderXRequest)
+	br := bufio.NewReader(res.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the event: %v (status %d)", err, res.StatusCode)
+		}
+		if line == "\n" {
+			break
+		}
+	}
+	cancel()
+	res.Body.Close()
+
+	var out *audit.Record
+	waitFor(t, "the outcome record", func() bool {
+		for _, rec := range h.sink.byRequest(id) {
+			if rec.Kind == audit.KindOutcome {
+				out = rec
+				return true
+			}
+		}
+		return false
+	})
+	if out.Status != 200 || len(out.Reasons) != 0 || !strings.Contains(string(out.Details), `"outcome":{"result":"result"}`) {
+		t.Fatalf("outcome status %d reasons %v details %s, want status 200, no reason, result", out.Status, out.Reasons, out.Details)
 	}
 }

@@ -260,6 +260,16 @@ func (s *sseFilter) event() ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// answered reports whether the upstream's JSON-RPC answer to the call's
+// tools/call was seen whole (false for a call that is not MCP).
+func (mc *mcpCall) answered() bool {
+	if mc == nil {
+		return false
+	}
+	o := mc.outcome.Load()
+	return o != nil && o.Result != "unknown"
+}
+
 // outcomeTap passes a tools/call answer through unchanged and keeps its
 // first bytes, to note the JSON-RPC result or error once it ends.
 type outcomeTap struct {
