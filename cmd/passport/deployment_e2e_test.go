@@ -27,6 +27,7 @@ import (
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -149,6 +150,7 @@ func TestDeploymentEndToEnd(t *testing.T) {
 
 	// Every component's /metrics: its own names, the audit writer's where
 	// it writes, and the Go and process collectors.
+	deployed := map[string]map[string]bool{} // component: the metric names it serves
 	for _, m := range []struct {
 		name, url string
 		want      []string
@@ -160,6 +162,7 @@ func TestDeploymentEndToEnd(t *testing.T) {
 		{"dashboard", "http://" + dashAddr + "/metrics", []string{"passport_feed_clients", "passport_feed_events_sent_total", "passport_audit_batches_total"}},
 	} {
 		body := getBody(t, m.url)
+		deployed[m.name] = metricNames(body)
 		for _, want := range append(m.want, "go_goroutines", "process_cpu_seconds_total", `passport_panics_total{part="`+m.name+`"} 0`) {
 			if !strings.Contains(body, want) {
 				t.Errorf("%s /metrics lacks %s", m.name, want)
@@ -176,6 +179,54 @@ func TestDeploymentEndToEnd(t *testing.T) {
 	}
 	out := d.runCLI("audit", "verify", "--trusted-keys", trusted, "--witness", witness)
 	t.Logf("audit verify:\n%s", out)
+
+	upServesWhatADeploymentServes(t, deployed)
+}
+
+// upServesWhatADeploymentServes runs `passport up` and waits until each of
+// its services serves, on the same path, every metric name the standalone
+// deployment's service served (names of vectors appear with their first
+// child, so the demo's own traffic has to reach them).
+func upServesWhatADeploymentServes(t *testing.T, deployed map[string]map[string]bool) {
+	dir := filepath.Join(t.TempDir(), "up")
+	up := startUp(t, dir)
+	defer up.stop()
+	demo, err := stack.ReadDemo(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]string{
+		"authority": demo.URLs.Authority + "/metrics",
+		"proxy":     demo.URLs.ProxyAdmin + "/metrics",
+		"fleet":     demo.URLs.Fleet + "/metrics",
+		"healer":    demo.HealerAPIs["acme"] + "/metrics",
+		"dashboard": demo.URLs.Dashboard + "/metrics",
+	}
+	for name, want := range deployed {
+		waitFor(t, "passport up's "+name+" serving every metric of the deployment's", func() (bool, string) {
+			got := metricNames(getBody(t, paths[name]))
+			var missing []string
+			for m := range want {
+				if !got[m] {
+					missing = append(missing, m)
+				}
+			}
+			slices.Sort(missing)
+			return len(missing) == 0, "missing " + strings.Join(missing, " ")
+		})
+	}
+}
+
+// metricNames is the set of metric families of a Prometheus text
+// exposition, by their TYPE lines.
+func metricNames(exposition string) map[string]bool {
+	out := map[string]bool{}
+	for _, line := range strings.Split(exposition, "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == "#" && f[1] == "TYPE" {
+			out[f[2]] = true
+		}
+	}
+	return out
 }
 
 // passportBinary builds the binary once for the test (or takes

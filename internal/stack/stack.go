@@ -223,7 +223,11 @@ type Stack struct {
 	rdb   redis.UniversalClient
 	fleet *fleet.Fleet
 	chaos map[string]*chaos.Chaos
-	admin *client.Admin
+	// dashChaos is the first tenant's simulator: it runs as a part of the
+	// dashboard, whose /metrics serves its metrics, as a standalone
+	// dashboard serves those of the simulator behind its buttons.
+	dashChaos *assemble.Service
+	admin     *client.Admin
 	// witnesses receive every audit writer's signed checkpoints too.
 	witnesses []audit.Witness
 	mu        sync.Mutex
@@ -481,6 +485,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	dcfg.AuthorityURL = s.demo.URLs.Authority
 	dashSvc, _, err := assemble.Dashboard(ctx, dcfg, s.env(), assemble.DashboardDeps{
 		AdminToken: adminToken, Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
+		Chaos: s.dashChaos,
 	}, lns["dashboard"])
 	if err != nil {
 		return s.failed(g, err)
@@ -592,7 +597,11 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	s.mu.Unlock()
 	// Run even without random chaos: its writer records the faults the
 	// dashboard's buttons fire through it.
-	g.Go(func() error { return csvc.Run(ctx) })
+	if i == 0 {
+		s.dashChaos = csvc // run by the dashboard
+	} else {
+		g.Go(func() error { return csvc.Run(ctx) })
+	}
 
 	// The observer of the first tenant acts through the MCP server.
 	if i == 0 {

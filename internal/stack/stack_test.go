@@ -519,8 +519,9 @@ func TestUpOffersApprovals(t *testing.T) {
 // TestUpServesTheMetricsOfADeployment: every service of `passport up`
 // serves on its /metrics what the same service serves when deployed alone
 // (both are built by internal/assemble): its audit writer's metrics, the
-// feed's on the dashboard, the Go and process collectors and
-// passport_panics_total.
+// feed's and the chaos simulator's on the dashboard, the Go and process
+// collectors and passport_panics_total. cmd/passport's
+// TestDeploymentEndToEnd compares the whole name sets.
 func TestUpServesTheMetricsOfADeployment(t *testing.T) {
 	r := startStack(t, stack.Config{ChaosInterval: -1, NoRogue: true})
 	common := []string{"go_goroutines", "process_cpu_seconds_total", "passport_panics_total{"}
@@ -533,7 +534,7 @@ func TestUpServesTheMetricsOfADeployment(t *testing.T) {
 		{"proxy", r.demo.URLs.ProxyAdmin + "/metrics", append([]string{"passport_proxy_revocation_subscription_up"}, writer...)},
 		{"fleet", r.demo.URLs.Fleet + "/metrics", nil},
 		{"healer", r.demo.HealerAPIs["acme"] + "/metrics", append([]string{"passport_healer_announcements_connected"}, writer...)},
-		{"dashboard", r.demo.URLs.Dashboard + "/metrics", []string{"passport_feed_clients", "passport_feed_events_sent_total"}},
+		{"dashboard", r.demo.URLs.Dashboard + "/metrics", append([]string{"passport_feed_clients", "passport_feed_events_sent_total", "passport_chaos_clears_total"}, writer...)},
 	} {
 		resp, err := http.Get(tc.url)
 		if err != nil {
