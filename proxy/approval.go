@@ -23,7 +23,9 @@ import (
 // When a denying decision carries approval.required, the proxy stores a
 // pending approval bound to the call — tenant, agent, method, the
 // normalised path and the query the upstream would get, and the SHA-256
-// of the exact body bytes — and answers 403 approval_required with its id.
+// of the exact body bytes (of an MCP tool call, its method and params
+// without the JSON-RPC id and _meta: call.approvalBody) — and answers 403
+// approval_required with its id.
 // The agent repeats the identical call with Passport-Approval: <id>. The
 // proxy checks the approval before the policy runs (checkApproval: the
 // policy sees input.approval only for an approval that matches), and uses
@@ -181,7 +183,7 @@ func matchApproval(ap *approval.Approval, c *call, method string) (code, field s
 		return approval.CodeMismatch, "path"
 	case ap.Query != c.query:
 		return approval.CodeMismatch, "query"
-	case ap.BodySHA256 != approval.Digest(c.rawBody):
+	case ap.BodySHA256 != approval.Digest(c.approvalBody()):
 		return approval.CodeMismatch, "body"
 	}
 	return "", ""
@@ -198,7 +200,7 @@ func (p *Proxy) useApproval(_ http.ResponseWriter, r *http.Request, c *call) *re
 		return nil
 	}
 	ap, err := p.esc.store.Consume(r.Context(), c.approval.ID, approval.Call{Tenant: c.tenant, AgentID: c.agentID,
-		Method: r.Method, Path: c.path, Query: c.query, Body: c.rawBody, RequestID: c.id})
+		Method: r.Method, Path: c.path, Query: c.query, Body: c.approvalBody(), RequestID: c.id})
 	if ref := p.approvalError(r, c, err); ref != nil {
 		return ref
 	}
@@ -261,7 +263,7 @@ func (p *Proxy) askApproval(r *http.Request, c *call, dec *policy.Decision) *ref
 	cl, ask := c.vp.Claims, dec.Approval
 	ap, created, err := p.esc.store.Create(r.Context(), approval.Request{
 		Tenant: c.tenant, AgentID: c.agentID, AgentName: cl.Agent.Name, AgentType: cl.Agent.Type, JTI: cl.ID,
-		RequestID: c.id, Method: r.Method, Path: c.path, Query: c.query, Body: c.rawBody,
+		RequestID: c.id, Method: r.Method, Path: c.path, Query: c.query, Body: c.approvalBody(),
 		Action: c.route.Action, Resource: c.rec.Resource, Reasons: dec.Reasons, Reason: ask.Reason,
 		Approvers: ask.Approvers, ExcludeOwner: ask.ExcludeOwner, TTL: p.cfg.Approvals.TTL,
 	})

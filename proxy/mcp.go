@@ -270,10 +270,12 @@ type mcpMessage struct {
 	tool     *mcpTool        // tools/call: its mapping
 	args     any             // tools/call: the arguments, as the policy sees them
 	argsJSON []byte
-	resource string
-	listing  bool // judged for a tools/list answer, arguments unknown
-	decision string
-	reasons  []string
+	// approvalBody is what an approval binds (call.approvalBody).
+	approvalBody []byte
+	resource     string
+	listing      bool // judged for a tools/list answer, arguments unknown
+	decision     string
+	reasons      []string
 }
 
 // mcpOutcome is what the upstream answered a tools/call.
@@ -473,7 +475,29 @@ func (mr *mcpRoute) readMessage(e any, m *mcpMessage, version string) *refusal {
 	if m.resource, ok = m.tool.resource(args); !ok {
 		return refuseMCPArguments
 	}
+	// What an approval binds: the call's params without _meta, with
+	// members in order. A client's retry changes the id and _meta, never
+	// the tool, its arguments or a round's inputResponses and requestState.
+	call := make(map[string]any, len(params))
+	for k, v := range params {
+		if k != "_meta" {
+			call[k] = v
+		}
+	}
+	if m.approvalBody, err = json.Marshal(map[string]any{"method": m.method, "params": call}); err != nil {
+		return refuseMCPArguments
+	}
 	return nil
+}
+
+// approvalBody is what an approval of the call binds in place of the body
+// bytes: for a single tools/call, its method and params without the
+// JSON-RPC id and _meta (which a client's retry changes); else the body.
+func (c *call) approvalBody() []byte {
+	if mc := c.mcp; mc != nil && !mc.batch && len(mc.msgs) == 1 && mc.msgs[0].approvalBody != nil {
+		return mc.msgs[0].approvalBody
+	}
+	return c.rawBody
 }
 
 // exactNames reports whether every member name of obj that equals one of

@@ -745,9 +745,10 @@ func TestMCPAnswersStream(t *testing.T) {
 // TestMCPApprovalRequired: a tool call the policy sends to a person is
 // answered as a JSON-RPC error that carries the approval (id, page,
 // expiry) as the REST answer does, and the decision record keeps both the
-// approval and the MCP call; nothing reaches the server.
+// approval and the MCP call; nothing reaches the server. Approved, the
+// client's retry (a new message) opens that tool call once.
 func TestMCPApprovalRequired(t *testing.T) {
-	fleet, upURL := newMCPServer(t, nil)
+	fleet, upURL := newMCPServer(t, &mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true})
 	dir := t.TempDir()
 	if err := writeFile(dir+"/authz.rego", `package passport.authz
 
@@ -782,13 +783,48 @@ decision := {"allow": false, "reasons": reasons, "approval": {"required": true, 
 	if n, _ := fleet.reached(); n != 0 {
 		t.Fatalf("the MCP server was reached %d times", n)
 	}
+	found := false
 	for _, rec := range h.sink.byRequest(res.header.Get("X-Request-Id")) {
 		if rec.Kind == audit.KindDecision {
 			if d := string(rec.Details); !strings.Contains(d, `"approval_id":"`+out.Error.Data.ApprovalID+`"`) || !strings.Contains(d, `"tool":"restart_deployment"`) {
 				t.Fatalf("decision record details %s", d)
 			}
-			return
+			found = true
 		}
 	}
-	t.Fatal("no decision record")
+	if !found {
+		t.Fatal("no decision record")
+	}
+
+	// Approved, the call opens once. An MCP client's retry is a new
+	// JSON-RPC message (another id, its own _meta): the approval binds the
+	// tool call, not those. Other arguments are another call.
+	id := out.Error.Data.ApprovalID
+	approve(t, h, "acme", id, "alice")
+	with := func(hdr map[string]string) map[string]string {
+		for k, v := range withApproval(id) {
+			hdr[k] = v
+		}
+		return hdr
+	}
+	otherArgs := `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"restart_deployment","arguments":{"namespace":"prod","name":"api"}}}`
+	if res := h.mcpPost(tok, otherArgs, with(cur("tools/call", "restart_deployment"))); !strings.Contains(res.body, `"code":"approval_mismatch"`) {
+		t.Fatalf("other arguments with the approval: %d %s", res.status, res.body)
+	}
+	retry := `{"jsonrpc":"2.0","id":"retry-1","method":"tools/call","params":{"_meta":{"progressToken":"p1",` +
+		`"io.modelcontextprotocol/protocolVersion":"` + mcpRevisionStateless + `","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},` +
+		`"io.modelcontextprotocol/clientCapabilities":{}},` +
+		`"arguments":{"name":"web","namespace":"prod"},"name":"restart_deployment"}}`
+	if res := h.mcpPost(tok, retry, with(cur("tools/call", "restart_deployment"))); res.status != 200 || strings.Contains(res.body, `"error"`) {
+		t.Fatalf("the approved call, retried: %d %s", res.status, res.body)
+	}
+	if n := fleet.restarted("web"); n != 1 {
+		t.Fatalf("web restarted %d times, want 1", n)
+	}
+	if res := h.mcpPost(tok, retry, with(cur("tools/call", "restart_deployment"))); !strings.Contains(res.body, `"code":"approval_used"`) {
+		t.Fatalf("the approval used twice: %d %s", res.status, res.body)
+	}
+	if n := fleet.restarted("web") + fleet.restarted("api"); n != 1 {
+		t.Fatalf("%d restarts, want 1", n)
+	}
 }
