@@ -19,6 +19,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -117,6 +119,9 @@ type DPoPRequest struct {
 	// token endpoint: then the proof must carry no ath (RFC 9449 §4.3).
 	// Otherwise ath must be its base64url SHA-256 (AccessTokenHash).
 	AccessToken string
+	// ATH, when set, is AccessTokenHash(AccessToken), computed once by a
+	// caller that sees the same token many times.
+	ATH string
 	// JKT, when set, is the thumbprint the proof's key must have: the
 	// passport's cnf.jkt.
 	JKT string
@@ -140,7 +145,23 @@ type DPoPProof struct {
 // It is safe for concurrent use.
 type DPoPVerifier struct {
 	cfg DPoPConfig
+	// headers remembers proof headers already checked, by their exact
+	// encoded bytes: an agent signs every proof under the same header
+	// (typ, alg, its jwk), so its key is read and hashed once.
+	headers   sync.Map // string -> *proofHeader
+	nHeaders  atomic.Int64
+	headersMu sync.Mutex // one reset at a time
 }
+
+// proofHeader is what the checks of a proof header found.
+type proofHeader struct {
+	pub crypto.PublicKey
+	jkt string
+}
+
+// maxProofHeaders bounds the remembered headers: past it they are
+// forgotten all at once (each is one agent key: a proxy sees few).
+const maxProofHeaders = 4096
 
 // NewDPoPVerifier checks cfg and returns a verifier.
 func NewDPoPVerifier(cfg DPoPConfig) (*DPoPVerifier, error) {
@@ -196,35 +217,24 @@ func (v *DPoPVerifier) Verify(ctx context.Context, proof string, req DPoPRequest
 		return nil, ErrDPoPMalformed
 	}
 	dec := base64.RawURLEncoding.Strict()
-	hdrJSON, err1 := dec.DecodeString(parts[0])
+	ph, known := v.header(parts[0])
+	var hdrJSON []byte
+	var err1 error
+	if !known {
+		hdrJSON, err1 = dec.DecodeString(parts[0])
+	}
 	payJSON, err2 := dec.DecodeString(parts[1])
 	sig, err3 := dec.DecodeString(parts[2])
 	if err1 != nil || err2 != nil || err3 != nil {
 		return nil, ErrDPoPMalformed
 	}
-	hdr, err := strictObject(hdrJSON, false)
-	if err != nil {
-		return nil, ErrDPoPMalformed
-	}
-	if typ, _ := hdr["typ"].(string); typ != DPoPProofType {
-		return nil, ErrDPoPType
-	}
-	alg, _ := hdr["alg"].(string)
-	if !slices.Contains(DPoPAlgorithms, alg) {
-		return nil, ErrDPoPAlgorithm
-	}
-	if _, ok := hdr["crit"]; ok {
-		return nil, ErrDPoPMalformed // no extension is understood
-	}
-	for _, k := range proofPointers {
-		if _, ok := hdr[k]; ok {
-			return nil, ErrDPoPKey
+	var err error
+	if !known {
+		if ph, err = checkProofHeader(hdrJSON); err != nil {
+			return nil, err
 		}
 	}
-	pub, err := proofKey(hdr["jwk"], alg)
-	if err != nil {
-		return nil, err
-	}
+	pub := ph.pub
 
 	claims, err := strictObject(payJSON, false)
 	if err != nil {
@@ -266,7 +276,10 @@ func (v *DPoPVerifier) Verify(ctx context.Context, proof string, req DPoPRequest
 		return nil, ErrDPoPATH
 	case req.AccessToken != "":
 		ath, ok := athV.(string)
-		want := AccessTokenHash(req.AccessToken)
+		want := req.ATH
+		if want == "" {
+			want = AccessTokenHash(req.AccessToken)
+		}
 		if !ok || subtle.ConstantTimeCompare([]byte(ath), []byte(want)) != 1 {
 			return nil, ErrDPoPATH
 		}
@@ -274,12 +287,14 @@ func (v *DPoPVerifier) Verify(ctx context.Context, proof string, req DPoPRequest
 	if !verifyJWS(pub, parts[0]+"."+parts[1], sig) {
 		return nil, ErrDPoPSignature
 	}
-	jkt, err := JWKThumbprint(pub)
-	if err != nil {
-		return nil, ErrDPoPKey
-	}
+	jkt := ph.jkt
 	if req.JKT != "" && subtle.ConstantTimeCompare([]byte(jkt), []byte(req.JKT)) != 1 {
 		return nil, ErrDPoPBinding
+	}
+	if !known {
+		// Remembered only once a proof under it was signed by the key the
+		// passport is bound to: unbound keys cannot fill the table.
+		v.remember(parts[0], ph)
 	}
 	nonce, _ := claims["nonce"].(string)
 	if req.Nonce != nil && (nonce == "" || !req.Nonce(nonce)) {
@@ -299,6 +314,62 @@ func (v *DPoPVerifier) Verify(ctx context.Context, proof string, req DPoPRequest
 		return nil, ErrDPoPReplay
 	}
 	return &DPoPProof{JKT: jkt, JTI: jti, IssuedAt: iat, Nonce: nonce, Key: pub}, nil
+}
+
+// header returns the checked header of these exact encoded bytes.
+func (v *DPoPVerifier) header(enc string) (*proofHeader, bool) {
+	if x, ok := v.headers.Load(enc); ok {
+		return x.(*proofHeader), true
+	}
+	return nil, false
+}
+
+func (v *DPoPVerifier) remember(enc string, ph *proofHeader) {
+	if _, loaded := v.headers.LoadOrStore(enc, ph); loaded {
+		return
+	}
+	if v.nHeaders.Add(1) <= maxProofHeaders {
+		return
+	}
+	v.headersMu.Lock()
+	defer v.headersMu.Unlock()
+	if v.nHeaders.Load() > maxProofHeaders {
+		v.headers.Clear()
+		v.nHeaders.Store(0)
+	}
+}
+
+// checkProofHeader applies the header's rules: typ, alg, no crit and no
+// key pointer, a public jwk of alg's type; and takes the key's thumbprint.
+func checkProofHeader(hdrJSON []byte) (*proofHeader, error) {
+	hdr, err := strictObject(hdrJSON, false)
+	if err != nil {
+		return nil, ErrDPoPMalformed
+	}
+	if typ, _ := hdr["typ"].(string); typ != DPoPProofType {
+		return nil, ErrDPoPType
+	}
+	alg, _ := hdr["alg"].(string)
+	if !slices.Contains(DPoPAlgorithms, alg) {
+		return nil, ErrDPoPAlgorithm
+	}
+	if _, ok := hdr["crit"]; ok {
+		return nil, ErrDPoPMalformed // no extension is understood
+	}
+	for _, k := range proofPointers {
+		if _, ok := hdr[k]; ok {
+			return nil, ErrDPoPKey
+		}
+	}
+	pub, err := proofKey(hdr["jwk"], alg)
+	if err != nil {
+		return nil, err
+	}
+	jkt, err := JWKThumbprint(pub)
+	if err != nil {
+		return nil, ErrDPoPKey
+	}
+	return &proofHeader{pub: pub, jkt: jkt}, nil
 }
 
 // proofJWKMembers are the only members a proof's jwk may have. The

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -214,6 +215,11 @@ func TestDPoPProofRules(t *testing.T) {
 					if len(rp.seen) != before {
 						t.Fatal("a refused proof was recorded as used")
 					}
+					// v remembers the genuine proof's header; a verifier
+					// that has seen none reads it afresh, to the same end.
+					if _, err := newDPoPVerifier(t, &now, &memReplay{}).Verify(ctx, tc.proof, tc.req); !errors.Is(err, tc.want) {
+						t.Fatalf("with no header remembered: got %v, want %v", err, tc.want)
+					}
 				})
 			}
 
@@ -414,5 +420,19 @@ func BenchmarkDPoPVerify(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The remembered proof headers stay bounded however many keys show up.
+func TestDPoPHeadersBounded(t *testing.T) {
+	now := time.Unix(1_900_000_000, 0)
+	v := newDPoPVerifier(t, &now, &memReplay{})
+	for i := range maxProofHeaders + 10 {
+		v.remember(strconv.Itoa(i), &proofHeader{})
+	}
+	n := 0
+	v.headers.Range(func(any, any) bool { n++; return true })
+	if n > maxProofHeaders || v.nHeaders.Load() != int64(n) {
+		t.Fatalf("%d headers remembered (count %d), want at most %d", n, v.nHeaders.Load(), maxProofHeaders)
 	}
 }

@@ -235,7 +235,7 @@ func (p *Proxy) possess(w http.ResponseWriter, r *http.Request, c *call) *refusa
 	default:
 		return c.unauthorized(passport.ErrDPoPMalformed) // two proofs: which one was meant?
 	}
-	req := passport.DPoPRequest{Method: r.Method, URL: p.dpop.base + r.URL.EscapedPath(), AccessToken: tok, JKT: jkt}
+	req := passport.DPoPRequest{Method: r.Method, URL: p.dpop.base + r.URL.EscapedPath(), AccessToken: tok, ATH: c.vp.ath, JKT: jkt}
 	if c.route.DPoPNonce {
 		n, err := p.dpop.nonceSource(r.Context())
 		if err != nil {

@@ -140,6 +140,7 @@ type Verified struct {
 	pterms            passportTerms   // Payload and agent fields as OPA terms, for the policy
 	inputErr          error           // why the two above could not be made: every call is denied
 	ref               passportRef     // its passport record in the audit stream (passportref.go)
+	ath               string          // a bound passport's hash, for its DPoP proofs' ath
 }
 
 // keySource returns the verification key for a kid.
@@ -235,6 +236,9 @@ func (v *verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 		return nil, err
 	}
 	vp := &Verified{Verified: *pv, token: tok, ref: passportRef{lock: make(chan struct{}, 1)}}
+	if pv.Claims.BoundKey() != "" {
+		vp.ath = passport.AccessTokenHash(tok) // once per passport, not per proof
+	}
 	v.cache.put(tok, vp, now)
 	return vp, nil
 }
