@@ -16,13 +16,16 @@ package audit
 // write them: an approval's state is only as safe as the proxy's Redis
 // password (the authority, which approves, needs the same rights).
 //
-// Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>
+// Use: ACL SETUSER passport-proxy on >PASSWORD <ProxyACLRules>, on every
+// node of a Cluster (ACLs are per node) or from an ACL file on each.
 //
 // One thing no ACL can stop: XADD's own MAXLEN/MINID trimming arguments.
 // Trimming that way leaves a chain that starts without a signed retention
 // anchor, which `passport audit verify` reports as deleted records.
 const ProxyACLRules = "resetkeys resetchannels -@all " +
 	"+ping +hello +auth +client|setname +select " +
+	// A Cluster client reads the slot map and the commands' key positions.
+	"+cluster|slots +cluster|shards +command " +
 	"%R~passport:* &passport:revocations " +
 	"+get +mget +exists +hget +hmget +hgetall +smembers +sismember +zrange +zrangebyscore +zscore " +
 	"+xrange +xrevrange +xread +xlen +subscribe +unsubscribe +config|get +wait " +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -55,7 +56,44 @@ func (d Durability) String() string {
 // only CONFIG GET; a stricter one denies it) yields DurabilityUnknown, not
 // an error: the caller decides whether unknown is acceptable. Replication
 // (WAIT) is not visible here and is not counted.
+//
+// On a Cluster every primary is asked and the weakest answer is the
+// level: a record is as durable as the node its tenant lives on.
 func CheckDurability(ctx context.Context, rdb redis.UniversalClient) Durability {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return checkNode(ctx, rdb)
+	}
+	var mu sync.Mutex
+	var weakest *Durability
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		d := checkNode(ctx, node)
+		if d.Err != nil {
+			d.Err = fmt.Errorf("%s: %w", node.Options().Addr, d.Err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if weakest == nil || strength(d.Level) < strength(weakest.Level) {
+			weakest = &d
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return Durability{Level: DurabilityUnknown, Err: err}
+	case weakest == nil:
+		return Durability{Level: DurabilityUnknown, Err: fmt.Errorf("the cluster has no primary")}
+	}
+	return *weakest
+}
+
+// strength ranks a level: the higher, the stronger; unknown is weakest.
+func strength(level string) int {
+	return map[string]int{DurabilityAlways: 4, DurabilityEverysec: 3, DurabilityNo: 2, DurabilityOff: 1}[level]
+}
+
+// checkNode asks one node (or whatever node a client picks).
+func checkNode(ctx context.Context, rdb redis.Cmdable) Durability {
 	aof, err := configGet(ctx, rdb, "appendonly")
 	if err != nil {
 		return Durability{Level: DurabilityUnknown, Err: err}
@@ -84,7 +122,7 @@ func CheckDurability(ctx context.Context, rdb redis.UniversalClient) Durability 
 	return d
 }
 
-func configGet(ctx context.Context, rdb redis.UniversalClient, name string) (string, error) {
+func configGet(ctx context.Context, rdb redis.Cmdable, name string) (string, error) {
 	m, err := rdb.ConfigGet(ctx, name).Result()
 	if err != nil {
 		return "", fmt.Errorf("config get %s: %w", name, err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/policies/replay"
 )
 
@@ -224,5 +225,55 @@ func TestAuditWaitReplicasRefusedOnCluster(t *testing.T) {
 	_, err := audit.NewStream(c.Client(), audit.StreamConfig{WaitReplicas: 1}, testLogger(t), nil)
 	if err == nil || !strings.Contains(err.Error(), "wait_replicas") {
 		t.Fatalf("NewStream with wait_replicas on a Cluster: %v, want a refusal", err)
+	}
+}
+
+// TestDurabilityCheckSeesEveryPrimary: the writer's durability check (and
+// the readiness it feeds) must report the weakest primary of a Cluster.
+// CONFIG GET used to go to one node chosen by go-redis, so a Cluster with
+// one primary on appendfsync everysec read "always" most of the time.
+func TestDurabilityCheckSeesEveryPrimary(t *testing.T) {
+	c := redistest.StartCluster(t)
+	cc := c.Client()
+	ctx := context.Background()
+	weak := c.Primaries()[1]
+	if err := weak.Client().ConfigSet(ctx, "appendfsync", "everysec").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if d := audit.CheckDurability(ctx, cc); d.Level != audit.DurabilityEverysec {
+			t.Fatalf("check %d: durability %s, want everysec (primary %s runs everysec)", i, d, weak.Addr)
+		}
+	}
+}
+
+// TestProxyACLWorksOnCluster: a proxy connecting as the user of
+// audit.ProxyACLRules (set on every node: ACLs are per node in a Cluster)
+// must reach its keys. go-redis' first CLUSTER SLOTS used to be refused
+// (NOPERM 'cluster|slots'), so every command, the writer's registration
+// and every append failed.
+func TestProxyACLWorksOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range c.Nodes {
+		args := []any{"acl", "setuser", "passport-proxy", "on", ">pw"}
+		for _, r := range strings.Fields(audit.ProxyACLRules) {
+			args = append(args, r)
+		}
+		if err := n.Client().Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("ACL SETUSER on %s: %v", n.Addr, err)
+		}
+	}
+	cfg := c.Config()
+	cfg.Username, cfg.Password = "passport-proxy", "pw"
+	rdb, err := redisx.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	s := newStream(t, rdb, audit.StreamConfig{})
+	if _, err := s.Append(ctx, decision("acme", 1)); err != nil {
+		t.Fatalf("append as the proxy ACL user: %v", err)
 	}
 }
