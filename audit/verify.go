@@ -586,7 +586,7 @@ func ScanStream(ctx context.Context, rdb redis.UniversalClient, key, start strin
 // primary in Cluster).
 func ListTenants(ctx context.Context, rdb redis.UniversalClient) ([]string, error) {
 	found := map[string]bool{}
-	err := scanKeys(ctx, rdb, "passport:{t:*}:audit", "stream", func(k string) {
+	err := ScanKeys(ctx, rdb, "passport:{t:*}:audit", "stream", func(k string) {
 		if t, ok := TenantFromStreamKey(k); ok {
 			found[t] = true
 		}
@@ -602,9 +602,10 @@ func ListTenants(ctx context.Context, rdb redis.UniversalClient) ([]string, erro
 	return out, nil
 }
 
-// scanKeys calls fn for each key matching pattern of type typ (SCAN, on
-// every primary in Cluster; fn is never called concurrently).
-func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern, typ string, fn func(string)) error {
+// ScanKeys calls fn for each key matching pattern of type typ ("" for
+// any): SCAN on a single node, on every primary of a Cluster; fn is never
+// called concurrently.
+func ScanKeys(ctx context.Context, rdb redis.UniversalClient, pattern, typ string, fn func(string)) error {
 	scan := func(ctx context.Context, c *redis.Client) error {
 		it := c.ScanType(ctx, 0, pattern, 500, typ).Iterator()
 		for it.Next(ctx) {

@@ -515,7 +515,7 @@ func KnownTenants(ctx context.Context, rdb redis.UniversalClient, views []*Witne
 	for _, t := range streams {
 		found[t] = true
 	}
-	err = scanKeys(ctx, rdb, "passport:{t:*}:audit:heads", "hash", func(k string) {
+	err = ScanKeys(ctx, rdb, "passport:{t:*}:audit:heads", "hash", func(k string) {
 		if t, ok := TenantFromStreamKey(strings.TrimSuffix(k, ":heads")); ok {
 			found[t] = true
 		}

@@ -64,7 +64,7 @@ for every field and its default, and docs/tls.md for TLS.`,
 				cfg.Issuer = issuer
 			}
 			tf.apply(a, &cfg.TLS)
-			a.redisTLS(&cfg.Redis)
+			a.redisEnv(&cfg.Redis)
 			witnesses, err := a.writerWitnesses(witness, "")
 			if err != nil {
 				return err

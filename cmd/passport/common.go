@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
 
 	"github.com/agentpassport/passport/authority/client"
@@ -76,6 +77,42 @@ func (a *app) clientOptions() (client.Options, error) {
 	return client.Options{HTTPClient: hc}, nil
 }
 
+// redisEnv completes rc from the command line and the environment:
+// Sentinel or Cluster seeds (redisSeeds), then TLS (redisTLS).
+func (a *app) redisEnv(rc *redisx.Config) {
+	a.redisSeeds(rc)
+	a.redisTLS(rc)
+}
+
+// redisSeeds applies --redis-addrs (PASSPORT_REDIS_ADDRS) and
+// --redis-master (PASSPORT_REDIS_MASTER): the addresses replace the URL's
+// (its user, password and database still apply); with a master name they
+// are sentinels, without one Cluster seeds (one seed is enough).
+func (a *app) redisSeeds(rc *redisx.Config) {
+	addrs := firstNonEmpty(a.redisAddrs, a.getenv("PASSPORT_REDIS_ADDRS"))
+	if addrs == "" {
+		return
+	}
+	rc.Addrs = nil
+	for _, s := range strings.Split(addrs, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			rc.Addrs = append(rc.Addrs, s)
+		}
+	}
+	rc.MasterName = firstNonEmpty(a.redisMaster, a.getenv("PASSPORT_REDIS_MASTER"), rc.MasterName)
+	rc.Cluster = rc.MasterName == ""
+	if rc.URL != "" {
+		if ro, err := redis.ParseURL(rc.URL); err == nil {
+			rc.Username = firstNonEmpty(rc.Username, ro.Username)
+			rc.Password = firstNonEmpty(rc.Password, ro.Password)
+			if rc.DB == 0 {
+				rc.DB = ro.DB
+			}
+			rc.TLS.Enabled = rc.TLS.Enabled || strings.HasPrefix(rc.URL, "rediss://")
+		}
+	}
+}
+
 // redisTLS completes rc's TLS block from the environment when it uses TLS
 // (a rediss:// URL or tls.enabled): PASSPORT_REDIS_CA_FILE, else the
 // file's ca_file, else caFile; PASSPORT_REDIS_CERT_FILE and
@@ -94,9 +131,10 @@ func (a *app) redisTLS(rc *redisx.Config) {
 }
 
 // redisConfig is the configuration of a Redis URL given on the command
-// line or in the environment, with its TLS settings from the environment.
+// line or in the environment, with the seeds and TLS settings of the
+// command line and the environment (redisEnv).
 func (a *app) redisConfig(url string) redisx.Config {
 	rc := redisx.Config{URL: url}
-	a.redisTLS(&rc)
+	a.redisEnv(&rc)
 	return rc
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/healer"
 )
 
@@ -49,15 +50,13 @@ attempts and timeline).`,
 			tenants := []string{tenant}
 			if tenant == "" {
 				tenants = nil
-				iter := rdb.Scan(ctx, 0, "passport:{t:*}:incidents", 1000).Iterator()
-				for iter.Next(ctx) {
-					k := iter.Val()
+				err := audit.ScanKeys(ctx, rdb, "passport:{t:*}:incidents", "", func(k string) {
 					t := strings.TrimSuffix(strings.TrimPrefix(k, "passport:{t:"), "}:incidents")
 					if healer.ValidTenant(t) && !slices.Contains(tenants, t) {
 						tenants = append(tenants, t)
 					}
-				}
-				if err := iter.Err(); err != nil {
+				})
+				if err != nil {
 					return fmt.Errorf("list tenants: %w", err)
 				}
 				sort.Strings(tenants)

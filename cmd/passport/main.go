@@ -29,6 +29,9 @@ type app struct {
 	logFormat string
 	// caFileFlag is --ca-file (see caFile).
 	caFileFlag string
+	// redisAddrs and redisMaster are --redis-addrs and --redis-master
+	// (see redisEnv).
+	redisAddrs, redisMaster string
 	// oneShot is set for commands that are not servers (beforeCommand):
 	// they log warnings and errors only unless --log-level is given.
 	oneShot bool
@@ -77,6 +80,8 @@ decision in an append-only audit stream in Redis before anything is forwarded.`,
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (default info for servers, warn for one-shot commands)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&a.redisAddrs, "redis-addrs", "", "Redis Cluster or Sentinel seeds host:port,host:port, replacing the Redis URL's address (default $PASSPORT_REDIS_ADDRS)")
+	root.PersistentFlags().StringVar(&a.redisMaster, "redis-master", "", "the Sentinel primary's name: --redis-addrs are then sentinels (default $PASSPORT_REDIS_MASTER)")
 	root.PersistentFlags().StringVar(&a.caFileFlag, "ca-file", "", "PEM CA bundle trusted for the TLS services this command calls (default $PASSPORT_CA_FILE, else the system's roots)")
 	root.AddCommand(
 		a.upCmd(),

@@ -94,7 +94,7 @@ policy.dir (or --policy-dir) names a directory, which is then hot-reloaded.`,
 				}
 			}
 			tf.apply(a, &cfg.TLS)
-			a.redisTLS(&cfg.Redis)
+			a.redisEnv(&cfg.Redis)
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("proxy config: %w", err)
 			}
