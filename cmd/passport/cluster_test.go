@@ -80,3 +80,20 @@ func TestCLIReachesACluster(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIReachesASentinelPrimary: with --redis-master the seeds are
+// sentinels; the command reaches the primary they name.
+func TestCLIReachesASentinelPrimary(t *testing.T) {
+	s := redistest.StartSentinel(t)
+	ctx := context.Background()
+	store := healer.NewStore(s.Client(), 0)
+	if err := store.Save(ctx, &healer.Incident{ID: "inc-1", Tenant: "acme", Type: "cache_miss", Target: "checkout",
+		State: healer.StateDetected, DetectedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := cli(t, nil, "incidents", "--json", "--redis-addrs", strings.Join(s.SentinelAddrs(), ","), "--redis-master", s.MasterName)
+	var list []healer.Incident
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0].ID != "inc-1" {
+		t.Fatalf("incidents through the sentinels: exit %d %q %q", code, out, errOut)
+	}
+}
