@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/redisx"
@@ -275,5 +277,60 @@ func TestProxyACLWorksOnCluster(t *testing.T) {
 	s := newStream(t, rdb, audit.StreamConfig{})
 	if _, err := s.Append(ctx, decision("acme", 1)); err != nil {
 		t.Fatalf("append as the proxy ACL user: %v", err)
+	}
+}
+
+// TestAuditFollowOnCluster: `audit tail --follow` over every tenant
+// (audit.Follow) follows streams on several primaries; one XREAD over
+// them all was refused (CROSSSLOT), so following failed at once.
+func TestAuditFollowOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t)
+	cc := c.Client()
+	tenants := tenantsOnDistinctPrimaries(t, c, 2)
+	s := newStream(t, cc, audit.StreamConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tn := range tenants {
+		if _, err := s.Append(ctx, decision(tn, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	done := make(chan error, 1)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- audit.Follow(fctx, cc, true, map[string]string{}, func(stream string, _ redis.XMessage) {
+			mu.Lock()
+			seen[stream]++
+			mu.Unlock()
+		})
+	}()
+	// What was there, then what comes while following, on both primaries.
+	for _, tn := range tenants {
+		if _, err := s.Append(ctx, decision(tn, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := retry(20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tn := range tenants {
+			if seen[audit.StreamKey(tn)] < 2 {
+				return fmt.Errorf("followed %v", seen)
+			}
+		}
+		return nil
+	}); err != nil {
+		select {
+		case ferr := <-done:
+			t.Fatalf("%v; Follow returned %v", err, ferr)
+		default:
+			t.Fatal(err)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Follow: %v", err)
 	}
 }
