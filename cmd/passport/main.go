@@ -29,6 +29,9 @@ type app struct {
 	logFormat string
 	// caFileFlag is --ca-file (see caFile).
 	caFileFlag string
+	// dataDir is the --data DIR of a command that talks to a running
+	// `passport up` (beforeCommand), whose demo.json names the CA to trust.
+	dataDir string
 	// oneShot is set for commands that are not servers (beforeCommand):
 	// they log warnings and errors only unless --log-level is given.
 	oneShot bool
