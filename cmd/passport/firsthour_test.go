@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/stack"
+	"github.com/agentpassport/passport/internal/tlstest"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
 
@@ -238,6 +239,24 @@ func TestFirstHour(t *testing.T) {
 	}
 	if out, errOut, code := cli(t, map[string]string{"PASSPORT_DATA": dir}, "agent", "list", "--tenant", "acme"); code != 0 || !strings.Contains(out, observer.Name) {
 		t.Fatalf("agent list with PASSPORT_DATA: %d %q %q", code, out, errOut)
+	}
+	// PASSPORT_CA_FILE and --ca-file come before demo.json's ca_file: a
+	// CA that did not sign the demo's certificate is refused.
+	other := tlstest.NewCA(t, "another CA").File
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+	}{
+		{map[string]string{"PASSPORT_CA_FILE": other}, nil},
+		{nil, []string{"--ca-file", other}},
+	} {
+		args := append([]string{"approval", "list", "--data", dir, "--tenant", "acme"}, tc.args...)
+		if out, errOut, code := cli(t, tc.env, args...); code == 0 || !strings.Contains(errOut, "certificate signed by unknown authority") {
+			t.Fatalf("approval list with another CA (%v %v): %d %q %q", tc.env, tc.args, code, out, errOut)
+		}
+	}
+	if out, errOut, code := cli(t, nil, "approval", "list", "--data", dir, "--tenant", "acme"); code != 0 {
+		t.Fatalf("approval list --data: %d %q %q", code, out, errOut)
 	}
 
 	// 5. The observer's passport: a read passes, a restart is denied with
