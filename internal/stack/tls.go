@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/agentpassport/passport/internal/tlsx"
@@ -63,8 +64,8 @@ func (d *demoTLS) clientConfig() *tls.Config {
 }
 
 // ensureTLS makes sure dir holds a valid CA and a server certificate it
-// signed for the names the demo is reached at (127.0.0.1, ::1, localhost
-// and host), and returns them. Files that still serve are kept: a CA a
+// signed for the names the demo is reached at (certHosts), and returns
+// them. Files that still serve are kept: a CA a
 // user told a browser to trust stays the same across restarts, and only
 // the server certificate is reissued when it expires within renewBefore,
 // no longer chains to the CA, or does not name host.
@@ -78,10 +79,7 @@ func ensureTLS(dir, host string, now time.Time) (*demoTLS, error) {
 		keyFile:  filepath.Join(dir, ServerKeyFile),
 	}
 	caKeyFile := filepath.Join(dir, CAKeyFile)
-	hosts := []string{"127.0.0.1", "::1", "localhost"}
-	if host != "" && host != "127.0.0.1" && host != "::1" && host != "localhost" {
-		hosts = append(hosts, host)
-	}
+	hosts := certHosts(host)
 
 	ca, caKey, err := loadPair(d.caFile, caKeyFile)
 	if err != nil || !ca.IsCA || !usable(ca, now) {
@@ -99,6 +97,35 @@ func ensureTLS(dir, host string, now time.Time) (*demoTLS, error) {
 		}
 	}
 	return d, nil
+}
+
+// certHosts are the names the server certificate must carry: loopback
+// (127.0.0.1, ::1, localhost) and host, which is in every URL of
+// demo.json, so the stack's own clients verify it. When host is an
+// unspecified address (--listen 0.0.0.0:8090, the demo on another host),
+// browsers reach it by the machine's addresses and name: those too.
+func certHosts(host string) []string {
+	hosts := []string{"127.0.0.1", "::1", "localhost"}
+	add := func(h string) {
+		if h != "" && !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	add(host)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+		return hosts
+	}
+	if name, err := os.Hostname(); err == nil {
+		add(name)
+	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLinkLocalUnicast() {
+				add(n.IP.String())
+			}
+		}
+	}
+	return hosts
 }
 
 // usable says whether c is valid now and for renewBefore more.

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -133,4 +135,35 @@ func TestEnsureTLS(t *testing.T) {
 			t.Errorf("after ensureTLS: %v", err)
 		}
 	})
+}
+
+// On an unspecified address the certificate names the machine: its name
+// and every address it can be reached at, beside loopback.
+func TestCertHosts(t *testing.T) {
+	if got := certHosts("127.0.0.1"); !slices.Equal(got, []string{"127.0.0.1", "::1", "localhost"}) {
+		t.Errorf("certHosts(127.0.0.1) = %v", got)
+	}
+	if got := certHosts("10.1.2.3"); !slices.Equal(got, []string{"127.0.0.1", "::1", "localhost", "10.1.2.3"}) {
+		t.Errorf("certHosts(10.1.2.3) = %v", got)
+	}
+	got := certHosts("0.0.0.0")
+	name, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"localhost", "0.0.0.0", name} // 0.0.0.0: the URLs the stack's clients use
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLinkLocalUnicast() {
+			want = append(want, n.IP.String())
+		}
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("certHosts(0.0.0.0) = %v, lacks %s", got, w)
+		}
+	}
 }
