@@ -74,7 +74,11 @@ func (f *approvalFlags) client(a *app) (*client.Admin, error) {
 		return nil, fmt.Errorf("no token: set PASSPORT_APPROVER_TOKEN (or PASSPORT_ADMIN_TOKEN), pass --token-file, or --data DIR")
 	}
 	url := firstNonEmpty(f.authority, dAuth, a.getenv("PASSPORT_AUTHORITY_URL"), authorityDefaultURL)
-	return client.NewAdmin(url, passport.Secret(tok), client.Options{})
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	return client.NewAdmin(url, passport.Secret(tok), opts)
 }
 
 func (a *app) approvalListCmd() *cobra.Command {

@@ -12,6 +12,7 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/config"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/internal/tlsx"
 )
 
@@ -50,8 +51,25 @@ func (f tlsFlags) apply(a *app, dst *tlsx.Server) {
 
 // caFile is the CA bundle this process trusts for the TLS services it
 // calls (authority, proxy, healer, witness): --ca-file, else
-// PASSPORT_CA_FILE; "" means the system's roots.
-func (a *app) caFile() string { return firstNonEmpty(a.caFileFlag, a.getenv("PASSPORT_CA_FILE")) }
+// PASSPORT_CA_FILE, else the ca_file of the demo.json in --data DIR (a
+// `passport up` serving TLS with its own CA); "" means the system's roots.
+func (a *app) caFile() string {
+	return firstNonEmpty(a.caFileFlag, a.getenv("PASSPORT_CA_FILE"), a.demoCAFile())
+}
+
+// demoCAFile is the ca_file of DIR/demo.json for a command given --data
+// DIR, "" without one. An unreadable demo.json gives "": the command
+// reads it itself and says what is wrong.
+func (a *app) demoCAFile() string {
+	if a.dataDir == "" {
+		return ""
+	}
+	d, err := stack.ReadDemo(a.dataDir)
+	if err != nil {
+		return ""
+	}
+	return d.CAFile
+}
 
 // httpClient is a client with timeout that trusts caFile.
 func (a *app) httpClient(timeout time.Duration) (*http.Client, error) {

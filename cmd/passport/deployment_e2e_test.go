@@ -195,6 +195,7 @@ func upServesWhatADeploymentServes(t *testing.T, deployed map[string]map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
+	hc := demoHTTPClient(t, demo) // up serves TLS with its own CA
 	paths := map[string]string{
 		"authority": demo.URLs.Authority + "/metrics",
 		"proxy":     demo.URLs.ProxyAdmin + "/metrics",
@@ -204,7 +205,7 @@ func upServesWhatADeploymentServes(t *testing.T, deployed map[string]map[string]
 	}
 	for name, want := range deployed {
 		waitFor(t, "passport up's "+name+" serving every metric of the deployment's", func() (bool, string) {
-			got := metricNames(getBody(t, paths[name]))
+			got := metricNames(getBodyWith(t, hc, paths[name]))
 			var missing []string
 			for m := range want {
 				if !got[m] {
@@ -521,7 +522,12 @@ func getWith(t *testing.T, u, tok string) int {
 
 func getBody(t *testing.T, u string) string {
 	t.Helper()
-	resp, err := http.Get(u)
+	return getBodyWith(t, http.DefaultClient, u)
+}
+
+func getBodyWith(t *testing.T, hc *http.Client, u string) string {
+	t.Helper()
+	resp, err := hc.Get(u)
 	if err != nil {
 		t.Fatalf("GET %s: %v", u, err)
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/stack"
+	"github.com/agentpassport/passport/internal/tlstest"
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // lockedBuffer is written by a running `passport up` and read by the test.
@@ -127,7 +129,18 @@ func demoRole(t *testing.T, d stack.Demo, tenant, role string) stack.DemoAgent {
 	return stack.DemoAgent{}
 }
 
-func httpDo(t *testing.T, method, url, token string) (int, string) {
+// demoHTTPClient trusts what a user of the stack trusts: demo.json's
+// ca_file alone when it serves TLS, as curl --cacert "$PASSPORT_CA_FILE".
+func demoHTTPClient(t *testing.T, d stack.Demo) *http.Client {
+	t.Helper()
+	hc, err := tlsx.HTTPClient(d.CAFile, 10*time.Second)
+	if err != nil {
+		t.Fatalf("demo.json's ca_file: %v", err)
+	}
+	return hc
+}
+
+func httpDo(t *testing.T, hc *http.Client, method, url, token string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
@@ -136,7 +149,7 @@ func httpDo(t *testing.T, method, url, token string) (int, string) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +170,9 @@ func TestFirstHour(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	up := startUp(t, dir, "--no-chaos", "--no-rogue")
 	banner := up.stdout.String()
-	for _, want := range []string{"export PASSPORT_DATA=" + dir + " PASSPORT_AUTHORITY_URL=http://127.0.0.1:", "logs        " + filepath.Join(dir, "passport.log")} {
+	caFile := filepath.Join(dir, stack.TLSDir, stack.CACertFile)
+	for _, want := range []string{"export PASSPORT_DATA=" + dir + " PASSPORT_AUTHORITY_URL=https://127.0.0.1:",
+		" PASSPORT_CA_FILE=" + caFile, "curl -i --cacert " + caFile + " https://127.0.0.1:", "logs        " + filepath.Join(dir, "passport.log")} {
 		if !strings.Contains(banner, want) {
 			t.Fatalf("banner lacks %q:\n%s", want, banner)
 		}
@@ -170,9 +185,16 @@ func TestFirstHour(t *testing.T) {
 		t.Fatal(err)
 	}
 	chaosAgent, observer := demoRole(t, d, "acme", "chaos"), demoRole(t, d, "acme", "observer")
+	// The demo serves TLS: the commands below get no --ca-file and no
+	// PASSPORT_CA_FILE, and trust demo.json's ca_file.
+	if d.CAFile != caFile || !strings.HasPrefix(d.URLs.Proxy, "https://") {
+		t.Fatalf("demo.json: ca_file %q, proxy %s; want %s and https", d.CAFile, d.URLs.Proxy, caFile)
+	}
+	caBefore := readFile(caFile)
+	hc := demoHTTPClient(t, d)
 
 	// 1. Without a passport, nothing gets through.
-	if code, _ := httpDo(t, http.MethodGet, d.URLs.Proxy+"/services", ""); code != http.StatusUnauthorized {
+	if code, _ := httpDo(t, hc, http.MethodGet, d.URLs.Proxy+"/services", ""); code != http.StatusUnauthorized {
 		t.Fatalf("no passport: %d, want 401", code)
 	}
 
@@ -218,6 +240,24 @@ func TestFirstHour(t *testing.T) {
 	if out, errOut, code := cli(t, map[string]string{"PASSPORT_DATA": dir}, "agent", "list", "--tenant", "acme"); code != 0 || !strings.Contains(out, observer.Name) {
 		t.Fatalf("agent list with PASSPORT_DATA: %d %q %q", code, out, errOut)
 	}
+	// PASSPORT_CA_FILE and --ca-file come before demo.json's ca_file: a
+	// CA that did not sign the demo's certificate is refused.
+	other := tlstest.NewCA(t, "another CA").File
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+	}{
+		{map[string]string{"PASSPORT_CA_FILE": other}, nil},
+		{nil, []string{"--ca-file", other}},
+	} {
+		args := append([]string{"approval", "list", "--data", dir, "--tenant", "acme"}, tc.args...)
+		if out, errOut, code := cli(t, tc.env, args...); code == 0 || !strings.Contains(errOut, "certificate signed by unknown authority") {
+			t.Fatalf("approval list with another CA (%v %v): %d %q %q", tc.env, tc.args, code, out, errOut)
+		}
+	}
+	if out, errOut, code := cli(t, nil, "approval", "list", "--data", dir, "--tenant", "acme"); code != 0 {
+		t.Fatalf("approval list --data: %d %q %q", code, out, errOut)
+	}
 
 	// 5. The observer's passport: a read passes, a restart is denied with
 	// reasons. Denied again and again, the observer ends up blocked.
@@ -226,16 +266,16 @@ func TestFirstHour(t *testing.T) {
 		t.Fatalf("token: %d %q", code, errOut)
 	}
 	tok := strings.TrimSpace(out)
-	if code, body := httpDo(t, http.MethodGet, d.URLs.Proxy+"/services", tok); code != http.StatusOK {
+	if code, body := httpDo(t, hc, http.MethodGet, d.URLs.Proxy+"/services", tok); code != http.StatusOK {
 		t.Fatalf("observer read: %d %s", code, body)
 	}
-	code, body := httpDo(t, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
+	code, body := httpDo(t, hc, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
 	// The README shows these reasons.
 	if code != http.StatusForbidden || !strings.Contains(body, `"reasons":["action_not_granted","agent_type_not_permitted","trust_level_too_low"]`) {
 		t.Fatalf("observer restart: %d %s, want 403 with the README's reasons", code, body)
 	}
 	waitFor(t, "the observer is blocked by its denials", func() (bool, string) {
-		httpDo(t, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
+		httpDo(t, hc, http.MethodPost, d.URLs.Proxy+"/services/checkout/restart", tok)
 		ag := agentShow(t, dir, observer)
 		return ag.Blocked, "reputation " + jsonString(ag.Reputation)
 	})
@@ -261,6 +301,10 @@ func TestFirstHour(t *testing.T) {
 	up = startUp(t, dir, "--no-chaos", "--no-rogue")
 	if banner := up.stdout.String(); !strings.Contains(banner, "restored    "+observer.Name) || !strings.Contains(banner, "unblocked") {
 		t.Fatalf("the banner of the restart does not say what it restored:\n%s", banner)
+	}
+	// The CA a user told a browser to trust survives the restart.
+	if readFile(caFile) != caBefore {
+		t.Fatal("the restart replaced the demo CA")
 	}
 	t.Logf("banner of the restart:\n%s", up.stdout.String())
 	if ag := agentShow(t, dir, observer); ag.Blocked || ag.Reputation != ag.ReputationBaseline {

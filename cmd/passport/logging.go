@@ -42,6 +42,11 @@ func (a *app) beforeCommand(cmd *cobra.Command, _ []string) error {
 			}
 		}
 	}
+	// Every command but up itself calls the stack in --data DIR, whose
+	// demo.json names its CA (caFile).
+	if f := cmd.Flags().Lookup("data"); f != nil && cmd.CommandPath() != "passport up" {
+		a.dataDir = f.Value.String()
+	}
 	return nil
 }
 

@@ -32,6 +32,9 @@ type app struct {
 	// redisAddrs and redisMaster are --redis-addrs and --redis-master
 	// (see redisEnv).
 	redisAddrs, redisMaster string
+	// dataDir is the --data DIR of a command that talks to a running
+	// `passport up` (beforeCommand), whose demo.json names the CA to trust.
+	dataDir string
 	// oneShot is set for commands that are not servers (beforeCommand):
 	// they log warnings and errors only unless --log-level is given.
 	oneShot bool

@@ -22,6 +22,7 @@ func (a *app) upCmd() *cobra.Command {
 		cfgPath, data, listen string
 		cfg                   stack.Config
 		noChaos, logStderr    bool
+		noTLS                 bool
 		witness               string
 	)
 	cmd := &cobra.Command{
@@ -37,11 +38,20 @@ simulator firing random faults and a rogue agent; then the dashboard (:8090).
 It registers the demo agents and writes DIR/demo.json with the URLs, the Redis URL,
 the admin token and every agent's credentials, for scripts and for
 ` + "`passport chaos fire --data DIR`" + `, ` + "`passport incidents --data DIR`" + ` and the rest.
+
+Every service serves TLS with a certificate of the demo's own CA, made on first start
+in DIR/tls (ca.crt, kept across restarts; keys mode 0600). demo.json names it (ca_file),
+so commands given --data DIR trust it; curl takes --cacert DIR/tls/ca.crt, and a browser
+shows no warning once told to trust it. --no-tls (or tls: false) serves plain HTTP.
 Ctrl-C stops everything cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.TLS = true // the YAML's tls: false, then --no-tls, turn it off
 			if err := config.Load(cfgPath, &cfg); err != nil {
 				return err
+			}
+			if noTLS {
+				cfg.TLS = false
 			}
 			if cmd.Flags().Changed("data") || cfg.DataDir == "" {
 				cfg.DataDir = data
@@ -99,6 +109,7 @@ Ctrl-C stops everything cleanly.`,
 	f.BoolVar(&noChaos, "no-chaos", false, "no random chaos (fire faults from the dashboard or `passport chaos fire`)")
 	f.Uint64Var(&cfg.ChaosSeed, "seed", 0, "seed for random chaos (0: from the clock)")
 	f.BoolVar(&cfg.NoRogue, "no-rogue", false, "leave out the rogue agents")
+	f.BoolVar(&noTLS, "no-tls", false, "serve plain HTTP instead of TLS with the demo's own CA (DIR/tls)")
 	f.StringVar(&cfg.PolicyDir, "policy-dir", "", "enforce Rego from this directory (hot-reloaded) instead of the embedded library")
 	f.BoolVar(&logStderr, "log-stderr", false, "write every log line to the terminal (stderr) instead of DIR/"+LogFile)
 	f.IntVar(&cfg.RestartBudget, "restart-budget", 0, "declare the budget restarts-per-service: at most N restarts of a service in 10 minutes, then a person must approve (0: none)")
@@ -120,6 +131,10 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	if logPath != "" {
 		fmt.Fprintf(&b, "  logs        %s (this terminal shows one line per incident and per block)\n", logPath)
 	}
+	if d.CAFile != "" {
+		fmt.Fprintf(&b, "  tls         every service over TLS, certificates from the demo's own CA %s\n", d.CAFile)
+		fmt.Fprintf(&b, "              (browsers: import it as an authority, or for Chromium: certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n passport-demo -i %s)\n", shellQuote(d.CAFile))
+	}
 	fmt.Fprintf(&b, "  keys        signing keys encrypted at rest (key in %s unless PASSPORT_KEY_ENCRYPTION_KEY is set)\n", filepath.Join(dir, stack.KeyEncryptionKeyFile))
 	for _, r := range d.Restored {
 		fmt.Fprintf(&b, "  restored    %s\n", r)
@@ -131,7 +146,11 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	fmt.Fprintf(&b, "  passport incidents --data %s                                   # DETECTED -> DISPATCHED -> RESOLVED\n", dir)
 	fmt.Fprintf(&b, "  passport audit tail --data %s --tenant acme                    # every decision, recorded before forwarding\n", dir)
 	fmt.Fprintf(&b, "  passport audit verify --data %s                                # prove nothing was removed, changed or reordered\n", dir)
-	fmt.Fprintf(&b, "  curl -i %s/services                                    # no passport: 401\n", d.URLs.Proxy)
+	curl := "curl -i"
+	if d.CAFile != "" {
+		curl += " --cacert " + shellQuote(d.CAFile)
+	}
+	fmt.Fprintf(&b, "  %s %s/services   # no passport: 401\n", curl, d.URLs.Proxy)
 	fmt.Fprintf(&b, "  passport approval list --tenant acme --data %s                 # calls waiting for a person (deploys to payments need one)\n", dir)
 	if slices.ContainsFunc(d.Agents, func(ag stack.DemoAgent) bool { return ag.Role == "rogue" }) {
 		fmt.Fprintf(&b, "The rogue agents keep trying restarts they may not do: watch them get denied, lose reputation and be blocked.\n")
@@ -141,14 +160,19 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 }
 
 // exportLine sets up a shell for the stack: PASSPORT_DATA gives every
-// command its --data (so URLs and tokens come from demo.json), and the
-// URLs serve scripts and curl.
+// command its --data (so URLs and tokens come from demo.json), the URLs
+// serve scripts and curl, and PASSPORT_CA_FILE (with TLS) is the demo CA
+// for curl --cacert and programs that take no --data.
 func exportLine(dir string, d stack.Demo) string {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	return fmt.Sprintf("export PASSPORT_DATA=%s PASSPORT_AUTHORITY_URL=%s PASSPORT_PROXY_URL=%s",
+	line := fmt.Sprintf("export PASSPORT_DATA=%s PASSPORT_AUTHORITY_URL=%s PASSPORT_PROXY_URL=%s",
 		shellQuote(dir), shellQuote(d.URLs.Authority), shellQuote(d.URLs.Proxy))
+	if d.CAFile != "" {
+		line += " PASSPORT_CA_FILE=" + shellQuote(d.CAFile)
+	}
+	return line
 }
 
 // shellQuote quotes s for a POSIX shell when it holds anything but the

@@ -1,6 +1,11 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -22,5 +27,46 @@ func TestTourHidesRedisPassword(t *testing.T) {
 	}
 	if strings.Contains(strings.ToLower(out), "unencrypted") || strings.Contains(strings.ToLower(out), "warning") {
 		t.Fatalf("tour warns:\n%s", out)
+	}
+}
+
+// `passport up --no-tls`, or tls: false in its config file, serves plain
+// HTTP: http URLs, no CA in demo.json or in the banner, and no
+// certificates made.
+func TestUpNoTLS(t *testing.T) {
+	plainCfg := filepath.Join(t.TempDir(), "plain.yaml")
+	yaml := "proxy_port: -1\nproxy_admin_port: -1\nauthority_port: -1\nfleet_port: -1\nhealer_port: -1\ndashboard_port: -1\nbcrypt_cost: 4\ntls: false\n"
+	if err := os.WriteFile(plainCfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"--no-tls", []string{"--no-tls"}},
+		{"tls: false", []string{"--config", plainCfg}}, // the last --config wins
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			up := startUp(t, dir, append(tc.args, "--no-chaos", "--no-rogue")...)
+			defer up.stop()
+			d, err := stack.ReadDemo(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.CAFile != "" || !strings.HasPrefix(d.URLs.Proxy, "http://") || !strings.HasPrefix(d.URLs.Authority, "http://") {
+				t.Fatalf("demo.json: ca_file %q, proxy %s, authority %s", d.CAFile, d.URLs.Proxy, d.URLs.Authority)
+			}
+			if _, err := os.Stat(filepath.Join(dir, stack.TLSDir)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("made %s: %v", stack.TLSDir, err)
+			}
+			banner := up.stdout.String()
+			if strings.Contains(banner, "PASSPORT_CA_FILE") || strings.Contains(banner, "--cacert") || !strings.Contains(banner, "curl -i "+d.URLs.Proxy) {
+				t.Errorf("banner:\n%s", banner)
+			}
+			if code, _ := httpDo(t, http.DefaultClient, http.MethodGet, d.URLs.Proxy+"/services", ""); code != http.StatusUnauthorized {
+				t.Errorf("plain GET /services: %d, want 401", code)
+			}
+		})
 	}
 }

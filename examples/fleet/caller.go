@@ -17,6 +17,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/agentpassport/passport/internal/tlsx"
 )
 
 // CallerConfig makes the control API check who called, the way an
@@ -40,6 +42,10 @@ type CallerConfig struct {
 	AssertionIssuer string `yaml:"assertion_issuer"`
 	// AssertionHeader carries it. Default Passport-Assertion.
 	AssertionHeader string `yaml:"assertion_header"`
+	// CAFile, when set, is the only CA trusted for an https://
+	// AssertionJWKSURL (the proxy's admin port with TLS). Default: the
+	// system's roots.
+	CAFile string `yaml:"ca_file"`
 }
 
 func (c CallerConfig) enabled() bool { return c.APIKeyFile != "" || c.AssertionJWKSURL != "" }
@@ -63,7 +69,11 @@ func newCaller(cfg CallerConfig) (*caller, error) {
 	if cfg.AssertionHeader == "" {
 		cfg.AssertionHeader = "Passport-Assertion"
 	}
-	c := &caller{cfg: cfg, client: &http.Client{Timeout: 5 * time.Second}, seen: map[string]time.Time{}}
+	hc, err := tlsx.HTTPClient(cfg.CAFile, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("caller ca_file: %w", err)
+	}
+	c := &caller{cfg: cfg, client: hc, seen: map[string]time.Time{}}
 	if cfg.APIKeyFile != "" {
 		b, err := os.ReadFile(cfg.APIKeyFile)
 		if err != nil {

@@ -114,7 +114,11 @@ func HTTPClient(timeout time.Duration, tc *tls.Config) *http.Client {
 	c := &http.Client{Timeout: timeout}
 	if tc != nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = tc
+		// A copy: net/http's HTTP/2 setup adds h2 to the config's
+		// NextProtos, and a caller's config shared with an HTTP/1.1-only
+		// transport (the healer's probes) would then offer h2 there and
+		// speak HTTP/1.1 to a server that answers in HTTP/2.
+		tr.TLSClientConfig = tc.Clone()
 		c.Transport = tr
 	}
 	return c

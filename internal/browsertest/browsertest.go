@@ -8,7 +8,11 @@ package browsertest
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"os"
 	"os/exec"
@@ -43,7 +47,8 @@ func Find(t testing.TB) string {
 // New starts a fresh headless Chromium with its own profile for the test
 // and returns its context; it is stopped when the test ends. The flags keep
 // Chromium off the network: only the pages the test opens are fetched.
-func New(t testing.TB) context.Context {
+// extra are further allocator options (TrustSPKI).
+func New(t testing.TB, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	bin := Find(t)
 	opts := []chromedp.ExecAllocatorOption{
@@ -60,6 +65,7 @@ func New(t testing.TB) context.Context {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1440, 1000),
 	}
+	opts = append(opts, extra...)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelB := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancelB(); cancelA() })
@@ -68,6 +74,29 @@ func New(t testing.TB) context.Context {
 	}
 	ScreenshotOnFailure(t, ctx)
 	return ctx
+}
+
+// TrustSPKI makes Chromium accept a server certificate whose public key is
+// cert's (a PEM file) although no root it knows signed it: a pin on one key,
+// not a switch that turns verification off. Every other certificate is
+// still verified against the system's roots. Chromium honours the flag only
+// with a user data directory of its own, which New always sets.
+func TrustSPKI(t testing.TB, certFile string) chromedp.ExecAllocatorOption {
+	t.Helper()
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatalf("browsertest: %v", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("browsertest: %s: no PEM certificate", certFile)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatalf("browsertest: %s: %v", certFile, err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return chromedp.Flag("ignore-certificate-errors-spki-list", base64.StdEncoding.EncodeToString(sum[:]))
 }
 
 // ScreenshotOnFailure saves the page when the test failed: under the test's

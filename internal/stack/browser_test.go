@@ -3,6 +3,10 @@ package stack_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +21,13 @@ import (
 // TestBrowserFullStack opens the dashboard of a real stack in headless
 // Chromium, fires a fault from the page and follows it: the real chaos agent
 // breaks the fleet through the proxy, the real healer repairs it, and the
-// page shows the incident RESOLVED and the decisions as they happen.
+// page shows the incident RESOLVED and the decisions as they happen. The
+// stack serves TLS, as `passport up` does; Chromium trusts the demo's
+// server key (a pin, as a user importing the CA would trust it) and no
+// other certificate its roots do not know.
 func TestBrowserFullStack(t *testing.T) {
-	r := startStack(t, stack.Config{ChaosInterval: -1})
-	ctx := browsertest.New(t)
+	r := startStack(t, stack.Config{ChaosInterval: -1, TLS: true})
+	ctx := browsertest.New(t, browsertest.TrustSPKI(t, filepath.Join(r.dataDir, stack.TLSDir, stack.ServerCertFile)))
 	do := func(what string, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		c, cancel := context.WithTimeout(ctx, timeout)
@@ -42,6 +49,27 @@ func TestBrowserFullStack(t *testing.T) {
 	}
 
 	do("load the sign-in link", 30*time.Second,
+		chromedp.Navigate(dashboard.SignInURL(r.demo.URLs.Dashboard, r.demo.AdminToken, "acme")),
+		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
+		chromedp.WaitReady(css(`#chaos-target option[value="checkout"]`)),
+	)
+	// The page and its live feed came over TLS (the feed is live: wss).
+	if got := eval(`location.protocol`); got != "https:" {
+		t.Fatalf("the dashboard was served over %s", got)
+	}
+	// The pin is not a blanket bypass: a certificate of another CA is
+	// still refused.
+	other := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "other") }))
+	defer other.Close()
+	{
+		c, cancel := context.WithTimeout(ctx, 15*time.Second)
+		_, err := chromedp.Run(c, chromedp.Navigate(other.URL))
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "ERR_CERT") {
+			t.Fatalf("Chromium opened a server with another CA's certificate: %v", err)
+		}
+	}
+	do("back to the dashboard", 30*time.Second,
 		chromedp.Navigate(dashboard.SignInURL(r.demo.URLs.Dashboard, r.demo.AdminToken, "acme")),
 		chromedp.WaitVisible(css(`#feed-status[data-state="live"]`)),
 		chromedp.WaitReady(css(`#chaos-target option[value="checkout"]`)),

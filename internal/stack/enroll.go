@@ -172,7 +172,7 @@ func (s *Stack) enrollDemo(ctx context.Context, g *errgroup.Group, d *demoIssuer
 		return nil
 	}
 	tokenFile := filepath.Join(d.dir, demoTokenFile)
-	c, err := client.NewWorkload(s.demo.URLs.Authority, client.TokenFile(tokenFile), client.Options{})
+	c, err := client.NewWorkload(s.demo.URLs.Authority, client.TokenFile(tokenFile), client.Options{CAFile: s.caFile()})
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (s *Stack) enrollDemo(ctx context.Context, g *errgroup.Group, d *demoIssuer
 		return fmt.Errorf("demo workload enrollment: %w", err)
 	}
 	id, _ := agentcall.PeekIdentity(tok.Raw)
-	call := &agentcall.Client{BaseURL: s.demo.URLs.Proxy, UserAgent: "passport-demo-workload"}
+	call := &agentcall.Client{BaseURL: s.demo.URLs.Proxy, HTTP: s.httpClient(5 * time.Second), UserAgent: "passport-demo-workload"}
 	if _, err := call.Do(ctx, tok.Raw, http.MethodGet, "/services", nil); err != nil {
 		return fmt.Errorf("demo workload: list services through the proxy: %w", err)
 	}

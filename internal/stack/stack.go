@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -44,6 +45,7 @@ import (
 	"github.com/agentpassport/passport/internal/agentcall"
 	"github.com/agentpassport/passport/internal/assemble"
 	"github.com/agentpassport/passport/internal/redisx"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/proxy"
 )
@@ -112,6 +114,11 @@ type Config struct {
 	Witness string `yaml:"witness"`
 	// WitnessToken is sent to HTTP witnesses (env PASSPORT_WITNESS_TOKEN).
 	WitnessToken string `yaml:"-"`
+	// TLS serves every listener over TLS with a certificate of the demo's
+	// own CA, kept in DataDir/tls (tls.go), and makes every client of the
+	// stack trust that CA alone. Off (the zero value): plain HTTP on
+	// loopback. `passport up` turns it on unless --no-tls.
+	TLS bool `yaml:"tls"`
 }
 
 // Demo is what DataDir/demo.json holds: where everything is and the demo
@@ -134,6 +141,9 @@ type Demo struct {
 	// Enrolled is the agent that enrolled with a service-account token
 	// from the demo's stand-in for Kubernetes (docs/enrollment.md).
 	Enrolled *DemoEnrolled `json:"enrolled,omitempty"`
+	// CAFile is the absolute path of the demo CA's certificate with TLS
+	// on: what the CLI (--data DIR), curl --cacert and browsers trust.
+	CAFile string `json:"ca_file,omitempty"`
 	// Restored says, one line per agent, which demo agents of an earlier
 	// run got their reputation back or were unblocked at this start.
 	Restored []string `json:"-"`
@@ -219,6 +229,8 @@ type Stack struct {
 	cfg  Config
 	log  *slog.Logger
 	demo Demo
+	// tls is the demo's CA and server certificate; nil with TLS off.
+	tls *demoTLS
 
 	rdb   redis.UniversalClient
 	fleet *fleet.Fleet
@@ -266,7 +278,7 @@ func (s *Stack) listen(port int) (net.Listener, error) {
 	return ln, nil
 }
 
-func urlOf(ln net.Listener) string { return "http://" + ln.Addr().String() }
+func (s *Stack) urlOf(ln net.Listener) string { return s.scheme() + "://" + ln.Addr().String() }
 
 func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	cfg := s.cfg
@@ -274,6 +286,15 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	prev := readDemo(cfg.DataDir)
+	if cfg.TLS {
+		dir, err := filepath.Abs(filepath.Join(cfg.DataDir, TLSDir))
+		if err != nil {
+			return fmt.Errorf("tls dir: %w", err)
+		}
+		if s.tls, err = ensureTLS(dir, cfg.Host, time.Now()); err != nil {
+			return err
+		}
+	}
 	if cfg.Witness != "" {
 		ws, err := audit.OpenWitnesses([]string{cfg.Witness}, cfg.WitnessToken)
 		if err != nil {
@@ -349,8 +370,8 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	}
 	s.demo = Demo{
 		URLs: URLs{
-			Proxy: urlOf(lns["proxy"]), ProxyAdmin: urlOf(lns["proxy_admin"]),
-			Authority: urlOf(lns["authority"]), Dashboard: urlOf(lns["dashboard"]),
+			Proxy: s.urlOf(lns["proxy"]), ProxyAdmin: s.urlOf(lns["proxy_admin"]),
+			Authority: s.urlOf(lns["authority"]), Dashboard: s.urlOf(lns["dashboard"]),
 		},
 		RedisURL:   redisURL,
 		AdminToken: adminToken,
@@ -358,6 +379,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		HealerAPIs: map[string]string{},
 		StartedAt:  time.Now().UTC(),
 		Witness:    cfg.Witness,
+		CAFile:     s.caFile(),
 	}
 
 	// Each component's service runs its own audit writer and stops it
@@ -368,6 +390,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	acfg := authority.DefaultConfig()
 	acfg.Listen = lns["authority"].Addr().String()
 	acfg.Issuer = s.demo.URLs.Authority
+	acfg.TLS = s.serverTLS()
 	acfg.AdminToken = adminToken
 	// The proxy reports policy denials with a token that can do nothing
 	// else; it lives as long as this run.
@@ -390,7 +413,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		return s.failed(g, err)
 	}
 	g.Go(func() error { return authSvc.Run(gctx) })
-	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{})
+	s.admin, err = client.NewAdmin(s.demo.URLs.Authority, passport.Secret(adminToken), client.Options{CAFile: s.caFile()})
 	if err != nil {
 		return s.failed(g, err)
 	}
@@ -404,12 +427,13 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	}
 	fcfg := fleet.Default()
 	fcfg.Listen = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.FleetPort))
+	fcfg.TLS = s.serverTLS()
 	for i := range fcfg.Services {
 		fcfg.Services[i].Listen = net.JoinHostPort(cfg.Host, "0")
 	}
 	fcfg.Caller = fleet.CallerConfig{APIKeyFile: fleetKey,
 		AssertionJWKSURL:  s.demo.URLs.ProxyAdmin + proxy.AssertionJWKSPath,
-		AssertionAudience: FleetAssertionAudience}
+		AssertionAudience: FleetAssertionAudience, CAFile: s.caFile()}
 	flSvc, fl, err := assemble.Fleet(fcfg, s.env())
 	if err != nil {
 		return s.failed(g, err)
@@ -429,10 +453,27 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		mcpLn.Close()
 		return s.failed(g, err)
 	}
+	mcpURL := s.urlOf(mcpLn)
+	if s.tls != nil {
+		mtc, err := s.serverTLS().Config(tlsx.Options{Name: "mcp-server", Logger: s.log})
+		if err != nil {
+			mcpLn.Close()
+			return s.failed(g, err)
+		}
+		mcpLn = tls.NewListener(mcpLn, mtc)
+	}
 	g.Go(func() error { return mcpSrv.Serve(gctx, mcpLn) })
 
 	// The proxy in front of the fleet.
-	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet, "http://"+mcpLn.Addr().String())
+	pcfg := DemoProxyConfig(s.demo.URLs.Authority, s.demo.URLs.Fleet, mcpURL)
+	pcfg.TLS = s.serverTLS()
+	if s.tls != nil {
+		pcfg.AuthorityTLS = s.tls.client()
+		for name, u := range pcfg.Upstreams {
+			u.TLS = s.tls.client()
+			pcfg.Upstreams[name] = u
+		}
+	}
 	up := pcfg.Upstreams["fleet"]
 	up.Credential = &proxy.Credential{Type: "header", Header: "X-Api-Key", File: fleetKey}
 	up.Assertion, up.AssertionAudience = true, FleetAssertionAudience
@@ -455,10 +496,10 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	g.Go(func() error { return pxSvc.Run(gctx) })
 
 	// Wait for the authority and the proxy to answer before agents use them.
-	if err := waitReady(gctx, s.demo.URLs.Authority+"/readyz"); err != nil {
+	if err := waitReady(gctx, s.httpClient(time.Second), s.demo.URLs.Authority+"/readyz"); err != nil {
 		return s.failed(g, fmt.Errorf("authority not ready: %w", err))
 	}
-	if err := waitReady(gctx, s.demo.URLs.ProxyAdmin+"/readyz"); err != nil {
+	if err := waitReady(gctx, s.httpClient(time.Second), s.demo.URLs.ProxyAdmin+"/readyz"); err != nil {
 		return s.failed(g, fmt.Errorf("proxy not ready: %w", err))
 	}
 
@@ -483,6 +524,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	dcfg.Listen = lns["dashboard"].Addr().String()
 	dcfg.Tenants = cfg.Tenants
 	dcfg.AuthorityURL = s.demo.URLs.Authority
+	dcfg.TLS = s.serverTLS()
 	dashSvc, _, err := assemble.Dashboard(ctx, dcfg, s.env(), assemble.DashboardDeps{
 		AdminToken: adminToken, Actions: &actions{AdminAgents: dashboard.AdminAgents{Admin: s.admin}, s: s},
 		Chaos: s.dashChaos,
@@ -535,6 +577,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	agentClient := func(role string, opts client.Options) (*client.Client, DemoAgent, error) {
 		for _, a := range s.demo.Agents {
 			if a.Tenant == tenant && a.Role == role {
+				opts.CAFile = s.caFile()
 				c, err := client.New(s.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), opts)
 				return c, a, err
 			}
@@ -560,6 +603,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 		hport = s.cfg.HealerPort + i
 	}
 	hcfg.Listen = net.JoinHostPort(s.cfg.Host, strconv.Itoa(hport))
+	hcfg.TLS = s.serverTLS()
 	var targets []string
 	for _, st := range s.fleet.Services() {
 		if st.Tenant == tenant {
@@ -570,14 +614,14 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	// The fleet announces its changes: faults are confirmed as they happen.
 	hcfg.Announcements.URL = s.fleet.URL() + "/events?tenant=" + url.QueryEscape(tenant)
 	hsvc, h, err := assemble.Healer(ctx, hcfg, s.env(), assemble.HealerDeps{
-		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc, DPoPKey: dpopKey}},
+		Agent:      assemble.Agent{Passports: agentcall.AuthorityPassports{Client: hc, DPoPKey: dpopKey}, TLS: s.clientTLS()},
 		Reputation: agentcall.AdminReputation{Admin: s.admin, Tenant: tenant, AgentID: ha.ID},
 		AdminToken: s.demo.AdminToken,
 	})
 	if err != nil {
 		return err
 	}
-	s.demo.HealerAPIs[tenant] = "http://" + h.APIAddr()
+	s.demo.HealerAPIs[tenant] = s.scheme() + "://" + h.APIAddr()
 	g.Go(func() error { return hsvc.Run(ctx) })
 
 	// Chaos.
@@ -587,7 +631,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 	}
 	ccfg := chaos.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Interval: max(s.cfg.ChaosInterval, time.Second), Seed: s.cfg.ChaosSeed, Targets: targets}
 	csvc, ch, err := assemble.Chaos(ctx, ccfg, s.env(), assemble.ChaosOptions{
-		Agent: assemble.Agent{Passports: agentcall.AuthorityPassports{Client: cc}}, Loop: s.cfg.ChaosInterval > 0,
+		Agent: assemble.Agent{Passports: agentcall.AuthorityPassports{Client: cc}, TLS: s.clientTLS()}, Loop: s.cfg.ChaosInterval > 0,
 	})
 	if err != nil {
 		return err
@@ -611,7 +655,8 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 		}
 		op := agentcall.AuthorityPassports{Client: oc}
 		ag := &mcpserver.Agent{Endpoint: s.demo.URLs.Proxy + "/mcp", Log: s.log.With("component", "mcp-agent", "tenant", tenant),
-			Passport: func(ctx context.Context) (string, error) { return op.Passport(ctx, nil, nil) }}
+			HTTPClient: s.httpClient(0),
+			Passport:   func(ctx context.Context) (string, error) { return op.Passport(ctx, nil, nil) }}
 		g.Go(func() error { return ag.Run(ctx) })
 	}
 
@@ -622,7 +667,7 @@ func (s *Stack) startTenant(ctx context.Context, g *errgroup.Group, i int, tenan
 			return err
 		}
 		r, err := rogue.New(rogue.Config{Tenant: tenant, ProxyURL: s.demo.URLs.Proxy, Targets: targets, Interval: 2 * time.Second},
-			rogue.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: rc}})
+			rogue.Deps{Logger: s.log, Passports: agentcall.AuthorityPassports{Client: rc}, HTTP: s.httpClient(5 * time.Second)})
 		if err != nil {
 			return fmt.Errorf("rogue %s: %w", tenant, err)
 		}
@@ -741,9 +786,8 @@ var (
 	_ dashboard.Approvals = (*actions)(nil) // through dashboard.AdminAgents
 )
 
-// waitReady polls url until it answers 200 or ctx ends.
-func waitReady(ctx context.Context, url string) error {
-	c := &http.Client{Timeout: time.Second}
+// waitReady polls url with c until it answers 200 or ctx ends.
+func waitReady(ctx context.Context, c *http.Client, url string) error {
 	deadline := time.Now().Add(15 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {

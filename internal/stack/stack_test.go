@@ -23,6 +23,7 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/stack"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -32,6 +33,9 @@ type running struct {
 	dataDir string
 	rdb     *redis.Client
 	admin   *client.Admin
+	// hc calls the stack: it trusts demo.json's ca_file alone when the
+	// stack runs TLS, as curl --cacert does.
+	hc *http.Client
 
 	mu        sync.Mutex
 	observers map[string]string // tenant -> an observer's passport, for reading the fleet
@@ -81,11 +85,15 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 	if onDisk.URLs.Proxy != d.URLs.Proxy || onDisk.AdminToken == "" || len(onDisk.Agents) == 0 {
 		t.Fatalf("demo.json incomplete: %+v", onDisk.URLs)
 	}
-	admin, err := client.NewAdmin(d.URLs.Authority, passport.Secret(d.AdminToken), client.Options{})
+	hc, err := tlsx.HTTPClient(onDisk.CAFile, 10*time.Second)
+	if err != nil {
+		t.Fatalf("demo.json's ca_file: %v", err)
+	}
+	admin, err := client.NewAdmin(d.URLs.Authority, passport.Secret(d.AdminToken), client.Options{HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &running{demo: d, dataDir: cfg.DataDir, rdb: srv.Client(), admin: admin, observers: map[string]string{}}
+	return &running{demo: d, dataDir: cfg.DataDir, rdb: srv.Client(), admin: admin, hc: hc, observers: map[string]string{}}
 }
 
 type testWriter struct{ t *testing.T }
@@ -170,7 +178,7 @@ func (r *running) agent(t *testing.T, tenant, role string) stack.DemoAgent {
 
 func (r *running) passport(t *testing.T, a stack.DemoAgent, req client.TokenRequest) string {
 	t.Helper()
-	c, err := client.New(r.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), client.Options{})
+	c, err := client.New(r.demo.URLs.Authority, a.ClientID, passport.Secret(a.ClientSecret), client.Options{HTTPClient: r.hc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,11 +191,22 @@ func (r *running) passport(t *testing.T, a stack.DemoAgent, req client.TokenRequ
 
 func call(t *testing.T, method, url, token string) (int, string) {
 	t.Helper()
+	return callWith(t, http.DefaultClient, method, url, token)
+}
+
+// call is call with the stack's client.
+func (r *running) call(t *testing.T, method, url, token string) (int, string) {
+	t.Helper()
+	return callWith(t, r.hc, method, url, token)
+}
+
+func callWith(t *testing.T, hc *http.Client, method, url, token string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -220,7 +239,7 @@ func (r *running) fleetServices(t *testing.T) map[string]serviceStatus {
 			r.observers[tenant] = tok
 			r.mu.Unlock()
 		}
-		code, body := call(t, http.MethodGet, r.demo.URLs.Proxy+"/services", tok)
+		code, body := r.call(t, http.MethodGet, r.demo.URLs.Proxy+"/services", tok)
 		if code != http.StatusOK {
 			t.Fatalf("fleet /services through the proxy as %s's observer: %d %s", tenant, code, body)
 		}
@@ -243,7 +262,7 @@ func (r *running) fireChaos(t *testing.T, tenant, typ, target string) {
 	req, _ := http.NewRequest(http.MethodPost, r.demo.URLs.Proxy+"/faults/"+target, strings.NewReader(fmt.Sprintf(`{"type":%q}`, typ)))
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := r.hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
