@@ -83,19 +83,28 @@ type keySet struct {
 // Redis so that replicas share them and they survive restarts; each
 // replica holds an immutable snapshot behind an atomic.Pointer.
 type keyManager struct {
-	rdb      redis.UniversalClient
-	cfg      KeysConfig
-	lifetime time.Duration
-	leeway   time.Duration
-	now      func() time.Time
-	log      *slog.Logger
-	aead     cipher.AEAD // nil when keys are stored unencrypted
-	set      atomic.Pointer[keySet]
-	mu       sync.Mutex // serialises local load/rotate
+	rdb redis.UniversalClient
+	cfg KeysConfig
+	// waitReplicas, when > 0, is how many replicas must hold the rotation
+	// lock before it counts (the audit section's wait_replicas): a lock
+	// lost in a failover could otherwise be taken twice.
+	waitReplicas int
+	waitTimeout  time.Duration
+	lifetime     time.Duration
+	leeway       time.Duration
+	now          func() time.Time
+	log          *slog.Logger
+	aead         cipher.AEAD // nil when keys are stored unencrypted
+	set          atomic.Pointer[keySet]
+	mu           sync.Mutex // serialises local load/rotate
 }
 
 func newKeyManager(rdb redis.UniversalClient, cfg Config, now func() time.Time, log *slog.Logger) (*keyManager, error) {
-	km := &keyManager{rdb: rdb, cfg: cfg.Keys, lifetime: cfg.Passport.Lifetime, leeway: cfg.Passport.Leeway, now: now, log: log}
+	km := &keyManager{rdb: rdb, cfg: cfg.Keys, lifetime: cfg.Passport.Lifetime, leeway: cfg.Passport.Leeway, now: now, log: log,
+		waitReplicas: cfg.Audit.WaitReplicas, waitTimeout: cfg.Audit.WaitTimeout}
+	if km.waitTimeout <= 0 {
+		km.waitTimeout = time.Second
+	}
 	if cfg.Keys.EncryptionKey != "" {
 		sum := sha256.Sum256([]byte(cfg.Keys.EncryptionKey))
 		block, err := aes.NewCipher(sum[:])
@@ -305,20 +314,42 @@ func (km *keyManager) Rotate(ctx context.Context, force bool) (bool, error) {
 // withLock runs fn holding the Redis rotation lock. The lock has a TTL so a
 // crashed replica cannot hold it forever, and is released only by its
 // owner (compare-and-delete), so a slow replica never frees another's lock.
+//
+// With waitReplicas the lock is taken only once that many replicas hold
+// it (SET NX, then WAIT on the same connection); otherwise it is given
+// back and the rotation refused, since a failover could lose it and let
+// another replica rotate as well.
 func (km *keyManager) withLock(ctx context.Context, fn func() error) error {
 	token := randomID(16)
-	ok, err := km.rdb.SetNX(ctx, keysLockKey, token, 30*time.Second).Result()
+	pipe := km.rdb.Pipeline()
+	set := pipe.SetNX(ctx, keysLockKey, token, 30*time.Second)
+	var wait *redis.Cmd
+	if km.waitReplicas > 0 {
+		wait = pipe.Do(ctx, "wait", km.waitReplicas, km.waitTimeout.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx)
+	ok, err := set.Result()
 	if err != nil {
 		return fmt.Errorf("take key lock: %w", err)
 	}
 	if !ok {
 		return ErrRotationInProgress
 	}
-	defer func() {
+	unlock := func() {
 		_ = unlockScript.Run(context.WithoutCancel(ctx), km.rdb, []string{keysLockKey}, token).Err()
-	}()
+	}
+	defer unlock()
+	if wait != nil {
+		if n, err := wait.Int64(); err != nil || n < int64(km.waitReplicas) {
+			return fmt.Errorf("%w: key lock held by %d of %d replicas (%v)", ErrLockNotReplicated, n, km.waitReplicas, err)
+		}
+	}
 	return fn()
 }
+
+// ErrLockNotReplicated: the rotation lock did not reach wait_replicas
+// replicas in time, so no rotation was made.
+var ErrLockNotReplicated = errors.New("key rotation lock not replicated")
 
 var unlockScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 

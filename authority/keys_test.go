@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -332,5 +334,46 @@ func TestMetadataAndHealth(t *testing.T) {
 	resp, body = e.postForm("/oauth2/token", ag, "agt_abc", "x")
 	if resp.StatusCode != http.StatusServiceUnavailable || strings.Contains(string(body), "access_token") {
 		t.Fatalf("token with Redis down: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestRotationLockWaitsForReplicas: with the audit section's
+// wait_replicas, a rotation takes the lock only once a replica holds it
+// (a lock lost in a failover could be taken by a second replica). With
+// the replica frozen the rotation is refused, the keys stay, and the lock
+// is given back.
+func TestRotationLockWaitsForReplicas(t *testing.T) {
+	primary, replica := redistest.Start(t), redistest.Start(t)
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(primary.Addr)
+	if err := replica.Client().ReplicaOf(ctx, host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, _ := replica.Client().Info(ctx, "replication").Result()
+		if strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not link: %s", info)
+		}
+		time.Sleep(20 * time.Millisecond) // replication has no event to wait on here
+	}
+	e := newEnv(t, func(c *Config) { c.Audit.WaitReplicas, c.Audit.WaitTimeout = 1, 300*time.Millisecond }, primary, nil)
+	if err := e.a.RotateKeys(ctx); err != nil {
+		t.Fatalf("rotate with the replica up: %v", err)
+	}
+	before, _ := e.a.keys.signer()
+	replica.Freeze()
+	defer replica.Thaw()
+	if err := e.a.RotateKeys(ctx); !errors.Is(err, ErrLockNotReplicated) {
+		t.Fatalf("rotate with the replica frozen: %v, want ErrLockNotReplicated", err)
+	}
+	if after, _ := e.a.keys.signer(); after.stored.KID != before.stored.KID {
+		t.Fatal("the keys rotated without a replicated lock")
+	}
+	if n, _ := e.rdb.Exists(ctx, keysLockKey).Result(); n != 0 {
+		t.Fatal("the unreplicated lock was kept")
 	}
 }
