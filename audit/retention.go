@@ -5,24 +5,42 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func (s *Stream) trimAll(ctx context.Context) error {
-	// Stream ids are Redis server milliseconds, so the cut is computed from
-	// the server's clock: a skewed local clock can never put the cut past
-	// the retention checkpoint that is written right after it.
-	now, err := s.rdb.Time(ctx).Result()
-	if err != nil {
-		return fmt.Errorf("audit retention: redis time: %w", err)
-	}
-	before := now.Add(-s.cfg.Retention)
 	var errs []error
 	for _, t := range s.tenants() {
+		// Stream ids are milliseconds of the server holding the stream, so
+		// the cut is computed from that server's clock: a skewed local
+		// clock (or, on a Cluster, another node's) can never put the cut
+		// past the retention checkpoint that is written right after it.
+		now, err := streamTime(ctx, s.rdb, StreamKey(t))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("audit retention: %s: redis time: %w", t, err))
+			continue
+		}
+		before := now.Add(-s.cfg.Retention)
 		if err := s.Trim(ctx, t, strconv.FormatInt(before.UnixMilli(), 10)+"-0"); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// streamTime is TIME on the server that holds key: on a Cluster, the
+// primary of its slot.
+func streamTime(ctx context.Context, rdb redis.UniversalClient, key string) (time.Time, error) {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		node, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return time.Time{}, err
+		}
+		return node.Time(ctx).Result()
+	}
+	return rdb.Time(ctx).Result()
 }
 
 // Trim removes the tenant's entries with ids below minID, after writing a
