@@ -310,19 +310,42 @@ func (rv *revocations) apply(ctx context.Context, payload string) {
 		}
 		return
 	}
-	rv.mu.Lock()
-	defer rv.mu.Unlock()
 	switch ev.Type {
 	case passport.EventRevoke:
 		exp := ev.Exp
 		if exp == 0 {
 			exp = rv.clock().Add(passport.MaxLifetime).Unix()
 		}
+		rv.mu.Lock()
 		rv.revoked.add(ev.JTI, exp)
-	case passport.EventBlock:
-		rv.blocked[passport.BlockedMember(ev.Tenant, ev.AgentID)] = struct{}{}
-	case passport.EventUnblock:
-		delete(rv.blocked, passport.BlockedMember(ev.Tenant, ev.AgentID))
+		rv.mu.Unlock()
+	case passport.EventBlock, passport.EventUnblock:
+		member := passport.BlockedMember(ev.Tenant, ev.AgentID)
+		if ev.Type == passport.EventBlock {
+			rv.setBlocked(member, true) // at once: refusing is the safe side
+		}
+		// Block and unblock events can overtake each other (on a Cluster a
+		// PUBLISH goes through any node): the event is a hint, and the set
+		// in Redis says which came last. Unread, a block stays and an
+		// unblock waits for the next full load.
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		is, err := rv.rdb.SIsMember(cctx, passport.BlockedKey, member).Result()
+		cancel()
+		if err != nil {
+			rv.log.WarnContext(ctx, "block state unread; keeping the safer one", "tenant", ev.Tenant, "agent_id", ev.AgentID, "error", err)
+			return
+		}
+		rv.setBlocked(member, is)
+	}
+}
+
+func (rv *revocations) setBlocked(member string, blocked bool) {
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	if blocked {
+		rv.blocked[member] = struct{}{}
+	} else {
+		delete(rv.blocked, member)
 	}
 }
 

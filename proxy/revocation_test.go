@@ -140,3 +140,44 @@ func TestDirectCheckWhileNotLive(t *testing.T) {
 		t.Fatalf("redis down: %v, want ErrStateUnavailable", err)
 	}
 }
+
+// TestBlockEventsOutOfOrder: on a Cluster a block and the unblock after it
+// can arrive in either order. The event is a hint: the proxy ends with
+// what the blocked set in Redis says, whichever arrives last.
+func TestBlockEventsOutOfOrder(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	rv := newRevocations(rdb, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now, newMetrics(prometheus.NewRegistry()))
+	member := passport.BlockedMember("acme", "agt-1")
+	blockedNow := func() bool {
+		rv.mu.RLock()
+		defer rv.mu.RUnlock()
+		_, ok := rv.blocked[member]
+		return ok
+	}
+	block := passport.RevocationEvent{Type: passport.EventBlock, Tenant: "acme", AgentID: "agt-1"}.Marshal()
+	unblock := passport.RevocationEvent{Type: passport.EventUnblock, Tenant: "acme", AgentID: "agt-1"}.Marshal()
+
+	// Blocked, then unblocked in Redis; the unblock overtakes the block.
+	rv.apply(ctx, unblock)
+	rv.apply(ctx, block)
+	if blockedNow() {
+		t.Fatal("blocked after the unblock that came last in Redis")
+	}
+	// Unblocked, then blocked again; the block overtakes the unblock.
+	if err := rdb.SAdd(ctx, passport.BlockedKey, member).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rv.apply(ctx, block)
+	rv.apply(ctx, unblock)
+	if !blockedNow() {
+		t.Fatal("not blocked after the block that came last in Redis")
+	}
+	// Redis unreadable: a block holds, an unblock waits.
+	srv.Kill()
+	rv.apply(ctx, unblock)
+	if !blockedNow() {
+		t.Fatal("an unblock was applied without reading Redis")
+	}
+}
