@@ -14,6 +14,11 @@ const (
 	CheckpointPeriodic  = "periodic"  // every CheckpointEvery records or CheckpointInterval
 	CheckpointShutdown  = "shutdown"  // on a clean stop, so the whole chain is sealed
 	CheckpointRetention = "retention" // just before trimming, with the anchors of what stays
+	// CheckpointLoss is written when the writer finds its stored chain
+	// head behind records Redis had acknowledged (a failover promoted a
+	// replica that never got them): Lost names them, and verify reports
+	// them as deleted.
+	CheckpointLoss = "loss"
 )
 
 // Checkpoint is the Details of a KindCheckpoint record: the writer's
@@ -36,11 +41,22 @@ type Checkpoint struct {
 	// that remains is accepted as starting right after it.
 	MinID   string            `json:"min_id,omitempty"`
 	Anchors map[string]Anchor `json:"anchors,omitempty"`
+	// Lost is set by loss checkpoints: the acknowledged records the
+	// stored chain no longer has.
+	Lost *LostRange `json:"lost,omitempty"`
 	// Key is the writer's public key (base64 std), informative only: the
 	// verifier takes the key from the trusted-keys file or the writers
 	// hash, never from the record it checks.
 	Key string `json:"key"`
 	Sig string `json:"sig"` // base64 std Ed25519 signature over SigningBytes
+}
+
+// LostRange is a writer's acknowledged records that Redis lost: seq
+// First..Last of its chain, the last of them with hash LastHash.
+type LostRange struct {
+	First    uint64 `json:"first"`
+	Last     uint64 `json:"last"`
+	LastHash string `json:"last_hash"`
 }
 
 // Anchor is where a writer's retained chain resumes after trimming.

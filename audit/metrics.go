@@ -19,6 +19,7 @@ type metrics struct {
 	dropped     prometheus.Counter
 	checkpoints prometheus.Counter
 	durability  *prometheus.GaugeVec
+	lost        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,6 +63,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "passport_audit_checkpoints_total",
 			Help: "Signed checkpoints written.",
 		}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passport_audit_lost_records_total",
+			Help: "Records Redis acknowledged and later no longer had (a failover without wait_replicas, or a rewritten head); each loss is written as a signed loss checkpoint.",
+		}),
 		durability: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "passport_audit_durability_status",
 			Help: "1 for the Redis persistence level seen at the last check: always, everysec, no, off or unknown.",
@@ -77,6 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropped = register(reg, m.dropped)
 	m.checkpoints = register(reg, m.checkpoints)
 	m.durability = register(reg, m.durability)
+	m.lost = register(reg, m.lost)
 	return m
 }
 

@@ -253,6 +253,12 @@ type chain struct {
 	hash      string
 	sinceCkpt uint64
 	ambiguous []*item // failed writes whose fate the next resync decides
+	// acked is the newest record Redis acknowledged; a stored head found
+	// behind it on resync means acknowledged records were lost, which
+	// lost holds until a loss checkpoint saying so is stored.
+	acked     uint64
+	ackedHash string
+	lost      *LostRange
 }
 
 type result struct {
@@ -271,6 +277,7 @@ type item struct {
 	checkpoint string
 	anchors    map[string]Anchor
 	minID      string
+	lost       *LostRange
 	// background marks an outcome record: nobody waits for it, so it may
 	// wait for company (OutcomeDelay).
 	background bool
@@ -794,6 +801,17 @@ func (s *Stream) commit(batch []*item) {
 		return nil
 	}
 	for _, it := range batch {
+		// A chain that lost acknowledged records says so first.
+		c := s.chainFor(it.rec.Tenant, s.generatedID())
+		if c.lost == nil || groups[c.tenant] != nil {
+			continue
+		}
+		ck := &item{rec: &Record{Tenant: c.tenant}, checkpoint: CheckpointLoss, lost: c.lost}
+		if rec, err := s.checkpointRecord(ck, c, now); err == nil {
+			_ = add(ck, rec, c)
+		}
+	}
+	for _, it := range batch {
 		c := s.chainFor(it.rec.Tenant, s.generatedID())
 		if it.settled && it.stored {
 			// A retried outcome whose first write did reach Redis.
@@ -866,8 +884,13 @@ func (s *Stream) commit(batch []*item) {
 			err = replErr
 		}
 		if err == nil {
+			last := g.recs[len(g.recs)-1]
+			g.c.acked, g.c.ackedHash = last.Seq, last.Hash
 			for i, it := range g.items {
 				rec := g.recs[i]
+				if it.checkpoint == CheckpointLoss {
+					g.c.lost = nil // said
+				}
 				s.written.Add(1)
 				s.m.written.WithLabelValues(string(rec.Kind)).Inc()
 				if rec.Kind == KindCheckpoint {
@@ -952,6 +975,22 @@ func (s *Stream) resync(ctx context.Context, batch []*item) error {
 		if err != nil {
 			return fmt.Errorf("read audit chain head: %w", err)
 		}
+		if c.acked > seq {
+			// Acknowledged, then gone: the primary that acknowledged them
+			// died before a replica had them, or someone rewrote the head.
+			lost := &LostRange{First: seq + 1, Last: c.acked, LastHash: c.ackedHash}
+			if c.lost != nil {
+				lost.First = min(lost.First, c.lost.First)
+				if c.lost.Last > lost.Last {
+					lost.Last, lost.LastHash = c.lost.Last, c.lost.LastHash
+				}
+			}
+			c.lost = lost
+			s.m.lost.Add(float64(c.acked - seq))
+			s.log.Error("acknowledged audit records lost; writing a loss checkpoint", "tenant", c.tenant,
+				"writer", s.cfg.WriterID, "first_seq", lost.First, "last_seq", lost.Last, "stored_head_seq", seq)
+			c.acked, c.ackedHash = seq, hash
+		}
 		c.seq, c.hash, c.known = seq, hash, true
 		for _, a := range c.ambiguous {
 			a.stored, a.settled = a.attempt <= seq, true
@@ -982,6 +1021,7 @@ func (s *Stream) checkpointRecord(it *item, c *chain, now time.Time) (*Record, e
 		Time:    now.Format(time.RFC3339Nano),
 		MinID:   it.minID,
 		Anchors: it.anchors,
+		Lost:    it.lost,
 	}
 	if err := cp.Sign(s.cfg.SigningKey); err != nil {
 		return nil, err

@@ -345,6 +345,11 @@ func (v *Verifier) checkpoint(id string, rec *Record, ws *wstate, p Problem) {
 	}
 	ws.rep.Checkpoints++
 	ws.rep.SealedSeq = rec.Seq
+	if cp.Type == CheckpointLoss && cp.Lost != nil {
+		v.problem(Problem{ID: id, Writer: rec.Writer, Seq: cp.Lost.First, Kind: ProblemDeleted, pos: p.pos,
+			Detail: fmt.Sprintf("seq %d..%d of this writer were acknowledged by Redis and then gone from its chain (a failover without wait_replicas, or a rewritten head): its signed loss checkpoint says so",
+				cp.Lost.First, cp.Lost.Last)})
+	}
 	if cp.Type == CheckpointRetention {
 		for w, a := range cp.Anchors {
 			if v.anchors[w] == nil {

@@ -3,7 +3,7 @@
 // backs docs/scale-out.md, the survey of every key, multi-key command,
 // transaction, script and channel. It holds tests only.
 //
-// Tests that show a problem not yet fixed are built with the tag
-// scaleout_open: go test -tags scaleout_open ./internal/scaleout/ fails,
-// one test per open problem, until it is fixed (then the tag comes off).
+// A test that shows a problem not yet fixed is built with the tag
+// scaleout_open (go test -tags scaleout_open ./internal/scaleout/ fails)
+// until it is fixed; then the tag comes off. None is open today.
 package scaleout
