@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -71,15 +68,6 @@ func (a *app) chaosSetup(ctx context.Context, c *chaosFlags, mutate func(*chaos.
 		return nil, nil, cfg, err
 	}
 	cfg.Tenant, cfg.ProxyURL = env.tenant, env.proxyURL
-	if len(cfg.Targets) == 0 && c.ao.data != "" {
-		// The demo's fleet lists its services without a passport, so a
-		// mistyped target is refused before any passport is asked for.
-		if targets, err := a.demoFleetTargets(ctx, c.ao.data, cfg.Tenant); err == nil {
-			cfg.Targets = targets
-		} else {
-			log.Warn("the fleet's services are unknown: targets will be checked through the proxy", "err", err)
-		}
-	}
 	tc, err := a.clientTLS()
 	if err != nil {
 		return nil, nil, cfg, err
@@ -202,52 +190,4 @@ func (a *app) chaosRunCmd() *cobra.Command {
 	cmd.Flags().IntVar(&maxActive, "max-active", 1, "most faults active at once across the targets (blast radius)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9092", "address of /metrics and /healthz (\"\" to disable)")
 	return cmd
-}
-
-// demoFleetTargets lists tenant's services on the fleet of a running
-// passport up (DIR/demo.json), which answers without a passport on
-// loopback.
-func (a *app) demoFleetTargets(ctx context.Context, dir, tenant string) ([]string, error) {
-	d, err := loadAgentDemoFile(dir)
-	if err != nil {
-		return nil, err
-	}
-	if d.URLs.Fleet == "" {
-		return nil, errors.New("demo.json names no fleet")
-	}
-	hc, err := a.httpClient(5 * time.Second)
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.URLs.Fleet+"/services", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s/services: %s", d.URLs.Fleet, resp.Status)
-	}
-	var list struct {
-		Services []struct {
-			Name   string `json:"name"`
-			Tenant string `json:"tenant"`
-		} `json:"services"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&list); err != nil {
-		return nil, fmt.Errorf("GET %s/services: %w", d.URLs.Fleet, err)
-	}
-	var out []string
-	for _, s := range list.Services {
-		if s.Tenant == tenant {
-			out = append(out, s.Name)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("the fleet has no service of tenant %s", tenant)
-	}
-	return out, nil
 }

@@ -214,7 +214,7 @@ func TestFirstHour(t *testing.T) {
 	}
 
 	// 2. Break something; the healer repairs it through the proxy.
-	if out, errOut, code := cli(t, nil, "chaos", "fire", "service_down", "--target", "checkout", "--data", dir); code != 0 || strings.Contains(errOut, "level=INFO") {
+	if out, errOut, code := cli(t, nil, "chaos", "fire", "service_down", "--target", "checkout", "--data", dir); code != 0 || strings.Contains(errOut, "level=INFO") || strings.Contains(errOut, "level=WARN") {
 		t.Fatalf("chaos fire: %d %q %q", code, out, errOut)
 	}
 	waitFor(t, "the incident is RESOLVED", func() (bool, string) {
