@@ -318,9 +318,6 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	if _, cluster := rdb.(*redis.ClusterClient); cluster && cfg.WaitReplicas > 0 {
-		return nil, errors.New("new audit stream: wait_replicas is not supported with Redis Cluster")
-	}
 	s := &Stream{
 		fresh:  fresh,
 		rdb:    rdb,
@@ -727,12 +724,13 @@ func (s *Stream) chainFor(tenant string, known bool) *chain {
 
 // group is one chain's records in a batch: one script call.
 type group struct {
-	c      *chain
-	expect string
-	items  []*item
-	recs   []*Record
-	raws   []any
-	cmd    *redis.Cmd
+	c       *chain
+	expect  string
+	replErr error // wait_replicas not met on this group's connection
+	items   []*item
+	recs    []*Record
+	raws    []any
+	cmd     *redis.Cmd
 }
 
 // commit writes one batch: resync the chains whose head is unknown, assign
@@ -847,29 +845,11 @@ func (s *Stream) commit(batch []*item) {
 	if len(order) == 0 {
 		return
 	}
-	pipe := s.rdb.Pipeline()
 	n := 0
 	for _, g := range order {
-		args := make([]any, 0, 3+len(g.raws))
-		args = append(args, s.cfg.WriterID, g.expect, headValue(g.c.seq, g.c.hash))
-		args = append(args, g.raws...)
-		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
 		n += len(g.items)
 	}
-	var wait *redis.Cmd
-	if s.cfg.WaitReplicas > 0 {
-		// Same connection, after the appends: WAIT covers them.
-		wait = pipe.Do(ctx, "wait", s.cfg.WaitReplicas, s.cfg.WaitTimeout.Milliseconds())
-	}
-	_, _ = pipe.Exec(ctx)
-	var replErr error
-	if wait != nil {
-		if got, err := wait.Int64(); err != nil {
-			replErr = fmt.Errorf("%w: %v", ErrNotReplicated, err)
-		} else if got < int64(s.cfg.WaitReplicas) {
-			replErr = fmt.Errorf("%w: %d of %d replicas", ErrNotReplicated, got, s.cfg.WaitReplicas)
-		}
-	}
+	s.send(ctx, order)
 	s.batches.Add(1)
 	s.m.batches.Inc()
 	s.m.batchSize.Observe(float64(n))
@@ -880,8 +860,8 @@ func (s *Stream) commit(batch []*item) {
 		if err == nil && len(ids) != len(g.items) {
 			err = fmt.Errorf("audit append: %d ids for %d records", len(ids), len(g.items))
 		}
-		if err == nil && replErr != nil {
-			err = replErr
+		if err == nil && g.replErr != nil {
+			err = g.replErr
 		}
 		if err == nil {
 			last := g.recs[len(g.recs)-1]
@@ -924,6 +904,67 @@ func (s *Stream) commit(batch []*item) {
 			g.c.ambiguous = append(g.c.ambiguous, it)
 			s.finish(it, result{err: err})
 		}
+	}
+}
+
+// send writes the groups of a batch: one pipeline with one script call
+// per chain, then WAIT with wait_replicas. WAIT covers the writes of its
+// own connection, so on a Cluster each primary gets its own pipeline (its
+// groups, then WAIT), all at once; a primary that does not answer fails
+// only its own groups.
+func (s *Stream) send(ctx context.Context, order []*group) {
+	cc, cluster := s.rdb.(*redis.ClusterClient)
+	if !cluster || s.cfg.WaitReplicas == 0 {
+		s.sendOn(ctx, s.rdb, order)
+		return
+	}
+	byNode := map[*redis.Client][]*group{}
+	for _, g := range order {
+		node, err := cc.MasterForKey(ctx, StreamKey(g.c.tenant))
+		if err != nil {
+			g.cmd = redis.NewCmd(ctx)
+			g.cmd.SetErr(err)
+			continue
+		}
+		byNode[node] = append(byNode[node], g)
+	}
+	var wg sync.WaitGroup
+	for node, gs := range byNode {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.sendOn(ctx, node, gs)
+		}()
+	}
+	wg.Wait()
+}
+
+// sendOn writes groups through one pipeline of rdb.
+func (s *Stream) sendOn(ctx context.Context, rdb redis.Cmdable, order []*group) {
+	pipe := rdb.Pipeline()
+	for _, g := range order {
+		args := make([]any, 0, 3+len(g.raws))
+		args = append(args, s.cfg.WriterID, g.expect, headValue(g.c.seq, g.c.hash))
+		args = append(args, g.raws...)
+		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
+	}
+	var wait *redis.Cmd
+	if s.cfg.WaitReplicas > 0 {
+		// Same connection, after the appends: WAIT covers them.
+		wait = pipe.Do(ctx, "wait", s.cfg.WaitReplicas, s.cfg.WaitTimeout.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx)
+	if wait == nil {
+		return
+	}
+	var replErr error
+	if got, err := wait.Int64(); err != nil {
+		replErr = fmt.Errorf("%w: %v", ErrNotReplicated, err)
+	} else if got < int64(s.cfg.WaitReplicas) {
+		replErr = fmt.Errorf("%w: %d of %d replicas", ErrNotReplicated, got, s.cfg.WaitReplicas)
+	}
+	for _, g := range order {
+		g.replErr = replErr
 	}
 }
 

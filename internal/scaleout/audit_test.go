@@ -2,6 +2,7 @@ package scaleout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -78,7 +79,7 @@ func TestAuditTwoTenantsOnTwoPrimaries(t *testing.T) {
 // replica takes over, then succeed again on the same writer; the chain
 // verifies across the failover and every acknowledged record is there.
 // Replication is awaited by hand (WAIT) before the kill, since the writer
-// refuses wait_replicas on a Cluster: this test is about following the
+// is not given wait_replicas here: this test is about following the
 // failover, not about the loss window (see docs/scale-out.md).
 func TestAuditWriterFollowsClusterFailover(t *testing.T) {
 	c := redistest.StartCluster(t)
@@ -219,14 +220,31 @@ func TestAuditWaitReplicasThroughSentinelFailover(t *testing.T) {
 	}
 }
 
-// TestAuditWaitReplicasRefusedOnCluster documents the writer's current
-// stance: WAIT cannot ride in a pipeline that go-redis splits across
-// nodes, so wait_replicas is refused on a Cluster rather than ignored.
-func TestAuditWaitReplicasRefusedOnCluster(t *testing.T) {
+// TestAuditWaitReplicasOnCluster: with wait_replicas on a Cluster each
+// primary gets its own pipeline (its appends, then WAIT on the same
+// connection). Tenants on two primaries both append; with one primary's
+// replica frozen, that tenant's appends fail closed (not replicated) while
+// the other tenant's go on. It used to be refused outright.
+func TestAuditWaitReplicasOnCluster(t *testing.T) {
 	c := redistest.StartCluster(t)
-	_, err := audit.NewStream(c.Client(), audit.StreamConfig{WaitReplicas: 1}, testLogger(t), nil)
-	if err == nil || !strings.Contains(err.Error(), "wait_replicas") {
-		t.Fatalf("NewStream with wait_replicas on a Cluster: %v, want a refusal", err)
+	cc := c.Client()
+	tenants := tenantsOnDistinctPrimaries(t, c, 2)
+	s := newStream(t, cc, audit.StreamConfig{WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond, WriteTimeout: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tn := range tenants {
+		if err := retry(10*time.Second, func() error { _, err := s.Append(ctx, decision(tn, 0)); return err }); err != nil {
+			t.Fatalf("append to %s with its replica up: %v", tn, err)
+		}
+	}
+	frozen := c.ReplicasOf(c.PrimaryOf(audit.StreamKey(tenants[0])))[0]
+	frozen.Freeze()
+	defer frozen.Thaw()
+	if _, err := s.Append(ctx, decision(tenants[0], 1)); !errors.Is(err, audit.ErrNotReplicated) {
+		t.Fatalf("append to %s with its replica frozen: %v, want ErrNotReplicated", tenants[0], err)
+	}
+	if _, err := s.Append(ctx, decision(tenants[1], 1)); err != nil {
+		t.Fatalf("append to %s, whose replica is up: %v", tenants[1], err)
 	}
 }
 
@@ -336,7 +354,7 @@ func TestAuditFollowOnCluster(t *testing.T) {
 }
 
 // TestAcknowledgedRecordsLostInFailoverAreReported: without wait_replicas
-// (refused on a Cluster) a record the primary acknowledged but did not yet
+// a record the primary acknowledged but did not yet
 // replicate is lost when its replica takes over. The stream and its heads
 // roll back together and the writer resyncs to the older head; it knows
 // what it had acknowledged, so it writes a signed loss checkpoint, and
