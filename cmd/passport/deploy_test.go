@@ -12,14 +12,19 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -27,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -221,15 +227,26 @@ const testAdminToken = "compose-test-admin-token-0123456789"
 
 func loadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
 	t.Helper()
+	return loadComposeFiles(t, env, "docker-compose.yml")
+}
+
+// loadComposeFiles loads compose files of the repository root in order,
+// each merged over the ones before, as `docker compose -f A -f B` does.
+func loadComposeFiles(t *testing.T, env map[string]string, names ...string) (*types.Project, error) {
+	t.Helper()
 	root := repoRoot(t)
-	file := filepath.Join(root, "docker-compose.yml")
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
+	var files []types.ConfigFile
+	for _, name := range names {
+		file := filepath.Join(root, name)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, types.ConfigFile{Filename: file, Content: data})
 	}
 	details := types.ConfigDetails{
 		WorkingDir:  root,
-		ConfigFiles: []types.ConfigFile{{Filename: file, Content: data}},
+		ConfigFiles: files,
 		Environment: types.Mapping(env),
 	}
 	return loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
@@ -524,6 +541,14 @@ func TestComposePassportServices(t *testing.T) {
 // readyz is set, else /healthz.
 func checkHealthcheck(t *testing.T, s types.ServiceConfig, cc checkedCommand, readyz bool) {
 	t.Helper()
+	checkHealthcheckScheme(t, s, cc, readyz, "http", "")
+}
+
+// checkHealthcheckScheme is checkHealthcheck for a URL of the given scheme
+// and, when serverName is set, a --server-name of that value (the name the
+// certificate must carry, checked against a loopback URL).
+func checkHealthcheckScheme(t *testing.T, s types.ServiceConfig, cc checkedCommand, readyz bool, scheme, serverName string) {
+	t.Helper()
 	hc := s.HealthCheck
 	if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Test[0] != "CMD" {
 		t.Errorf("healthcheck = %+v, want [CMD /usr/local/bin/passport healthcheck URL]", hc)
@@ -548,9 +573,12 @@ func checkHealthcheck(t *testing.T, s types.ServiceConfig, cc checkedCommand, re
 		return
 	}
 	u, err := url.Parse(cmd.Flags().Arg(0))
-	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" {
-		t.Errorf("healthcheck URL %q: want http://127.0.0.1:<port>/...", cmd.Flags().Arg(0))
+	if err != nil || u.Scheme != scheme || u.Hostname() != "127.0.0.1" {
+		t.Errorf("healthcheck URL %q: want %s://127.0.0.1:<port>/...", cmd.Flags().Arg(0), scheme)
 		return
+	}
+	if got := cmd.Flags().Lookup("server-name").Value.String(); got != serverName {
+		t.Errorf("healthcheck %q: --server-name %q, want %q", hc.Test, got, serverName)
 	}
 	own := false
 	for name, addr := range cc.listens {
@@ -1687,5 +1715,530 @@ func TestKubeDashboard(t *testing.T) {
 	}
 	if tp != int(port) {
 		t.Errorf("Service %s targets %v, want %d", svc.name(), tp, port)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.tls.yml: the TLS overlay on docker-compose.yml
+
+// Where the overlay mounts the key material: cert-manager's file names, so
+// that the same paths serve in Kubernetes (examples/kubernetes/tls/).
+const (
+	tlsCertPath = "/etc/passport/tls/tls.crt"
+	tlsKeyPath  = "/etc/passport/tls/tls.key"
+	tlsCAPath   = "/etc/passport/ca/ca.crt"
+)
+
+func mustLoadComposeTLS(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := loadComposeFiles(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken}, "docker-compose.yml", "docker-compose.tls.yml")
+	if err != nil {
+		t.Fatalf("docker-compose.yml with docker-compose.tls.yml does not load: %v", err)
+	}
+	return p
+}
+
+// servesTLS says whether a compose service's subcommand can serve TLS: it
+// takes --tls-cert. `chaos run` does not (its /metrics listener is plain);
+// when it does, the overlay must turn it on.
+func servesTLS(t *testing.T, command []string) bool {
+	t.Helper()
+	root := (&app{getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}).rootCmd()
+	cmd, _, err := root.Find(command)
+	if err != nil {
+		t.Fatalf("command %q: %v", command, err)
+	}
+	return cmd.Flags().Lookup("tls-cert") != nil
+}
+
+// secretMounts maps each mounted secret's target to the file it comes from.
+func secretMounts(t *testing.T, p *types.Project, s types.ServiceConfig) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, sec := range s.Secrets {
+		def, ok := p.Secrets[sec.Source]
+		if !ok {
+			t.Errorf("%s: secret %s is not declared", s.Name, sec.Source)
+			continue
+		}
+		if def.File == "" {
+			t.Errorf("%s: secret %s is not file-based", s.Name, sec.Source)
+		}
+		out[sec.Target] = def.File
+	}
+	return out
+}
+
+// The overlay merges with the base: the same services, and what the base
+// sets that the overlay does not touch (the Redis URL, the admin token, the
+// hardening) stays.
+func TestComposeTLSOverlayLoads(t *testing.T) {
+	base, tlsp := mustLoadCompose(t), mustLoadComposeTLS(t)
+	got, want := tlsp.ServiceNames(), base.ServiceNames()
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("services with the overlay = %v, want the base's %v", got, want)
+	}
+	root := repoRoot(t)
+	for name, def := range tlsp.Secrets {
+		if filepath.Dir(def.File) != filepath.Join(root, "deploy", "tls") {
+			t.Errorf("secret %s comes from %s, want a file in deploy/tls/ (scripts/dev-certs.sh writes there)", name, def.File)
+		}
+		if filepath.Base(def.File) == "ca.key" {
+			t.Errorf("secret %s is the CA's private key: no service needs it", name)
+		}
+	}
+	ignore, err := os.ReadFile(filepath.Join(root, ".gitignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(ignore)), "/deploy/tls/") {
+		t.Error(".gitignore does not ignore /deploy/tls/: generated keys could be committed")
+	}
+	for _, tc := range composePassportServices {
+		s, err := tlsp.GetService(tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := base.GetService(tc.service)
+		for _, k := range []string{"PASSPORT_REDIS_URL", "PASSPORT_ADMIN_TOKEN"} {
+			if got, want := s.Environment[k], b.Environment[k]; got == nil || want == nil || *got != *want {
+				t.Errorf("%s: %s lost in the merge", tc.service, k)
+			}
+		}
+		if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") || len(s.Volumes) != len(b.Volumes) {
+			t.Errorf("%s: the overlay changed the hardening or added mounts (read_only=%v cap_drop=%v, %d volumes, base %d)",
+				tc.service, s.ReadOnly, s.CapDrop, len(s.Volumes), len(b.Volumes))
+		}
+	}
+}
+
+// Every passport service that can serve TLS has the certificate, the key
+// and the CA mounted from the secrets at the cert-manager paths and named by
+// the environment, and its healthcheck speaks https to the name in the
+// certificate; chaos (a client only) gets the CA and nothing else.
+func TestComposeTLSServices(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	base := mustLoadCompose(t)
+	for _, tc := range composePassportServices {
+		t.Run(tc.service, func(t *testing.T) {
+			s, err := p.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc := parseCommand(t, s.Command)
+			if cc.path != tc.command {
+				t.Fatalf("command %q runs %q, want %q", s.Command, cc.path, tc.command)
+			}
+			b, _ := base.GetService(tc.service)
+			if bl := listenFlagsOf(b.Command); !maps.Equal(cc.listens, bl) {
+				t.Errorf("listeners %v, want the base's %v (ports are published, exposed and scraped as they are)", cc.listens, bl)
+			}
+			env := func(k string) string {
+				if v := s.Environment[k]; v != nil {
+					return *v
+				}
+				return ""
+			}
+			mounts := secretMounts(t, p, s)
+			want := map[string]string{"PASSPORT_CA_FILE": tlsCAPath}
+			tls := servesTLS(t, s.Command)
+			if tls {
+				want["PASSPORT_TLS_CERT_FILE"], want["PASSPORT_TLS_KEY_FILE"] = tlsCertPath, tlsKeyPath
+			} else if tc.service != "chaos" {
+				t.Errorf("%s cannot serve TLS (no --tls-cert)", cc.path)
+			}
+			files := map[string]string{tlsCAPath: "ca.crt", tlsCertPath: "tls.crt", tlsKeyPath: "tls.key"}
+			for k, path := range want {
+				if got := env(k); got != path {
+					t.Errorf("%s = %q, want %q", k, got, path)
+				}
+				if src, ok := mounts[path]; !ok {
+					t.Errorf("no secret mounted at %s (%s)", path, k)
+				} else if filepath.Base(src) != files[path] {
+					t.Errorf("%s comes from %s, want deploy/tls/%s", path, src, files[path])
+				}
+			}
+			if !tls {
+				for _, k := range []string{"PASSPORT_TLS_CERT_FILE", "PASSPORT_TLS_KEY_FILE"} {
+					if env(k) != "" {
+						t.Errorf("%s is set, but %s serves no TLS", k, cc.path)
+					}
+				}
+				if _, ok := mounts[tlsKeyPath]; ok {
+					t.Errorf("the key is mounted, but %s serves no TLS: a client gets the CA only", cc.path)
+				}
+			}
+			for target := range mounts {
+				if !slices.Contains([]string{tlsCAPath, tlsCertPath, tlsKeyPath}, target) {
+					t.Errorf("secret mounted at %s, not at a cert-manager path", target)
+				}
+			}
+			if tls {
+				checkHealthcheckScheme(t, s, cc, tc.readyz, "https", tc.service)
+			} else {
+				checkHealthcheck(t, s, cc, tc.readyz)
+			}
+			if cc.config != "" {
+				checkTLSConfigFile(t, s, cc)
+			}
+		})
+	}
+}
+
+// checkTLSConfigFile loads the service's mounted config (from
+// examples/compose/tls/ where the plain one names http URLs) with its component's strict loader and the TLS
+// settings its environment gives it, so that a setting TLS refuses (an
+// http:// issuer on a TLS authority) fails here.
+func checkTLSConfigFile(t *testing.T, s types.ServiceConfig, cc checkedCommand) {
+	t.Helper()
+	var src string
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Target == cc.config {
+			src = v.Source
+		}
+	}
+	if src == "" {
+		t.Fatalf("--config %s is not bind-mounted", cc.config)
+	}
+	env := func(k string) string {
+		if v := s.Environment[k]; v != nil {
+			return *v
+		}
+		return ""
+	}
+	switch cc.path {
+	case "passport authority":
+		cfg := authority.DefaultConfig()
+		if err := config.Load(src, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg.ApplyEnv(env)
+		cfg.TLS.CertFile, cfg.TLS.KeyFile = env("PASSPORT_TLS_CERT_FILE"), env("PASSPORT_TLS_KEY_FILE")
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("authority config %s with TLS on: %v", src, err)
+		}
+	case "passport proxy":
+		cfg, err := proxy.LoadConfig(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Redis.URL = env("PASSPORT_REDIS_URL")
+		cfg.TLS.CertFile, cfg.TLS.KeyFile = env("PASSPORT_TLS_CERT_FILE"), env("PASSPORT_TLS_KEY_FILE")
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("proxy config %s with TLS on: %v", src, err)
+		}
+	default:
+		checkConfigFile(t, cc.path, src)
+	}
+}
+
+// httpURL finds an http:// URL in text.
+var httpURL = regexp.MustCompile(`http://[^\s"']+`)
+
+// No passport service calls another, or names itself, over plain http:
+// not in a command, the environment or a mounted config. Then the https
+// URLs agree with each other as the plain ones do (TestComposeWiring), and
+// every client that verifies a passport server trusts the mounted CA.
+func TestComposeTLSWiring(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	svc := func(name string) types.ServiceConfig {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	mount := func(service, target string) string {
+		for _, v := range svc(service).Volumes {
+			if v.Type == types.VolumeTypeBind && v.Target == target {
+				return v.Source
+			}
+		}
+		t.Fatalf("%s: nothing mounted at %s", service, target)
+		return ""
+	}
+	flagOf := func(service, name string) string {
+		cmd := svc(service).Command
+		for i, a := range cmd {
+			if a == "--"+name && i+1 < len(cmd) {
+				return cmd[i+1]
+			}
+		}
+		t.Fatalf("%s has no --%s", service, name)
+		return ""
+	}
+	portOf := func(service, flagName string) string {
+		_, port, _ := net.SplitHostPort(listenFlagsOf(svc(service).Command)[flagName])
+		return port
+	}
+
+	for _, tc := range composePassportServices {
+		s := svc(tc.service)
+		texts := map[string]string{"command": strings.Join(s.Command, " ")}
+		for k, v := range s.Environment {
+			if v != nil {
+				texts["environment "+k] = *v
+			}
+		}
+		if s.HealthCheck != nil && servesTLS(t, s.Command) {
+			texts["healthcheck"] = strings.Join(s.HealthCheck.Test, " ")
+		}
+		for _, v := range s.Volumes {
+			if v.Type != types.VolumeTypeBind || filepath.Ext(v.Source) != ".yaml" {
+				continue
+			}
+			data, err := os.ReadFile(v.Source)
+			if err != nil {
+				t.Fatal(err)
+			}
+			texts[v.Source] = string(data)
+		}
+		for where, text := range texts {
+			// Comments may say http://; the settings may not.
+			for _, line := range strings.Split(text, "\n") {
+				line, _, _ = strings.Cut(line, " #")
+				if strings.HasPrefix(strings.TrimSpace(line), "#") {
+					continue
+				}
+				for _, u := range httpURL.FindAllString(line, -1) {
+					t.Errorf("%s %s: %s is plain http", tc.service, where, u)
+				}
+			}
+		}
+	}
+
+	acfg := authority.DefaultConfig()
+	if err := config.Load(mount("authority", flagOf("authority", "config")), &acfg); err != nil {
+		t.Fatal(err)
+	}
+	if want := "https://authority:" + portOf("authority", "listen"); acfg.Issuer != want {
+		t.Errorf("authority issuer %q, want %q", acfg.Issuer, want)
+	}
+	pcfg, err := proxy.LoadConfig(mount("proxy", flagOf("proxy", "config")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pcfg.Issuer != acfg.Issuer || pcfg.AuthorityURL != acfg.Issuer {
+		t.Errorf("proxy issuer %q, authority_url %q: want the authority's issuer %q", pcfg.Issuer, pcfg.AuthorityURL, acfg.Issuer)
+	}
+	if pcfg.JWKSURL != "" && !strings.HasPrefix(pcfg.JWKSURL, acfg.Issuer+"/") {
+		t.Errorf("proxy jwks_url %q is not at the authority %s", pcfg.JWKSURL, acfg.Issuer)
+	}
+	if pcfg.AuthorityTLS.CAFile != tlsCAPath {
+		t.Errorf("proxy authority_tls.ca_file %q, want the mounted CA %s", pcfg.AuthorityTLS.CAFile, tlsCAPath)
+	}
+	proxyURL := "https://proxy:" + portOf("proxy", "listen")
+	if pcfg.ResourceURL != proxyURL {
+		t.Errorf("proxy resource_url %q, want %q", pcfg.ResourceURL, proxyURL)
+	}
+	fleetPort := portOf("fleet", "listen")
+	if len(pcfg.Upstreams) != 1 {
+		t.Errorf("proxy upstreams %v, want the fleet only", pcfg.Upstreams)
+	}
+	for name, u := range pcfg.Upstreams {
+		if u.URL != "https://fleet:"+fleetPort || u.TLS.CAFile != tlsCAPath {
+			t.Errorf("proxy upstream %s = %s (ca_file %q), want https://fleet:%s verified with %s", name, u.URL, u.TLS.CAFile, fleetPort, tlsCAPath)
+		}
+	}
+	checkFleetRoutes(t, pcfg)
+
+	for _, name := range []string{"healer", "chaos", "dashboard"} {
+		if got := flagOf(name, "authority"); got != acfg.Issuer {
+			t.Errorf("%s --authority %s, want %s", name, got, acfg.Issuer)
+		}
+	}
+	if got, want := flagOf("dashboard", "public-authority-url"), "https://127.0.0.1:"+portOf("authority", "listen"); got != want {
+		t.Errorf("dashboard --public-authority-url %s, want %s (the published port)", got, want)
+	}
+	for _, c := range []struct{ service, flag string }{{"chaos", "config"}, {"dashboard", "chaos-config"}} {
+		var ccfg chaos.Config
+		if err := config.Load(mount(c.service, flagOf(c.service, c.flag)), &ccfg); err != nil {
+			t.Fatal(err)
+		}
+		if ccfg.ProxyURL != proxyURL {
+			t.Errorf("%s chaos proxy_url %q, want %q", c.service, ccfg.ProxyURL, proxyURL)
+		}
+	}
+	hcfg := healer.Default()
+	if err := config.Load(mount("healer", flagOf("healer", "config")), &hcfg); err != nil {
+		t.Fatal(err)
+	}
+	if hcfg.ProxyURL != proxyURL {
+		t.Errorf("healer proxy_url %q, want %q", hcfg.ProxyURL, proxyURL)
+	}
+	if want := "https://fleet:" + fleetPort + "/events?tenant=" + hcfg.Tenant; hcfg.Announcements.URL != want {
+		t.Errorf("healer announcements %q, want %q", hcfg.Announcements.URL, want)
+	}
+	fcfg := fleet.Default()
+	fcfg.Services = nil
+	if err := config.Load(mount("fleet", flagOf("fleet", "config")), &fcfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(hcfg.Checks) == 0 {
+		t.Error("healer has no checks")
+	}
+	for _, c := range hcfg.Checks {
+		i := slices.IndexFunc(fcfg.Services, func(s fleet.ServiceConfig) bool { return s.Name == c.Target })
+		if i < 0 {
+			t.Errorf("healer check %s: no such fleet service", c.Target)
+			continue
+		}
+		_, port, _ := net.SplitHostPort(fcfg.Services[i].Listen)
+		if want := "https://fleet:" + port + "/healthz"; c.URL != want {
+			t.Errorf("healer check %s = %s, want %s", c.Target, c.URL, want)
+		}
+	}
+}
+
+// Prometheus scrapes every passport service that serves TLS over https,
+// verified with the mounted CA.
+func TestComposeTLSPrometheus(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	prom, err := p.GetService("prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfgFile string
+	for _, v := range prom.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Target == "/etc/prometheus/prometheus.yml" {
+			cfgFile = v.Source
+		}
+	}
+	if cfgFile != filepath.Join(repoRoot(t), "examples", "compose", "tls", "prometheus.yml") {
+		t.Fatalf("prometheus config is %s, want examples/compose/tls/prometheus.yml", cfgFile)
+	}
+	mounts := secretMounts(t, p, prom)
+	data, err := os.ReadFile(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName   string `yaml:"job_name"`
+			Scheme    string `yaml:"scheme"`
+			TLSConfig struct {
+				CAFile string `yaml:"ca_file"`
+			} `yaml:"tls_config"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	scheme := map[string]string{} // target -> scheme
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.Scheme == "https" {
+			if src, ok := mounts[sc.TLSConfig.CAFile]; !ok || filepath.Base(src) != "ca.crt" {
+				t.Errorf("job %s verifies with %q, which is not the mounted CA", sc.JobName, sc.TLSConfig.CAFile)
+			}
+		}
+		for _, st := range sc.StaticConfigs {
+			for _, target := range st.Targets {
+				scheme[target] = cmp.Or(sc.Scheme, "http")
+			}
+		}
+	}
+	for _, tc := range composePassportServices {
+		s, _ := p.GetService(tc.service)
+		_, port, _ := net.SplitHostPort(listenFlagsOf(s.Command)[tc.metricsFlag])
+		target := net.JoinHostPort(tc.service, port)
+		want := "http"
+		if servesTLS(t, s.Command) {
+			want = "https"
+		}
+		if got, ok := scheme[target]; !ok || got != want {
+			t.Errorf("prometheus scrapes %s over %q, want %s", target, got, want)
+		}
+	}
+}
+
+// scripts/dev-certs.sh makes what the overlay mounts: a CA, and a
+// certificate with its key (0600) that every name a client checks chains
+// to the CA for.
+func TestComposeTLSDevCerts(t *testing.T) {
+	script := filepath.Join(repoRoot(t), "scripts", "dev-certs.sh")
+	if out, err := exec.Command("sh", "-n", script).CombinedOutput(); err != nil {
+		t.Fatalf("sh -n %s: %v\n%s", script, err, out)
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Fatalf("openssl is needed to run %s: %v", script, err)
+	}
+	dir := filepath.Join(t.TempDir(), "tls")
+	cmd := exec.Command("sh", script, "-d", "3", dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+
+	// The files the overlay's secrets name, and nothing readable that should not be.
+	p := mustLoadComposeTLS(t)
+	for name, def := range p.Secrets {
+		if _, err := os.Stat(filepath.Join(dir, filepath.Base(def.File))); err != nil {
+			t.Errorf("secret %s: the script does not write %s: %v", name, filepath.Base(def.File), err)
+		}
+	}
+	for file, want := range map[string]os.FileMode{"ca.crt": 0o644, "tls.crt": 0o644, "tls.key": 0o600, "ca.key": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s mode %o, want %o", file, fi.Mode().Perm(), want)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	if err != nil {
+		t.Fatalf("tls.crt and tls.key: %v", err)
+	}
+	leaf := pair.Leaf
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	if leaf.IsCA {
+		t.Error("the server certificate is a CA")
+	}
+	if ttl := time.Until(leaf.NotAfter); ttl > 4*24*time.Hour || ttl < 2*24*time.Hour {
+		t.Errorf("-d 3 gave a certificate valid until %v", leaf.NotAfter)
+	}
+
+	// Every name a client checks: each https URL's host and each
+	// --server-name of the overlay, and the loopback names.
+	names := map[string]bool{"localhost": true, "127.0.0.1": true}
+	for _, tc := range composePassportServices {
+		s, _ := p.GetService(tc.service)
+		args := slices.Clone(s.Command)
+		if s.HealthCheck != nil {
+			args = append(args, s.HealthCheck.Test...)
+		}
+		for i, a := range args {
+			if a == "--server-name" && i+1 < len(args) {
+				names[args[i+1]] = true
+			}
+			if u, err := url.Parse(a); err == nil && u.Scheme == "https" {
+				names[u.Hostname()] = true
+			}
+		}
+	}
+	for _, s := range p.Services {
+		if s.Image != "" && strings.HasPrefix(s.Image, "agentpassport/passport:") {
+			names[s.Name] = true
+		}
+	}
+	for name := range names {
+		_, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			t.Errorf("the certificate does not verify for %s: %v", name, err)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "redis", Roots: roots}); err == nil {
+		t.Error("the certificate verifies for redis, a name not in the script's list: the test checks nothing")
 	}
 }
