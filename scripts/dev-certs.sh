@@ -1,7 +1,7 @@
 #!/bin/sh
 # dev-certs.sh: a private CA and one server certificate for the Docker Compose
 # TLS overlay (docker-compose.tls.yml). For a laptop or a test bed only: in a
-# cluster, cert-manager issues the certificates (examples/kubernetes/tls/).
+# cluster, cert-manager issues the certificates (examples/kubernetes-tls/).
 #
 #   scripts/dev-certs.sh [-o UID[:GID]] [-d DAYS] [DIR]      (DIR defaults to deploy/tls)
 #

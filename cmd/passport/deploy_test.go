@@ -1722,7 +1722,7 @@ func TestKubeDashboard(t *testing.T) {
 // docker-compose.tls.yml: the TLS overlay on docker-compose.yml
 
 // Where the overlay mounts the key material: cert-manager's file names, so
-// that the same paths serve in Kubernetes (examples/kubernetes/tls/).
+// that the same paths serve in Kubernetes (examples/kubernetes-tls/).
 const (
 	tlsCertPath = "/etc/passport/tls/tls.crt"
 	tlsKeyPath  = "/etc/passport/tls/tls.key"
