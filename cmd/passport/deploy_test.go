@@ -1037,7 +1037,12 @@ func list(v any, keys ...any) []any { l, _ := dig(v, keys...).([]any); return l 
 // loadKube parses every YAML document of every file under examples/kubernetes.
 func loadKube(t *testing.T) []kubeDoc {
 	t.Helper()
-	dir := filepath.Join(repoRoot(t), "examples", "kubernetes")
+	return loadKubeDir(t, filepath.Join(repoRoot(t), "examples", "kubernetes"))
+}
+
+// loadKubeDir parses every YAML document of every file in dir.
+func loadKubeDir(t *testing.T, dir string) []kubeDoc {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -1045,29 +1050,37 @@ func loadKube(t *testing.T) []kubeDoc {
 	more, _ := filepath.Glob(filepath.Join(dir, "*.yml"))
 	files = append(files, more...)
 	if len(files) == 0 {
-		t.Fatal("no manifests in examples/kubernetes")
+		t.Fatalf("no manifests in %s", dir)
 	}
 	var docs []kubeDoc
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		docs = append(docs, loadKubeFile(t, f)...)
+	}
+	return docs
+}
+
+// loadKubeFile parses every YAML document of one file.
+func loadKubeFile(t *testing.T, f string) []kubeDoc {
+	t.Helper()
+	data, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs []kubeDoc
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for i := 0; ; i++ {
+		var obj map[string]any
+		err := dec.Decode(&obj)
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s document %d: %v", filepath.Base(f), i, err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		for i := 0; ; i++ {
-			var obj map[string]any
-			err := dec.Decode(&obj)
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s document %d: %v", filepath.Base(f), i, err)
-			}
-			if obj == nil {
-				continue // empty document between ---
-			}
-			docs = append(docs, kubeDoc{file: filepath.Base(f), obj: obj})
+		if obj == nil {
+			continue // empty document between ---
 		}
+		docs = append(docs, kubeDoc{file: filepath.Base(f), obj: obj})
 	}
 	return docs
 }
@@ -2240,5 +2253,462 @@ func TestComposeTLSDevCerts(t *testing.T) {
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "redis", Roots: roots}); err == nil {
 		t.Error("the certificate verifies for redis, a name not in the script's list: the test checks nothing")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// examples/kubernetes-tls/: the TLS overlay on examples/kubernetes
+
+// loadKubeTLS builds examples/kubernetes-tls as `kubectl kustomize` does, for
+// what the overlay uses: its resources (the base, as the base's
+// kustomization lists it, and its own files), each patch merged into the
+// object of the same kind and name with strategic-merge rules (containers,
+// env and volumes merged by name, volumeMounts by mountPath, ports by port
+// number, maps key by key, other lists replaced), and its namespace. No
+// kustomize runs in the tests; the rules here are the ones these patches
+// rely on, and a patch that matches no object fails.
+func loadKubeTLS(t *testing.T) []kubeDoc {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), "examples", "kubernetes-tls")
+	ks := loadKubeFile(t, filepath.Join(dir, "kustomization.yaml"))
+	if len(ks) != 1 || ks[0].kind() != "Kustomization" {
+		t.Fatal("examples/kubernetes-tls/kustomization.yaml holds no Kustomization")
+	}
+	k := ks[0].obj
+	var docs []kubeDoc
+	for _, r := range stringList(list(k, "resources")) {
+		path := filepath.Join(dir, r)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatalf("resource %s: %v", r, err)
+		}
+		if !fi.IsDir() {
+			docs = append(docs, loadKubeFile(t, path)...)
+			continue
+		}
+		// A base: the files its own kustomization lists, with its namespace.
+		base := loadKubeDir(t, path)
+		var bk map[string]any
+		for _, d := range base {
+			if d.kind() == "Kustomization" {
+				bk = d.obj
+			}
+		}
+		if bk == nil {
+			t.Fatalf("resource %s: no kustomization.yaml", r)
+		}
+		if str(bk, "namespace") != str(k, "namespace") {
+			t.Errorf("namespace %q differs from the base's %q", str(k, "namespace"), str(bk, "namespace"))
+		}
+		listed := stringList(list(bk, "resources"))
+		for _, d := range base {
+			if slices.Contains(listed, d.file) {
+				docs = append(docs, d)
+			}
+		}
+	}
+	for _, p := range list(k, "patches") {
+		file := str(p, "path")
+		if file == "" {
+			t.Fatalf("patch %v: only path patches are read here", p)
+		}
+		for _, patch := range loadKubeFile(t, filepath.Join(dir, file)) {
+			i := slices.IndexFunc(docs, func(d kubeDoc) bool { return d.kind() == patch.kind() && d.name() == patch.name() })
+			if i < 0 {
+				t.Fatalf("patch %s: no %s %q to patch", file, patch.kind(), patch.name())
+			}
+			docs[i].obj = smpMerge(docs[i].obj, patch.obj).(map[string]any)
+		}
+	}
+	return docs
+}
+
+// smpMerge merges patch into dst as a strategic merge patch does, without
+// changing dst.
+func smpMerge(dst, patch any) any {
+	pm, ok := patch.(map[string]any)
+	dm, ok2 := dst.(map[string]any)
+	if !ok || !ok2 {
+		return patch
+	}
+	out := maps.Clone(dm)
+	for k, pv := range pm {
+		dv, exists := out[k]
+		if !exists {
+			out[k] = pv
+			continue
+		}
+		pl, pok := pv.([]any)
+		dl, dok := dv.([]any)
+		if key := smpListKey(k, pl); pok && dok && key != "" {
+			out[k] = smpMergeList(dl, pl, key)
+			continue
+		}
+		out[k] = smpMerge(dv, pv)
+	}
+	return out
+}
+
+// smpListKey is the merge key of a list field of a pod or a Service, "" for
+// lists that a patch replaces.
+func smpListKey(field string, l []any) string {
+	switch field {
+	case "containers", "initContainers", "env", "volumes":
+		return "name"
+	case "volumeMounts":
+		return "mountPath"
+	case "ports":
+		if len(l) > 0 && dig(l[0], "containerPort") != nil {
+			return "containerPort"
+		}
+		return "port"
+	}
+	return ""
+}
+
+func smpMergeList(dst, patch []any, key string) []any {
+	out := slices.Clone(dst)
+	for _, pe := range patch {
+		i := slices.IndexFunc(out, func(de any) bool { return dig(de, key) == dig(pe, key) })
+		if i < 0 {
+			out = append(out, pe)
+			continue
+		}
+		out[i] = smpMerge(out[i], pe)
+	}
+	return out
+}
+
+// The overlay builds to valid, distinct objects, and the Deployments keep
+// what the base's tests check: security, commands the binary parses.
+func TestKubeTLSManifestsParse(t *testing.T) {
+	docs := loadKubeTLS(t)
+	seen := map[string]bool{}
+	certs := 0
+	for _, d := range docs {
+		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
+			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
+		}
+		key := d.kind() + "/" + d.name()
+		if seen[key] {
+			t.Errorf("%s defined twice", key)
+		}
+		seen[key] = true
+		switch d.kind() {
+		case "Secret":
+			t.Errorf("%s: a Secret is applied by the overlay; cert-manager writes them", d.file)
+		case "Certificate":
+			certs++
+		case "Deployment":
+			checkPodSecurity(t, d)
+			for _, c := range podContainers(d) {
+				checkPassportContainer(t, d, c)
+			}
+		}
+	}
+	if certs == 0 {
+		t.Error("the overlay has no Certificate")
+	}
+	// The merge did something: the overlay is not the base.
+	base := loadKube(t)
+	if reflectEqualJSON(t, findKube(t, base, "Deployment", "fleet").obj, findKube(t, docs, "Deployment", "fleet").obj) {
+		t.Error("the fleet Deployment is the same with the overlay: the patches were not applied")
+	}
+}
+
+// reflectEqualJSON compares two decoded YAML objects.
+func reflectEqualJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ya, err := yaml.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yb, err := yaml.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ya, yb)
+}
+
+// kubeVolume finds the pod volume a mount of c at path comes from.
+func kubeVolume(t *testing.T, d kubeDoc, c container, path string) (mount, volume map[string]any) {
+	t.Helper()
+	for _, vm := range list(map[string]any(c), "volumeMounts") {
+		if str(vm, "mountPath") != path {
+			continue
+		}
+		for _, v := range list(d.obj, "spec", "template", "spec", "volumes") {
+			if str(v, "name") == str(vm, "name") {
+				return vm.(map[string]any), v.(map[string]any)
+			}
+		}
+		t.Fatalf("%s: volume %s mounted at %s is not in the pod", d.name(), str(vm, "name"), path)
+	}
+	return nil, nil
+}
+
+// Every passport container that listens beyond its pod's loopback serves
+// TLS: the environment names the cert-manager paths, the Secret of a
+// Certificate for its Service's names is mounted there read-only (0400, a
+// group the pod user is in), the CA beside it, and every probe speaks HTTPS.
+// A container on loopback only (the API behind the sidecar) stays plain:
+// nothing outside the pod reaches it.
+func TestKubeTLSContainers(t *testing.T) {
+	docs := loadKubeTLS(t)
+	certs := map[string]kubeDoc{} // secretName -> Certificate
+	for _, d := range docs {
+		if d.kind() == "Certificate" {
+			certs[str(d.obj, "spec", "secretName")] = d
+		}
+	}
+	ns := str(findKube(t, docs, "Namespace", "agent-passport").obj, "metadata", "name")
+	mounted := map[string]bool{}
+	served := 0
+	for _, d := range docs {
+		if d.kind() != "Deployment" {
+			continue
+		}
+		for _, c := range podContainers(d) {
+			m := map[string]any(c)
+			t.Run(d.name()+"/"+str(m, "name"), func(t *testing.T) {
+				cc := checkPassportContainer(t, d, c)
+				public := false
+				for name, addr := range cc.listens {
+					if host, _ := listenPort(t, name, addr); host != "127.0.0.1" {
+						public = true
+					}
+				}
+				if !public {
+					if _, v := kubeVolume(t, d, c, "/etc/passport/tls"); v != nil {
+						t.Error("a loopback-only container mounts the TLS key")
+					}
+					return
+				}
+				served++
+				env := map[string]string{}
+				for _, e := range list(m, "env") {
+					env[str(e, "name")] = str(e, "value")
+				}
+				for k, want := range map[string]string{"PASSPORT_TLS_CERT_FILE": tlsCertPath, "PASSPORT_TLS_KEY_FILE": tlsKeyPath, "PASSPORT_CA_FILE": tlsCAPath} {
+					if env[k] != want {
+						t.Errorf("env %s = %q, want %q", k, env[k], want)
+					}
+				}
+				vm, v := kubeVolume(t, d, c, filepath.Dir(tlsCertPath))
+				if v == nil {
+					t.Fatalf("nothing mounted at %s", filepath.Dir(tlsCertPath))
+				}
+				if vm["readOnly"] != true {
+					t.Error("the TLS Secret is mounted writable")
+				}
+				secret := str(v, "secret", "secretName")
+				if secret == "" {
+					t.Fatalf("%s is not a Secret volume", filepath.Dir(tlsCertPath))
+				}
+				mounted[secret] = true
+				if mode := dig(v, "secret", "defaultMode"); mode != 0o400 {
+					t.Errorf("Secret %s defaultMode %v, want 0400", secret, mode)
+				}
+				if items := list(v, "secret", "items"); items != nil {
+					t.Errorf("Secret %s mounted with items %v: tls.crt and tls.key are expected whole", secret, items)
+				}
+				// Secret files are root's; the kubelet gives them the pod's
+				// fsGroup, which is what lets uid 65532 read a 0400 key.
+				psc := dig(d.obj, "spec", "template", "spec", "securityContext")
+				if fg := dig(psc, "fsGroup"); fg == nil || fg != dig(psc, "runAsGroup") {
+					t.Errorf("pod fsGroup %v, want the pod's group %v: the key would be unreadable", fg, dig(psc, "runAsGroup"))
+				}
+				cm, cv := kubeVolume(t, d, c, filepath.Dir(tlsCAPath))
+				if cv == nil {
+					t.Fatalf("nothing mounted at %s", filepath.Dir(tlsCAPath))
+				}
+				if cm["readOnly"] != true {
+					t.Error("the CA is mounted writable")
+				}
+				if str(cv, "secret", "secretName") != secret || !slices.ContainsFunc(list(cv, "secret", "items"), func(it any) bool {
+					return str(it, "key") == "ca.crt" && str(it, "path") == filepath.Base(tlsCAPath)
+				}) {
+					t.Errorf("%s is not ca.crt of Secret %s: %v", tlsCAPath, secret, cv)
+				}
+
+				// The Certificate writing the Secret names the Service.
+				cert, ok := certs[secret]
+				if !ok {
+					t.Fatalf("no Certificate writes Secret %s", secret)
+				}
+				svc := serviceFor(t, docs, d).name()
+				names := stringList(list(cert.obj, "spec", "dnsNames"))
+				for _, want := range []string{svc, svc + "." + ns + ".svc", svc + "." + ns + ".svc.cluster.local"} {
+					if !slices.Contains(names, want) {
+						t.Errorf("Certificate %s dnsNames %v lack %s", cert.name(), names, want)
+					}
+				}
+
+				probes := 0
+				for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
+					if dig(m, probe) == nil {
+						continue
+					}
+					probes++
+					if got := str(m, probe, "httpGet", "scheme"); got != "HTTPS" {
+						t.Errorf("%s scheme %q, want HTTPS", probe, got)
+					}
+				}
+				if probes == 0 {
+					t.Error("no probes")
+				}
+				if ann := dig(d.obj, "spec", "template", "metadata", "annotations"); str(ann, "prometheus.io/scrape") == "true" &&
+					str(ann, "prometheus.io/scheme") != "https" {
+					t.Error("prometheus.io/scheme is not https: Prometheus would scrape plain http")
+				}
+			})
+		}
+	}
+	if served == 0 {
+		t.Fatal("no container serves beyond loopback: the test checked nothing")
+	}
+	for secret, cert := range certs {
+		if !mounted[secret] {
+			t.Errorf("Certificate %s writes Secret %s, which no pod mounts", cert.name(), secret)
+		}
+	}
+}
+
+// Every Certificate is issued by the documented prerequisite, internal-ca,
+// for server authentication.
+func TestKubeTLSCertificates(t *testing.T) {
+	n := 0
+	for _, d := range loadKubeTLS(t) {
+		if d.kind() != "Certificate" {
+			continue
+		}
+		n++
+		if api := str(d.obj, "apiVersion"); api != "cert-manager.io/v1" {
+			t.Errorf("Certificate %s apiVersion %q, want cert-manager.io/v1", d.name(), api)
+		}
+		ref := dig(d.obj, "spec", "issuerRef")
+		if str(ref, "name") != "internal-ca" || !slices.Contains([]string{"ClusterIssuer", "Issuer"}, str(ref, "kind")) {
+			t.Errorf("Certificate %s issuerRef %v, want the internal-ca (Cluster)Issuer", d.name(), ref)
+		}
+		if u := stringList(list(d.obj, "spec", "usages")); !slices.Contains(u, "server auth") {
+			t.Errorf("Certificate %s usages %v lack server auth", d.name(), u)
+		}
+		if str(d.obj, "spec", "secretName") == "" || len(list(d.obj, "spec", "dnsNames")) == 0 {
+			t.Errorf("Certificate %s has no secretName or no dnsNames", d.name())
+		}
+	}
+	if n == 0 {
+		t.Fatal("no Certificate in examples/kubernetes-tls")
+	}
+}
+
+// The components reach each other over https, the configs load with TLS
+// on, and no plain http URL leaves a pod.
+func TestKubeTLSWiring(t *testing.T) {
+	docs := loadKubeTLS(t)
+	for _, d := range docs {
+		var texts []string
+		switch d.kind() {
+		case "ConfigMap":
+			if d.name() == "passport-policies" {
+				continue
+			}
+			data, _ := dig(d.obj, "data").(map[string]any)
+			for _, v := range data {
+				s, _ := v.(string)
+				texts = append(texts, s)
+			}
+		case "Deployment":
+			for _, c := range podContainers(d) {
+				texts = append(texts, stringList(list(map[string]any(c), "args"))...)
+				for _, e := range list(map[string]any(c), "env") {
+					texts = append(texts, str(e, "value"))
+				}
+			}
+		}
+		for _, text := range texts {
+			for _, line := range strings.Split(text, "\n") {
+				if strings.HasPrefix(strings.TrimSpace(line), "#") {
+					continue
+				}
+				for _, raw := range httpURL.FindAllString(line, -1) {
+					if u, err := url.Parse(raw); err != nil || u.Hostname() != "127.0.0.1" {
+						t.Errorf("%s %s: %s is plain http beyond the pod", d.kind(), d.name(), raw)
+					}
+				}
+			}
+		}
+	}
+
+	// The authority's config loads with TLS on (an http issuer would not).
+	ad := findKube(t, docs, "Deployment", "passport-authority")
+	ac := containerNamed(t, ad, "authority")
+	acfg := kubeAuthorityConfig(t, docs)
+	acfg.ApplyEnv(func(k string) string {
+		return map[string]string{"PASSPORT_REDIS_URL": "redis://redis:6379/0", "PASSPORT_ADMIN_TOKEN": "a-test-admin-token-long-enough"}[k]
+	})
+	acfg.TLS.CertFile, acfg.TLS.KeyFile = tlsCertPath, tlsKeyPath
+	if err := acfg.Validate(); err != nil {
+		t.Errorf("authority config with TLS on: %v", err)
+	}
+	asvc := serviceFor(t, docs, ad)
+	_, aport := listenPort(t, "listen", parseCommand(t, stringList(list(map[string]any(ac), "args"))).listens["listen"])
+	authorityURL := fmt.Sprintf("https://%s:%d", asvc.name(), aport)
+	if acfg.Issuer != authorityURL {
+		t.Errorf("authority issuer %q, want %q (its Service, over https)", acfg.Issuer, authorityURL)
+	}
+
+	// The proxy trusts that issuer and reaches it over verified TLS.
+	fd := findKube(t, docs, "Deployment", "fleet")
+	pc := containerNamed(t, fd, "proxy")
+	pcc := parseCommand(t, stringList(list(map[string]any(pc), "args")))
+	cm, key := mountedFile(t, docs, fd, pc, pcc.config)
+	tmp := filepath.Join(t.TempDir(), key)
+	if err := os.WriteFile(tmp, []byte(str(cm.obj, "data", key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := proxy.LoadConfig(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcfg.Redis.URL = "redis://redis:6379/0"
+	pcfg.TLS.CertFile, pcfg.TLS.KeyFile = tlsCertPath, tlsKeyPath
+	if err := pcfg.Validate(); err != nil {
+		t.Errorf("proxy config with TLS on: %v", err)
+	}
+	checkFleetRoutes(t, pcfg)
+	if pcfg.Issuer != acfg.Issuer {
+		t.Errorf("proxy issuer %q != authority issuer %q", pcfg.Issuer, acfg.Issuer)
+	}
+	for _, u := range []string{pcfg.JWKSURL, pcfg.AuthorityURL} {
+		if !strings.HasPrefix(u, authorityURL) {
+			t.Errorf("proxy URL %s does not reach the authority at %s", u, authorityURL)
+		}
+	}
+	if pcfg.AuthorityTLS.CAFile != tlsCAPath {
+		t.Errorf("proxy authority_tls.ca_file %q, want the mounted CA %s", pcfg.AuthorityTLS.CAFile, tlsCAPath)
+	}
+	fsvc := serviceFor(t, docs, fd)
+	if want := fmt.Sprintf("https://%s:%v", fsvc.name(), dig(fsvc.obj, "spec", "ports", 0, "port")); pcfg.ResourceURL != want {
+		t.Errorf("proxy resource_url %q, want %q", pcfg.ResourceURL, want)
+	}
+
+	// The dashboard's Block and Unblock go to the authority over https.
+	dc := containerNamed(t, findKube(t, docs, "Deployment", "passport-dashboard"), "dashboard")
+	args := stringList(list(map[string]any(dc), "args"))
+	if i := slices.Index(args, "--authority"); i < 0 || i+1 >= len(args) || args[i+1] != authorityURL {
+		t.Errorf("dashboard args %q: want --authority %s", args, authorityURL)
+	}
+
+	// Each Service port named for what it carries.
+	for _, d := range docs {
+		if d.kind() != "Service" {
+			continue
+		}
+		for _, p := range list(d.obj, "spec", "ports") {
+			if str(p, "name") != "https" {
+				t.Errorf("Service %s port %v is named %q, want https", d.name(), dig(p, "port"), str(p, "name"))
+			}
+		}
 	}
 }
