@@ -2181,7 +2181,8 @@ func TestComposeTLSDevCerts(t *testing.T) {
 		t.Fatalf("openssl is needed to run %s: %v", script, err)
 	}
 	dir := filepath.Join(t.TempDir(), "tls")
-	cmd := exec.Command("sh", script, "-d", "3", dir)
+	// -o with this process's own ids: the chown path runs without root.
+	cmd := exec.Command("sh", script, "-d", "3", "-o", fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", script, err, out)
 	}
