@@ -18,8 +18,9 @@
 # with -o 65532:65532 (run as root, e.g. with sudo), or the services cannot
 # read it. Docker Desktop shares files with the containers' user anyway.
 #
-# Existing files in DIR are replaced: rerun to renew (the services reload the
-# new certificate without a restart; a new CA needs a restart).
+# Existing files in DIR are replaced, each by rename: rerun to renew, then
+# `docker compose restart` (compose bind-mounts the files, and a running
+# container keeps the ones it started with).
 set -eu
 
 # Compose services that serve TLS or are called over it, as named in

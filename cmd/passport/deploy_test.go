@@ -2412,13 +2412,13 @@ func TestKubeTLSManifestsParse(t *testing.T) {
 	}
 	// The merge did something: the overlay is not the base.
 	base := loadKube(t)
-	if reflectEqualJSON(t, findKube(t, base, "Deployment", "fleet").obj, findKube(t, docs, "Deployment", "fleet").obj) {
+	if sameYAML(t, findKube(t, base, "Deployment", "fleet").obj, findKube(t, docs, "Deployment", "fleet").obj) {
 		t.Error("the fleet Deployment is the same with the overlay: the patches were not applied")
 	}
 }
 
-// reflectEqualJSON compares two decoded YAML objects.
-func reflectEqualJSON(t *testing.T, a, b any) bool {
+// sameYAML compares two decoded YAML objects.
+func sameYAML(t *testing.T, a, b any) bool {
 	t.Helper()
 	ya, err := yaml.Marshal(a)
 	if err != nil {
