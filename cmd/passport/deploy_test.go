@@ -1856,8 +1856,8 @@ func TestComposeTLSServices(t *testing.T) {
 			}
 			mounts := secretMounts(t, p, s)
 			want := map[string]string{"PASSPORT_CA_FILE": tlsCAPath}
-			tls := servesTLS(t, s.Command)
-			if tls {
+			serves := servesTLS(t, s.Command)
+			if serves {
 				want["PASSPORT_TLS_CERT_FILE"], want["PASSPORT_TLS_KEY_FILE"] = tlsCertPath, tlsKeyPath
 			} else if tc.service != "chaos" {
 				t.Errorf("%s cannot serve TLS (no --tls-cert)", cc.path)
@@ -1873,7 +1873,7 @@ func TestComposeTLSServices(t *testing.T) {
 					t.Errorf("%s comes from %s, want deploy/tls/%s", path, src, files[path])
 				}
 			}
-			if !tls {
+			if !serves {
 				for _, k := range []string{"PASSPORT_TLS_CERT_FILE", "PASSPORT_TLS_KEY_FILE"} {
 					if env(k) != "" {
 						t.Errorf("%s is set, but %s serves no TLS", k, cc.path)
@@ -1888,7 +1888,7 @@ func TestComposeTLSServices(t *testing.T) {
 					t.Errorf("secret mounted at %s, not at a cert-manager path", target)
 				}
 			}
-			if tls {
+			if serves {
 				checkHealthcheckScheme(t, s, cc, tc.readyz, "https", tc.service)
 			} else {
 				checkHealthcheck(t, s, cc, tc.readyz)
