@@ -12,14 +12,19 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -27,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -221,15 +227,26 @@ const testAdminToken = "compose-test-admin-token-0123456789"
 
 func loadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
 	t.Helper()
+	return loadComposeFiles(t, env, "docker-compose.yml")
+}
+
+// loadComposeFiles loads compose files of the repository root in order,
+// each merged over the ones before, as `docker compose -f A -f B` does.
+func loadComposeFiles(t *testing.T, env map[string]string, names ...string) (*types.Project, error) {
+	t.Helper()
 	root := repoRoot(t)
-	file := filepath.Join(root, "docker-compose.yml")
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
+	var files []types.ConfigFile
+	for _, name := range names {
+		file := filepath.Join(root, name)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, types.ConfigFile{Filename: file, Content: data})
 	}
 	details := types.ConfigDetails{
 		WorkingDir:  root,
-		ConfigFiles: []types.ConfigFile{{Filename: file, Content: data}},
+		ConfigFiles: files,
 		Environment: types.Mapping(env),
 	}
 	return loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
@@ -524,6 +541,14 @@ func TestComposePassportServices(t *testing.T) {
 // readyz is set, else /healthz.
 func checkHealthcheck(t *testing.T, s types.ServiceConfig, cc checkedCommand, readyz bool) {
 	t.Helper()
+	checkHealthcheckScheme(t, s, cc, readyz, "http", "")
+}
+
+// checkHealthcheckScheme is checkHealthcheck for a URL of the given scheme
+// and, when serverName is set, a --server-name of that value (the name the
+// certificate must carry, checked against a loopback URL).
+func checkHealthcheckScheme(t *testing.T, s types.ServiceConfig, cc checkedCommand, readyz bool, scheme, serverName string) {
+	t.Helper()
 	hc := s.HealthCheck
 	if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Test[0] != "CMD" {
 		t.Errorf("healthcheck = %+v, want [CMD /usr/local/bin/passport healthcheck URL]", hc)
@@ -548,9 +573,12 @@ func checkHealthcheck(t *testing.T, s types.ServiceConfig, cc checkedCommand, re
 		return
 	}
 	u, err := url.Parse(cmd.Flags().Arg(0))
-	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" {
-		t.Errorf("healthcheck URL %q: want http://127.0.0.1:<port>/...", cmd.Flags().Arg(0))
+	if err != nil || u.Scheme != scheme || u.Hostname() != "127.0.0.1" {
+		t.Errorf("healthcheck URL %q: want %s://127.0.0.1:<port>/...", cmd.Flags().Arg(0), scheme)
 		return
+	}
+	if got := cmd.Flags().Lookup("server-name").Value.String(); got != serverName {
+		t.Errorf("healthcheck %q: --server-name %q, want %q", hc.Test, got, serverName)
 	}
 	own := false
 	for name, addr := range cc.listens {
@@ -1009,7 +1037,12 @@ func list(v any, keys ...any) []any { l, _ := dig(v, keys...).([]any); return l 
 // loadKube parses every YAML document of every file under examples/kubernetes.
 func loadKube(t *testing.T) []kubeDoc {
 	t.Helper()
-	dir := filepath.Join(repoRoot(t), "examples", "kubernetes")
+	return loadKubeDir(t, filepath.Join(repoRoot(t), "examples", "kubernetes"))
+}
+
+// loadKubeDir parses every YAML document of every file in dir.
+func loadKubeDir(t *testing.T, dir string) []kubeDoc {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -1017,29 +1050,37 @@ func loadKube(t *testing.T) []kubeDoc {
 	more, _ := filepath.Glob(filepath.Join(dir, "*.yml"))
 	files = append(files, more...)
 	if len(files) == 0 {
-		t.Fatal("no manifests in examples/kubernetes")
+		t.Fatalf("no manifests in %s", dir)
 	}
 	var docs []kubeDoc
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		docs = append(docs, loadKubeFile(t, f)...)
+	}
+	return docs
+}
+
+// loadKubeFile parses every YAML document of one file.
+func loadKubeFile(t *testing.T, f string) []kubeDoc {
+	t.Helper()
+	data, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs []kubeDoc
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for i := 0; ; i++ {
+		var obj map[string]any
+		err := dec.Decode(&obj)
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s document %d: %v", filepath.Base(f), i, err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		for i := 0; ; i++ {
-			var obj map[string]any
-			err := dec.Decode(&obj)
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s document %d: %v", filepath.Base(f), i, err)
-			}
-			if obj == nil {
-				continue // empty document between ---
-			}
-			docs = append(docs, kubeDoc{file: filepath.Base(f), obj: obj})
+		if obj == nil {
+			continue // empty document between ---
 		}
+		docs = append(docs, kubeDoc{file: filepath.Base(f), obj: obj})
 	}
 	return docs
 }
@@ -1687,5 +1728,988 @@ func TestKubeDashboard(t *testing.T) {
 	}
 	if tp != int(port) {
 		t.Errorf("Service %s targets %v, want %d", svc.name(), tp, port)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.tls.yml: the TLS overlay on docker-compose.yml
+
+// Where the overlay mounts the key material: cert-manager's file names, so
+// that the same paths serve in Kubernetes (examples/kubernetes-tls/).
+const (
+	tlsCertPath = "/etc/passport/tls/tls.crt"
+	tlsKeyPath  = "/etc/passport/tls/tls.key"
+	tlsCAPath   = "/etc/passport/ca/ca.crt"
+)
+
+func mustLoadComposeTLS(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := loadComposeFiles(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken}, "docker-compose.yml", "docker-compose.tls.yml")
+	if err != nil {
+		t.Fatalf("docker-compose.yml with docker-compose.tls.yml does not load: %v", err)
+	}
+	return p
+}
+
+// servesTLS says whether a compose service's subcommand can serve TLS: it
+// takes --tls-cert. `chaos run` does not (its /metrics listener is plain);
+// when it does, the overlay must turn it on.
+func servesTLS(t *testing.T, command []string) bool {
+	t.Helper()
+	root := (&app{getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}).rootCmd()
+	cmd, _, err := root.Find(command)
+	if err != nil {
+		t.Fatalf("command %q: %v", command, err)
+	}
+	return cmd.Flags().Lookup("tls-cert") != nil
+}
+
+// secretMounts maps each mounted secret's target to the file it comes from.
+func secretMounts(t *testing.T, p *types.Project, s types.ServiceConfig) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, sec := range s.Secrets {
+		def, ok := p.Secrets[sec.Source]
+		if !ok {
+			t.Errorf("%s: secret %s is not declared", s.Name, sec.Source)
+			continue
+		}
+		if def.File == "" {
+			t.Errorf("%s: secret %s is not file-based", s.Name, sec.Source)
+		}
+		out[sec.Target] = def.File
+	}
+	return out
+}
+
+// The overlay merges with the base: the same services, and what the base
+// sets that the overlay does not touch (the Redis URL, the admin token, the
+// hardening) stays.
+func TestComposeTLSOverlayLoads(t *testing.T) {
+	base, tlsp := mustLoadCompose(t), mustLoadComposeTLS(t)
+	got, want := tlsp.ServiceNames(), base.ServiceNames()
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("services with the overlay = %v, want the base's %v", got, want)
+	}
+	root := repoRoot(t)
+	for name, def := range tlsp.Secrets {
+		if filepath.Dir(def.File) != filepath.Join(root, "deploy", "tls") {
+			t.Errorf("secret %s comes from %s, want a file in deploy/tls/ (scripts/dev-certs.sh writes there)", name, def.File)
+		}
+		if filepath.Base(def.File) == "ca.key" {
+			t.Errorf("secret %s is the CA's private key: no service needs it", name)
+		}
+	}
+	ignore, err := os.ReadFile(filepath.Join(root, ".gitignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(ignore)), "/deploy/tls/") {
+		t.Error(".gitignore does not ignore /deploy/tls/: generated keys could be committed")
+	}
+	for _, tc := range composePassportServices {
+		s, err := tlsp.GetService(tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := base.GetService(tc.service)
+		for _, k := range []string{"PASSPORT_REDIS_URL", "PASSPORT_ADMIN_TOKEN"} {
+			if got, want := s.Environment[k], b.Environment[k]; got == nil || want == nil || *got != *want {
+				t.Errorf("%s: %s lost in the merge", tc.service, k)
+			}
+		}
+		if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") || len(s.Volumes) != len(b.Volumes) {
+			t.Errorf("%s: the overlay changed the hardening or added mounts (read_only=%v cap_drop=%v, %d volumes, base %d)",
+				tc.service, s.ReadOnly, s.CapDrop, len(s.Volumes), len(b.Volumes))
+		}
+	}
+}
+
+// Every passport service that can serve TLS has the certificate, the key
+// and the CA mounted from the secrets at the cert-manager paths and named by
+// the environment, and its healthcheck speaks https to the name in the
+// certificate; chaos (a client only) gets the CA and nothing else.
+func TestComposeTLSServices(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	base := mustLoadCompose(t)
+	for _, tc := range composePassportServices {
+		t.Run(tc.service, func(t *testing.T) {
+			s, err := p.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc := parseCommand(t, s.Command)
+			if cc.path != tc.command {
+				t.Fatalf("command %q runs %q, want %q", s.Command, cc.path, tc.command)
+			}
+			b, _ := base.GetService(tc.service)
+			if bl := listenFlagsOf(b.Command); !maps.Equal(cc.listens, bl) {
+				t.Errorf("listeners %v, want the base's %v (ports are published, exposed and scraped as they are)", cc.listens, bl)
+			}
+			env := func(k string) string {
+				if v := s.Environment[k]; v != nil {
+					return *v
+				}
+				return ""
+			}
+			mounts := secretMounts(t, p, s)
+			want := map[string]string{"PASSPORT_CA_FILE": tlsCAPath}
+			serves := servesTLS(t, s.Command)
+			if serves {
+				want["PASSPORT_TLS_CERT_FILE"], want["PASSPORT_TLS_KEY_FILE"] = tlsCertPath, tlsKeyPath
+			} else if tc.service != "chaos" {
+				t.Errorf("%s cannot serve TLS (no --tls-cert)", cc.path)
+			}
+			files := map[string]string{tlsCAPath: "ca.crt", tlsCertPath: "tls.crt", tlsKeyPath: "tls.key"}
+			for k, path := range want {
+				if got := env(k); got != path {
+					t.Errorf("%s = %q, want %q", k, got, path)
+				}
+				if src, ok := mounts[path]; !ok {
+					t.Errorf("no secret mounted at %s (%s)", path, k)
+				} else if filepath.Base(src) != files[path] {
+					t.Errorf("%s comes from %s, want deploy/tls/%s", path, src, files[path])
+				}
+			}
+			if !serves {
+				for _, k := range []string{"PASSPORT_TLS_CERT_FILE", "PASSPORT_TLS_KEY_FILE"} {
+					if env(k) != "" {
+						t.Errorf("%s is set, but %s serves no TLS", k, cc.path)
+					}
+				}
+				if _, ok := mounts[tlsKeyPath]; ok {
+					t.Errorf("the key is mounted, but %s serves no TLS: a client gets the CA only", cc.path)
+				}
+			}
+			for target := range mounts {
+				if !slices.Contains([]string{tlsCAPath, tlsCertPath, tlsKeyPath}, target) {
+					t.Errorf("secret mounted at %s, not at a cert-manager path", target)
+				}
+			}
+			if serves {
+				checkHealthcheckScheme(t, s, cc, tc.readyz, "https", tc.service)
+			} else {
+				checkHealthcheck(t, s, cc, tc.readyz)
+			}
+			if cc.config != "" {
+				checkTLSConfigFile(t, s, cc)
+			}
+		})
+	}
+}
+
+// checkTLSConfigFile loads the service's mounted config (from
+// examples/compose/tls/ where the plain one names http URLs) with its component's strict loader and the TLS
+// settings its environment gives it, so that a setting TLS refuses (an
+// http:// issuer on a TLS authority) fails here.
+func checkTLSConfigFile(t *testing.T, s types.ServiceConfig, cc checkedCommand) {
+	t.Helper()
+	var src string
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Target == cc.config {
+			src = v.Source
+		}
+	}
+	if src == "" {
+		t.Fatalf("--config %s is not bind-mounted", cc.config)
+	}
+	env := func(k string) string {
+		if v := s.Environment[k]; v != nil {
+			return *v
+		}
+		return ""
+	}
+	switch cc.path {
+	case "passport authority":
+		cfg := authority.DefaultConfig()
+		if err := config.Load(src, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg.ApplyEnv(env)
+		cfg.TLS.CertFile, cfg.TLS.KeyFile = env("PASSPORT_TLS_CERT_FILE"), env("PASSPORT_TLS_KEY_FILE")
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("authority config %s with TLS on: %v", src, err)
+		}
+	case "passport proxy":
+		cfg, err := proxy.LoadConfig(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Redis.URL = env("PASSPORT_REDIS_URL")
+		cfg.TLS.CertFile, cfg.TLS.KeyFile = env("PASSPORT_TLS_CERT_FILE"), env("PASSPORT_TLS_KEY_FILE")
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("proxy config %s with TLS on: %v", src, err)
+		}
+	default:
+		checkConfigFile(t, cc.path, src)
+	}
+}
+
+// httpURL finds an http:// URL in text.
+var httpURL = regexp.MustCompile(`http://[^\s"']+`)
+
+// No passport service calls another, or names itself, over plain http:
+// not in a command, the environment or a mounted config. Then the https
+// URLs agree with each other as the plain ones do (TestComposeWiring), and
+// every client that verifies a passport server trusts the mounted CA.
+func TestComposeTLSWiring(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	svc := func(name string) types.ServiceConfig {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	mount := func(service, target string) string {
+		for _, v := range svc(service).Volumes {
+			if v.Type == types.VolumeTypeBind && v.Target == target {
+				return v.Source
+			}
+		}
+		t.Fatalf("%s: nothing mounted at %s", service, target)
+		return ""
+	}
+	flagOf := func(service, name string) string {
+		cmd := svc(service).Command
+		for i, a := range cmd {
+			if a == "--"+name && i+1 < len(cmd) {
+				return cmd[i+1]
+			}
+		}
+		t.Fatalf("%s has no --%s", service, name)
+		return ""
+	}
+	portOf := func(service, flagName string) string {
+		_, port, _ := net.SplitHostPort(listenFlagsOf(svc(service).Command)[flagName])
+		return port
+	}
+
+	for _, tc := range composePassportServices {
+		s := svc(tc.service)
+		texts := map[string]string{"command": strings.Join(s.Command, " ")}
+		for k, v := range s.Environment {
+			if v != nil {
+				texts["environment "+k] = *v
+			}
+		}
+		if s.HealthCheck != nil && servesTLS(t, s.Command) {
+			texts["healthcheck"] = strings.Join(s.HealthCheck.Test, " ")
+		}
+		for _, v := range s.Volumes {
+			if v.Type != types.VolumeTypeBind || filepath.Ext(v.Source) != ".yaml" {
+				continue
+			}
+			data, err := os.ReadFile(v.Source)
+			if err != nil {
+				t.Fatal(err)
+			}
+			texts[v.Source] = string(data)
+		}
+		for where, text := range texts {
+			// Comments may say http://; the settings may not.
+			for _, line := range strings.Split(text, "\n") {
+				line, _, _ = strings.Cut(line, " #")
+				if strings.HasPrefix(strings.TrimSpace(line), "#") {
+					continue
+				}
+				for _, u := range httpURL.FindAllString(line, -1) {
+					t.Errorf("%s %s: %s is plain http", tc.service, where, u)
+				}
+			}
+		}
+	}
+
+	acfg := authority.DefaultConfig()
+	if err := config.Load(mount("authority", flagOf("authority", "config")), &acfg); err != nil {
+		t.Fatal(err)
+	}
+	if want := "https://authority:" + portOf("authority", "listen"); acfg.Issuer != want {
+		t.Errorf("authority issuer %q, want %q", acfg.Issuer, want)
+	}
+	pcfg, err := proxy.LoadConfig(mount("proxy", flagOf("proxy", "config")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pcfg.Issuer != acfg.Issuer || pcfg.AuthorityURL != acfg.Issuer {
+		t.Errorf("proxy issuer %q, authority_url %q: want the authority's issuer %q", pcfg.Issuer, pcfg.AuthorityURL, acfg.Issuer)
+	}
+	if pcfg.JWKSURL != "" && !strings.HasPrefix(pcfg.JWKSURL, acfg.Issuer+"/") {
+		t.Errorf("proxy jwks_url %q is not at the authority %s", pcfg.JWKSURL, acfg.Issuer)
+	}
+	if pcfg.AuthorityTLS.CAFile != tlsCAPath {
+		t.Errorf("proxy authority_tls.ca_file %q, want the mounted CA %s", pcfg.AuthorityTLS.CAFile, tlsCAPath)
+	}
+	proxyURL := "https://proxy:" + portOf("proxy", "listen")
+	if pcfg.ResourceURL != proxyURL {
+		t.Errorf("proxy resource_url %q, want %q", pcfg.ResourceURL, proxyURL)
+	}
+	fleetPort := portOf("fleet", "listen")
+	if len(pcfg.Upstreams) != 1 {
+		t.Errorf("proxy upstreams %v, want the fleet only", pcfg.Upstreams)
+	}
+	for name, u := range pcfg.Upstreams {
+		if u.URL != "https://fleet:"+fleetPort || u.TLS.CAFile != tlsCAPath {
+			t.Errorf("proxy upstream %s = %s (ca_file %q), want https://fleet:%s verified with %s", name, u.URL, u.TLS.CAFile, fleetPort, tlsCAPath)
+		}
+	}
+	checkFleetRoutes(t, pcfg)
+
+	for _, name := range []string{"healer", "chaos", "dashboard"} {
+		if got := flagOf(name, "authority"); got != acfg.Issuer {
+			t.Errorf("%s --authority %s, want %s", name, got, acfg.Issuer)
+		}
+	}
+	if got, want := flagOf("dashboard", "public-authority-url"), "https://127.0.0.1:"+portOf("authority", "listen"); got != want {
+		t.Errorf("dashboard --public-authority-url %s, want %s (the published port)", got, want)
+	}
+	for _, c := range []struct{ service, flag string }{{"chaos", "config"}, {"dashboard", "chaos-config"}} {
+		var ccfg chaos.Config
+		if err := config.Load(mount(c.service, flagOf(c.service, c.flag)), &ccfg); err != nil {
+			t.Fatal(err)
+		}
+		if ccfg.ProxyURL != proxyURL {
+			t.Errorf("%s chaos proxy_url %q, want %q", c.service, ccfg.ProxyURL, proxyURL)
+		}
+	}
+	hcfg := healer.Default()
+	if err := config.Load(mount("healer", flagOf("healer", "config")), &hcfg); err != nil {
+		t.Fatal(err)
+	}
+	if hcfg.ProxyURL != proxyURL {
+		t.Errorf("healer proxy_url %q, want %q", hcfg.ProxyURL, proxyURL)
+	}
+	if want := "https://fleet:" + fleetPort + "/events?tenant=" + hcfg.Tenant; hcfg.Announcements.URL != want {
+		t.Errorf("healer announcements %q, want %q", hcfg.Announcements.URL, want)
+	}
+	fcfg := fleet.Default()
+	fcfg.Services = nil
+	if err := config.Load(mount("fleet", flagOf("fleet", "config")), &fcfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(hcfg.Checks) == 0 {
+		t.Error("healer has no checks")
+	}
+	for _, c := range hcfg.Checks {
+		i := slices.IndexFunc(fcfg.Services, func(s fleet.ServiceConfig) bool { return s.Name == c.Target })
+		if i < 0 {
+			t.Errorf("healer check %s: no such fleet service", c.Target)
+			continue
+		}
+		_, port, _ := net.SplitHostPort(fcfg.Services[i].Listen)
+		if want := "https://fleet:" + port + "/healthz"; c.URL != want {
+			t.Errorf("healer check %s = %s, want %s", c.Target, c.URL, want)
+		}
+	}
+}
+
+// Prometheus scrapes every passport service that serves TLS over https,
+// verified with the mounted CA.
+func TestComposeTLSPrometheus(t *testing.T) {
+	p := mustLoadComposeTLS(t)
+	prom, err := p.GetService("prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfgFile string
+	for _, v := range prom.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Target == "/etc/prometheus/prometheus.yml" {
+			cfgFile = v.Source
+		}
+	}
+	if cfgFile != filepath.Join(repoRoot(t), "examples", "compose", "tls", "prometheus.yml") {
+		t.Fatalf("prometheus config is %s, want examples/compose/tls/prometheus.yml", cfgFile)
+	}
+	mounts := secretMounts(t, p, prom)
+	data, err := os.ReadFile(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName   string `yaml:"job_name"`
+			Scheme    string `yaml:"scheme"`
+			TLSConfig struct {
+				CAFile string `yaml:"ca_file"`
+			} `yaml:"tls_config"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	scheme := map[string]string{} // target -> scheme
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.Scheme == "https" {
+			if src, ok := mounts[sc.TLSConfig.CAFile]; !ok || filepath.Base(src) != "ca.crt" {
+				t.Errorf("job %s verifies with %q, which is not the mounted CA", sc.JobName, sc.TLSConfig.CAFile)
+			}
+		}
+		for _, st := range sc.StaticConfigs {
+			for _, target := range st.Targets {
+				scheme[target] = cmp.Or(sc.Scheme, "http")
+			}
+		}
+	}
+	for _, tc := range composePassportServices {
+		s, _ := p.GetService(tc.service)
+		_, port, _ := net.SplitHostPort(listenFlagsOf(s.Command)[tc.metricsFlag])
+		target := net.JoinHostPort(tc.service, port)
+		want := "http"
+		if servesTLS(t, s.Command) {
+			want = "https"
+		}
+		if got, ok := scheme[target]; !ok || got != want {
+			t.Errorf("prometheus scrapes %s over %q, want %s", target, got, want)
+		}
+	}
+}
+
+// scripts/dev-certs.sh makes what the overlay mounts: a CA, and a
+// certificate with its key (0600) that every name a client checks chains
+// to the CA for.
+func TestComposeTLSDevCerts(t *testing.T) {
+	script := filepath.Join(repoRoot(t), "scripts", "dev-certs.sh")
+	if out, err := exec.Command("sh", "-n", script).CombinedOutput(); err != nil {
+		t.Fatalf("sh -n %s: %v\n%s", script, err, out)
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Fatalf("openssl is needed to run %s: %v", script, err)
+	}
+	dir := filepath.Join(t.TempDir(), "tls")
+	// -o with this process's own ids: the chown path runs without root.
+	cmd := exec.Command("sh", script, "-d", "3", "-o", fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+
+	// The files the overlay's secrets name, and nothing readable that should not be.
+	p := mustLoadComposeTLS(t)
+	for name, def := range p.Secrets {
+		if _, err := os.Stat(filepath.Join(dir, filepath.Base(def.File))); err != nil {
+			t.Errorf("secret %s: the script does not write %s: %v", name, filepath.Base(def.File), err)
+		}
+	}
+	for file, want := range map[string]os.FileMode{"ca.crt": 0o644, "tls.crt": 0o644, "tls.key": 0o600, "ca.key": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s mode %o, want %o", file, fi.Mode().Perm(), want)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	if err != nil {
+		t.Fatalf("tls.crt and tls.key: %v", err)
+	}
+	leaf := pair.Leaf
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	if leaf.IsCA {
+		t.Error("the server certificate is a CA")
+	}
+	if ttl := time.Until(leaf.NotAfter); ttl > 4*24*time.Hour || ttl < 2*24*time.Hour {
+		t.Errorf("-d 3 gave a certificate valid until %v", leaf.NotAfter)
+	}
+
+	// Every name a client checks: each https URL's host and each
+	// --server-name of the overlay, and the loopback names.
+	names := map[string]bool{"localhost": true, "127.0.0.1": true}
+	for _, tc := range composePassportServices {
+		s, _ := p.GetService(tc.service)
+		args := slices.Clone(s.Command)
+		if s.HealthCheck != nil {
+			args = append(args, s.HealthCheck.Test...)
+		}
+		for i, a := range args {
+			if a == "--server-name" && i+1 < len(args) {
+				names[args[i+1]] = true
+			}
+			if u, err := url.Parse(a); err == nil && u.Scheme == "https" {
+				names[u.Hostname()] = true
+			}
+		}
+	}
+	for _, s := range p.Services {
+		if s.Image != "" && strings.HasPrefix(s.Image, "agentpassport/passport:") {
+			names[s.Name] = true
+		}
+	}
+	for name := range names {
+		_, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			t.Errorf("the certificate does not verify for %s: %v", name, err)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "redis", Roots: roots}); err == nil {
+		t.Error("the certificate verifies for redis, a name not in the script's list: the test checks nothing")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// examples/kubernetes-tls/: the TLS overlay on examples/kubernetes
+
+// loadKubeTLS builds examples/kubernetes-tls as `kubectl kustomize` does, for
+// what the overlay uses: its resources (the base, as the base's
+// kustomization lists it, and its own files), each patch merged into the
+// object of the same kind and name with strategic-merge rules (containers,
+// env and volumes merged by name, volumeMounts by mountPath, ports by port
+// number, maps key by key, other lists replaced), and its namespace. No
+// kustomize runs in the tests; the rules here are the ones these patches
+// rely on, and a patch that matches no object fails.
+func loadKubeTLS(t *testing.T) []kubeDoc {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), "examples", "kubernetes-tls")
+	ks := loadKubeFile(t, filepath.Join(dir, "kustomization.yaml"))
+	if len(ks) != 1 || ks[0].kind() != "Kustomization" {
+		t.Fatal("examples/kubernetes-tls/kustomization.yaml holds no Kustomization")
+	}
+	k := ks[0].obj
+	var docs []kubeDoc
+	for _, r := range stringList(list(k, "resources")) {
+		path := filepath.Join(dir, r)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatalf("resource %s: %v", r, err)
+		}
+		if !fi.IsDir() {
+			docs = append(docs, loadKubeFile(t, path)...)
+			continue
+		}
+		// A base: the files its own kustomization lists, with its namespace.
+		base := loadKubeDir(t, path)
+		var bk map[string]any
+		for _, d := range base {
+			if d.kind() == "Kustomization" {
+				bk = d.obj
+			}
+		}
+		if bk == nil {
+			t.Fatalf("resource %s: no kustomization.yaml", r)
+		}
+		if str(bk, "namespace") != str(k, "namespace") {
+			t.Errorf("namespace %q differs from the base's %q", str(k, "namespace"), str(bk, "namespace"))
+		}
+		listed := stringList(list(bk, "resources"))
+		for _, d := range base {
+			if slices.Contains(listed, d.file) {
+				docs = append(docs, d)
+			}
+		}
+	}
+	for _, p := range list(k, "patches") {
+		file := str(p, "path")
+		if file == "" {
+			t.Fatalf("patch %v: only path patches are read here", p)
+		}
+		for _, patch := range loadKubeFile(t, filepath.Join(dir, file)) {
+			i := slices.IndexFunc(docs, func(d kubeDoc) bool { return d.kind() == patch.kind() && d.name() == patch.name() })
+			if i < 0 {
+				t.Fatalf("patch %s: no %s %q to patch", file, patch.kind(), patch.name())
+			}
+			docs[i].obj = smpMerge(docs[i].obj, patch.obj).(map[string]any)
+		}
+	}
+	return docs
+}
+
+// smpMerge merges patch into dst as a strategic merge patch does, without
+// changing dst.
+func smpMerge(dst, patch any) any {
+	pm, ok := patch.(map[string]any)
+	dm, ok2 := dst.(map[string]any)
+	if !ok || !ok2 {
+		return patch
+	}
+	out := maps.Clone(dm)
+	for k, pv := range pm {
+		dv, exists := out[k]
+		if !exists {
+			out[k] = pv
+			continue
+		}
+		pl, pok := pv.([]any)
+		dl, dok := dv.([]any)
+		if key := smpListKey(k, pl); pok && dok && key != "" {
+			out[k] = smpMergeList(dl, pl, key)
+			continue
+		}
+		out[k] = smpMerge(dv, pv)
+	}
+	return out
+}
+
+// smpListKey is the merge key of a list field of a pod or a Service, "" for
+// lists that a patch replaces.
+func smpListKey(field string, l []any) string {
+	switch field {
+	case "containers", "initContainers", "env", "volumes":
+		return "name"
+	case "volumeMounts":
+		return "mountPath"
+	case "ports":
+		if len(l) > 0 && dig(l[0], "containerPort") != nil {
+			return "containerPort"
+		}
+		return "port"
+	}
+	return ""
+}
+
+func smpMergeList(dst, patch []any, key string) []any {
+	out := slices.Clone(dst)
+	for _, pe := range patch {
+		i := slices.IndexFunc(out, func(de any) bool { return dig(de, key) == dig(pe, key) })
+		if i < 0 {
+			out = append(out, pe)
+			continue
+		}
+		out[i] = smpMerge(out[i], pe)
+	}
+	return out
+}
+
+// The overlay builds to valid, distinct objects, and the Deployments keep
+// what the base's tests check: security, commands the binary parses.
+func TestKubeTLSManifestsParse(t *testing.T) {
+	docs := loadKubeTLS(t)
+	seen := map[string]bool{}
+	certs := 0
+	for _, d := range docs {
+		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
+			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
+		}
+		key := d.kind() + "/" + d.name()
+		if seen[key] {
+			t.Errorf("%s defined twice", key)
+		}
+		seen[key] = true
+		switch d.kind() {
+		case "Secret":
+			t.Errorf("%s: a Secret is applied by the overlay; cert-manager writes them", d.file)
+		case "Certificate":
+			certs++
+		case "Deployment":
+			checkPodSecurity(t, d)
+			for _, c := range podContainers(d) {
+				checkPassportContainer(t, d, c)
+			}
+		}
+	}
+	if certs == 0 {
+		t.Error("the overlay has no Certificate")
+	}
+	// The merge did something: the overlay is not the base.
+	base := loadKube(t)
+	if sameYAML(t, findKube(t, base, "Deployment", "fleet").obj, findKube(t, docs, "Deployment", "fleet").obj) {
+		t.Error("the fleet Deployment is the same with the overlay: the patches were not applied")
+	}
+}
+
+// sameYAML compares two decoded YAML objects.
+func sameYAML(t *testing.T, a, b any) bool {
+	t.Helper()
+	ya, err := yaml.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yb, err := yaml.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ya, yb)
+}
+
+// kubeVolume finds the pod volume a mount of c at path comes from.
+func kubeVolume(t *testing.T, d kubeDoc, c container, path string) (mount, volume map[string]any) {
+	t.Helper()
+	for _, vm := range list(map[string]any(c), "volumeMounts") {
+		if str(vm, "mountPath") != path {
+			continue
+		}
+		for _, v := range list(d.obj, "spec", "template", "spec", "volumes") {
+			if str(v, "name") == str(vm, "name") {
+				return vm.(map[string]any), v.(map[string]any)
+			}
+		}
+		t.Fatalf("%s: volume %s mounted at %s is not in the pod", d.name(), str(vm, "name"), path)
+	}
+	return nil, nil
+}
+
+// Every passport container that listens beyond its pod's loopback serves
+// TLS: the environment names the cert-manager paths, the Secret of a
+// Certificate for its Service's names is mounted there read-only (0400, a
+// group the pod user is in), the CA beside it, and every probe speaks HTTPS.
+// A container on loopback only (the API behind the sidecar) stays plain:
+// nothing outside the pod reaches it.
+func TestKubeTLSContainers(t *testing.T) {
+	docs := loadKubeTLS(t)
+	certs := map[string]kubeDoc{} // secretName -> Certificate
+	for _, d := range docs {
+		if d.kind() == "Certificate" {
+			certs[str(d.obj, "spec", "secretName")] = d
+		}
+	}
+	ns := str(findKube(t, docs, "Namespace", "agent-passport").obj, "metadata", "name")
+	mounted := map[string]bool{}
+	served := 0
+	for _, d := range docs {
+		if d.kind() != "Deployment" {
+			continue
+		}
+		for _, c := range podContainers(d) {
+			m := map[string]any(c)
+			t.Run(d.name()+"/"+str(m, "name"), func(t *testing.T) {
+				cc := checkPassportContainer(t, d, c)
+				public := false
+				for name, addr := range cc.listens {
+					if host, _ := listenPort(t, name, addr); host != "127.0.0.1" {
+						public = true
+					}
+				}
+				if !public {
+					if _, v := kubeVolume(t, d, c, "/etc/passport/tls"); v != nil {
+						t.Error("a loopback-only container mounts the TLS key")
+					}
+					return
+				}
+				served++
+				env := map[string]string{}
+				for _, e := range list(m, "env") {
+					env[str(e, "name")] = str(e, "value")
+				}
+				for k, want := range map[string]string{"PASSPORT_TLS_CERT_FILE": tlsCertPath, "PASSPORT_TLS_KEY_FILE": tlsKeyPath, "PASSPORT_CA_FILE": tlsCAPath} {
+					if env[k] != want {
+						t.Errorf("env %s = %q, want %q", k, env[k], want)
+					}
+				}
+				vm, v := kubeVolume(t, d, c, filepath.Dir(tlsCertPath))
+				if v == nil {
+					t.Fatalf("nothing mounted at %s", filepath.Dir(tlsCertPath))
+				}
+				if vm["readOnly"] != true {
+					t.Error("the TLS Secret is mounted writable")
+				}
+				secret := str(v, "secret", "secretName")
+				if secret == "" {
+					t.Fatalf("%s is not a Secret volume", filepath.Dir(tlsCertPath))
+				}
+				mounted[secret] = true
+				if mode := dig(v, "secret", "defaultMode"); mode != 0o400 {
+					t.Errorf("Secret %s defaultMode %v, want 0400", secret, mode)
+				}
+				if items := list(v, "secret", "items"); items != nil {
+					t.Errorf("Secret %s mounted with items %v: tls.crt and tls.key are expected whole", secret, items)
+				}
+				// Secret files are root's; the kubelet gives them the pod's
+				// fsGroup, which is what lets uid 65532 read a 0400 key.
+				psc := dig(d.obj, "spec", "template", "spec", "securityContext")
+				if fg := dig(psc, "fsGroup"); fg == nil || fg != dig(psc, "runAsGroup") {
+					t.Errorf("pod fsGroup %v, want the pod's group %v: the key would be unreadable", fg, dig(psc, "runAsGroup"))
+				}
+				cm, cv := kubeVolume(t, d, c, filepath.Dir(tlsCAPath))
+				if cv == nil {
+					t.Fatalf("nothing mounted at %s", filepath.Dir(tlsCAPath))
+				}
+				if cm["readOnly"] != true {
+					t.Error("the CA is mounted writable")
+				}
+				if str(cv, "secret", "secretName") != secret || !slices.ContainsFunc(list(cv, "secret", "items"), func(it any) bool {
+					return str(it, "key") == "ca.crt" && str(it, "path") == filepath.Base(tlsCAPath)
+				}) {
+					t.Errorf("%s is not ca.crt of Secret %s: %v", tlsCAPath, secret, cv)
+				}
+
+				// The Certificate writing the Secret names the Service.
+				cert, ok := certs[secret]
+				if !ok {
+					t.Fatalf("no Certificate writes Secret %s", secret)
+				}
+				svc := serviceFor(t, docs, d).name()
+				names := stringList(list(cert.obj, "spec", "dnsNames"))
+				for _, want := range []string{svc, svc + "." + ns + ".svc", svc + "." + ns + ".svc.cluster.local"} {
+					if !slices.Contains(names, want) {
+						t.Errorf("Certificate %s dnsNames %v lack %s", cert.name(), names, want)
+					}
+				}
+
+				probes := 0
+				for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
+					if dig(m, probe) == nil {
+						continue
+					}
+					probes++
+					if got := str(m, probe, "httpGet", "scheme"); got != "HTTPS" {
+						t.Errorf("%s scheme %q, want HTTPS", probe, got)
+					}
+				}
+				if probes == 0 {
+					t.Error("no probes")
+				}
+				if ann := dig(d.obj, "spec", "template", "metadata", "annotations"); str(ann, "prometheus.io/scrape") == "true" &&
+					str(ann, "prometheus.io/scheme") != "https" {
+					t.Error("prometheus.io/scheme is not https: Prometheus would scrape plain http")
+				}
+			})
+		}
+	}
+	if served == 0 {
+		t.Fatal("no container serves beyond loopback: the test checked nothing")
+	}
+	for secret, cert := range certs {
+		if !mounted[secret] {
+			t.Errorf("Certificate %s writes Secret %s, which no pod mounts", cert.name(), secret)
+		}
+	}
+}
+
+// Every Certificate is issued by the documented prerequisite, internal-ca,
+// for server authentication.
+func TestKubeTLSCertificates(t *testing.T) {
+	n := 0
+	for _, d := range loadKubeTLS(t) {
+		if d.kind() != "Certificate" {
+			continue
+		}
+		n++
+		if api := str(d.obj, "apiVersion"); api != "cert-manager.io/v1" {
+			t.Errorf("Certificate %s apiVersion %q, want cert-manager.io/v1", d.name(), api)
+		}
+		ref := dig(d.obj, "spec", "issuerRef")
+		if str(ref, "name") != "internal-ca" || !slices.Contains([]string{"ClusterIssuer", "Issuer"}, str(ref, "kind")) {
+			t.Errorf("Certificate %s issuerRef %v, want the internal-ca (Cluster)Issuer", d.name(), ref)
+		}
+		if u := stringList(list(d.obj, "spec", "usages")); !slices.Contains(u, "server auth") {
+			t.Errorf("Certificate %s usages %v lack server auth", d.name(), u)
+		}
+		if str(d.obj, "spec", "secretName") == "" || len(list(d.obj, "spec", "dnsNames")) == 0 {
+			t.Errorf("Certificate %s has no secretName or no dnsNames", d.name())
+		}
+	}
+	if n == 0 {
+		t.Fatal("no Certificate in examples/kubernetes-tls")
+	}
+}
+
+// The components reach each other over https, the configs load with TLS
+// on, and no plain http URL leaves a pod.
+func TestKubeTLSWiring(t *testing.T) {
+	docs := loadKubeTLS(t)
+	for _, d := range docs {
+		var texts []string
+		switch d.kind() {
+		case "ConfigMap":
+			if d.name() == "passport-policies" {
+				continue
+			}
+			data, _ := dig(d.obj, "data").(map[string]any)
+			for _, v := range data {
+				s, _ := v.(string)
+				texts = append(texts, s)
+			}
+		case "Deployment":
+			for _, c := range podContainers(d) {
+				texts = append(texts, stringList(list(map[string]any(c), "args"))...)
+				for _, e := range list(map[string]any(c), "env") {
+					texts = append(texts, str(e, "value"))
+				}
+			}
+		}
+		for _, text := range texts {
+			for _, line := range strings.Split(text, "\n") {
+				if strings.HasPrefix(strings.TrimSpace(line), "#") {
+					continue
+				}
+				for _, raw := range httpURL.FindAllString(line, -1) {
+					if u, err := url.Parse(raw); err != nil || u.Hostname() != "127.0.0.1" {
+						t.Errorf("%s %s: %s is plain http beyond the pod", d.kind(), d.name(), raw)
+					}
+				}
+			}
+		}
+	}
+
+	// The authority's config loads with TLS on (an http issuer would not).
+	ad := findKube(t, docs, "Deployment", "passport-authority")
+	ac := containerNamed(t, ad, "authority")
+	acfg := kubeAuthorityConfig(t, docs)
+	acfg.ApplyEnv(func(k string) string {
+		return map[string]string{"PASSPORT_REDIS_URL": "redis://redis:6379/0", "PASSPORT_ADMIN_TOKEN": "a-test-admin-token-long-enough"}[k]
+	})
+	acfg.TLS.CertFile, acfg.TLS.KeyFile = tlsCertPath, tlsKeyPath
+	if err := acfg.Validate(); err != nil {
+		t.Errorf("authority config with TLS on: %v", err)
+	}
+	asvc := serviceFor(t, docs, ad)
+	_, aport := listenPort(t, "listen", parseCommand(t, stringList(list(map[string]any(ac), "args"))).listens["listen"])
+	authorityURL := fmt.Sprintf("https://%s:%d", asvc.name(), aport)
+	if acfg.Issuer != authorityURL {
+		t.Errorf("authority issuer %q, want %q (its Service, over https)", acfg.Issuer, authorityURL)
+	}
+
+	// The proxy trusts that issuer and reaches it over verified TLS.
+	fd := findKube(t, docs, "Deployment", "fleet")
+	pc := containerNamed(t, fd, "proxy")
+	pcc := parseCommand(t, stringList(list(map[string]any(pc), "args")))
+	cm, key := mountedFile(t, docs, fd, pc, pcc.config)
+	tmp := filepath.Join(t.TempDir(), key)
+	if err := os.WriteFile(tmp, []byte(str(cm.obj, "data", key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := proxy.LoadConfig(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcfg.Redis.URL = "redis://redis:6379/0"
+	pcfg.TLS.CertFile, pcfg.TLS.KeyFile = tlsCertPath, tlsKeyPath
+	if err := pcfg.Validate(); err != nil {
+		t.Errorf("proxy config with TLS on: %v", err)
+	}
+	checkFleetRoutes(t, pcfg)
+	if pcfg.Issuer != acfg.Issuer {
+		t.Errorf("proxy issuer %q != authority issuer %q", pcfg.Issuer, acfg.Issuer)
+	}
+	for _, u := range []string{pcfg.JWKSURL, pcfg.AuthorityURL} {
+		if !strings.HasPrefix(u, authorityURL) {
+			t.Errorf("proxy URL %s does not reach the authority at %s", u, authorityURL)
+		}
+	}
+	if pcfg.AuthorityTLS.CAFile != tlsCAPath {
+		t.Errorf("proxy authority_tls.ca_file %q, want the mounted CA %s", pcfg.AuthorityTLS.CAFile, tlsCAPath)
+	}
+	fsvc := serviceFor(t, docs, fd)
+	if want := fmt.Sprintf("https://%s:%v", fsvc.name(), dig(fsvc.obj, "spec", "ports", 0, "port")); pcfg.ResourceURL != want {
+		t.Errorf("proxy resource_url %q, want %q", pcfg.ResourceURL, want)
+	}
+
+	// The dashboard's Block and Unblock go to the authority over https.
+	dc := containerNamed(t, findKube(t, docs, "Deployment", "passport-dashboard"), "dashboard")
+	args := stringList(list(map[string]any(dc), "args"))
+	if i := slices.Index(args, "--authority"); i < 0 || i+1 >= len(args) || args[i+1] != authorityURL {
+		t.Errorf("dashboard args %q: want --authority %s", args, authorityURL)
+	}
+
+	// Each Service port named for what it carries.
+	for _, d := range docs {
+		if d.kind() != "Service" {
+			continue
+		}
+		for _, p := range list(d.obj, "spec", "ports") {
+			if str(p, "name") != "https" {
+				t.Errorf("Service %s port %v is named %q, want https", d.name(), dig(p, "port"), str(p, "name"))
+			}
+		}
 	}
 }

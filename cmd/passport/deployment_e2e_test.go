@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -28,6 +29,7 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/stack"
+	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
 )
 
@@ -255,6 +257,12 @@ type deployment struct {
 	hosts   map[string]string
 	procs   []*proc
 	trusted []string // trusted-keys lines
+	// secrets maps where a compose secret is mounted to a local file; an
+	// environment variable of a service naming a mounted secret is set to
+	// the local file (TLS overlay).
+	secrets map[string]string
+	// client is for waitOK (default http.DefaultClient).
+	client *http.Client
 }
 
 type proc struct {
@@ -267,6 +275,18 @@ type proc struct {
 func (d *deployment) env() []string {
 	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + d.tmp, "XDG_CONFIG_HOME=" + filepath.Join(d.tmp, "config"),
 		"PASSPORT_REDIS_URL=" + d.redisURL, "PASSPORT_ADMIN_TOKEN=" + testAdminToken, "PASSPORT_WITNESS=" + d.witness}
+}
+
+// serviceEnv is the part of service's compose environment that names its
+// mounted secrets, pointed at their local files.
+func (d *deployment) serviceEnv(s types.ServiceConfig) []string {
+	var out []string
+	for k, v := range s.Environment {
+		if v != nil && d.secrets[*v] != "" {
+			out = append(out, k+"="+d.secrets[*v])
+		}
+	}
+	return out
 }
 
 // rewrite copies the config file mounted at target in service's container
@@ -362,7 +382,9 @@ func (d *deployment) start(service, instance string, listens, extra map[string]s
 			args[i+1] = filepath.Join(d.tmp, instance, "credentials", filepath.Base(val))
 			_ = os.MkdirAll(filepath.Dir(args[i+1]), 0o700)
 		case flag == "authority":
-			if v, ok := extra["http://authority:8081"]; ok {
+			if v, ok := extra[val]; ok {
+				args[i+1] = v
+			} else if v, ok := extra["http://authority:8081"]; ok {
 				args[i+1] = v
 			}
 		}
@@ -373,7 +395,7 @@ func (d *deployment) start(service, instance string, listens, extra map[string]s
 		d.t.Fatal(err)
 	}
 	cmd := exec.Command(d.bin, args...)
-	cmd.Env, cmd.Stdout, cmd.Stderr = d.env(), f, f
+	cmd.Env, cmd.Stdout, cmd.Stderr = append(d.env(), d.serviceEnv(s)...), f, f
 	if err := cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
@@ -393,9 +415,10 @@ func (d *deployment) start(service, instance string, listens, extra map[string]s
 func (d *deployment) waitOK(urls ...string) {
 	d.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
+	hc := cmp.Or(d.client, http.DefaultClient)
 	for _, u := range urls {
 		for {
-			resp, err := http.Get(u)
+			resp, err := hc.Get(u)
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
@@ -550,4 +573,125 @@ func hostOf(u string) string { return strings.TrimPrefix(u, "http://") }
 func readFile(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
+}
+
+// TestDeploymentTLSEndToEnd runs the built binary as docker-compose.yml with
+// docker-compose.tls.yml configures it: the certificates made by
+// scripts/dev-certs.sh where the compose secrets point, the overlay's
+// environment and configs, loopback addresses for container names. Every
+// service's own healthcheck command passes over https (and the same URL
+// over http does not: the port serves TLS only), an agent gets a passport
+// and calls through the proxy, and the healer watches the fleet's https
+// health ports and its announcement stream.
+func TestDeploymentTLSEndToEnd(t *testing.T) {
+	bin := passportBinary(t)
+	root := repoRoot(t)
+	tmp := t.TempDir()
+	rs := redistest.Start(t, redistest.Options{AOF: true})
+	project := mustLoadComposeTLS(t)
+
+	certs := filepath.Join(tmp, "tls")
+	if out, err := exec.Command("sh", filepath.Join(root, "scripts", "dev-certs.sh"), certs).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/dev-certs.sh: %v\n%s", err, out)
+	}
+	secrets := map[string]string{}
+	for _, s := range project.Services {
+		for _, sec := range s.Secrets {
+			secrets[sec.Target] = filepath.Join(certs, filepath.Base(project.Secrets[sec.Source].File))
+		}
+	}
+	ca := secrets[tlsCAPath]
+	hc, err := tlsx.HTTPClient(ca, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &deployment{t: t, bin: bin, tmp: tmp, root: root, project: project, redisURL: rs.URL(),
+		witness: filepath.Join(tmp, "witness"), hosts: map[string]string{}, secrets: secrets, client: hc}
+
+	local := map[string]string{} // compose port -> loopback host:port
+	for _, p := range []string{"8081", "8080", "9080", "9000", "9100", "8090", "9101", "9102", "9103", "9104"} {
+		local[p] = freeAddr(t)
+	}
+	for _, p := range []string{"9101", "9102", "9103", "9104"} {
+		d.hosts["fleet:"+p] = local[p]
+		d.hosts["0.0.0.0:"+p] = local[p]
+	}
+	auth, proxyURL := "https://"+local["8081"], "https://"+local["8080"]
+	d.hosts["https://fleet:9000"] = "https://" + local["9000"]
+	// The CA path in the proxy config: the local file.
+	d.hosts[tlsCAPath] = ca
+
+	d.start("fleet", "fleet", map[string]string{"listen": local["9000"]}, nil, "")
+	d.start("authority", "authority", map[string]string{"listen": local["8081"]}, map[string]string{"https://authority:8081": auth}, "authority")
+	d.waitOK("https://"+local["9000"]+"/healthz", auth+"/readyz")
+	agentHosts := map[string]string{"https://authority:8081": auth, "https://proxy:8080": proxyURL}
+	d.start("proxy", "proxy", map[string]string{"listen": local["8080"], "admin-listen": local["9080"]}, agentHosts, "proxy")
+	d.waitOK("https://" + local["9080"] + "/readyz")
+	d.start("healer", "healer", map[string]string{"listen": local["9100"]}, agentHosts, "healer-acme")
+	d.start("dashboard", "dashboard", map[string]string{"listen": local["8090"]}, agentHosts, "chaos-dashboard-acme")
+	d.waitOK("https://"+local["9100"]+"/healthz", "https://"+local["8090"]+"/healthz")
+
+	// Each service's own healthcheck, as Docker runs it in the container.
+	for _, name := range []string{"authority", "proxy", "fleet", "healer", "dashboard"} {
+		s, err := project.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := slices.Clone(s.HealthCheck.Test[2:])
+		i := slices.IndexFunc(args, func(a string) bool { return strings.HasPrefix(a, "https://127.0.0.1:") })
+		if i < 0 {
+			t.Fatalf("%s healthcheck %q has no https://127.0.0.1 URL", name, s.HealthCheck.Test)
+		}
+		u, _ := url.Parse(args[i])
+		u.Host = local[u.Port()]
+		for _, scheme := range []string{"https", "http"} {
+			u.Scheme = scheme
+			args[i] = u.String()
+			cmd := exec.Command(bin, args...)
+			cmd.Env = append(d.env(), d.serviceEnv(s)...)
+			out, err := cmd.CombinedOutput()
+			if ok := err == nil; ok != (scheme == "https") {
+				t.Errorf("%s healthcheck %q: err = %v, want success only over https\n%s", name, args, err, out)
+			}
+		}
+	}
+
+	// An agent over TLS end to end: passport from the authority, call through the proxy.
+	ctx := context.Background()
+	opts := client.Options{CAFile: ca}
+	adm, err := client.NewAdmin(auth, passport.Secret(testAdminToken), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := adm.RegisterAgent(ctx, "acme", client.AgentSpec{Name: "tls-e2e", Type: passport.TypeHealer, TrustLevel: passport.TrustHigh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := client.New(auth, reg.ClientID, passport.Secret(reg.ClientSecret), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := ag.Token(ctx, client.TokenRequest{Scope: []string{"service.list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, proxyURL+"/services", nil)
+	req.Header.Set("Authorization", "Bearer "+tok.Raw)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /services through the proxy over TLS = %d, want 200", resp.StatusCode)
+	}
+
+	// The healer reaches the fleet's health ports and announcements over https.
+	waitFor(t, "the healer passing https health checks and connected to the announcements", func() (bool, string) {
+		body := getBodyWith(t, hc, "https://"+local["9100"]+"/metrics")
+		ok := strings.Contains(body, `passport_healer_checks_total{result="pass"`) &&
+			strings.Contains(body, "passport_healer_announcements_connected 1")
+		return ok, body
+	})
+	d.stopAll()
 }
