@@ -22,6 +22,7 @@ deps:
 
 deps-test: deps
 	scripts/deps.sh chromium
+	scripts/deps.sh openssl
 
 ## run: the whole demo stack (authority, proxy, fleet, healer, chaos, dashboard) on loopback.
 run: deps build

@@ -2,6 +2,7 @@
 # deps.sh: make sure the tools the tests and the demo need are present.
 #   scripts/deps.sh redis      redis-server (tests and make run)
 #   scripts/deps.sh chromium   headless Chromium (browser tests)
+#   scripts/deps.sh openssl    openssl (scripts/dev-certs.sh and its test)
 #   scripts/deps.sh nginx      nginx (make bench's nginx + auth_request + OPA comparison)
 # Installs through apt-get when missing and allowed (root, or sudo without a
 # password); otherwise says exactly what to run. PASSPORT_NO_INSTALL=1 never installs.
@@ -34,6 +35,7 @@ for what in "$@"; do
   case "$what" in
     redis) need_pkg redis-server redis-server ;;
     chromium) need_pkg chromium chromium ;;
+    openssl) need_pkg openssl openssl ;;
     nginx)
       # The bench runs its own nginx; one the package may have started on
       # port 80 is stopped, and only when this script installed it.
