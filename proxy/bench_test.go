@@ -26,6 +26,14 @@ import (
 // registered healer, for the benchmark and the input-contract test.
 func libraryProxy(tb testing.TB) (*Proxy, string) {
 	tb.Helper()
+	p, _, tok := libraryProxyKeys(tb)
+	return p, tok
+}
+
+// libraryProxyKeys is libraryProxy with the keys its passports are
+// signed with.
+func libraryProxyKeys(tb testing.TB) (*Proxy, *testkeys.Keys, string) {
+	tb.Helper()
 	keys := testkeys.New(tb)
 	srv := redistest.Start(tb)
 	rdb := srv.Client()
@@ -49,7 +57,7 @@ func libraryProxy(tb testing.TB) (*Proxy, string) {
 	}
 	c := testkeys.Claims(now, "acme", "healer-1", "healer", passport.TrustHigh,
 		"service.list", "service.get", "service.restart", "deployment.rollback", "cache.warm")
-	return p, keys.Sign(tb, c)
+	return p, keys, keys.Sign(tb, c)
 }
 
 // decideOnce runs the decision path of serve: passport (a seen one comes
