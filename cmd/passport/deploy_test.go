@@ -44,6 +44,7 @@ import (
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/proxy"
 	"github.com/agentpassport/passport/proxy/policy"
 )
@@ -2260,20 +2261,26 @@ func TestComposeTLSDevCerts(t *testing.T) {
 // ---------------------------------------------------------------------------
 // examples/kubernetes-tls/: the TLS overlay on examples/kubernetes
 
-// loadKubeTLS builds examples/kubernetes-tls as `kubectl kustomize` does, for
-// what the overlay uses: its resources (the base, as the base's
+// loadKubeTLS builds examples/kubernetes-tls (loadKubeOverlay).
+func loadKubeTLS(t *testing.T) []kubeDoc {
+	t.Helper()
+	return loadKubeOverlay(t, "kubernetes-tls")
+}
+
+// loadKubeOverlay builds examples/<name> as `kubectl kustomize` does, for
+// what the overlays use: its resources (the base, as the base's
 // kustomization lists it, and its own files), each patch merged into the
 // object of the same kind and name with strategic-merge rules (containers,
 // env and volumes merged by name, volumeMounts by mountPath, ports by port
 // number, maps key by key, other lists replaced), and its namespace. No
 // kustomize runs in the tests; the rules here are the ones these patches
 // rely on, and a patch that matches no object fails.
-func loadKubeTLS(t *testing.T) []kubeDoc {
+func loadKubeOverlay(t *testing.T, name string) []kubeDoc {
 	t.Helper()
-	dir := filepath.Join(repoRoot(t), "examples", "kubernetes-tls")
+	dir := filepath.Join(repoRoot(t), "examples", name)
 	ks := loadKubeFile(t, filepath.Join(dir, "kustomization.yaml"))
 	if len(ks) != 1 || ks[0].kind() != "Kustomization" {
-		t.Fatal("examples/kubernetes-tls/kustomization.yaml holds no Kustomization")
+		t.Fatalf("examples/%s/kustomization.yaml holds no Kustomization", name)
 	}
 	k := ks[0].obj
 	var docs []kubeDoc
@@ -2711,5 +2718,401 @@ func TestKubeTLSWiring(t *testing.T) {
 				t.Errorf("Service %s port %v is named %q, want https", d.name(), dig(p, "port"), str(p, "name"))
 			}
 		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.sentinel.yml and examples/kubernetes-sentinel: Redis with
+// Sentinel (one primary, two replicas, three sentinels).
+
+// sentinelServices are the compose services the Sentinel overlay adds.
+var (
+	composeRedisNodes = []string{"redis-primary", "redis-replica-1", "redis-replica-2"}
+	composeSentinels  = []string{"sentinel-1", "sentinel-2", "sentinel-3"}
+)
+
+func mustLoadComposeSentinel(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := loadComposeFiles(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken}, "docker-compose.yml", "docker-compose.sentinel.yml")
+	if err != nil {
+		t.Fatalf("docker-compose.yml with docker-compose.sentinel.yml does not load: %v", err)
+	}
+	return p
+}
+
+// sentinelConf is what the tests read of a sentinel.conf.
+type sentinelConf struct {
+	port             string
+	master           string // the monitored primary's name
+	host, hostPort   string // where the primary is at first
+	quorum           int
+	downAfter        time.Duration
+	resolveHostnames bool
+}
+
+// parseSentinelConf reads the directives of a sentinel.conf that the tests
+// check, failing on a "sentinel" directive it does not know (a typo would
+// make redis-sentinel refuse to start).
+func parseSentinelConf(t *testing.T, text string) sentinelConf {
+	t.Helper()
+	var c sentinelConf
+	known := []string{"monitor", "down-after-milliseconds", "failover-timeout", "parallel-syncs", "resolve-hostnames", "announce-hostnames"}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		switch {
+		case f[0] == "port" && len(f) == 2:
+			c.port = f[1]
+		case f[0] == "sentinel" && len(f) >= 3:
+			if !slices.Contains(known, f[1]) {
+				t.Errorf("sentinel.conf: unknown directive %q", line)
+			}
+			switch f[1] {
+			case "monitor":
+				if len(f) != 6 {
+					t.Fatalf("sentinel.conf: %q: want sentinel monitor <name> <host> <port> <quorum>", line)
+				}
+				c.master, c.host, c.hostPort = f[2], f[3], f[4]
+				q, err := strconv.Atoi(f[5])
+				if err != nil {
+					t.Fatalf("sentinel.conf: quorum %q: %v", f[5], err)
+				}
+				c.quorum = q
+			case "down-after-milliseconds":
+				if len(f) != 4 || f[2] != c.master {
+					t.Errorf("sentinel.conf: %q: want it after monitor, for %q", line, c.master)
+					continue
+				}
+				ms, err := strconv.Atoi(f[3])
+				if err != nil {
+					t.Fatalf("sentinel.conf: %q: %v", line, err)
+				}
+				c.downAfter = time.Duration(ms) * time.Millisecond
+			case "resolve-hostnames":
+				// Sentinel must resolve a host name before monitor reads it.
+				c.resolveHostnames = f[2] == "yes" && c.master == ""
+			}
+		default:
+			t.Errorf("sentinel.conf: unexpected line %q", line)
+		}
+	}
+	return c
+}
+
+// checkSentinelConf requires a monitor of primaryHost:6379 with quorum 2 of
+// the three sentinels and a failover within a few seconds.
+func checkSentinelConf(t *testing.T, c sentinelConf, primaryHost string) {
+	t.Helper()
+	if c.port != "26379" {
+		t.Errorf("sentinel port %q, want 26379", c.port)
+	}
+	if c.master == "" || c.host != primaryHost || c.hostPort != "6379" {
+		t.Errorf("sentinel monitors %q at %s:%s, want the primary %s:6379", c.master, c.host, c.hostPort, primaryHost)
+	}
+	if c.quorum != 2 {
+		t.Errorf("sentinel quorum %d, want 2 of 3", c.quorum)
+	}
+	if c.downAfter <= 0 || c.downAfter > 5*time.Second {
+		t.Errorf("down-after-milliseconds %v, want a short one (at most 5s)", c.downAfter)
+	}
+	if net.ParseIP(primaryHost) == nil && !c.resolveHostnames {
+		t.Error("the primary is a host name, but resolve-hostnames yes does not come before monitor")
+	}
+}
+
+// redisArgs reads a redis-server command line's --options.
+func redisArgs(t *testing.T, name string, args []string) map[string][]string {
+	t.Helper()
+	if len(args) == 0 || args[0] != "redis-server" {
+		t.Fatalf("%s runs %q, want redis-server", name, args)
+	}
+	out := map[string][]string{}
+	key := ""
+	for _, a := range args[1:] {
+		if strings.HasPrefix(a, "--") {
+			key = strings.TrimPrefix(a, "--")
+			out[key] = []string{}
+			continue
+		}
+		if key == "" {
+			t.Fatalf("%s: argument %q before any --option", name, a)
+		}
+		out[key] = append(out[key], a)
+	}
+	return out
+}
+
+// checkRedisNodeArgs requires what every node, the primary and the replicas
+// that may become it, must run with: AOF fsynced, and writes refused
+// without a live replica.
+func checkRedisNodeArgs(t *testing.T, name string, o map[string][]string) {
+	t.Helper()
+	if !slices.Equal(o["appendonly"], []string{"yes"}) {
+		t.Errorf("%s: appendonly %v, want yes", name, o["appendonly"])
+	}
+	if fs := o["appendfsync"]; len(fs) != 1 || (fs[0] != "always" && fs[0] != "everysec") {
+		t.Errorf("%s: appendfsync %v, want always or everysec", name, fs)
+	}
+	if n, err := strconv.Atoi(strings.Join(o["min-replicas-to-write"], "")); err != nil || n < 1 {
+		t.Errorf("%s: min-replicas-to-write %v, want at least 1", name, o["min-replicas-to-write"])
+	}
+	if n, err := strconv.Atoi(strings.Join(o["min-replicas-max-lag"], "")); err != nil || n < 1 || n > 10 {
+		t.Errorf("%s: min-replicas-max-lag %v, want 1 to 10 seconds", name, o["min-replicas-max-lag"])
+	}
+}
+
+// sentinelRedisConfig is the Redis configuration a passport command builds
+// from env: the real redisEnv, as every component and CLI command runs it.
+func sentinelRedisConfig(env map[string]string) redisx.Config {
+	a := &app{getenv: func(k string) string { return env[k] }, stdout: io.Discard, stderr: io.Discard}
+	rc := redisx.Config{URL: env["PASSPORT_REDIS_URL"]}
+	a.redisEnv(&rc)
+	return rc
+}
+
+// auditWaitReplicas loads a mounted config with its component's own type
+// and returns its audit.wait_replicas ("passport dashboard" takes a chaos
+// config for its buttons).
+func auditWaitReplicas(t *testing.T, cmdPath, file string) int {
+	t.Helper()
+	switch cmdPath {
+	case "passport authority":
+		cfg := authority.DefaultConfig()
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport proxy":
+		cfg, err := loadProxyConfig(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport healer":
+		cfg := healer.Default()
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport chaos run", "passport dashboard":
+		var cfg chaos.Config
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
+		return cfg.Audit.WaitReplicas
+	}
+	t.Fatalf("no audit config known for %s", cmdPath)
+	return 0
+}
+
+// The overlay merges into the base: the single Redis is gone and nothing
+// depends on it, the Sentinel set is there, and the mounted files exist.
+func TestComposeSentinelOverlayLoads(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	want := []string{"prometheus"}
+	for _, s := range composePassportServices {
+		want = append(want, s.service)
+	}
+	want = append(want, composeRedisNodes...)
+	want = append(want, composeSentinels...)
+	got := p.ServiceNames()
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("services = %v, want %v", got, want)
+	}
+	for _, s := range p.Services {
+		if _, ok := s.DependsOn["redis"]; ok {
+			t.Errorf("%s still depends on the single redis", s.Name)
+		}
+		for name := range s.DependsOn {
+			if _, err := p.GetService(name); err != nil {
+				t.Errorf("%s depends on %s: %v", s.Name, name, err)
+			}
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind {
+				if _, err := os.Stat(v.Source); err != nil {
+					t.Errorf("%s mounts %s: %v", s.Name, v.Source, err)
+				}
+			}
+			if v.Type == types.VolumeTypeVolume {
+				if _, ok := p.Volumes[v.Source]; !ok {
+					t.Errorf("%s: volume %s is not declared", s.Name, v.Source)
+				}
+			}
+		}
+	}
+}
+
+// The Redis nodes: AOF and min-replicas-to-write on each (a replica may
+// become the primary), the replicas replicate the primary, data on named
+// volumes, nothing published.
+func TestComposeSentinelRedis(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	primary := composeRedisNodes[0]
+	for _, name := range composeRedisNodes {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(s.Image, "redis:7") {
+			t.Errorf("%s image %q, want redis:7", name, s.Image)
+		}
+		o := redisArgs(t, name, s.Command)
+		checkRedisNodeArgs(t, name, o)
+		if name == primary {
+			if _, ok := o["replicaof"]; ok {
+				t.Errorf("%s: the primary replicates %v", name, o["replicaof"])
+			}
+		} else {
+			if !slices.Equal(o["replicaof"], []string{primary, "6379"}) {
+				t.Errorf("%s: replicaof %v, want %s 6379", name, o["replicaof"], primary)
+			}
+			if d, ok := s.DependsOn[primary]; !ok || d.Condition != types.ServiceConditionHealthy {
+				t.Errorf("%s: depends_on %s = %+v, want service_healthy", name, primary, d)
+			}
+		}
+		if s.HealthCheck == nil || len(s.HealthCheck.Test) == 0 || s.HealthCheck.Disable {
+			t.Errorf("%s has no healthcheck", name)
+		}
+		if !slices.ContainsFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.Type == types.VolumeTypeVolume && v.Target == "/data"
+		}) {
+			t.Errorf("%s: /data is not on a named volume: the AOF would not survive the container", name)
+		}
+		if len(s.Ports) != 0 {
+			t.Errorf("%s publishes %v: Redis must stay on the compose network", name, s.Ports)
+		}
+	}
+}
+
+// Three sentinels, each on its own writable copy of the mounted
+// sentinel.conf, monitoring the primary with quorum 2, healthy only once
+// they could fail it over.
+func TestComposeSentinelSentinels(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	for _, name := range composeSentinels {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conf string
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Target, ".conf") {
+				conf = v.Source
+				if !v.ReadOnly {
+					t.Errorf("%s: %s mounted writable", name, v.Target)
+				}
+				cmd := strings.Join(s.Command, " ")
+				if !strings.Contains(cmd, "cp "+v.Target+" ") || !strings.Contains(cmd, "exec redis-sentinel ") {
+					t.Errorf("%s command %q: want a writable copy of %s run by redis-sentinel (Sentinel rewrites its config)", name, cmd, v.Target)
+				}
+			}
+		}
+		if conf == "" {
+			t.Fatalf("%s mounts no sentinel config", name)
+		}
+		data, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSentinelConf(t, parseSentinelConf(t, string(data)), composeRedisNodes[0])
+		hc := strings.Join(s.HealthCheck.Test, " ")
+		if !strings.Contains(hc, "ckquorum") {
+			t.Errorf("%s healthcheck %q: want sentinel ckquorum (healthy once it could fail over)", name, hc)
+		}
+		if len(s.Ports) != 0 {
+			t.Errorf("%s publishes %v", name, s.Ports)
+		}
+	}
+}
+
+// Every passport service finds the primary through all three sentinels,
+// none keeps the single Redis URL, each waits for the sentinels, and every
+// audit writer's mounted config loads with wait_replicas 1.
+func TestComposeSentinelPassportServices(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	root := repoRoot(t)
+	var wantAddrs []string
+	for _, name := range composeSentinels {
+		wantAddrs = append(wantAddrs, name+":26379")
+	}
+	data, err := os.ReadFile(filepath.Join(root, "examples", "compose", "sentinel", "sentinel.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	master := parseSentinelConf(t, string(data)).master
+	writers := 0
+	for _, tc := range composePassportServices {
+		t.Run(tc.service, func(t *testing.T) {
+			s, err := p.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{}
+			for k, v := range s.Environment {
+				if v != nil {
+					env[k] = *v
+				}
+				if v != nil && strings.Contains(*v, "redis://redis:") {
+					t.Errorf("%s=%s still names the single Redis", k, *v)
+				}
+			}
+			if _, ok := s.Environment["PASSPORT_REDIS_URL"]; ok {
+				t.Errorf("PASSPORT_REDIS_URL is still set (%v)", env["PASSPORT_REDIS_URL"])
+			}
+			rc := sentinelRedisConfig(env)
+			if !slices.Equal(rc.Addrs, wantAddrs) || rc.MasterName != master || rc.Cluster {
+				t.Errorf("Redis from the environment: addrs %v master %q cluster %v, want addrs %v master %q (Sentinel)", rc.Addrs, rc.MasterName, rc.Cluster, wantAddrs, master)
+			}
+			if err := rc.Validate(); err != nil {
+				t.Error(err)
+			}
+			for _, name := range composeSentinels {
+				if d, ok := s.DependsOn[name]; !ok || d.Condition != types.ServiceConditionHealthy {
+					t.Errorf("depends_on %s = %+v, want service_healthy", name, d)
+				}
+			}
+
+			// The audit writers' configs: mounted from the overlay's folder,
+			// loaded with the component's own type, wait_replicas 1.
+			cc := parseCommand(t, s.Command)
+			cfgFlag := cc.config
+			if cc.path == "passport dashboard" {
+				for i, a := range s.Command {
+					if a == "--chaos-config" && i+1 < len(s.Command) {
+						cfgFlag = s.Command[i+1]
+					}
+				}
+			}
+			if cfgFlag == "" || cc.path == "passport fleet" {
+				return // the fleet writes no audit records
+			}
+			var src string
+			for _, v := range s.Volumes {
+				if v.Type == types.VolumeTypeBind && v.Target == cfgFlag {
+					src = v.Source
+				}
+			}
+			if want := filepath.Join(root, "examples", "compose", "sentinel") + string(filepath.Separator); !strings.HasPrefix(src, want) {
+				t.Fatalf("%s is mounted from %q, want a file in examples/compose/sentinel/", cfgFlag, src)
+			}
+			if cc.path != "passport dashboard" {
+				checkConfigFile(t, cc.path, src)
+			}
+			if n := auditWaitReplicas(t, cc.path, src); n != 1 {
+				t.Errorf("%s: audit.wait_replicas %d, want 1", src, n)
+			}
+			writers++
+		})
+	}
+	if writers != 5 {
+		t.Errorf("%d audit writers checked, want 5 (authority, proxy, healer, chaos, dashboard)", writers)
 	}
 }
