@@ -2765,6 +2765,7 @@ func parseSentinelConf(t *testing.T, text string) sentinelConf {
 		switch {
 		case f[0] == "port" && len(f) == 2:
 			c.port = f[1]
+		case f[0] == "dir" && len(f) == 2:
 		case f[0] == "sentinel" && len(f) >= 3:
 			if !slices.Contains(known, f[1]) {
 				t.Errorf("sentinel.conf: unknown directive %q", line)
@@ -3116,3 +3117,246 @@ func TestComposeSentinelPassportServices(t *testing.T) {
 		t.Errorf("%d audit writers checked, want 5 (authority, proxy, healer, chaos, dashboard)", writers)
 	}
 }
+
+func loadKubeSentinel(t *testing.T) []kubeDoc {
+	t.Helper()
+	return loadKubeOverlay(t, "kubernetes-sentinel")
+}
+
+// redisConf reads a redis.conf's directives (the last of a repeated one wins).
+func redisConf(text string) map[string][]string {
+	out := map[string][]string{}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		out[f[0]] = f[1:]
+	}
+	return out
+}
+
+// The overlay builds to valid, distinct objects, the passport Deployments
+// keep what the base's tests check, and the Redis objects are there.
+func TestKubeSentinelManifestsParse(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	seen := map[string]bool{}
+	for _, d := range docs {
+		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
+			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
+		}
+		key := d.kind() + "/" + d.name()
+		if seen[key] {
+			t.Errorf("%s defined twice", key)
+		}
+		seen[key] = true
+		switch d.kind() {
+		case "Secret":
+			t.Errorf("%s: a Secret is applied by the overlay; create it out of band", d.file)
+		case "Deployment":
+			checkPodSecurity(t, d)
+			for _, c := range podContainers(d) {
+				checkPassportContainer(t, d, c)
+			}
+		}
+	}
+	for _, want := range []string{"StatefulSet/redis", "Service/redis", "PodDisruptionBudget/redis", "ConfigMap/redis-config"} {
+		if !seen[want] {
+			t.Errorf("the overlay has no %s", want)
+		}
+	}
+	base := loadKube(t)
+	for _, name := range []string{"fleet", "passport-authority", "passport-dashboard"} {
+		if sameYAML(t, findKube(t, base, "Deployment", name).obj, findKube(t, docs, "Deployment", name).obj) {
+			t.Errorf("the %s Deployment is the same with the overlay: the patches were not applied", name)
+		}
+	}
+}
+
+// The Redis StatefulSet: three pods, each a node and a sentinel; AOF and
+// min-replicas-to-write on every node, the sentinels monitoring pod 0 with
+// quorum 2, data on a volume claim, spread by host, a disruption budget
+// that keeps the quorum.
+func TestKubeSentinelRedis(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	sts := findKube(t, docs, "StatefulSet", "redis")
+	if n := dig(sts.obj, "spec", "replicas"); n != 3 {
+		t.Errorf("StatefulSet replicas %v, want 3 (a primary and two replicas, three sentinels)", n)
+	}
+	svcName := str(sts.obj, "spec", "serviceName")
+	svc := findKube(t, docs, "Service", svcName)
+	if str(svc.obj, "spec", "clusterIP") != "None" || dig(svc.obj, "spec", "publishNotReadyAddresses") != true {
+		t.Errorf("Service %s: want headless (clusterIP None) with publishNotReadyAddresses: the pods find each other by name before they are ready", svcName)
+	}
+	podLabels, _ := dig(sts.obj, "spec", "template", "metadata", "labels").(map[string]any)
+	selects := func(sel map[string]any) bool {
+		for k, v := range sel {
+			if podLabels[k] != v {
+				return false
+			}
+		}
+		return len(sel) > 0
+	}
+	if sel, _ := dig(svc.obj, "spec", "selector").(map[string]any); !selects(sel) {
+		t.Errorf("Service %s selector %v does not select the pods %v", svcName, sel, podLabels)
+	}
+
+	cm := findKube(t, docs, "ConfigMap", "redis-config")
+	rc := redisConf(str(cm.obj, "data", "redis.conf"))
+	if !slices.Equal(rc["appendonly"], []string{"yes"}) {
+		t.Errorf("redis.conf appendonly %v, want yes", rc["appendonly"])
+	}
+	if fs := rc["appendfsync"]; len(fs) != 1 || (fs[0] != "always" && fs[0] != "everysec") {
+		t.Errorf("redis.conf appendfsync %v, want always or everysec", fs)
+	}
+	if n, err := strconv.Atoi(strings.Join(rc["min-replicas-to-write"], "")); err != nil || n < 1 {
+		t.Errorf("redis.conf min-replicas-to-write %v, want at least 1", rc["min-replicas-to-write"])
+	}
+	if n, err := strconv.Atoi(strings.Join(rc["min-replicas-max-lag"], "")); err != nil || n < 1 || n > 10 {
+		t.Errorf("redis.conf min-replicas-max-lag %v, want 1 to 10 seconds", rc["min-replicas-max-lag"])
+	}
+	primary := str(sts.obj, "metadata", "name") + "-0." + svcName
+	sc := parseSentinelConf(t, str(cm.obj, "data", "sentinel.conf"))
+	checkSentinelConf(t, sc, primary)
+	// The init script makes the others replicas of pod 0 (or of whatever
+	// the sentinels now say) and announces the stable names.
+	initSh := str(cm.obj, "data", "init.sh")
+	for _, want := range []string{"primary=" + primary, "replicaof $primary 6379", "replica-announce-ip $me", "sentinel get-master-addr-by-name " + sc.master} {
+		if !strings.Contains(initSh, want) {
+			t.Errorf("init.sh lacks %q", want)
+		}
+	}
+
+	// Each pod: the init container writes /data/conf, the node and the
+	// sentinel run from it, /data is the pod's volume claim.
+	pod := dig(sts.obj, "spec", "template", "spec")
+	claims := map[string]bool{}
+	for _, vc := range list(sts.obj, "spec", "volumeClaimTemplates") {
+		claims[str(vc, "metadata", "name")] = true
+	}
+	containers := map[string]container{}
+	for _, c := range append(list(pod, "initContainers"), list(pod, "containers")...) {
+		m, _ := c.(map[string]any)
+		containers[str(m, "name")] = m
+		dataOnClaim := slices.ContainsFunc(list(m, "volumeMounts"), func(vm any) bool {
+			return str(vm, "mountPath") == "/data" && claims[str(vm, "name")]
+		})
+		if !dataOnClaim {
+			t.Errorf("container %s: /data is not on a volume claim: the AOF and Sentinel's state would not survive the pod", str(m, "name"))
+		}
+		if dig(m, "securityContext", "allowPrivilegeEscalation") != false || dig(m, "securityContext", "readOnlyRootFilesystem") != true {
+			t.Errorf("container %s: want allowPrivilegeEscalation false and a read-only root", str(m, "name"))
+		}
+	}
+	for name, want := range map[string]string{"config": "sh /config/init.sh", "redis": "redis-server /data/conf/redis.conf", "sentinel": "redis-sentinel /data/conf/sentinel.conf"} {
+		c, ok := containers[name]
+		if !ok {
+			t.Errorf("the Redis pod has no container %s", name)
+			continue
+		}
+		if got := strings.Join(stringList(list(map[string]any(c), "command")), " "); got != want {
+			t.Errorf("container %s runs %q, want %q", name, got, want)
+		}
+		if dig(map[string]any(c), "readinessProbe") == nil && name != "config" {
+			t.Errorf("container %s has no readiness probe", name)
+		}
+	}
+	if ports := containerPorts(containers["sentinel"]); ports["sentinel"] != 26379 {
+		t.Errorf("sentinel container ports %v, want sentinel 26379", ports)
+	}
+	if dig(pod, "securityContext", "runAsNonRoot") != true {
+		t.Error("the Redis pod may run as root")
+	}
+
+	// Spread by host (preferred), and at most one pod down by choice.
+	aff := list(pod, "affinity", "podAntiAffinity", "preferredDuringSchedulingIgnoredDuringExecution")
+	if !slices.ContainsFunc(aff, func(a any) bool {
+		term := dig(a, "podAffinityTerm")
+		sel, _ := dig(term, "labelSelector", "matchLabels").(map[string]any)
+		return str(term, "topologyKey") == "kubernetes.io/hostname" && selects(sel)
+	}) {
+		t.Errorf("no preferred pod anti-affinity by kubernetes.io/hostname on the Redis pods: %v", aff)
+	}
+	pdb := findKube(t, docs, "PodDisruptionBudget", "redis")
+	if ma := dig(pdb.obj, "spec", "minAvailable"); ma != 2 && dig(pdb.obj, "spec", "maxUnavailable") != 1 {
+		t.Errorf("PodDisruptionBudget minAvailable %v: want 2 (quorum 2, a replica for min-replicas-to-write)", ma)
+	}
+	if sel, _ := dig(pdb.obj, "spec", "selector", "matchLabels").(map[string]any); !selects(sel) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the Redis pods", sel)
+	}
+}
+
+// Every passport container that reads Redis finds the primary through all
+// three sentinels, and the audit writers' configs load with wait_replicas 1.
+func TestKubeSentinelPassportPods(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	sts := findKube(t, docs, "StatefulSet", "redis")
+	svc := str(sts.obj, "spec", "serviceName")
+	var wantAddrs []string
+	for i := 0; i < 3; i++ {
+		wantAddrs = append(wantAddrs, fmt.Sprintf("%s-%d.%s:26379", sts.name(), i, svc))
+	}
+	master := parseSentinelConf(t, str(findKube(t, docs, "ConfigMap", "redis-config").obj, "data", "sentinel.conf")).master
+	// The Secret's redis-url, as secret.example.yaml has it: its host is
+	// replaced by the sentinels.
+	var secretURL string
+	for _, d := range loadKube(t) {
+		if d.kind() == "Secret" {
+			secretURL = str(d.obj, "stringData", "redis-url")
+		}
+	}
+	if secretURL == "" {
+		t.Fatal("no redis-url in secret.example.yaml")
+	}
+	checked := 0
+	for _, d := range docs {
+		if d.kind() != "Deployment" {
+			continue
+		}
+		for _, c := range podContainers(d) {
+			m := map[string]any(c)
+			if _, ok := secretEnv(c)["PASSPORT_REDIS_URL"]; !ok {
+				continue // no Redis here (the API behind the sidecar)
+			}
+			checked++
+			env := map[string]string{"PASSPORT_REDIS_URL": secretURL}
+			for _, e := range list(m, "env") {
+				if v := str(e, "value"); v != "" {
+					env[str(e, "name")] = v
+				}
+			}
+			rc := sentinelRedisConfig(env)
+			if !slices.Equal(rc.Addrs, wantAddrs) || rc.MasterName != master || rc.Cluster {
+				t.Errorf("%s/%s: Redis from the environment: addrs %v master %q cluster %v, want addrs %v master %q (Sentinel)",
+					d.name(), str(m, "name"), rc.Addrs, rc.MasterName, rc.Cluster, wantAddrs, master)
+			}
+			if err := rc.Validate(); err != nil {
+				t.Errorf("%s/%s: %v", d.name(), str(m, "name"), err)
+			}
+		}
+	}
+	if checked != 3 {
+		t.Errorf("%d containers read Redis, want 3 (authority, proxy, dashboard)", checked)
+	}
+
+	// The audit writers: the authority and the proxy.
+	if n := kubeAuthorityConfig(t, docs).Audit.WaitReplicas; n != 1 {
+		t.Errorf("authority audit.wait_replicas %d, want 1", n)
+	}
+	fd := findKube(t, docs, "Deployment", "fleet")
+	pc := containerNamed(t, fd, "proxy")
+	cm, key := mountedFile(t, docs, fd, pc, parseCommand(t, stringList(list(map[string]any(pc), "args"))).config)
+	tmp := filepath.Join(t.TempDir(), key)
+	if err := os.WriteFile(tmp, []byte(str(cm.obj, "data", key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := loadProxyConfig(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pcfg.Audit.WaitReplicas != 1 {
+		t.Errorf("proxy audit.wait_replicas %d, want 1", pcfg.Audit.WaitReplicas)
+	}
+	checkFleetRoutes(t, pcfg)
+}
+
