@@ -3359,4 +3359,3 @@ func TestKubeSentinelPassportPods(t *testing.T) {
 	}
 	checkFleetRoutes(t, pcfg)
 }
-
