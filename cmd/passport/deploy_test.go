@@ -44,6 +44,7 @@ import (
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/proxy"
 	"github.com/agentpassport/passport/proxy/policy"
@@ -3358,4 +3359,44 @@ func TestKubeSentinelPassportPods(t *testing.T) {
 		t.Errorf("proxy audit.wait_replicas %d, want 1", pcfg.Audit.WaitReplicas)
 	}
 	checkFleetRoutes(t, pcfg)
+}
+
+// The nodes' settings as a real redis-server takes them, from the compose
+// overlay's command line and the Kubernetes redis.conf: AOF on with the
+// chosen fsync, and a primary without a replica refuses writes.
+func TestComposeSentinelNodesOnRealRedis(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	s, err := p.GetService(composeRedisNodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	composeArgs := s.Command[1:]
+	var kubeArgs []string
+	cm := findKube(t, loadKubeSentinel(t), "ConfigMap", "redis-config")
+	for k, v := range redisConf(str(cm.obj, "data", "redis.conf")) {
+		if k == "port" || k == "dir" { // the test server's own
+			continue
+		}
+		kubeArgs = append(kubeArgs, append([]string{"--" + k}, v...)...)
+	}
+	for name, args := range map[string][]string{"compose": composeArgs, "kubernetes": kubeArgs} {
+		t.Run(name, func(t *testing.T) {
+			o := redisArgs(t, name, append([]string{"redis-server"}, args...))
+			srv := redistest.Start(t, redistest.Options{Args: args})
+			rdb := srv.Client()
+			ctx := context.Background()
+			for _, k := range []string{"appendonly", "appendfsync", "min-replicas-to-write", "min-replicas-max-lag"} {
+				got, err := rdb.ConfigGet(ctx, k).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := strings.Join(o[k], " "); got[k] != want {
+					t.Errorf("CONFIG GET %s = %q, want %q", k, got[k], want)
+				}
+			}
+			if err := rdb.Set(ctx, "k", "v", 0).Err(); err == nil || !strings.HasPrefix(err.Error(), "NOREPLICAS") {
+				t.Errorf("a write to a primary without replicas: err = %v, want NOREPLICAS", err)
+			}
+		})
+	}
 }
