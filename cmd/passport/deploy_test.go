@@ -3040,6 +3040,7 @@ func TestComposeSentinelSentinels(t *testing.T) {
 // audit writer's mounted config loads with wait_replicas 1.
 func TestComposeSentinelPassportServices(t *testing.T) {
 	p := mustLoadComposeSentinel(t)
+	base := mustLoadCompose(t)
 	root := repoRoot(t)
 	var wantAddrs []string
 	for _, name := range composeSentinels {
@@ -3079,6 +3080,16 @@ func TestComposeSentinelPassportServices(t *testing.T) {
 			for _, name := range composeSentinels {
 				if d, ok := s.DependsOn[name]; !ok || d.Condition != types.ServiceConditionHealthy {
 					t.Errorf("depends_on %s = %+v, want service_healthy", name, d)
+				}
+			}
+			// The base's other dependencies stay (the overlay restates them).
+			bs, err := base.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, bd := range bs.DependsOn {
+				if d, ok := s.DependsOn[name]; name != "redis" && (!ok || d.Condition != bd.Condition) {
+					t.Errorf("depends_on %s = %+v, want the base's %+v", name, d, bd)
 				}
 			}
 
