@@ -3256,8 +3256,10 @@ func TestKubeSentinelRedis(t *testing.T) {
 		if !dataOnClaim {
 			t.Errorf("container %s: /data is not on a volume claim: the AOF and Sentinel's state would not survive the pod", str(m, "name"))
 		}
-		if dig(m, "securityContext", "allowPrivilegeEscalation") != false || dig(m, "securityContext", "readOnlyRootFilesystem") != true {
-			t.Errorf("container %s: want allowPrivilegeEscalation false and a read-only root", str(m, "name"))
+		// The namespace enforces Pod Security "restricted".
+		if dig(m, "securityContext", "allowPrivilegeEscalation") != false || dig(m, "securityContext", "readOnlyRootFilesystem") != true ||
+			!slices.Contains(stringList(list(m, "securityContext", "capabilities", "drop")), "ALL") {
+			t.Errorf("container %s: want allowPrivilegeEscalation false, a read-only root and every capability dropped", str(m, "name"))
 		}
 	}
 	for name, want := range map[string]string{"config": "sh /config/init.sh", "redis": "redis-server /data/conf/redis.conf", "sentinel": "redis-sentinel /data/conf/sentinel.conf"} {
@@ -3276,8 +3278,9 @@ func TestKubeSentinelRedis(t *testing.T) {
 	if ports := containerPorts(containers["sentinel"]); ports["sentinel"] != 26379 {
 		t.Errorf("sentinel container ports %v, want sentinel 26379", ports)
 	}
-	if dig(pod, "securityContext", "runAsNonRoot") != true {
-		t.Error("the Redis pod may run as root")
+	checkPodSecurity(t, sts)
+	if str(pod, "securityContext", "seccompProfile", "type") != "RuntimeDefault" {
+		t.Error("the Redis pod has no RuntimeDefault seccomp profile (Pod Security restricted)")
 	}
 
 	// Spread by host (preferred), and at most one pod down by choice.
