@@ -44,6 +44,8 @@ import (
 	"github.com/agentpassport/passport/examples/fleet"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/config"
+	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/redisx"
 	"github.com/agentpassport/passport/proxy"
 	"github.com/agentpassport/passport/proxy/policy"
 )
@@ -2260,20 +2262,26 @@ func TestComposeTLSDevCerts(t *testing.T) {
 // ---------------------------------------------------------------------------
 // examples/kubernetes-tls/: the TLS overlay on examples/kubernetes
 
-// loadKubeTLS builds examples/kubernetes-tls as `kubectl kustomize` does, for
-// what the overlay uses: its resources (the base, as the base's
+// loadKubeTLS builds examples/kubernetes-tls (loadKubeOverlay).
+func loadKubeTLS(t *testing.T) []kubeDoc {
+	t.Helper()
+	return loadKubeOverlay(t, "kubernetes-tls")
+}
+
+// loadKubeOverlay builds examples/<name> as `kubectl kustomize` does, for
+// what the overlays use: its resources (the base, as the base's
 // kustomization lists it, and its own files), each patch merged into the
 // object of the same kind and name with strategic-merge rules (containers,
 // env and volumes merged by name, volumeMounts by mountPath, ports by port
 // number, maps key by key, other lists replaced), and its namespace. No
 // kustomize runs in the tests; the rules here are the ones these patches
 // rely on, and a patch that matches no object fails.
-func loadKubeTLS(t *testing.T) []kubeDoc {
+func loadKubeOverlay(t *testing.T, name string) []kubeDoc {
 	t.Helper()
-	dir := filepath.Join(repoRoot(t), "examples", "kubernetes-tls")
+	dir := filepath.Join(repoRoot(t), "examples", name)
 	ks := loadKubeFile(t, filepath.Join(dir, "kustomization.yaml"))
 	if len(ks) != 1 || ks[0].kind() != "Kustomization" {
-		t.Fatal("examples/kubernetes-tls/kustomization.yaml holds no Kustomization")
+		t.Fatalf("examples/%s/kustomization.yaml holds no Kustomization", name)
 	}
 	k := ks[0].obj
 	var docs []kubeDoc
@@ -2711,5 +2719,698 @@ func TestKubeTLSWiring(t *testing.T) {
 				t.Errorf("Service %s port %v is named %q, want https", d.name(), dig(p, "port"), str(p, "name"))
 			}
 		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.sentinel.yml and examples/kubernetes-sentinel: Redis with
+// Sentinel (one primary, two replicas, three sentinels).
+
+// sentinelServices are the compose services the Sentinel overlay adds.
+var (
+	composeRedisNodes = []string{"redis-primary", "redis-replica-1", "redis-replica-2"}
+	composeSentinels  = []string{"sentinel-1", "sentinel-2", "sentinel-3"}
+)
+
+func mustLoadComposeSentinel(t *testing.T) *types.Project {
+	t.Helper()
+	p, err := loadComposeFiles(t, map[string]string{"PASSPORT_ADMIN_TOKEN": testAdminToken}, "docker-compose.yml", "docker-compose.sentinel.yml")
+	if err != nil {
+		t.Fatalf("docker-compose.yml with docker-compose.sentinel.yml does not load: %v", err)
+	}
+	return p
+}
+
+// sentinelConf is what the tests read of a sentinel.conf.
+type sentinelConf struct {
+	port             string
+	master           string // the monitored primary's name
+	host, hostPort   string // where the primary is at first
+	quorum           int
+	downAfter        time.Duration
+	resolveHostnames bool
+}
+
+// parseSentinelConf reads the directives of a sentinel.conf that the tests
+// check, failing on a "sentinel" directive it does not know (a typo would
+// make redis-sentinel refuse to start).
+func parseSentinelConf(t *testing.T, text string) sentinelConf {
+	t.Helper()
+	var c sentinelConf
+	known := []string{"monitor", "down-after-milliseconds", "failover-timeout", "parallel-syncs", "resolve-hostnames", "announce-hostnames"}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		switch {
+		case f[0] == "port" && len(f) == 2:
+			c.port = f[1]
+		case f[0] == "dir" && len(f) == 2:
+		case f[0] == "sentinel" && len(f) >= 3:
+			if !slices.Contains(known, f[1]) {
+				t.Errorf("sentinel.conf: unknown directive %q", line)
+			}
+			switch f[1] {
+			case "monitor":
+				if len(f) != 6 {
+					t.Fatalf("sentinel.conf: %q: want sentinel monitor <name> <host> <port> <quorum>", line)
+				}
+				c.master, c.host, c.hostPort = f[2], f[3], f[4]
+				q, err := strconv.Atoi(f[5])
+				if err != nil {
+					t.Fatalf("sentinel.conf: quorum %q: %v", f[5], err)
+				}
+				c.quorum = q
+			case "down-after-milliseconds":
+				if len(f) != 4 || f[2] != c.master {
+					t.Errorf("sentinel.conf: %q: want it after monitor, for %q", line, c.master)
+					continue
+				}
+				ms, err := strconv.Atoi(f[3])
+				if err != nil {
+					t.Fatalf("sentinel.conf: %q: %v", line, err)
+				}
+				c.downAfter = time.Duration(ms) * time.Millisecond
+			case "resolve-hostnames":
+				// Sentinel must resolve a host name before monitor reads it.
+				c.resolveHostnames = f[2] == "yes" && c.master == ""
+			}
+		default:
+			t.Errorf("sentinel.conf: unexpected line %q", line)
+		}
+	}
+	return c
+}
+
+// checkSentinelConf requires a monitor of primaryHost:6379 with quorum 2 of
+// the three sentinels and a failover within a few seconds.
+func checkSentinelConf(t *testing.T, c sentinelConf, primaryHost string) {
+	t.Helper()
+	if c.port != "26379" {
+		t.Errorf("sentinel port %q, want 26379", c.port)
+	}
+	if c.master == "" || c.host != primaryHost || c.hostPort != "6379" {
+		t.Errorf("sentinel monitors %q at %s:%s, want the primary %s:6379", c.master, c.host, c.hostPort, primaryHost)
+	}
+	if c.quorum != 2 {
+		t.Errorf("sentinel quorum %d, want 2 of 3", c.quorum)
+	}
+	if c.downAfter <= 0 || c.downAfter > 5*time.Second {
+		t.Errorf("down-after-milliseconds %v, want a short one (at most 5s)", c.downAfter)
+	}
+	if net.ParseIP(primaryHost) == nil && !c.resolveHostnames {
+		t.Error("the primary is a host name, but resolve-hostnames yes does not come before monitor")
+	}
+}
+
+// redisArgs reads a redis-server command line's --options.
+func redisArgs(t *testing.T, name string, args []string) map[string][]string {
+	t.Helper()
+	if len(args) == 0 || args[0] != "redis-server" {
+		t.Fatalf("%s runs %q, want redis-server", name, args)
+	}
+	out := map[string][]string{}
+	key := ""
+	for _, a := range args[1:] {
+		if strings.HasPrefix(a, "--") {
+			key = strings.TrimPrefix(a, "--")
+			out[key] = []string{}
+			continue
+		}
+		if key == "" {
+			t.Fatalf("%s: argument %q before any --option", name, a)
+		}
+		out[key] = append(out[key], a)
+	}
+	return out
+}
+
+// checkRedisNodeArgs requires what every node, the primary and the replicas
+// that may become it, must run with: AOF fsynced, and writes refused
+// without a live replica.
+func checkRedisNodeArgs(t *testing.T, name string, o map[string][]string) {
+	t.Helper()
+	if !slices.Equal(o["appendonly"], []string{"yes"}) {
+		t.Errorf("%s: appendonly %v, want yes", name, o["appendonly"])
+	}
+	if fs := o["appendfsync"]; len(fs) != 1 || (fs[0] != "always" && fs[0] != "everysec") {
+		t.Errorf("%s: appendfsync %v, want always or everysec", name, fs)
+	}
+	if n, err := strconv.Atoi(strings.Join(o["min-replicas-to-write"], "")); err != nil || n < 1 {
+		t.Errorf("%s: min-replicas-to-write %v, want at least 1", name, o["min-replicas-to-write"])
+	}
+	if n, err := strconv.Atoi(strings.Join(o["min-replicas-max-lag"], "")); err != nil || n < 1 || n > 10 {
+		t.Errorf("%s: min-replicas-max-lag %v, want 1 to 10 seconds", name, o["min-replicas-max-lag"])
+	}
+}
+
+// sentinelRedisConfig is the Redis configuration a passport command builds
+// from env: the real redisEnv, as every component and CLI command runs it.
+func sentinelRedisConfig(env map[string]string) redisx.Config {
+	a := &app{getenv: func(k string) string { return env[k] }, stdout: io.Discard, stderr: io.Discard}
+	rc := redisx.Config{URL: env["PASSPORT_REDIS_URL"]}
+	a.redisEnv(&rc)
+	return rc
+}
+
+// auditWaitReplicas loads a mounted config with its component's own type
+// and returns its audit.wait_replicas ("passport dashboard" takes a chaos
+// config for its buttons).
+func auditWaitReplicas(t *testing.T, cmdPath, file string) int {
+	t.Helper()
+	switch cmdPath {
+	case "passport authority":
+		cfg := authority.DefaultConfig()
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport proxy":
+		cfg, err := loadProxyConfig(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport healer":
+		cfg := healer.Default()
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Audit.WaitReplicas
+	case "passport chaos run", "passport dashboard":
+		var cfg chaos.Config
+		if err := config.Load(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
+		return cfg.Audit.WaitReplicas
+	}
+	t.Fatalf("no audit config known for %s", cmdPath)
+	return 0
+}
+
+// The overlay merges into the base: the single Redis is gone and nothing
+// depends on it, the Sentinel set is there, and the mounted files exist.
+func TestComposeSentinelOverlayLoads(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	want := []string{"prometheus"}
+	for _, s := range composePassportServices {
+		want = append(want, s.service)
+	}
+	want = append(want, composeRedisNodes...)
+	want = append(want, composeSentinels...)
+	got := p.ServiceNames()
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("services = %v, want %v", got, want)
+	}
+	for _, s := range p.Services {
+		if _, ok := s.DependsOn["redis"]; ok {
+			t.Errorf("%s still depends on the single redis", s.Name)
+		}
+		for name := range s.DependsOn {
+			if _, err := p.GetService(name); err != nil {
+				t.Errorf("%s depends on %s: %v", s.Name, name, err)
+			}
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind {
+				if _, err := os.Stat(v.Source); err != nil {
+					t.Errorf("%s mounts %s: %v", s.Name, v.Source, err)
+				}
+			}
+			if v.Type == types.VolumeTypeVolume {
+				if _, ok := p.Volumes[v.Source]; !ok {
+					t.Errorf("%s: volume %s is not declared", s.Name, v.Source)
+				}
+			}
+		}
+	}
+}
+
+// The Redis nodes: AOF and min-replicas-to-write on each (a replica may
+// become the primary), the replicas replicate the primary, data on named
+// volumes, nothing published.
+func TestComposeSentinelRedis(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	primary := composeRedisNodes[0]
+	for _, name := range composeRedisNodes {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(s.Image, "redis:7") {
+			t.Errorf("%s image %q, want redis:7", name, s.Image)
+		}
+		o := redisArgs(t, name, s.Command)
+		checkRedisNodeArgs(t, name, o)
+		if name == primary {
+			if _, ok := o["replicaof"]; ok {
+				t.Errorf("%s: the primary replicates %v", name, o["replicaof"])
+			}
+		} else {
+			if !slices.Equal(o["replicaof"], []string{primary, "6379"}) {
+				t.Errorf("%s: replicaof %v, want %s 6379", name, o["replicaof"], primary)
+			}
+			if d, ok := s.DependsOn[primary]; !ok || d.Condition != types.ServiceConditionHealthy {
+				t.Errorf("%s: depends_on %s = %+v, want service_healthy", name, primary, d)
+			}
+		}
+		if s.HealthCheck == nil || len(s.HealthCheck.Test) == 0 || s.HealthCheck.Disable {
+			t.Errorf("%s has no healthcheck", name)
+		}
+		if !slices.ContainsFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.Type == types.VolumeTypeVolume && v.Target == "/data"
+		}) {
+			t.Errorf("%s: /data is not on a named volume: the AOF would not survive the container", name)
+		}
+		if len(s.Ports) != 0 {
+			t.Errorf("%s publishes %v: Redis must stay on the compose network", name, s.Ports)
+		}
+	}
+}
+
+// Three sentinels, each on its own writable copy of the mounted
+// sentinel.conf, monitoring the primary with quorum 2, healthy only once
+// they could fail it over.
+func TestComposeSentinelSentinels(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	for _, name := range composeSentinels {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conf string
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Target, ".conf") {
+				conf = v.Source
+				if !v.ReadOnly {
+					t.Errorf("%s: %s mounted writable", name, v.Target)
+				}
+				cmd := strings.Join(s.Command, " ")
+				if !strings.Contains(cmd, "cp "+v.Target+" ") || !strings.Contains(cmd, "exec redis-sentinel ") {
+					t.Errorf("%s command %q: want a writable copy of %s run by redis-sentinel (Sentinel rewrites its config)", name, cmd, v.Target)
+				}
+			}
+		}
+		if conf == "" {
+			t.Fatalf("%s mounts no sentinel config", name)
+		}
+		data, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSentinelConf(t, parseSentinelConf(t, string(data)), composeRedisNodes[0])
+		hc := strings.Join(s.HealthCheck.Test, " ")
+		if !strings.Contains(hc, "ckquorum") {
+			t.Errorf("%s healthcheck %q: want sentinel ckquorum (healthy once it could fail over)", name, hc)
+		}
+		if len(s.Ports) != 0 {
+			t.Errorf("%s publishes %v", name, s.Ports)
+		}
+	}
+}
+
+// Every passport service finds the primary through all three sentinels,
+// none keeps the single Redis URL, each waits for the sentinels, and every
+// audit writer's mounted config loads with wait_replicas 1.
+func TestComposeSentinelPassportServices(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	base := mustLoadCompose(t)
+	root := repoRoot(t)
+	var wantAddrs []string
+	for _, name := range composeSentinels {
+		wantAddrs = append(wantAddrs, name+":26379")
+	}
+	data, err := os.ReadFile(filepath.Join(root, "examples", "compose", "sentinel", "sentinel.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	master := parseSentinelConf(t, string(data)).master
+	writers := 0
+	for _, tc := range composePassportServices {
+		t.Run(tc.service, func(t *testing.T) {
+			s, err := p.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{}
+			for k, v := range s.Environment {
+				if v != nil {
+					env[k] = *v
+				}
+				if v != nil && strings.Contains(*v, "redis://redis:") {
+					t.Errorf("%s=%s still names the single Redis", k, *v)
+				}
+			}
+			if _, ok := s.Environment["PASSPORT_REDIS_URL"]; ok {
+				t.Errorf("PASSPORT_REDIS_URL is still set (%v)", env["PASSPORT_REDIS_URL"])
+			}
+			rc := sentinelRedisConfig(env)
+			if !slices.Equal(rc.Addrs, wantAddrs) || rc.MasterName != master || rc.Cluster {
+				t.Errorf("Redis from the environment: addrs %v master %q cluster %v, want addrs %v master %q (Sentinel)", rc.Addrs, rc.MasterName, rc.Cluster, wantAddrs, master)
+			}
+			if err := rc.Validate(); err != nil {
+				t.Error(err)
+			}
+			for _, name := range composeSentinels {
+				if d, ok := s.DependsOn[name]; !ok || d.Condition != types.ServiceConditionHealthy {
+					t.Errorf("depends_on %s = %+v, want service_healthy", name, d)
+				}
+			}
+			// The base's other dependencies stay (the overlay restates them).
+			bs, err := base.GetService(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, bd := range bs.DependsOn {
+				if d, ok := s.DependsOn[name]; name != "redis" && (!ok || d.Condition != bd.Condition) {
+					t.Errorf("depends_on %s = %+v, want the base's %+v", name, d, bd)
+				}
+			}
+
+			// The audit writers' configs: mounted from the overlay's folder,
+			// loaded with the component's own type, wait_replicas 1.
+			cc := parseCommand(t, s.Command)
+			cfgFlag := cc.config
+			if cc.path == "passport dashboard" {
+				for i, a := range s.Command {
+					if a == "--chaos-config" && i+1 < len(s.Command) {
+						cfgFlag = s.Command[i+1]
+					}
+				}
+			}
+			if cfgFlag == "" || cc.path == "passport fleet" {
+				return // the fleet writes no audit records
+			}
+			var src string
+			for _, v := range s.Volumes {
+				if v.Type == types.VolumeTypeBind && v.Target == cfgFlag {
+					src = v.Source
+				}
+			}
+			if want := filepath.Join(root, "examples", "compose", "sentinel") + string(filepath.Separator); !strings.HasPrefix(src, want) {
+				t.Fatalf("%s is mounted from %q, want a file in examples/compose/sentinel/", cfgFlag, src)
+			}
+			if cc.path != "passport dashboard" {
+				checkConfigFile(t, cc.path, src)
+			}
+			if n := auditWaitReplicas(t, cc.path, src); n != 1 {
+				t.Errorf("%s: audit.wait_replicas %d, want 1", src, n)
+			}
+			writers++
+		})
+	}
+	if writers != 5 {
+		t.Errorf("%d audit writers checked, want 5 (authority, proxy, healer, chaos, dashboard)", writers)
+	}
+}
+
+func loadKubeSentinel(t *testing.T) []kubeDoc {
+	t.Helper()
+	return loadKubeOverlay(t, "kubernetes-sentinel")
+}
+
+// redisConf reads a redis.conf's directives (the last of a repeated one wins).
+func redisConf(text string) map[string][]string {
+	out := map[string][]string{}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		out[f[0]] = f[1:]
+	}
+	return out
+}
+
+// The overlay builds to valid, distinct objects, the passport Deployments
+// keep what the base's tests check, and the Redis objects are there.
+func TestKubeSentinelManifestsParse(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	seen := map[string]bool{}
+	for _, d := range docs {
+		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
+			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
+		}
+		key := d.kind() + "/" + d.name()
+		if seen[key] {
+			t.Errorf("%s defined twice", key)
+		}
+		seen[key] = true
+		switch d.kind() {
+		case "Secret":
+			t.Errorf("%s: a Secret is applied by the overlay; create it out of band", d.file)
+		case "Deployment":
+			checkPodSecurity(t, d)
+			for _, c := range podContainers(d) {
+				checkPassportContainer(t, d, c)
+			}
+		}
+	}
+	for _, want := range []string{"StatefulSet/redis", "Service/redis", "PodDisruptionBudget/redis", "ConfigMap/redis-config"} {
+		if !seen[want] {
+			t.Errorf("the overlay has no %s", want)
+		}
+	}
+	base := loadKube(t)
+	for _, name := range []string{"fleet", "passport-authority", "passport-dashboard"} {
+		if sameYAML(t, findKube(t, base, "Deployment", name).obj, findKube(t, docs, "Deployment", name).obj) {
+			t.Errorf("the %s Deployment is the same with the overlay: the patches were not applied", name)
+		}
+	}
+}
+
+// The Redis StatefulSet: three pods, each a node and a sentinel; AOF and
+// min-replicas-to-write on every node, the sentinels monitoring pod 0 with
+// quorum 2, data on a volume claim, spread by host, a disruption budget
+// that keeps the quorum.
+func TestKubeSentinelRedis(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	sts := findKube(t, docs, "StatefulSet", "redis")
+	if n := dig(sts.obj, "spec", "replicas"); n != 3 {
+		t.Errorf("StatefulSet replicas %v, want 3 (a primary and two replicas, three sentinels)", n)
+	}
+	svcName := str(sts.obj, "spec", "serviceName")
+	svc := findKube(t, docs, "Service", svcName)
+	if str(svc.obj, "spec", "clusterIP") != "None" || dig(svc.obj, "spec", "publishNotReadyAddresses") != true {
+		t.Errorf("Service %s: want headless (clusterIP None) with publishNotReadyAddresses: the pods find each other by name before they are ready", svcName)
+	}
+	podLabels, _ := dig(sts.obj, "spec", "template", "metadata", "labels").(map[string]any)
+	selects := func(sel map[string]any) bool {
+		for k, v := range sel {
+			if podLabels[k] != v {
+				return false
+			}
+		}
+		return len(sel) > 0
+	}
+	if sel, _ := dig(svc.obj, "spec", "selector").(map[string]any); !selects(sel) {
+		t.Errorf("Service %s selector %v does not select the pods %v", svcName, sel, podLabels)
+	}
+
+	cm := findKube(t, docs, "ConfigMap", "redis-config")
+	rc := redisConf(str(cm.obj, "data", "redis.conf"))
+	if !slices.Equal(rc["appendonly"], []string{"yes"}) {
+		t.Errorf("redis.conf appendonly %v, want yes", rc["appendonly"])
+	}
+	if fs := rc["appendfsync"]; len(fs) != 1 || (fs[0] != "always" && fs[0] != "everysec") {
+		t.Errorf("redis.conf appendfsync %v, want always or everysec", fs)
+	}
+	if n, err := strconv.Atoi(strings.Join(rc["min-replicas-to-write"], "")); err != nil || n < 1 {
+		t.Errorf("redis.conf min-replicas-to-write %v, want at least 1", rc["min-replicas-to-write"])
+	}
+	if n, err := strconv.Atoi(strings.Join(rc["min-replicas-max-lag"], "")); err != nil || n < 1 || n > 10 {
+		t.Errorf("redis.conf min-replicas-max-lag %v, want 1 to 10 seconds", rc["min-replicas-max-lag"])
+	}
+	primary := str(sts.obj, "metadata", "name") + "-0." + svcName
+	sc := parseSentinelConf(t, str(cm.obj, "data", "sentinel.conf"))
+	checkSentinelConf(t, sc, primary)
+	// The init script makes the others replicas of pod 0 (or of whatever
+	// the sentinels now say) and announces the stable names.
+	initSh := str(cm.obj, "data", "init.sh")
+	for _, want := range []string{"primary=" + primary, "replicaof $primary 6379", "replica-announce-ip $me", "sentinel get-master-addr-by-name " + sc.master} {
+		if !strings.Contains(initSh, want) {
+			t.Errorf("init.sh lacks %q", want)
+		}
+	}
+
+	// Each pod: the init container writes /data/conf, the node and the
+	// sentinel run from it, /data is the pod's volume claim.
+	pod := dig(sts.obj, "spec", "template", "spec")
+	claims := map[string]bool{}
+	for _, vc := range list(sts.obj, "spec", "volumeClaimTemplates") {
+		claims[str(vc, "metadata", "name")] = true
+	}
+	containers := map[string]container{}
+	for _, c := range append(list(pod, "initContainers"), list(pod, "containers")...) {
+		m, _ := c.(map[string]any)
+		containers[str(m, "name")] = m
+		dataOnClaim := slices.ContainsFunc(list(m, "volumeMounts"), func(vm any) bool {
+			return str(vm, "mountPath") == "/data" && claims[str(vm, "name")]
+		})
+		if !dataOnClaim {
+			t.Errorf("container %s: /data is not on a volume claim: the AOF and Sentinel's state would not survive the pod", str(m, "name"))
+		}
+		// The namespace enforces Pod Security "restricted".
+		if dig(m, "securityContext", "allowPrivilegeEscalation") != false || dig(m, "securityContext", "readOnlyRootFilesystem") != true ||
+			!slices.Contains(stringList(list(m, "securityContext", "capabilities", "drop")), "ALL") {
+			t.Errorf("container %s: want allowPrivilegeEscalation false, a read-only root and every capability dropped", str(m, "name"))
+		}
+	}
+	for name, want := range map[string]string{"config": "sh /config/init.sh", "redis": "redis-server /data/conf/redis.conf", "sentinel": "redis-sentinel /data/conf/sentinel.conf"} {
+		c, ok := containers[name]
+		if !ok {
+			t.Errorf("the Redis pod has no container %s", name)
+			continue
+		}
+		if got := strings.Join(stringList(list(map[string]any(c), "command")), " "); got != want {
+			t.Errorf("container %s runs %q, want %q", name, got, want)
+		}
+		if dig(map[string]any(c), "readinessProbe") == nil && name != "config" {
+			t.Errorf("container %s has no readiness probe", name)
+		}
+	}
+	if ports := containerPorts(containers["sentinel"]); ports["sentinel"] != 26379 {
+		t.Errorf("sentinel container ports %v, want sentinel 26379", ports)
+	}
+	checkPodSecurity(t, sts)
+	if str(pod, "securityContext", "seccompProfile", "type") != "RuntimeDefault" {
+		t.Error("the Redis pod has no RuntimeDefault seccomp profile (Pod Security restricted)")
+	}
+
+	// Spread by host (preferred), and at most one pod down by choice.
+	aff := list(pod, "affinity", "podAntiAffinity", "preferredDuringSchedulingIgnoredDuringExecution")
+	if !slices.ContainsFunc(aff, func(a any) bool {
+		term := dig(a, "podAffinityTerm")
+		sel, _ := dig(term, "labelSelector", "matchLabels").(map[string]any)
+		return str(term, "topologyKey") == "kubernetes.io/hostname" && selects(sel)
+	}) {
+		t.Errorf("no preferred pod anti-affinity by kubernetes.io/hostname on the Redis pods: %v", aff)
+	}
+	pdb := findKube(t, docs, "PodDisruptionBudget", "redis")
+	if ma := dig(pdb.obj, "spec", "minAvailable"); ma != 2 && dig(pdb.obj, "spec", "maxUnavailable") != 1 {
+		t.Errorf("PodDisruptionBudget minAvailable %v: want 2 (quorum 2, a replica for min-replicas-to-write)", ma)
+	}
+	if sel, _ := dig(pdb.obj, "spec", "selector", "matchLabels").(map[string]any); !selects(sel) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the Redis pods", sel)
+	}
+}
+
+// Every passport container that reads Redis finds the primary through all
+// three sentinels, and the audit writers' configs load with wait_replicas 1.
+func TestKubeSentinelPassportPods(t *testing.T) {
+	docs := loadKubeSentinel(t)
+	sts := findKube(t, docs, "StatefulSet", "redis")
+	svc := str(sts.obj, "spec", "serviceName")
+	var wantAddrs []string
+	for i := 0; i < 3; i++ {
+		wantAddrs = append(wantAddrs, fmt.Sprintf("%s-%d.%s:26379", sts.name(), i, svc))
+	}
+	master := parseSentinelConf(t, str(findKube(t, docs, "ConfigMap", "redis-config").obj, "data", "sentinel.conf")).master
+	// The Secret's redis-url, as secret.example.yaml has it: its host is
+	// replaced by the sentinels.
+	var secretURL string
+	for _, d := range loadKube(t) {
+		if d.kind() == "Secret" {
+			secretURL = str(d.obj, "stringData", "redis-url")
+		}
+	}
+	if secretURL == "" {
+		t.Fatal("no redis-url in secret.example.yaml")
+	}
+	checked := 0
+	for _, d := range docs {
+		if d.kind() != "Deployment" {
+			continue
+		}
+		for _, c := range podContainers(d) {
+			m := map[string]any(c)
+			if _, ok := secretEnv(c)["PASSPORT_REDIS_URL"]; !ok {
+				continue // no Redis here (the API behind the sidecar)
+			}
+			checked++
+			env := map[string]string{"PASSPORT_REDIS_URL": secretURL}
+			for _, e := range list(m, "env") {
+				if v := str(e, "value"); v != "" {
+					env[str(e, "name")] = v
+				}
+			}
+			rc := sentinelRedisConfig(env)
+			if !slices.Equal(rc.Addrs, wantAddrs) || rc.MasterName != master || rc.Cluster {
+				t.Errorf("%s/%s: Redis from the environment: addrs %v master %q cluster %v, want addrs %v master %q (Sentinel)",
+					d.name(), str(m, "name"), rc.Addrs, rc.MasterName, rc.Cluster, wantAddrs, master)
+			}
+			if err := rc.Validate(); err != nil {
+				t.Errorf("%s/%s: %v", d.name(), str(m, "name"), err)
+			}
+		}
+	}
+	if checked != 3 {
+		t.Errorf("%d containers read Redis, want 3 (authority, proxy, dashboard)", checked)
+	}
+
+	// The audit writers: the authority and the proxy.
+	if n := kubeAuthorityConfig(t, docs).Audit.WaitReplicas; n != 1 {
+		t.Errorf("authority audit.wait_replicas %d, want 1", n)
+	}
+	fd := findKube(t, docs, "Deployment", "fleet")
+	pc := containerNamed(t, fd, "proxy")
+	cm, key := mountedFile(t, docs, fd, pc, parseCommand(t, stringList(list(map[string]any(pc), "args"))).config)
+	tmp := filepath.Join(t.TempDir(), key)
+	if err := os.WriteFile(tmp, []byte(str(cm.obj, "data", key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pcfg, err := loadProxyConfig(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pcfg.Audit.WaitReplicas != 1 {
+		t.Errorf("proxy audit.wait_replicas %d, want 1", pcfg.Audit.WaitReplicas)
+	}
+	checkFleetRoutes(t, pcfg)
+}
+
+// The nodes' settings as a real redis-server takes them, from the compose
+// overlay's command line and the Kubernetes redis.conf: AOF on with the
+// chosen fsync, and a primary without a replica refuses writes.
+func TestComposeSentinelNodesOnRealRedis(t *testing.T) {
+	p := mustLoadComposeSentinel(t)
+	s, err := p.GetService(composeRedisNodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	composeArgs := s.Command[1:]
+	var kubeArgs []string
+	cm := findKube(t, loadKubeSentinel(t), "ConfigMap", "redis-config")
+	for k, v := range redisConf(str(cm.obj, "data", "redis.conf")) {
+		if k == "port" || k == "dir" { // the test server's own
+			continue
+		}
+		kubeArgs = append(kubeArgs, append([]string{"--" + k}, v...)...)
+	}
+	for name, args := range map[string][]string{"compose": composeArgs, "kubernetes": kubeArgs} {
+		t.Run(name, func(t *testing.T) {
+			o := redisArgs(t, name, append([]string{"redis-server"}, args...))
+			srv := redistest.Start(t, redistest.Options{Args: args})
+			rdb := srv.Client()
+			ctx := context.Background()
+			for _, k := range []string{"appendonly", "appendfsync", "min-replicas-to-write", "min-replicas-max-lag"} {
+				got, err := rdb.ConfigGet(ctx, k).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := strings.Join(o[k], " "); got[k] != want {
+					t.Errorf("CONFIG GET %s = %q, want %q", k, got[k], want)
+				}
+			}
+			if err := rdb.Set(ctx, "k", "v", 0).Err(); err == nil || !strings.HasPrefix(err.Error(), "NOREPLICAS") {
+				t.Errorf("a write to a primary without replicas: err = %v, want NOREPLICAS", err)
+			}
+		})
 	}
 }
