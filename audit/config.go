@@ -41,7 +41,7 @@ type WriterConfig struct {
 	RetentionInterval time.Duration `yaml:"retention_interval"`
 	// WaitReplicas makes every batch wait until that many replicas have it
 	// (Redis WAIT), for at most WaitTimeout, or fail closed. Default 0.
-	// Not with Redis Cluster.
+	// On a Cluster each primary waits for its own replicas.
 	WaitReplicas int           `yaml:"wait_replicas"`
 	WaitTimeout  time.Duration `yaml:"wait_timeout"`
 	// WriteTimeout bounds one write-ahead append. Default 2s.
