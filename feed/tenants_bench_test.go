@@ -22,7 +22,7 @@ import (
 )
 
 // BenchmarkFeedManyTenants: one dashboard client on each of many tenants
-// (100 by default, PASSPORT_BENCH_FEED_TENANTS sets another count), the
+// (50 by default, PASSPORT_BENCH_FEED_TENANTS sets another count), the
 // hub with its default XREAD block (2 s) and the default Redis pool; a
 // record is written to every tenant's stream each 100 ms for 3 s. It
 // reports the delivery lag (write to the client's read) p50 and p99, the
@@ -32,7 +32,7 @@ import (
 //
 //	go test -run XXX -bench FeedManyTenants -benchtime 1x ./feed/
 func BenchmarkFeedManyTenants(b *testing.B) {
-	tenants := 100
+	tenants := 50
 	if v, err := strconv.Atoi(os.Getenv("PASSPORT_BENCH_FEED_TENANTS")); err == nil && v > 0 {
 		tenants = v
 	}
