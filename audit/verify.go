@@ -311,7 +311,7 @@ func (v *Verifier) passportRef(id string, rec *Record, p Problem) {
 			p.Kind, p.Detail = ProblemChanged, err.Error()
 			v.problem(p)
 		}
-	case !streamIDLess(rec.PassportID, v.firstID) && len(v.passports) < maxResolverCache:
+	case !IDLess(rec.PassportID, v.firstID) && len(v.passports) < maxResolverCache:
 		p.Kind = ProblemDeleted
 		p.Detail = fmt.Sprintf("references passport record %s, which is not in the stream before it", rec.PassportID)
 		v.problem(p)

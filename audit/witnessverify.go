@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -283,7 +282,7 @@ func (v *Verifier) deletedAfter(id string) bool {
 	if d == "" || d == "0-0" {
 		return false
 	}
-	return id == "" || streamIDLess(id, d)
+	return id == "" || IDLess(id, d)
 }
 
 func headWords(h Anchor, ok bool, corrupt string) string {
@@ -301,20 +300,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-// streamIDLess compares two stream ids "<ms>-<seq>".
-func streamIDLess(a, b string) bool {
-	am, as, _ := strings.Cut(a, "-")
-	bm, bs, _ := strings.Cut(b, "-")
-	ami, _ := strconv.ParseUint(am, 10, 64)
-	bmi, _ := strconv.ParseUint(bm, 10, 64)
-	if ami != bmi {
-		return ami < bmi
-	}
-	asi, _ := strconv.ParseUint(as, 10, 64)
-	bsi, _ := strconv.ParseUint(bs, 10, 64)
-	return asi < bsi
 }
 
 // VerifyAllOptions tune VerifyAll.
