@@ -3,7 +3,6 @@ package scaleout
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -12,16 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/agentpassport/passport/audit"
-	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
-	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
 )
 
@@ -55,36 +50,22 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	const tenant = "acme"
 	sc := audit.StreamConfig{WaitReplicas: wait, WaitTimeout: 300 * time.Millisecond, WriteTimeout: 2 * time.Second}
 
-	// Two authorities sharing one issuer (keys in Redis).
-	var auths []string
-	var issuer string
-	for i := range 2 {
-		asrv := httptest.NewUnstartedServer(nil)
-		acfg := authority.DefaultConfig()
-		acfg.AdminToken = adminToken
-		acfg.Clients.BcryptCost = bcrypt.MinCost
-		if issuer == "" {
-			issuer = "http://" + asrv.Listener.Addr().String()
-		}
-		acfg.Issuer = issuer
-		acfg.Passport.IssueBurst = 1000
+	// Two authorities sharing one issuer (keys in Redis), two proxies each
+	// asking its own, in front of an upstream that notes the request id of
+	// every call it receives.
+	writer := func(id string) *audit.Stream {
 		wc := sc
-		wc.WriterID = fmt.Sprintf("authority-%d", i)
-		a, err := authority.New(acfg, authority.Deps{Redis: cc, Logger: testLogger(t), Registry: prometheus.NewRegistry(),
-			Audit: runStream(t, newStream(t, cc, wc))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Init(ctx); err != nil {
-			t.Fatal(err)
-		}
-		asrv.Config.Handler = a.Handler()
-		asrv.Start()
-		t.Cleanup(asrv.Close)
-		auths = append(auths, asrv.URL)
+		wc.WriterID = id
+		return runStream(t, newStream(t, cc, wc))
 	}
-
-	// The upstream notes the request id of every call it receives.
+	var auths []string
+	for i := range 2 {
+		issuer := ""
+		if i > 0 {
+			issuer = auths[0]
+		}
+		auths = append(auths, startAuthority(t, cc, issuer, writer(fmt.Sprintf("authority-%d", i))))
+	}
 	var mu sync.Mutex
 	hits := map[string]bool{}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,35 +77,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	t.Cleanup(up.Close)
 	var proxies []string
 	for i := range 2 {
-		cfg := proxy.FleetConfig(up.URL)
-		cfg.Issuer, cfg.AuthorityURL = issuer, auths[i]
-		cfg.JWKSURL = auths[i] + "/.well-known/jwks.json"
-		wc := sc
-		wc.WriterID = fmt.Sprintf("proxy-%d", i)
-		px, err := proxy.New(cfg, proxy.Deps{Redis: cc, Audit: runStream(t, newStream(t, cc, wc)), Logger: testLogger(t),
-			Registry: prometheus.NewRegistry(), Policies: policies.FS})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		aln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		pctx, stop := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- px.Serve(pctx, ln, aln) }()
-		t.Cleanup(func() {
-			stop()
-			if err := <-done; err != nil {
-				t.Errorf("proxy %d: %v", i, err)
-			}
-		})
-		proxies = append(proxies, "http://"+ln.Addr().String())
-		waitReady(t, "http://"+aln.Addr().String()+"/readyz")
+		proxies = append(proxies, startProxy(t, cc, up.URL, auths[0], auths[i], writer(fmt.Sprintf("proxy-%d", i))))
 	}
 
 	// One agent, a passport from each authority.

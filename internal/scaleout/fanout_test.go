@@ -3,7 +3,6 @@ package scaleout
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,8 +20,6 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
-	"github.com/agentpassport/passport/policies"
-	"github.com/agentpassport/passport/proxy"
 )
 
 // TestRevocationFanOutAcrossThreeProxies: three proxies on one Redis
@@ -40,62 +37,19 @@ func TestRevocationFanOutAcrossThreeProxies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	// The authority.
-	asrv := httptest.NewUnstartedServer(nil)
-	acfg := authority.DefaultConfig()
-	acfg.AdminToken = adminToken
-	acfg.Clients.BcryptCost = bcrypt.MinCost
-	acfg.Issuer = "http://" + asrv.Listener.Addr().String()
-	acfg.Passport.IssueBurst = 1000
-	a, err := authority.New(acfg, authority.Deps{Redis: cc, Logger: testLogger(t), Registry: prometheus.NewRegistry(),
-		Audit: newStream(t, cc, audit.StreamConfig{WriterID: "authority-1"})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	asrv.Config.Handler = a.Handler()
-	asrv.Start()
-	t.Cleanup(asrv.Close)
-
-	// The upstream and three proxies in front of it.
+	// The authority, the upstream and three proxies in front of it.
+	authURL := startAuthority(t, cc, "", newStream(t, cc, audit.StreamConfig{WriterID: "authority-1"}))
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte(`{"ok":true}`))
 	}))
 	t.Cleanup(up.Close)
 	var proxies []string
 	for i := range 3 {
-		cfg := proxy.FleetConfig(up.URL)
-		cfg.Issuer, cfg.AuthorityURL = acfg.Issuer, acfg.Issuer
-		cfg.JWKSURL = acfg.Issuer + "/.well-known/jwks.json"
-		px, err := proxy.New(cfg, proxy.Deps{Redis: cc, Audit: newStream(t, cc, audit.StreamConfig{WriterID: fmt.Sprintf("proxy-%d", i)}),
-			Logger: testLogger(t), Registry: prometheus.NewRegistry(), Policies: policies.FS})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		aln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		pctx, stop := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- px.Serve(pctx, ln, aln) }()
-		t.Cleanup(func() {
-			stop()
-			if err := <-done; err != nil {
-				t.Errorf("proxy %d: %v", i, err)
-			}
-		})
-		proxies = append(proxies, "http://"+ln.Addr().String())
-		waitReady(t, "http://"+aln.Addr().String()+"/readyz")
+		proxies = append(proxies, startProxy(t, cc, up.URL, authURL, authURL,
+			newStream(t, cc, audit.StreamConfig{WriterID: fmt.Sprintf("proxy-%d", i)})))
 	}
 
-	admin, err := client.NewAdmin(asrv.URL, adminToken, client.Options{})
+	admin, err := client.NewAdmin(authURL, adminToken, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +94,7 @@ func TestRevocationFanOutAcrossThreeProxies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ac, err := client.New(asrv.URL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{})
+		ac, err := client.New(authURL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,7 +114,7 @@ func TestRevocationFanOutAcrossThreeProxies(t *testing.T) {
 			}
 		} else {
 			form := url.Values{"token": {tok.Raw}}
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, asrv.URL+"/oauth2/revoke", strings.NewReader(form.Encode()))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, authURL+"/oauth2/revoke", strings.NewReader(form.Encode()))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			req.Header.Set("Authorization", "Bearer "+adminToken)
 			res, err := http.DefaultClient.Do(req)

@@ -5,14 +5,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/authority"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/policies"
+	"github.com/agentpassport/passport/proxy"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -113,4 +119,66 @@ func retry(d time.Duration, f func() error) error {
 		}
 		time.Sleep(20 * time.Millisecond) // the failing side has no event to wait on
 	}
+}
+
+// startAuthority runs an authority on rdb, writing to w, until the test
+// ends, and returns its URL. Its issuer is issuer, or its own URL when
+// issuer is "" (replicas share the first one's).
+func startAuthority(t *testing.T, rdb redis.UniversalClient, issuer string, w *audit.Stream) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	cfg := authority.DefaultConfig()
+	cfg.AdminToken = adminToken
+	cfg.Clients.BcryptCost = bcrypt.MinCost
+	cfg.Issuer = issuer
+	if cfg.Issuer == "" {
+		cfg.Issuer = "http://" + srv.Listener.Addr().String()
+	}
+	cfg.Passport.IssueBurst = 1000
+	a, err := authority.New(cfg, authority.Deps{Redis: rdb, Logger: testLogger(t), Registry: prometheus.NewRegistry(), Audit: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = a.Handler()
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// startProxy runs a proxy with the fleet's routes in front of upURL on
+// rdb, writing to w, until the test ends, and returns its agent port's
+// URL once ready. It accepts passports of issuer and asks authURL for
+// keys and denial reports.
+func startProxy(t *testing.T, rdb redis.UniversalClient, upURL, issuer, authURL string, w *audit.Stream) string {
+	t.Helper()
+	cfg := proxy.FleetConfig(upURL)
+	cfg.Issuer, cfg.AuthorityURL = issuer, authURL
+	cfg.JWKSURL = authURL + "/.well-known/jwks.json"
+	px, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: w, Logger: testLogger(t), Registry: prometheus.NewRegistry(),
+		Policies: policies.FS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- px.Serve(ctx, ln, aln) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("proxy %s: %v", ln.Addr(), err)
+		}
+	})
+	waitReady(t, "http://"+aln.Addr().String()+"/readyz")
+	return "http://" + ln.Addr().String()
 }
