@@ -239,8 +239,9 @@ func (v *verifier) verify(ctx context.Context, tok string) (*Verified, error) {
 	if pv.Claims.BoundKey() != "" {
 		vp.ath = passport.AccessTokenHash(tok) // once per passport, not per proof
 	}
-	v.cache.put(tok, vp, now)
-	return vp, nil
+	// Concurrent first calls of one passport each verified it; they share
+	// the first one cached, so its passport record is written once.
+	return v.cache.put(tok, vp, now), nil
 }
 
 // keyFor is the shared verifier's key source: the JWKS key under kid,
@@ -285,13 +286,18 @@ func (c *tokenCache) get(tok string) *Verified {
 	return vp
 }
 
-func (c *tokenCache) put(tok string, vp *Verified, now time.Time) {
+// put caches vp for tok and returns it, or returns the entry another
+// caller cached for tok first.
+func (c *tokenCache) put(tok string, vp *Verified, now time.Time) *Verified {
 	if c.max <= 0 {
-		return
+		return vp
 	}
 	h := maphash.String(c.seed, tok)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if cur := c.m[h]; cur != nil && cur.token == tok {
+		return cur
+	}
 	if len(c.m) >= c.max {
 		for k, e := range c.m {
 			if now.After(e.Exp.Add(passport.MaxLeeway)) {
@@ -306,6 +312,7 @@ func (c *tokenCache) put(tok string, vp *Verified, now time.Time) {
 		}
 	}
 	c.m[h] = vp
+	return vp
 }
 
 // jwksKeys fetches the authority's JWKS with jwkset: cached, refreshed
