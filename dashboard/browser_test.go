@@ -321,6 +321,8 @@ func TestBrowserLayoutFitsTheScreen(t *testing.T) {
 	p := newPage(t)
 	p.signIn(st.url, adminToken, "acme")
 	p.poll("incidents replayed", `document.querySelectorAll('tr[data-testid="incident"]').length === 6`)
+	// The chaos calls' decisions reach the chart through the feed, on their own time.
+	p.poll("decisions on the chart", `[...document.querySelectorAll('[data-testid="chart-bucket"]')].some(b => +b.dataset.allow + +b.dataset.deny + +b.dataset.error > 0)`)
 	if got := p.eval(`[...document.querySelectorAll('tr[data-testid="incident"]')].map(r => r.dataset.state).join(",")`); got != "DETECTED,RESOLVED,RESOLVED,RESOLVED,RESOLVED,RESOLVED" {
 		t.Fatalf("incidents shown %s, want the open one then the last five", got)
 	}

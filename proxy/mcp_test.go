@@ -280,8 +280,33 @@ func TestMCPThroughProxy(t *testing.T) {
 
 				// The records: a decision with the tool before each
 				// forwarded call, its outcome with the JSON-RPC result.
-				waitFor(t, "outcome records", func() bool { return countKind(h.sink.all(), audit.KindOutcome) >= 6 })
+				// An outcome is recorded once the proxy's copy of the answer
+				// ends, which can be after the client has read it.
 				var allowed, denied, toolErrors, results int
+				count := func() {
+					allowed, denied, toolErrors, results = 0, 0, 0, 0
+					for _, rec := range h.sink.all() {
+						var det struct {
+							MCP struct {
+								Tool    string      `json:"tool"`
+								Outcome *mcpOutcome `json:"outcome"`
+							} `json:"mcp"`
+						}
+						_ = json.Unmarshal(rec.Details, &det)
+						switch {
+						case rec.Kind == audit.KindDecision && det.MCP.Tool == "restart_deployment" && rec.Decision == audit.DecisionAllow:
+							allowed++
+						case rec.Kind == audit.KindDecision && rec.Decision == audit.DecisionDeny && det.MCP.Tool != "":
+							denied++
+						case rec.Kind == audit.KindOutcome && det.MCP.Outcome != nil && det.MCP.Outcome.Result == "tool_error":
+							toolErrors++
+						case rec.Kind == audit.KindOutcome && det.MCP.Tool == "restart_deployment" && det.MCP.Outcome != nil && det.MCP.Outcome.Result == "result":
+							results++
+						}
+					}
+				}
+				waitFor(t, "the tool calls' outcome records", func() bool { count(); return toolErrors >= 1 && results >= 3 })
+				allowed, denied, toolErrors, results = 0, 0, 0, 0
 				for _, rec := range h.sink.all() {
 					var det struct {
 						MCP struct {
@@ -315,16 +340,6 @@ func TestMCPThroughProxy(t *testing.T) {
 			})
 		}
 	}
-}
-
-func countKind(recs []*audit.Record, k audit.Kind) int {
-	n := 0
-	for _, r := range recs {
-		if r.Kind == k {
-			n++
-		}
-	}
-	return n
 }
 
 // mcpPost sends one raw MCP message.
