@@ -248,7 +248,11 @@ func (a *Authority) Run(ctx context.Context, ln net.Listener) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), a.cfg.HTTP.ShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("authority shutdown: %w", err)
+			// The grace period is over: what is still open is cut, as
+			// any server does once its drain ends.
+			a.log.Warn("authority shutdown: grace period over; closing the connections still open",
+				"grace", a.cfg.HTTP.ShutdownTimeout, "err", err)
+			_ = srv.Close()
 		}
 		return nil
 	})

@@ -188,3 +188,54 @@ func TestRunGraceful(t *testing.T) {
 		t.Fatal("unexpected")
 	}
 }
+
+// A connection still busy when the grace period ends (here one that sent
+// half a request) is cut, and Run returns nil: the drain is over, not
+// failed.
+func TestRunCutsWhatOutlastsTheGrace(t *testing.T) {
+	rs := redistest.Start(t)
+	cfg := testConfig()
+	cfg.HTTP.ShutdownTimeout = 200 * time.Millisecond
+	cfg.HTTP.ReadHeaderTimeout = time.Minute
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Issuer = "http://" + ln.Addr().String()
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, ln) }()
+	waitFor(t, 10*time.Second, "healthz", func() bool {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v, want nil once the grace period is over", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the half-sent request's connection is still open")
+	}
+}
