@@ -149,29 +149,7 @@ func TestApplyEnv(t *testing.T) {
 // Run serves until the context ends, lets an in-flight request finish, and
 // returns nil.
 func TestRunGraceful(t *testing.T) {
-	rs := redistest.Start(t)
-	cfg := testConfig()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Issuer = "http://" + ln.Addr().String()
-	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	base := "http://" + ln.Addr().String()
-	waitFor(t, 10*time.Second, "readyz", func() bool {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	base, ctx, cancel, done := runAuthority(t, testConfig())
 	cancel()
 	select {
 	case err := <-done:
@@ -193,31 +171,11 @@ func TestRunGraceful(t *testing.T) {
 // half a request) is cut, and Run returns nil: the drain is over, not
 // failed.
 func TestRunCutsWhatOutlastsTheGrace(t *testing.T) {
-	rs := redistest.Start(t)
 	cfg := testConfig()
 	cfg.HTTP.ShutdownTimeout = 200 * time.Millisecond
 	cfg.HTTP.ReadHeaderTimeout = time.Minute
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Issuer = "http://" + ln.Addr().String()
-	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	waitFor(t, 10*time.Second, "healthz", func() bool {
-		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
-	conn, err := net.Dial("tcp", ln.Addr().String())
+	base, _, cancel, done := runAuthority(t, cfg)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,4 +196,35 @@ func TestRunCutsWhatOutlastsTheGrace(t *testing.T) {
 	if _, err := conn.Read(make([]byte, 1)); err == nil {
 		t.Fatal("the half-sent request's connection is still open")
 	}
+}
+
+// runAuthority runs an authority of cfg on a free port and waits until it
+// is ready; it returns its URL, Run's context, the cancel that stops it
+// and the channel Run's result arrives on.
+func runAuthority(t *testing.T, cfg Config) (string, context.Context, context.CancelFunc, chan error) {
+	t.Helper()
+	rs := redistest.Start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	cfg.Issuer = base
+	a, err := New(cfg, Deps{Audit: audit.Discard, Redis: rs.Client(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, ln) }()
+	waitFor(t, 10*time.Second, "readyz", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return base, ctx, cancel, done
 }
