@@ -169,16 +169,22 @@ func (c *Cluster) form(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if len(view) != len(c.Nodes) {
+			meetAll := func() {
 				for _, o := range c.Nodes {
 					if o != n {
 						_ = n.do(ctx, "cluster", "meet", "127.0.0.1", o.Port, o.BusPort).Err()
 					}
 				}
+			}
+			if len(view) != len(c.Nodes) {
+				meetAll()
 				return fmt.Errorf("%s knows %d nodes", n.Addr, len(view))
 			}
 			for _, v := range view {
 				if v.flags["handshake"] || v.flags["noaddr"] {
+					// A handshake stuck under load: introduce them again
+					// (a MEET of a node already known is ignored).
+					meetAll()
 					return fmt.Errorf("%s sees %s in %v", n.Addr, v.addr, v.flags)
 				}
 			}
