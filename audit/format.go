@@ -7,14 +7,12 @@ package audit
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -22,66 +20,55 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Follow blocks on XREAD over the streams in last (stream key → the id
-// read last) and hands each new entry to fn, until ctx ends. With
-// allTenants it also follows every tenant that appears, picked up each
-// time a read times out.
+// Follow hands each new entry of the streams in last (stream key → the
+// id read last) to fn, until ctx ends or a read fails. With allTenants it
+// also follows every tenant that appears (listed every 2 s). It follows
+// with a Tail: one blocking XREAD over every stream on a single node or
+// Sentinel, one pipeline a poll on a Cluster.
 func Follow(ctx context.Context, rdb redis.UniversalClient, allTenants bool, last map[string]string, fn func(stream string, m redis.XMessage)) error {
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		return followCluster(ctx, cc, allTenants, last, fn)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tail := NewTail(rdb, TailConfig{Block: 5 * time.Second, Count: 500, OnError: func(err error) error {
+		return fmt.Errorf("follow audit streams: %w", err)
+	}})
+	known := map[string]bool{}
+	for k, id := range last {
+		tail.Add(k, id)
+		known[k] = true
 	}
-	for ctx.Err() == nil {
-		if allTenants {
-			if ts, err := ListTenants(ctx, rdb); err == nil {
-				for _, t := range ts {
-					if _, ok := last[StreamKey(t)]; !ok {
-						last[StreamKey(t)] = "0-0"
-					}
+	if allTenants {
+		list := func() {
+			ts, err := ListTenants(ctx, rdb)
+			if err != nil {
+				return // the next listing tries again; reads report a lost Redis
+			}
+			for _, t := range ts {
+				if k := StreamKey(t); !known[k] {
+					tail.Add(k, "0-0")
+					known[k] = true
 				}
 			}
 		}
-		if len(last) == 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(2 * time.Second):
-				continue
+		list()
+		go func() {
+			tick := time.NewTicker(2 * time.Second)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					list()
+				}
 			}
+		}()
+	}
+	return tail.Run(ctx, func(stream string, msgs []redis.XMessage) {
+		for _, m := range msgs {
+			fn(stream, m)
+			last[stream] = m.ID
 		}
-		res, err := readStreams(ctx, rdb, last, 5*time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("follow audit streams: %w", err)
-		}
-		for _, s := range res {
-			for _, m := range s.Messages {
-				fn(s.Stream, m)
-				last[s.Stream] = m.ID
-			}
-		}
-	}
-	return nil
-}
-
-// readStreams is one blocking XREAD over the streams of last: new entries,
-// or none when block passes.
-func readStreams(ctx context.Context, rdb redis.Cmdable, last map[string]string, block time.Duration) ([]redis.XStream, error) {
-	keys := make([]string, 0, len(last))
-	for k := range last {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	args := append([]string(nil), keys...)
-	for _, k := range keys {
-		args = append(args, last[k])
-	}
-	res, err := rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Block: block, Count: 500}).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	return res, err
+	})
 }
 
 // IDLess orders two stream ids.
@@ -355,120 +342,4 @@ func orEnd(id string) string {
 		return "end-of-stream"
 	}
 	return id
-}
-
-// followCluster is Follow on a Cluster, where one XREAD over streams in
-// several slots is refused (CROSSSLOT): a reader per primary blocks on the
-// streams that primary holds, and hands what it read to this goroutine,
-// which calls fn and moves last on before that reader reads again.
-func followCluster(ctx context.Context, cc *redis.ClusterClient, allTenants bool, last map[string]string, fn func(stream string, m redis.XMessage)) error {
-	type news struct {
-		res  []redis.XStream
-		err  error
-		done chan struct{} // closed once last holds res
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var mu sync.Mutex // guards last against the readers' reads of it
-	ch := make(chan news)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	readers := map[string]bool{}
-	reader := func(addr string) {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			mine := map[string]string{}
-			mu.Lock()
-			for k, id := range last {
-				if node, err := cc.MasterForKey(ctx, k); err == nil && node.Options().Addr == addr {
-					mine[k] = id
-				}
-			}
-			mu.Unlock()
-			node, ok := masterAt(ctx, cc, addr)
-			if !ok {
-				return // no longer a primary: the next listing starts its successor's reader
-			}
-			if len(mine) == 0 {
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-				continue
-			}
-			res, err := readStreams(ctx, node, mine, 2*time.Second)
-			if len(res) == 0 && err == nil {
-				continue
-			}
-			n := news{res: res, err: err, done: make(chan struct{})}
-			select {
-			case ch <- n:
-				<-n.done
-			case <-ctx.Done():
-			}
-		}
-	}
-	list := func() {
-		if allTenants {
-			if ts, err := ListTenants(ctx, cc); err == nil {
-				mu.Lock()
-				for _, t := range ts {
-					if _, ok := last[StreamKey(t)]; !ok {
-						last[StreamKey(t)] = "0-0"
-					}
-				}
-				mu.Unlock()
-			}
-		}
-		_ = cc.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if addr := node.Options().Addr; !readers[addr] {
-				readers[addr] = true
-				wg.Add(1)
-				go reader(addr)
-			}
-			return nil
-		})
-	}
-	list()
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-			list()
-		case n := <-ch:
-			if n.err != nil && ctx.Err() == nil {
-				close(n.done)
-				return fmt.Errorf("follow audit streams: %w", n.err)
-			}
-			for _, s := range n.res {
-				for _, m := range s.Messages {
-					fn(s.Stream, m)
-					mu.Lock()
-					last[s.Stream] = m.ID
-					mu.Unlock()
-				}
-			}
-			close(n.done)
-		}
-	}
-}
-
-// masterAt is the client of the primary at addr, if it still is one.
-func masterAt(ctx context.Context, cc *redis.ClusterClient, addr string) (*redis.Client, bool) {
-	var found *redis.Client
-	var mu sync.Mutex
-	_ = cc.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
-		if node.Options().Addr == addr {
-			mu.Lock()
-			found = node
-			mu.Unlock()
-		}
-		return nil
-	})
-	return found, found != nil
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Options tunes the server.
@@ -140,7 +141,8 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 func (s *Server) Client() *redis.Client {
 	// As internal/redisx does for every production client: the caller's
 	// deadline bounds each command.
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
 }

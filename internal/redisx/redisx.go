@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/agentpassport/passport/internal/tlsx"
 )
@@ -117,6 +118,11 @@ func (c Config) Options() (*redis.UniversalOptions, error) {
 		// 2s whatever deadline the code set (a 500ms revocation check, a
 		// 1s /readyz ping).
 		ContextTimeoutEnabled: true,
+		// Redis Enterprise's maintenance notifications: nothing here uses
+		// them, and the fallback from a server without them writes the
+		// shared options unguarded, a data race between a client and the
+		// connections it hands out (Client.Conn, used by audit.Tail).
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if len(c.Addrs) == 0 {
 		u := c.URL
