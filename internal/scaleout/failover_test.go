@@ -35,16 +35,45 @@ func TestFailoverUnderLoadCounted(t *testing.T) {
 		t.Skip("a Redis Cluster failover under load: not in -short")
 	}
 	for _, wait := range []int{1, 0} {
-		t.Run(fmt.Sprintf("wait_replicas=%d", wait), func(t *testing.T) { failoverUnderLoad(t, wait) })
+		t.Run(fmt.Sprintf("wait_replicas=%d", wait), func(t *testing.T) {
+			// With wait_replicas 1 a primary needs a second replica, or
+			// the one promoted in the failover could confirm no write
+			// until the dead node came back.
+			c := redistest.StartCluster(t, redistest.ClusterOptions{Replicas: 1 + wait})
+			failoverUnderLoad(t, wait, c.Client(), func(key string) func() {
+				old := c.KillPrimaryOf(key)
+				return func() { c.WaitFailover(old) }
+			})
+		})
 	}
 }
 
-func failoverUnderLoad(t *testing.T, wait int) {
-	// With wait_replicas 1 a primary needs a second replica, or the one
-	// promoted in the failover could confirm no write until the dead node
-	// came back.
-	c := redistest.StartCluster(t, redistest.ClusterOptions{Replicas: 1 + wait})
-	cc := c.Client()
+// TestSentinelFailoverUnderLoadCounted is TestFailoverUnderLoadCounted on
+// a Sentinel set (3 Sentinels, down-after 1 s): the primary, which holds
+// every key, is killed with SIGKILL under the same load, and the same
+// figures are counted and asserted.
+func TestSentinelFailoverUnderLoadCounted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Sentinel failover under load: not in -short")
+	}
+	for _, wait := range []int{1, 0} {
+		t.Run(fmt.Sprintf("wait_replicas=%d", wait), func(t *testing.T) {
+			// A second replica for wait_replicas 1, as on the Cluster.
+			s := redistest.StartSentinel(t, redistest.SentinelOptions{Replicas: 1 + wait})
+			failoverUnderLoad(t, wait, s.Client(), func(string) func() {
+				old := s.KillPrimary()
+				return func() { s.WaitFailover(old) }
+			})
+		})
+	}
+}
+
+// failoverUnderLoad runs two authorities and two proxies on rdb under a
+// steady load, calls kill with the tenant's stream key once the load is
+// steady (kill kills, with SIGKILL, the primary holding it and returns a
+// function that waits until another primary has taken over), and counts,
+// joins, logs and checks as TestFailoverUnderLoadCounted says.
+func failoverUnderLoad(t *testing.T, wait int, rdb redis.UniversalClient, kill func(key string) (waitFailover func())) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const tenant = "acme"
@@ -56,7 +85,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	writer := func(id string) *audit.Stream {
 		wc := sc
 		wc.WriterID = id
-		return runStream(t, newStream(t, cc, wc))
+		return runStream(t, newStream(t, rdb, wc))
 	}
 	var auths []string
 	for i := range 2 {
@@ -64,7 +93,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 		if i > 0 {
 			issuer = auths[0]
 		}
-		auths = append(auths, startAuthority(t, cc, issuer, writer(fmt.Sprintf("authority-%d", i))))
+		auths = append(auths, startAuthority(t, rdb, issuer, writer(fmt.Sprintf("authority-%d", i))))
 	}
 	var mu sync.Mutex
 	hits := map[string]bool{}
@@ -77,7 +106,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	t.Cleanup(up.Close)
 	var proxies []string
 	for i := range 2 {
-		proxies = append(proxies, startProxy(t, cc, up.URL, auths[0], auths[i], writer(fmt.Sprintf("proxy-%d", i))))
+		proxies = append(proxies, startProxy(t, rdb, up.URL, auths[0], auths[i], writer(fmt.Sprintf("proxy-%d", i))))
 	}
 
 	// One agent, a passport from each authority.
@@ -165,8 +194,8 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	time.Sleep(time.Second) // a second of steady load before the kill: there is no event to wait on
 
 	killedAt := time.Now()
-	old := c.KillPrimaryOf(audit.StreamKey(tenant))
-	c.WaitFailover(old)
+	waitFailover := kill(audit.StreamKey(tenant))
+	waitFailover()
 	failedOver := time.Now()
 	if err := retry(30*time.Second, func() error {
 		if !okSince(failedOver) {
@@ -193,7 +222,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	_ = retry(10*time.Second, func() error {
 		clear(decisions)
 		clear(outcomes)
-		err := audit.ScanStream(ctx, cc, audit.StreamKey(tenant), "-", 1000, func(m redis.XMessage) error {
+		err := audit.ScanStream(ctx, rdb, audit.StreamKey(tenant), "-", 1000, func(m redis.XMessage) error {
 			rec, _, err := audit.ParseMessage(m)
 			if err != nil {
 				return err
@@ -243,7 +272,7 @@ func failoverUnderLoad(t *testing.T, wait int) {
 	for _, s := range statuses {
 		line += fmt.Sprintf(" %d:%d", s, byStatus[s])
 	}
-	rep, err := audit.VerifyStream(ctx, cc, tenant, audit.VerifyOptions{})
+	rep, err := audit.VerifyStream(ctx, rdb, tenant, audit.VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
