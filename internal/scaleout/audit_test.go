@@ -361,10 +361,28 @@ func TestAuditFollowOnCluster(t *testing.T) {
 // `audit verify` reports the lost range (it used to pass).
 func TestAcknowledgedRecordsLostInFailoverAreReported(t *testing.T) {
 	c := redistest.StartCluster(t)
-	cc := c.Client()
 	tenant := tenantsOnDistinctPrimaries(t, c, 1)[0]
-	key := audit.StreamKey(tenant)
-	s := newStream(t, cc, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond})
+	old := c.PrimaryOf(audit.StreamKey(tenant))
+	lostRecordsReported(t, c.Client(), tenant, old.Server, c.ReplicasOf(old)[0].Server, func() { c.WaitFailover(old) })
+}
+
+// TestSentinelAcknowledgedRecordsLostInFailoverAreReported is the same on
+// a Sentinel set with one replica.
+func TestSentinelAcknowledgedRecordsLostInFailoverAreReported(t *testing.T) {
+	ss := redistest.StartSentinel(t, redistest.SentinelOptions{Replicas: 1})
+	old := ss.Primary()
+	replica := ss.Data[0]
+	if replica == old {
+		replica = ss.Data[1]
+	}
+	lostRecordsReported(t, ss.Client(), "acme", old, replica, func() { ss.WaitFailover(old) })
+}
+
+// lostRecordsReported appends to tenant's stream through rdb, makes the
+// primary acknowledge records its replica never gets, kills the primary,
+// and after waitFailover checks that `audit verify` names the lost range.
+func lostRecordsReported(t *testing.T, rdb redis.UniversalClient, tenant string, old, replica *redistest.Server, waitFailover func()) {
+	s := newStream(t, rdb, audit.StreamConfig{WriteTimeout: 500 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	acked := map[string]bool{}
@@ -378,13 +396,11 @@ func TestAcknowledgedRecordsLostInFailoverAreReported(t *testing.T) {
 		}
 	}
 	appendN(10)
-	old := c.PrimaryOf(key)
 	if n, err := old.Client().Wait(ctx, 1, 5000).Result(); err != nil || n != 1 {
 		t.Fatalf("WAIT = %d, %v", n, err)
 	}
 	// Freeze the replica and cut its link: what the primary acknowledges
 	// from now on never reaches it.
-	replica := c.ReplicasOf(old)[0]
 	replica.Freeze()
 	if err := old.Client().Do(ctx, "client", "kill", "type", "replica").Err(); err != nil {
 		t.Fatal(err)
@@ -392,7 +408,7 @@ func TestAcknowledgedRecordsLostInFailoverAreReported(t *testing.T) {
 	appendN(10)
 	old.Kill()
 	replica.Thaw()
-	c.WaitFailover(old)
+	waitFailover()
 	_ = retry(15*time.Second, func() error {
 		r := decision(tenant, i)
 		i++
@@ -403,11 +419,11 @@ func TestAcknowledgedRecordsLostInFailoverAreReported(t *testing.T) {
 		return err
 	})
 	appendN(5)
-	rep, err := audit.VerifyStream(ctx, cc, tenant, audit.VerifyOptions{})
+	rep, err := audit.VerifyStream(ctx, rdb, tenant, audit.VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	stored := requestIDs(t, cc, tenant)
+	stored := requestIDs(t, rdb, tenant)
 	lost := 0
 	for id := range acked {
 		if !stored[id] {
