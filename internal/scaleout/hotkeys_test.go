@@ -315,6 +315,15 @@ func TestGlobalKeysAreNotHotSpots(t *testing.T) {
 			t.Errorf("%s: %d commands on %s", phase, got, audit.WritersKey)
 		}
 	}
+	// The tenant registry: one SADD per writer and tenant, at the writer's
+	// first checkpoint there, never per call.
+	total := 0
+	for _, u := range units {
+		total += m.key(u.phase, audit.TenantsKey)
+	}
+	if writers, tenants := nProxies+2, 3; total > writers*tenants {
+		t.Errorf("%d commands on %s from %d writers in %d tenants", total, audit.TenantsKey, writers, tenants)
+	}
 	// A resubscription reads the revocations in chunks of at most 10,000
 	// and the blocked set once, per proxy, all on the one node holding them.
 	if got, most := m.count("reload", passport.RevokedKey, "ZRANGEBYSCORE"), nProxies*(seeded/10000+2); got < nProxies || got > most {
