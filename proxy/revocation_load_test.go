@@ -212,3 +212,72 @@ func procStatusMB(field string) float64 {
 	}
 	return 0
 }
+
+// BenchmarkRevokedReload is the cost, to Redis and to the network, of one
+// proxy's full reload of passport:revoked (what every proxy does after
+// each resubscription, so all of them at once after a failover of the
+// channel's node): 100,000 live revocations read by the real load. It
+// reports the proxy's wall time, the server time the reads took, the
+// commands, and the bytes Redis sent (INFO stats; nothing else talks to
+// this Redis).
+//
+//	go test -run XXX -bench RevokedReload -benchtime 10x ./proxy/
+func BenchmarkRevokedReload(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	const n = 100_000
+	seedRevocations(b, rdb, n, 0)
+	ctx := context.Background()
+	// stat reads a number from INFO section: name's value, or the field
+	// sub of it ("cmdstat_zrangebyscore:calls=4,usec=12,...").
+	stat := func(section, name, sub string) int64 {
+		s, err := rdb.Info(ctx, section).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for line := range strings.SplitSeq(s, "\r\n") {
+			v, ok := strings.CutPrefix(line, name+":")
+			if !ok {
+				continue
+			}
+			if sub != "" {
+				for f := range strings.SplitSeq(v, ",") {
+					if x, ok := strings.CutPrefix(f, sub+"="); ok {
+						v = x
+						break
+					}
+				}
+			}
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+		return 0
+	}
+	sample := func() (bytes, usec, calls int64) {
+		return stat("stats", "total_net_output_bytes", ""),
+			stat("commandstats", "cmdstat_zrangebyscore", "usec"),
+			stat("commandstats", "cmdstat_zrangebyscore", "calls")
+	}
+	var wall time.Duration
+	var bytes, server, cmds int64
+	for b.Loop() {
+		rv := quietRevocations(rdb, time.Now)
+		out0, us0, c0 := sample()
+		start := time.Now()
+		if err := rv.load(ctx); err != nil {
+			b.Fatal(err)
+		}
+		wall += time.Since(start)
+		out1, us1, c1 := sample()
+		if rv.size() != n {
+			b.Fatalf("loaded %d, want %d", rv.size(), n)
+		}
+		bytes += out1 - out0
+		server += us1 - us0
+		cmds += c1 - c0
+	}
+	b.ReportMetric(float64(wall.Milliseconds())/float64(b.N), "reload-ms")
+	b.ReportMetric(float64(server)/1000/float64(b.N), "redis-ms")
+	b.ReportMetric(float64(bytes)/1e6/float64(b.N), "reply-MB")
+	b.ReportMetric(float64(cmds)/float64(b.N), "zrangebyscore")
+}

@@ -154,10 +154,16 @@ func startAuthority(t *testing.T, rdb redis.UniversalClient, issuer string, w *a
 // keys and denial reports.
 func startProxy(t *testing.T, rdb redis.UniversalClient, upURL, issuer, authURL string, w *audit.Stream) string {
 	t.Helper()
+	return startProxyWithRegistry(t, rdb, upURL, issuer, authURL, w, prometheus.NewRegistry())
+}
+
+// startProxyWithRegistry is startProxy with the proxy's metrics on reg.
+func startProxyWithRegistry(t *testing.T, rdb redis.UniversalClient, upURL, issuer, authURL string, w *audit.Stream, reg *prometheus.Registry) string {
+	t.Helper()
 	cfg := proxy.FleetConfig(upURL)
 	cfg.Issuer, cfg.AuthorityURL = issuer, authURL
 	cfg.JWKSURL = authURL + "/.well-known/jwks.json"
-	px, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: w, Logger: testLogger(t), Registry: prometheus.NewRegistry(),
+	px, err := proxy.New(cfg, proxy.Deps{Redis: rdb, Audit: w, Logger: testLogger(t), Registry: reg,
 		Policies: policies.FS})
 	if err != nil {
 		t.Fatal(err)
