@@ -96,8 +96,9 @@
 //
 // # Robustness
 //
-// Each tenant's stream is read by one XREAD BLOCK loop per instance, and
-// each event is encoded once. Every connection has a bounded buffer
+// Each followed tenant's stream is read once per instance, however many
+// connections follow it, by one audit.Tail for all tenants (one XREAD BLOCK
+// over every stream; a poll on a Cluster), and each event is encoded once. Every connection has a bounded buffer
 // (send_buffer events) and its own writer goroutine; the fan-out never
 // blocks. A connection whose buffer is full leaves the live fan-out: its
 // writer sends what is queued, then reads the rest from the stream itself

@@ -34,7 +34,7 @@ const (
 
 type env struct {
 	t    testing.TB
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	hub  *Hub
 	auth *StaticAuth
 	srv  *httptest.Server
@@ -49,11 +49,14 @@ func newEnv(t *testing.T, cfg Config, opts ...func(*httptest.Server)) *env {
 func newTBEnv(t testing.TB, cfg Config, opts ...func(*httptest.Server)) *env {
 	t.Helper()
 	rs := redistest.Start(t)
-	rdb := rs.Client()
+	return newEnvOn(t, rs.Client(), cfg, opts...)
+}
+
+// newEnvOn is newTBEnv on a Redis of the caller's (a Cluster, a client
+// with a small pool).
+func newEnvOn(t testing.TB, rdb redis.UniversalClient, cfg Config, opts ...func(*httptest.Server)) *env {
+	t.Helper()
 	auth := NewStaticAuth(Token{Secret: adminToken}, Token{Secret: acmeToken, Tenants: []string{"acme"}})
-	if cfg.Block == 0 {
-		cfg.Block = 200 * time.Millisecond // quick shutdown: XREAD BLOCK is not interrupted by ctx
-	}
 	hub, err := New(cfg, Deps{Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Auth: auth})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/internal/backoff"
 	"github.com/agentpassport/passport/internal/run"
 	"github.com/agentpassport/passport/passport"
@@ -48,6 +49,9 @@ type Config struct {
 	MaxTail int `yaml:"max_tail"`
 	// Block is how long one XREAD blocks. Default 2s.
 	Block time.Duration `yaml:"block"`
+	// Poll is how often the followed streams are read on a Redis Cluster,
+	// where one XREAD cannot name streams in several slots. Default 250ms.
+	Poll time.Duration `yaml:"poll"`
 	// Batch is the COUNT of XREAD and XRANGE. Default 512.
 	Batch int `yaml:"batch"`
 }
@@ -63,6 +67,7 @@ const (
 	DefaultTicketTTL       = 30 * time.Second
 	DefaultMaxTail         = 5000
 	DefaultBlock           = 2 * time.Second
+	DefaultPoll            = 250 * time.Millisecond
 	DefaultBatch           = 512
 )
 
@@ -82,6 +87,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RecheckInterval, DefaultRecheckInterval)
 	def(&c.TicketTTL, DefaultTicketTTL)
 	def(&c.Block, DefaultBlock)
+	def(&c.Poll, DefaultPoll)
 	if c.MaxTail <= 0 {
 		c.MaxTail = DefaultMaxTail
 	}
@@ -115,10 +121,11 @@ type Deps struct {
 	Auth     Auth
 }
 
-// Hub is the feed: it tails each watched tenant's audit stream once (one
-// XREAD loop per tenant with at least one connection) and fans the events
-// out to that tenant's connections, each through its own bounded buffer
-// (gorilla's chat hub with a Redis stream as the source). It serves
+// Hub is the feed: it tails each watched tenant's audit stream once (an
+// audit.Tail: one blocking XREAD over every watched stream, or one
+// pipeline a poll on a Cluster) and fans the events out to that tenant's
+// connections, each through its own bounded buffer (gorilla's chat hub
+// with a Redis stream as the source). It serves
 // POST /v1/feed/ticket and GET /v1/feed (ServeHTTP), and must be running
 // (Run) to accept connections.
 type Hub struct {
@@ -128,10 +135,12 @@ type Hub struct {
 	auth    Auth
 	origins map[string]bool
 	m       *metrics
+	tail    *audit.Tail
 
 	mu      sync.Mutex
 	ctx     context.Context // set by Run; nil before and after
 	tenants map[string]*tenantHub
+	streams map[string]*tenantHub // by audit stream key
 	clients map[*client]struct{}
 	wg      sync.WaitGroup
 }
@@ -158,10 +167,19 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hub{
+	h := &Hub{
 		cfg: cfg, rdb: deps.Redis, log: deps.Logger, auth: deps.Auth, origins: origins, m: m,
-		tenants: map[string]*tenantHub{}, clients: map[*client]struct{}{},
-	}, nil
+		tenants: map[string]*tenantHub{}, streams: map[string]*tenantHub{}, clients: map[*client]struct{}{},
+	}
+	h.tail = audit.NewTail(deps.Redis, audit.TailConfig{
+		Block: cfg.Block, Poll: cfg.Poll, Count: cfg.Batch,
+		OnError: func(err error) error {
+			h.m.tailErrors.Inc()
+			h.log.Warn("feed tail read failed", "err", err)
+			return nil // retried with backoff; positions are kept, so nothing is lost
+		},
+	})
+	return h, nil
 }
 
 // Run makes the hub accept connections until ctx is done; then it closes
@@ -175,15 +193,17 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 	h.ctx = ctx
 	h.mu.Unlock()
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	var bg sync.WaitGroup
+	bg.Go(func() {
 		// A panic here is logged and counted; the feed then follows no
 		// revocations, which the feed's metrics show.
 		_ = run.Guarded(ctx, "feed.revocations", func() error { h.watchRevocations(ctx); return nil })()
-	}()
+	})
+	bg.Go(func() {
+		_ = run.Guarded(ctx, "feed.tail", func() error { return h.tail.Run(ctx, h.deliver) })()
+	})
 	<-ctx.Done()
-	<-watchDone
+	bg.Wait()
 	h.mu.Lock()
 	h.ctx = nil
 	for c := range h.clients {
@@ -262,10 +282,11 @@ func (h *Hub) register(c *client) (*tenantHub, context.Context, error) {
 			ready: make(chan struct{}), cancel: cancel, clients: map[*client]struct{}{},
 		}
 		h.tenants[c.tenant] = th
+		h.streams[th.key] = th
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			_ = run.Guarded(tctx, "feed.tail", func() error { th.run(tctx); return nil })()
+			_ = run.Guarded(tctx, "feed.follow", func() error { th.run(tctx); return nil })()
 		}()
 	}
 	th.refs++
@@ -285,6 +306,7 @@ func (h *Hub) unregister(c *client, th *tenantHub) {
 		th.cancel()
 		if h.tenants[c.tenant] == th {
 			delete(h.tenants, c.tenant)
+			delete(h.streams, th.key)
 		}
 	}
 	h.mu.Unlock()
@@ -294,7 +316,7 @@ func (h *Hub) unregister(c *client, th *tenantHub) {
 
 var errNotRunning = errors.New("feed not running")
 
-// tenantHub tails one tenant's stream and fans out to its connections.
+// tenantHub follows one tenant's stream and fans out to its connections.
 type tenantHub struct {
 	hub    *Hub
 	tenant string
@@ -308,9 +330,8 @@ type tenantHub struct {
 	clients map[*client]struct{}
 }
 
-// run finds the end of the stream, then follows it with XREAD BLOCK until
-// ctx is done. Redis errors are retried with backoff; since the position is
-// kept, nothing is lost across a Redis outage.
+// run finds the end of the stream, has the hub's tail follow it from
+// there until ctx is done. Redis errors are retried with backoff.
 func (t *tenantHub) run(ctx context.Context) {
 	h := t.hub
 	// Jittered: every dashboard replica that lost Redis together must not
@@ -334,32 +355,22 @@ func (t *tenantHub) run(ctx context.Context) {
 			return
 		}
 	}
-	retry.Reset()
-	for {
-		t.mu.Lock()
-		from := t.last.String()
-		t.mu.Unlock()
-		res, err := h.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{t.key, from}, Count: int64(h.cfg.Batch), Block: h.cfg.Block,
-		}).Result()
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			h.m.tailErrors.Inc()
-			h.log.WarnContext(ctx, "feed tail read failed", "tenant", t.tenant, "err", err)
-			if !retry.Wait(ctx) {
-				return
-			}
-			continue
-		}
-		retry.Reset()
-		for _, s := range res {
-			t.broadcast(s.Messages)
-		}
+	t.mu.Lock()
+	from := t.last.String()
+	t.mu.Unlock()
+	stop := h.tail.Add(t.key, from)
+	<-ctx.Done()
+	stop()
+}
+
+// deliver hands what the tail read of a stream to the tenant hub that
+// follows it.
+func (h *Hub) deliver(stream string, msgs []redis.XMessage) {
+	h.mu.Lock()
+	th := h.streams[stream]
+	h.mu.Unlock()
+	if th != nil {
+		th.broadcast(msgs)
 	}
 }
 

@@ -18,17 +18,17 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/passport"
 )
 
 // BenchmarkFeedManyTenants: one dashboard client on each of many tenants
 // (50 by default, PASSPORT_BENCH_FEED_TENANTS sets another count), the
-// hub with its default XREAD block (2 s) and the default Redis pool; a
-// record is written to every tenant's stream each 100 ms for 3 s. It
-// reports the delivery lag (write to the client's read) p50 and p99, the
-// hub's heap per client and how many records never arrived: the hub holds
-// one blocking XREAD per followed tenant, so the pool, not the CPU, is
-// what many tenants exhaust.
+// hub with its defaults and the default Redis pool, on one redis-server or,
+// with PASSPORT_BENCH_FEED_CLUSTER=1, on a 3-primary Cluster; a record is
+// written to every tenant's stream each 100 ms for 3 s. It reports the
+// delivery lag (write to the client's read) p50 and p99, the hub's heap per
+// client and how many records never arrived within 5 s.
 //
 //	go test -run XXX -bench FeedManyTenants -benchtime 1x ./feed/
 func BenchmarkFeedManyTenants(b *testing.B) {
@@ -37,7 +37,12 @@ func BenchmarkFeedManyTenants(b *testing.B) {
 		tenants = v
 	}
 	for b.Loop() {
-		e := newTBEnv(b, Config{Block: 2 * time.Second})
+		var e *env
+		if os.Getenv("PASSPORT_BENCH_FEED_CLUSTER") == "1" {
+			e = newEnvOn(b, redistest.StartCluster(b).Client(), Config{})
+		} else {
+			e = newTBEnv(b, Config{})
+		}
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
