@@ -290,7 +290,8 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Serve serves on ln until ctx is done, then shuts down gracefully (open
-// feed connections are closed with 1001 so that pages reconnect).
+// feed connections are closed with 1001 so that pages reconnect); what is
+// still open after ShutdownTimeout is cut, and Serve returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -312,7 +313,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), s.cfg.ShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("dashboard shutdown: %w", err)
+			// The grace period is over: what is still open is cut, as a
+			// drain does; the stop itself succeeded.
+			s.log.Warn("dashboard shutdown: grace period over; closing the connections still open",
+				"grace", s.cfg.ShutdownTimeout, "err", err)
+			_ = srv.Close()
 		}
 		return nil
 	})

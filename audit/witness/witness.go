@@ -203,7 +203,12 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx is done, then shuts down within 5 s.
+// shutdownGrace is how long Serve lets requests in flight finish once ctx
+// is done; then it cuts what is still open.
+var shutdownGrace = 5 * time.Second
+
+// Serve serves on ln until ctx is done, then shuts down within
+// shutdownGrace and returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, BaseContext: func(net.Listener) context.Context { return ctx }}
@@ -218,10 +223,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("witness serve: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("witness shutdown: %w", err)
+		// The grace period is over: what is still open is cut; the stop
+		// itself succeeded.
+		s.log.Warn("witness shutdown: grace period over; closing the connections still open",
+			"grace", shutdownGrace, "err", err)
+		_ = srv.Close()
 	}
 	return nil
 }
