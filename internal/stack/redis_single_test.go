@@ -11,12 +11,9 @@ import (
 	"github.com/agentpassport/passport/internal/stack"
 )
 
-// onCluster reports whether the tests run the stack on a Redis Cluster
-// (go test -tags cluster; redis_cluster_test.go).
-const onCluster = false
-
 // testRedis gives cfg a private single redis-server with AOF, stopped when
 // the test ends, and returns a client of it for the test's own reads.
+// With -tags cluster the tests run on a Cluster (redis_cluster_test.go).
 func testRedis(t *testing.T, cfg *stack.Config) redis.UniversalClient {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{AOF: true})

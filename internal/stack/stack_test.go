@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -83,6 +84,11 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 	}
 	if onDisk.URLs.Proxy != d.URLs.Proxy || onDisk.AdminToken == "" || len(onDisk.Agents) == 0 {
 		t.Fatalf("demo.json incomplete: %+v", onDisk.URLs)
+	}
+	// It names the Redis the test gave, which the stack used instead of
+	// starting its own: one server's URL, or the Cluster's seeds.
+	if onDisk.RedisURL != cfg.RedisURL || !slices.Equal(onDisk.RedisAddrs, cfg.RedisAddrs) {
+		t.Fatalf("demo.json names Redis %q %v, want %q %v", onDisk.RedisURL, onDisk.RedisAddrs, cfg.RedisURL, cfg.RedisAddrs)
 	}
 	hc, err := tlsx.HTTPClient(onDisk.CAFile, 10*time.Second)
 	if err != nil {
