@@ -9,7 +9,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 SHELL        := /bin/bash
 .SHELLFLAGS  := -o pipefail -c
 
-.PHONY: all build run test test-short deps deps-test lint fmt vet bench fuzz clean
+.PHONY: all build run test test-short test-cluster deps deps-test lint fmt vet bench fuzz clean
 
 all: build
 
@@ -37,6 +37,11 @@ test: deps-test
 
 test-short:
 	$(GO) test -short ./...
+
+## test-cluster: the end-to-end tests of internal/stack (the whole demo) on a private Redis Cluster of
+## 3 primaries and 3 replicas instead of one redis-server (build tag cluster); not part of make test.
+test-cluster: deps-test
+	$(GO) test -race -count=1 -timeout 30m -tags cluster ./internal/stack/
 
 ## lint: gofmt, go vet, opa fmt and opa check on policies/.
 lint:

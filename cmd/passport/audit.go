@@ -55,12 +55,13 @@ func (o *auditOpts) client(a *app) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
 		}
 		var demo struct {
-			RedisURL string `json:"redis_url"`
+			RedisURL   string   `json:"redis_url"`
+			RedisAddrs []string `json:"redis_addrs"`
 		}
 		if err := json.Unmarshal(b, &demo); err != nil {
 			return nil, fmt.Errorf("--data %s: demo.json: %w", o.dataDir, err)
 		}
-		if demo.RedisURL == "" {
+		if demo.RedisURL == "" && len(demo.RedisAddrs) == 0 {
 			return nil, fmt.Errorf("--data %s: demo.json has no redis_url", o.dataDir)
 		}
 		url = demo.RedisURL

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/healer"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/internal/stack"
 )
 
 // TestCLIReachesACluster: the commands that read Redis take Cluster seeds
@@ -78,6 +80,28 @@ func TestCLIReachesACluster(t *testing.T) {
 		if !got[tn] {
 			t.Fatalf("incidents lists tenants %v, want %v", got, tenants)
 		}
+	}
+
+	// --data DIR of a `passport up` on the Cluster: demo.json's
+	// redis_addrs, with no redis_url, reach it.
+	dir := t.TempDir()
+	b, _ := json.Marshal(stack.Demo{RedisAddrs: []string{seed}})
+	if err := os.WriteFile(stack.DemoFile(dir), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = cli(t, nil, "audit", "verify", "--data", dir)
+	if code != 0 {
+		t.Fatalf("audit verify --data (redis_addrs): exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, tn := range tenants {
+		if !strings.Contains(out, audit.StreamKey(tn)) {
+			t.Fatalf("audit verify --data did not check %s:\n%s", tn, out)
+		}
+	}
+	out, errOut, code = cli(t, nil, "incidents", "--json", "--data", dir)
+	list = nil
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != len(tenants) {
+		t.Fatalf("incidents --data (redis_addrs): exit %d %q %q", code, out, errOut)
 	}
 }
 

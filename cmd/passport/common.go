@@ -71,6 +71,19 @@ func (a *app) demoCAFile() string {
 	return d.CAFile
 }
 
+// demoRedisSeeds is the demo.json in --data DIR when it names Redis seeds
+// (redis_addrs), else nil.
+func (a *app) demoRedisSeeds() *stack.Demo {
+	if a.dataDir == "" {
+		return nil
+	}
+	d, err := stack.ReadDemo(a.dataDir)
+	if err != nil || len(d.RedisAddrs) == 0 {
+		return nil
+	}
+	return &d
+}
+
 // httpClient is a client with timeout that trusts caFile.
 func (a *app) httpClient(timeout time.Duration) (*http.Client, error) {
 	return tlsx.HTTPClient(a.caFile(), timeout)
@@ -105,9 +118,21 @@ func (a *app) redisEnv(rc *redisx.Config) {
 // redisSeeds applies --redis-addrs (PASSPORT_REDIS_ADDRS) and
 // --redis-master (PASSPORT_REDIS_MASTER): the addresses replace the URL's
 // (its user, password and database still apply); with a master name they
-// are sentinels, without one Cluster seeds (one seed is enough).
+// are sentinels, without one Cluster seeds (one seed is enough). Between
+// the flags and the environment come the redis_addrs and redis_master of
+// the demo.json in --data DIR, of a `passport up` on a Cluster or Sentinel
+// set.
 func (a *app) redisSeeds(rc *redisx.Config) {
-	addrs := firstNonEmpty(a.redisAddrs, a.getenv("PASSPORT_REDIS_ADDRS"))
+	addrs := a.redisAddrs
+	master := firstNonEmpty(a.redisMaster, a.getenv("PASSPORT_REDIS_MASTER"), rc.MasterName)
+	if addrs == "" {
+		if d := a.demoRedisSeeds(); d != nil {
+			addrs, master = strings.Join(d.RedisAddrs, ","), d.RedisMaster
+		}
+	}
+	if addrs == "" {
+		addrs = a.getenv("PASSPORT_REDIS_ADDRS")
+	}
 	if addrs == "" {
 		return
 	}
@@ -117,7 +142,7 @@ func (a *app) redisSeeds(rc *redisx.Config) {
 			rc.Addrs = append(rc.Addrs, s)
 		}
 	}
-	rc.MasterName = firstNonEmpty(a.redisMaster, a.getenv("PASSPORT_REDIS_MASTER"), rc.MasterName)
+	rc.MasterName = master
 	rc.Cluster = rc.MasterName == ""
 	if rc.URL != "" {
 		if ro, err := redis.ParseURL(rc.URL); err == nil {

@@ -318,12 +318,13 @@ func (a *app) policyRedisURL(flagURL, dataDir string) (string, error) {
 			return "", fmt.Errorf("--data: %w", err)
 		}
 		var demo struct {
-			RedisURL string `json:"redis_url"`
+			RedisURL   string   `json:"redis_url"`
+			RedisAddrs []string `json:"redis_addrs"`
 		}
 		if err := json.Unmarshal(b, &demo); err != nil {
 			return "", fmt.Errorf("--data %s: demo.json: %w", dataDir, err)
 		}
-		if demo.RedisURL == "" {
+		if demo.RedisURL == "" && len(demo.RedisAddrs) == 0 {
 			return "", fmt.Errorf("--data %s: demo.json has no redis_url", dataDir)
 		}
 		return demo.RedisURL, nil

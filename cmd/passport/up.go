@@ -31,7 +31,7 @@ func (a *app) upCmd() *cobra.Command {
 		Long: `Run the whole Agent Passport demo on loopback, in one process.
 
 It starts a private redis-server with AOF under --data, requiring a generated password
-(unless PASSPORT_REDIS_URL is set), the authority (:8081) with its signing keys encrypted
+(unless PASSPORT_REDIS_URL, or --redis-addrs for a Cluster or Sentinel set, is given), the authority (:8081) with its signing keys encrypted
 at rest by a generated key (--data/key-encryption-key, or PASSPORT_KEY_ENCRYPTION_KEY), the demo fleet's control API (:9000), the proxy in front of
 it (:8080, admin :9080), and for each demo tenant (acme, globex) a healer, a chaos
 simulator firing random faults and a rogue agent; then the dashboard (:8090).
@@ -88,6 +88,12 @@ Ctrl-C stops everything cleanly.`,
 				}
 			}
 			config.Env(a.getenv).String("PASSPORT_REDIS_URL", &cfg.RedisURL)
+			// --redis-addrs / PASSPORT_REDIS_ADDRS and --redis-master /
+			// PASSPORT_REDIS_MASTER, over the file's redis_addrs and
+			// redis_master, as for every other command.
+			rc := redisx.Config{Addrs: cfg.RedisAddrs, MasterName: cfg.RedisMaster}
+			a.redisSeeds(&rc)
+			cfg.RedisAddrs, cfg.RedisMaster = rc.Addrs, rc.MasterName
 			config.Env(a.getenv).String("PASSPORT_ADMIN_TOKEN", &cfg.AdminToken)
 			config.Env(a.getenv).String("PASSPORT_KEY_ENCRYPTION_KEY", &cfg.KeyEncryptionKey)
 			config.Env(a.getenv).String("PASSPORT_WITNESS", &cfg.Witness)
@@ -126,7 +132,11 @@ func printTour(w io.Writer, dir, logPath string, d stack.Demo) {
 	fmt.Fprintf(&b, "  mcp         %s/mcp  (the demo MCP server's tools, through the proxy: docs/mcp.md)\n", d.URLs.Proxy)
 	fmt.Fprintf(&b, "  authority   %s      (/.well-known/jwks.json, /oauth2/token, /v1/tenants/...)\n", d.URLs.Authority)
 	fmt.Fprintf(&b, "  fleet       %s      (the control API the proxy protects; agents never call it directly)\n", d.URLs.Fleet)
-	fmt.Fprintf(&b, "  redis       %s      (password-protected; the full URL is in demo.json)\n", redisx.Redact(d.RedisURL))
+	if len(d.RedisAddrs) > 0 {
+		fmt.Fprintf(&b, "  redis       %s      (seeds; demo.json has them)\n", strings.Join(d.RedisAddrs, ","))
+	} else {
+		fmt.Fprintf(&b, "  redis       %s      (password-protected; the full URL is in demo.json)\n", redisx.Redact(d.RedisURL))
+	}
 	fmt.Fprintf(&b, "  credentials %s (Redis URL, admin token and every demo agent's client secret; mode 0600)\n", stack.DemoFile(dir))
 	if logPath != "" {
 		fmt.Fprintf(&b, "  logs        %s (this terminal shows one line per incident and per block)\n", logPath)

@@ -6,9 +6,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/stack"
 )
 
@@ -68,5 +71,44 @@ func TestUpNoTLS(t *testing.T) {
 				t.Errorf("plain GET /services: %d, want 401", code)
 			}
 		})
+	}
+}
+
+// TestUpOnACluster: `passport up --redis-addrs SEED` runs the demo on that
+// Redis Cluster instead of starting its own, says so in its banner and
+// demo.json, and commands given --data DIR reach the Cluster: `audit
+// verify` checks acme's stream, `incidents` answers.
+func TestUpOnACluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole demo")
+	}
+	c := redistest.StartCluster(t)
+	seed := c.Addrs()[0]
+	dir := filepath.Join(t.TempDir(), "data")
+	up := startUp(t, dir, "--redis-addrs", seed, "--no-tls", "--no-chaos", "--no-rogue")
+	defer up.stop()
+	d, err := stack.ReadDemo(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(d.RedisAddrs, []string{seed}) || d.RedisURL != "" {
+		t.Fatalf("demo.json: redis_url %q, redis_addrs %v; want none and [%s]", d.RedisURL, d.RedisAddrs, seed)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "redis")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("started a private Redis on a Cluster: %v", err)
+	}
+	if !strings.Contains(up.stdout.String(), "redis       "+seed) {
+		t.Errorf("banner does not name the seed:\n%s", up.stdout.String())
+	}
+	out, errOut, code := cli(t, nil, "audit", "verify", "--data", dir)
+	if code != 0 {
+		t.Fatalf("audit verify --data: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// acme's stream has the demo's calls (its observer acts through MCP).
+	if !strings.Contains(out, "OK "+audit.StreamKey("acme")) {
+		t.Fatalf("audit verify --data did not check acme:\n%s", out)
+	}
+	if out, errOut, code := cli(t, nil, "incidents", "--json", "--data", dir); code != 0 {
+		t.Fatalf("incidents --data: exit %d %q %q", code, out, errOut)
 	}
 }

@@ -161,32 +161,44 @@ func (c *Cluster) form(ctx context.Context) error {
 	}
 	// CLUSTER REPLICATE needs the primary to be known to the replica. A
 	// handshake that does not finish within the node timeout (a loaded
-	// machine) is forgotten, so a node that still misses others is
-	// introduced to all of them again.
+	// machine) is forgotten, so a node that misses a peer is introduced to
+	// it again. Only to the peers it misses: a MEET of a peer it knows
+	// starts one more handshake (CLUSTER NODES lists it under a random id
+	// until the peer answers and Redis drops the duplicate), so meeting
+	// every peer at each poll kept a node with handshakes in flight on a
+	// loaded machine, never settling ("knows 9 nodes" of 6 for 30 s).
 	if err := poll(ctx, "every node knows every other", func(ctx context.Context) error {
 		for _, n := range c.Nodes {
 			view, err := n.nodes(ctx)
 			if err != nil {
 				return err
 			}
-			meetAll := func() {
-				for _, o := range c.Nodes {
-					if o != n {
-						_ = n.do(ctx, "cluster", "meet", "127.0.0.1", o.Port, o.BusPort).Err()
-					}
+			known := map[string]bool{}
+			for _, v := range view {
+				if !v.flags["noaddr"] {
+					known[v.addr] = true
+				}
+			}
+			missing := 0
+			for _, o := range c.Nodes {
+				if o != n && !known[o.Addr] {
+					missing++
+					_ = n.do(ctx, "cluster", "meet", "127.0.0.1", o.Port, o.BusPort).Err()
+				}
+			}
+			if missing > 0 {
+				return fmt.Errorf("%s misses %d of its peers", n.Addr, missing)
+			}
+			for _, v := range view {
+				if v.flags["handshake"] {
+					// Under way, or stuck: Redis forgets a handshake
+					// after the node timeout, and the peer is then
+					// missing and met again above.
+					return fmt.Errorf("%s sees %s in %v", n.Addr, v.addr, v.flags)
 				}
 			}
 			if len(view) != len(c.Nodes) {
-				meetAll()
 				return fmt.Errorf("%s knows %d nodes", n.Addr, len(view))
-			}
-			for _, v := range view {
-				if v.flags["handshake"] || v.flags["noaddr"] {
-					// A handshake stuck under load: introduce them again
-					// (a MEET of a node already known is ignored).
-					meetAll()
-					return fmt.Errorf("%s sees %s in %v", n.Addr, v.addr, v.flags)
-				}
 			}
 		}
 		return nil

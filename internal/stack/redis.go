@@ -16,7 +16,38 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/agentpassport/passport/internal/redisx"
 )
+
+// redisConfig is how every component of the stack reaches Redis: the URL
+// alone for one node; with addrs, Cluster seeds (or sentinels, with
+// master), taking from the URL only its user, password and database, as
+// the commands' --redis-addrs does.
+func redisConfig(url string, addrs []string, master string) (redisx.Config, error) {
+	if len(addrs) == 0 {
+		return redisx.Config{URL: url}, nil
+	}
+	rc := redisx.Config{Addrs: addrs, MasterName: master, Cluster: master == ""}
+	if url != "" {
+		ro, err := redis.ParseURL(url)
+		if err != nil {
+			return redisx.Config{}, fmt.Errorf("parse redis url %s: %w", redisx.Redact(url), err)
+		}
+		rc.Username, rc.Password, rc.DB = ro.Username, ro.Password, ro.DB
+		rc.TLS.Enabled = strings.HasPrefix(url, "rediss://")
+	}
+	return rc, nil
+}
+
+// redisWhere names the Redis the stack uses, without its password, for
+// errors.
+func redisWhere(url string, addrs []string) string {
+	if len(addrs) > 0 {
+		return strings.Join(addrs, ",")
+	}
+	return redisx.Redact(url)
+}
 
 // localRedis is a private redis-server that `passport up` runs under the
 // data directory, with AOF on so the audit stream survives a restart.

@@ -80,6 +80,16 @@ type Config struct {
 	// PASSPORT_REDIS_URL). Default: a private redis-server under DataDir,
 	// requiring the password kept in DataDir/redis-password.
 	RedisURL string `yaml:"redis_url"`
+	// RedisAddrs uses an existing Redis Cluster (or, with RedisMaster, a
+	// Sentinel set) given by its seeds host:port (`passport up
+	// --redis-addrs`, env PASSPORT_REDIS_ADDRS) instead of starting one;
+	// RedisURL then supplies only the user, password and database.
+	// Default none.
+	RedisAddrs []string `yaml:"redis_addrs"`
+	// RedisMaster is the Sentinel primary's name: RedisAddrs are then
+	// sentinels (`--redis-master`, env PASSPORT_REDIS_MASTER). Default
+	// none: RedisAddrs are Cluster seeds.
+	RedisMaster string `yaml:"redis_master"`
 	// KeyEncryptionKey encrypts the authority's signing keys at rest in
 	// Redis (env PASSPORT_KEY_ENCRYPTION_KEY). Default: the one kept in
 	// DataDir/key-encryption-key, generated on first start (mode 0600).
@@ -124,11 +134,16 @@ type Config struct {
 // Demo is what DataDir/demo.json holds: where everything is and the demo
 // agents' credentials, for scripts, the CLI (--data DIR) and tests.
 type Demo struct {
-	URLs       URLs        `json:"urls"`
-	RedisURL   string      `json:"redis_url"`
-	AdminToken string      `json:"admin_token"`
-	Tenants    []string    `json:"tenants"`
-	Agents     []DemoAgent `json:"agents"`
+	URLs     URLs   `json:"urls"`
+	RedisURL string `json:"redis_url"`
+	// RedisAddrs and RedisMaster are the stack's Cluster seeds or
+	// sentinels and Sentinel primary (Config.RedisAddrs); redis_url then
+	// carries only credentials, if any.
+	RedisAddrs  []string    `json:"redis_addrs,omitempty"`
+	RedisMaster string      `json:"redis_master,omitempty"`
+	AdminToken  string      `json:"admin_token"`
+	Tenants     []string    `json:"tenants"`
+	Agents      []DemoAgent `json:"agents"`
 	// HealerAPIs maps a tenant to its healer's incidents API.
 	HealerAPIs map[string]string `json:"healer_apis"`
 	// DashboardLogin opens the dashboard signed in (the token is in the
@@ -317,7 +332,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 
 	// Redis first: everything else keeps its state there.
 	redisURL := cfg.RedisURL
-	if redisURL == "" {
+	if redisURL == "" && len(cfg.RedisAddrs) == 0 {
 		password, err := localSecret(filepath.Join(cfg.DataDir, RedisPasswordFile))
 		if err != nil {
 			return fmt.Errorf("redis password: %w", err)
@@ -330,7 +345,11 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 		redisURL = r.url
 		s.log.Info("redis started", "url", redisx.Redact(redisURL), "dir", filepath.Join(cfg.DataDir, "redis"), "appendonly", "yes", "appendfsync", "always")
 	}
-	rdb, err := redisx.New(redisx.Config{URL: redisURL})
+	rc, err := redisConfig(redisURL, cfg.RedisAddrs, cfg.RedisMaster)
+	if err != nil {
+		return err
+	}
+	rdb, err := redisx.New(rc)
 	if err != nil {
 		return err
 	}
@@ -340,7 +359,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	err = redisx.Ping(pctx, rdb)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("redis %s: %w", redisx.Redact(redisURL), err)
+		return fmt.Errorf("redis %s: %w", redisWhere(redisURL, cfg.RedisAddrs), err)
 	}
 
 	adminToken := cfg.AdminToken
@@ -373,13 +392,15 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 			Proxy: s.urlOf(lns["proxy"]), ProxyAdmin: s.urlOf(lns["proxy_admin"]),
 			Authority: s.urlOf(lns["authority"]), Dashboard: s.urlOf(lns["dashboard"]),
 		},
-		RedisURL:   redisURL,
-		AdminToken: adminToken,
-		Tenants:    cfg.Tenants,
-		HealerAPIs: map[string]string{},
-		StartedAt:  time.Now().UTC(),
-		Witness:    cfg.Witness,
-		CAFile:     s.caFile(),
+		RedisURL:    redisURL,
+		RedisAddrs:  cfg.RedisAddrs,
+		RedisMaster: cfg.RedisMaster,
+		AdminToken:  adminToken,
+		Tenants:     cfg.Tenants,
+		HealerAPIs:  map[string]string{},
+		StartedAt:   time.Now().UTC(),
+		Witness:     cfg.Witness,
+		CAFile:      s.caFile(),
 	}
 
 	// Each component's service runs its own audit writer and stops it
@@ -396,7 +417,7 @@ func (s *Stack) run(ctx context.Context, onReady func(Demo)) error {
 	// else; it lives as long as this run.
 	reporterToken := rand.Text()
 	acfg.ReporterTokens = []string{reporterToken}
-	acfg.Redis = redisx.Config{URL: redisURL}
+	acfg.Redis = rc
 	acfg.Keys.EncryptionKey = kek
 	if cfg.BcryptCost > 0 {
 		acfg.Clients.BcryptCost = cfg.BcryptCost

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -21,7 +22,6 @@ import (
 	"github.com/agentpassport/passport/approval"
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority/client"
-	"github.com/agentpassport/passport/internal/redistest"
 	"github.com/agentpassport/passport/internal/stack"
 	"github.com/agentpassport/passport/internal/tlsx"
 	"github.com/agentpassport/passport/passport"
@@ -31,7 +31,7 @@ import (
 type running struct {
 	demo    stack.Demo
 	dataDir string
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	admin   *client.Admin
 	// hc calls the stack: it trusts demo.json's ca_file alone when the
 	// stack runs TLS, as curl --cacert does.
@@ -42,12 +42,12 @@ type running struct {
 }
 
 // startStack runs the whole demo on free loopback ports against a private
-// redis-server, and stops it when the test ends.
+// redis-server (a private Redis Cluster with -tags cluster: testRedis),
+// and stops it when the test ends.
 func startStack(t *testing.T, cfg stack.Config) *running {
 	t.Helper()
-	srv := redistest.Start(t, redistest.Options{AOF: true})
+	rdb := testRedis(t, &cfg)
 	cfg.DataDir = t.TempDir()
-	cfg.RedisURL = srv.URL()
 	cfg.ProxyPort, cfg.ProxyAdminPort, cfg.AuthorityPort, cfg.FleetPort, cfg.DashboardPort, cfg.HealerPort = -1, -1, -1, -1, -1, -1
 	cfg.BcryptCost = 4
 	ctx, cancel := context.WithCancel(context.Background())
@@ -85,6 +85,11 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 	if onDisk.URLs.Proxy != d.URLs.Proxy || onDisk.AdminToken == "" || len(onDisk.Agents) == 0 {
 		t.Fatalf("demo.json incomplete: %+v", onDisk.URLs)
 	}
+	// It names the Redis the test gave, which the stack used instead of
+	// starting its own: one server's URL, or the Cluster's seeds.
+	if onDisk.RedisURL != cfg.RedisURL || !slices.Equal(onDisk.RedisAddrs, cfg.RedisAddrs) {
+		t.Fatalf("demo.json names Redis %q %v, want %q %v", onDisk.RedisURL, onDisk.RedisAddrs, cfg.RedisURL, cfg.RedisAddrs)
+	}
 	hc, err := tlsx.HTTPClient(onDisk.CAFile, 10*time.Second)
 	if err != nil {
 		t.Fatalf("demo.json's ca_file: %v", err)
@@ -93,7 +98,7 @@ func startStack(t *testing.T, cfg stack.Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &running{demo: d, dataDir: cfg.DataDir, rdb: srv.Client(), admin: admin, hc: hc, observers: map[string]string{}}
+	return &running{demo: d, dataDir: cfg.DataDir, rdb: rdb, admin: admin, hc: hc, observers: map[string]string{}}
 }
 
 type testWriter struct{ t *testing.T }
@@ -619,13 +624,13 @@ func TestFleetTakesOnlyProxiedCalls(t *testing.T) {
 // same data directory writes as the same writers (keys in
 // DATA/audit-keys), resuming their chains, and the trail verifies.
 func TestUpKeepsItsWritersAcrossRestarts(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{AOF: true})
-	cfg := stack.Config{DataDir: t.TempDir(), RedisURL: srv.URL(), ChaosInterval: -1, NoRogue: true, BcryptCost: 4, Witness: "none"}
+	cfg := stack.Config{DataDir: t.TempDir(), ChaosInterval: -1, NoRogue: true, BcryptCost: 4, Witness: "none"}
+	rdb := testRedis(t, &cfg)
 	cfg.ProxyPort, cfg.ProxyAdminPort, cfg.AuthorityPort, cfg.FleetPort, cfg.DashboardPort, cfg.HealerPort = -1, -1, -1, -1, -1, -1
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	writers := func() []string {
 		var out []string
-		for w := range srv.Client().HGetAll(context.Background(), audit.WritersKey).Val() {
+		for w := range rdb.HGetAll(context.Background(), audit.WritersKey).Val() {
 			out = append(out, w)
 		}
 		sort.Strings(out)
@@ -665,7 +670,7 @@ func TestUpKeepsItsWritersAcrossRestarts(t *testing.T) {
 		t.Fatalf("writers after a restart %v, want the same as before %v", got, first)
 	}
 	for _, tenant := range stack.DefaultTenants {
-		rep, err := audit.VerifyStream(context.Background(), srv.Client(), tenant, audit.VerifyOptions{})
+		rep, err := audit.VerifyStream(context.Background(), rdb, tenant, audit.VerifyOptions{})
 		if err != nil || !rep.OK() {
 			t.Fatalf("verify %s after a restart: %v %+v", tenant, err, rep)
 		}
