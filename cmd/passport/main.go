@@ -83,7 +83,7 @@ decision in an append-only audit stream in Redis before anything is forwarded.`,
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (default info for servers, warn for one-shot commands)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
-	root.PersistentFlags().StringVar(&a.redisAddrs, "redis-addrs", "", "Redis Cluster or Sentinel seeds host:port,host:port, replacing the Redis URL's address (default $PASSPORT_REDIS_ADDRS)")
+	root.PersistentFlags().StringVar(&a.redisAddrs, "redis-addrs", "", "Redis Cluster or Sentinel seeds host:port,host:port, replacing the Redis URL's address (default: demo.json's redis_addrs with --data, else $PASSPORT_REDIS_ADDRS)")
 	root.PersistentFlags().StringVar(&a.redisMaster, "redis-master", "", "the Sentinel primary's name: --redis-addrs are then sentinels (default $PASSPORT_REDIS_MASTER)")
 	root.PersistentFlags().StringVar(&a.caFileFlag, "ca-file", "", "PEM CA bundle trusted for the TLS services this command calls (default $PASSPORT_CA_FILE, else the system's roots)")
 	root.AddCommand(
