@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -128,7 +130,37 @@ type wstate struct {
 	firstPos  int
 }
 
-type openAllow struct{ requestID, id string }
+// reqKey names a (kind, request id) pair by 128 bits of its SHA-256, and
+// entryID is a stream id as two numbers: the verifier keeps one of each
+// per decision and outcome record of the stream, so they are kept small
+// (a stream of 10 million records held gigabytes as strings).
+type (
+	reqKey  [16]byte
+	entryID [2]uint64
+)
+
+func keyOf(kind Kind, requestID string) reqKey {
+	h := sha256.New()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	h.Write([]byte(requestID))
+	var k reqKey
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+func entryOf(id string) entryID {
+	ms, seq, _ := strings.Cut(id, "-")
+	a, _ := strconv.ParseUint(ms, 10, 64)
+	b, _ := strconv.ParseUint(seq, 10, 64)
+	return entryID{a, b}
+}
+
+func (e entryID) String() string {
+	return strconv.FormatUint(e[0], 10) + "-" + strconv.FormatUint(e[1], 10)
+}
+
+func (e entryID) less(o entryID) bool { return e[0] < o[0] || e[0] == o[0] && e[1] < o[1] }
 
 // Verifier checks one stream's entries in order. It is pure (no Redis), so
 // it can be fuzzed and used on exported files.
@@ -138,8 +170,8 @@ type Verifier struct {
 	keys    map[string]ed25519.PublicKey
 	heads   map[string]Anchor
 	writers map[string]*wstate
-	reqs    map[string]string
-	allows  []openAllow // allow decisions, in stream order
+	reqs    map[reqKey]entryID // decision and outcome records met, by kind and request id
+	open    map[reqKey]entryID // allow decisions without an outcome record yet, by request id
 	// passports are the passport records met, by stream id; firstID is
 	// the first entry's id (references before it were trimmed).
 	passports map[string]*Record
@@ -180,7 +212,7 @@ func NewVerifier(tenant string, keys map[string]ed25519.PublicKey, heads map[str
 	}
 	return &Verifier{
 		stream: stream, tenant: tenant, keys: keys, heads: heads,
-		writers: map[string]*wstate{}, reqs: map[string]string{}, passports: map[string]*Record{},
+		writers: map[string]*wstate{}, reqs: map[reqKey]entryID{}, open: map[reqKey]entryID{}, passports: map[string]*Record{},
 		anchors: map[string]map[Anchor]bool{}, unknown: map[string]bool{},
 		rep: Report{Stream: stream, Writers: map[string]*WriterReport{}},
 	}
@@ -271,15 +303,20 @@ func (v *Verifier) Add(id string, raw []byte) {
 	v.addWitnessed(id, rec, p)
 
 	if rec.RequestID != "" && (rec.Kind == KindDecision || rec.Kind == KindOutcome) {
-		k := string(rec.Kind) + "\x00" + rec.RequestID
+		k := keyOf(rec.Kind, rec.RequestID)
 		if first, ok := v.reqs[k]; ok {
 			p.Kind = ProblemDuplicate
 			p.Detail = fmt.Sprintf("%s record for request id %q already at %s", rec.Kind, rec.RequestID, first)
 			v.problem(p)
 		} else {
-			v.reqs[k] = id
-			if rec.Kind == KindDecision && rec.Decision == DecisionAllow {
-				v.allows = append(v.allows, openAllow{rec.RequestID, id})
+			v.reqs[k] = entryOf(id)
+			switch {
+			case rec.Kind == KindDecision && rec.Decision == DecisionAllow:
+				if _, done := v.reqs[keyOf(KindOutcome, rec.RequestID)]; !done {
+					v.open[keyOf(KindDecision, rec.RequestID)] = entryOf(id)
+				}
+			case rec.Kind == KindOutcome:
+				delete(v.open, keyOf(KindDecision, rec.RequestID))
 			}
 		}
 	}
@@ -400,13 +437,15 @@ func (v *Verifier) Finish() *Report {
 				Detail: fmt.Sprintf("the writer's head in Redis is seq %d but the stream ends at seq %d (records deleted at the tail)", h.Seq, last)})
 		}
 	}
-	for _, a := range v.allows {
-		if _, ok := v.reqs[string(KindOutcome)+"\x00"+a.requestID]; !ok {
-			if v.rep.OpenAllows == 0 {
-				v.rep.FirstOpenAllow = a.id
-			}
-			v.rep.OpenAllows++
+	var first entryID
+	for _, id := range v.open {
+		if v.rep.OpenAllows == 0 || id.less(first) {
+			first = id
 		}
+		v.rep.OpenAllows++
+	}
+	if v.rep.OpenAllows > 0 {
+		v.rep.FirstOpenAllow = first.String()
 	}
 	sort.SliceStable(v.rep.Problems, func(i, j int) bool { return v.rep.Problems[i].pos < v.rep.Problems[j].pos })
 	return &v.rep

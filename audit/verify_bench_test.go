@@ -3,6 +3,7 @@ package audit_test
 import (
 	"context"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,9 +18,10 @@ import (
 // BenchmarkVerifyLargeStream writes a tenant's stream of decision records
 // (200,000 by default; PASSPORT_BENCH_RECORDS sets another count) with
 // the real writer, then verifies it as `passport audit verify` does. It
-// reports the verify throughput and the Redis memory one record takes
-// (MEMORY USAGE of the stream, all its entries counted), the two figures
-// that say what a stream of 10 million records costs.
+// reports the verify throughput, the verifier's peak heap per record and
+// the Redis memory one record takes (MEMORY USAGE of the stream, all its
+// entries counted): what a stream of 10 million records costs. Every
+// record is an allow without an outcome, the verifier's worst case.
 //
 //	go test -run XXX -bench VerifyLargeStream -benchtime 1x ./audit/
 func BenchmarkVerifyLargeStream(b *testing.B) {
@@ -60,8 +62,13 @@ func BenchmarkVerifyLargeStream(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
+		runtime.GC()
+		var base runtime.MemStats
+		runtime.ReadMemStats(&base)
+		peak := peakHeap()
 		t0 := time.Now()
 		rep, err := audit.VerifyStream(ctx, rdb, "acme", audit.VerifyOptions{})
+		heap := peak()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -69,8 +76,33 @@ func BenchmarkVerifyLargeStream(b *testing.B) {
 			b.Fatalf("verify: ok=%v, %d records of %d, problems %v", rep.OK(), rep.Records, entries, rep.Problems)
 		}
 		b.ReportMetric(float64(entries)/time.Since(t0).Seconds(), "verify-records/s")
+		b.ReportMetric(float64(heap-min(heap, base.HeapInuse))/float64(entries), "verify-heap-B/record")
 	}
 	b.ReportMetric(float64(entries), "records")
 	b.ReportMetric(float64(mem)/float64(entries), "redis-bytes/record")
 	b.ReportMetric(float64(entries)/written.Seconds(), "write-records/s")
+}
+
+// peakHeap samples the heap in use every 10 ms until the returned function
+// is called, which returns the largest sample.
+func peakHeap() func() uint64 {
+	stop := make(chan struct{})
+	done := make(chan uint64)
+	go func() {
+		var peak uint64
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-stop:
+				done <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 { close(stop); return <-done }
 }
