@@ -284,7 +284,7 @@ func (t *Tail) advance(stream, id string) {
 	}
 }
 
-// positions returns the XREAD arguments (keys, then ids) of the streams
+// positionsLocked returns the XREAD arguments (keys, then ids) of the streams
 // of shard s, or of every stream when s is nil. Called with t.mu held.
 func (t *Tail) positionsLocked(s *shard) []string {
 	keys := make([]string, 0, len(t.streams))
