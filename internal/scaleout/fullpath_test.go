@@ -146,15 +146,7 @@ func TestFullPathOnCluster(t *testing.T) {
 	}
 
 	// A revocation: the proxy refuses the passport from then on.
-	form := url.Values{"token": {tok.Raw}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, authURL+"/oauth2/revoke", strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("revoke: %v %v", err, res)
-	}
-	res.Body.Close()
+	revoke(t, ctx, authURL, tok.Raw)
 	if err := retry(5*time.Second, func() error {
 		if code, _ := call(http.MethodGet, "/services/checkout"); code != http.StatusUnauthorized {
 			return &statusErr{code}

@@ -6,7 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,4 +190,21 @@ func startProxyWithRegistry(t *testing.T, rdb redis.UniversalClient, upURL, issu
 	})
 	waitReady(t, "http://"+aln.Addr().String()+"/readyz")
 	return "http://" + ln.Addr().String()
+}
+
+// revoke revokes passport raw at the authority, as an admin does.
+func revoke(t *testing.T, ctx context.Context, authURL, raw string) {
+	t.Helper()
+	form := url.Values{"token": {raw}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, authURL+"/oauth2/revoke", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: %s", res.Status)
+	}
 }
