@@ -140,7 +140,6 @@ type Hub struct {
 	mu      sync.Mutex
 	ctx     context.Context // set by Run; nil before and after
 	tenants map[string]*tenantHub
-	streams map[string]*tenantHub // by audit stream key
 	clients map[*client]struct{}
 	wg      sync.WaitGroup
 }
@@ -169,7 +168,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	}
 	h := &Hub{
 		cfg: cfg, rdb: deps.Redis, log: deps.Logger, auth: deps.Auth, origins: origins, m: m,
-		tenants: map[string]*tenantHub{}, streams: map[string]*tenantHub{}, clients: map[*client]struct{}{},
+		tenants: map[string]*tenantHub{}, clients: map[*client]struct{}{},
 	}
 	h.tail = audit.NewTail(deps.Redis, audit.TailConfig{
 		Block: cfg.Block, Poll: cfg.Poll, Count: cfg.Batch,
@@ -282,7 +281,6 @@ func (h *Hub) register(c *client) (*tenantHub, context.Context, error) {
 			ready: make(chan struct{}), cancel: cancel, clients: map[*client]struct{}{},
 		}
 		h.tenants[c.tenant] = th
-		h.streams[th.key] = th
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
@@ -306,7 +304,6 @@ func (h *Hub) unregister(c *client, th *tenantHub) {
 		th.cancel()
 		if h.tenants[c.tenant] == th {
 			delete(h.tenants, c.tenant)
-			delete(h.streams, th.key)
 		}
 	}
 	h.mu.Unlock()
@@ -366,8 +363,12 @@ func (t *tenantHub) run(ctx context.Context) {
 // deliver hands what the tail read of a stream to the tenant hub that
 // follows it.
 func (h *Hub) deliver(stream string, msgs []redis.XMessage) {
+	tenant, ok := audit.TenantFromStreamKey(stream)
+	if !ok {
+		return
+	}
 	h.mu.Lock()
-	th := h.streams[stream]
+	th := h.tenants[tenant]
 	h.mu.Unlock()
 	if th != nil {
 		th.broadcast(msgs)
