@@ -2392,17 +2392,9 @@ func smpMergeList(dst, patch []any, key string) []any {
 // what the base's tests check: security, commands the binary parses.
 func TestKubeTLSManifestsParse(t *testing.T) {
 	docs := loadKubeTLS(t)
-	seen := map[string]bool{}
+	checkDistinctObjects(t, docs)
 	certs := 0
 	for _, d := range docs {
-		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
-			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
-		}
-		key := d.kind() + "/" + d.name()
-		if seen[key] {
-			t.Errorf("%s defined twice", key)
-		}
-		seen[key] = true
 		switch d.kind() {
 		case "Secret":
 			t.Errorf("%s: a Secret is applied by the overlay; cert-manager writes them", d.file)
@@ -3152,16 +3144,8 @@ func redisConf(text string) map[string][]string {
 // keep what the base's tests check, and the Redis objects are there.
 func TestKubeSentinelManifestsParse(t *testing.T) {
 	docs := loadKubeSentinel(t)
-	seen := map[string]bool{}
+	seen := checkDistinctObjects(t, docs)
 	for _, d := range docs {
-		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
-			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
-		}
-		key := d.kind() + "/" + d.name()
-		if seen[key] {
-			t.Errorf("%s defined twice", key)
-		}
-		seen[key] = true
 		switch d.kind() {
 		case "Secret":
 			t.Errorf("%s: a Secret is applied by the overlay; create it out of band", d.file)
@@ -3413,4 +3397,23 @@ func TestComposeSentinelNodesOnRealRedis(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkDistinctObjects: every document of a built overlay has an
+// apiVersion, a kind and a name, and no kind/name is defined twice. It
+// returns the kind/name pairs seen.
+func checkDistinctObjects(t *testing.T, docs []kubeDoc) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, d := range docs {
+		if api, _ := d.obj["apiVersion"].(string); api == "" || d.kind() == "" || d.name() == "" {
+			t.Errorf("%s: document without apiVersion, kind or name: %v", d.file, d.obj)
+		}
+		key := d.kind() + "/" + d.name()
+		if seen[key] {
+			t.Errorf("%s defined twice", key)
+		}
+		seen[key] = true
+	}
+	return seen
 }

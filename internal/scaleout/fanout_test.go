@@ -90,33 +90,22 @@ func TestRevocationFanOutAcrossThreeProxies(t *testing.T) {
 	var lat []time.Duration
 	for n := range rounds {
 		tenant := "acme"
-		reg, err := admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: fmt.Sprintf("healer-%d", n), Type: passport.TypeHealer, TrustLevel: passport.TrustHigh})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ac, err := client.New(authURL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := ac.Token(ctx, client.TokenRequest{Scope: []string{"service.get"}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		agentID, tok := healerPassport(t, ctx, admin, authURL, tenant, fmt.Sprintf("healer-%d", n))
 		for _, base := range proxies {
-			if s := get(base, tok.Raw); s != http.StatusOK {
+			if s := get(base, tok); s != http.StatusOK {
 				t.Fatalf("round %d: before the revocation %s answered %d", n, base, s)
 			}
 		}
 		// Every tenth round blocks the agent instead of revoking one passport.
 		if n%10 == 9 {
-			if _, err := admin.Block(ctx, tenant, reg.ID, "fan-out test"); err != nil {
+			if _, err := admin.Block(ctx, tenant, agentID, "fan-out test"); err != nil {
 				t.Fatal(err)
 			}
 		} else {
-			revoke(t, ctx, authURL, tok.Raw)
+			revoke(t, ctx, authURL, tok)
 		}
 		answered := time.Now()
-		lat = append(lat, refusedBy(tok.Raw, answered)...)
+		lat = append(lat, refusedBy(tok, answered)...)
 	}
 	slices.Sort(lat)
 	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))] }

@@ -18,7 +18,6 @@ import (
 	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/feed"
 	"github.com/agentpassport/passport/internal/redistest"
-	"github.com/agentpassport/passport/passport"
 )
 
 // TestFullPathOnCluster: the whole path on a Redis Cluster (the demo
@@ -93,22 +92,11 @@ func TestFullPathOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: "healer-1", Type: passport.TypeHealer, TrustLevel: passport.TrustHigh})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := client.New(authURL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := ac.Token(ctx, client.TokenRequest{Scope: []string{"service.get"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tok := healerPassport(t, ctx, admin, authURL, tenant, "healer-1")
 	call := func(method, path string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, method, px+path, nil)
-		req.Header.Set("Authorization", "Bearer "+tok.Raw)
+		req.Header.Set("Authorization", "Bearer "+tok)
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -146,7 +134,7 @@ func TestFullPathOnCluster(t *testing.T) {
 	}
 
 	// A revocation: the proxy refuses the passport from then on.
-	revoke(t, ctx, authURL, tok.Raw)
+	revoke(t, ctx, authURL, tok)
 	if err := retry(5*time.Second, func() error {
 		if code, _ := call(http.MethodGet, "/services/checkout"); code != http.StatusUnauthorized {
 			return &statusErr{code}

@@ -19,7 +19,9 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
+	"github.com/agentpassport/passport/authority/client"
 	"github.com/agentpassport/passport/internal/redistest"
+	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy"
 )
@@ -207,4 +209,24 @@ func revoke(t *testing.T, ctx context.Context, authURL, raw string) {
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("revoke: %s", res.Status)
 	}
+}
+
+// healerPassport registers a HIGH-trust healer named name in tenant
+// through admin and returns its agent id and a passport scoped to
+// service.get from the authority at authURL.
+func healerPassport(t *testing.T, ctx context.Context, admin *client.Admin, authURL, tenant, name string) (agentID, raw string) {
+	t.Helper()
+	reg, err := admin.RegisterAgent(ctx, tenant, client.AgentSpec{Name: name, Type: passport.TypeHealer, TrustLevel: passport.TrustHigh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := client.New(authURL, reg.ClientID, passport.Secret(reg.ClientSecret), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := ac.Token(ctx, client.TokenRequest{Scope: []string{"service.get"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg.ID, tok.Raw
 }
