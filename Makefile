@@ -57,7 +57,7 @@ fmt:
 ## bench: the proxy under load (upstream direct, bare ReverseProxy, full path, deny path, a GET with and without a budget,
 ## full path over TLS, and nginx auth_request
 ## to an OPA server as the comparison point; 100 keep-alive connections; req/s, p50, p99, ratios; fixed rates
-## 1000 and 3000 req/s; three interleaved rounds, medians shown), then the Go micro-benchmarks of the hot path.
+## 1000 and 3000 req/s beside the disk's own flush p99; three interleaved rounds, medians shown), then the Go micro-benchmarks of the hot path.
 ## Without nginx the comparison is skipped.
 ## BENCHFLAGS="-duration 10s -fsync everysec" tunes the load run (go run ./internal/bench -h lists the flags).
 BENCHFLAGS ?=
