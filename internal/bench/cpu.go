@@ -398,9 +398,9 @@ func runCostCases(ctx context.Context, o options, rdb *redis.Client, upstream, j
 		fmt.Printf("%-22s %10.0f %12s %12s %12.0f %14.2f %8d\n", c.name, k.calls, fmtDur(k.proxyCPU), fmtDur(k.redisCPU),
 			k.redisBytes, k.redisEntries, k.errors)
 	}
-	allow := med[cases[0].name]
+	allow := med[cases[0].name] // the reference: it has no target of its own
 	for _, c := range cases[1:] {
-		if allow.proxyCPU > 0 && c.target > 0 {
+		if allow.proxyCPU > 0 && c.target > 0 && cases[0].target == 0 {
 			fmt.Printf("%s / %s proxy CPU per call: %.2f (target <= %.2f)\n", c.name, cases[0].name,
 				float64(med[c.name].proxyCPU)/float64(allow.proxyCPU), c.target)
 		}

@@ -107,7 +107,7 @@ func run() error {
 	flag.StringVar(&o.fsync, "fsync", "always", "appendfsync of the private redis-server: always, everysec or no")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the full-path case to this file")
 	flag.StringVar(&o.costProfile, "cost-cpuprofile", "", "write a CPU profile of the proxy process of the cost-per-call cases to this file")
-	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text (\"cost\": only the cost per call)")
+	flag.StringVar(&o.only, "only", "", "run only the cases whose name contains this text (\"cost\": only the cost per call; \"cost per call/allow (200)\": only its cases that contain \"allow (200)\")")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput cases, interleaved; each row is the round with the median req/s")
 	flag.BoolVar(&o.noAudit, "no-audit", false, "analysis only: replace the audit stream by a sink that stores nothing (not the product path)")
 	flag.BoolVar(&o.tls, "tls", true, "also measure the full path over TLS (keep-alive HTTP/1.1 connections, as the plain cases)")
@@ -423,7 +423,11 @@ func run() error {
 				latencyTarget(o.fsync, rate, disk))
 		}
 	}
-	if selected(o.only, costName) {
+	costCases, costSel := "", selected(o.only, costName)
+	if rest, ok := strings.CutPrefix(o.only, costName+"/"); ok {
+		costCases, costSel = rest, true
+	}
+	if costSel {
 		restart := "/services/checkout/restart"
 		cases := []cpuCase{
 			{name: "allow (200)", url: restart, method: "POST", token: healer, want: 200},
@@ -437,6 +441,10 @@ func run() error {
 		if tf != nil {
 			cases = append(cases, cpuCase{name: "allow over TLS (200)", url: restart, method: "POST", token: healer, want: 200,
 				tls: true, target: 1.15})
+		}
+		cases = slices.DeleteFunc(cases, func(c cpuCase) bool { return !strings.Contains(c.name, costCases) })
+		if len(cases) == 0 {
+			return fmt.Errorf("-only %q: no cost case's name contains %q", o.only, costCases)
 		}
 		if err := runCostCases(ctx, o, rdb, upURL, cfg.JWKSURL, tf, cases); err != nil {
 			return err
