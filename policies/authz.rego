@@ -50,6 +50,34 @@ decision := listing_decision if {
 	# (approval_calls, fast.rego), which costs an allowed call nothing.
 	input.budgets[_].reserved == false
 } else := data.passport.loaded.clearances.allowed if {
+	# The staged path: what the passport, the route and the policy decide
+	# was worked out once per passport (stage, stage.rego); the call's own
+	# facts are checked here. A call without input.stage, or one these
+	# checks do not clear, takes the paths below, with the same answer.
+	stage := input.stage
+	stage.simple == true
+
+	# agent_blocked, reputation_too_low, and the resource among those the
+	# stage leaves the call (staged_call, stage.rego, inline: a function
+	# call costs the hot path a step of its own).
+	agent := input.agent
+	agent.blocked == false
+	reputation := agent.reputation
+	is_number(reputation)
+	reputation >= stage.min_reputation
+	stage.resources[input.resource]
+} else := data.passport.loaded.clearances.allowed if {
+	stage := input.stage
+	staged_call(stage)
+
+	# change_freeze, invalid_time; invalid_argument,
+	# replicas_out_of_bounds, fault_type_not_permitted: as below.
+	every span in stage.spans {
+		now := now_ns
+		not span_open(span, now)
+	}
+	arguments_clear(stage.arguments)
+} else := data.passport.loaded.clearances.allowed if {
 	cleared_call.simple == true
 
 	# task_target_mismatch, task_action_mismatch: a passport without a
