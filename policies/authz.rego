@@ -23,6 +23,12 @@ allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
 #
+# Staged path: when the proxy hands in the passport's stage (stage.rego,
+# worked out once per passport, route and policy load) as input.stage, the
+# two staged bodies below clear an allowed call by checking only the
+# call's own facts against it. Without a stage, or for a call they do not
+# clear, the paths after them decide, with the same answer.
+#
 # Fast path: cleared_call (fast.rego) clears an allowed call (most calls)
 # without evaluating the reason rules and their negations, and the first
 # body below hands out the allowed decision when nothing is left to check;
