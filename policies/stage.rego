@@ -78,10 +78,10 @@ stage_task_clear(_, name, resource) if {
 # leaves: agent_blocked, reputation_too_low, and the resource among those
 # the stage allows (resource_not_in_tenant, action_not_granted, the task).
 staged_call(stage) if {
+	stage.resources[input.resource]
 	agent := input.agent
 	agent.blocked == false
 	reputation := agent.reputation
 	is_number(reputation)
 	reputation >= stage.min_reputation
-	stage.resources[input.resource]
 }
