@@ -103,6 +103,9 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 	dec, derr := p.enforced.DecideStaged(r.Context(), policy.WithStage(in.value, st), st)
 	rec.PolicyRevision = dec.Revision
 	if p.shadow != nil {
+		// in.value carries the enforced policy's stage; the shadow engine
+		// leaves it out (another load computed it) and decides the call
+		// with its own rules alone.
 		sd, serr := p.shadow.Decide(r.Context(), in.value)
 		sh := &audit.Shadow{Revision: sd.Revision, Allow: serr == nil && sd.Allow, Reasons: sd.Reasons}
 		if serr != nil {

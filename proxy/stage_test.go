@@ -5,10 +5,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy/policy"
@@ -153,4 +155,70 @@ func TestStageKeptHonoursEveryPerCallFact(t *testing.T) {
 		r := h.do("POST", "/services/checkout/restart", tok2, nil, "")
 		return r.status == 401 && reasonOf(r) == "agent_blocked"
 	})
+}
+
+// TestStageNotReadByTheShadow: the shadow policy never reads the enforced
+// policy's stage (another load computed it); it decides each call with
+// its own rules, on both evaluators. Its library asks for a reputation of
+// 95 to restart where the enforced one asks for 50: had it read the
+// enforced stage, it would allow what it must deny.
+func TestStageNotReadByTheShadow(t *testing.T) {
+	for _, engine := range []string{"fast", "rego"} {
+		t.Run(engine, func(t *testing.T) {
+			dir, shadow := shippedPolicyDir(t), shippedPolicyDir(t)
+			data, err := os.ReadFile(filepath.Join(shadow, "data.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stricter := strings.Replace(string(data), "trust: HIGH\n        min_reputation: 50", "trust: HIGH\n        min_reputation: 95", 1)
+			if stricter == string(data) {
+				t.Fatal("data.yaml no longer has the restart threshold this test edits")
+			}
+			if err := os.WriteFile(filepath.Join(shadow, "data.yaml"), []byte(stricter), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			h := newHarness(t, func(c *Config) {
+				c.Policy.Dir, c.Policy.ShadowDir, c.Policy.Engine = dir, shadow, engine
+				c.ReputationCache = time.Nanosecond
+			})
+			_, tok := h.healer()
+			calls := []struct {
+				path   string
+				rep    float64
+				status int
+				shadow []string
+			}{
+				{"/services/checkout/restart", 90, 200, []string{"reputation_too_low"}},
+				{"/services/checkout/restart", 90, 200, []string{"reputation_too_low"}}, // the stage kept
+				{"/services/search/restart", 90, 403, []string{"reputation_too_low", "resource_not_in_tenant"}},
+				{"/services/checkout/restart", 96, 200, nil},
+			}
+			for _, c := range calls {
+				h.agent("acme", "healer-1", c.rep)
+				if r := h.do("POST", c.path, tok, nil, ""); r.status != c.status {
+					t.Fatalf("%s at %v: %d %s", c.path, c.rep, r.status, r.body)
+				}
+			}
+			rt, _ := h.p.router.match("POST", []string{"services", "checkout", "restart"})
+			if vp := h.p.verifier.cache.get(tok); vp == nil || vp.stage(rt).Term() == nil {
+				t.Fatal("no stage kept: the test shows nothing")
+			}
+			// Records come appended (allowed calls) before enqueued
+			// (denials): compare the shadow's answers as a multiset.
+			var got, want []string
+			for _, rec := range h.sink.all() {
+				if rec.Kind == audit.KindDecision && rec.Shadow != nil {
+					got = append(got, strings.Join(rec.Shadow.Reasons, ","))
+				}
+			}
+			for _, c := range calls {
+				want = append(want, strings.Join(c.shadow, ","))
+			}
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("the shadow's reasons %q, want %q", got, want)
+			}
+		})
+	}
 }
