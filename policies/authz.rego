@@ -23,6 +23,12 @@ allow if count(reasons) == 0
 
 # decision is what the proxy evaluates: data.passport.authz.decision.
 #
+# Staged path: when the proxy hands in the passport's stage (stage.rego,
+# worked out once per passport, route and policy load) as input.stage, the
+# two staged bodies below clear an allowed call by checking only the
+# call's own facts against it. Without a stage, or for a call they do not
+# clear, the paths after them decide, with the same answer.
+#
 # Fast path: cleared_call (fast.rego) clears an allowed call (most calls)
 # without evaluating the reason rules and their negations, and the first
 # body below hands out the allowed decision when nothing is left to check;
@@ -49,6 +55,38 @@ decision := listing_decision if {
 	# may concern are left out of the fast paths' tables instead
 	# (approval_calls, fast.rego), which costs an allowed call nothing.
 	input.budgets[_].reserved == false
+} else := data.passport.loaded.clearances.allowed if {
+	# The staged path: what the passport, the route and the policy decide
+	# was worked out once per passport (stage, stage.rego); the call's own
+	# facts are checked here. A call without input.stage, or one these
+	# checks do not clear, takes the paths below, with the same answer.
+	stage := input.stage
+	stage.simple == true
+
+	# The resource among those the stage leaves the call, agent_blocked,
+	# reputation_too_low (staged_call, stage.rego, inline: a function call
+	# costs the hot path a step of its own). The resource first: a call
+	# denied for it leaves the staged path at once.
+	stage.resources[input.resource]
+	agent := input.agent
+	agent.blocked == false
+	reputation := agent.reputation
+	is_number(reputation)
+	reputation >= stage.min_reputation
+} else := data.passport.loaded.clearances.allowed if {
+	# A stage with freeze windows or arguments to check; a simple one
+	# leaves here at once.
+	stage := input.stage
+	stage.simple == false
+	staged_call(stage)
+
+	# change_freeze, invalid_time; invalid_argument,
+	# replicas_out_of_bounds, fault_type_not_permitted: as below.
+	every span in stage.spans {
+		now := now_ns
+		not span_open(span, now)
+	}
+	arguments_clear(stage.arguments)
 } else := data.passport.loaded.clearances.allowed if {
 	cleared_call.simple == true
 

@@ -20,7 +20,9 @@ import (
 // decision checks), the exact per-request cost of the policy step: for an
 // allowed call and for denied ones (the deny path must cost about what the
 // allow path does: a flood of denials must not cost more than allowed
-// calls). It reports the median (p50-ns), the p99 and the process CPU time
+// calls), each without and with the per-passport stage (policy.Stage,
+// computed once before the loop as the proxy does once per passport and
+// route). It reports the median (p50-ns), the p99 and the process CPU time
 // per evaluation (cpu-ns/op), which waiting for a core on a shared
 // machine does not inflate.
 func BenchmarkEngineDecide(b *testing.B) {
@@ -31,11 +33,12 @@ func BenchmarkEngineDecide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, c := range []struct {
+	type benchCase struct {
 		name  string
 		input string
 		allow bool
-	}{
+	}
+	cases := []benchCase{
 		{"allow", typical, true},
 		// The observer restarts checkout: not granted, not permitted, too
 		// low a trust level.
@@ -44,40 +47,57 @@ func BenchmarkEngineDecide(b *testing.B) {
 			Replace(typical), false},
 		// The healer restarts another tenant's service.
 		{"deny_resource", strings.Replace(typical, `"resource": "checkout"`, `"resource": "search"`, 1), false},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			var in map[string]any
-			if err := json.Unmarshal([]byte(c.input), &in); err != nil {
-				b.Fatal(err)
+	}
+	for _, staged := range []bool{false, true} {
+		for _, c := range cases {
+			name := c.name
+			if staged {
+				name += "/staged"
 			}
-			v, err := ast.InterfaceToValue(in)
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx := context.Background()
-			if d, err := e.Decide(ctx, v); err != nil || d.Allow != c.allow {
-				b.Fatalf("%s: %+v %v", c.name, d, err)
-			}
-			samples := make([]time.Duration, 0, b.N)
-			b.ReportAllocs()
-			cpu0, cpuOK := policies.ProcessCPU()
-			for b.Loop() {
-				start := time.Now()
-				d, err := e.Decide(ctx, v)
-				samples = append(samples, time.Since(start))
-				if err != nil || d.Allow != c.allow {
-					b.Fatalf("decide: %+v %v", d, err)
-				}
-			}
-			if cpu1, ok := policies.ProcessCPU(); ok && cpuOK && len(samples) > 0 {
-				b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(len(samples)), "cpu-ns/op")
-			}
-			slices.Sort(samples)
-			if n := len(samples); n > 0 {
-				b.ReportMetric(float64(samples[n/2].Nanoseconds()), "p50-ns")
-				b.ReportMetric(float64(samples[n*99/100].Nanoseconds()), "p99-ns")
-			}
-		})
+			b.Run(name, func(b *testing.B) { benchEngineDecide(b, e, c.input, c.allow, staged) })
+		}
+	}
+}
+
+// benchEngineDecide measures one case of BenchmarkEngineDecide.
+func benchEngineDecide(b *testing.B, e *policy.Engine, input string, allow, staged bool) {
+	var in map[string]any
+	if err := json.Unmarshal([]byte(input), &in); err != nil {
+		b.Fatal(err)
+	}
+	v, err := ast.InterfaceToValue(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	var st *policy.Stage
+	if staged {
+		if st, err = e.Stage(ctx, v); err != nil {
+			b.Fatal(err)
+		}
+		v = policy.WithStage(v, st)
+	}
+	if d, err := e.DecideStaged(ctx, v, st); err != nil || d.Allow != allow {
+		b.Fatalf("%+v %v", d, err)
+	}
+	samples := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	cpu0, cpuOK := policies.ProcessCPU()
+	for b.Loop() {
+		start := time.Now()
+		d, err := e.DecideStaged(ctx, v, st)
+		samples = append(samples, time.Since(start))
+		if err != nil || d.Allow != allow {
+			b.Fatalf("decide: %+v %v", d, err)
+		}
+	}
+	if cpu1, ok := policies.ProcessCPU(); ok && cpuOK && len(samples) > 0 {
+		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(len(samples)), "cpu-ns/op")
+	}
+	slices.Sort(samples)
+	if n := len(samples); n > 0 {
+		b.ReportMetric(float64(samples[n/2].Nanoseconds()), "p50-ns")
+		b.ReportMetric(float64(samples[n*99/100].Nanoseconds()), "p99-ns")
 	}
 }
 

@@ -239,3 +239,69 @@ test_fast_path_needs_a_valid_time_when_a_window_concerns_the_call if {
 	d := fast_or_slow(deploy_at("2026-11-25T10:00:00Z"))
 	d.allow == true
 }
+
+# staged_or_slow is the decision for x with its stage (stage.rego), or
+# "slow" when it is not the staged path that decides it.
+staged_or_slow(x) := d if {
+	s := authz.stage with input as stage_input(x) with data.passport.loaded.clearances as authz.clearances
+	d := authz.decision with input as object.union(x, {"stage": s})
+		with data.passport.loaded.clearances as authz.clearances
+		with authz.cleared_call as "slow"
+		with authz.table_decision as "slow"
+		with authz.full_decision as "slow"
+} else := "no stage"
+
+test_staged_path_clears_typical_call if {
+	staged_or_slow(healer_restart) == decide(healer_restart)
+	decide(healer_restart).allow == true
+}
+
+test_staged_path_checks_arguments_and_windows if {
+	scale := as_agent("scaler", "MEDIUM", ["service.scale"], {"action": "service.scale", "request": {"body": {"replicas": 3}}})
+	staged_or_slow(scale).allow == true
+	staged_or_slow(object.union(scale, {"request": {"body": {"replicas": 30}}})) == "slow"
+	frozen := object.union(scale, {"time": "2026-12-25T00:00:00Z"})
+	staged_or_slow(frozen) == "slow"
+	decide(frozen).reasons == ["change_freeze"]
+}
+
+# The stage reads the passport's task; the call's resource is the
+# residual's.
+test_staged_path_task if {
+	task := {"passport": {"task": {"id": "inc-1", "target": "checkout", "actions": ["service.restart"]}}}
+	staged_or_slow(call(task)).allow == true
+	staged_or_slow(call(object.union(task, {"resource": "payments"}))) == "slow"
+	decide(call(object.union(task, {"resource": "payments"}))).reasons == ["task_target_mismatch"]
+}
+
+# What changes per call is never the stage's: a low reputation, a block
+# or another resource takes the other paths, whatever the stage holds.
+test_staged_path_leaves_per_call_facts if {
+	staged_or_slow(call({"agent": {"reputation": 10}})) == "slow"
+	staged_or_slow(call({"agent": {"blocked": true}})) == "slow"
+	staged_or_slow(call({"resource": "search"})) == "slow"
+	staged_or_slow(call({"agent": {"reputation": "90"}})) == "slow"
+}
+
+# The stage is the same whatever the call's own facts, and reads nothing
+# outside the stage input.
+test_stage_reads_only_the_stage_input if {
+	s := authz.stage with input as stage_input(healer_restart) with data.passport.loaded.clearances as authz.clearances
+	every x in [
+		healer_restart,
+		call({"agent": {"reputation": 10, "blocked": true}, "resource": "search", "time": "x"}),
+		call({"request": {"body": {"replicas": 3}}, "budgets": {"b": {"reserved": false}}}),
+	] {
+		s == authz.stage with input as x with data.passport.loaded.clearances as authz.clearances
+	}
+}
+
+test_no_stage if {
+	staged_or_slow(call({"agent": {"type": "observer", "trust_level": "LOW"}})) == "no stage"
+	staged_or_slow(call({"passport": {"delegation": {"depth": 1}}})) == "no stage"
+	staged_or_slow(call({"passport": {"tenant": "globex"}})) == "no stage"
+	staged_or_slow(call({"passport": {"authorization_details": []}})) == "no stage"
+
+	# Without the load-time document there is no stage either.
+	not authz.stage with input as stage_input(healer_restart)
+}

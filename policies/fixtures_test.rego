@@ -76,12 +76,39 @@ as_agent(type, trust, actions, patch) := object.union(
 # load-time document clearances in data (proxy/policy stores it once per
 # load), so that calls take the fast path or the table path. It is
 # undefined, and the test fails, unless the reason rules (full_decision)
-# give the same answer, so that every test checks the rules and the fast
-# paths alike.
+# give the same answer, and the staged path (staged_decision) too, so that
+# every test checks the rules, the fast paths and the stage alike.
 decide(x) := d if {
 	d := authz.decision with input as x with data.passport.loaded.clearances as authz.clearances
 	d == authz.full_decision with input as x
+	d == staged_decision(x)
 }
+
+# staged_decision is the decision for x as the proxy evaluates it once it
+# holds the stage of x's passport and route (stage.rego): the stage
+# computed from the stage input alone, then the call with it as
+# input.stage. Without a stage, x's decision.
+staged_decision(x) := d if {
+	s := authz.stage with input as stage_input(x) with data.passport.loaded.clearances as authz.clearances
+	d := authz.decision with input as object.union(x, {"stage": s})
+		with data.passport.loaded.clearances as authz.clearances
+} else := d if {
+	d := authz.decision with input as x with data.passport.loaded.clearances as authz.clearances
+}
+
+# stage_input is the part of input x the stage may read (proxy/policy,
+# StageInput): version, tenant, action, route, passport, and agent
+# without its reputation and blocked flag.
+stage_input(x) := object.union(
+	object.filter(x, ["version", "tenant", "action", "route", "passport"]),
+	stage_agent(x),
+)
+
+stage_agent(x) := {"agent": object.filter(x.agent, ["id", "name", "type", "trust_level"])} if {
+	is_object(x.agent)
+} else := {"agent": x.agent} if {
+	"agent" in object.keys(x)
+} else := {}
 
 # reasons_of is the decision's reasons for input x.
 reasons_of(x) := decide(x).reasons

@@ -20,6 +20,7 @@ import (
 	"github.com/agentpassport/passport/passport"
 	"github.com/agentpassport/passport/policies"
 	"github.com/agentpassport/passport/proxy/internal/testkeys"
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // libraryProxy is a proxy on the real policy library (policies.FS) with a
@@ -62,7 +63,8 @@ func libraryProxyKeys(tb testing.TB) (*Proxy, *testkeys.Keys, string) {
 
 // decideOnce runs the decision path of serve: passport (a seen one comes
 // from the cache), revocation and block check, live reputation, input
-// document, Rego.
+// document, the passport's stage on the route (kept from its first call),
+// Rego.
 func decideOnce(ctx context.Context, p *Proxy, tok string, params map[string]string) (bool, []string, error) {
 	r := httptest.NewRequest("POST", "/services/checkout/restart", nil)
 	return decideReq(ctx, p, r, tok, params)
@@ -83,12 +85,13 @@ func decideReq(ctx context.Context, p *Proxy, req *http.Request, tok string, par
 	}
 	now := p.clock()
 	rt, _ := p.router.match("POST", []string{"services", "checkout", "restart"})
-	c := &call{id: "bench-request-0001", path: "/services/checkout/restart"}
+	c := &call{id: "bench-request-0001", path: "/services/checkout/restart", route: rt, vp: vp}
 	in, err := p.buildInput(req, c, rt, params, url.Values{}, vp, st.reputation.At(now), now, nil, nil)
 	if err != nil {
 		return false, nil, err
 	}
-	d, err := p.enforced.Decide(ctx, in.value)
+	stage := p.stage(req, c, in) // the passport's stage on the route, as evaluate does (decide.go)
+	d, err := p.enforced.DecideStaged(ctx, policy.WithStage(in.value, stage), stage)
 	return d.Allow, d.Reasons, err
 }
 

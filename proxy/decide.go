@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/agentpassport/passport/audit"
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // step is one stage of deciding a call. It reads what the steps before it
@@ -98,9 +99,13 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 		return refusePolicyError
 	}
 
-	dec, derr := p.enforced.Decide(r.Context(), in.value)
+	st := p.stage(r, c, in)
+	dec, derr := p.enforced.DecideStaged(r.Context(), policy.WithStage(in.value, st), st)
 	rec.PolicyRevision = dec.Revision
 	if p.shadow != nil {
+		// in.value carries the enforced policy's stage; the shadow engine
+		// leaves it out (another load computed it) and decides the call
+		// with its own rules alone.
 		sd, serr := p.shadow.Decide(r.Context(), in.value)
 		sh := &audit.Shadow{Revision: sd.Revision, Allow: serr == nil && sd.Allow, Reasons: sd.Reasons}
 		if serr != nil {
@@ -124,6 +129,32 @@ func (p *Proxy) evaluate(r *http.Request, c *call) *refusal {
 	}
 	rec.Decision, rec.Reasons = audit.DecisionAllow, dec.Reasons
 	return nil
+}
+
+// stage is the enforced policy's per-passport stage (policy.Stage) for
+// the call's passport and route: computed by the first call of the pair
+// under the policy in force, from the parts of its input that the passport
+// and the route decide (policy.StageInput), and kept beside the verified
+// passport for the calls after it until a reload makes it stale. nil, and
+// the call is decided without one, on an MCP route (a tool call's action
+// and resource are the tool's, not the route's) or when the stage cannot
+// be evaluated. It carries no per-call fact: expiry, revocation and
+// blocks were checked by identify for this call, and the time, the
+// reputation, the resource, the body and the budgets are in its input.
+func (p *Proxy) stage(r *http.Request, c *call, in *input) *policy.Stage {
+	if c.mcp != nil || c.vp == nil {
+		return nil
+	}
+	if st := c.vp.stage(c.route); p.enforced.Fresh(st) {
+		return st
+	}
+	st, err := p.enforced.Stage(r.Context(), in.value)
+	if err != nil {
+		p.log.WarnContext(r.Context(), "policy stage failed; deciding without it", "request_id", c.id, "error", err)
+		return nil
+	}
+	c.vp.setStage(c.route, st)
+	return st
 }
 
 // outcomeRoom refuses an allowed call while the audit backlog has no room

@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/passport"
+	"github.com/agentpassport/passport/proxy/policy"
 )
 
 // AuthError is a refused passport (the shared verifier's type): Code is
@@ -141,7 +142,20 @@ type Verified struct {
 	inputErr          error           // why the two above could not be made: every call is denied
 	ref               passportRef     // its passport record in the audit stream (passportref.go)
 	ath               string          // a bound passport's hash, for its DPoP proofs' ath
+	stages            sync.Map        // *route -> *policy.Stage: the policy's per-passport stage (decide.go)
 }
+
+// stage is the policy stage kept for the passport on route rt, or nil.
+// Routes are the configuration's, so a passport keeps at most one per
+// route; a stale one (from a load no longer in force) is replaced.
+func (v *Verified) stage(rt *route) *policy.Stage {
+	if st, ok := v.stages.Load(rt); ok {
+		return st.(*policy.Stage)
+	}
+	return nil
+}
+
+func (v *Verified) setStage(rt *route, st *policy.Stage) { v.stages.Store(rt, st) }
 
 // keySource returns the verification key for a kid.
 type keySource interface {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -112,4 +113,35 @@ func libraryInput(b *testing.B, typ, level string) ast.Value {
 		b.Fatal(err)
 	}
 	return v
+}
+
+// BenchmarkEngineFloor is the engine's cost per decision for a policy
+// whose decision is a constant: what any policy pays per evaluation
+// (query, evaluator, deadline, reading the decision), whatever its rules.
+// The library's staged path costs this plus its few expressions
+// (policies BenchmarkEngineDecide/allow/staged).
+func BenchmarkEngineFloor(b *testing.B) {
+	fsys := fstest.MapFS{"authz.rego": {Data: []byte("package passport.authz\n\n" +
+		`decision := {"allow": true, "reasons": []}` + "\n")}}
+	e, err := policy.New(context.Background(), policy.Options{FS: fsys, Timeout: time.Minute,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := libraryInput(b, "healer", "HIGH")
+	ctx := context.Background()
+	samples := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	for b.Loop() {
+		start := time.Now()
+		d, err := e.Decide(ctx, in)
+		samples = append(samples, time.Since(start))
+		if err != nil || !d.Allow {
+			b.Fatalf("%+v %v", d, err)
+		}
+	}
+	slices.Sort(samples)
+	if n := len(samples); n > 0 {
+		b.ReportMetric(float64(samples[n/2].Nanoseconds()), "p50-ns")
+	}
 }

@@ -33,9 +33,15 @@ import (
 // load-time document, as the proxy holds it, and the data alone (the
 // library must answer the same without it, only slower).
 //
+// Each engine answers every call twice: as it is, and with the call's
+// per-passport stage (Engine.Stage, computed from the call's stage input
+// alone, then handed back as input.stage, as the proxy does): the library
+// must give the same decision with and without its stage.
+//
 // The mutation tests below prove that it catches a divergence: a wrong
 // data cache in the fast evaluator (in one field of the stored allowed
-// decision only, and in a value the full rules read), and a changed input.
+// decision only, and in a value the full rules read), a changed input,
+// and a wrong stage (another passport's, or a tampered value).
 
 // corpusSize is the number of calls per data variant.
 func corpusSize() int {
@@ -162,7 +168,13 @@ func reference(t *testing.T, lib library, data map[string]any, loaded bool) rego
 // object's.
 func decide(t *testing.T, e *policy.Engine, in ast.Value) string {
 	t.Helper()
-	d, err := e.Decide(context.Background(), in)
+	return decideStaged(t, e, in, nil)
+}
+
+// decideStaged is decide for an input that carries st (policy.WithStage).
+func decideStaged(t *testing.T, e *policy.Engine, in ast.Value, st *policy.Stage) string {
+	t.Helper()
+	d, err := e.DecideStaged(context.Background(), in, st)
 	if err != nil {
 		if d.Allow {
 			t.Fatalf("an error that allows: %+v %v", d, err)
@@ -217,13 +229,41 @@ func (m mismatch) String() string {
 		m.reference, m.want)
 }
 
-// compare runs n calls of the corpus of one data variant through both evaluators of
-// es and both references, with engineInput (when set) editing the input
-// the engines see, and returns every disagreement and the number of
-// allowed and denied calls.
-func compare(t *testing.T, variant string, n int, es map[policy.Evaluator]*policy.Engine, refs map[string]rego.PreparedEvalQuery,
-	engineInput func(map[string]any)) (out []mismatch, allowed, denied int) {
+// staging gives an engine's stage for a call (the edited input the
+// engine sees): by default the engine's own (Engine.Stage); a mutation
+// test gives a wrong one.
+type staging func(t *testing.T, e *policy.Engine, call map[string]any, seen ast.Value) *policy.Stage
+
+func ownStage(t *testing.T, e *policy.Engine, _ map[string]any, seen ast.Value) *policy.Stage {
 	t.Helper()
+	st, err := e.Stage(context.Background(), seen)
+	if err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	return st
+}
+
+// staged is the suffix of an evaluator's name for its answers with the
+// stage.
+const staged = "+stage"
+
+// tally is what compare found: every disagreement, and how many calls
+// were allowed, denied (or failed), had a stage, and were allowed with it.
+type tally struct {
+	mismatches                             []mismatch
+	allowed, denied, staged, stagedAllowed int
+}
+
+// compare runs n calls of the corpus of one data variant through both
+// evaluators of es, each without and with the call's stage (stageOf, nil
+// for the engine's own), and both references, with engineInput (when
+// set) editing the input the engines see.
+func compare(t *testing.T, variant string, n int, es map[policy.Evaluator]*policy.Engine, refs map[string]rego.PreparedEvalQuery,
+	engineInput func(map[string]any), stageOf staging) (out tally) {
+	t.Helper()
+	if stageOf == nil {
+		stageOf = ownStage
+	}
 	rng := rand.New(rand.NewPCG(2, uint64(len(variant))))
 	for range n {
 		call := corpus.Call(rng)
@@ -231,34 +271,51 @@ func compare(t *testing.T, variant string, n int, es map[policy.Evaluator]*polic
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := in
+		seen := call
 		if engineInput != nil {
-			edited := roundTrip(t, call)
-			engineInput(edited)
-			if seen, err = ast.InterfaceToValue(edited); err != nil {
+			seen = roundTrip(t, call)
+			engineInput(seen)
+		}
+		got := map[string]string{}
+		hadStage := false
+		for ev, e := range es {
+			// A value per evaluation: WithStage adds to it.
+			plain, err := ast.InterfaceToValue(seen)
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		got := map[policy.Evaluator]string{}
-		for ev, e := range es {
-			got[ev] = decide(t, e, seen)
+			got[string(ev)] = decide(t, e, plain)
+			st := stageOf(t, e, call, plain)
+			hadStage = hadStage || st.Term() != nil
+			withStage, err := ast.InterfaceToValue(seen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[string(ev)+staged] = decideStaged(t, e, policy.WithStage(withStage, st), st)
 		}
 		for name, pq := range refs {
 			want := referenceAnswer(t, pq, in)
 			for ev, g := range got {
 				if g != want {
-					out = append(out, mismatch{variant, string(ev), name, call, g, want})
+					out.mismatches = append(out.mismatches, mismatch{variant, ev, name, call, g, want})
 				}
 			}
 		}
+		allowed := strings.Contains(got[string(policy.Fast)], `"allow":true`)
 		switch {
-		case strings.Contains(got[policy.Fast], `"allow":true`):
-			allowed++
+		case allowed:
+			out.allowed++
 		default:
-			denied++
+			out.denied++
+		}
+		if hadStage {
+			out.staged++
+			if allowed {
+				out.stagedAllowed++
+			}
 		}
 	}
-	return out, allowed, denied
+	return out
 }
 
 // TestDifferentialCorpus: on the whole corpus, under every data variant,
@@ -276,19 +333,26 @@ func TestDifferentialCorpus(t *testing.T) {
 				"loaded": reference(t, lib, data, true),
 				"plain":  reference(t, lib, data, false),
 			}
-			ms, allowed, denied := compare(t, v.Name, corpusSize(), es, refs, nil)
-			for i, m := range ms {
+			res := compare(t, v.Name, corpusSize(), es, refs, nil, nil)
+			for i, m := range res.mismatches {
 				if i == 5 {
-					t.Errorf("... and %d more", len(ms)-5)
+					t.Errorf("... and %d more", len(res.mismatches)-5)
 					break
 				}
 				t.Error(m)
 			}
-			t.Logf("%d calls: %d allowed, %d denied or failed", allowed+denied, allowed, denied)
+			t.Logf("%d calls: %d allowed, %d denied or failed; %d with a stage, %d of them allowed",
+				res.allowed+res.denied, res.allowed, res.denied, res.staged, res.stagedAllowed)
 			// The corpus must exercise both answers, or agreement proves
 			// little.
-			if allowed < corpusSize()/10 || denied < corpusSize()/10 {
-				t.Fatalf("%d allowed, %d denied: the corpus no longer exercises both answers", allowed, denied)
+			if res.allowed < corpusSize()/10 || res.denied < corpusSize()/10 {
+				t.Fatalf("%d allowed, %d denied: the corpus no longer exercises both answers", res.allowed, res.denied)
+			}
+			// And the stage, with both answers, where the library has
+			// one (not under "malformed": without clearances there is no
+			// stage).
+			if v.Name != "malformed" && (res.stagedAllowed < corpusSize()/10 || res.staged-res.stagedAllowed < corpusSize()/20) {
+				t.Fatalf("%d calls with a stage, %d allowed: the corpus no longer exercises the stage", res.staged, res.stagedAllowed)
 			}
 		})
 	}
@@ -296,7 +360,8 @@ func TestDifferentialCorpus(t *testing.T) {
 
 // TestDifferentialCatchesMutations proves that the comparison fails when
 // an evaluator diverges: each mutation must produce mismatches against
-// both references, and only on the evaluator mutated.
+// both references on every evaluator it must reach, and none on the
+// others.
 func TestDifferentialCatchesMutations(t *testing.T) {
 	lib := shippedLibrary(t)
 	data, err := corpus.Variants()[0].Apply(lib.data) // the shipped data
@@ -307,24 +372,31 @@ func TestDifferentialCatchesMutations(t *testing.T) {
 		"loaded": reference(t, lib, data, true),
 		"plain":  reference(t, lib, data, false),
 	}
+	fast, fastStaged, regoStaged := string(policy.Fast), string(policy.Fast)+staged, string(policy.Rego)+staged
 	cases := []struct {
 		name        string
 		cache       map[string]ast.Value // path below data -> value, in the fast evaluator's cache only
 		engineInput func(map[string]any)
+		stageOf     staging
+		// must: the evaluators the mutation must show on; on: those it
+		// may show on (nil: any).
+		must, on []string
 		// sameVerdict: the mutation changes another field of the decision
 		// object, never allow or reasons.
 		sameVerdict bool
 	}{
 		{name: "cache: one field of the stored allowed decision",
 			cache:       map[string]ast.Value{"passport.loaded.clearances.allowed.data_revision": ast.String("tampered")},
-			sameVerdict: true},
+			sameVerdict: true, must: []string{fast, fastStaged}, on: []string{fast, fastStaged}},
 		{name: "cache: a trust rank the full rules read",
-			cache: map[string]ast.Value{"passport.config.trust_levels.HIGH": ast.Number("1")}},
+			cache: map[string]ast.Value{"passport.config.trust_levels.HIGH": ast.Number("1")},
+			must:  []string{fast}, on: []string{fast, fastStaged}},
 		// denials[0][0][1][1]: a call that passes every check but whose
 		// passport does not grant the action, turned into an allow.
 		{name: "cache: a denial of the fast path's table",
 			cache: map[string]ast.Value{"passport.loaded.clearances.denials.0.0.1.1": ast.MustParseTerm(
-				`{"allow": true, "reasons": [], "input_version": 1, "data_revision": "2026-11-25.1"}`).Value}},
+				`{"allow": true, "reasons": [], "input_version": 1, "data_revision": "2026-11-25.1"}`).Value},
+			must: []string{fast}, on: []string{fast, fastStaged}},
 		{name: "input: another trust level", engineInput: func(in map[string]any) {
 			if a, ok := in["agent"].(map[string]any); ok {
 				if a["trust_level"] == "HIGH" {
@@ -333,7 +405,26 @@ func TestDifferentialCatchesMutations(t *testing.T) {
 					a["trust_level"] = "HIGH"
 				}
 			}
-		}},
+		}, must: []string{fast, fastStaged, regoStaged}},
+		// A stage cached under the wrong key: another passport's, which
+		// grants the call's action and binds no task.
+		{name: "stage: another passport's", stageOf: func(t *testing.T, e *policy.Engine, call map[string]any, _ ast.Value) *policy.Stage {
+			other := roundTrip(t, call)
+			if p, ok := other["passport"].(map[string]any); ok {
+				p["authorization_details"] = []any{map[string]any{"type": "agent_action", "actions": []any{other["action"]}}}
+				delete(p, "task")
+			}
+			in, err := ast.InterfaceToValue(other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ownStage(t, e, nil, in)
+		}, must: []string{fastStaged, regoStaged}, on: []string{fastStaged, regoStaged}},
+		{name: "stage: resources of another tenant", stageOf: tampered(func(st ast.Object) ast.Object {
+			st.Insert(ast.StringTerm("resources"), ast.MustParseTerm(
+				`{"checkout": true, "payments": true, "search": true, "inventory": true, "*": true}`))
+			return st
+		}), must: []string{fastStaged, regoStaged}, on: []string{fastStaged, regoStaged}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -343,24 +434,33 @@ func TestDifferentialCatchesMutations(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			ms, _, _ := compare(t, "shipped", mutationCorpus, es, refs, tc.engineInput)
+			res := compare(t, "shipped", mutationCorpus, es, refs, tc.engineInput, tc.stageOf)
 			byRef := map[string]int{}
-			for _, m := range ms {
+			for _, m := range res.mismatches {
 				byRef[m.evaluator+"/"+m.reference]++
-				if tc.engineInput == nil && m.evaluator != string(policy.Fast) {
-					t.Fatalf("the mutation of the fast evaluator's cache shows on %s:\n%v", m.evaluator, m)
+				if tc.on != nil && !slices.Contains(tc.on, m.evaluator) {
+					t.Fatalf("the mutation shows on %s:\n%v", m.evaluator, m)
 				}
 				if tc.sameVerdict && !sameVerdict(t, m.got, m.want) {
 					t.Fatalf("the mutation changed allow or reasons:\n%v", m)
 				}
 			}
 			t.Logf("mismatches: %v", byRef)
-			for ref := range refs {
-				if byRef[string(policy.Fast)+"/"+ref] == 0 {
-					t.Fatalf("the comparison with the %s reference did not catch the mutation", ref)
+			for _, ev := range tc.must {
+				for ref := range refs {
+					if byRef[ev+"/"+ref] == 0 {
+						t.Fatalf("the comparison of %s with the %s reference did not catch the mutation", ev, ref)
+					}
 				}
 			}
 		})
+	}
+}
+
+// tampered is the engine's own stage with its value edited.
+func tampered(edit func(ast.Object) ast.Object) staging {
+	return func(t *testing.T, e *policy.Engine, call map[string]any, seen ast.Value) *policy.Stage {
+		return policy.TamperStage(ownStage(t, e, call, seen), edit)
 	}
 }
 

@@ -99,6 +99,10 @@ type Options struct {
 	FS fs.FS
 	// Query defaults to DefaultQuery.
 	Query string
+	// StageQuery is the policy's per-passport stage (stage.go); it
+	// defaults to DefaultStageQuery. A policy without that rule has no
+	// stage, and every call is decided without one.
+	StageQuery string
 	// Evaluator defaults to Fast.
 	Evaluator Evaluator
 	// Timeout bounds one evaluation. Default DefaultTimeout.
@@ -153,6 +157,7 @@ type Engine struct {
 // when a reload has replaced it and its last evaluation has ended, it is
 // closed (its read transaction aborted), once.
 type prepared struct {
+	load     uint64 // this load's number among all the process's (loads)
 	revision string
 	fast     *fastQuery // Options.Evaluator Fast
 	rego     *regoQuery // Options.Evaluator Rego
@@ -204,6 +209,9 @@ func New(ctx context.Context, opts Options) (*Engine, error) {
 	}
 	if opts.Query == "" {
 		opts.Query = DefaultQuery
+	}
+	if opts.StageQuery == "" {
+		opts.StageQuery = DefaultStageQuery
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
@@ -309,11 +317,11 @@ func (e *Engine) prepare(ctx context.Context, fsys fs.FS) (_ *prepared, err erro
 		return nil, fmt.Errorf("policy data: %w", err)
 	}
 	modules := files.sortedModules()
-	p := &prepared{revision: files.Revision, budgets: budgets}
+	p := &prepared{load: loads.Add(1), revision: files.Revision, budgets: budgets}
 	if e.opts.Evaluator == Rego {
-		p.rego, err = prepareRego(ctx, modules, data, e.opts.Query, e.caps)
+		p.rego, err = prepareRego(ctx, modules, data, e.opts.Query, e.opts.StageQuery, e.caps)
 	} else {
-		p.fast, err = prepareFast(ctx, modules, data, e.opts.Query, e.caps)
+		p.fast, err = prepareFast(ctx, modules, data, e.opts.Query, e.opts.StageQuery, e.caps)
 	}
 	if err != nil {
 		return nil, err
@@ -326,13 +334,23 @@ func (e *Engine) prepare(ctx context.Context, fsys fs.FS) (_ *prepared, err erro
 // The returned Decision always carries the revision that was asked. It
 // runs on the caller's goroutine and is safe for concurrent use, also
 // while a reload replaces the policy.
+//
+// An input.stage member is left out (stage.go): use DecideStaged.
 func (e *Engine) Decide(ctx context.Context, input ast.Value) (Decision, error) {
+	return e.DecideStaged(ctx, input, nil)
+}
+
+// DecideStaged is Decide for an input that carries st as input.stage
+// (WithStage): the policy reads the stage only when the load in force
+// computed it (Engine.Stage), and otherwise decides the call without it,
+// as it does for a nil st.
+func (e *Engine) DecideStaged(ctx context.Context, input ast.Value, st *Stage) (Decision, error) {
 	p := e.hold()
 	if p == nil {
 		return Decision{}, ErrNotLoaded
 	}
 	defer p.release()
-	return e.evaluate(ctx, p, input)
+	return e.evaluate(ctx, p, p.stagedInput(input, st))
 }
 
 // hold returns the current policy, held for one evaluation, or nil before

@@ -78,3 +78,17 @@ func SetStackGrowth(on bool) (restore func()) {
 	growStacks = on
 	return func() { growStacks = old }
 }
+
+// TamperStage returns a copy of st, from the same load, whose value is
+// edit's: a deliberately wrong stage, which the differential test must
+// catch.
+func TamperStage(st *Stage, edit func(ast.Object) ast.Object) *Stage {
+	if st == nil || st.term == nil {
+		return st
+	}
+	obj, ok := st.term.Value.(ast.Object)
+	if !ok {
+		return st
+	}
+	return &Stage{load: st.load, term: ast.NewTerm(edit(obj.Copy()))}
+}

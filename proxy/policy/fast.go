@@ -25,6 +25,8 @@ type fastQuery struct {
 	compiler *ast.Compiler
 	qc       ast.QueryCompiler
 	query    ast.Body // resultVar = <Options.Query>
+	stageQC  ast.QueryCompiler
+	stage    ast.Body // resultVar = <Options.StageQuery>
 	store    storage.Store
 	txn      storage.Transaction // shared by every evaluation; aborted by close
 	data     dataCache
@@ -37,9 +39,9 @@ const resultVar = ast.Var("decision")
 // metrics, and a registry with timers per call is not free.
 var noMetrics = metrics.NoOp()
 
-// prepareFast compiles modules and the decision query over data (with its
-// load-time documents) for the fast evaluator.
-func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any, query string, caps *ast.Capabilities) (*fastQuery, error) {
+// prepareFast compiles modules, the decision query and the stage query
+// over data (with its load-time documents) for the fast evaluator.
+func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any, query, stageQuery string, caps *ast.Capabilities) (*fastQuery, error) {
 	// The store is never written after the load, so one read transaction
 	// is opened per load and shared by every evaluation of it (which
 	// saves a lock and an allocation per call); it is aborted when the
@@ -78,6 +80,9 @@ func prepareFast(ctx context.Context, modules []*ast.Module, data map[string]any
 		return nil, err // compile errors name file and line
 	}
 	if q.qc, q.query, err = compileQuery(q.compiler, query); err != nil {
+		return nil, err
+	}
+	if q.stageQC, q.stage, err = compileQuery(q.compiler, stageQuery); err != nil {
 		return nil, err
 	}
 	root, err := store.Read(ctx, txn, storage.RootPath)
@@ -137,6 +142,15 @@ func compileQuery(c *ast.Compiler, query string) (ast.QueryCompiler, ast.Body, e
 // eval runs one evaluation for input within c, and returns the decision
 // term (nil when undefined).
 func (q *fastQuery) eval(ctx context.Context, c *deadline, input ast.Value) (*ast.Term, error) {
+	return q.run(ctx, c, q.qc, q.query, input)
+}
+
+// evalStage evaluates the stage query for a stage input (stage.go).
+func (q *fastQuery) evalStage(ctx context.Context, c *deadline, input ast.Value) (*ast.Term, error) {
+	return q.run(ctx, c, q.stageQC, q.stage, input)
+}
+
+func (q *fastQuery) run(ctx context.Context, c *deadline, qc ast.QueryCompiler, query ast.Body, input ast.Value) (*ast.Term, error) {
 	if c.check() {
 		// The deadline passed, or the caller went away, before the
 		// evaluation started.
@@ -145,8 +159,8 @@ func (q *fastQuery) eval(ctx context.Context, c *deadline, input ast.Value) (*as
 	if growStacks {
 		growStack(stackProbe)
 	}
-	rs, err := topdown.NewQuery(q.query).
-		WithQueryCompiler(q.qc).
+	rs, err := topdown.NewQuery(query).
+		WithQueryCompiler(qc).
 		WithCompiler(q.compiler).
 		WithStore(q.store).
 		WithTransaction(q.txn).
