@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -32,9 +33,28 @@ type flight struct {
 	start   time.Time
 	ctx     context.Context
 	cancel  context.CancelFunc
-	prev    *flight       // settles first; nil once it has
-	sending chan struct{} // closed when this flight's pipeline is being written
-	settled chan struct{} // closed when its results are applied
+	prev     *flight       // settles first; nil once it has
+	sending  chan struct{} // closed once this flight's pipeline is written (or failed)
+	sendOnce sync.Once
+	settled  chan struct{} // closed when its results are applied
+}
+
+// written marks f's pipeline as handed to the connection.
+func (f *flight) written() { f.sendOnce.Do(func() { close(f.sending) }) }
+
+// lastArg is the last argument of a flight's pipeline. go-redis marshals it
+// (encoding.BinaryMarshaler) as the last thing before it flushes the
+// pipeline to the socket: the next flight, which waits for that, then
+// almost never reaches Redis first on another connection of the pool.
+type lastArg struct {
+	raw string
+	f   *flight
+}
+
+// MarshalBinary implements encoding.BinaryMarshaler.
+func (a lastArg) MarshalBinary() ([]byte, error) {
+	a.f.written()
+	return []byte(a.raw), nil
 }
 
 // commitLoop is the committer: it takes the queued records, waits a little
@@ -160,7 +180,6 @@ func (s *Stream) fly(f *flight) {
 		// pool), the script refuses the later one and it is sent again.
 		<-p.sending
 	}
-	close(f.sending)
 	s.transmit(f)
 	if p := f.prev; p != nil {
 		<-p.settled
@@ -200,7 +219,6 @@ func (s *Stream) writeOwn(ctx context.Context, it *item) bool {
 	if f == nil {
 		return true // answered
 	}
-	close(f.sending)
 	s.transmit(f)
 	s.settle(f)
 	close(f.settled)
@@ -353,6 +371,8 @@ func (s *Stream) stage(ctx context.Context, batch []*item, committer bool) *flig
 		return nil
 	}
 	f := &flight{groups: order, start: start, ctx: ctx, sending: make(chan struct{}), settled: make(chan struct{})}
+	g := order[len(order)-1]
+	g.raws[len(g.raws)-1] = lastArg{raw: g.raws[len(g.raws)-1].(string), f: f}
 	for _, g := range order {
 		last := g.recs[len(g.recs)-1]
 		g.head = headValue(last.Seq, last.Hash)
@@ -382,6 +402,7 @@ func (s *Stream) needResync(batch []*item) bool {
 // with wait_replicas).
 func (s *Stream) transmit(f *flight) {
 	s.send(f.ctx, f.groups)
+	f.written() // if the pipeline never got to a connection
 	s.batches.Add(1)
 	s.m.batches.Inc()
 	s.m.batchSize.Observe(float64(f.n))
