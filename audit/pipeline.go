@@ -28,11 +28,11 @@ var errStoredNoReceipt = errors.New("audit record stored without an acknowledgem
 // are applied to the chains and handed to the callers) in the order they
 // were sent, so a chain's acknowledgements and failures apply in chain order.
 type flight struct {
-	groups  []*group
-	n       int
-	start   time.Time
-	ctx     context.Context
-	cancel  context.CancelFunc
+	groups   []*group
+	n        int
+	start    time.Time
+	ctx      context.Context
+	cancel   context.CancelFunc
 	prev     *flight       // settles first; nil once it has
 	sending  chan struct{} // closed once this flight's pipeline is written (or failed)
 	sendOnce sync.Once
