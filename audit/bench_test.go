@@ -68,6 +68,24 @@ func BenchmarkAppendParallel(b *testing.B) {
 			b.ReportMetric(float64(st.Resent)/float64(st.Written), "resent/record")
 		}
 	})
+	// One batch in flight at a time, as before pipelining.
+	b.Run("group-commit-serial", func(b *testing.B) {
+		defer audit.SetMaxInFlight(1)()
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
+		run(b, appender(s, rec))
+		if st := s.Stats(); st.Batches > 0 {
+			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
+			b.ReportMetric(float64(st.OwnWrites)/float64(st.Written), "own/record")
+		}
+	})
+	b.Run("group-commit-no-own", func(b *testing.B) {
+		defer audit.SetIdleWrite(false)()
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
+		run(b, appender(s, rec))
+		if st := s.Stats(); st.Batches > 0 {
+			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
+		}
+	})
 	b.Run("group-commit-no-linger", func(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{MaxWait: -1, CheckpointEvery: 10000})
 		run(b, appender(s, rec))

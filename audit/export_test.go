@@ -17,3 +17,11 @@ func (s *Stream) Flying() int {
 	defer s.mu.Unlock()
 	return s.flying
 }
+
+// SetMaxInFlight sets how many batches new writers keep in flight and
+// returns a function that restores it.
+func SetMaxInFlight(n int) (restore func()) {
+	old := maxInFlight
+	maxInFlight = n
+	return func() { maxInFlight = old }
+}
