@@ -15,6 +15,13 @@ import (
 // variable for the benchmarks, which compare it with 1.)
 var maxInFlight = 2
 
+// pipelineBelow is how many Appends may wait for the next batch to go
+// while one is in flight. With more, the writer is saturated: the next
+// batch waits for the one in flight and takes everything queued meanwhile,
+// since at saturation fewer, larger batches cost less CPU per record than
+// more round trips (docs/performance.md, "Fewer hand-overs").
+const pipelineBelow = 8
+
 // noIdleWrite stops a caller that finds the writer idle from writing its
 // own record (tests and benchmarks switch that off to compare).
 var noIdleWrite atomic.Bool
@@ -64,6 +71,17 @@ func (a lastArg) MarshalBinary() ([]byte, error) {
 // still be in flight.
 func (s *Stream) commitLoop() {
 	defer close(s.done)
+	// Long-lived senders: a goroutine per batch would grow a fresh stack
+	// through go-redis's pipeline for every batch.
+	send := make(chan *flight, cap(s.slots))
+	defer close(send)
+	for range cap(s.slots) {
+		go func() {
+			for f := range send {
+				s.fly(f)
+			}
+		}()
+	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -74,6 +92,18 @@ func (s *Stream) commitLoop() {
 		case <-s.stop:
 			s.stopCommitter()
 			return
+		}
+		if len(s.slots) > 1 && s.appending.Load() >= pipelineBelow {
+			s.mu.Lock()
+			last := s.last
+			s.mu.Unlock()
+			select {
+			case <-last.settled:
+			case <-s.stop:
+				<-s.slots
+				s.stopCommitter()
+				return
+			}
 		}
 		var first *item
 		select {
@@ -89,7 +119,9 @@ func (s *Stream) commitLoop() {
 		if first != nil {
 			batch = s.collect(first, timer)
 		}
-		if !s.dispatch(batch) {
+		if f := s.dispatch(batch); f != nil {
+			send <- f
+		} else {
 			<-s.slots
 		}
 		s.collecting.Store(false)
@@ -151,24 +183,23 @@ fill:
 	return batch
 }
 
-// dispatch stages batch and sends it on a goroutine of its own, which then
-// settles it. It reports whether a flight was sent (it holds a slot).
-func (s *Stream) dispatch(batch []*item) bool {
+// dispatch stages batch as the newest flight, for a sender to send and
+// settle; nil when nothing is left to send.
+func (s *Stream) dispatch(batch []*item) *flight {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
 	s.mu.Lock()
 	f := s.stage(ctx, batch, true)
 	if f == nil {
 		s.mu.Unlock()
 		cancel()
-		return false
+		return nil
 	}
 	f.cancel = cancel
 	f.prev, s.last = s.last, f
 	s.flying++
 	s.mu.Unlock()
 	s.flights.Add(1)
-	go s.fly(f)
-	return true
+	return f
 }
 
 // fly sends f, waits for the flight before it to settle, and settles f.
@@ -202,13 +233,16 @@ func (s *Stream) fly(f *flight) {
 }
 
 // writeOwn writes it, a write-ahead record, on the caller's goroutine
-// under the caller's deadline when the writer is idle: no batch queued or
-// being formed, none in flight, nothing to send again. It spares the two
+// under the caller's deadline when the writer is idle: no other Append
+// waiting, no batch queued or being formed, none in flight, nothing to
+// send again. It spares the two
 // hand-overs between goroutines (to the committer and back), and keeps the
 // chain order because it holds the pen for its whole round trip. It reports
 // whether it wrote (it.done then holds the result).
 func (s *Stream) writeOwn(ctx context.Context, it *item) bool {
-	if noIdleWrite.Load() || s.collecting.Load() || len(s.reqs) > 0 || !s.mu.TryLock() {
+	// Idle means no other Append waiting either: under load, one caller's
+	// own round trip would hold up the batch of all the others.
+	if noIdleWrite.Load() || s.appending.Load() > 1 || s.collecting.Load() || len(s.reqs) > 0 || !s.mu.TryLock() {
 		return false
 	}
 	defer s.mu.Unlock()

@@ -167,7 +167,7 @@ func TestPipelineStormThroughPauseFreezeKill(t *testing.T) {
 	stopRun := runStream(t, s)
 	l := newLedger()
 	stop := make(chan struct{})
-	wg := l.storm(t, s, "", 8, true, stop)
+	wg := l.storm(t, s, "", 6, true, stop) // fewer than pipelineBelow: the writer pipelines
 
 	l.waitMore(t, 300, "appends before the faults")
 	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "150", "WRITE").Err(); err != nil {

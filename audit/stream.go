@@ -230,6 +230,7 @@ type Stream struct {
 	dropped   atomic.Uint64
 	resent    atomic.Uint64
 	ownWrites atomic.Uint64
+	appending atomic.Int64 // Appends waiting for their acknowledgement
 	pipelined atomic.Uint64
 	inflight  atomic.Int64 // outcome records Run has taken and not yet written or spooled
 
@@ -351,7 +352,7 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		done:   make(chan struct{}),
 		chains: map[string]*chain{},
 		kick:   make(chan struct{}, 1),
-		slots:  make(chan struct{}, maxInFlight),
+		slots:  make(chan struct{}, max(maxInFlight, 1)),
 	}
 	s.wit = newWitnessPub(&s.cfg, s.log, reg)
 	s.sm = newSpoolMetrics(reg, s)
@@ -478,6 +479,8 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
+	s.appending.Add(1)
+	defer s.appending.Add(-1)
 	it := &item{rec: &r, body: b, ctx: wctx, done: make(chan result, 1)}
 	s.startCommitter()
 	select {
