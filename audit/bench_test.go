@@ -164,6 +164,29 @@ func BenchmarkAppendAtRate(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
 		run(b, appender(s, rec))
 	})
+	// As the proxy writes: each allowed call's outcome follows its
+	// decision and rides in the batch of the next call's.
+	b.Run("stream-outcomes", func(b *testing.B) {
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		run(b, func(ctx context.Context) error {
+			r := *rec
+			_, err := s.Append(ctx, &r)
+			if err == nil {
+				o := r
+				o.Kind, o.Status = audit.KindOutcome, 200
+				s.Enqueue(&o)
+			}
+			return err
+		})
+		cancel()
+		<-done
+		if st := s.Stats(); st.Written > 0 {
+			b.ReportMetric(float64(st.OwnWrites)/float64(st.Written), "own/record")
+		}
+	})
 	b.Run("plain-xadd", func(b *testing.B) {
 		run(b, plainXAdd(rdb))
 	})
