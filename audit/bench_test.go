@@ -33,8 +33,9 @@ func BenchmarkAppendParallel(b *testing.B) {
 	b.Cleanup(func() { _ = rdb.Close() })
 	rec := decision("acme", 1)
 
+	par := 16 // many in-flight requests per CPU, as in a proxy
 	run := func(b *testing.B, appendOne func(ctx context.Context) error) {
-		b.SetParallelism(16) // many in-flight requests per CPU, as in a proxy
+		b.SetParallelism(par)
 		ctx := context.Background()
 		start := time.Now()
 		cpu0 := cpuTime()
@@ -88,6 +89,14 @@ func BenchmarkAppendParallel(b *testing.B) {
 		if st := s.Stats(); st.Batches > 0 {
 			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
 		}
+	})
+	// Two callers per CPU: a light load, where a batch rarely waits for
+	// company and the next one goes while it is in flight.
+	b.Run("group-commit-light", func(b *testing.B) {
+		par = 2
+		defer func() { par = 16 }()
+		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
+		run(b, appender(s, rec))
 	})
 	b.Run("group-commit-no-linger", func(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{MaxWait: -1, CheckpointEvery: 10000})
