@@ -79,15 +79,6 @@ func BenchmarkAppendParallel(b *testing.B) {
 		run(b, appender(s, rec))
 		if st := s.Stats(); st.Batches > 0 {
 			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
-			b.ReportMetric(float64(st.OwnWrites)/float64(st.Written), "own/record")
-		}
-	})
-	b.Run("group-commit-no-own", func(b *testing.B) {
-		defer audit.SetIdleWrite(false)()
-		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
-		run(b, appender(s, rec))
-		if st := s.Stats(); st.Batches > 0 {
-			b.ReportMetric(float64(st.Written)/float64(st.Batches), "records/batch")
 		}
 	})
 	// Two callers per CPU: a light load, where a batch rarely waits for
@@ -162,16 +153,6 @@ func BenchmarkAppendAtRate(b *testing.B) {
 	b.Run("stream", func(b *testing.B) {
 		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
 		run(b, appender(s, rec))
-		if st := s.Stats(); st.Written > 0 {
-			b.ReportMetric(float64(st.OwnWrites)/float64(st.Written), "own/record")
-		}
-	})
-	// The same without the idle caller's own write: every Append goes
-	// through the committer (two hand-overs between goroutines).
-	b.Run("stream-queued", func(b *testing.B) {
-		defer audit.SetIdleWrite(false)()
-		s := newStream(b, rdb, audit.StreamConfig{CheckpointEvery: 10000})
-		run(b, appender(s, rec))
 	})
 	// As the proxy writes: each allowed call's outcome follows its
 	// decision and rides in the batch of the next call's.
@@ -192,9 +173,6 @@ func BenchmarkAppendAtRate(b *testing.B) {
 		})
 		cancel()
 		<-done
-		if st := s.Stats(); st.Written > 0 {
-			b.ReportMetric(float64(st.OwnWrites)/float64(st.Written), "own/record")
-		}
 	})
 	b.Run("plain-xadd", func(b *testing.B) {
 		run(b, plainXAdd(rdb))

@@ -4,13 +4,6 @@ package audit
 // benchmarks of the external test package.
 var RefSeal = refSeal
 
-// SetIdleWrite switches the idle caller's own write on or off and returns
-// a function that restores it.
-func SetIdleWrite(on bool) (restore func()) {
-	old := noIdleWrite.Swap(!on)
-	return func() { noIdleWrite.Store(old) }
-}
-
 // Flying is how many of the committer's batches are in flight.
 func (s *Stream) Flying() int {
 	s.mu.Lock()

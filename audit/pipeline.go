@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -21,10 +20,6 @@ var maxInFlight = 2
 // since at saturation fewer, larger batches cost less CPU per record than
 // more round trips (docs/performance.md, "Fewer hand-overs").
 const pipelineBelow = 8
-
-// noIdleWrite stops a caller that finds the writer idle from writing its
-// own record (tests and benchmarks switch that off to compare).
-var noIdleWrite atomic.Bool
 
 // errStoredNoReceipt answers a write-ahead record whose refused batch had,
 // the re-read head says, been stored after all (a client-side retry of a
@@ -114,7 +109,6 @@ func (s *Stream) commitLoop() {
 			s.stopCommitter()
 			return
 		}
-		s.collecting.Store(true)
 		var batch []*item
 		if first != nil {
 			batch = s.collect(first, timer)
@@ -124,7 +118,6 @@ func (s *Stream) commitLoop() {
 		} else {
 			<-s.slots
 		}
-		s.collecting.Store(false)
 	}
 }
 
@@ -188,7 +181,7 @@ fill:
 func (s *Stream) dispatch(batch []*item) *flight {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
 	s.mu.Lock()
-	f := s.stage(ctx, batch, true)
+	f := s.stage(ctx, batch)
 	if f == nil {
 		s.mu.Unlock()
 		cancel()
@@ -232,40 +225,11 @@ func (s *Stream) fly(f *flight) {
 	}
 }
 
-// writeOwn writes it, a write-ahead record, on the caller's goroutine
-// under the caller's deadline when the writer is idle: no other Append
-// waiting, no batch queued or being formed, none in flight, nothing to
-// send again. It spares the two
-// hand-overs between goroutines (to the committer and back), and keeps the
-// chain order because it holds the pen for its whole round trip. It reports
-// whether it wrote (it.done then holds the result).
-func (s *Stream) writeOwn(ctx context.Context, it *item) bool {
-	// Idle means no other Append waiting either: under load, one caller's
-	// own round trip would hold up the batch of all the others.
-	if noIdleWrite.Load() || s.appending.Load() > 1 || s.collecting.Load() || len(s.reqs) > 0 || !s.mu.TryLock() {
-		return false
-	}
-	defer s.mu.Unlock()
-	if s.closed || s.flying > 0 || len(s.retry) > 0 {
-		return false
-	}
-	s.ownWrites.Add(1)
-	f := s.stage(ctx, []*item{it}, false)
-	if f == nil {
-		return true // answered
-	}
-	s.transmit(f)
-	s.settle(f)
-	close(f.settled)
-	return true
-}
-
 // stopCommitter waits for the flights, then answers what is left: records to
 // send again and the queue.
 func (s *Stream) stopCommitter() {
 	s.flights.Wait()
 	s.mu.Lock()
-	s.closed = true
 	retry := s.retry
 	s.retry = nil
 	s.mu.Unlock()
@@ -282,14 +246,14 @@ func (s *Stream) stopCommitter() {
 // heads the earlier batches will leave, and build one script call per chain.
 // Records to send again go first. It returns nil when nothing is left to
 // send (every item answered).
-func (s *Stream) stage(ctx context.Context, batch []*item, committer bool) *flight {
+func (s *Stream) stage(ctx context.Context, batch []*item) *flight {
 	for s.flying > 0 && (len(s.retry) > 0 || s.needResync(batch)) {
 		last := s.last
 		s.mu.Unlock()
 		<-last.settled
 		s.mu.Lock()
 	}
-	if committer && len(s.retry) > 0 {
+	if len(s.retry) > 0 {
 		// Every flight has settled, so these are all the refused records,
 		// in the order they were first staged, and they go first.
 		batch = append(s.retry, batch...)

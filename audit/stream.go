@@ -229,7 +229,6 @@ type Stream struct {
 	written   atomic.Uint64
 	dropped   atomic.Uint64
 	resent    atomic.Uint64
-	ownWrites atomic.Uint64
 	appending atomic.Int64 // Appends waiting for their acknowledgement
 	pipelined atomic.Uint64
 	inflight  atomic.Int64 // outcome records Run has taken and not yet written or spooled
@@ -238,20 +237,17 @@ type Stream struct {
 	seen   sync.Map // tenants written to (string -> struct{})
 	listed tenantRegistry
 
-	// The pen: whoever holds mu (the committer staging or settling a
-	// batch, or a caller writing its own while the writer is idle) owns
-	// the chains and the flights.
+	// mu guards the chains and the flights: the committer stages a batch
+	// and a sender settles one with it held.
 	mu         sync.Mutex
 	chains     map[string]*chain
 	registered bool
 	last       *flight // the newest batch sent by the committer
 	flying     int     // the committer's batches sent and not yet settled
 	retry      []*item // refused behind an earlier batch: sent again (pipeline.go)
-	closed     bool    // the committer has stopped
 	kick       chan struct{}
 	slots      chan struct{} // one per batch in flight
 	flights    sync.WaitGroup
-	collecting atomic.Bool // the committer holds records it has not staged yet
 }
 
 // Stats are counters of the writer, for tests and status pages.
@@ -261,9 +257,8 @@ type Stats struct {
 	Dropped uint64 // outcome records dropped
 	// Pipelined counts chain groups sent while an earlier one of the
 	// same chain was in flight; Resent, records sent again after Redis
-	// refused their pipelined group; OwnWrites, Appends that found the
-	// writer idle and wrote on the caller's goroutine.
-	Pipelined, Resent, OwnWrites uint64
+	// refused their pipelined group.
+	Pipelined, Resent uint64
 }
 
 type chain struct {
@@ -392,7 +387,7 @@ func (s *Stream) Durability() Durability {
 // Stats returns the writer's counters.
 func (s *Stream) Stats() Stats {
 	return Stats{Batches: s.batches.Load(), Written: s.written.Load(), Dropped: s.dropped.Load(),
-		Pipelined: s.pipelined.Load(), Resent: s.resent.Load(), OwnWrites: s.ownWrites.Load()}
+		Pipelined: s.pipelined.Load(), Resent: s.resent.Load()}
 }
 
 func (s *Stream) checkDurability(ctx context.Context) {
@@ -489,16 +484,14 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error
 		return Receipt{}, ErrClosed
 	default:
 	}
-	if !s.writeOwn(wctx, it) {
-		select {
-		case s.reqs <- it:
-		case <-s.stop:
-			s.m.failures.WithLabelValues("closed").Inc()
-			return Receipt{}, ErrClosed
-		case <-wctx.Done():
-			s.m.failures.WithLabelValues("timeout").Inc()
-			return Receipt{}, fmt.Errorf("append audit record: queue: %w", ErrTimeout)
-		}
+	select {
+	case s.reqs <- it:
+	case <-s.stop:
+		s.m.failures.WithLabelValues("closed").Inc()
+		return Receipt{}, ErrClosed
+	case <-wctx.Done():
+		s.m.failures.WithLabelValues("timeout").Inc()
+		return Receipt{}, fmt.Errorf("append audit record: queue: %w", ErrTimeout)
 	}
 	select {
 	case res := <-it.done:
