@@ -20,6 +20,7 @@ type metrics struct {
 	checkpoints prometheus.Counter
 	durability  *prometheus.GaugeVec
 	lost        prometheus.Counter
+	resent      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "passport_audit_lost_records_total",
 			Help: "Records Redis acknowledged and later no longer had (a failover without wait_replicas, or a rewritten head); each loss is written as a signed loss checkpoint.",
 		}),
+		resent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passport_audit_resent_total",
+			Help: "Records sent again because Redis refused their pipelined batch (it ran before the batch it follows, or the chain head moved); each is sent once more, after the head is re-read.",
+		}),
 		durability: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "passport_audit_durability_status",
 			Help: "1 for the Redis persistence level seen at the last check: always, everysec, no, off or unknown.",
@@ -83,6 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.checkpoints = register(reg, m.checkpoints)
 	m.durability = register(reg, m.durability)
 	m.lost = register(reg, m.lost)
+	m.resent = register(reg, m.resent)
 	return m
 }
 

@@ -225,18 +225,29 @@ type Stream struct {
 	bl backlog // outcome records Redis has not taken yet (spool.go)
 	sm *spoolMetrics
 
-	batches  atomic.Uint64
-	written  atomic.Uint64
-	dropped  atomic.Uint64
-	inflight atomic.Int64 // outcome records Run has taken and not yet written or spooled
+	batches   atomic.Uint64
+	written   atomic.Uint64
+	dropped   atomic.Uint64
+	resent    atomic.Uint64
+	appending atomic.Int64 // Appends waiting for their acknowledgement
+	pipelined atomic.Uint64
+	inflight  atomic.Int64 // outcome records Run has taken and not yet written or spooled
 
 	fresh  bool     // the writer id was generated: no earlier chain exists
 	seen   sync.Map // tenants written to (string -> struct{})
 	listed tenantRegistry
 
-	// Owned by the committer goroutine.
+	// mu guards the chains and the flights: the committer stages a batch
+	// and a sender settles one with it held.
+	mu         sync.Mutex
 	chains     map[string]*chain
 	registered bool
+	last       *flight // the newest batch sent by the committer
+	flying     int     // the committer's batches sent and not yet settled
+	retry      []*item // refused behind an earlier batch: sent again (pipeline.go)
+	kick       chan struct{}
+	slots      chan struct{} // one per batch in flight
+	flights    sync.WaitGroup
 }
 
 // Stats are counters of the writer, for tests and status pages.
@@ -244,6 +255,10 @@ type Stats struct {
 	Batches uint64 // pipeline round trips with records
 	Written uint64 // records acknowledged
 	Dropped uint64 // outcome records dropped
+	// Pipelined counts chain groups sent while an earlier one of the
+	// same chain was in flight; Resent, records sent again after Redis
+	// refused their pipelined group.
+	Pipelined, Resent uint64
 }
 
 type chain struct {
@@ -259,6 +274,7 @@ type chain struct {
 	acked     uint64
 	ackedHash string
 	lost      *LostRange
+	flying    int // batches in flight with records of this chain
 }
 
 type result struct {
@@ -285,6 +301,7 @@ type item struct {
 	attempt uint64
 	stored  bool // resync found the failed write stored
 	settled bool // stored is known
+	retried bool // sent again once after a pipelined refusal
 }
 
 // appendScript appends a writer's records to one stream if the writer's
@@ -329,6 +346,8 @@ func NewStream(rdb redis.UniversalClient, cfg StreamConfig, logger *slog.Logger,
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 		chains: map[string]*chain{},
+		kick:   make(chan struct{}, 1),
+		slots:  make(chan struct{}, max(maxInFlight, 1)),
 	}
 	s.wit = newWitnessPub(&s.cfg, s.log, reg)
 	s.sm = newSpoolMetrics(reg, s)
@@ -367,7 +386,8 @@ func (s *Stream) Durability() Durability {
 
 // Stats returns the writer's counters.
 func (s *Stream) Stats() Stats {
-	return Stats{Batches: s.batches.Load(), Written: s.written.Load(), Dropped: s.dropped.Load()}
+	return Stats{Batches: s.batches.Load(), Written: s.written.Load(), Dropped: s.dropped.Load(),
+		Pipelined: s.pipelined.Load(), Resent: s.resent.Load()}
 }
 
 func (s *Stream) checkDurability(ctx context.Context) {
@@ -454,6 +474,8 @@ func (s *Stream) Append(ctx context.Context, rec *Record) (rc Receipt, err error
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
+	s.appending.Add(1)
+	defer s.appending.Add(-1)
 	it := &item{rec: &r, body: b, ctx: wctx, done: make(chan result, 1)}
 	s.startCommitter()
 	select {
@@ -582,75 +604,6 @@ func (s *Stream) Close() error {
 	return nil
 }
 
-// commitLoop is the committer: it takes the queued records, waits a little
-// for company, and writes each batch in one pipeline.
-func (s *Stream) commitLoop() {
-	defer close(s.done)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for {
-		var first *item
-		select {
-		case first = <-s.reqs:
-		case <-s.stop:
-			s.failQueued()
-			return
-		}
-		batch := []*item{first}
-		waited := 0 // records someone waits for
-		if !first.background {
-			waited = 1
-		}
-	fill:
-		for len(batch) < s.cfg.MaxBatch {
-			select {
-			case it := <-s.reqs:
-				batch = append(batch, it)
-				if !it.background {
-					waited++
-				}
-				continue
-			default:
-			}
-			// Outcomes alone wait for a record someone waits for, and go
-			// with it. A lone such record goes at once; two or more linger
-			// up to MaxWait, since more are likely on the way.
-			if waited >= 2 {
-				if s.cfg.MaxWait > 0 {
-					batch = s.linger(batch, time.Now().Add(s.cfg.MaxWait))
-				}
-				break fill
-			}
-			if waited != 0 || s.cfg.OutcomeDelay <= 0 {
-				break fill
-			}
-			timer.Reset(s.cfg.OutcomeDelay)
-			for len(batch) < s.cfg.MaxBatch {
-				select {
-				case it := <-s.reqs:
-					batch = append(batch, it)
-					if !it.background {
-						waited++
-						if waited == 1 {
-							// The record the outcomes waited for: send
-							// it now, with whatever else is queued.
-							timer.Stop()
-							continue fill
-						}
-					}
-					continue
-				case <-timer.C:
-				case <-s.stop:
-					timer.Stop()
-				}
-				break fill
-			}
-			timer.Stop()
-		}
-		s.commit(batch)
-	}
-}
-
 // linger lets a batch that holds two or more records someone waits for
 // collect more until deadline. It yields the processor instead of sleeping:
 // the goroutines that are about to append run first, and their records join
@@ -726,185 +679,15 @@ func (s *Stream) chainFor(tenant string, known bool) *chain {
 type group struct {
 	c       *chain
 	expect  string
-	replErr error // wait_replicas not met on this group's connection
-	items   []*item
-	recs    []*Record
-	raws    []any
-	cmd     *redis.Cmd
-}
-
-// commit writes one batch: resync the chains whose head is unknown, assign
-// chain fields, send one pipeline with one script call per chain, and hand
-// each caller its own result.
-func (s *Stream) commit(batch []*item) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
-	defer cancel()
-	start := time.Now()
-
-	// Callers that gave up are not written: they have already answered
-	// (fail closed), and writing would only add an orphan record.
-	live := batch[:0]
-	for _, it := range batch {
-		if it.ctx != nil && it.ctx.Err() != nil {
-			s.m.failures.WithLabelValues("timeout").Inc()
-			s.finish(it, result{err: ErrTimeout})
-			continue
-		}
-		live = append(live, it)
-	}
-	batch = live
-	if len(batch) == 0 {
-		return
-	}
-	if !s.registered {
-		if err := s.register(ctx); err != nil {
-			s.failAll(batch, err)
-			return
-		}
-	}
-	if err := s.resync(ctx, batch); err != nil {
-		s.failAll(batch, err)
-		return
-	}
-
-	now := s.cfg.Clock().UTC()
-	groups := map[string]*group{}
-	var order []*group
-	add := func(it *item, rec *Record, c *chain) error {
-		g := groups[c.tenant]
-		if g == nil {
-			g = &group{c: c, expect: headValue(c.seq, c.hash)}
-			groups[c.tenant] = g
-			order = append(order, g)
-		}
-		rec.Writer = s.cfg.WriterID
-		rec.Seq = c.seq + 1
-		rec.Prev = c.hash
-		b := it.body
-		if b == nil || it.checkpoint != "" {
-			var err error
-			if b, err = encodeBody(rec); err != nil {
-				return err
-			}
-		}
-		var raw []byte
-		rec.Hash, raw = b.seal(rec.Writer, rec.Seq, rec.Prev)
-		g.items, g.recs, g.raws = append(g.items, it), append(g.recs, rec), append(g.raws, string(raw))
-		it.attempt = rec.Seq
-		c.seq, c.hash = rec.Seq, rec.Hash
-		c.sinceCkpt++
-		if rec.Kind == KindCheckpoint {
-			c.sinceCkpt = 0
-		}
-		return nil
-	}
-	for _, it := range batch {
-		// A chain that lost acknowledged records says so first.
-		c := s.chainFor(it.rec.Tenant, s.generatedID())
-		if c.lost == nil || groups[c.tenant] != nil {
-			continue
-		}
-		ck := &item{rec: &Record{Tenant: c.tenant}, checkpoint: CheckpointLoss, lost: c.lost}
-		if rec, err := s.checkpointRecord(ck, c, now); err == nil {
-			_ = add(ck, rec, c)
-		}
-	}
-	for _, it := range batch {
-		c := s.chainFor(it.rec.Tenant, s.generatedID())
-		if it.settled && it.stored {
-			// A retried outcome whose first write did reach Redis.
-			it.settled = false
-			s.finish(it, result{rec: *it.rec})
-			continue
-		}
-		it.settled = false
-		rec := it.rec
-		if it.checkpoint != "" {
-			if c.sinceCkpt == 0 && it.checkpoint != CheckpointRetention {
-				s.finish(it, result{})
-				continue
-			}
-			var err error
-			rec, err = s.checkpointRecord(it, c, now)
-			if err != nil {
-				s.finish(it, result{err: err})
-				continue
-			}
-		}
-		if err := add(it, rec, c); err != nil {
-			s.finish(it, result{err: err})
-			continue
-		}
-		if it.checkpoint == "" && c.sinceCkpt >= uint64(s.cfg.CheckpointEvery) {
-			ck := &item{rec: &Record{Tenant: rec.Tenant}, checkpoint: CheckpointPeriodic}
-			if ckRec, err := s.checkpointRecord(ck, c, now); err == nil {
-				_ = add(ck, ckRec, c)
-			}
-		}
-	}
-	if len(order) == 0 {
-		return
-	}
-	n := 0
-	for _, g := range order {
-		n += len(g.items)
-	}
-	s.send(ctx, order)
-	s.batches.Add(1)
-	s.m.batches.Inc()
-	s.m.batchSize.Observe(float64(n))
-	s.m.latency.Observe(time.Since(start).Seconds())
-
-	for _, g := range order {
-		ids, err := g.cmd.StringSlice()
-		if err == nil && len(ids) != len(g.items) {
-			err = fmt.Errorf("audit append: %d ids for %d records", len(ids), len(g.items))
-		}
-		if err == nil && g.replErr != nil {
-			err = g.replErr
-		}
-		if err == nil {
-			last := g.recs[len(g.recs)-1]
-			g.c.acked, g.c.ackedHash = last.Seq, last.Hash
-			for i, it := range g.items {
-				rec := g.recs[i]
-				if it.checkpoint == CheckpointLoss {
-					g.c.lost = nil // said
-				}
-				s.written.Add(1)
-				s.m.written.WithLabelValues(string(rec.Kind)).Inc()
-				if rec.Kind == KindCheckpoint {
-					s.m.checkpoints.Inc()
-					s.wit.noteCheckpoint(rec, it.checkpoint)
-				}
-				s.finish(it, result{id: ids[i], rec: *rec})
-			}
-			continue
-		}
-		// The group may or may not be stored (a lost reply). The chain head
-		// is unknown until re-read; the script stores all of a group or
-		// nothing, and the head says which.
-		reason := "redis"
-		switch {
-		case strings.Contains(err.Error(), "PASSPORTCHAIN"):
-			reason = "chain"
-			err = errChainMoved
-		case errors.Is(err, ErrNotReplicated):
-			reason = "replication"
-		case errors.Is(err, context.DeadlineExceeded) || isNetTimeout(err):
-			// The client's own read timeout can fire before the context's
-			// deadline: either way the write was not acknowledged in time.
-			reason = "timeout"
-			err = fmt.Errorf("%w: %v", ErrTimeout, err)
-		}
-		g.c.known = false
-		g.c.sinceCkpt = max(g.c.sinceCkpt, 1) // the next checkpoint tick must not skip this chain
-		for _, it := range g.items {
-			s.m.failures.WithLabelValues(reason).Inc()
-			g.c.ambiguous = append(g.c.ambiguous, it)
-			s.finish(it, result{err: err})
-		}
-	}
+	head    string // the head once stored
+	replErr error  // wait_replicas not met on this group's connection
+	// pipelined: an earlier batch of this chain was in flight when this
+	// one was staged, so its expected head was computed, not read.
+	pipelined bool
+	items     []*item
+	recs      []*Record
+	raws      []any
+	cmd       *redis.Cmd
 }
 
 // send writes the groups of a batch: one pipeline with one script call
@@ -944,7 +727,7 @@ func (s *Stream) sendOn(ctx context.Context, rdb redis.Cmdable, order []*group) 
 	pipe := rdb.Pipeline()
 	for _, g := range order {
 		args := make([]any, 0, 3+len(g.raws))
-		args = append(args, s.cfg.WriterID, g.expect, headValue(g.c.seq, g.c.hash))
+		args = append(args, s.cfg.WriterID, g.expect, g.head)
 		args = append(args, g.raws...)
 		g.cmd = appendScript.Eval(ctx, pipe, []string{StreamKey(g.c.tenant), HeadsKey(g.c.tenant)}, args...)
 	}
