@@ -53,7 +53,8 @@ type ArchiveConfig struct {
 	Tenants []string `yaml:"-"`
 }
 
-// Enabled reports whether archiving is configured.
+// Enabled reports whether archiving is configured: the other settings
+// are ignored without Dir.
 func (c ArchiveConfig) Enabled() bool { return c.Dir != "" }
 
 // Validate reports every problem of c.
@@ -61,9 +62,6 @@ func (c ArchiveConfig) Validate() error {
 	var errs []error
 	if c.Window < 0 || c.Interval < 0 || c.MaxBytes < 0 || c.SegmentRecords < 0 {
 		errs = append(errs, errors.New("audit.archive: window, interval, max_bytes and segment_records must not be negative"))
-	}
-	if c.Dir == "" && (c.Window != 0 || c.MaxBytes != 0 || c.Interval != 0 || c.SegmentRecords != 0) {
-		errs = append(errs, errors.New("audit.archive: window, max_bytes, interval or segment_records set without audit.archive.dir"))
 	}
 	if c.Dir != "" && c.SegmentRecords != 0 && c.SegmentRecords < 100 {
 		errs = append(errs, errors.New("audit.archive.segment_records: at least 100 (a segment ends at a checkpoint)"))

@@ -143,6 +143,40 @@ type segFile struct {
 // TenantArchiveDir is where tenant's segments are kept under dir.
 func TenantArchiveDir(dir, tenant string) string { return filepath.Join(dir, tenant) }
 
+// ArchiveTenants lists the tenants that have a directory in the archive.
+func ArchiveTenants(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read audit archive: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && validTenant(e.Name()) == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// withArchived adds the archive's tenants to tenants, sorted.
+func withArchived(tenants []string, dir string) ([]string, error) {
+	more, err := ArchiveTenants(dir)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, t := range tenants {
+		seen[t] = true
+	}
+	for _, t := range more {
+		if !seen[t] {
+			tenants = append(tenants, t)
+		}
+	}
+	sort.Strings(tenants)
+	return tenants, nil
+}
+
 // listSegments returns the segment files of dir ordered by their first
 // id, and the names of other files that are not the archiver's temporary
 // files (they are not segments, and a reader reports them).
