@@ -104,6 +104,7 @@ const archiveLockTTL = 2 * time.Minute
 // a reader of the archive finds a segment that is gone.
 //
 // NewArchiver starts nothing; Run archives every Interval until ctx ends.
+// An Archiver is used by one goroutine at a time.
 type Archiver struct {
 	rdb   redis.UniversalClient
 	st    *Stream
@@ -365,8 +366,11 @@ func (a *Archiver) resume(ctx context.Context, tenant, dir string, tail *segTail
 	switch {
 	case len(first) == 0 || IDLess(tail.ref.Last, first[0].ID):
 		// Trimmed already; only the state was not written.
-	case IDLess(tail.ref.First, first[0].ID):
-		return fail("state", "Redis holds only part of segment %s (from %s): trimmed by someone else?", tail.name, first[0].ID)
+	case first[0].ID != tail.ref.First:
+		// Trimming must remove exactly the segment: entries before it
+		// (a restored snapshot?) or only part of it (trimmed by someone
+		// else?) are for an operator to look into.
+		return fail("state", "Redis's first entry is %s, segment %s starts at %s: not trimming", first[0].ID, tail.name, tail.ref.First)
 	default:
 		var prev *segTail
 		if segs, _, err := listSegments(dir); err == nil && len(segs) > 1 {
