@@ -170,6 +170,20 @@ func TestArchiveRoundTrip(t *testing.T) {
 		t.Fatalf("one history: %d records (Redis alone %d), proxy-a from seq %d", full.Records, rep.Records, full.Writers["proxy-a"].FirstSeq)
 	}
 	f.mustHoldEvery(t, f.dir)
+	// From the middle: the archived entries before the start go to Before.
+	mid := f.ids[100]
+	var skipped, from []string
+	err := audit.ScanHistory(ctx, f.rdb, "acme", audit.HistoryOptions{Archive: f.dir, Start: mid,
+		Before: func(m redis.XMessage) { skipped = append(skipped, m.ID) }}, func(m redis.XMessage) error {
+		from = append(from, m.ID)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(skipped) == 0 || !audit.IDLess(skipped[len(skipped)-1], mid) || from[0] != mid || len(skipped)+len(from) != full.Records {
+		t.Fatalf("from %s: %d skipped, %d from (first %s), %d in all", mid, len(skipped), len(from), from[0], full.Records)
+	}
 
 	// More traffic, another pass: the segments chain on.
 	f.write(t, 120)

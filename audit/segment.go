@@ -406,6 +406,10 @@ type HistoryOptions struct {
 	Archive string
 	// Start skips entries before this id ("" or "-": from the first).
 	Start string
+	// Before, when set, gets the archived entries that Start skips (a
+	// reader keeps the passport records that later decisions reference:
+	// Redis no longer has them to look up).
+	Before func(redis.XMessage)
 	// PageSize is the XRANGE page. Default 1000.
 	PageSize int64
 	// Problem receives what is wrong with the archive itself (a missing,
@@ -417,6 +421,20 @@ type HistoryOptions struct {
 // ErrArchive wraps the first problem of the archive when ScanHistory has
 // no Problem function.
 var ErrArchive = errors.New("audit archive does not verify")
+
+// NotePassports is a Before function that keeps the passport records of
+// the entries skipped in ir.
+func NotePassports(ir *InputResolver) func(redis.XMessage) {
+	return func(m redis.XMessage) {
+		raw, _ := m.Values[FieldRecord].(string)
+		if !strings.Contains(raw, `"kind":"passport"`) {
+			return
+		}
+		if rec, _, err := ParseMessage(m); err == nil {
+			ir.Note(m.ID, rec)
+		}
+	}
+}
 
 // ScanHistory hands fn every entry of tenant's audit history in order,
 // each once: the archive's segments, then the Redis stream from just past
@@ -464,10 +482,14 @@ func ScanHistory(ctx context.Context, rdb redis.UniversalClient, tenant string, 
 				r := raw
 				checks = append(checks, func() { named(id, r) })
 			}
+			m := redis.XMessage{ID: id, Values: map[string]any{FieldRecord: string(raw)}}
 			if start != "-" && IDLess(id, start) {
+				if opts.Before != nil {
+					opts.Before(m)
+				}
 				return nil
 			}
-			return fn(redis.XMessage{ID: id, Values: map[string]any{FieldRecord: string(raw)}})
+			return fn(m)
 		}, problem)
 		if err != nil {
 			return err

@@ -195,7 +195,7 @@ does not resolve gets "error" instead.`,
 			for _, t := range tenants {
 				key := audit.StreamKey(t)
 				ir := audit.NewInputResolver(rdb, t)
-				err := audit.ScanHistory(ctx, rdb, t, audit.HistoryOptions{Archive: o.archive, Start: start}, func(m redis.XMessage) error {
+				err := audit.ScanHistory(ctx, rdb, t, audit.HistoryOptions{Archive: o.archive, Start: start, Before: audit.NotePassports(ir)}, func(m redis.XMessage) error {
 					line := audit.ExportLine(key, m)
 					if rec, _, err := audit.ParseMessage(m); err == nil {
 						ir.Note(m.ID, rec)

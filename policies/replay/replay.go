@@ -151,7 +151,7 @@ func replayTenant(ctx context.Context, opts Options, rep *Report, g *grouper, te
 		start = fmt.Sprintf("%d-0", rep.From.UnixMilli())
 	}
 	errLimit := errors.New("limit")
-	err := audit.ScanHistory(ctx, opts.Client, tenant, audit.HistoryOptions{Archive: opts.Archive, Start: start, PageSize: opts.PageSize}, func(m redis.XMessage) error {
+	err := audit.ScanHistory(ctx, opts.Client, tenant, audit.HistoryOptions{Archive: opts.Archive, Start: start, PageSize: opts.PageSize, Before: audit.NotePassports(ir)}, func(m redis.XMessage) error {
 		if opts.Limit > 0 && rep.Decisions >= opts.Limit {
 			return errLimit
 		}
