@@ -41,6 +41,11 @@ type Checkpoint struct {
 	// that remains is accepted as starting right after it.
 	MinID   string            `json:"min_id,omitempty"`
 	Anchors map[string]Anchor `json:"anchors,omitempty"`
+	// Segment is set by the retention checkpoint of the archiver: the
+	// entries trimmed are in this segment file of the archive (its last
+	// id and SHA-256), so that a reader of the archive finds a segment
+	// that was deleted or replaced, under this signature.
+	Segment *SegmentRef `json:"segment,omitempty"`
 	// Lost is set by loss checkpoints: the acknowledged records the
 	// stored chain no longer has.
 	Lost *LostRange `json:"lost,omitempty"`

@@ -65,6 +65,9 @@ type WriterConfig struct {
 	// WitnessHeartbeat and WitnessTimeout: defaults 10s and 2s.
 	WitnessHeartbeat time.Duration `yaml:"witness_heartbeat"`
 	WitnessTimeout   time.Duration `yaml:"witness_timeout"`
+	// Archive moves sealed segments of the streams out of Redis into
+	// files and keeps only a window in Redis. Default: off.
+	Archive ArchiveConfig `yaml:"archive"`
 	// The tuning of group commit and retries, rarely changed (see
 	// StreamConfig): max_batch 256, max_wait 200µs, outcome_delay 20ms,
 	// retry_min 50ms, retry_max 5s, durability_interval 1m, max_field
@@ -100,6 +103,13 @@ func (c WriterConfig) Validate() error {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("audit.%s: must not be negative", name))
 		}
+	}
+	if err := c.Archive.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Archive.Enabled() && c.Retention > 0 {
+		// Retention trims by age whatever is there, archived or not.
+		errs = append(errs, errors.New("audit.retention and audit.archive.dir exclude each other: the archive's window is the retention of Redis"))
 	}
 	if c.CheckpointEvery < 0 || c.WaitReplicas < 0 || c.SpoolMaxBytes < 0 || c.OutcomeBuffer < 0 || c.MaxBatch < 0 || c.MaxField < 0 || c.MaxJSON < 0 {
 		errs = append(errs, errors.New("audit: checkpoint_every, wait_replicas, spool_max_bytes, outcome_buffer, max_batch, max_field and max_json must not be negative"))

@@ -18,3 +18,7 @@ func SetMaxInFlight(n int) (restore func()) {
 	maxInFlight = n
 	return func() { maxInFlight = old }
 }
+
+// SetArchiveHook makes a call at each step of an archive pass (write,
+// renamed, verified, checkpointed, trimmed); an error stops the pass there.
+func SetArchiveHook(a *Archiver, fn func(step, tenant string) error) { a.hook = fn }

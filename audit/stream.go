@@ -293,6 +293,7 @@ type item struct {
 	checkpoint string
 	anchors    map[string]Anchor
 	minID      string
+	segment    *SegmentRef // retention by the archiver: the segment trimmed
 	lost       *LostRange
 	// background marks an outcome record: nobody waits for it, so it may
 	// wait for company (OutcomeDelay).
@@ -845,6 +846,7 @@ func (s *Stream) checkpointRecord(it *item, c *chain, now time.Time) (*Record, e
 		Time:    now.Format(time.RFC3339Nano),
 		MinID:   it.minID,
 		Anchors: it.anchors,
+		Segment: it.segment,
 		Lost:    it.lost,
 	}
 	if err := cp.Sign(s.cfg.SigningKey); err != nil {

@@ -182,6 +182,10 @@ type Verifier struct {
 	rep     Report
 	pos     int
 	wit     witnessChecks
+	// segRefs are the segments signed retention checkpoints name; with
+	// an archive read (segments set), each must be there, unchanged.
+	segRefs  []segRefAt
+	segments map[string]string // last id -> SHA-256 of the archive's segments
 	// Lookup, when set, is asked for a writer missing from the keys (a
 	// writer that registered after the keys were read); its answer is kept.
 	Lookup func(writer string) (ed25519.PublicKey, bool)
@@ -387,12 +391,52 @@ func (v *Verifier) checkpoint(id string, rec *Record, ws *wstate, p Problem) {
 			Detail: fmt.Sprintf("seq %d..%d of this writer were acknowledged by Redis and then gone from its chain (a failover without wait_replicas, or a rewritten head): its signed loss checkpoint says so",
 				cp.Lost.First, cp.Lost.Last)})
 	}
+	if cp.Type == CheckpointRetention && cp.Segment != nil {
+		v.segRefs = append(v.segRefs, segRefAt{ref: *cp.Segment, id: id, pos: p.pos})
+	}
 	if cp.Type == CheckpointRetention {
 		for w, a := range cp.Anchors {
 			if v.anchors[w] == nil {
 				v.anchors[w] = map[Anchor]bool{}
 			}
 			v.anchors[w][a] = true
+		}
+	}
+}
+
+type segRefAt struct {
+	ref SegmentRef
+	id  string
+	pos int
+}
+
+// ArchiveProblem reports a problem of the archive read before the stream
+// (a segment missing, cut or changed), at the current position.
+func (v *Verifier) ArchiveProblem(p Problem) { v.problem(p) }
+
+// ArchiveSegments gives the segments of the archive read (last id ->
+// SHA-256 of the file): every segment a retention checkpoint names must
+// be one of them.
+func (v *Verifier) ArchiveSegments(known map[string]string) {
+	if known == nil {
+		known = map[string]string{}
+	}
+	v.segments = known
+}
+
+func (v *Verifier) finishArchive() {
+	if v.segments == nil {
+		return
+	}
+	for _, r := range v.segRefs {
+		sha, ok := v.segments[r.ref.Last]
+		switch {
+		case !ok:
+			v.problem(Problem{ID: r.id, Kind: ProblemSegmentMissing, pos: r.pos,
+				Detail: fmt.Sprintf("the signed retention checkpoint says entries %s..%s were trimmed into a segment (SHA-256 %s) that is not in the archive", r.ref.First, r.ref.Last, short(r.ref.SHA256))})
+		case sha != r.ref.SHA256:
+			v.problem(Problem{ID: r.id, Kind: ProblemSegmentCorrupt, pos: r.pos,
+				Detail: fmt.Sprintf("the segment ending at %s has SHA-256 %s, but the signed retention checkpoint says %s: it was changed", r.ref.Last, short(sha), short(r.ref.SHA256))})
 		}
 	}
 }
@@ -414,6 +458,7 @@ func (v *Verifier) Finish() *Report {
 	}
 	v.finishHeads()
 	v.finishWitnessed()
+	v.finishArchive()
 	ws := make([]string, 0, len(v.heads))
 	for w := range v.heads {
 		if v.wit.streamMissing {
@@ -459,6 +504,11 @@ type VerifyOptions struct {
 	TrustedKeys map[string]ed25519.PublicKey
 	// PageSize is the XRANGE page. Default 1000.
 	PageSize int64
+	// Archive is the archive directory (ArchiveConfig.Dir): its segments
+	// are read first, then Redis from just past them, as one history.
+	// Every segment a signed retention checkpoint names must be there,
+	// unchanged, and the segments must follow each other.
+	Archive string
 	// Witnessed are what witnesses hold (LoadWitness), read before Redis.
 	// Their pinned keys are trusted over the writers hash (not over
 	// TrustedKeys), and the stream is compared with the heads they sealed.
@@ -537,6 +587,32 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 			}
 		}
 	}
+	var lookupErr error
+	if opts.TrustedKeys == nil {
+		// A writer that started while we read registered its key first.
+		v.Lookup = func(w string) (ed25519.PublicKey, bool) {
+			k, err := rdb.HGet(ctx, WritersKey, w).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				lookupErr = err
+			}
+			pk, perr := ParsePublicKey(k)
+			return pk, err == nil && perr == nil
+		}
+	}
+	start := "-"
+	if opts.Archive != "" {
+		last, known, err := archiveScan(opts.Archive, tenant, func(id string, raw []byte) error {
+			v.Add(id, raw)
+			return nil
+		}, v.ArchiveProblem)
+		if err != nil {
+			return nil, err
+		}
+		v.ArchiveSegments(known)
+		if last != "" {
+			start = "(" + last // archived but not yet trimmed: read once
+		}
+	}
 	if exists == 0 {
 		var why []string
 		if witnessedBy != "" {
@@ -564,23 +640,11 @@ func VerifyStream(ctx context.Context, rdb redis.UniversalClient, tenant string,
 			v.DeletionMark(info.MaxDeletedEntryID)
 		}
 	}
-	var lookupErr error
-	if opts.TrustedKeys == nil {
-		// A writer that started while we read registered its key first.
-		v.Lookup = func(w string) (ed25519.PublicKey, bool) {
-			k, err := rdb.HGet(ctx, WritersKey, w).Result()
-			if err != nil && !errors.Is(err, redis.Nil) {
-				lookupErr = err
-			}
-			pk, perr := ParsePublicKey(k)
-			return pk, err == nil && perr == nil
-		}
-	}
 	page := opts.PageSize
 	if page <= 0 {
 		page = 1000
 	}
-	err = ScanStream(ctx, rdb, key, "-", page, func(m redis.XMessage) error {
+	err = ScanStream(ctx, rdb, key, start, page, func(m redis.XMessage) error {
 		raw, _ := m.Values[FieldRecord].(string)
 		v.Add(m.ID, []byte(raw))
 		return nil

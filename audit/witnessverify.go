@@ -393,6 +393,11 @@ func VerifyAll(ctx context.Context, rdb redis.UniversalClient, opts VerifyAllOpt
 		if tenants, err = KnownTenants(ctx, rdb, views); err != nil {
 			return nil, err
 		}
+		if opts.Archive != "" {
+			if tenants, err = withArchived(tenants, opts.Archive); err != nil {
+				return nil, err
+			}
+		}
 	}
 	res := &Verification{}
 	reports := map[string]*Report{}

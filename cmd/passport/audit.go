@@ -25,6 +25,7 @@ type auditOpts struct {
 	redisURL string
 	dataDir  string
 	tenant   string
+	archive  string
 }
 
 func (a *app) auditCmd() *cobra.Command {
@@ -42,6 +43,7 @@ else PASSPORT_REDIS_URL, else ` + redisx.DefaultURL + `.`,
 	pf.StringVar(&o.redisURL, "redis", "", "Redis URL (default $PASSPORT_REDIS_URL)")
 	pf.StringVar(&o.dataDir, "data", "", "directory of a running passport up (reads redis_url from DIR/demo.json)")
 	pf.StringVar(&o.tenant, "tenant", "", "only this tenant (default: every tenant with an audit stream)")
+	pf.StringVar(&o.archive, "archive", "", "audit archive directory (audit.archive.dir): export and verify read its segments, then Redis, as one history")
 	cmd.AddCommand(a.auditTailCmd(o), a.auditExportCmd(o), a.auditVerifyCmd(o), a.auditWritersCmd(o), a.auditKeygenCmd())
 	return cmd
 }
@@ -77,7 +79,26 @@ func (o *auditOpts) tenants(ctx context.Context, rdb redis.UniversalClient) ([]s
 	if o.tenant != "" {
 		return []string{o.tenant}, nil
 	}
-	return audit.ListTenants(ctx, rdb)
+	ts, err := audit.ListTenants(ctx, rdb)
+	if err != nil || o.archive == "" {
+		return ts, err
+	}
+	// A tenant whose whole history is archived has no stream left.
+	more, err := audit.ArchiveTenants(o.archive)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, t := range ts {
+		seen[t] = true
+	}
+	for _, t := range more {
+		if !seen[t] {
+			ts = append(ts, t)
+		}
+	}
+	sort.Strings(ts)
+	return ts, nil
 }
 
 func (a *app) auditTailCmd(o *auditOpts) *cobra.Command {
@@ -174,7 +195,7 @@ does not resolve gets "error" instead.`,
 			for _, t := range tenants {
 				key := audit.StreamKey(t)
 				ir := audit.NewInputResolver(rdb, t)
-				err := audit.ScanStream(ctx, rdb, key, start, 1000, func(m redis.XMessage) error {
+				err := audit.ScanHistory(ctx, rdb, t, audit.HistoryOptions{Archive: o.archive, Start: start, Before: audit.NotePassports(ir)}, func(m redis.XMessage) error {
 					line := audit.ExportLine(key, m)
 					if rec, _, err := audit.ParseMessage(m); err == nil {
 						ir.Note(m.ID, rec)
@@ -230,6 +251,11 @@ statement: crashed or killed), writer_key_changed, witness_corrupt; and from the
 itself malformed, changed, deleted, reordered, duplicate, bad_checkpoint, unknown_writer,
 wrong_tenant. See docs/audit.md.
 
+With --archive DIR (the audit.archive.dir of the writers), each tenant's archived segments
+are read first, then Redis from just past them, as one history: a segment missing, cut
+short, swapped or changed is a verdict (segment_missing, segment_corrupt), as is every
+record in it that no longer verifies.
+
 Writer keys come from the witness, else the writers hash in Redis, or only from
 --trusted-keys FILE (lines "<writer-id> <base64 public key>"; see "passport audit writers").
 
@@ -239,6 +265,7 @@ stream and id), 1 on usage or connection errors.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts := audit.VerifyAllOptions{Tenant: o.tenant, StaleAfter: staleAfter}
+			opts.Archive = o.archive
 			if trusted != "" {
 				f, err := os.Open(trusted)
 				if err != nil {

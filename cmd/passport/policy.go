@@ -224,6 +224,7 @@ func (a *app) policyReplayCmd() *cobra.Command {
 		limit        int
 		failOnChange bool
 		configMap    bool
+		archive      string
 	)
 	cmd := &cobra.Command{
 		Use:   "replay --policy DIR [--tenant T] [--since 24h] [--redis URL | --data DIR]",
@@ -268,7 +269,7 @@ Exit status: 0, or 3 with --fail-on-change when any decision would change.`,
 				return fmt.Errorf("redis %s: %w", redisx.Redact(url), err)
 			}
 			rep, err := replay.Run(ctx, replay.Options{
-				Client: rc, Candidate: cand, Tenants: tenants, Since: since, Limit: limit,
+				Client: rc, Candidate: cand, Tenants: tenants, Since: since, Limit: limit, Archive: archive,
 			})
 			if err != nil {
 				return err
@@ -298,6 +299,7 @@ Exit status: 0, or 3 with --fail-on-change when any decision would change.`,
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.IntVar(&limit, "limit", 0, "stop after this many decision records (0: no limit)")
 	f.BoolVar(&failOnChange, "fail-on-change", false, "exit 3 when any decision would change (for CI)")
+	f.StringVar(&archive, "archive", "", "audit archive directory (audit.archive.dir): replay its segments, then Redis, as one history")
 	f.BoolVar(&configMap, "kubernetes-configmap", false, configMapFlagHelp)
 	return cmd
 }

@@ -210,6 +210,15 @@ func (s *Service) writer(rdb redis.UniversalClient, env Env, wc audit.WriterConf
 	}
 	s.onClose(func() { _ = st.Close() })
 	s.Writer = st
+	if wc.Archive.Enabled() {
+		// Beside the writer, whose retention checkpoints it writes; one
+		// archiver per stream at a time (a lock key in its slot).
+		ar, err := audit.NewArchiver(rdb, st, wc.Archive, s.log.With("component", s.Name), s.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Name, err)
+		}
+		s.addTail(s.Name+"/audit-archive", ar.Run)
+	}
 	return st, nil
 }
 

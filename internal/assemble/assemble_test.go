@@ -2,9 +2,12 @@ package assemble
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentpassport/passport/audit"
 	"github.com/agentpassport/passport/authority"
@@ -100,5 +103,46 @@ func TestAuthorityIsAssembledWithItsWriter(t *testing.T) {
 	cfg.Audit.WriterID = "authority-1" // without its key file
 	if _, _, err := Authority(context.Background(), cfg, env, nil); err == nil {
 		t.Fatal("audit.writer_id without signing_key_file accepted")
+	}
+}
+
+// An audit section with archive.dir runs an archiver beside the writer:
+// sealed records move into a segment file while the service runs.
+func TestArchiverRunsBesideTheWriter(t *testing.T) {
+	env := testEnv(t)
+	s := newService("proxy", env)
+	dir := t.TempDir()
+	w, err := s.writer(env.Redis, env, audit.WriterConfig{CheckpointEvery: 10,
+		Archive: audit.ArchiveConfig{Dir: dir, MaxBytes: 1, Interval: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 30 {
+		if _, err := w.Append(ctx, &audit.Record{Kind: audit.KindOutcome, Tenant: "acme", RequestID: fmt.Sprint("r", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	found := false
+	s.add("component", func(ctx context.Context) error {
+		for {
+			if files, _ := filepath.Glob(filepath.Join(dir, "acme", "*.jsonl.zst")); len(files) > 0 {
+				found = true
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.Run(rctx); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatal("no segment archived while the service ran")
 	}
 }

@@ -37,6 +37,10 @@ type Decider interface {
 type Options struct {
 	// Client reads the audit streams.
 	Client redis.UniversalClient
+	// Archive is the audit archive directory (audit.archive.dir): its
+	// segments are read before Redis, as one history. Default "": Redis
+	// alone.
+	Archive string
 	// Candidate is the policy to evaluate.
 	Candidate Decider
 	// Tenants to replay. Empty means every tenant that has an audit
@@ -141,30 +145,25 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 }
 
 func replayTenant(ctx context.Context, opts Options, rep *Report, g *grouper, tenant string) error {
-	stream := audit.StreamKey(tenant)
 	ir := audit.NewInputResolver(opts.Client, tenant)
-	start, stop := "-", "+"
+	start := "-"
 	if !rep.From.IsZero() {
 		start = fmt.Sprintf("%d-0", rep.From.UnixMilli())
 	}
-	for {
-		msgs, err := opts.Client.XRangeN(ctx, stream, start, stop, opts.PageSize).Result()
-		if err != nil {
-			return fmt.Errorf("read audit stream %s: %w", stream, err)
+	errLimit := errors.New("limit")
+	err := audit.ScanHistory(ctx, opts.Client, tenant, audit.HistoryOptions{Archive: opts.Archive, Start: start, PageSize: opts.PageSize, Before: audit.NotePassports(ir)}, func(m redis.XMessage) error {
+		if opts.Limit > 0 && rep.Decisions >= opts.Limit {
+			return errLimit
 		}
-		for _, m := range msgs {
-			if opts.Limit > 0 && rep.Decisions >= opts.Limit {
-				return nil
-			}
-			if err := replayOne(ctx, opts, rep, g, ir, m); err != nil {
-				return err
-			}
-		}
-		if int64(len(msgs)) < opts.PageSize {
-			return nil
-		}
-		start = "(" + msgs[len(msgs)-1].ID // exclusive range (Redis >= 6.2)
+		return replayOne(ctx, opts, rep, g, ir, m)
+	})
+	if errors.Is(err, errLimit) {
+		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("read audit history of %s: %w", tenant, err)
+	}
+	return nil
 }
 
 func replayOne(ctx context.Context, opts Options, rep *Report, g *grouper, ir *audit.InputResolver, m redis.XMessage) error {

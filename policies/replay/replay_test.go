@@ -362,3 +362,50 @@ func TestReplayResolvesPassportReferences(t *testing.T) {
 		t.Fatalf("now denied %d, want 2: %+v", n, rep.NowDenied)
 	}
 }
+
+// With Archive, replay reads the archived segments and then Redis: every
+// decision written is replayed once.
+func TestReplayReadsTheArchive(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client()
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	w, err := audit.NewStream(c, audit.StreamConfig{WriterID: "proxy-a", CheckpointEvery: 10}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	const n = 250
+	for i := range n {
+		rec := record(input("acme", "healer", "HIGH", 80, "service.restart", "checkout", nil, "service.restart"), audit.DecisionAllow)
+		rec.RequestID = fmt.Sprintf("r-%d", i)
+		if _, err := w.Append(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	arch, err := audit.NewStream(c, audit.StreamConfig{WriterID: "archiver"}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = arch.Close() })
+	dir := t.TempDir()
+	ar, err := audit.NewArchiver(c, arch, audit.ArchiveConfig{Dir: dir, MaxBytes: 1, SegmentRecords: 100}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ar.Archive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cand := candidate(t, stricter)
+	alone, err := replay.Run(ctx, replay.Options{Client: c, Candidate: cand, Tenants: []string{"acme"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := replay.Run(ctx, replay.Options{Client: c, Candidate: cand, Tenants: []string{"acme"}, Archive: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alone.Decisions >= n || full.Decisions != n || full.Replayed != n {
+		t.Fatalf("Redis alone %d decisions; with the archive %d, %d replayed; want %d", alone.Decisions, full.Decisions, full.Replayed, n)
+	}
+}
