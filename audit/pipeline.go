@@ -344,7 +344,12 @@ func (s *Stream) stage(ctx context.Context, batch []*item) *flight {
 		it.settled = false
 		rec := it.rec
 		if it.checkpoint != "" {
-			if c.sinceCkpt == 0 && it.checkpoint != CheckpointRetention {
+			// Nothing to seal since the last checkpoint, unless that one is
+			// still in flight: answering now would let the caller (the
+			// shutdown's witness statement) act before it is stored, or on
+			// a chain it did not in the end seal; the chain's next
+			// checkpoint is then written behind it.
+			if c.sinceCkpt == 0 && c.flying == 0 && it.checkpoint != CheckpointRetention {
 				s.finish(it, result{})
 				continue
 			}
