@@ -594,7 +594,7 @@ func (a *Archiver) writeSegment(ctx context.Context, tenant, dir string, tail *s
 		return nil, fail("write", "%w", err)
 	}
 	if err := syncDir(dir); err != nil {
-		return nil, fail("write", "fsync %s: %w", dir, err)
+		return nil, fail("write", "%w", err)
 	}
 	a.m.bytes.Add(float64(counted.n))
 	seg = &segTail{ref: SegmentRef{First: first, Last: cut, SHA256: hex.EncodeToString(h.Sum(nil)), Records: count}, ends: cutEnds, name: name}

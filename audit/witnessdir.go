@@ -317,7 +317,7 @@ func (wl *writerLog) append(statement []byte, received time.Time, rotate int64) 
 	if created {
 		if err := syncDir(wl.dir); err != nil {
 			wl.loaded = false
-			return err
+			return fmt.Errorf("witness: %w", err)
 		}
 	}
 	wl.size += int64(len(line) + 1)
@@ -329,11 +329,11 @@ func (wl *writerLog) append(statement []byte, received time.Time, rotate int64) 
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("witness: %w", err)
+		return err
 	}
 	defer f.Close()
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("witness: sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
