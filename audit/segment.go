@@ -158,8 +158,9 @@ func ArchiveTenants(dir string) ([]string, error) {
 	return out, nil
 }
 
-// withArchived adds the archive's tenants to tenants, sorted.
-func withArchived(tenants []string, dir string) ([]string, error) {
+// WithArchiveTenants adds to tenants those the archive in dir holds (a
+// tenant whose whole history is archived has no stream left), sorted.
+func WithArchiveTenants(tenants []string, dir string) ([]string, error) {
 	more, err := ArchiveTenants(dir)
 	if err != nil {
 		return nil, err

@@ -394,7 +394,7 @@ func VerifyAll(ctx context.Context, rdb redis.UniversalClient, opts VerifyAllOpt
 			return nil, err
 		}
 		if opts.Archive != "" {
-			if tenants, err = withArchived(tenants, opts.Archive); err != nil {
+			if tenants, err = WithArchiveTenants(tenants, opts.Archive); err != nil {
 				return nil, err
 			}
 		}

@@ -83,22 +83,7 @@ func (o *auditOpts) tenants(ctx context.Context, rdb redis.UniversalClient) ([]s
 	if err != nil || o.archive == "" {
 		return ts, err
 	}
-	// A tenant whose whole history is archived has no stream left.
-	more, err := audit.ArchiveTenants(o.archive)
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, t := range ts {
-		seen[t] = true
-	}
-	for _, t := range more {
-		if !seen[t] {
-			ts = append(ts, t)
-		}
-	}
-	sort.Strings(ts)
-	return ts, nil
+	return audit.WithArchiveTenants(ts, o.archive)
 }
 
 func (a *app) auditTailCmd(o *auditOpts) *cobra.Command {
